@@ -1,0 +1,48 @@
+"""Raising a guest fault from inside a kernel (jitted).
+
+Kernels do not use Python exceptions. A kernel that detects an architectural
+exception records it here and returns; every caller tests ``st[FAULT_PENDING]``
+after a call that can fault and returns too, so the instruction has no further
+effect. The run loop then delivers the fault (guest IDT or host exit).
+Only the first fault of an instruction is kept.
+"""
+from hvsim._jit import njit
+from hvsim.cpu.layout import (FAULT_PENDING, FAULT_VECTOR, FAULT_ERROR, FAULT_ADDR,
+                              FAULT_EXCEPTION, FAULT_BUS, FAULT_SHUTDOWN)
+
+NO_ERROR_CODE = -1
+
+
+@njit
+def raise_fault(st, vector, error):
+    """Record exception ``vector`` with ``error`` (-1: the vector pushes no error code)."""
+    if st[FAULT_PENDING] == 0:
+        st[FAULT_PENDING] = FAULT_EXCEPTION
+        st[FAULT_VECTOR] = vector
+        st[FAULT_ERROR] = error
+
+
+@njit
+def raise_page_fault(st, lin, error):
+    """Record #PF (vector 14) for linear address ``lin``; CR2 is written at delivery."""
+    if st[FAULT_PENDING] == 0:
+        st[FAULT_PENDING] = FAULT_EXCEPTION
+        st[FAULT_VECTOR] = 14
+        st[FAULT_ERROR] = error
+        st[FAULT_ADDR] = lin
+
+
+@njit
+def raise_bus_error(st, pa):
+    """Record an access to physical address ``pa`` outside guest memory (a host event)."""
+    if st[FAULT_PENDING] == 0:
+        st[FAULT_PENDING] = FAULT_BUS
+        st[FAULT_VECTOR] = -1
+        st[FAULT_ERROR] = -1
+        st[FAULT_ADDR] = pa
+
+
+@njit
+def raise_shutdown(st):
+    """Record a triple fault: the processor shuts down."""
+    st[FAULT_PENDING] = FAULT_SHUTDOWN

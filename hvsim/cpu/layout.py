@@ -1,0 +1,161 @@
+"""Where every piece of machine state lives (constants only; used by jitted and Python code).
+
+A machine is five numpy arrays, passed to every kernel in this order::
+
+    mem  uint8[mem_size]        guest-physical memory (one flat array)
+    st   int64[ST_SIZE]         architectural + model state, addressed by the names below
+    tlb  int64[sets*ways*TLB_FIELDS]  the TLB model (hvsim/mmu), geometry in st[CFG_TLB_*]
+    dc   int64[DC_ENTRIES, DC_FIELDS] the pre-decoded instruction cache (hvsim/cpu/decode)
+    pg   int64[mem_size >> 12]  one word per 4 KiB physical frame: code flag + generation
+
+All 32-bit architectural values are stored *unsigned* in int64 slots (0 .. 2**32-1);
+kernels mask with ``MASK32`` after arithmetic. Module-level ints are folded by numba as
+compile-time constants, so naming a slot costs nothing.
+
+Faults inside a kernel are never Python exceptions: a kernel that detects one calls
+``raise_fault`` (hvsim/cpu/fault.py), which fills the FAULT_* slots; every caller checks
+``st[FAULT_PENDING]`` after any call that can fault and returns at once. The run loop
+turns a pending fault into delivery through the guest IDT or into a host exit.
+"""
+
+MASK32 = 0xFFFFFFFF
+
+# --- general registers, in ModRM reg-field order (SDM Vol. 2A, Table 2-2) -------------
+EAX, ECX, EDX, EBX, ESP, EBP, ESI, EDI = 0, 1, 2, 3, 4, 5, 6, 7
+EIP = 8
+EFLAGS = 9
+# --- control registers (SDM Vol. 3A, 2.5) ---------------------------------------------
+CR0 = 10
+CR2 = 11
+CR3 = 12
+CR4 = 13
+CPL = 14           # current privilege level (SDM Vol. 3A, 5.5): kept explicitly, = CS.RPL
+TSC = 15           # time-stamp counter (counts retired instructions; RDTSC reads it)
+
+# --- segment registers: index = Sreg encoding (SDM Vol. 2A, 3.1.1.3 Table "Sreg") -------
+SREG_ES, SREG_CS, SREG_SS, SREG_DS, SREG_FS, SREG_GS = 0, 1, 2, 3, 4, 5
+N_SREGS = 6
+# Each segment register has a visible selector and a hidden descriptor cache
+# (SDM Vol. 3A, 3.4.3). Slot = base + sreg index.
+SEG_SEL = 16       # 16..21 selector
+SEG_BASE = 22      # 22..27 base (linear)
+SEG_LIMIT = 28     # 28..33 limit in bytes (already scaled by G)
+SEG_AR = 34        # 34..39 access rights, VMCS layout (SDM Vol. 3C, 24.4.1, Table 24-2):
+#   bits 3:0 type, 4 S, 6:5 DPL, 7 P, 12 AVL, 14 D/B, 15 G, 16 unusable (null selector)
+AR_TYPE_MASK = 0xF
+AR_S = 1 << 4
+AR_DPL_SHIFT = 5
+AR_P = 1 << 7
+AR_AVL = 1 << 12
+AR_DB = 1 << 14
+AR_G = 1 << 15
+AR_UNUSABLE = 1 << 16
+
+# --- system table registers and task/LDT registers (SDM Vol. 3A, 2.4) --------------------
+GDTR_BASE = 40
+GDTR_LIMIT = 41
+IDTR_BASE = 42
+IDTR_LIMIT = 43
+LDTR_SEL = 44
+LDTR_BASE = 45
+LDTR_LIMIT = 46
+LDTR_AR = 47
+TR_SEL = 48
+TR_BASE = 49
+TR_LIMIT = 50
+TR_AR = 51
+
+# --- model-specific registers kept by the model (SDM Vol. 4) ----------------------------
+MSR_SYSENTER_CS_SLOT = 52    # IA32_SYSENTER_CS  (MSR 0x174)
+MSR_SYSENTER_ESP_SLOT = 53   # IA32_SYSENTER_ESP (MSR 0x175)
+MSR_SYSENTER_EIP_SLOT = 54   # IA32_SYSENTER_EIP (MSR 0x176)
+MSR_EFER_SLOT = 55           # IA32_EFER (MSR 0xC0000080); only readable/writable, no LME here
+MSR_FEATURE_CONTROL_SLOT = 56  # IA32_FEATURE_CONTROL (MSR 0x3A), for VMXON later
+
+# --- interrupt and execution state ----------------------------------------------------
+HALTED = 60        # 1 while in HLT waiting for an interrupt
+INT_SHADOW = 61    # 1 for the instruction after STI / MOV SS / POP SS (SDM Vol. 3A, 6.8.3)
+IRQ_PENDING = 62   # vector of a pending external interrupt, or -1
+TIMER_PERIOD = 63  # retired instructions between timer interrupts; 0 = timer off
+TIMER_NEXT = 64    # value of TSC at which the next timer interrupt is raised
+TIMER_VECTOR = 65  # vector the timer raises on the interrupt line
+VMX_ON = 66        # 1 in VMX operation (VT-x comes later; 0 makes VMX instructions #UD)
+FLAT = 67          # 1 when every segment cache is base 0 / 4 GiB / usable: fast path hint
+DOUBLE_FAULTING = 68  # 1 while delivering #DF (a fault now is a triple fault)
+DELIVERING = 69    # vector being delivered (-1 if none): a fault now is a contributory test
+INSN_EIP = 70      # EIP of the instruction being executed (faults restart here)
+INSN_LEN = 71      # length of the instruction being executed
+VIRTUALIZABLE = 72 # 1 = "virtualizable x86": sensitive-unprivileged insns #GP at CPL>0 (issue 3)
+FETCH_LIN_PAGE = 73   # linear page (lin >> 12) of the last instruction fetch, -1 = none
+FETCH_PHYS_PAGE = 74  # its physical frame; valid until any TLB flush / CR0 / CR3 / CR4 write
+FETCH_CPL = 75        # CPL used for that translation (U/S check depends on it)
+
+# --- a pending fault, raised by a kernel and consumed by the run loop --------------------
+FAULT_PENDING = 80  # 0 none, 1 architectural exception, 2 bus error (outside memory), 3 shutdown
+FAULT_VECTOR = 81
+FAULT_ERROR = 82    # error code, or -1 when the vector pushes none
+FAULT_ADDR = 83     # linear address for #PF (goes to CR2) or physical address for bus error
+
+FAULT_NONE = 0
+FAULT_EXCEPTION = 1
+FAULT_BUS = 2
+FAULT_SHUTDOWN = 3
+
+# --- the exit-info block: why run() returned (hvsim/cpu/exits.py names the kinds) -------
+EXIT_KIND = 90
+EXIT_VECTOR = 91
+EXIT_ERROR = 92     # error code or -1
+EXIT_EIP = 93       # EIP of the instruction that caused the exit
+EXIT_PORT = 94
+EXIT_SIZE = 95      # bytes (1 or 4)
+EXIT_DIR = 96       # 0 = OUT (guest writes), 1 = IN (guest reads)
+EXIT_VALUE = 97     # OUT: value written
+EXIT_ADDR = 98      # fault address (#PF: linear; bus error: physical)
+EXIT_LEN = 99       # instruction length (so a handler can skip it)
+EXIT_CPL = 100      # CPL when the exit happened
+EXIT_STEPS = 101    # instructions retired by this run() call
+
+# --- configuration (set by the Python face, read by kernels) ----------------------------
+CFG_MEM_SIZE = 110
+CFG_TLB_SETS = 111   # power of two
+CFG_TLB_WAYS = 112
+CFG_TLB_ENABLED = 113
+CFG_DC_ENABLED = 114 # decode cache on/off (off = decode every instruction; for tests)
+CFG_CONSOLE_PORT = 115  # port of the console device (default 0xE9, as Bochs/QEMU debugcon)
+CFG_IRQ_TIMER_ON = 116
+
+# --- exception routing: one slot per vector (0..255) -------------------------------------
+ROUTE = 128          # st[ROUTE + v]: 0 = deliver through the guest IDT, 1 = exit to host
+ROUTE_GUEST = 0
+ROUTE_HOST = 1
+
+# --- port ownership: one slot per I/O port --------------------------------------------
+PORTMAP = ROUTE + 256          # st[PORTMAP + port]: device id (hvsim/cpu/devices.py)
+N_PORTS = 65536
+
+# --- console device output buffer (bytes the guest wrote to the console port) ---------
+CONSOLE_LEN = PORTMAP + N_PORTS   # number of bytes written so far (may exceed capacity)
+CONSOLE_BUF = CONSOLE_LEN + 1
+CONSOLE_CAP = 1 << 16
+
+# --- event trace: a ring buffer of recent events (hvsim/cpu/trace.py) -------------------
+TRACE_HEAD = CONSOLE_BUF + CONSOLE_CAP   # total events ever recorded
+TRACE_BUF = TRACE_HEAD + 1
+TRACE_FIELDS = 8     # kind, vector, error, eip, cpl_from, cpl_to, tsc, extra
+TRACE_CAP = 1024
+# --- counters: the bridge to the cost model (hvsim/cpu/counters.py names them) ----------
+COUNTERS = TRACE_BUF + TRACE_CAP * TRACE_FIELDS
+N_COUNTERS = 512
+
+ST_SIZE = COUNTERS + N_COUNTERS
+
+# --- TLB entry layout (tlb array; hvsim/mmu owns the meaning) -------------------------
+TLB_FIELDS = 4       # tag, frame, flags, lru stamp
+
+# --- decode-cache layout (dc array; hvsim/cpu/decode.py owns the meaning) ------------------
+DC_ENTRIES = 1 << 14
+DC_FIELDS = 16
+
+# --- physical page word (pg array) ------------------------------------------------------
+PG_CODE = 1          # bit 0: a decoded instruction was cached from this frame
+PG_GEN_ONE = 2       # generation counter lives in bits 63:1; a write to a code frame adds this
