@@ -5,7 +5,8 @@ A machine is five numpy arrays, passed to every kernel in this order::
     mem  uint8[mem_size]        guest-physical memory (one flat array)
     st   int64[ST_SIZE]         architectural + model state, addressed by the names below
     tlb  int64[sets*ways*TLB_FIELDS]  the TLB model (hvsim/mmu), geometry in st[CFG_TLB_*]
-    dc   int64[DC_ENTRIES, DC_FIELDS] the pre-decoded instruction cache (hvsim/cpu/decode)
+    dc   int64[DC_ENTRIES + 1, DC_FIELDS] the pre-decoded instruction cache (hvsim/cpu/decode);
+                                the extra last row is scratch for instructions that are not cached
     pg   int64[mem_size >> 12]  one word per 4 KiB physical frame: code flag + generation
 
 All 32-bit architectural values are stored *unsigned* in int64 slots (0 .. 2**32-1);
@@ -124,6 +125,14 @@ CFG_DC_ENABLED = 114 # decode cache on/off (off = decode every instruction; for 
 CFG_CONSOLE_PORT = 115  # port of the console device (default 0xE9, as Bochs/QEMU debugcon)
 CFG_IRQ_TIMER_ON = 116
 
+# --- slots owned by the CPU core (hvsim/cpu/run.py) ----------------------------------
+ZERO = 127         # always 0: an absent base/index register in a decoded address reads this slot
+ATTN = 126         # set by a handler when the run loop must re-check interrupts/timer/halt
+EXIT_SOURCE = 125  # for EXIT_EXCEPTION: 0 fault, 1 trap, 2 software INT n, 3 external
+BP_COUNT = 124     # number of host breakpoints in BP_LIST (linear EIP addresses)
+SHUTDOWN = 123     # 1 after a triple fault: the CPU stays shut down until reset
+IRQ_HOST = 122     # vector of an interrupt injected by the host, -1 if none
+
 # --- exception routing: one slot per vector (0..255) -------------------------------------
 ROUTE = 128          # st[ROUTE + v]: 0 = deliver through the guest IDT, 1 = exit to host
 ROUTE_GUEST = 0
@@ -147,7 +156,10 @@ TRACE_CAP = 1024
 COUNTERS = TRACE_BUF + TRACE_CAP * TRACE_FIELDS
 N_COUNTERS = 512
 
-ST_SIZE = COUNTERS + N_COUNTERS
+BP_LIST = COUNTERS + N_COUNTERS
+BP_CAP = 16
+
+ST_SIZE = BP_LIST + BP_CAP
 
 # --- TLB entry layout (tlb array; hvsim/mmu owns the meaning) -------------------------
 TLB_FIELDS = 4       # tag, frame, flags, lru stamp
