@@ -1,0 +1,327 @@
+"""The ``hvsim`` command line (Python face only; nothing here is jitted).
+
+::
+
+    hvsim run prog.s [--max-steps N] [--memory BYTES] [--timer N]
+                     [--exceptions host|guest] [--trace]
+    hvsim disasm FILE [--origin N]      # FILE: raw machine code, or a .s source
+    hvsim warmup                        # compile every kernel into numba's disk cache
+    hvsim version
+
+``run`` assembles the file, runs it on a bare :class:`hvsim.Machine` until the first
+event, and prints what a student wants to see: the console output, the event, the
+final registers (EFLAGS decoded, CPL) and every counter that moved.
+
+Exit status: 0 when the guest halted, 1 for any other final event (an exception
+routed to the host, an unclaimed I/O port, the step budget, a shutdown...), 2 for
+bad input (bad arguments, a missing file, an assembly error). Errors are one clear
+message on stderr, never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+#: Exit statuses (documented above and in ``hvsim --help``).
+EXIT_HALT = 0
+EXIT_OTHER_EVENT = 1
+EXIT_BAD_INPUT = 2
+
+DEFAULT_MAX_STEPS = 10_000_000
+
+_REGISTERS = ("eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi")
+
+
+class _BadInput(Exception):
+    """A user error to report in one line (status 2)."""
+
+
+# --- argument types: each turns a string into a value or says clearly why not ----------
+
+def _int_literal(text: str) -> int:
+    """Parse 123, 0x7b, 0o173, 0b1111011, 1_000 and the suffixes K, M, G (powers of 1024)."""
+    s = text.strip().replace("_", "")
+    scale = 1
+    if s[-1:].upper() in ("K", "M", "G"):      # none of them is a hex digit
+        scale = 1024 ** ("KMG".index(s[-1].upper()) + 1)
+        s = s[:-1]
+    return int(s, 0) * scale
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = _int_literal(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _address(text: str) -> int:
+    try:
+        value = _int_literal(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an address such as 0x1000, got {text!r}") from None
+    if not 0 <= value <= 0xFFFFFFFF:
+        raise argparse.ArgumentTypeError(f"address {text!r} is outside the 32-bit space")
+    return value
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hvsim",
+        description="hvsim: an educational x86 virtualization simulator.",
+        epilog="exit status: 0 = guest halted, 1 = another final event, 2 = bad input",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    run = sub.add_parser("run", help="assemble a .s file and run it until the first event",
+                         description="Assemble FILE, run it on a bare machine (32-bit protected "
+                         "mode, flat segments, ring 0, paging off) and print the result.")
+    run.add_argument("file", metavar="FILE", help="assembly source (Intel syntax)")
+    run.add_argument("--max-steps", type=_positive_int, default=DEFAULT_MAX_STEPS, metavar="N",
+                     help=f"instruction budget (default {DEFAULT_MAX_STEPS:,})")
+    run.add_argument("--memory", type=_positive_int, default=None, metavar="BYTES",
+                     help="guest-physical memory size, e.g. 16M or 0x100000 (default: the Machine's)")
+    run.add_argument("--timer", type=_positive_int, default=None, metavar="N",
+                     help="raise a timer interrupt every N instructions (default: no timer)")
+    run.add_argument("--exceptions", choices=("host", "guest"), default="host",
+                     help="deliver exceptions to the host monitor (default) or through the guest IDT")
+    run.add_argument("--trace", action="store_true", help="print the event trace after the run")
+
+    dis = sub.add_parser("disasm", help="disassemble raw machine code or a .s file",
+                         description="Disassemble FILE: raw machine code, or an assembly source "
+                         "(.s/.S/.asm) that is assembled first.")
+    dis.add_argument("file", metavar="FILE")
+    dis.add_argument("--origin", type=_address, default=None, metavar="N",
+                     help="address of the first byte (default: the program's origin, or 0)")
+
+    sub.add_parser("warmup", help="compile every kernel into numba's on-disk cache")
+    sub.add_parser("version", help="print the versions of hvsim, numba, numpy and Python")
+    return parser
+
+
+# --- helpers ------------------------------------------------------------------------------
+
+def _read_text(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise _BadInput(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise _BadInput(f"{path}: is a directory, not a file") from None
+    except UnicodeDecodeError:
+        raise _BadInput(f"{path}: not a text file (is it raw machine code? try 'hvsim disasm')") from None
+    except OSError as e:
+        raise _BadInput(f"{path}: {e.strerror}") from None
+
+
+def _is_asm_error(exc: BaseException) -> bool:
+    try:
+        from hvsim.asm import AsmError
+    except ImportError:
+        return type(exc).__name__ == "AsmError"
+    return isinstance(exc, AsmError)
+
+
+def _format_asm_error(path: str, exc: BaseException) -> str:
+    """The assembler's own message (line, column, caret); its fields fill in what it lacks."""
+    text = str(exc)
+    line = getattr(exc, "line", None)
+    col = getattr(exc, "col", getattr(exc, "column", None))
+    if line is not None and "line" not in text.lower():
+        where = f"line {line}" + (f", col {col}" if col is not None else "")
+        text = f"{where}: {text}"
+    return f"{path}: {text}"
+
+
+def _assemble_file(path: str):
+    from hvsim import assemble
+    source = _read_text(path)
+    try:
+        return assemble(source)
+    except Exception as exc:          # only the assembler's own error is a user error
+        if _is_asm_error(exc):
+            raise _BadInput(_format_asm_error(path, exc)) from None
+        raise
+
+
+def _eflags_text(value: int) -> str:
+    from hvsim.cpu.flags import Flag, iopl
+    names = [f.name for f in Flag if value & f.value]
+    names.append(f"IOPL={iopl(value)}")
+    return f"eflags=0x{value:08x} [{' '.join(names)}]"
+
+
+def _event_text(ev) -> str:
+    kind = ev.kind
+    parts = [f"event: {kind}"]
+    if kind in ("exception", "interrupt") and getattr(ev, "vector", None) is not None:
+        from hvsim.rings.vectors import vector_name
+        parts.append(vector_name(int(ev.vector)))
+        if getattr(ev, "error_code", None) not in (None, -1):
+            parts.append(f"error_code=0x{int(ev.error_code):x}")
+    if kind == "io":
+        direction = ev.direction if isinstance(ev.direction, str) else ("in" if ev.direction else "out")
+        parts.append(f"{direction} port=0x{int(ev.port):x} size={ev.size}")
+        if direction == "out" and ev.value is not None:
+            parts.append(f"value=0x{int(ev.value):x}")
+    if kind in ("bus_error",) or (kind == "exception" and getattr(ev, "vector", None) == 14):
+        if getattr(ev, "address", None) is not None:
+            parts.append(f"address=0x{int(ev.address):08x}")
+    if getattr(ev, "eip", None) is not None:
+        parts.append(f"at eip=0x{int(ev.eip):08x}")
+    if getattr(ev, "cpl", None) is not None:
+        parts.append(f"cpl={ev.cpl}")
+    if getattr(ev, "steps", None) is not None:
+        parts.append(f"after {ev.steps} steps")
+    return " ".join(parts)
+
+
+def _counter_items(counters):
+    if hasattr(counters, "items"):
+        return list(counters.items())
+    from hvsim.cpu.counters import NAMES
+    return [(name, counters[name]) for name in NAMES]
+
+
+def _print_machine(m, ev, out) -> None:
+    cpu = m.cpu
+    console = m.console
+    if console:
+        print("--- console ---", file=out)
+        print(console, end="" if console.endswith("\n") else "\n", file=out)
+        print("---------------", file=out)
+    print(_event_text(ev), file=out)
+    for name in _REGISTERS:
+        value = int(getattr(cpu, name))
+        signed = value - (1 << 32) if value & 0x80000000 else value
+        print(f"{name}=0x{value:08x} ({value}" + (f" / {signed}" if signed < 0 else "") + ")", file=out)
+    print(f"eip=0x{int(cpu.eip):08x}", file=out)
+    print(_eflags_text(int(cpu.eflags)), file=out)
+    cpl = getattr(cpu, "cpl", getattr(ev, "cpl", None))
+    print(f"cpl={cpl}", file=out)
+    moved = [(k, int(v)) for k, v in _counter_items(m.counters) if int(v) != 0]
+    if moved:
+        print("counters:", file=out)
+        width = max(len(k) for k, _ in moved)
+        for k, v in moved:
+            print(f"  {k:<{width}}  {v}", file=out)
+
+
+def _print_trace(m, out) -> None:
+    trace = m.trace
+    print("--- trace ---", file=out)
+    if isinstance(trace, str):
+        print(trace, file=out)
+        return
+    entries = list(trace) if trace is not None else []
+    if not entries:
+        print("(empty)", file=out)
+    for entry in entries:
+        print(entry, file=out)
+
+
+# --- commands -----------------------------------------------------------------------------
+
+def _cmd_run(args, out) -> int:
+    prog = _assemble_file(args.file)
+    from hvsim import Machine
+    kwargs = {"exceptions": args.exceptions}
+    if args.memory is not None:
+        kwargs["memory"] = args.memory
+    if args.timer is not None:
+        kwargs["timer"] = args.timer
+    try:
+        m = Machine(**kwargs)
+    except ValueError as e:           # the face validates sizes and options
+        raise _BadInput(f"cannot build the machine: {e}") from None
+    try:
+        m.load(prog)
+    except ValueError as e:
+        raise _BadInput(f"{args.file}: cannot load the program: {e}") from None
+    ev = m.run(max_steps=args.max_steps)
+    _print_machine(m, ev, out)
+    if args.trace:
+        _print_trace(m, out)
+    return EXIT_HALT if ev.kind == "halt" else EXIT_OTHER_EVENT
+
+
+_ASM_SUFFIXES = (".s", ".S", ".asm")
+
+
+def _cmd_disasm(args, out) -> int:
+    from hvsim import disassemble
+    if args.file.endswith(_ASM_SUFFIXES):
+        prog = _assemble_file(args.file)
+        code = bytes(prog.code)
+        origin = prog.origin if args.origin is None else args.origin
+    else:
+        try:
+            with open(args.file, "rb") as f:
+                code = f.read()
+        except FileNotFoundError:
+            raise _BadInput(f"{args.file}: no such file") from None
+        except IsADirectoryError:
+            raise _BadInput(f"{args.file}: is a directory, not a file") from None
+        except OSError as e:
+            raise _BadInput(f"{args.file}: {e.strerror}") from None
+        origin = 0 if args.origin is None else args.origin
+    listing = disassemble(code, origin)
+    if isinstance(listing, str):
+        print(listing, end="" if listing.endswith("\n") else "\n", file=out)
+    else:
+        for line in listing:
+            print(line, file=out)
+    return 0
+
+
+def _cmd_warmup(args, out) -> int:
+    from hvsim.warmup import warmup
+    seconds = warmup()
+    cache = os.environ.get("NUMBA_CACHE_DIR", "next to the sources (__pycache__)")
+    print(f"hvsim warmup: kernels compiled/loaded in {seconds:.2f} s (numba cache: {cache})", file=out)
+    return 0
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+        return version("hvsim")
+    except Exception:
+        import hvsim
+        return getattr(hvsim, "__version__", "unknown")
+
+
+def _cmd_version(args, out) -> int:
+    import numba
+    import numpy
+    print(f"hvsim {_version()}", file=out)
+    print(f"numba {numba.__version__}, numpy {numpy.__version__}, "
+          f"Python {sys.version.split()[0]}", file=out)
+    return 0
+
+
+_COMMANDS = {"run": _cmd_run, "disasm": _cmd_disasm, "warmup": _cmd_warmup, "version": _cmd_version}
+
+
+def main(argv=None) -> int:
+    """Entry point of the ``hvsim`` console script; returns the exit status."""
+    parser = _build_parser()
+    args = parser.parse_args(argv)      # bad arguments: usage + message, status 2
+    try:
+        return _COMMANDS[args.command](args, sys.stdout)
+    except _BadInput as e:
+        print(f"hvsim {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("hvsim: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

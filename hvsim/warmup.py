@@ -1,0 +1,123 @@
+"""Fill numba's on-disk cache by running a few tiny guest programs (Python; not jitted).
+
+numba compiles a kernel, and every kernel it calls, the first time Python calls it.
+With ``cache=True`` (hvsim/_jit.py) the machine code is written to disk, so the next
+process only loads it. :func:`warmup` makes those first calls on purpose: every
+Python-facing entry point of the machine is called once (run, step, paging on and
+off, an exit to the host, an exception routed either way, a timer interrupt,
+snapshot/restore), which compiles the whole jitted call graph below them.
+
+``hvsim warmup`` (and ``make test`` / ``make lab`` / Binder's postBuild) call it.
+"""
+from __future__ import annotations
+
+import time
+
+from hvsim.mmu.pte import PTE_P, PTE_RW, PTE_US
+
+PAGE = 4096
+
+# A loop with arithmetic, memory operands, the stack, a call and the console port:
+# the instruction families of an ordinary workload.
+_WORKLOAD = """
+    mov esp, 0x9000
+    mov ebx, 0x8000
+    mov ecx, 20
+again:
+    add eax, ecx
+    mov [ebx], eax
+    mov edx, [ebx]
+    push edx
+    pop esi
+    call leaf
+    loop again
+    mov al, 0x6f
+    out 0xe9, al
+    hlt
+leaf:
+    xor edi, esi
+    ret
+"""
+
+# An OUT to a port that no device claims: run() must leave with an 'io' event.
+_UNCLAIMED_IO = """
+    mov al, 1
+    out 0x80, al
+    hlt
+"""
+
+# A divide by zero: #DE, routed to the host ("host") or through the guest IDT ("guest";
+# with an empty IDT that ends in a triple fault, which is the clean 'shutdown' event).
+_DIVIDE_ERROR = """
+    xor edx, edx
+    xor ecx, ecx
+    mov eax, 1
+    div ecx
+    hlt
+"""
+
+
+def identity_map_4k(memory, pd_pa: int, nbytes: int, user: bool = True) -> int:
+    """Write a page directory at ``pd_pa`` and page tables right after it that map the
+    first ``nbytes`` of linear memory onto the same physical addresses with 4 KiB pages
+    (SDM Vol. 3A, 4.3: 32-bit paging; PDE -> page table -> 4 KiB frame). Returns the
+    CR3 value. ``memory`` is the machine's uint8 array."""
+    if pd_pa % PAGE:
+        raise ValueError(f"page directory address {pd_pa:#x} is not 4 KiB aligned")
+    flags = PTE_P | PTE_RW | (PTE_US if user else 0)
+    npages = (nbytes + PAGE - 1) // PAGE
+    ntables = (npages + 1023) // 1024
+    if pd_pa + (1 + ntables) * PAGE > len(memory):
+        raise ValueError("the page tables do not fit in guest memory")
+    memory[pd_pa:pd_pa + PAGE] = 0
+    for t in range(ntables):
+        pt_pa = pd_pa + (1 + t) * PAGE
+        memory[pt_pa:pt_pa + PAGE] = 0
+        memory[pd_pa + 4 * t:pd_pa + 4 * t + 4] = list((pt_pa | flags).to_bytes(4, "little"))
+    for p in range(npages):
+        pt_pa = pd_pa + (1 + p // 1024) * PAGE
+        slot = pt_pa + 4 * (p % 1024)
+        memory[slot:slot + 4] = list(((p * PAGE) | flags).to_bytes(4, "little"))
+    return pd_pa
+
+
+def enable_paging(m, cr3: int) -> None:
+    """Load CR3 and set CR0.PG (with CR0.PE, which the bare machine already has)."""
+    from hvsim.cpu.cr import CR0_PE, CR0_PG
+    m.cpu.cr3 = cr3
+    m.cpu.cr0 = int(m.cpu.cr0) | CR0_PE | CR0_PG
+
+
+def warmup() -> float:
+    """Compile (or load from the cache) every kernel; returns the seconds it took."""
+    t0 = time.perf_counter()
+    from hvsim import Machine, assemble, disassemble
+
+    workload = assemble(_WORKLOAD)
+    disassemble(workload.code, workload.origin)
+
+    # run() with paging off, then step() through the same program.
+    m = Machine()
+    m.load(workload)
+    m.run(max_steps=10_000)
+    m.load(workload)
+    for _ in range(5):
+        m.step()
+
+    # Paging and the TLB on: identity map the first 4 MiB with 4 KiB pages.
+    m = Machine()
+    m.load(workload)
+    enable_paging(m, identity_map_4k(m.memory, 0x100000, 4 << 20))
+    m.run(max_steps=10_000)
+
+    # Exits to the host, snapshot and restore, a timer, exceptions either way.
+    m = Machine()
+    m.load(assemble(_UNCLAIMED_IO))
+    saved = m.snapshot()
+    m.run(max_steps=100)
+    m.restore(saved)
+    for exceptions in ("host", "guest"):
+        m = Machine(exceptions=exceptions, timer=1000)
+        m.load(assemble(_DIVIDE_ERROR))
+        m.run(max_steps=100)
+    return time.perf_counter() - t0

@@ -1,0 +1,100 @@
+"""The ``hvsim`` command line, run as a user would: ``python -m hvsim`` in a subprocess.
+
+Oracles: hand-derived results (sum 1..10 = 55), the documented exit statuses
+(0 halt, 1 other event, 2 bad input) and the argument parser's own rules.
+"""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hvsim.cli import _int_literal
+
+ROOT = Path(__file__).resolve().parent.parent
+
+SUM_PROGRAM = """\
+    mov ecx, 10
+again:
+    add eax, ecx
+    loop again
+    hlt
+"""
+
+
+def hvsim(*args, timeout=300):
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    return subprocess.run([sys.executable, "-m", "hvsim", *map(str, args)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_run_prints_registers_and_counters_and_exits_0_on_halt(tmp_path):
+    src = tmp_path / "sum.s"
+    src.write_text(SUM_PROGRAM)
+    out = hvsim("run", src)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert "eax=0x00000037 (55)" in lines
+    assert "ecx=0x00000000 (0)" in lines
+    assert lines[0].startswith("event: halt")
+    assert "cpl=0" in lines
+    assert any(l.startswith("eflags=0x") and "IOPL=0" in l for l in lines)
+    instr = [l.split() for l in lines if l.strip().startswith("instructions")]
+    assert len(instr) == 1 and int(instr[0][1]) in (21, 22)   # mov + 10 x (add, loop) [+ hlt]
+
+
+def test_run_other_event_exits_1(tmp_path):
+    src = tmp_path / "spin.s"
+    src.write_text("again:\n    inc eax\n    jmp again\n")
+    out = hvsim("run", src, "--max-steps", 7)
+    assert out.returncode == 1, out.stderr
+    assert out.stdout.splitlines()[0].startswith("event: budget")
+    assert "eax=0x00000004 (4)" in out.stdout.splitlines()   # inc, jmp, inc, jmp, inc, jmp, inc
+
+
+def test_bad_assembly_exits_2_with_the_line_and_no_traceback(tmp_path):
+    src = tmp_path / "bad.s"
+    src.write_text("    mov eax, 1\n    nop\n    frobnicate eax, 3\n    hlt\n")
+    out = hvsim("run", src)
+    assert out.returncode == 2
+    assert "line 3" in out.stderr
+    assert "Traceback" not in out.stderr + out.stdout
+
+
+def test_missing_file_exits_2_with_a_clear_message(tmp_path):
+    missing = tmp_path / "nope.s"
+    out = hvsim("run", missing)
+    assert out.returncode == 2
+    assert f"{missing}: no such file" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("value", ["lots", "-5", "0"])
+def test_bad_max_steps_exits_2(tmp_path, value):
+    src = tmp_path / "sum.s"
+    src.write_text(SUM_PROGRAM)
+    out = hvsim("run", src, f"--max-steps={value}")
+    assert out.returncode == 2
+    assert "--max-steps" in out.stderr and "positive integer" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_disasm_raw_bytes(tmp_path):
+    raw = tmp_path / "code.bin"
+    raw.write_bytes(bytes([0x01, 0xC8, 0xF4]))          # add eax, ecx ; hlt
+    out = hvsim("disasm", raw, "--origin", "0x1000")
+    assert out.returncode == 0, out.stderr
+    text = out.stdout.lower()
+    assert "add" in text and "eax" in text and "ecx" in text and "hlt" in text
+    assert "1000" in text and "1002" in text               # addresses follow --origin
+
+
+def test_int_literal_accepts_hex_and_size_suffixes():
+    assert _int_literal("16M") == 16 << 20
+    assert _int_literal("64k") == 64 << 10
+    assert _int_literal("0x1000") == 4096
+    assert _int_literal("1_000") == 1000
+    with pytest.raises(ValueError):
+        _int_literal("ten")

@@ -1,0 +1,124 @@
+"""Packaging and tooling checks: Binder files, console script, Makefile, the README example.
+
+Oracles: the files themselves (byte comparison, executable bits), a dry run of make,
+and the README's own claim about the example (eax == 55 after 'halt').
+"""
+import os
+import re
+import shutil
+import stat
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _pyproject():
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def test_binder_environment_is_byte_identical_to_environment_yml():
+    assert (ROOT / "binder" / "environment.yml").read_bytes() == (ROOT / "environment.yml").read_bytes()
+
+
+def test_environment_pins_python_311_and_lists_the_dependencies():
+    text = (ROOT / "environment.yml").read_text()
+    deps = re.findall(r"^\s*-\s*([A-Za-z0-9_.=-]+)\s*$", text, re.M)
+    assert "python=3.11" in deps
+    names = {d.split("=")[0] for d in deps}
+    for pkg in _pyproject()["project"]["dependencies"]:
+        assert re.split(r"[<>=!~ ;\[]", pkg)[0] in names, pkg
+
+
+@pytest.mark.parametrize("name", ["postBuild", "start"])
+def test_binder_scripts_are_executable(name):
+    mode = (ROOT / "binder" / name).stat().st_mode
+    assert mode & stat.S_IXUSR and mode & stat.S_IXOTH, oct(mode)
+
+
+def test_postbuild_installs_hvsim_and_warms_the_cache_for_a_generic_cpu():
+    lines = [l.strip() for l in (ROOT / "binder" / "postBuild").read_text().splitlines()
+             if l.strip() and not l.lstrip().startswith("#")]
+    install = [i for i, l in enumerate(lines) if re.search(r"pip install .*(-e )?\.$", l)]
+    warm = [i for i, l in enumerate(lines)
+            if l.startswith("NUMBA_CPU_NAME=generic ") and l.endswith("-m hvsim warmup")]
+    assert install and warm and install[0] < warm[0], lines
+
+
+def test_binder_start_exports_generic_cpu_and_execs_the_command():
+    if shutil.which("bash") is None:
+        pytest.skip("bash not available")
+    env = dict(os.environ, NUMBA_CPU_NAME="host")
+    out = subprocess.run([str(ROOT / "binder" / "start"), "sh", "-c", 'echo "$NUMBA_CPU_NAME:$0"', "arg0"],
+                         capture_output=True, text=True, env=env, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "generic:arg0"
+
+
+def test_pyproject_declares_the_console_script_and_it_resolves_to_a_function():
+    project = _pyproject()["project"]
+    assert project["scripts"]["hvsim"] == "hvsim.cli:main"
+    import importlib
+    mod_name, func_name = project["scripts"]["hvsim"].split(":")
+    assert callable(getattr(importlib.import_module(mod_name), func_name))
+
+
+def test_pyproject_dependencies_and_test_extra():
+    project = _pyproject()["project"]
+    assert project["requires-python"] == ">=3.11"
+    assert sorted(project["dependencies"]) == sorted(
+        ["numpy", "numba", "ipywidgets", "matplotlib", "networkx", "jupyterlab"])
+    test_extra = set(project["optional-dependencies"]["test"])
+    assert {"pytest", "pytest-timeout", "unicorn", "capstone", "nbclient", "nbformat", "ipykernel",
+            "hypothesis", "playwright", "jupyter-repo2docker"} <= test_extra
+
+
+def test_ci_script_is_strict_bash_and_ends_in_make_test():
+    path = ROOT / ".ci" / "run"
+    assert path.stat().st_mode & stat.S_IXUSR
+    text = path.read_text()
+    assert text.startswith("#!/bin/bash") and "set -euo pipefail" in text
+    assert "apt-get install -y" in text and "chromium" in text
+    code = [l.strip() for l in text.splitlines() if l.strip() and not l.strip().startswith("#")]
+    assert code[-1] == "make test"
+    assert subprocess.run(["bash", "-n", str(path)]).returncode == 0
+
+
+def test_make_test_rebuilds_a_stale_venv_then_warms_up_then_runs_the_whole_suite():
+    if shutil.which("make") is None:
+        pytest.skip("make not available")
+    # -n: print the commands only; -W pyproject.toml: pretend it just changed (stale stamp).
+    out = subprocess.run(["make", "-n", "-W", "pyproject.toml", "test"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    text = out.stdout
+    i_install = text.index("pip install --quiet -e '.[test]'")
+    i_warm = text.index("-m hvsim warmup")
+    i_test = text.index("-m pytest -q")
+    assert i_install < i_warm < i_test
+    # the suite is run whole: no path or -k/-m selection after "pytest -q"
+    assert re.search(r"-m pytest -q\s*$", text, re.M)
+
+
+def _readme_python_block():
+    text = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    assert len(blocks) == 1, "the README should have exactly one python example"
+    return blocks[0]
+
+
+def test_readme_example_runs_as_written(capsys):
+    ns = {"__name__": "readme_example"}
+    exec(compile(_readme_python_block(), "README.md", "exec"), ns)
+    m, event = ns["m"], ns["event"]
+    assert event.kind == "halt"
+    assert m.cpu.eax == 55          # 10 + 9 + ... + 1
+    assert m.cpu.ecx == 0           # LOOP counted ECX down to zero
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0] == "halt 55"  # what the README's comment promises
+    # mov + 10 x (add, loop) = 21 instructions before HLT (22 if HLT itself is counted)
+    assert int(printed[1]) in (21, 22)
