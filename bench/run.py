@@ -1,0 +1,518 @@
+"""hvsim speed measurements: prints a table and writes BENCHMARKS.md (Python; not jitted).
+
+    python bench/run.py [--quick] [--no-write] [--seconds S]
+
+What is measured, each in this process unless said otherwise:
+
+(a) guest instructions/s on an ALU loop (register arithmetic and a conditional branch);
+(b) the same on a mixed loop: loads, stores, push/pop, call/ret;
+(c) the mixed loop with 32-bit paging and the TLB on (identity map, 4 KiB pages);
+(d) a ring 3 <-> ring 0 system-call loop: INT 0x80 through an IDT gate, the TSS stack
+    switch, IRET back to ring 3 (exceptions="guest");
+(e) ``Machine.step()`` calls/s;
+(f) trap-to-Python round trips/s: a loop doing ``out 0x80, al`` to a port no device
+    claims; every OUT leaves ``run()`` as an 'io' event and Python resumes the guest;
+(g) cold compile: a fresh process with NUMBA_CACHE_DIR pointed at an empty folder runs
+    ``hvsim warmup`` (wall time of the whole process);
+(h) warm start: a fresh process imports hvsim and runs a tiny program (cache warm).
+
+Beside (a)-(c), the same loop's speed in a plain pure-Python interpreter
+(bench/baseline.py, same assembly text) and, for (a) and (b), in Unicorn running the
+same machine-code bytes. Each rate is the best of a few repeats of about ``--seconds``.
+Targets are printed beside the results; nothing here asserts a timing.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import baseline  # noqa: E402  (bench/baseline.py)
+
+# ---------------------------------------------------------------------------------------
+# The guest programs. {n} is the iteration count. Data, stack and tables sit well above
+# the code; paging identity-maps the first 8 MiB.
+
+ALU_LOOP = """
+    mov ecx, {n}
+top:
+    add eax, ecx
+    xor ebx, eax
+    sub edx, 3
+    and esi, eax
+    or edi, ecx
+    dec ecx
+    jnz top
+done:
+    hlt
+"""
+ALU_PER_ITER, ALU_FIXED = 7, 2          # instructions per iteration; mov ecx + hlt
+
+MIXED_LOOP = """
+    mov esp, 0x90000
+    mov ebx, 0x80000
+    mov ecx, {n}
+top:
+    mov eax, [ebx]
+    add eax, ecx
+    mov [ebx+4], eax
+    push eax
+    call leaf
+    pop edx
+    dec ecx
+    jnz top
+done:
+    hlt
+leaf:
+    mov esi, [ebx+4]
+    ret
+"""
+MIXED_PER_ITER, MIXED_FIXED = 9, 4
+
+IO_LOOP = """
+    mov ecx, {n}
+top:
+    out 0x80, al
+    dec ecx
+    jnz top
+    hlt
+"""
+
+# System tables for (d), written by Python at SYS (SDM Vol. 3A, 3.4.5, 6.11, 7.2.1).
+SYS = 0x200000
+GDT, IDT, TSS, PSEUDO = SYS, SYS + 0x1000, SYS + 0x2000, SYS + 0x3000
+KSTACK, USTACK = 0x1F0000, 0x1E0000
+KCODE, KDATA, UCODE, UDATA, TSS_SEL = 0x08, 0x10, 0x18 | 3, 0x20 | 3, 0x28
+
+SYSCALL_LOOP = f"""
+    lgdt [{PSEUDO:#x}]
+    lidt [{PSEUDO + 8:#x}]
+    mov ax, {KDATA:#x}
+    mov ds, ax
+    mov es, ax
+    mov ss, ax
+    mov esp, {KSTACK:#x}
+    mov ax, {TSS_SEL:#x}
+    ltr ax
+    push {UDATA:#x}
+    push {USTACK:#x}
+    push 0x2
+    push {UCODE:#x}
+    mov eax, user
+    push eax
+    iret
+user:
+    mov ecx, {{n}}
+u_top:
+    mov eax, 1
+    int 0x80
+    dec ecx
+    jnz u_top
+    int 0x81
+sys_handler:
+    add edi, eax
+    iret
+exit_handler:
+    hlt
+"""
+SYSCALL_PER_ITER = 6    # user: mov, int, dec, jnz; kernel: add, iret
+
+TARGETS = {
+    "alu": 2e8, "mixed": 1.5e8, "paging": 1e8, "step": 2e5, "traps": 3e5,
+    "cold": 10.0, "warm": 1.5,
+}
+
+
+# ---------------------------------------------------------------------------------------
+# System-table bytes (written here from the SDM's figures; the face may grow helpers).
+#
+# Segment descriptor (SDM Vol. 3A, 3.4.5, Figure 3-8), as two dwords:
+#   lo: base 15:0 << 16 | limit 15:0
+#   hi: base 31:24 | G D/B L AVL | limit 19:16 | P DPL S type | base 23:16
+def segment_descriptor(base, limit, type_, dpl, s=1, db=1, g=1):
+    lo = ((base & 0xFFFF) << 16) | (limit & 0xFFFF)
+    hi = ((base & 0xFF000000) | (g << 23) | (db << 22) | (limit & 0xF0000)
+          | (1 << 15) | (dpl << 13) | (s << 12) | (type_ << 8) | ((base >> 16) & 0xFF))
+    return lo.to_bytes(4, "little") + hi.to_bytes(4, "little")
+
+
+# Interrupt/trap gate (SDM Vol. 3A, 6.11, Figure 6-2):
+#   lo: selector << 16 | offset 15:0 ;  hi: offset 31:16 | P DPL 0 D=1 1 1 x | 0
+def gate_descriptor(selector, offset, dpl, trap=False):
+    type_ = 0xF if trap else 0xE           # 32-bit trap / interrupt gate
+    lo = (selector << 16) | (offset & 0xFFFF)
+    hi = (offset & 0xFFFF0000) | (1 << 15) | (dpl << 13) | (type_ << 8)
+    return lo.to_bytes(4, "little") + hi.to_bytes(4, "little")
+
+
+def write_system_tables(memory, labels):
+    """GDT (flat ring 0 and ring 3 code/data, a 32-bit TSS), IDT (0x80 and 0x81 callable
+    from ring 3), TSS (ESP0/SS0: SDM Vol. 3A, 7.2.1, Figure 7-2), pseudo-descriptors."""
+    def put(addr, data):
+        memory[addr:addr + len(data)] = list(data)
+    gdt = (b"\0" * 8
+           + segment_descriptor(0, 0xFFFFF, 0xA, 0)      # 0x08 ring 0 code, execute/read
+           + segment_descriptor(0, 0xFFFFF, 0x2, 0)      # 0x10 ring 0 data, read/write
+           + segment_descriptor(0, 0xFFFFF, 0xA, 3)      # 0x18 ring 3 code
+           + segment_descriptor(0, 0xFFFFF, 0x2, 3)      # 0x20 ring 3 data
+           + segment_descriptor(TSS, 103, 0x9, 0, s=0, db=0, g=0))  # 0x28 available 32-bit TSS
+    put(GDT, gdt)
+    memory[IDT:IDT + 256 * 8] = 0
+    put(IDT + 8 * 0x80, gate_descriptor(KCODE, labels["sys_handler"], 3))
+    put(IDT + 8 * 0x81, gate_descriptor(KCODE, labels["exit_handler"], 3))
+    tss = bytearray(104)
+    tss[4:8] = KSTACK.to_bytes(4, "little")              # ESP0
+    tss[8:10] = KDATA.to_bytes(2, "little")              # SS0
+    tss[102:104] = (104).to_bytes(2, "little")           # I/O map base past the limit: no bitmap
+    put(TSS, bytes(tss))
+    put(PSEUDO, (len(gdt) - 1).to_bytes(2, "little") + GDT.to_bytes(4, "little"))
+    put(PSEUDO + 8, (256 * 8 - 1).to_bytes(2, "little") + IDT.to_bytes(4, "little"))
+
+
+# ---------------------------------------------------------------------------------------
+# Measurement helpers
+
+def best_rate(fn, repeats):
+    """fn() -> (units, seconds); the best units/second over `repeats` calls."""
+    best = 0.0
+    for _ in range(repeats):
+        units, seconds = fn()
+        best = max(best, units / seconds if seconds > 0 else 0.0)
+    return best
+
+
+def calibrated(make_run, per_iter, seconds, start=20_000, limit=10**9):
+    """Pick an iteration count whose run takes about `seconds`, from a short probe."""
+    units, dt = make_run(start)
+    rate = units / max(dt, 1e-6)
+    n = int(seconds * rate / per_iter)
+    return max(start, min(n, limit))
+
+
+def hvsim_loop(template, n, *, paging=False, exceptions="host", setup=None):
+    """Run `template` with n iterations to its HLT; returns (instructions, seconds)."""
+    from hvsim import Machine, assemble
+    from hvsim.warmup import enable_paging, identity_map_4k
+    prog = assemble(template.format(n=n))
+    m = Machine(exceptions=exceptions)
+    m.load(prog)
+    if setup is not None:
+        setup(m, prog)
+    if paging:
+        enable_paging(m, identity_map_4k(m.memory, 0x800000, 8 << 20))
+    before = int(m.counters["instructions"])
+    t0 = time.perf_counter()
+    ev = m.run(max_steps=10**15)
+    dt = time.perf_counter() - t0
+    if ev.kind != "halt":
+        raise RuntimeError(f"the benchmark loop ended in {ev.kind!r} at eip={ev.eip:#x}, not 'halt'")
+    return int(m.counters["instructions"]) - before, dt
+
+
+def python_loop(template, n, *, paging=False):
+    cpu = baseline.Cpu(memory_size=16 << 20)
+    program = baseline.parse(template.format(n=n))
+    if paging:
+        cpu.cr3 = _identity_map_bytearray(cpu.mem, 0x800000, 8 << 20)
+    t0 = time.perf_counter()
+    executed = baseline.run(program, cpu)
+    return executed, time.perf_counter() - t0
+
+
+def _identity_map_bytearray(mem, pd_pa, nbytes):
+    import numpy as np
+    from hvsim.warmup import identity_map_4k
+    view = np.frombuffer(mem, dtype=np.uint8)        # writable view of the bytearray
+    return identity_map_4k(view, pd_pa, nbytes)
+
+
+def unicorn_loop(template, n):
+    """The same machine-code bytes in Unicorn (QEMU's TCG JIT), from entry to the HLT."""
+    from unicorn import UC_ARCH_X86, UC_MODE_32, Uc
+    from hvsim import assemble
+    prog = assemble(template.format(n=n))
+    uc = Uc(UC_ARCH_X86, UC_MODE_32)
+    uc.mem_map(0, 16 << 20)
+    uc.mem_write(prog.origin, bytes(prog.code))
+    t0 = time.perf_counter()
+    uc.emu_start(prog.entry, prog.labels["done"])
+    return None, time.perf_counter() - t0
+
+
+def machine_info():
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        cpu = platform.processor() or "unknown"
+    import numba
+    import numpy
+    info = {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpu": cpu,
+        "cores": str(os.cpu_count()),
+        "python": sys.version.split()[0],
+        "numba": numba.__version__,
+        "numpy": numpy.__version__,
+        "platform": platform.platform(),
+    }
+    try:
+        import unicorn
+        info["unicorn"] = unicorn.__version__
+    except Exception:
+        info["unicorn"] = "not installed"
+    return info
+
+
+def fmt_rate(x):
+    if x is None:
+        return "n/a"
+    if isinstance(x, str):
+        return x
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if x >= scale:
+            return f"{x / scale:.3g} {unit}/s"
+    return f"{x:.3g} /s"
+
+
+def fmt_seconds(x):
+    return "n/a" if x is None else (x if isinstance(x, str) else f"{x:.2f} s")
+
+
+# ---------------------------------------------------------------------------------------
+# The rows
+
+def measure(args):
+    rows = []   # (name, hvsim, target, python, unicorn, verdict, note)
+    repeats = 1 if args.quick else 3
+    secs = args.seconds
+
+    def loop_row(key, name, template, per_iter, fixed, paging=False, with_unicorn=True):
+        note = ""
+        try:
+            hvsim_loop(template, 1000, paging=paging)                 # compile / load cache
+            n = calibrated(lambda k: hvsim_loop(template, k, paging=paging), per_iter, secs)
+            expected = per_iter * n + fixed
+            executed, _ = hvsim_loop(template, n, paging=paging)
+            if executed not in (expected, expected - 1):               # HLT counted or not
+                note = f"counted {executed} instructions, expected {expected}"
+            rate = best_rate(lambda: hvsim_loop(template, n, paging=paging), repeats)
+        except Exception as e:                                          # report, don't hide
+            rate, note = f"error: {type(e).__name__}: {e}", ""
+        try:
+            pn = calibrated(lambda k: python_loop(template, k, paging=paging), per_iter,
+                            min(secs, 0.5), start=2000)
+            py = best_rate(lambda: python_loop(template, pn, paging=paging), repeats)
+        except Exception as e:
+            py = f"error: {e}"
+        uni = None
+        if with_unicorn:
+            try:
+                def uc(k):
+                    _, dt = unicorn_loop(template, k)
+                    return per_iter * k + fixed - 1, dt               # HLT is not executed
+                un = calibrated(uc, per_iter, secs)
+                uni = best_rate(lambda: uc(un), repeats)
+            except Exception as e:
+                uni = f"error: {type(e).__name__}: {e}"
+        rows.append((name, rate, TARGETS[key], py, uni, note))
+
+    loop_row("alu", "(a) ALU loop, instr/s", ALU_LOOP, ALU_PER_ITER, ALU_FIXED)
+    loop_row("mixed", "(b) mixed loop (load/store, push/pop, call/ret), instr/s",
+             MIXED_LOOP, MIXED_PER_ITER, MIXED_FIXED)
+    loop_row("paging", "(c) mixed loop, paging + TLB on, instr/s",
+             MIXED_LOOP, MIXED_PER_ITER, MIXED_FIXED, paging=True, with_unicorn=False)
+
+    # (d) INT 0x80 system calls, ring 3 <-> ring 0
+    note = ""
+    try:
+        def sys_run(k):
+            return hvsim_loop(SYSCALL_LOOP, k, exceptions="guest",
+                              setup=lambda m, p: write_system_tables(m.memory, p.labels))
+        sys_run(100)
+        n = calibrated(sys_run, SYSCALL_PER_ITER, secs, start=2000)
+        rate = best_rate(lambda: sys_run(n), repeats)
+        note = f"= {rate / SYSCALL_PER_ITER:.3g} system calls/s ({SYSCALL_PER_ITER} instr each round trip)"
+    except Exception as e:
+        rate = f"error: {type(e).__name__}: {e}"
+    rows.append(("(d) INT 0x80 system-call loop ring 3 <-> 0, instr/s", rate, None, None, None, note))
+
+    # (e) Machine.step()
+    try:
+        from hvsim import Machine, assemble
+        m = Machine()
+        m.load(assemble(ALU_LOOP.format(n=10**9)))
+        for _ in range(1000):
+            m.step()
+        k = 20_000 if args.quick else 100_000
+
+        def steps():
+            t0 = time.perf_counter()
+            for _ in range(k):
+                m.step()
+            return k, time.perf_counter() - t0
+        rate = best_rate(steps, repeats)
+    except Exception as e:
+        rate = f"error: {type(e).__name__}: {e}"
+    rows.append(("(e) Machine.step() calls/s", rate, TARGETS["step"], None, None, ""))
+
+    # (f) trap to Python and back
+    note = ""
+    try:
+        from hvsim import Machine, assemble
+        k = 20_000 if args.quick else 100_000
+
+        def traps():
+            m = Machine()
+            m.load(assemble(IO_LOOP.format(n=k)))
+            count = 0
+            t0 = time.perf_counter()
+            while True:
+                ev = m.run(max_steps=10**12)
+                if ev.kind != "io":
+                    break
+                count += 1                  # the monitor's handler: nothing to emulate
+            dt = time.perf_counter() - t0
+            if ev.kind != "halt" or count != k:
+                raise RuntimeError(f"expected {k} io exits then halt, got {count} then {ev.kind!r}")
+            return count, dt
+        traps()
+        rate = best_rate(traps, repeats)
+    except Exception as e:
+        rate = f"error: {type(e).__name__}: {e}"
+    rows.append(("(f) trap-to-Python round trips/s (OUT to an unclaimed port)", rate,
+                 TARGETS["traps"], None, None, note))
+
+    # (g) cold compile, (h) warm start: fresh processes
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    try:
+        with tempfile.TemporaryDirectory(prefix="hvsim-numba-cache-") as cache:
+            cold_env = dict(env, NUMBA_CACHE_DIR=cache)
+            t0 = time.perf_counter()
+            out = subprocess.run([sys.executable, "-m", "hvsim", "warmup"], env=cold_env,
+                                 capture_output=True, text=True, timeout=1800)
+            cold = time.perf_counter() - t0
+            if out.returncode != 0:
+                raise RuntimeError(out.stderr.strip().splitlines()[-1] if out.stderr else "failed")
+    except Exception as e:
+        cold = f"error: {e}"
+    rows.append(("(g) cold compile: fresh process, empty cache, `hvsim warmup`", cold,
+                 TARGETS["cold"], None, None, "wall time of the whole process"))
+
+    tiny = ("import hvsim\nfrom hvsim import Machine, assemble\nm = Machine()\n"
+            "m.load(assemble('mov eax, 7\\nhlt\\n'))\nassert m.run().kind == 'halt'\n")
+    try:
+        subprocess.run([sys.executable, "-m", "hvsim", "warmup"], env=env, check=True,
+                       capture_output=True, timeout=1800)   # make sure the default cache is warm
+        best = None
+        for _ in range(3):
+            t0 = time.perf_counter()
+            subprocess.run([sys.executable, "-c", tiny], env=env, check=True,
+                           capture_output=True, timeout=600)
+            dt = time.perf_counter() - t0
+            best = dt if best is None else min(best, dt)
+        warm = best
+    except Exception as e:
+        warm = f"error: {e}"
+    rows.append(("(h) warm start: fresh process, import hvsim + tiny program", warm,
+                 TARGETS["warm"], None, None, "best of 3, wall time"))
+    return rows
+
+
+def verdict(value, target, seconds):
+    if not isinstance(value, (int, float)) or target is None:
+        return ""
+    ok = value <= target if seconds else value >= target
+    return "meets target" if ok else "below target"
+
+
+def render(rows):
+    header = ["measurement", "hvsim", "target", "pure Python", "Unicorn", "vs target", "note"]
+    table = []
+    for name, value, target, py, uni, note in rows:
+        seconds = name.startswith(("(g)", "(h)"))
+        f = fmt_seconds if seconds else fmt_rate
+        tgt = "" if target is None else (f"<= {target:g} s" if seconds else f">= {fmt_rate(target)}")
+        table.append([name, f(value), tgt, "" if seconds else fmt_rate(py),
+                      "" if seconds else fmt_rate(uni), verdict(value, target, seconds), note])
+    return header, table
+
+
+def print_table(header, table):
+    widths = [max(len(str(r[i])) for r in [header] + table) for i in range(len(header))]
+    line = "  ".join(h.ljust(w) for h, w in zip(header, widths))
+    print(line)
+    print("-" * len(line))
+    for r in table:
+        print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)))
+
+
+def markdown(header, table, info, args):
+    out = ["# hvsim benchmarks", "",
+           "Measured by `make bench` (`python bench/run.py`); every number below comes from one "
+           "run on the machine described here. Rates are the best of "
+           f"{1 if args.quick else 3} repeats of about {args.seconds:g} s each. "
+           "\"pure Python\" is bench/baseline.py (a dict-dispatch interpreter of the same "
+           "assembly text, with fewer checks than hvsim); \"Unicorn\" runs the same machine-code "
+           "bytes in Unicorn (QEMU's TCG). Targets are the project's goals, not guarantees.", "",
+           "## Machine", ""]
+    for k, v in info.items():
+        out.append(f"- **{k}**: {v}")
+    out += ["", "## Results", "",
+            "| " + " | ".join(header) + " |",
+            "|" + "|".join("---" for _ in header) + "|"]
+    for r in table:
+        out.append("| " + " | ".join(str(c).replace("|", "\\|") for c in r) + " |")
+    out += ["", "## What each row runs", "",
+            "- (a) `" + " ; ".join(l.strip() for l in ALU_LOOP.strip().splitlines()) + "`",
+            "- (b), (c) `" + " ; ".join(l.strip() for l in MIXED_LOOP.strip().splitlines()) + "`;"
+            " (c) identity-maps the first 8 MiB with 4 KiB pages and sets CR3 and CR0.PG",
+            "- (d) a ring 3 loop `mov eax, 1 ; int 0x80 ; dec ecx ; jnz` whose ring 0 handler is "
+            "`add edi, eax ; iret` (IDT gate DPL 3, TSS stack switch; exceptions=\"guest\")",
+            "- (e) `Machine.step()` on the ALU loop",
+            "- (f) `out 0x80, al` in a loop: each OUT exits `run()` as an 'io' event and Python "
+            "calls `run()` again",
+            "- (g) `python -m hvsim warmup` with `NUMBA_CACHE_DIR` set to an empty folder",
+            "- (h) `python -c \"import hvsim; ...run a two-instruction program\"` with the cache warm",
+            ""]
+    return "\n".join(out)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="one repeat, short runs")
+    parser.add_argument("--seconds", type=float, default=None,
+                        help="target duration of each timed run (default 1.0, or 0.3 with --quick)")
+    parser.add_argument("--no-write", action="store_true", help="print only; do not write BENCHMARKS.md")
+    args = parser.parse_args(argv)
+    if args.seconds is None:
+        args.seconds = 0.3 if args.quick else 1.0
+    info = machine_info()
+    print("hvsim benchmarks on " + ", ".join(f"{k} {v}" for k, v in info.items()))
+    rows = measure(args)
+    header, table = render(rows)
+    print()
+    print_table(header, table)
+    if not args.no_write:
+        path = ROOT / "BENCHMARKS.md"
+        path.write_text(markdown(header, table, info, args))
+        print(f"\nwrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
