@@ -183,6 +183,8 @@ def _event_text(ev) -> str:
 
 
 def _counter_items(counters):
+    if hasattr(counters, "to_dict"):
+        return list(counters.to_dict(nonzero=True).items())
     if hasattr(counters, "items"):
         return list(counters.items())
     from hvsim.cpu.counters import NAMES
@@ -274,10 +276,19 @@ def _cmd_disasm(args, out) -> int:
     listing = disassemble(code, origin)
     if isinstance(listing, str):
         print(listing, end="" if listing.endswith("\n") else "\n", file=out)
-    else:
-        for line in listing:
-            print(line, file=out)
+        return 0
+    for insn in listing:
+        print(_insn_text(insn), file=out)
     return 0
+
+
+def _insn_text(insn) -> str:
+    """``00001000  b9 0a 00 00 00        mov ecx, 0xa`` (address, bytes, Intel syntax)."""
+    if not all(hasattr(insn, a) for a in ("address", "mnemonic", "op_str")):
+        return str(insn)
+    raw = bytes(getattr(insn, "bytes", b"")).hex(" ")
+    text = f"{insn.mnemonic} {insn.op_str}".strip()
+    return f"{int(insn.address):08x}  {raw:<21} {text}"
 
 
 def _cmd_warmup(args, out) -> int:
@@ -321,6 +332,9 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("hvsim: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:            # e.g. `hvsim run prog.s | head`: the reader left
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OTHER_EVENT
 
 
 if __name__ == "__main__":

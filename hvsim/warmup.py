@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
+
 from hvsim.mmu.pte import PTE_P, PTE_RW, PTE_US
 
 PAGE = 4096
@@ -69,15 +71,12 @@ def identity_map_4k(memory, pd_pa: int, nbytes: int, user: bool = True) -> int:
     ntables = (npages + 1023) // 1024
     if pd_pa + (1 + ntables) * PAGE > len(memory):
         raise ValueError("the page tables do not fit in guest memory")
-    memory[pd_pa:pd_pa + PAGE] = 0
-    for t in range(ntables):
-        pt_pa = pd_pa + (1 + t) * PAGE
-        memory[pt_pa:pt_pa + PAGE] = 0
-        memory[pd_pa + 4 * t:pd_pa + 4 * t + 4] = list((pt_pa | flags).to_bytes(4, "little"))
-    for p in range(npages):
-        pt_pa = pd_pa + (1 + p // 1024) * PAGE
-        slot = pt_pa + 4 * (p % 1024)
-        memory[slot:slot + 4] = list(((p * PAGE) | flags).to_bytes(4, "little"))
+    # Build directory + tables as 32-bit words, then store them with one write.
+    words = np.zeros((1 + ntables) * 1024, dtype="<u4")
+    tables = pd_pa + PAGE * (1 + np.arange(ntables, dtype=np.int64))
+    words[:ntables] = tables | flags                                  # PDE i -> table i
+    words[1024:1024 + npages] = (np.arange(npages, dtype=np.int64) * PAGE) | flags  # PTE p -> frame p
+    memory[pd_pa:pd_pa + words.nbytes] = words.view(np.uint8)
     return pd_pa
 
 
@@ -88,8 +87,17 @@ def enable_paging(m, cr3: int) -> None:
     m.cpu.cr0 = int(m.cpu.cr0) | CR0_PE | CR0_PG
 
 
+def _expect(what: str, got, want) -> None:
+    if got != want:
+        raise RuntimeError(f"hvsim warmup: {what}: got {got!r}, expected {want!r}")
+
+
 def warmup() -> float:
-    """Compile (or load from the cache) every kernel; returns the seconds it took."""
+    """Compile (or load from the cache) every kernel; returns the seconds it took.
+
+    The programs' results are checked too (cheaply), so a broken build fails here
+    with a clear message instead of in the first notebook cell.
+    """
     t0 = time.perf_counter()
     from hvsim import Machine, assemble, disassemble
 
@@ -99,7 +107,9 @@ def warmup() -> float:
     # run() with paging off, then step() through the same program.
     m = Machine()
     m.load(workload)
-    m.run(max_steps=10_000)
+    _expect("workload", m.run(max_steps=10_000).kind, "halt")
+    _expect("console output", m.console, "o")
+    flat_eax = int(m.cpu.eax)
     m.load(workload)
     for _ in range(5):
         m.step()
@@ -108,16 +118,17 @@ def warmup() -> float:
     m = Machine()
     m.load(workload)
     enable_paging(m, identity_map_4k(m.memory, 0x100000, 4 << 20))
-    m.run(max_steps=10_000)
+    _expect("workload with paging", m.run(max_steps=10_000).kind, "halt")
+    _expect("eax with paging on", int(m.cpu.eax), flat_eax)
 
     # Exits to the host, snapshot and restore, a timer, exceptions either way.
     m = Machine()
     m.load(assemble(_UNCLAIMED_IO))
     saved = m.snapshot()
-    m.run(max_steps=100)
+    _expect("OUT to an unclaimed port", m.run(max_steps=100).kind, "io")
     m.restore(saved)
-    for exceptions in ("host", "guest"):
+    for exceptions, outcome in (("host", "exception"), ("guest", "shutdown")):
         m = Machine(exceptions=exceptions, timer=1000)
         m.load(assemble(_DIVIDE_ERROR))
-        m.run(max_steps=100)
+        _expect(f"divide by zero, exceptions={exceptions!r}", m.run(max_steps=100).kind, outcome)
     return time.perf_counter() - t0
