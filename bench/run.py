@@ -77,7 +77,7 @@ leaf:
     mov esi, [ebx+4]
     ret
 """
-MIXED_PER_ITER, MIXED_FIXED = 9, 4
+MIXED_PER_ITER, MIXED_FIXED = 10, 4    # mov add mov push call (mov ret) pop dec jnz
 
 IO_LOOP = """
     mov ecx, {n}
@@ -97,12 +97,12 @@ KCODE, KDATA, UCODE, UDATA, TSS_SEL = 0x08, 0x10, 0x18 | 3, 0x20 | 3, 0x28
 SYSCALL_LOOP = f"""
     lgdt [{PSEUDO:#x}]
     lidt [{PSEUDO + 8:#x}]
-    mov ax, {KDATA:#x}
+    mov eax, {KDATA:#x}
     mov ds, ax
     mov es, ax
     mov ss, ax
     mov esp, {KSTACK:#x}
-    mov ax, {TSS_SEL:#x}
+    mov eax, {TSS_SEL:#x}
     ltr ax
     push {UDATA:#x}
     push {USTACK:#x}
@@ -246,7 +246,18 @@ def unicorn_loop(template, n):
     uc.mem_write(prog.origin, bytes(prog.code))
     t0 = time.perf_counter()
     uc.emu_start(prog.entry, prog.labels["done"])
-    return None, time.perf_counter() - t0
+    dt = time.perf_counter() - t0
+    from unicorn.x86_const import UC_X86_REG_ECX, UC_X86_REG_EIP
+    ecx, eip = uc.reg_read(UC_X86_REG_ECX), uc.reg_read(UC_X86_REG_EIP)
+    if ecx != 0 or eip != prog.labels["done"]:      # the loop really ran to its end
+        raise RuntimeError(f"Unicorn stopped early: ecx={ecx:#x} eip={eip:#x}")
+    return uc, dt
+
+
+def _err(e):
+    """An exception as one table cell: its type and the first line of its message."""
+    first = (str(e).strip().splitlines() or [""])[0]
+    return f"error: {type(e).__name__}: {first}"
 
 
 def machine_info():
@@ -311,13 +322,13 @@ def measure(args):
                 note = f"counted {executed} instructions, expected {expected}"
             rate = best_rate(lambda: hvsim_loop(template, n, paging=paging), repeats)
         except Exception as e:                                          # report, don't hide
-            rate, note = f"error: {type(e).__name__}: {e}", ""
+            rate, note = _err(e), ""
         try:
             pn = calibrated(lambda k: python_loop(template, k, paging=paging), per_iter,
                             min(secs, 0.5), start=2000)
             py = best_rate(lambda: python_loop(template, pn, paging=paging), repeats)
         except Exception as e:
-            py = f"error: {e}"
+            py = _err(e)
         uni = None
         if with_unicorn:
             try:
@@ -327,7 +338,7 @@ def measure(args):
                 un = calibrated(uc, per_iter, secs)
                 uni = best_rate(lambda: uc(un), repeats)
             except Exception as e:
-                uni = f"error: {type(e).__name__}: {e}"
+                uni = _err(e)
         rows.append((name, rate, TARGETS[key], py, uni, note))
 
     loop_row("alu", "(a) ALU loop, instr/s", ALU_LOOP, ALU_PER_ITER, ALU_FIXED)
@@ -347,7 +358,7 @@ def measure(args):
         rate = best_rate(lambda: sys_run(n), repeats)
         note = f"= {rate / SYSCALL_PER_ITER:.3g} system calls/s ({SYSCALL_PER_ITER} instr each round trip)"
     except Exception as e:
-        rate = f"error: {type(e).__name__}: {e}"
+        rate = _err(e)
     rows.append(("(d) INT 0x80 system-call loop ring 3 <-> 0, instr/s", rate, None, None, None, note))
 
     # (e) Machine.step()
@@ -366,7 +377,7 @@ def measure(args):
             return k, time.perf_counter() - t0
         rate = best_rate(steps, repeats)
     except Exception as e:
-        rate = f"error: {type(e).__name__}: {e}"
+        rate = _err(e)
     rows.append(("(e) Machine.step() calls/s", rate, TARGETS["step"], None, None, ""))
 
     # (f) trap to Python and back
@@ -392,7 +403,7 @@ def measure(args):
         traps()
         rate = best_rate(traps, repeats)
     except Exception as e:
-        rate = f"error: {type(e).__name__}: {e}"
+        rate = _err(e)
     rows.append(("(f) trap-to-Python round trips/s (OUT to an unclaimed port)", rate,
                  TARGETS["traps"], None, None, note))
 
@@ -409,7 +420,7 @@ def measure(args):
             if out.returncode != 0:
                 raise RuntimeError(out.stderr.strip().splitlines()[-1] if out.stderr else "failed")
     except Exception as e:
-        cold = f"error: {e}"
+        cold = _err(e)
     rows.append(("(g) cold compile: fresh process, empty cache, `hvsim warmup`", cold,
                  TARGETS["cold"], None, None, "wall time of the whole process"))
 
@@ -427,7 +438,7 @@ def measure(args):
             best = dt if best is None else min(best, dt)
         warm = best
     except Exception as e:
-        warm = f"error: {e}"
+        warm = _err(e)
     rows.append(("(h) warm start: fresh process, import hvsim + tiny program", warm,
                  TARGETS["warm"], None, None, "best of 3, wall time"))
     return rows
