@@ -1,0 +1,142 @@
+"""The TLB model: a set-associative cache of linear-page translations (jitted).
+
+Geometry comes from ``st[CFG_TLB_SETS]`` (a power of two) and ``st[CFG_TLB_WAYS]``;
+the ``tlb`` array holds ``sets * ways`` entries of ``TLB_FIELDS`` int64 words, entry
+``(set, way)`` at ``(set * ways + way) * TLB_FIELDS``. The face must size it exactly so
+(the kernels trust it). A zero-filled array is an empty TLB.
+
+One entry::
+
+    word 0  TLB_TAG    linear page number (lin >> 12) + 1; 0 = invalid way
+    word 1  TLB_FRAME  physical frame number (pa >> 12) of that 4 KiB linear page
+    word 2  TLB_FLAGS  TLBF_* bits below (same positions as in a PTE):
+                       bit 1 RW, bit 2 US  - rights combined over PDE and PTE (SDM 4.6)
+                       bit 6 D             - dirty flag of the final entry when cached
+                       bit 7 LARGE         - the translation came from a 4 MiB PDE
+                       bit 8 G             - global (only set when CR4.PGE was 1)
+    word 3  TLB_LRU    stamp of last use: st[COUNTERS+C_TLB_HIT] + st[COUNTERS+C_TLB_MISS]
+                       just after that access was counted (so it grows by one per
+                       translation; no extra state slot). If the face ever resets the
+                       counters, LRU order is only approximate until the old entries age
+                       out - still deterministic, never wrong translations.
+
+Simplification: a 4 MiB page is cached per 4 KiB linear page (one entry per 4 KiB slice
+that was touched), where real processors keep one large-page entry. INVLPG still drops
+every cached slice of a 4 MiB page (SDM Vol. 3A, 4.10.4.1: INVLPG invalidates the
+entries for the page containing the address, whatever its size).
+
+The hit rules (which cached entry may serve which access, what counts as a hit) live
+in ``hvsim.mmu.paging`` (``_tlb_hit``, ``_translate_miss``); this module only stores,
+replaces and invalidates entries. Kernels are compiled with ``_nrt=False`` (no array is
+allocated; see paging.py for why).
+"""
+from hvsim._jit import njit
+from hvsim.cpu.layout import (TLB_FIELDS, CFG_TLB_SETS, CFG_TLB_WAYS, COUNTERS,
+                              FETCH_LIN_PAGE, MASK32)
+from hvsim.cpu.counters import C_TLB_HIT, C_TLB_MISS, C_TLB_FLUSH, C_INVLPG
+from hvsim.mmu.pte import PTE_RW, PTE_US, PTE_D, PTE_PS, PTE_G
+
+# fields of an entry
+TLB_TAG = 0
+TLB_FRAME = 1
+TLB_FLAGS = 2
+TLB_LRU = 3
+
+# flag bits of an entry (PTE positions, SDM Vol. 3A Tables 4-5/4-6)
+TLBF_RW = PTE_RW
+TLBF_US = PTE_US
+TLBF_D = PTE_D
+TLBF_LARGE = PTE_PS
+TLBF_G = PTE_G
+
+# 4 MiB page = 2**10 linear 4 KiB pages
+_LARGE_SHIFT = 10
+
+
+@njit(_nrt=False)
+def tlb_stamp(st):
+    """The LRU clock: translations counted so far (hits + misses)."""
+    return st[COUNTERS + C_TLB_HIT] + st[COUNTERS + C_TLB_MISS]
+
+
+@njit(_nrt=False)
+def tlb_fill(st, tlb, vpn, frame, flags):
+    """Cache linear page ``vpn`` -> ``frame``; evict the least recently used way if full.
+
+    Way choice: a way already tagged ``vpn`` (refresh), else the first invalid way,
+    else the smallest stamp (ties: lowest way).
+    """
+    ways = st[CFG_TLB_WAYS]
+    base = (vpn & (st[CFG_TLB_SETS] - 1)) * ways * TLB_FIELDS
+    tag = vpn + 1
+    victim = -1
+    for w in range(ways):                      # same page cached: refresh in place
+        e = base + w * TLB_FIELDS
+        if tlb[e + TLB_TAG] == tag:
+            victim = e
+            break
+    if victim < 0:
+        for w in range(ways):                  # a free way
+            e = base + w * TLB_FIELDS
+            if tlb[e + TLB_TAG] == 0:
+                victim = e
+                break
+    if victim < 0:
+        victim = base                          # least recently used
+        for w in range(1, ways):
+            e = base + w * TLB_FIELDS
+            if tlb[e + TLB_LRU] < tlb[victim + TLB_LRU]:
+                victim = e
+    tlb[victim + TLB_TAG] = tag
+    tlb[victim + TLB_FRAME] = frame
+    tlb[victim + TLB_FLAGS] = flags
+    tlb[victim + TLB_LRU] = tlb_stamp(st)
+
+
+@njit(_nrt=False)
+def tlb_drop_page(st, tlb, vpn):
+    """Invalidate the entry for linear page ``vpn`` (its set only); no counter."""
+    ways = st[CFG_TLB_WAYS]
+    e = (vpn & (st[CFG_TLB_SETS] - 1)) * ways * TLB_FIELDS
+    tag = vpn + 1
+    for _ in range(ways):
+        if tlb[e + TLB_TAG] == tag:
+            tlb[e + TLB_TAG] = 0
+        e += TLB_FIELDS
+
+
+@njit(_nrt=False)
+def tlb_flush(st, tlb, keep_global):
+    """Invalidate all entries; with ``keep_global`` = 1 keep the G ones.
+
+    keep_global = 1 is MOV to CR3 with CR4.PGE = 1 (SDM Vol. 3A, 4.10.4.1);
+    0 is a full flush (CR4.PGE toggled, CR0.PG changed...). The caller decides.
+    """
+    st[COUNTERS + C_TLB_FLUSH] += 1
+    st[FETCH_LIN_PAGE] = -1
+    n = st[CFG_TLB_SETS] * st[CFG_TLB_WAYS]
+    for i in range(n):
+        e = i * TLB_FIELDS
+        if keep_global == 0 or (tlb[e + TLB_FLAGS] & TLBF_G) == 0:
+            tlb[e + TLB_TAG] = 0
+
+
+@njit(_nrt=False)
+def tlb_invlpg(st, tlb, lin):
+    """INVLPG: drop the translation of the page containing ``lin``, global or not.
+
+    Scans the whole TLB because the cached 4 KiB slices of a 4 MiB page live in
+    different sets (SDM Vol. 3A, 4.10.4.1).
+    """
+    st[COUNTERS + C_INVLPG] += 1
+    st[FETCH_LIN_PAGE] = -1
+    vpn = (lin & MASK32) >> 12
+    tag = vpn + 1
+    big = vpn >> _LARGE_SHIFT
+    n = st[CFG_TLB_SETS] * st[CFG_TLB_WAYS]
+    for i in range(n):
+        e = i * TLB_FIELDS
+        t = tlb[e + TLB_TAG]
+        if t == tag or (t != 0 and (tlb[e + TLB_FLAGS] & TLBF_LARGE) != 0
+                        and ((t - 1) >> _LARGE_SHIFT) == big):
+            tlb[e + TLB_TAG] = 0
