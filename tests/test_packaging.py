@@ -122,3 +122,37 @@ def test_readme_example_runs_as_written(capsys):
     assert printed[0] == "halt 55"  # what the README's comment promises
     # mov + 10 x (add, loop) = 21 instructions before HLT (22 if HLT itself is counted)
     assert int(printed[1]) in (21, 22)
+
+
+def test_make_lab_warms_the_cache_then_opens_the_notebooks_folder():
+    if shutil.which("make") is None:
+        pytest.skip("make not available")
+    out = subprocess.run(["make", "-n", "lab"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    text = out.stdout
+    assert text.index("-m hvsim warmup") < text.index("jupyter lab notebooks/")
+    assert (ROOT / "notebooks" / "00_index.ipynb").is_file()
+
+
+def _notebooks():
+    return sorted((ROOT / "notebooks").glob("*.ipynb"))
+
+
+@pytest.mark.parametrize("path", _notebooks(), ids=lambda p: p.name)
+def test_notebooks_are_committed_without_outputs(path):
+    import json
+    nb = json.loads(path.read_text())
+    for cell in nb["cells"]:
+        if cell["cell_type"] == "code":
+            assert cell.get("outputs") == [] and cell.get("execution_count") is None, \
+                f"{path.name}: clear the outputs before committing"
+
+
+def test_index_notebook_runs_and_shows_the_sum():
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    nb = nbformat.read(ROOT / "notebooks" / "00_index.ipynb", as_version=4)
+    nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
+                            resources={"metadata": {"path": str(ROOT)}}).execute()
+    last = [c for c in nb.cells if c.cell_type == "code"][-1]
+    assert last.outputs[0]["data"]["text/plain"] == "('halt', 55)"
