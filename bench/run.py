@@ -281,6 +281,12 @@ def machine_info():
         "platform": platform.platform(),
     }
     try:
+        rev = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT,
+                             capture_output=True, text=True, timeout=30).stdout.strip()
+        info["hvsim commit"] = rev or "unknown"
+    except Exception:
+        info["hvsim commit"] = "unknown"
+    try:
         import unicorn
         info["unicorn"] = unicorn.__version__
     except Exception:
