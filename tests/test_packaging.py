@@ -156,3 +156,17 @@ def test_index_notebook_runs_and_shows_the_sum():
                             resources={"metadata": {"path": str(ROOT)}}).execute()
     last = [c for c in nb.cells if c.cell_type == "code"][-1]
     assert last.outputs[0]["data"]["text/plain"] == "('halt', 55)"
+
+
+def test_repo2docker_builds_from_binder_with_python_311_postbuild_and_start():
+    """What Binder would do, as repo2docker plans it (--no-build: the Dockerfile only)."""
+    pytest.importorskip("repo2docker")
+    out = subprocess.run([sys.executable, "-m", "repo2docker", "--no-build", "--no-run", "--debug",
+                          "--user-id", "1000", "--user-name", "jovyan", str(ROOT)],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    plan = out.stdout + out.stderr
+    assert "Building conda environment for python=3.11" in plan
+    assert '--file "binder/environment.yml"' in plan           # binder/ wins over the root file
+    assert "RUN ./binder/postBuild" in plan
+    assert 'R2D_ENTRYPOINT="${REPO_DIR}/binder/start"' in plan
