@@ -3,24 +3,72 @@
 Every kernel in hvsim is compiled through :func:`njit` so that the policy lives in
 one place:
 
-* ``cache=True``  -- compiled machine code is written next to the sources
-  (``__pycache__``) and reused by the next process; ``hvsim warmup`` fills it.
+* ``cache=True``  -- compiled machine code is written to numba's disk cache and
+  reused by the next process; ``hvsim warmup`` fills it.
+* ``_nrt=False`` -- kernels never allocate arrays, so numba's reference counting is
+  switched off: with it on, every call that passes arrays pays atomic increments
+  that LLVM cannot remove (measured: 34-100 ns per call, against 1-2 ns without).
 * ``boundscheck=False`` -- the kernels index numpy arrays with values that the
   *kernels themselves* have range-checked (every guest-physical address is checked
-  against the memory size before use); numba's own checks would only slow the hot
-  path and turn a bug into an ``IndexError`` instead of a guest event.
+  against the memory size before use).
 * ``error_model="numpy"`` -- integer division by zero does not raise inside a
   kernel; the CPU checks divisors itself and raises #DE in the guest.
-* ``nogil=True`` -- a long ``run()`` does not hold the GIL, so a Jupyter kernel
-  stays responsive (a Stop button can be served from another thread or task).
+* ``nogil=True`` -- a long ``run()`` does not hold the GIL.
+
+numba's cache is per function and keyed on that function's own source file only: a
+cached ``run`` keeps an old, inlined copy of a kernel from another file that has
+since changed. :func:`_invalidate_stale_cache` therefore drops hvsim's cached
+kernels whenever any source file of the package differs from what they were
+compiled from (a hash of all sources, stamped beside the cache).
 
 Set ``NUMBA_DISABLE_JIT=1`` to run every kernel as plain Python (slow, but with
-readable tracebacks and line coverage); the test-suite runs the reference
-tests that way too.
+readable tracebacks and line coverage).
 """
+import hashlib
+import os
+import pathlib
+
 import numba
 
-_OPTIONS = dict(cache=True, nogil=True, boundscheck=False, error_model="numpy")
+_OPTIONS = dict(cache=True, nogil=True, boundscheck=False, error_model="numpy", _nrt=False)
+_PACKAGE = pathlib.Path(__file__).resolve().parent
+_STAMP_NAME = ".hvsim-sources.sha256"
+
+
+def sources_hash() -> str:
+    """SHA-256 over every .py file of the package (path and content)."""
+    h = hashlib.sha256()
+    for p in sorted(_PACKAGE.rglob("*.py")):
+        h.update(str(p.relative_to(_PACKAGE)).encode())
+        h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def _cache_files():
+    custom = os.environ.get("NUMBA_CACHE_DIR")
+    if custom:
+        root = pathlib.Path(custom)
+        return root, [p for p in root.rglob("*") if p.suffix in (".nbi", ".nbc") and "hvsim" in str(p)]
+    return _PACKAGE / "__pycache__", [p for p in _PACKAGE.rglob("__pycache__/*") if p.suffix in (".nbi", ".nbc")]
+
+
+def _invalidate_stale_cache():
+    try:
+        root, files = _cache_files()
+        stamp = root / _STAMP_NAME
+        current = sources_hash()
+        if stamp.exists() and stamp.read_text() == current:
+            return
+        for f in files:
+            f.unlink(missing_ok=True)
+        root.mkdir(parents=True, exist_ok=True)
+        stamp.write_text(current)
+    except OSError:
+        pass      # a read-only install: numba then falls back to its own cache locations
+
+
+if os.environ.get("NUMBA_DISABLE_JIT", "0") in ("", "0"):
+    _invalidate_stale_cache()
 
 
 def njit(fn=None, **overrides):

@@ -5,8 +5,9 @@ A machine is five numpy arrays, passed to every kernel in this order::
     mem  uint8[mem_size]        guest-physical memory (one flat array)
     st   int64[ST_SIZE]         architectural + model state, addressed by the names below
     tlb  int64[sets*ways*TLB_FIELDS]  the TLB model (hvsim/mmu), geometry in st[CFG_TLB_*]
-    dc   int64[DC_ENTRIES + 1, DC_FIELDS] the pre-decoded instruction cache (hvsim/cpu/decode);
-                                the extra last row is scratch for instructions that are not cached
+    dc   int64[DC_ENTRIES + 2, DC_FIELDS] the pre-decoded instruction cache (hvsim/cpu/decode);
+                                row DC_ENTRIES is scratch for instructions that are not cached,
+                                row DC_ENTRIES + 1 holds the raw bytes being decoded
     pg   int64[mem_size >> 12]  one word per 4 KiB physical frame: code flag + generation
 
 All 32-bit architectural values are stored *unsigned* in int64 slots (0 .. 2**32-1);
@@ -102,6 +103,13 @@ FAULT_EXCEPTION = 1
 FAULT_BUS = 2
 FAULT_SHUTDOWN = 3
 
+# a fault met while pre-fetching the bytes of an instruction on the next page: raised only
+# if the decoder really needs those bytes (hvsim/cpu/decode.py)
+FETCH_FAULT_KIND = 84
+FETCH_FAULT_VECTOR = 85
+FETCH_FAULT_ERROR = 86
+FETCH_FAULT_ADDR = 87
+
 # --- the exit-info block: why run() returned (hvsim/cpu/exits.py names the kinds) -------
 EXIT_KIND = 90
 EXIT_VECTOR = 91
@@ -132,6 +140,7 @@ EXIT_SOURCE = 125  # for EXIT_EXCEPTION: 0 fault, 1 trap, 2 software INT n, 3 ex
 BP_COUNT = 124     # number of host breakpoints in BP_LIST (linear EIP addresses)
 SHUTDOWN = 123     # 1 after a triple fault: the CPU stays shut down until reset
 IRQ_HOST = 122     # vector of an interrupt injected by the host, -1 if none
+NO_RETIRE = 121    # set by a handler whose step did not finish the instruction (REP chunk)
 
 # --- exception routing: one slot per vector (0..255) -------------------------------------
 ROUTE = 128          # st[ROUTE + v]: 0 = deliver through the guest IDT, 1 = exit to host

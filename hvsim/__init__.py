@@ -1,0 +1,17 @@
+"""hvsim: an educational simulator of x86 virtualization.
+
+    >>> from hvsim import Machine, assemble
+    >>> m = Machine()
+    >>> m.load(assemble("mov eax, 6\\nimul eax, eax, 7\\nhlt"))
+    >>> m.run().kind, m.cpu.eax
+    ('halt', 42)
+
+The machine (hvsim/cpu, rings, mmu) is jitted with numba; everything here is its
+Python face. See DESIGN.md in the project for the architecture.
+"""
+from hvsim.asm import assemble, disassemble, Program, AsmError
+from hvsim.machine import Machine, Event, Snapshot, TraceEntry
+
+__all__ = ["Machine", "Event", "Snapshot", "TraceEntry", "assemble", "disassemble", "Program",
+           "AsmError"]
+__version__ = "0.1.0"

@@ -1,0 +1,62 @@
+"""Devices that answer port I/O inside the jitted core (jitted).
+
+A port is claimed by writing a device id into ``st[PORTMAP + port]``; an unclaimed
+port leaves ``run()`` as an ``io`` event for a Python handler (KVM_EXIT_IO in spirit).
+
+Devices:
+* console  -- OUT writes the low byte into the console buffer (the guest's printf);
+              IN reads 0. Default port 0xE9, the debug console of Bochs and QEMU.
+* timer    -- a programmable interval timer measured in retired instructions:
+              OUT dword to port+0 sets the period (0 stops it), OUT to port+1 the vector;
+              IN from port+0 reads the period. Default ports 0x40/0x41.
+"""
+from hvsim._jit import njit
+from hvsim.cpu.layout import (PORTMAP, CONSOLE_LEN, CONSOLE_BUF, CONSOLE_CAP, TIMER_PERIOD,
+                              TIMER_NEXT, TIMER_VECTOR, TSC, ATTN, MASK32)
+
+DEV_NONE = 0
+DEV_CONSOLE = 1
+DEV_TIMER_PERIOD = 2
+DEV_TIMER_VECTOR = 3
+
+CONSOLE_PORT = 0xE9
+TIMER_PORT = 0x40
+
+
+@njit
+def console_put(st, byte):
+    n = st[CONSOLE_LEN]
+    if n < CONSOLE_CAP:
+        st[CONSOLE_BUF + n] = byte & 0xFF
+    st[CONSOLE_LEN] = n + 1
+
+
+@njit
+def port_out(st, port, size, value):
+    """Serve an OUT in the core. Returns 1 if a device took it, 0 if the port is unclaimed."""
+    dev = st[PORTMAP + port]
+    if dev == DEV_CONSOLE:
+        console_put(st, value)
+        return 1
+    if dev == DEV_TIMER_PERIOD:
+        st[TIMER_PERIOD] = value & MASK32
+        st[TIMER_NEXT] = st[TSC] + (value & MASK32)
+        st[ATTN] = 1
+        return 1
+    if dev == DEV_TIMER_VECTOR:
+        st[TIMER_VECTOR] = value & 0xFF
+        return 1
+    return 0
+
+
+@njit
+def port_in(st, port, size):
+    """Serve an IN in the core. Returns the value, or -1 if the port is unclaimed."""
+    dev = st[PORTMAP + port]
+    if dev == DEV_CONSOLE:
+        return 0
+    if dev == DEV_TIMER_PERIOD:
+        return st[TIMER_PERIOD] & (0xFF if size == 1 else MASK32)
+    if dev == DEV_TIMER_VECTOR:
+        return st[TIMER_VECTOR]
+    return -1

@@ -1,0 +1,405 @@
+"""The run loop: fetch, decode, dispatch, interrupts, timer, exits (jitted).
+
+``run(mem, st, tlb, dc, pg, budget)`` is hvsim's KVM_RUN: it executes guest
+instructions until something needs software -- an exception routed to the host, an
+I/O port no device claims, HLT with nothing to wake it, a triple fault, an access
+outside memory, a host breakpoint, or the end of the budget -- and returns the exit
+kind (hvsim/cpu/exits.py) with the details in the EXIT_* slots of ``st``.
+
+Every call returns after at most ``budget`` steps (a step is one instruction, one
+fault, or one chunk of a REP string instruction), so no guest can hang the host.
+"""
+import numpy as np
+
+from hvsim._jit import njit
+from hvsim.cpu import decode as D
+from hvsim.cpu import execute as X
+from hvsim.cpu import system as S
+from hvsim.cpu.counters import (C_INSN, C_INSN_RING, C_EXC, C_EXITS, C_EXIT_KIND, C_IRQ,
+                                C_TIMER, C_TLB_HIT)
+from hvsim.cpu.cr import CR0_PG
+from hvsim.cpu.exits import (EXIT_NONE, EXIT_HALT, EXIT_EXCEPTION, EXIT_BUDGET, EXIT_SHUTDOWN,
+                             EXIT_BUS_ERROR, EXIT_BREAKPOINT, EXIT_INTERRUPT)
+from hvsim.cpu.fault import raise_fault, raise_bus_error
+from hvsim.cpu.flags import IF, TF
+from hvsim.cpu.layout import (
+    MASK32, EIP, EFLAGS, CR0, CR2, CPL, TSC, SEG_BASE, SEG_LIMIT, SREG_CS, CFG_MEM_SIZE,
+    FETCH_LIN_PAGE, FETCH_PHYS_PAGE, FETCH_CPL, FAULT_PENDING, FAULT_VECTOR, FAULT_ERROR,
+    FAULT_ADDR, FAULT_EXCEPTION, FAULT_BUS, INSN_EIP, INSN_LEN, HALTED, INT_SHADOW,
+    IRQ_PENDING, TIMER_PERIOD, TIMER_NEXT, TIMER_VECTOR, ATTN, NO_RETIRE, SHUTDOWN, BP_COUNT,
+    BP_LIST, ROUTE, ROUTE_HOST, COUNTERS, EXIT_KIND, EXIT_VECTOR, EXIT_ERROR, EXIT_EIP,
+    EXIT_ADDR, EXIT_LEN, EXIT_CPL, EXIT_STEPS, EXIT_SOURCE, DC_FIELDS,
+)
+from hvsim.mmu.paging import translate
+from hvsim.mmu.pte import ACC_FETCH, ACC_USER
+from hvsim.rings.interrupts import deliver, trace_record, EV_FAULT, EV_TRAP, EV_EXTERNAL
+from hvsim.rings.vectors import GP, DB, PF
+
+# EXIT_SOURCE values: what kind of event an 'exception' exit is
+SRC_FAULT = 0
+SRC_TRAP = 1
+SRC_SOFTWARE = 2
+SRC_EXTERNAL = 3
+
+TRACE_EXIT = 3        # trace-record kind for a host exit (2 = delivered through the IDT)
+
+
+@njit
+def fetch_pa(mem, st, tlb):
+    """Physical address of the byte at CS:EIP, or -1 with a fault pending.
+
+    The last code page's translation is kept (a one-entry instruction TLB in front of
+    the TLB model); it counts as a TLB hit and is dropped by every TLB flush, INVLPG
+    and CR0/CR3/CR4 write.
+    """
+    eip = st[EIP]
+    if eip > st[SEG_LIMIT + SREG_CS]:
+        raise_fault(st, GP, 0)
+        return -1
+    lin = (st[SEG_BASE + SREG_CS] + eip) & MASK32
+    if (st[CR0] & CR0_PG) != 0:
+        page = lin >> 12
+        cpl = st[CPL]
+        if page == st[FETCH_LIN_PAGE] and cpl == st[FETCH_CPL]:
+            st[COUNTERS + C_TLB_HIT] += 1
+            pa = (st[FETCH_PHYS_PAGE] << 12) | (lin & 0xFFF)
+        else:
+            acc = ACC_FETCH
+            if cpl == 3:
+                acc |= ACC_USER
+            pa = translate(mem, st, tlb, lin, acc)
+            if st[FAULT_PENDING] != 0:
+                return -1
+            st[FETCH_LIN_PAGE] = page
+            st[FETCH_PHYS_PAGE] = pa >> 12
+            st[FETCH_CPL] = cpl
+    else:
+        pa = lin
+    if pa >= st[CFG_MEM_SIZE]:
+        raise_bus_error(st, pa)
+        return -1
+    return pa
+
+
+@njit
+def dispatch(mem, st, tlb, pg, dc, row, op):
+    """The one dispatch site: handler family -> handler (opcodes in hvsim/cpu/decode.py)."""
+    if op == D.OP_ALU_EG:
+        X.op_alu_eg(mem, st, tlb, pg, dc, row)
+    elif op == D.OP_ALU_GE:
+        X.op_alu_ge(mem, st, tlb, pg, dc, row)
+    elif op == D.OP_ALU_AI:
+        X.op_alu_ai(mem, st, tlb, pg, dc, row)
+    elif op == D.OP_GRP1:
+        X.op_grp1(mem, st, tlb, pg, dc, row)
+    elif op == D.OP_TEST_EG:
+        X.op_test_eg(mem, st, tlb, pg, dc, row)
+    elif op == D.OP_TEST_AI:
+        X.op_test_ai(mem, st, tlb, pg, dc, row)
+    elif op == D.OP_XCHG_EG:
+        X.op_xchg_eg(mem, st, tlb, pg, dc, row)
+    elif op == D.OP_MOV_EG:
+        X.op_mov_eg(mem, st, tlb, pg, dc, row)
+    elif op == D.OP_MOV_GE:
+        X.op_mov_ge(mem, st, tlb, pg, dc, row)
+    elif op == D.OP_MOV_FROM_SREG:
+        S.op_mov_from_sreg(mem, st, tlb, pg, dc, row)
+    elif op == D.OP_LEA:
+        X.op_lea(mem, st, tlb, pg, dc, row)
+    elif op == D.OP_MOV_TO_SREG:
+        S.op_mov_to_sreg(mem, st, tlb, pg, dc, row)
+    elif op == D.OP_POP_E:
+        X.op_pop_e(mem, st, tlb, pg, dc, row)
+    elif op == D.OP_XCHG_AR:
+        X.op_xchg_ar(mem, st, tlb, pg, dc, row)
+    elif op == D.OP_NOP:
+        pass
+    elif op == D.OP_CDQ:
+        X.op_cdq(mem, st, tlb, pg, dc, row)
+    elif op == D.OP_CALLF:
+        S.op_callf(mem, st, tlb, pg, dc, row)
+    elif op == D.OP_PUSHF:
+        S.op_pushf(mem, st, tlb, pg, dc, row)
+    elif op == D.OP_POPF:
+        S.op_popf(mem, st, tlb, pg, dc, row)
+    elif op == D.OP_MOV_MOFFS:
+        X.op_mov_moffs(mem, st, tlb, pg, dc, row)
+    elif op == D.OP_STRING:
+        X.op_string(mem, st, tlb, pg, dc, row)
+    elif op == D.OP_MOV_RI:
+        X.op_mov_ri(mem, st, tlb, pg, dc, row)
+    elif op == D.OP_GRP2:
+        X.op_grp2(mem, st, tlb, pg, dc, row)
+    elif op == D.OP_RET:
+        X.op_ret(mem, st, tlb, pg, dc, row)
+    elif op == D.OP_MOV_EI:
+        X.op_mov_ei(mem, st, tlb, pg, dc, row)
+    elif op == D.OP_RETF:
+        S.op_retf(mem, st, tlb, pg, dc, row)
+    elif op == D.OP_INT3:
+        S.op_int3(mem, st, tlb, pg, dc, row)
+    elif op == D.OP_INT:
+        S.op_int(mem, st, tlb, pg, dc, row)
+    elif op == D.OP_IRET:
+        S.op_iret(mem, st, tlb, pg, dc, row)
+    elif op == D.OP_LOOP:
+        X.op_loop(mem, st, tlb, pg, dc, row)
+    elif op == D.OP_JECXZ:
+        X.op_jecxz(mem, st, tlb, pg, dc, row)
+    elif op == D.OP_IN:
+        S.op_in(mem, st, tlb, pg, dc, row)
+    elif op == D.OP_OUT:
+        S.op_out(mem, st, tlb, pg, dc, row)
+    elif op == D.OP_CALL_REL:
+        X.op_call_rel(mem, st, tlb, pg, dc, row)
+    elif op == D.OP_JMP_REL:
+        X.op_jmp_rel(mem, st, tlb, pg, dc, row)
+    elif op == D.OP_JMPF:
+        S.op_jmpf(mem, st, tlb, pg, dc, row)
+    elif op == D.OP_HLT:
+        S.op_hlt(mem, st, tlb, pg, dc, row)
+    elif op == D.OP_FLAGOP:
+        X.op_flagop(mem, st, tlb, pg, dc, row)
+    elif op == D.OP_GRP3:
+        X.op_grp3(mem, st, tlb, pg, dc, row)
+    elif op == D.OP_CLI:
+        S.op_cli(mem, st, tlb, pg, dc, row)
+    elif op == D.OP_STI:
+        S.op_sti(mem, st, tlb, pg, dc, row)
+    elif op == D.OP_GRP4:
+        X.op_grp4(mem, st, tlb, pg, dc, row)
+    elif op == D.OP_GRP5:
+        S.op_grp5(mem, st, tlb, pg, dc, row)
+    elif op == D.OP_INC_R:
+        X.op_inc_r(mem, st, tlb, pg, dc, row)
+    elif op == D.OP_DEC_R:
+        X.op_dec_r(mem, st, tlb, pg, dc, row)
+    elif op == D.OP_PUSH_R:
+        X.op_push_r(mem, st, tlb, pg, dc, row)
+    elif op == D.OP_POP_R:
+        X.op_pop_r(mem, st, tlb, pg, dc, row)
+    elif op == D.OP_PUSH_I:
+        X.op_push_i(mem, st, tlb, pg, dc, row)
+    elif op == D.OP_IMUL3:
+        X.op_imul3(mem, st, tlb, pg, dc, row)
+    elif op == D.OP_JCC:
+        X.op_jcc(mem, st, tlb, pg, dc, row)
+    elif op == D.OP_PUSH_SREG:
+        S.op_push_sreg(mem, st, tlb, pg, dc, row)
+    elif op == D.OP_POP_SREG:
+        S.op_pop_sreg(mem, st, tlb, pg, dc, row)
+    elif op == D.OP_GRP6:
+        S.op_grp6(mem, st, tlb, pg, dc, row)
+    elif op == D.OP_GRP7:
+        S.op_grp7(mem, st, tlb, pg, dc, row)
+    elif op == D.OP_LAR:
+        S.op_lar(mem, st, tlb, pg, dc, row)
+    elif op == D.OP_LSL:
+        S.op_lsl(mem, st, tlb, pg, dc, row)
+    elif op == D.OP_CLTS:
+        S.op_clts(mem, st, tlb, pg, dc, row)
+    elif op == D.OP_MOV_CR:
+        S.op_mov_cr(mem, st, tlb, pg, dc, row)
+    elif op == D.OP_WRMSR:
+        S.op_wrmsr(mem, st, tlb, pg, dc, row)
+    elif op == D.OP_RDTSC:
+        S.op_rdtsc(mem, st, tlb, pg, dc, row)
+    elif op == D.OP_RDMSR:
+        S.op_rdmsr(mem, st, tlb, pg, dc, row)
+    elif op == D.OP_CPUID:
+        S.op_cpuid(mem, st, tlb, pg, dc, row)
+    elif op == D.OP_CMOV:
+        X.op_cmov(mem, st, tlb, pg, dc, row)
+    elif op == D.OP_SETCC:
+        X.op_setcc(mem, st, tlb, pg, dc, row)
+    elif op == D.OP_IMUL2:
+        X.op_imul2(mem, st, tlb, pg, dc, row)
+    elif op == D.OP_MOVZX or op == D.OP_MOVSX:
+        X.op_movzx(mem, st, tlb, pg, dc, row)
+    elif op == D.OP_VMX:
+        S.op_vmx(mem, st, tlb, pg, dc, row)
+    else:                                   # OP_UD, OP_UD2
+        S.op_ud(mem, st, tlb, pg, dc, row)
+
+
+@njit
+def execute_one(mem, st, tlb, dc, pg):
+    """Fetch, decode (through the cache) and execute one instruction at CS:EIP."""
+    eip = st[EIP]
+    st[INSN_EIP] = eip
+    st[INSN_LEN] = 0
+    pa = fetch_pa(mem, st, tlb)
+    if pa < 0:
+        return
+    lin = (st[SEG_BASE + SREG_CS] + eip) & MASK32
+    row = D.lookup(mem, st, tlb, dc, pg, lin, pa)
+    if row < 0:
+        return
+    n = dc[row, D.F_LEN]
+    if eip + n - 1 > st[SEG_LIMIT + SREG_CS]:
+        raise_fault(st, GP, 0)
+        return
+    st[INSN_LEN] = n
+    st[EIP] = (eip + n) & MASK32
+    dispatch(mem, st, tlb, pg, dc, row, dc[row, D.F_OP])
+
+
+@njit
+def _exit(st, kind, steps):
+    st[EXIT_KIND] = kind
+    st[EXIT_STEPS] = steps
+    st[EXIT_CPL] = st[CPL]
+    st[COUNTERS + C_EXITS] += 1
+    st[COUNTERS + C_EXIT_KIND + kind] += 1
+    trace_record(st, TRACE_EXIT, kind, st[EXIT_VECTOR], st[EXIT_EIP], st[CPL], st[CPL], 0)
+    return kind
+
+
+@njit
+def handle_fault(mem, st, tlb, pg):
+    """Turn the pending fault into guest delivery or a host exit kind (EXIT_NONE = delivered)."""
+    while st[FAULT_PENDING] != 0:
+        kind = st[FAULT_PENDING]
+        st[FAULT_PENDING] = 0
+        if kind == FAULT_BUS:
+            st[EIP] = st[INSN_EIP]
+            st[EXIT_VECTOR] = -1
+            st[EXIT_ERROR] = -1
+            st[EXIT_ADDR] = st[FAULT_ADDR]
+            st[EXIT_EIP] = st[INSN_EIP]
+            st[EXIT_LEN] = st[INSN_LEN]
+            return EXIT_BUS_ERROR
+        if kind != FAULT_EXCEPTION:           # shutdown: the processor stops
+            st[SHUTDOWN] = 1
+            st[EIP] = st[INSN_EIP]
+            st[EXIT_VECTOR] = -1
+            st[EXIT_ERROR] = -1
+            st[EXIT_EIP] = st[INSN_EIP]
+            return EXIT_SHUTDOWN
+        v = st[FAULT_VECTOR]
+        err = st[FAULT_ERROR]
+        src = st[EXIT_SOURCE]
+        st[EXIT_SOURCE] = SRC_FAULT
+        if src != SRC_TRAP:
+            st[EIP] = st[INSN_EIP]            # faults restart the instruction
+        if v < 32:
+            st[COUNTERS + C_EXC + v] += 1
+        if v == PF:
+            st[CR2] = st[FAULT_ADDR]          # SDM 4.7: CR2 is loaded when #PF occurs
+        if st[ROUTE + v] == ROUTE_HOST:
+            st[EXIT_VECTOR] = v
+            st[EXIT_ERROR] = err
+            st[EXIT_EIP] = st[INSN_EIP] if src != SRC_TRAP else st[EIP]
+            st[EXIT_LEN] = st[INSN_LEN]
+            st[EXIT_ADDR] = st[FAULT_ADDR] if v == PF else 0
+            st[EXIT_SOURCE] = src
+            return EXIT_EXCEPTION
+        deliver(mem, st, tlb, pg, v, err, EV_TRAP if src == SRC_TRAP else EV_FAULT)
+        # an escalated fault that deliver() left pending is handled by the next iteration
+    return EXIT_NONE
+
+
+@njit
+def run(mem, st, tlb, dc, pg, budget):
+    """Run until an exit; at most ``budget`` steps. Returns the exit kind."""
+    st[EXIT_KIND] = EXIT_NONE
+    st[EXIT_SOURCE] = SRC_FAULT
+    steps = 0
+    first = True
+    while True:
+        if st[SHUTDOWN] != 0:
+            st[EXIT_EIP] = st[EIP]
+            return _exit(st, EXIT_SHUTDOWN, steps)
+        # -- the timer raises its vector on the interrupt line at its deadline
+        period = st[TIMER_PERIOD]
+        if period > 0 and st[TSC] >= st[TIMER_NEXT]:
+            st[IRQ_PENDING] = st[TIMER_VECTOR]
+            st[COUNTERS + C_TIMER] += 1
+            nxt = st[TIMER_NEXT] + period
+            if nxt <= st[TSC]:
+                nxt = st[TSC] + period
+            st[TIMER_NEXT] = nxt
+        # -- an external interrupt is taken between instructions when IF=1 and no shadow
+        if st[IRQ_PENDING] >= 0 and (st[EFLAGS] & IF) != 0 and st[INT_SHADOW] == 0:
+            v = st[IRQ_PENDING]
+            st[IRQ_PENDING] = -1
+            st[HALTED] = 0
+            st[INSN_EIP] = st[EIP]
+            st[INSN_LEN] = 0
+            if st[ROUTE + v] == ROUTE_HOST:
+                st[EXIT_VECTOR] = v
+                st[EXIT_ERROR] = -1
+                st[EXIT_EIP] = st[EIP]
+                st[EXIT_LEN] = 0
+                st[EXIT_SOURCE] = SRC_EXTERNAL
+                return _exit(st, EXIT_INTERRUPT, steps)
+            st[COUNTERS + C_IRQ] += 1
+            deliver(mem, st, tlb, pg, v, -1, EV_EXTERNAL)
+            if st[FAULT_PENDING] != 0:
+                k = handle_fault(mem, st, tlb, pg)
+                if k != EXIT_NONE:
+                    return _exit(st, k, steps)
+        if st[HALTED] != 0:
+            if period > 0 and (st[EFLAGS] & IF) != 0:
+                # asleep until the timer fires: time passes without instructions
+                if st[TSC] < st[TIMER_NEXT]:
+                    st[TSC] = st[TIMER_NEXT]
+                continue
+            st[EXIT_EIP] = st[INSN_EIP]
+            st[EXIT_VECTOR] = -1
+            return _exit(st, EXIT_HALT, steps)
+        if steps >= budget:
+            st[EXIT_EIP] = st[EIP]
+            st[EXIT_VECTOR] = -1
+            return _exit(st, EXIT_BUDGET, steps)
+        # -- run a stretch without re-checking: up to the budget and the timer deadline
+        limit = budget - steps
+        if period > 0 and st[TIMER_NEXT] - st[TSC] < limit:
+            limit = st[TIMER_NEXT] - st[TSC]
+            if limit < 1:
+                limit = 1
+        st[ATTN] = 0
+        while limit > 0:
+            if st[BP_COUNT] > 0 and not first:
+                eip = st[EIP]
+                for i in range(st[BP_COUNT]):
+                    if st[BP_LIST + i] == eip:
+                        st[EXIT_EIP] = eip
+                        st[EXIT_VECTOR] = -1
+                        return _exit(st, EXIT_BREAKPOINT, steps)
+            first = False
+            shadow = st[INT_SHADOW]
+            tf = st[EFLAGS] & TF
+            cpl = st[CPL]
+            execute_one(mem, st, tlb, dc, pg)
+            steps += 1
+            limit -= 1
+            if st[FAULT_PENDING] != 0:
+                k = handle_fault(mem, st, tlb, pg)
+                if k != EXIT_NONE:
+                    return _exit(st, k, steps)
+                break
+            if st[NO_RETIRE] != 0:
+                st[NO_RETIRE] = 0
+                continue
+            st[COUNTERS + C_INSN] += 1
+            st[COUNTERS + C_INSN_RING + cpl] += 1
+            st[TSC] += 1
+            if shadow != 0:
+                st[INT_SHADOW] = 0
+                st[ATTN] = 1
+            if tf != 0:                       # single-step trap after the instruction (SDM 17.3.1.4)
+                st[EXIT_SOURCE] = SRC_TRAP
+                raise_fault(st, DB, -1)
+                k = handle_fault(mem, st, tlb, pg)
+                if k != EXIT_NONE:
+                    return _exit(st, k, steps)
+                break
+            if st[EXIT_KIND] != EXIT_NONE:   # a handler asked for an exit (I/O)
+                return _exit(st, st[EXIT_KIND], steps)
+            if st[ATTN] != 0:
+                break
+
+
+# a small, typed entry for warm-up and tests
+DC_SHAPE = (D.DC_ENTRIES + 2, DC_FIELDS)

@@ -1,0 +1,632 @@
+"""Handlers for system and sensitive instructions (jitted).
+
+These are the instructions the lessons are about. Each handler states the SDM rule
+it applies; the privilege checks themselves (descriptor rules, gates, IRET, I/O
+permission) live in hvsim/rings. Handlers have the shared signature
+``(mem, st, tlb, pg, dc, row)``; EIP already points past the instruction.
+
+``st[VIRTUALIZABLE]`` turns on a hypothetical *virtualizable x86*: the sensitive but
+unprivileged instructions (Robin & Irvine, USENIX Security 2000) raise #GP(0) above
+ring 0 instead of quietly reading or ignoring privileged state, as Popek and
+Goldberg's theorem 1 requires.
+"""
+import numpy as np
+
+from hvsim._jit import njit
+from hvsim.cpu import alu
+from hvsim.cpu.cr import (CR0_PE, CR0_PG, CR0_WP, CR0_TS, CR0_ET, CR0_MP, CR0_EM, CR4_PAE,
+                          CR4_PSE, CR4_PGE, CR4_SUPPORTED, CR4_TSD, CR0_CD, CR0_NW, CR0_NE,
+                          CR0_AM)
+from hvsim.cpu.decode import F_OPC, F_REG, F_RM, F_SIZE, F_IMM, F_IMM2, F_SEG
+from hvsim.cpu.devices import port_in, port_out
+from hvsim.cpu.exits import EXIT_IO
+from hvsim.cpu.flags import IF, IOPL_MASK, IOPL_SHIFT, POPF_WRITABLE, RF, VM, FIXED1
+from hvsim.cpu.layout import (
+    MASK32, EAX, ECX, EDX, EBX, ESP, EIP, EFLAGS, CR0, CR2, CR3, CR4, CPL, TSC, FAULT_PENDING,
+    SEG_SEL, SREG_SS, SREG_CS, GDTR_BASE, GDTR_LIMIT, IDTR_BASE, IDTR_LIMIT, LDTR_SEL, TR_SEL,
+    HALTED, INT_SHADOW, ATTN, VIRTUALIZABLE, VMX_ON, COUNTERS, INSN_EIP, INSN_LEN,
+    EXIT_KIND, EXIT_PORT, EXIT_SIZE, EXIT_DIR, EXIT_VALUE, EXIT_EIP, EXIT_LEN, EXIT_CPL,
+    MSR_SYSENTER_CS_SLOT, MSR_SYSENTER_ESP_SLOT, MSR_SYSENTER_EIP_SLOT, MSR_EFER_SLOT,
+    MSR_FEATURE_CONTROL_SLOT, FETCH_LIN_PAGE, TIMER_NEXT, ROUTE, ROUTE_HOST, EXIT_SOURCE,
+)
+from hvsim.cpu.counters import C_IO_IN, C_IO_OUT, C_IO_EXIT, C_HLT, C_CR3_WRITE, C_SWINT
+from hvsim.cpu.fault import raise_fault
+from hvsim.cpu.operands import (get_reg, set_reg, ea, rm_read, rm_write, mem_read, mem_write,
+                                push, pop, to_lin)
+from hvsim.cpu.execute import jump
+from hvsim.mmu.paging import tlb_flush, tlb_invlpg
+from hvsim.rings.segments import load_sreg
+from hvsim.rings.interrupts import deliver, EV_SOFTWARE
+from hvsim.rings.transfers import far_jmp, far_call, far_ret, iret
+from hvsim.rings.sysinsn import lar, lsl, verr, verw, ltr, lldt, io_permitted
+from hvsim.rings.vectors import GP, UD, BP
+
+# ---- model-specific registers (SDM Vol. 4, Table 2-2) ---------------------------------
+MSR_TSC = 0x10
+MSR_FEATURE_CONTROL = 0x3A
+MSR_SYSENTER_CS = 0x174
+MSR_SYSENTER_ESP = 0x175
+MSR_SYSENTER_EIP = 0x176
+MSR_EFER = 0xC0000080
+
+# ---- CPUID (SDM Vol. 2A, CPUID, Table 3-8) ---------------------------------------------
+# leaf 0: highest leaf and the vendor string "hvsim IA-32 " in EBX, EDX, ECX order
+CPUID_MAX_LEAF = 1
+CPUID_VENDOR = b"hvsim IA-32 "
+CPUID_VENDOR_EBX = int.from_bytes(CPUID_VENDOR[0:4], "little")
+CPUID_VENDOR_EDX = int.from_bytes(CPUID_VENDOR[4:8], "little")
+CPUID_VENDOR_ECX = int.from_bytes(CPUID_VENDOR[8:12], "little")
+# leaf 1 EAX: family 6, model 0x0F, stepping 0 (an IA-32 P6-class part)
+CPUID_SIGNATURE = (6 << 8) | (0xF << 4)
+# leaf 1 EDX feature flags that this model implements (SDM Table 3-11)
+CPUID_EDX_DE = 1 << 2
+CPUID_EDX_PSE = 1 << 3
+CPUID_EDX_TSC = 1 << 4
+CPUID_EDX_MSR = 1 << 5
+CPUID_EDX_PGE = 1 << 13
+CPUID_EDX_CMOV = 1 << 15
+CPUID_FEATURES_EDX = CPUID_EDX_DE | CPUID_EDX_PSE | CPUID_EDX_TSC | CPUID_EDX_MSR | CPUID_EDX_PGE | CPUID_EDX_CMOV
+CPUID_FEATURES_ECX = 0   # bit 5 (VMX) is reported once VT-x is modelled
+
+# CR0 bits software may set (the rest are reserved: #GP(0)); ET is hard-wired to 1.
+CR0_WRITABLE = CR0_PE | CR0_MP | CR0_EM | CR0_TS | CR0_ET | CR0_NE | CR0_WP | CR0_AM | CR0_NW | CR0_CD | CR0_PG
+
+
+@njit
+def _priv(st):
+    """True (and #GP(0) raised) if the current CPL is not 0: the privileged-instruction rule."""
+    if st[CPL] != 0:
+        raise_fault(st, GP, 0)
+        return True
+    return False
+
+
+@njit
+def _sensitive(st):
+    """The virtualizable-x86 switch: sensitive instructions trap above ring 0."""
+    if st[VIRTUALIZABLE] != 0 and st[CPL] != 0:
+        raise_fault(st, GP, 0)
+        return True
+    return False
+
+
+@njit
+def op_pushf(mem, st, tlb, pg, dc, row):        # 9C PUSHFD: the image has VM and RF cleared
+    if _sensitive(st):
+        return
+    push(mem, st, tlb, pg, st[EFLAGS] & ~(VM | RF) & MASK32)
+
+
+@njit
+def op_popf(mem, st, tlb, pg, dc, row):         # 9D POPFD
+    """POPF in protected mode (SDM Vol. 2B, POPF/POPFD, "Operation").
+
+    CPL 0 may change IOPL and IF. CPL > 0 may not change IOPL. CPL > IOPL may not
+    change IF either -- and none of this faults: the bits are silently kept. That
+    silence is what makes x86 fail Popek and Goldberg's theorem 1.
+    """
+    if _sensitive(st):
+        return
+    v = pop(mem, st, tlb, pg)
+    if st[FAULT_PENDING] != 0:
+        return
+    st[ESP] = (st[ESP] + 4) & MASK32
+    old = st[EFLAGS]
+    cpl = st[CPL]
+    writable = POPF_WRITABLE
+    if cpl > 0:
+        writable &= ~IOPL_MASK
+    if cpl > ((old & IOPL_MASK) >> IOPL_SHIFT):
+        writable &= ~IF
+    st[EFLAGS] = ((old & ~writable) | (v & writable) | FIXED1) & ~RF & MASK32
+    st[ATTN] = 1                                 # IF may have changed
+
+
+@njit
+def op_cli(mem, st, tlb, pg, dc, row):          # FA: CLI needs CPL <= IOPL (else #GP(0))
+    if st[CPL] > ((st[EFLAGS] & IOPL_MASK) >> IOPL_SHIFT):
+        raise_fault(st, GP, 0)
+        return
+    st[EFLAGS] &= ~IF
+
+
+@njit
+def op_sti(mem, st, tlb, pg, dc, row):          # FB: STI; interrupts wait one instruction
+    if st[CPL] > ((st[EFLAGS] & IOPL_MASK) >> IOPL_SHIFT):
+        raise_fault(st, GP, 0)
+        return
+    if (st[EFLAGS] & IF) == 0:
+        st[INT_SHADOW] = 2                       # SDM 6.8.3: blocked until after the next instruction
+    st[EFLAGS] |= IF
+    st[ATTN] = 1
+
+
+@njit
+def op_hlt(mem, st, tlb, pg, dc, row):          # F4: privileged
+    if _priv(st):
+        return
+    st[HALTED] = 1
+    st[COUNTERS + C_HLT] += 1
+    st[ATTN] = 1
+
+
+@njit
+def _io_exit(st, port, size, direction, value):
+    st[EXIT_KIND] = EXIT_IO
+    st[EXIT_PORT] = port
+    st[EXIT_SIZE] = size
+    st[EXIT_DIR] = direction
+    st[EXIT_VALUE] = value
+    st[EXIT_EIP] = st[INSN_EIP]
+    st[EXIT_LEN] = st[INSN_LEN]
+    st[EXIT_CPL] = st[CPL]
+    st[COUNTERS + C_IO_EXIT] += 1
+    st[ATTN] = 1
+
+
+@njit
+def op_in(mem, st, tlb, pg, dc, row):           # E4 E5 (port imm8), EC ED (port DX)
+    size = dc[row, F_SIZE]
+    port = dc[row, F_IMM] if dc[row, F_OPC] <= 0xE5 else st[EDX] & 0xFFFF
+    if st[CPL] > ((st[EFLAGS] & IOPL_MASK) >> IOPL_SHIFT):
+        if io_permitted(mem, st, tlb, pg, port, size) == 0:
+            if st[FAULT_PENDING] == 0:
+                raise_fault(st, GP, 0)
+            return
+    st[COUNTERS + C_IO_IN] += 1
+    value = port_in(st, port, size)
+    if value < 0:
+        # no device: the bus floats high (all ones) unless the host handler answers
+        set_reg(st, EAX, size, MASK32)
+        _io_exit(st, port, size, 1, 0)
+    else:
+        set_reg(st, EAX, size, value)
+
+
+@njit
+def op_out(mem, st, tlb, pg, dc, row):          # E6 E7 (port imm8), EE EF (port DX)
+    size = dc[row, F_SIZE]
+    port = dc[row, F_IMM] if dc[row, F_OPC] <= 0xE7 else st[EDX] & 0xFFFF
+    if st[CPL] > ((st[EFLAGS] & IOPL_MASK) >> IOPL_SHIFT):
+        if io_permitted(mem, st, tlb, pg, port, size) == 0:
+            if st[FAULT_PENDING] == 0:
+                raise_fault(st, GP, 0)
+            return
+    st[COUNTERS + C_IO_OUT] += 1
+    value = get_reg(st, EAX, size)
+    if port_out(st, port, size, value) == 0:
+        _io_exit(st, port, size, 0, value)
+
+
+@njit
+def _soft_int(mem, st, tlb, pg, vector):
+    """INT n / INT3: through the guest IDT, or -- if the vector is routed to the host --
+    an 'exception' exit of source 'software' with EIP left on the INT instruction."""
+    st[COUNTERS + C_SWINT] += 1
+    if st[ROUTE + vector] == ROUTE_HOST:
+        st[EXIT_SOURCE] = 2
+        raise_fault(st, vector, -1)
+        return
+    deliver(mem, st, tlb, pg, vector, -1, EV_SOFTWARE)
+    st[ATTN] = 1
+
+
+@njit
+def op_int(mem, st, tlb, pg, dc, row):          # CD ib: INT n (trap: pushes the next EIP)
+    _soft_int(mem, st, tlb, pg, dc[row, F_IMM])
+
+
+@njit
+def op_int3(mem, st, tlb, pg, dc, row):         # CC: INT3, vector 3 with the INT n DPL check
+    _soft_int(mem, st, tlb, pg, BP)
+
+
+@njit
+def op_iret(mem, st, tlb, pg, dc, row):         # CF: IRETD
+    iret(mem, st, tlb, pg)
+    st[ATTN] = 1
+
+
+@njit
+def op_callf(mem, st, tlb, pg, dc, row):        # 9A ptr16:32
+    far_call(mem, st, tlb, pg, dc[row, F_IMM2], dc[row, F_IMM])
+    st[ATTN] = 1
+
+
+@njit
+def op_jmpf(mem, st, tlb, pg, dc, row):         # EA ptr16:32
+    far_jmp(mem, st, tlb, pg, dc[row, F_IMM2], dc[row, F_IMM])
+    st[ATTN] = 1
+
+
+@njit
+def op_retf(mem, st, tlb, pg, dc, row):         # CB, CA iw
+    far_ret(mem, st, tlb, pg, dc[row, F_IMM])
+    st[ATTN] = 1
+
+
+@njit
+def op_grp5(mem, st, tlb, pg, dc, row):         # FF: INC DEC CALL CALLF JMP JMPF PUSH
+    d = dc[row, F_REG]
+    if d == 7 or ((d == 3 or d == 5) and dc[row, F_RM] >= 0):
+        raise_fault(st, UD, -1)                  # /7 undefined; far forms need m16:32
+        return
+    if d == 3 or d == 5:
+        off = ea(st, dc, row)
+        seg = dc[row, F_SEG]
+        target = mem_read(mem, st, tlb, pg, seg, off, 4)
+        if st[FAULT_PENDING] != 0:
+            return
+        sel = mem_read(mem, st, tlb, pg, seg, (off + 4) & MASK32, 2)
+        if st[FAULT_PENDING] != 0:
+            return
+        if d == 3:
+            far_call(mem, st, tlb, pg, sel, target)
+        else:
+            far_jmp(mem, st, tlb, pg, sel, target)
+        st[ATTN] = 1
+        return
+    v = rm_read(mem, st, tlb, pg, dc, row, 4)
+    if st[FAULT_PENDING] != 0:
+        return
+    if d == 0 or d == 1:
+        saved = st[EFLAGS]
+        r = alu.inc(st, v, 4) if d == 0 else alu.dec(st, v, 4)
+        rm_write(mem, st, tlb, pg, dc, row, 4, r)
+        if st[FAULT_PENDING] != 0:
+            st[EFLAGS] = saved
+    elif d == 2:
+        ret = st[EIP]
+        jump(st, v)
+        if st[FAULT_PENDING] != 0:
+            return
+        push(mem, st, tlb, pg, ret)
+        if st[FAULT_PENDING] != 0:
+            st[EIP] = ret
+    elif d == 4:
+        jump(st, v)
+    else:
+        push(mem, st, tlb, pg, v)
+
+
+@njit
+def op_mov_from_sreg(mem, st, tlb, pg, dc, row):  # 8C: MOV r/m16, Sreg (r32: zero-extended)
+    s = dc[row, F_REG]
+    if s > 5:
+        raise_fault(st, UD, -1)
+        return
+    if _sensitive(st):
+        return
+    sel = st[SEG_SEL + s]
+    if dc[row, F_RM] >= 0:
+        st[dc[row, F_RM]] = sel                  # P6 and later zero the upper 16 bits
+    else:
+        rm_write(mem, st, tlb, pg, dc, row, 2, sel)
+
+
+@njit
+def op_mov_to_sreg(mem, st, tlb, pg, dc, row):    # 8E: MOV Sreg, r/m16 (not CS)
+    s = dc[row, F_REG]
+    if s > 5 or s == SREG_CS:
+        raise_fault(st, UD, -1)
+        return
+    sel = rm_read(mem, st, tlb, pg, dc, row, 2)
+    if st[FAULT_PENDING] != 0:
+        return
+    load_sreg(mem, st, tlb, pg, s, sel)
+    if st[FAULT_PENDING] == 0 and s == SREG_SS:
+        st[INT_SHADOW] = 2                       # SDM 6.8.3: MOV SS blocks interrupts for one insn
+    st[ATTN] = 1
+
+
+@njit
+def _sreg_of(opc):
+    """Segment register of PUSH/POP Sreg opcodes: 06/07 ES, 0E CS, 16/17 SS, 1E/1F DS, 0F A0/A1 FS, 0F A8/A9 GS."""
+    if opc == 0x06 or opc == 0x07:
+        return 0
+    if opc == 0x0E:
+        return 1
+    if opc == 0x16 or opc == 0x17:
+        return 2
+    if opc == 0x1E or opc == 0x1F:
+        return 3
+    if opc == 0x1A0 or opc == 0x1A1:
+        return 4
+    return 5
+
+
+@njit
+def op_push_sreg(mem, st, tlb, pg, dc, row):    # pushes the selector zero-extended to 32 bits
+    if _sensitive(st):
+        return
+    push(mem, st, tlb, pg, st[SEG_SEL + _sreg_of(dc[row, F_OPC])])
+
+
+@njit
+def op_pop_sreg(mem, st, tlb, pg, dc, row):
+    s = _sreg_of(dc[row, F_OPC])
+    v = pop(mem, st, tlb, pg)
+    if st[FAULT_PENDING] != 0:
+        return
+    load_sreg(mem, st, tlb, pg, s, v & 0xFFFF)
+    if st[FAULT_PENDING] != 0:
+        return
+    st[ESP] = (st[ESP] + 4) & MASK32
+    if s == SREG_SS:
+        st[INT_SHADOW] = 2
+    st[ATTN] = 1
+
+
+@njit
+def op_grp6(mem, st, tlb, pg, dc, row):         # 0F 00: SLDT STR LLDT LTR VERR VERW
+    d = dc[row, F_REG]
+    if d == 0 or d == 1:                          # SLDT, STR: unprivileged, sensitive
+        if _sensitive(st):
+            return
+        sel = st[LDTR_SEL] if d == 0 else st[TR_SEL]
+        if dc[row, F_RM] >= 0:
+            st[dc[row, F_RM]] = sel
+        else:
+            rm_write(mem, st, tlb, pg, dc, row, 2, sel)
+        return
+    if d > 5:
+        raise_fault(st, UD, -1)
+        return
+    sel = rm_read(mem, st, tlb, pg, dc, row, 2)
+    if st[FAULT_PENDING] != 0:
+        return
+    if d == 2 or d == 3:                          # LLDT, LTR: privileged
+        if _priv(st):
+            return
+        if d == 2:
+            lldt(mem, st, tlb, pg, sel)
+        else:
+            ltr(mem, st, tlb, pg, sel)
+        return
+    if _sensitive(st):
+        return
+    if d == 4:
+        verr(mem, st, tlb, pg, sel)
+    else:
+        verw(mem, st, tlb, pg, sel)
+
+
+@njit
+def _write_cr0(mem, st, tlb, value):
+    """MOV to CR0 / LMSW (SDM Vol. 3A, 2.5 and MOV CRn): reserved bits and PG without PE are #GP(0)."""
+    if (value & ~CR0_WRITABLE & MASK32) != 0 or ((value & CR0_PG) != 0 and (value & CR0_PE) == 0):
+        raise_fault(st, GP, 0)
+        return
+    if (value & CR0_NW) != 0 and (value & CR0_CD) == 0:
+        raise_fault(st, GP, 0)
+        return
+    value |= CR0_ET
+    old = st[CR0]
+    st[CR0] = value
+    if ((old ^ value) & (CR0_PG | CR0_WP | CR0_PE)) != 0:
+        tlb_flush(st, tlb, 0)
+    st[FETCH_LIN_PAGE] = -1
+    st[ATTN] = 1
+
+
+@njit
+def op_grp7(mem, st, tlb, pg, dc, row):         # 0F 01: SGDT SIDT LGDT LIDT SMSW LMSW INVLPG (+VMX)
+    d = dc[row, F_REG]
+    rm = dc[row, F_RM]
+    if rm >= 0:
+        # register forms: 0F 01 C1 VMCALL, C2 VMLAUNCH, C3 VMRESUME, C4 VMXOFF (d=0); SMSW r; LMSW r
+        if d == 4:
+            if _sensitive(st):
+                return
+            st[rm] = st[CR0]                     # SMSW r32: P6 and later store all of CR0
+            return
+        if d == 6:
+            if _priv(st):
+                return
+            # LMSW loads PE MP EM TS only and cannot clear PE (SDM LMSW)
+            v = (st[CR0] & ~0xE) | (st[rm] & 0xF) | (st[CR0] & CR0_PE)
+            _write_cr0(mem, st, tlb, v)
+            return
+        raise_fault(st, UD, -1)                  # VMX forms: #UD outside VMX operation
+        return
+    off = ea(st, dc, row)
+    seg = dc[row, F_SEG]
+    if d == 0 or d == 1:                          # SGDT / SIDT: store limit16, base32
+        if _sensitive(st):
+            return
+        lim = st[GDTR_LIMIT] if d == 0 else st[IDTR_LIMIT]
+        base = st[GDTR_BASE] if d == 0 else st[IDTR_BASE]
+        mem_write(mem, st, tlb, pg, seg, off, 2, lim)
+        if st[FAULT_PENDING] != 0:
+            return
+        mem_write(mem, st, tlb, pg, seg, (off + 2) & MASK32, 4, base)
+    elif d == 2 or d == 3:                        # LGDT / LIDT: privileged
+        if _priv(st):
+            return
+        lim = mem_read(mem, st, tlb, pg, seg, off, 2)
+        if st[FAULT_PENDING] != 0:
+            return
+        base = mem_read(mem, st, tlb, pg, seg, (off + 2) & MASK32, 4)
+        if st[FAULT_PENDING] != 0:
+            return
+        if d == 2:
+            st[GDTR_LIMIT] = lim
+            st[GDTR_BASE] = base
+        else:
+            st[IDTR_LIMIT] = lim
+            st[IDTR_BASE] = base
+    elif d == 4:                                  # SMSW m16
+        if _sensitive(st):
+            return
+        mem_write(mem, st, tlb, pg, seg, off, 2, st[CR0] & 0xFFFF)
+    elif d == 6:                                  # LMSW m16
+        if _priv(st):
+            return
+        v = mem_read(mem, st, tlb, pg, seg, off, 2)
+        if st[FAULT_PENDING] != 0:
+            return
+        _write_cr0(mem, st, tlb, (st[CR0] & ~0xE) | (v & 0xF) | (st[CR0] & CR0_PE))
+    elif d == 7:                                  # INVLPG m
+        if _priv(st):
+            return
+        lin = to_lin(st, seg, off, 1, 0)
+        if st[FAULT_PENDING] != 0:
+            return
+        tlb_invlpg(st, tlb, lin)
+    else:
+        raise_fault(st, UD, -1)
+
+
+@njit
+def op_lar(mem, st, tlb, pg, dc, row):          # 0F 02: LAR r32, r/m16
+    if _sensitive(st):
+        return
+    sel = rm_read(mem, st, tlb, pg, dc, row, 2)
+    if st[FAULT_PENDING] != 0:
+        return
+    v = lar(mem, st, tlb, pg, sel)
+    if st[FAULT_PENDING] == 0 and v >= 0:
+        st[dc[row, F_REG]] = v
+
+
+@njit
+def op_lsl(mem, st, tlb, pg, dc, row):          # 0F 03: LSL r32, r/m16
+    if _sensitive(st):
+        return
+    sel = rm_read(mem, st, tlb, pg, dc, row, 2)
+    if st[FAULT_PENDING] != 0:
+        return
+    v = lsl(mem, st, tlb, pg, sel)
+    if st[FAULT_PENDING] == 0 and v >= 0:
+        st[dc[row, F_REG]] = v
+
+
+@njit
+def op_clts(mem, st, tlb, pg, dc, row):         # 0F 06: privileged
+    if _priv(st):
+        return
+    st[CR0] &= ~CR0_TS
+
+
+@njit
+def op_mov_cr(mem, st, tlb, pg, dc, row):       # 0F 20 (MOV r32, CRn), 0F 22 (MOV CRn, r32)
+    if _priv(st):
+        return
+    n = dc[row, F_REG]
+    r = dc[row, F_RM]
+    if n == 1 or n > 4:
+        raise_fault(st, UD, -1)
+        return
+    if dc[row, F_OPC] == 0x120:
+        st[r] = st[CR0] if n == 0 else st[CR0 + n - 1]     # CR2, CR3, CR4 follow CR0
+        return
+    v = st[r]
+    if n == 0:
+        _write_cr0(mem, st, tlb, v)
+    elif n == 2:
+        st[CR2] = v
+    elif n == 3:
+        st[CR3] = v
+        st[COUNTERS + C_CR3_WRITE] += 1
+        # SDM Vol. 3A, 4.10.4.1: MOV to CR3 flushes all non-global entries
+        tlb_flush(st, tlb, 1 if (st[CR4] & CR4_PGE) != 0 else 0)
+    else:
+        if (v & ~CR4_SUPPORTED & MASK32) != 0 or (v & CR4_PAE) != 0:
+            raise_fault(st, GP, 0)
+            return
+        old = st[CR4]
+        st[CR4] = v
+        if ((old ^ v) & (CR4_PSE | CR4_PGE)) != 0:
+            tlb_flush(st, tlb, 0)
+    st[FETCH_LIN_PAGE] = -1
+
+
+@njit
+def _msr_slot(ecx):
+    if ecx == MSR_SYSENTER_CS:
+        return MSR_SYSENTER_CS_SLOT
+    if ecx == MSR_SYSENTER_ESP:
+        return MSR_SYSENTER_ESP_SLOT
+    if ecx == MSR_SYSENTER_EIP:
+        return MSR_SYSENTER_EIP_SLOT
+    if ecx == MSR_EFER:
+        return MSR_EFER_SLOT
+    if ecx == MSR_FEATURE_CONTROL:
+        return MSR_FEATURE_CONTROL_SLOT
+    if ecx == MSR_TSC:
+        return TSC
+    return -1
+
+
+@njit
+def op_rdmsr(mem, st, tlb, pg, dc, row):        # 0F 32: privileged; unknown MSR -> #GP(0)
+    if _priv(st):
+        return
+    s = _msr_slot(st[ECX])
+    if s < 0:
+        raise_fault(st, GP, 0)
+        return
+    v = st[s]
+    st[EAX] = v & MASK32
+    st[EDX] = (v >> 32) & MASK32
+
+
+@njit
+def op_wrmsr(mem, st, tlb, pg, dc, row):        # 0F 30
+    if _priv(st):
+        return
+    s = _msr_slot(st[ECX])
+    if s < 0:
+        raise_fault(st, GP, 0)
+        return
+    v = st[EAX] | (st[EDX] << 32)
+    if s == TSC:
+        # writing the TSC moves the timer deadline with it, so timer periods stay intact
+        st[TIMER_NEXT] += v - st[TSC]
+        st[TSC] = v
+    elif s == MSR_SYSENTER_CS_SLOT or s == MSR_SYSENTER_ESP_SLOT or s == MSR_SYSENTER_EIP_SLOT:
+        st[s] = v & MASK32
+    else:
+        st[s] = v
+
+
+@njit
+def op_rdtsc(mem, st, tlb, pg, dc, row):        # 0F 31: #GP(0) if CR4.TSD and CPL > 0
+    if (st[CR4] & CR4_TSD) != 0 and st[CPL] != 0:
+        raise_fault(st, GP, 0)
+        return
+    st[EAX] = st[TSC] & MASK32
+    st[EDX] = (st[TSC] >> 32) & MASK32
+
+
+@njit
+def op_cpuid(mem, st, tlb, pg, dc, row):        # 0F A2
+    leaf = st[EAX]
+    if leaf == 0:
+        st[EAX] = CPUID_MAX_LEAF
+        st[EBX] = CPUID_VENDOR_EBX
+        st[EDX] = CPUID_VENDOR_EDX
+        st[ECX] = CPUID_VENDOR_ECX
+    elif leaf == 1:
+        st[EAX] = CPUID_SIGNATURE
+        st[EBX] = 0
+        st[ECX] = CPUID_FEATURES_ECX
+        st[EDX] = CPUID_FEATURES_EDX
+    else:
+        # SDM: a leaf above the maximum returns the data of the highest basic leaf
+        st[EAX] = CPUID_SIGNATURE
+        st[EBX] = 0
+        st[ECX] = CPUID_FEATURES_ECX
+        st[EDX] = CPUID_FEATURES_EDX
+
+
+@njit
+def op_vmx(mem, st, tlb, pg, dc, row):          # 0F 78 VMREAD, 0F 79 VMWRITE, 0F C7 /6 VMXON/VMCLEAR/VMPTRLD
+    # Outside VMX operation (and with CR4.VMXE clear) every VMX instruction is #UD
+    # (SDM Vol. 3C, 30.3); VMX semantics arrive with hvsim/vtx.
+    raise_fault(st, UD, -1)
+
+
+@njit
+def op_ud(mem, st, tlb, pg, dc, row):           # anything outside the subset, UD2
+    raise_fault(st, UD, -1)

@@ -1,0 +1,693 @@
+"""The Python face of the simulated machine (not jitted).
+
+``Machine`` owns the five state arrays (hvsim/cpu/layout.py), validates what a user
+passes, calls the jitted run loop and wraps what comes back in readable objects::
+
+    >>> from hvsim import Machine, assemble
+    >>> m = Machine()
+    >>> m.load(assemble("mov ecx, 10\\nagain: add eax, ecx\\nloop again\\nhlt"))
+    >>> m.run().kind
+    'halt'
+    >>> m.cpu.eax
+    55
+
+A bare ``Machine()`` is what a boot loader would leave: 32-bit protected mode, flat
+segments (CS = 0x08, data = 0x10, base 0, limit 4 GiB), ring 0, paging off, ESP at
+the top of memory, interrupts disabled. With ``exceptions="host"`` (the default)
+every exception (vectors 0-31) leaves ``run()`` as an ``exception`` event; with
+``exceptions="guest"`` it is delivered through the guest's own IDT, as on a real PC.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Iterable, Optional, Union
+
+import numpy as np
+
+from hvsim.cpu import layout as L
+from hvsim.cpu import counters as C
+from hvsim.cpu.decode import F_TAG, DC_ENTRIES
+from hvsim.cpu.devices import (DEV_CONSOLE, DEV_TIMER_PERIOD, DEV_TIMER_VECTOR, CONSOLE_PORT,
+                               TIMER_PORT)
+from hvsim.cpu.exits import ExitKind, EXIT_BUDGET, EXIT_IO
+from hvsim.cpu.flags import FIXED1, IOPL_SHIFT, Flag
+from hvsim.cpu.cr import CR0_PE, CR0_ET
+from hvsim.rings.vectors import vector_name
+
+DEFAULT_MEMORY = 16 << 20
+DEFAULT_TLB = (16, 4)          # 16 sets x 4 ways = 64 entries, the size of a P6-era data TLB
+DEFAULT_TIMER_VECTOR = 0x20
+DEFAULT_MAX_STEPS = 10_000_000
+
+# hidden-cache access rights of the flat segments a bare machine starts with
+# (VMCS layout, SDM Vol. 3C Table 24-2): P=1, S=1, D/B=1, G=1
+AR_FLAT_CODE = L.AR_P | L.AR_S | L.AR_DB | L.AR_G | 0xB    # execute/read, accessed
+AR_FLAT_DATA = L.AR_P | L.AR_S | L.AR_DB | L.AR_G | 0x3    # read/write, accessed
+BARE_CS = 0x08
+BARE_DS = 0x10
+
+_GPRS = ("eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi")
+_SREGS = ("es", "cs", "ss", "ds", "fs", "gs")
+_SOURCES = ("fault", "trap", "software", "external")
+
+
+class GuestMemory(np.ndarray):
+    """Guest-physical memory as a numpy ``uint8`` array.
+
+    Any write through it (or a view of it) drops the decoded-instruction cache, so
+    the next instruction fetch sees the new bytes.
+    """
+
+    def __array_finalize__(self, obj):
+        self._on_write = getattr(obj, "_on_write", None)
+
+    def __setitem__(self, key, value):
+        super().__setitem__(key, value)
+        if self._on_write is not None:
+            self._on_write()
+
+
+@dataclasses.dataclass
+class Event:
+    """Why ``run()`` or ``step()`` stopped.
+
+    kind: 'halt', 'exception', 'io', 'budget', 'shutdown', 'bus_error', 'breakpoint',
+    'interrupt'. For 'exception': ``vector``, ``error_code`` (None if the vector
+    pushes none), ``source`` ('fault', 'trap', 'software'), ``address`` (#PF: the
+    linear address, also in CR2). For 'io': ``port``, ``size`` (bytes),
+    ``direction`` ('in'/'out'), ``value`` (what OUT wrote); answer an IN with
+    :meth:`reply`. ``eip`` is the instruction that caused the event (for
+    'budget', the next one to run); ``length`` its size, so a monitor can skip it.
+    """
+    kind: str
+    eip: int
+    cpl: int
+    steps: int
+    vector: Optional[int] = None
+    error_code: Optional[int] = None
+    source: Optional[str] = None
+    address: Optional[int] = None
+    port: Optional[int] = None
+    size: Optional[int] = None
+    direction: Optional[str] = None
+    value: Optional[int] = None
+    length: int = 0
+    _machine: Optional["Machine"] = dataclasses.field(default=None, repr=False, compare=False)
+
+    @property
+    def name(self) -> str:
+        """A readable name: '#GP (general protection)', 'INT 0x80', 'OUT 0x80', 'halt'..."""
+        if self.vector is not None and self.kind in ("exception", "interrupt"):
+            return vector_name(self.vector)
+        if self.kind == "io":
+            return f"{self.direction.upper()} {self.port:#x}"
+        return self.kind
+
+    def reply(self, value: int) -> None:
+        """Complete an IN from an unclaimed port: the guest's AL/EAX receives ``value``."""
+        if self.kind != "io" or self.direction != "in":
+            raise ValueError(f"reply() answers an 'in' io event, not {self.name!r}")
+        if self._machine is None:
+            raise ValueError("this event is not attached to a machine")
+        _check_int("value", value, 0, (1 << (8 * self.size)) - 1)
+        cpu = self._machine.cpu
+        if self.size == 1:
+            cpu.eax = (cpu.eax & ~0xFF) | value
+        else:
+            cpu.eax = value
+
+    def __str__(self) -> str:
+        s = f"{self.name} at eip={self.eip:#010x} (ring {self.cpl})"
+        if self.kind == "exception" and self.error_code is not None:
+            s += f" error_code={self.error_code:#x}"
+        if self.address is not None and self.kind in ("exception", "bus_error"):
+            s += f" address={self.address:#010x}"
+        if self.kind == "io" and self.direction == "out":
+            s += f" value={self.value:#x}"
+        return s
+
+
+@dataclasses.dataclass(frozen=True)
+class TraceEntry:
+    """One recorded event: delivered through the IDT (kind 'delivered') or a host exit."""
+    kind: str
+    vector: int
+    error_code: Optional[int]
+    eip: int
+    cpl_from: int
+    cpl_to: int
+    tsc: int
+
+    @property
+    def name(self) -> str:
+        if self.kind == "delivered":
+            return vector_name(self.vector)
+        return ExitKind(self.vector).label
+
+    def __str__(self):
+        return f"[{self.tsc:>8}] {self.kind:9} {self.name:28} eip={self.eip:#010x} ring {self.cpl_from}->{self.cpl_to}"
+
+
+def _check_int(name, value, lo, hi):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
+    if not lo <= int(value) <= hi:
+        raise ValueError(f"{name}={value:#x} is outside {lo:#x}..{hi:#x}")
+    return int(value)
+
+
+class CPU:
+    """Register view: ``m.cpu.eax``, ``m.cpu.eip``, ``m.cpu.cr3``, ``m.cpu.cs``, ``m.cpu.cpl``...
+
+    Registers read and write the machine state directly. Writing a segment selector
+    loads its hidden descriptor cache from the guest's GDT/LDT (as a ring-0 loader
+    would, without the privilege checks of MOV Sreg); see :meth:`set_segment` to set a
+    cache by hand.
+    """
+
+    def __init__(self, machine: "Machine"):
+        object.__setattr__(self, "_m", machine)
+
+    def __setattr__(self, name, value):
+        if not hasattr(type(self), name):
+            raise AttributeError(f"the CPU has no register {name!r}")
+        object.__setattr__(self, name, value)
+
+    def _get(self, slot):
+        return int(self._m._st[slot])
+
+    def _set(self, slot, value):
+        self._m._st[slot] = _check_int("register value", value, 0, 0xFFFFFFFF)
+        self._m._st[L.ATTN] = 1
+
+    @property
+    def cpl(self) -> int:
+        """Current privilege level (CS.RPL)."""
+        return self._get(L.CPL)
+
+    @cpl.setter
+    def cpl(self, ring: int) -> None:
+        """Host shortcut for lessons: move to ``ring`` with flat segments of that DPL."""
+        ring = _check_int("cpl", ring, 0, 3)
+        st = self._m._st
+        st[L.CPL] = ring
+        for s, ar in ((L.SREG_CS, AR_FLAT_CODE), (L.SREG_SS, AR_FLAT_DATA)):
+            st[L.SEG_SEL + s] = (st[L.SEG_SEL + s] & ~3) | ring
+            st[L.SEG_AR + s] = (st[L.SEG_AR + s] & ~(3 << L.AR_DPL_SHIFT)) | (ring << L.AR_DPL_SHIFT)
+        st[L.FETCH_LIN_PAGE] = -1
+        self._m._update_flat()
+
+    @property
+    def iopl(self) -> int:
+        return (self._get(L.EFLAGS) >> IOPL_SHIFT) & 3
+
+    @property
+    def flags(self) -> Flag:
+        """EFLAGS as named bits (IOPL is :attr:`iopl`)."""
+        return Flag(self._get(L.EFLAGS) & int(sum(Flag)))
+
+    def set_segment(self, name: str, selector: int, base: int = 0, limit: int = 0xFFFFFFFF,
+                    access_rights: Optional[int] = None) -> None:
+        """Set a segment register's selector and hidden cache directly (host-side setup)."""
+        s = _sreg_index(name)
+        st = self._m._st
+        st[L.SEG_SEL + s] = _check_int("selector", selector, 0, 0xFFFF)
+        st[L.SEG_BASE + s] = _check_int("base", base, 0, 0xFFFFFFFF)
+        st[L.SEG_LIMIT + s] = _check_int("limit", limit, 0, 0xFFFFFFFF)
+        if access_rights is None:
+            access_rights = AR_FLAT_CODE if s == L.SREG_CS else AR_FLAT_DATA
+            access_rights |= (selector & 3) << L.AR_DPL_SHIFT
+        st[L.SEG_AR + s] = _check_int("access_rights", access_rights, 0, 0x1FFFF)
+        if s == L.SREG_CS:
+            st[L.CPL] = selector & 3
+        st[L.FETCH_LIN_PAGE] = -1
+        self._m._update_flat()
+
+    def segment(self, name: str) -> dict:
+        """Selector and hidden cache of a segment register."""
+        s = _sreg_index(name)
+        st = self._m._st
+        return dict(selector=int(st[L.SEG_SEL + s]), base=int(st[L.SEG_BASE + s]),
+                    limit=int(st[L.SEG_LIMIT + s]), access_rights=int(st[L.SEG_AR + s]))
+
+    def _load_selector(self, s: int, selector: int) -> None:
+        from hvsim.rings import decode_descriptor
+        selector = _check_int("selector", selector, 0, 0xFFFF)
+        st = self._m._st
+        if selector & ~3 == 0:
+            if s in (L.SREG_CS, L.SREG_SS):
+                raise ValueError(f"a null selector cannot be loaded into {_SREGS[s]}")
+            st[L.SEG_SEL + s] = selector
+            st[L.SEG_AR + s] = L.AR_UNUSABLE
+            self._m._update_flat()
+            return
+        if selector & 4:
+            base, limit, what = int(st[L.LDTR_BASE]), int(st[L.LDTR_LIMIT]), "LDT"
+        else:
+            base, limit, what = int(st[L.GDTR_BASE]), int(st[L.GDTR_LIMIT]), "GDT"
+        index = selector & ~7
+        if index + 7 > limit:
+            raise ValueError(f"selector {selector:#x} is outside the {what} (limit {limit:#x}); "
+                             f"load a {what} first, or use cpu.set_segment()")
+        raw = self._m.read_linear(base + index, 8)
+        d = decode_descriptor(int.from_bytes(raw, "little"))
+        if not d.p:
+            raise ValueError(f"descriptor {selector:#x} is not present")
+        ar = _ar_of(d)
+        st[L.SEG_SEL + s] = selector
+        st[L.SEG_BASE + s] = d.base
+        st[L.SEG_LIMIT + s] = d.limit
+        st[L.SEG_AR + s] = ar
+        if s == L.SREG_CS:
+            st[L.CPL] = selector & 3
+            st[L.FETCH_LIN_PAGE] = -1
+        self._m._update_flat()
+
+    def __repr__(self):
+        regs = " ".join(f"{r}={getattr(self, r):08x}" for r in _GPRS)
+        return f"<CPU {regs} eip={self.eip:08x} eflags={self.eflags:08x} cpl={self.cpl}>"
+
+
+def _ar_of(d) -> int:
+    """VMCS-layout access rights (SDM Vol. 3C, Table 24-2) of a decoded descriptor."""
+    return (d.type | (d.s << 4) | (d.dpl << L.AR_DPL_SHIFT) | (d.p << 7) | (d.avl << 12)
+            | (d.db << 14) | (d.g << 15))
+
+
+def _sreg_index(name: str) -> int:
+    try:
+        return _SREGS.index(name.lower())
+    except (ValueError, AttributeError):
+        raise ValueError(f"unknown segment register {name!r}; expected one of {', '.join(_SREGS)}") from None
+
+
+def _reg_property(slot, doc):
+    return property(lambda self: self._get(slot), lambda self, v: self._set(slot, v), doc=doc)
+
+
+for _i, _r in enumerate(_GPRS):
+    setattr(CPU, _r, _reg_property(_i, f"{_r.upper()} (32-bit)"))
+for _r, _slot in (("eip", L.EIP), ("cr2", L.CR2), ("tsc", L.TSC)):
+    setattr(CPU, _r, _reg_property(_slot, _r.upper()))
+
+
+def _eflags_set(self, v):
+    self._set(L.EFLAGS, (_check_int("eflags", v, 0, 0xFFFFFFFF) | FIXED1) & 0x3F7FD5)
+
+
+CPU.eflags = property(lambda self: self._get(L.EFLAGS), _eflags_set, doc="EFLAGS (bit 1 always reads 1)")
+
+
+def _cr_property(slot, name):
+    def setter(self, v):
+        self._set(slot, v)
+        self._m._flush_translations()
+    return property(lambda self: self._get(slot), setter,
+                    doc=f"{name}; writing it from Python flushes the TLB")
+
+
+CPU.cr0 = _cr_property(L.CR0, "CR0")
+CPU.cr3 = _cr_property(L.CR3, "CR3")
+CPU.cr4 = _cr_property(L.CR4, "CR4")
+for _s, _name in enumerate(_SREGS):
+    setattr(CPU, _name, property(lambda self, s=_s: self._get(L.SEG_SEL + s),
+                                 lambda self, v, s=_s: self._load_selector(s, v),
+                                 doc=f"{_name.upper()} selector"))
+for _r, _slot in (("gdtr_base", L.GDTR_BASE), ("gdtr_limit", L.GDTR_LIMIT),
+                  ("idtr_base", L.IDTR_BASE), ("idtr_limit", L.IDTR_LIMIT)):
+    setattr(CPU, _r, _reg_property(_slot, _r))
+CPU.tr = property(lambda self: self._get(L.TR_SEL), doc="TR selector (load it with LTR)")
+CPU.ldtr = property(lambda self: self._get(L.LDTR_SEL), doc="LDTR selector (load it with LLDT)")
+
+
+class Counters:
+    """Named, read-only view of the event counters: ``m.counters["instructions"]``.
+
+    Keys: the names in hvsim/cpu/counters.py NAMES, ``ring0``..``ring3``
+    (instructions per ring), ``exception_<n>`` and ``delivered_<n>`` per vector.
+    ``exceptions`` and ``delivered`` give dicts {vector: count} of the non-zero ones.
+    """
+
+    def __init__(self, vec: np.ndarray):
+        self._v = vec
+
+    def __getitem__(self, key: str) -> int:
+        if key in C.NAMES:
+            return int(self._v[C.NAMES[key]])
+        if key.startswith("ring") and key[4:] in ("0", "1", "2", "3"):
+            return int(self._v[C.C_INSN_RING + int(key[4:])])
+        for prefix, base, n in (("exception_", C.C_EXC, 32), ("delivered_", C.C_INT_VEC, 256)):
+            if key.startswith(prefix):
+                try:
+                    v = int(key[len(prefix):], 0)
+                except ValueError:
+                    break
+                if 0 <= v < n:
+                    return int(self._v[base + v])
+        raise KeyError(f"no counter named {key!r}; try one of: {', '.join(self.keys())}")
+
+    def keys(self):
+        return list(C.NAMES) + [f"ring{i}" for i in range(4)]
+
+    def __iter__(self):
+        return iter(self.keys())
+
+    def __contains__(self, key):
+        try:
+            self[key]
+            return True
+        except KeyError:
+            return False
+
+    @property
+    def by_ring(self) -> list:
+        return [int(self._v[C.C_INSN_RING + i]) for i in range(4)]
+
+    @property
+    def exceptions(self) -> dict:
+        return {v: int(self._v[C.C_EXC + v]) for v in range(32) if self._v[C.C_EXC + v]}
+
+    @property
+    def delivered(self) -> dict:
+        return {v: int(self._v[C.C_INT_VEC + v]) for v in range(256) if self._v[C.C_INT_VEC + v]}
+
+    @property
+    def exits(self) -> dict:
+        return {ExitKind(k).label: int(self._v[C.C_EXIT_KIND + k])
+                for k in range(len(ExitKind)) if self._v[C.C_EXIT_KIND + k]}
+
+    def to_dict(self, nonzero: bool = True) -> dict:
+        d = {k: self[k] for k in self.keys()}
+        d.update({f"exception_{v}": n for v, n in self.exceptions.items()})
+        d.update({f"delivered_{v:#x}": n for v, n in self.delivered.items()})
+        if nonzero:
+            d = {k: v for k, v in d.items() if v}
+        return d
+
+    def __repr__(self):
+        return "Counters(" + ", ".join(f"{k}={v}" for k, v in self.to_dict().items()) + ")"
+
+
+@dataclasses.dataclass(frozen=True)
+class Snapshot:
+    """The whole machine state at one instant (see Machine.snapshot / restore)."""
+    mem: np.ndarray
+    st: np.ndarray
+    tlb: np.ndarray
+    dc: np.ndarray
+    pg: np.ndarray
+
+
+class Machine:
+    """One simulated IA-32 machine.
+
+    Parameters
+    ----------
+    memory : bytes of guest-physical memory (multiple of 4096, 64 KiB .. 1 GiB).
+    tlb : (sets, ways) of the TLB model (sets a power of two), or None for no TLB.
+    timer : None (no timer), a period in retired instructions, or (period, vector).
+    exceptions : "host" -- vectors 0-31 leave run() as 'exception' events (default);
+                 "guest" -- they are delivered through the guest's IDT.
+    decode_cache : False decodes every instruction afresh (for tests and comparisons).
+    """
+
+    def __init__(self, memory: int = DEFAULT_MEMORY, tlb=DEFAULT_TLB, timer=None,
+                 exceptions: str = "host", decode_cache: bool = True):
+        memory = _check_int("memory", memory, 1 << 16, 1 << 30)
+        if memory % 4096:
+            raise ValueError(f"memory={memory} is not a multiple of the 4096-byte page")
+        if tlb is None:
+            sets, ways, enabled = 1, 1, 0
+        else:
+            try:
+                sets, ways = tlb
+            except (TypeError, ValueError):
+                raise TypeError(f"tlb must be (sets, ways) or None, got {tlb!r}") from None
+            sets = _check_int("tlb sets", sets, 1, 1 << 16)
+            ways = _check_int("tlb ways", ways, 1, 64)
+            if sets & (sets - 1):
+                raise ValueError(f"tlb sets={sets} is not a power of two")
+            enabled = 1
+        if exceptions not in ("host", "guest"):
+            raise ValueError(f"exceptions must be 'host' or 'guest', got {exceptions!r}")
+        self._mem = np.zeros(memory, np.uint8).view(GuestMemory)
+        self._mem._on_write = self._code_written
+        self._st = np.zeros(L.ST_SIZE, np.int64)
+        self._tlb = np.zeros(sets * ways * L.TLB_FIELDS, np.int64)
+        self._dc = np.zeros((DC_ENTRIES + 2, L.DC_FIELDS), np.int64)
+        self._pg = np.zeros(memory >> 12, np.int64)
+        self._tlb_geometry = (sets, ways, enabled)
+        self._decode_cache = bool(decode_cache)
+        self._exceptions = exceptions
+        self.cpu = CPU(self)
+        self.breakpoints: set = set()
+        self._reset_state()
+        if timer is not None:
+            self.set_timer(timer)
+
+    # ---- state -------------------------------------------------------------------------
+    def _reset_state(self):
+        st = self._st
+        st[:] = 0
+        sets, ways, enabled = self._tlb_geometry
+        st[L.CFG_MEM_SIZE] = len(self._mem)
+        st[L.CFG_TLB_SETS] = sets
+        st[L.CFG_TLB_WAYS] = ways
+        st[L.CFG_TLB_ENABLED] = enabled
+        st[L.CFG_DC_ENABLED] = 1 if self._decode_cache else 0
+        st[L.CFG_CONSOLE_PORT] = CONSOLE_PORT
+        st[L.EFLAGS] = FIXED1
+        st[L.CR0] = CR0_PE | CR0_ET
+        st[L.ESP] = len(self._mem)
+        for s in range(L.N_SREGS):
+            st[L.SEG_SEL + s] = BARE_CS if s == L.SREG_CS else BARE_DS
+            st[L.SEG_BASE + s] = 0
+            st[L.SEG_LIMIT + s] = 0xFFFFFFFF
+            st[L.SEG_AR + s] = AR_FLAT_CODE if s == L.SREG_CS else AR_FLAT_DATA
+        st[L.LDTR_AR] = L.AR_UNUSABLE
+        st[L.TR_AR] = L.AR_UNUSABLE
+        st[L.IRQ_PENDING] = -1
+        st[L.IRQ_HOST] = -1
+        st[L.DELIVERING] = -1
+        st[L.FETCH_LIN_PAGE] = -1
+        st[L.TIMER_VECTOR] = DEFAULT_TIMER_VECTOR
+        st[L.FLAT] = 1
+        if self._exceptions == "host":
+            st[L.ROUTE:L.ROUTE + 32] = L.ROUTE_HOST
+        st[L.PORTMAP + CONSOLE_PORT] = DEV_CONSOLE
+        st[L.PORTMAP + TIMER_PORT] = DEV_TIMER_PERIOD
+        st[L.PORTMAP + TIMER_PORT + 1] = DEV_TIMER_VECTOR
+        self._tlb[:] = 0
+        self._flush_decoded()
+        self._pg[:] = 0
+
+    def reset(self, clear_memory: bool = False) -> None:
+        """Back to the bare-machine state (memory kept unless ``clear_memory``)."""
+        if clear_memory:
+            np.ndarray.__setitem__(self._mem, slice(None), 0)
+        self._reset_state()
+
+    def _code_written(self):
+        self._flush_decoded()
+
+    def _flush_decoded(self):
+        self._dc[:, F_TAG] = -1
+
+    def _flush_translations(self):
+        self._tlb[:] = 0
+        self._st[L.FETCH_LIN_PAGE] = -1
+
+    def _update_flat(self):
+        from hvsim.rings.segments import update_flat
+        update_flat(self._st)
+
+    @property
+    def memory(self) -> GuestMemory:
+        """Guest-physical memory (numpy uint8); writes are seen by the next fetch."""
+        return self._mem
+
+    @property
+    def counters(self) -> Counters:
+        return Counters(self._st[L.COUNTERS:L.COUNTERS + L.N_COUNTERS])
+
+    @property
+    def console(self) -> str:
+        """Everything the guest wrote to the console port (0xE9), as text."""
+        n = int(self._st[L.CONSOLE_LEN])
+        n = min(n, L.CONSOLE_CAP)
+        return bytes(self._st[L.CONSOLE_BUF:L.CONSOLE_BUF + n].astype(np.uint8)).decode("latin-1")
+
+    @property
+    def trace(self) -> list:
+        """The most recent recorded events (oldest first), at most TRACE_CAP of them."""
+        st = self._st
+        head = int(st[L.TRACE_HEAD])
+        n = min(head, L.TRACE_CAP)
+        out = []
+        for i in range(head - n, head):
+            base = L.TRACE_BUF + (i % L.TRACE_CAP) * L.TRACE_FIELDS
+            kind, vec, err, eip, cf, ct, tsc, _ = (int(x) for x in st[base:base + L.TRACE_FIELDS])
+            out.append(TraceEntry("delivered" if kind == 2 else "exit", vec,
+                                  None if err < 0 else err, eip, cf, ct, tsc))
+        return out
+
+    # ---- configuration -------------------------------------------------------------------
+    def route(self, vectors: Union[int, Iterable[int]], to: str) -> None:
+        """Route exception/interrupt vectors to 'host' (exit from run) or 'guest' (IDT)."""
+        if to not in ("host", "guest"):
+            raise ValueError(f"route to 'host' or 'guest', not {to!r}")
+        if isinstance(vectors, (int, np.integer)):
+            vectors = [vectors]
+        for v in vectors:
+            v = _check_int("vector", v, 0, 255)
+            self._st[L.ROUTE + v] = L.ROUTE_HOST if to == "host" else L.ROUTE_GUEST
+
+    def routed_to_host(self) -> list:
+        return [v for v in range(256) if self._st[L.ROUTE + v] == L.ROUTE_HOST]
+
+    def set_timer(self, timer) -> None:
+        """Start the interval timer: a period (instructions) or (period, vector); None stops it."""
+        if timer is None:
+            self._st[L.TIMER_PERIOD] = 0
+            return
+        if isinstance(timer, tuple):
+            if len(timer) != 2:
+                raise ValueError(f"timer must be a period or (period, vector), got {timer!r}")
+            period, vector = timer
+        else:
+            period, vector = timer, DEFAULT_TIMER_VECTOR
+        period = _check_int("timer period", period, 1, 0xFFFFFFFF)
+        vector = _check_int("timer vector", vector, 32, 255)
+        self._st[L.TIMER_PERIOD] = period
+        self._st[L.TIMER_VECTOR] = vector
+        self._st[L.TIMER_NEXT] = self._st[L.TSC] + period
+
+    def claim_port(self, port: int, device: str) -> None:
+        """Attach an in-core device ('console', 'timer', or 'none' for host exits) to a port."""
+        port = _check_int("port", port, 0, 0xFFFF)
+        ids = {"none": 0, "console": DEV_CONSOLE, "timer": DEV_TIMER_PERIOD}
+        if device not in ids:
+            raise ValueError(f"device must be one of {sorted(ids)}, got {device!r}")
+        self._st[L.PORTMAP + port] = ids[device]
+
+    @property
+    def virtualizable(self) -> bool:
+        """True: sensitive unprivileged instructions (POPF, PUSHF, SGDT...) trap above ring 0."""
+        return bool(self._st[L.VIRTUALIZABLE])
+
+    @virtualizable.setter
+    def virtualizable(self, on: bool) -> None:
+        self._st[L.VIRTUALIZABLE] = 1 if on else 0
+
+    def interrupt(self, vector: int) -> None:
+        """Raise an external interrupt on the line (taken when IF=1; wakes HLT)."""
+        self._st[L.IRQ_PENDING] = _check_int("vector", vector, 32, 255)
+
+    # ---- loading -------------------------------------------------------------------------
+    def load(self, program, origin: Optional[int] = None, entry: Optional[int] = None) -> None:
+        """Copy a program into memory and point EIP at its entry.
+
+        ``program`` is a :class:`hvsim.asm.Program` (placed at its origin, EIP at its
+        ``start`` label or origin) or raw bytes (``origin`` required).
+        """
+        if isinstance(program, (bytes, bytearray, memoryview, np.ndarray)):
+            if origin is None:
+                raise ValueError("loading raw bytes needs origin=")
+            code = bytes(program)
+            start = origin if entry is None else entry
+        elif hasattr(program, "code") and hasattr(program, "origin"):
+            code = bytes(program.code)
+            origin = program.origin if origin is None else origin
+            start = getattr(program, "entry", origin) if entry is None else entry
+            start = start - program.origin + origin
+        else:
+            raise TypeError(f"load() takes a Program or bytes, got {type(program).__name__}")
+        origin = _check_int("origin", origin, 0, 0xFFFFFFFF)
+        if origin + len(code) > len(self._mem):
+            raise ValueError(f"{len(code)} bytes at {origin:#x} do not fit in {len(self._mem):#x} bytes of memory")
+        self._mem[origin:origin + len(code)] = np.frombuffer(code, np.uint8)
+        self.cpu.eip = _check_int("entry", start, 0, 0xFFFFFFFF)
+
+    def read_linear(self, lin: int, n: int) -> bytes:
+        """Read n bytes at a linear address, through the guest's page tables if paging is on."""
+        from hvsim.mmu import walk
+        out = bytearray()
+        st = self._st
+        for i in range(n):
+            a = (lin + i) & 0xFFFFFFFF
+            if st[L.CR0] & (1 << 31):
+                w = walk(self._mem, int(st[L.CR3]), int(st[L.CR4]), a)
+                if w.fault is not None:
+                    raise ValueError(f"linear address {a:#x} is not mapped ({w.fault})")
+                a = w.pa
+            if a >= len(self._mem):
+                raise ValueError(f"address {a:#x} is outside memory")
+            out.append(int(self._mem[a]))
+        return bytes(out)
+
+    # ---- running -------------------------------------------------------------------------
+    def run(self, max_steps: int = DEFAULT_MAX_STEPS) -> Event:
+        """Run until an event; at most ``max_steps`` steps (then the event is 'budget')."""
+        budget = _check_int("max_steps", max_steps, 1, 1 << 62)
+        return self._event(self._run(budget))
+
+    def step(self) -> Optional[Event]:
+        """Retire one instruction (or take one fault/interrupt); the event it caused, or None."""
+        kind = self._run(1)
+        if kind == EXIT_BUDGET:
+            return None
+        return self._event(kind)
+
+    def _run(self, budget: int) -> int:
+        from hvsim.cpu.run import run
+        st = self._st
+        bps = sorted(self.breakpoints)
+        if len(bps) > L.BP_CAP:
+            raise ValueError(f"at most {L.BP_CAP} breakpoints, got {len(bps)}")
+        st[L.BP_COUNT] = len(bps)
+        for i, a in enumerate(bps):
+            st[L.BP_LIST + i] = _check_int("breakpoint", a, 0, 0xFFFFFFFF)
+        return int(run(self._mem.view(np.ndarray), st, self._tlb, self._dc, self._pg, budget))
+
+    def _event(self, kind: int) -> Event:
+        st = self._st
+        k = ExitKind(kind)
+        ev = Event(kind=k.label, eip=int(st[L.EXIT_EIP]), cpl=int(st[L.EXIT_CPL]),
+                   steps=int(st[L.EXIT_STEPS]), length=int(st[L.EXIT_LEN]), _machine=self)
+        if k in (ExitKind.EXCEPTION, ExitKind.INTERRUPT):
+            ev.vector = int(st[L.EXIT_VECTOR])
+            err = int(st[L.EXIT_ERROR])
+            ev.error_code = None if err < 0 else err
+            ev.source = _SOURCES[int(st[L.EXIT_SOURCE])]
+            if ev.vector == 14:
+                ev.address = int(st[L.EXIT_ADDR])
+        elif k == ExitKind.IO:
+            ev.port = int(st[L.EXIT_PORT])
+            ev.size = int(st[L.EXIT_SIZE])
+            ev.direction = "in" if st[L.EXIT_DIR] else "out"
+            ev.value = int(st[L.EXIT_VALUE]) if not st[L.EXIT_DIR] else None
+        elif k == ExitKind.BUS_ERROR:
+            ev.address = int(st[L.EXIT_ADDR])
+        return ev
+
+    # ---- snapshots ----------------------------------------------------------------------
+    def snapshot(self) -> Snapshot:
+        """A copy of the whole machine state (memory, registers, TLB, caches, counters)."""
+        return Snapshot(np.array(self._mem, copy=True).view(np.ndarray), self._st.copy(),
+                        self._tlb.copy(), self._dc.copy(), self._pg.copy())
+
+    def restore(self, snap: Snapshot) -> None:
+        """Put the machine back exactly as it was when ``snap`` was taken."""
+        if not isinstance(snap, Snapshot):
+            raise TypeError(f"restore() takes a Snapshot, got {type(snap).__name__}")
+        if snap.mem.shape != self._mem.shape or snap.tlb.shape != self._tlb.shape:
+            raise ValueError("this snapshot was taken on a machine of another memory or TLB size")
+        np.copyto(self._mem.view(np.ndarray), snap.mem)
+        np.copyto(self._st, snap.st)
+        np.copyto(self._tlb, snap.tlb)
+        np.copyto(self._dc, snap.dc)
+        np.copyto(self._pg, snap.pg)
+
+    def __repr__(self):
+        return (f"<Machine {len(self._mem) >> 20} MiB, ring {self.cpu.cpl}, eip={self.cpu.eip:#x}, "
+                f"{self.counters['instructions']} instructions>")
