@@ -279,6 +279,8 @@ def machine_info():
         "numba": numba.__version__,
         "numpy": numpy.__version__,
         "platform": platform.platform(),
+        # other work on the machine slows every row: say how busy it was
+        "load average at start (1/5/15 min)": " / ".join(f"{x:.2f}" for x in os.getloadavg()),
     }
     try:
         rev = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT,
