@@ -1,0 +1,205 @@
+; faults.s -- exceptions and the double fault (SDM Vol. 3A, 6.15, Tables 6-4 and 6-5).
+;
+;   1. DIV by zero: #DE, a fault: the saved EIP is the DIV itself and no error code is
+;      pushed (the handler finds ESP exactly 12 bytes below the faulting ESP);
+;      the handler skips the 2-byte DIV and returns.
+;   2. UD2: #UD, same checks, skipped.
+;   3. MOV DS with a selector beyond the GDT limit: #GP(selector). The #GP gate is
+;      marked not present, so delivering it raises #NP -- contributory during
+;      contributory: a double fault. The #DF handler gets error code 0 (always, per
+;      Table 6-1) and, as #DF is an abort, does not return: it resumes the kernel.
+; Reports "PASS faults" or "FAIL faults <why>" on port 0xE9 and halts.
+
+KCODE       equ 0x08
+KDATA       equ 0x10
+IDT         equ 0x8000
+KSTACK      equ 0x20000
+INTGATE0    equ 0x8E
+GATE_NP     equ 0x0E            ; P=0: a not-present gate
+BAD_SEL     equ 0xFFF8          ; far beyond the 3-entry GDT
+PORT        equ 0xE9
+
+start:
+    lgdt [gdtr]
+    jmp KCODE:reload
+reload:
+    mov eax, KDATA
+    mov ds, eax
+    mov es, eax
+    mov ss, eax
+    mov esp, KSTACK
+    mov eax, 0
+    mov ebx, de_handler
+    mov ecx, INTGATE0
+    call set_gate
+    mov eax, 6
+    mov ebx, ud_handler
+    mov ecx, INTGATE0
+    call set_gate
+    mov eax, 8
+    mov ebx, df_handler
+    mov ecx, INTGATE0
+    call set_gate
+    mov eax, 11
+    mov ebx, np_handler
+    mov ecx, INTGATE0
+    call set_gate
+    mov eax, 13
+    mov ebx, gp_handler
+    mov ecx, GATE_NP            ; present bit clear: delivering #GP faults (#NP)
+    call set_gate
+    lidt [idtr]
+
+    ; 1. #DE
+    mov [esp_before], esp
+    mov eax, 1
+    xor edx, edx
+    xor ecx, ecx
+div_insn:
+    div ecx
+    mov esi, m_de_count
+    cmp dword [de_count], 1
+    jne kfail
+    mov esi, m_de_regs
+    cmp eax, 1                  ; a faulting DIV leaves EAX, EDX alone
+    jne kfail
+    test edx, edx
+    jnz kfail
+
+    ; 2. #UD
+    mov [esp_before], esp
+ud_insn:
+    ud2
+    mov esi, m_ud_count
+    cmp dword [ud_count], 1
+    jne kfail
+
+    ; 3. #GP -> #NP while delivering it -> #DF
+    mov eax, BAD_SEL
+bad_load:
+    mov ds, eax
+    mov esi, m_df_returned      ; never reached: #DF does not return here
+    jmp kfail
+after_df:
+    mov esi, m_df_count
+    cmp dword [df_count], 1
+    jne kfail
+    mov esi, m_df_err
+    cmp dword [df_err], 0
+    jne kfail
+    mov esi, m_ds_kept
+    mov eax, ds                 ; the faulting MOV DS had no effect
+    cmp eax, KDATA
+    jne kfail
+    mov esi, m_pass
+    call puts
+    hlt
+
+de_handler:
+    push eax                    ; (keep the interrupted code's EAX)
+    mov esi, m_de_eip
+    cmp dword [esp + 4], div_insn   ; a fault: EIP of the DIV
+    jne kfail
+    mov esi, m_de_noerr
+    lea eax, [esp + 16]         ; EAX, then EIP CS EFLAGS: no error code
+    cmp eax, [esp_before]
+    jne kfail
+    inc dword [de_count]
+    add dword [esp + 4], 2      ; skip F7 F1
+    pop eax
+    iret
+
+ud_handler:
+    push eax                    ; (keep the interrupted code's EAX)
+    mov esi, m_ud_eip
+    cmp dword [esp + 4], ud_insn   ; a fault: EIP of the UD2
+    jne kfail
+    mov esi, m_ud_noerr
+    lea eax, [esp + 16]         ; EAX, then EIP CS EFLAGS: no error code
+    cmp eax, [esp_before]
+    jne kfail
+    inc dword [ud_count]
+    add dword [esp + 4], 2      ; skip 0F 0B
+    pop eax
+    iret
+
+df_handler:
+    inc dword [df_count]
+    mov eax, [esp]              ; the error code of #DF
+    mov [df_err], eax
+    mov esp, KSTACK             ; an abort: start the kernel stack afresh
+    jmp after_df
+
+np_handler:
+    mov esi, m_np
+    jmp kfail
+gp_handler:
+    mov esi, m_gp
+    jmp kfail
+
+set_gate:
+    mov edx, ebx
+    and edx, 0xFFFF
+    or edx, KCODE << 16
+    mov [IDT + eax*8], edx
+    mov edx, ebx
+    and edx, 0xFFFF0000
+    shl ecx, 8
+    or edx, ecx
+    mov [IDT + eax*8 + 4], edx
+    ret
+
+kfail:
+    push esi
+    mov esi, m_fail
+    call puts
+    pop esi
+    call puts
+    mov al, 10
+    out PORT, al
+    hlt
+
+puts:
+    mov al, [esi]
+    test al, al
+    jz .done
+    out PORT, al
+    inc esi
+    jmp puts
+.done:
+    ret
+
+align 8
+gdt:
+    dd 0, 0
+    dd 0x0000FFFF, 0x00CF9A00
+    dd 0x0000FFFF, 0x00CF9200
+gdt_end:
+gdtr:
+    dw gdt_end - gdt - 1
+    dd gdt
+idtr:
+    dw 256 * 8 - 1
+    dd IDT
+
+esp_before: dd 0
+de_count:   dd 0
+ud_count:   dd 0
+df_count:   dd 0
+df_err:     dd -1
+
+m_pass:         db "PASS faults", 10, 0
+m_fail:         db "FAIL faults ", 0
+m_de_count:     db "#DE handler did not run once", 0
+m_de_regs:      db "faulting DIV changed EAX/EDX", 0
+m_de_eip:       db "#DE saved EIP is not the DIV", 0
+m_de_noerr:     db "#DE pushed an error code", 0
+m_ud_count:     db "#UD handler did not run once", 0
+m_ud_eip:       db "#UD saved EIP is not the UD2", 0
+m_ud_noerr:     db "#UD pushed an error code", 0
+m_df_returned:  db "execution went on after the faulting MOV DS", 0
+m_df_count:     db "#DF handler did not run once", 0
+m_df_err:       db "#DF error code != 0", 0
+m_ds_kept:      db "the faulting MOV DS changed DS", 0
+m_np:           db "#NP delivered instead of #DF", 0
+m_gp:           db "#GP delivered through a not-present gate", 0

@@ -1,0 +1,213 @@
+; timer.s -- the interval timer, IF, HLT and the interrupt shadows at ring 0.
+;
+; The timer device (hvsim/cpu/devices.py) counts retired instructions: OUT dword to
+; port 0x40 sets the period (0 stops it), OUT to 0x41 the vector (0x20 by default).
+; The kernel:
+;   1. programs a period, STI, and sleeps in HLT until 5 ticks arrived; the handler
+;      runs with IF=0 (interrupt gate) and its saved EFLAGS has IF=1;
+;   2. pushf; cli; spins past a deadline (no tick while IF=0); popf restores IF=1 and
+;      the pending tick is taken at once, before the next instruction (POPF has no
+;      interrupt shadow; SDM Vol. 2B, STI "Description" gives STI one);
+;   3. with a tick pending, "sti; mov [marker], 1": the handler sees marker = 1, as STI
+;      delays interrupts until after the next instruction (SDM Vol. 3A, 6.8.3);
+;   4. moves the timer to vector 0x21 (port 0x41) and sees a tick there;
+;   5. stops the timer (period 0) and reads the period back as 0.
+; Reports "PASS timer" or "FAIL timer <why>" on port 0xE9 and halts.
+
+KCODE       equ 0x08
+KDATA       equ 0x10
+IDT         equ 0x8000
+KSTACK      equ 0x20000
+TIMER       equ 0x40            ; period (dword)
+TIMER_VEC   equ 0x41            ; vector
+PERIOD      equ 100             ; instructions
+INTGATE0    equ 0x8E
+EFLAGS_IF   equ 0x200
+PORT        equ 0xE9
+
+start:
+    lgdt [gdtr]
+    jmp KCODE:reload
+reload:
+    mov eax, KDATA
+    mov ds, eax
+    mov es, eax
+    mov ss, eax
+    mov esp, KSTACK
+    mov eax, 0x20
+    mov ebx, tick
+    call set_gate
+    mov eax, 0x21
+    mov ebx, tick21
+    call set_gate
+    mov eax, 13
+    mov ebx, gp_handler
+    call set_gate
+    lidt [idtr]
+
+    ; 1. sleep until 5 ticks
+    mov eax, PERIOD
+    out TIMER, eax
+    sti
+.sleep:
+    hlt
+    cmp dword [ticks], 5
+    jb .sleep
+    mov esi, m_ticks
+    jne kfail                   ; exactly 5: one wake-up per tick
+    mov esi, m_handler_if
+    cmp dword [if_inside], 0    ; IF was clear in every handler run
+    jne kfail
+    mov esi, m_saved_if
+    cmp dword [saved_if_missing], 0
+    jne kfail
+
+    ; 2. pushf; cli; ...; popf
+    pushf
+    cli
+    mov esi, m_cli
+    pushf
+    pop eax
+    test eax, EFLAGS_IF
+    jnz kfail
+    mov ebx, [ticks]
+    mov ecx, PERIOD * 2         ; spin past at least one deadline
+.spin:
+    loop .spin
+    mov esi, m_masked
+    cmp ebx, [ticks]            ; no tick while IF=0
+    jne kfail
+    popf                        ; IF=1 again: the pending tick is taken right here
+    mov eax, [ticks]
+    mov esi, m_popf
+    inc ebx
+    cmp eax, ebx
+    jne kfail
+    pushf
+    pop eax
+    test eax, EFLAGS_IF
+    jz kfail
+
+    ; 3. the STI shadow
+    cli
+    mov ecx, PERIOD * 2
+.spin2:
+    loop .spin2                 ; a tick is now pending
+    mov dword [marker], 0
+    mov dword [seen], -1
+    sti
+    mov dword [marker], 1       ; runs before the pending tick
+    mov esi, m_sti_shadow
+    cmp dword [seen], 1
+    jne kfail
+
+    ; 4. another vector
+    mov al, 0x21
+    out TIMER_VEC, al
+.sleep21:
+    hlt
+    cmp dword [ticks21], 0
+    je .sleep21
+
+    ; 5. stop
+    cli
+    mov eax, 0
+    out TIMER, eax
+    in eax, TIMER
+    mov esi, m_stop
+    test eax, eax
+    jnz kfail
+    mov esi, m_pass
+    call puts
+    hlt
+
+; vector 0x20: count, and check the interrupt gate's IF handling.
+tick:
+    push eax
+    inc dword [ticks]
+    mov eax, [marker]
+    mov [seen], eax
+    pushf
+    pop eax
+    and eax, EFLAGS_IF
+    or [if_inside], eax
+    mov eax, [esp + 12]         ; saved EFLAGS (above eax, EIP, CS)
+    test eax, EFLAGS_IF
+    jnz .ok
+    inc dword [saved_if_missing]
+.ok:
+    pop eax
+    iret
+
+tick21:
+    inc dword [ticks21]
+    iret
+
+gp_handler:
+    mov esi, m_gp
+    jmp kfail
+
+; set_gate: IDT[eax] = ring-0 interrupt gate to KCODE:ebx.
+set_gate:
+    mov edx, ebx
+    and edx, 0xFFFF
+    or edx, KCODE << 16
+    mov [IDT + eax*8], edx
+    mov edx, ebx
+    and edx, 0xFFFF0000
+    or edx, INTGATE0 << 8
+    mov [IDT + eax*8 + 4], edx
+    ret
+
+kfail:
+    cli
+    push esi
+    mov esi, m_fail
+    call puts
+    pop esi
+    call puts
+    mov al, 10
+    out PORT, al
+    hlt
+
+puts:
+    mov al, [esi]
+    test al, al
+    jz .done
+    out PORT, al
+    inc esi
+    jmp puts
+.done:
+    ret
+
+align 8
+gdt:
+    dd 0, 0
+    dd 0x0000FFFF, 0x00CF9A00
+    dd 0x0000FFFF, 0x00CF9200
+gdt_end:
+gdtr:
+    dw gdt_end - gdt - 1
+    dd gdt
+idtr:
+    dw 256 * 8 - 1
+    dd IDT
+
+ticks:              dd 0
+ticks21:            dd 0
+if_inside:          dd 0
+saved_if_missing:   dd 0
+marker:             dd 0
+seen:               dd 0
+
+m_pass:         db "PASS timer", 10, 0
+m_fail:         db "FAIL timer ", 0
+m_ticks:        db "HLT loop counted more than 5 ticks", 0
+m_handler_if:   db "IF set inside an interrupt-gate handler", 0
+m_saved_if:     db "saved EFLAGS.IF clear", 0
+m_cli:          db "CLI left IF set", 0
+m_masked:       db "tick delivered while IF=0", 0
+m_popf:         db "POPF did not restore IF / deliver the pending tick", 0
+m_sti_shadow:   db "no STI interrupt shadow", 0
+m_stop:         db "timer period did not read back 0", 0
+m_gp:           db "unexpected #GP", 0
