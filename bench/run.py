@@ -480,6 +480,24 @@ def print_table(header, table):
         print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)))
 
 
+def _busy_at_start(info):
+    first = info.get("load average at start (1/5/15 min)", "0").split("/")[0]
+    return float(first) > 0.5 * (os.cpu_count() or 1)
+
+
+def _one_line(template):
+    """The loop's source on one line: 'top: add eax, ecx ; ...' with N for the count."""
+    text, pending = [], ""
+    for line in template.format(n="N").strip().splitlines():
+        line = line.strip()
+        if line.endswith(":"):
+            pending += line + " "
+        else:
+            text.append(pending + line)
+            pending = ""
+    return " ; ".join(text)
+
+
 def markdown(header, table, info, args):
     out = ["# hvsim benchmarks", "",
            "Measured by `make bench` (`python bench/run.py`); every number below comes from one "
@@ -489,6 +507,9 @@ def markdown(header, table, info, args):
            "assembly text, with fewer checks than hvsim); \"Unicorn\" runs the same machine-code "
            "bytes in Unicorn (QEMU's TCG). Targets are the project's goals, not guarantees.", "",
            "## Machine", ""]
+    if os.getloadavg()[0] > 0.5 * (os.cpu_count() or 1) or _busy_at_start(info):
+        out[-2:-2] = ["**Note:** the machine was busy when this ran (see the load average "
+                      "below); rerun `make bench` on an idle machine for steadier figures.", ""]
     for k, v in info.items():
         out.append(f"- **{k}**: {v}")
     out += ["", "## Results", "",
@@ -497,8 +518,8 @@ def markdown(header, table, info, args):
     for r in table:
         out.append("| " + " | ".join(str(c).replace("|", "\\|") for c in r) + " |")
     out += ["", "## What each row runs", "",
-            "- (a) `" + " ; ".join(l.strip() for l in ALU_LOOP.strip().splitlines()) + "`",
-            "- (b), (c) `" + " ; ".join(l.strip() for l in MIXED_LOOP.strip().splitlines()) + "`;"
+            "- (a) `" + _one_line(ALU_LOOP) + "`",
+            "- (b), (c) `" + _one_line(MIXED_LOOP) + "`;"
             " (c) identity-maps the first 8 MiB with 4 KiB pages and sets CR3 and CR0.PG",
             "- (d) a ring 3 loop `mov eax, 1 ; int 0x80 ; dec ecx ; jnz` whose ring 0 handler is "
             "`add edi, eax ; iret` (IDT gate DPL 3, TSS stack switch; exceptions=\"guest\")",

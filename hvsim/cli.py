@@ -120,34 +120,13 @@ def _read_text(path: str) -> str:
         raise _BadInput(f"{path}: {e.strerror}") from None
 
 
-def _is_asm_error(exc: BaseException) -> bool:
-    try:
-        from hvsim.asm import AsmError
-    except ImportError:
-        return type(exc).__name__ == "AsmError"
-    return isinstance(exc, AsmError)
-
-
-def _format_asm_error(path: str, exc: BaseException) -> str:
-    """The assembler's own message (line, column, caret); its fields fill in what it lacks."""
-    text = str(exc)
-    line = getattr(exc, "line", None)
-    col = getattr(exc, "col", getattr(exc, "column", None))
-    if line is not None and "line" not in text.lower():
-        where = f"line {line}" + (f", col {col}" if col is not None else "")
-        text = f"{where}: {text}"
-    return f"{path}: {text}"
-
-
 def _assemble_file(path: str):
-    from hvsim import assemble
+    from hvsim import AsmError, assemble
     source = _read_text(path)
     try:
         return assemble(source)
-    except Exception as exc:          # only the assembler's own error is a user error
-        if _is_asm_error(exc):
-            raise _BadInput(_format_asm_error(path, exc)) from None
-        raise
+    except AsmError as exc:           # its text names the line and column, with a caret
+        raise _BadInput(f"{path}: {exc}") from None
 
 
 def _eflags_text(value: int) -> str:
@@ -158,37 +137,21 @@ def _eflags_text(value: int) -> str:
 
 
 def _event_text(ev) -> str:
-    kind = ev.kind
-    parts = [f"event: {kind}"]
-    if kind in ("exception", "interrupt") and getattr(ev, "vector", None) is not None:
+    """``event: exception #GP (general protection) error_code=0x0 at eip=... cpl=3 after N steps``."""
+    parts = [f"event: {ev.kind}"]
+    if ev.kind in ("exception", "interrupt"):
         from hvsim.rings.vectors import vector_name
-        parts.append(vector_name(int(ev.vector)))
-        if getattr(ev, "error_code", None) not in (None, -1):
-            parts.append(f"error_code=0x{int(ev.error_code):x}")
-    if kind == "io":
-        direction = ev.direction if isinstance(ev.direction, str) else ("in" if ev.direction else "out")
-        parts.append(f"{direction} port=0x{int(ev.port):x} size={ev.size}")
-        if direction == "out" and ev.value is not None:
-            parts.append(f"value=0x{int(ev.value):x}")
-    if kind in ("bus_error",) or (kind == "exception" and getattr(ev, "vector", None) == 14):
-        if getattr(ev, "address", None) is not None:
-            parts.append(f"address=0x{int(ev.address):08x}")
-    if getattr(ev, "eip", None) is not None:
-        parts.append(f"at eip=0x{int(ev.eip):08x}")
-    if getattr(ev, "cpl", None) is not None:
-        parts.append(f"cpl={ev.cpl}")
-    if getattr(ev, "steps", None) is not None:
-        parts.append(f"after {ev.steps} steps")
+        parts.append(vector_name(ev.vector))
+        if ev.error_code is not None:
+            parts.append(f"error_code=0x{ev.error_code:x}")
+    if ev.kind == "io":
+        parts.append(f"{ev.direction} port=0x{ev.port:x} size={ev.size}")
+        if ev.direction == "out":
+            parts.append(f"value=0x{ev.value:x}")
+    if ev.address is not None:
+        parts.append(f"address=0x{ev.address:08x}")
+    parts.append(f"at eip=0x{ev.eip:08x} cpl={ev.cpl} after {ev.steps} step" + ("" if ev.steps == 1 else "s"))
     return " ".join(parts)
-
-
-def _counter_items(counters):
-    if hasattr(counters, "to_dict"):
-        return list(counters.to_dict(nonzero=True).items())
-    if hasattr(counters, "items"):
-        return list(counters.items())
-    from hvsim.cpu.counters import NAMES
-    return [(name, counters[name]) for name in NAMES]
 
 
 def _print_machine(m, ev, out) -> None:
@@ -205,9 +168,8 @@ def _print_machine(m, ev, out) -> None:
         print(f"{name}=0x{value:08x} ({value}" + (f" / {signed}" if signed < 0 else "") + ")", file=out)
     print(f"eip=0x{int(cpu.eip):08x}", file=out)
     print(_eflags_text(int(cpu.eflags)), file=out)
-    cpl = getattr(cpu, "cpl", getattr(ev, "cpl", None))
-    print(f"cpl={cpl}", file=out)
-    moved = [(k, int(v)) for k, v in _counter_items(m.counters) if int(v) != 0]
+    print(f"cpl={cpu.cpl}", file=out)
+    moved = [(k, int(v)) for k, v in m.counters.to_dict(nonzero=True).items()]
     if moved:
         print("counters:", file=out)
         width = max(len(k) for k, _ in moved)
@@ -216,12 +178,8 @@ def _print_machine(m, ev, out) -> None:
 
 
 def _print_trace(m, out) -> None:
-    trace = m.trace
-    print("--- trace ---", file=out)
-    if isinstance(trace, str):
-        print(trace, file=out)
-        return
-    entries = list(trace) if trace is not None else []
+    entries = m.trace
+    print("--- trace (recent events, oldest first) ---", file=out)
     if not entries:
         print("(empty)", file=out)
     for entry in entries:
@@ -273,20 +231,14 @@ def _cmd_disasm(args, out) -> int:
         except OSError as e:
             raise _BadInput(f"{args.file}: {e.strerror}") from None
         origin = 0 if args.origin is None else args.origin
-    listing = disassemble(code, origin)
-    if isinstance(listing, str):
-        print(listing, end="" if listing.endswith("\n") else "\n", file=out)
-        return 0
-    for insn in listing:
+    for insn in disassemble(code, origin):
         print(_insn_text(insn), file=out)
     return 0
 
 
 def _insn_text(insn) -> str:
     """``00001000  b9 0a 00 00 00        mov ecx, 0xa`` (address, bytes, Intel syntax)."""
-    if not all(hasattr(insn, a) for a in ("address", "mnemonic", "op_str")):
-        return str(insn)
-    raw = bytes(getattr(insn, "bytes", b"")).hex(" ")
+    raw = bytes(insn.bytes).hex(" ")
     text = f"{insn.mnemonic} {insn.op_str}".strip()
     return f"{int(insn.address):08x}  {raw:<21} {text}"
 

@@ -23,7 +23,7 @@ again:
 """
 
 
-def hvsim(*args, timeout=300):
+def hvsim(*args, timeout=1500):   # generous: the first call after a source change recompiles
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     return subprocess.run([sys.executable, "-m", "hvsim", *map(str, args)], cwd=ROOT, env=env,
