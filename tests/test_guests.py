@@ -118,13 +118,15 @@ def test_faults_de_ud_and_double_fault():
     m, ev, prog = run_guest("faults")
     assert m.console == "PASS faults\n"
     assert ev.kind == "halt"
-    assert delivered(m) == [("#DE (divide error)", None, 0, 0),
+    assert delivered(m) == [("#BP (breakpoint)", None, 0, 0),
+                            ("#DE (divide error)", None, 0, 0),
                             ("#UD (invalid opcode)", None, 0, 0),
                             ("#DF (double fault)", 0, 0, 0)]
     c = m.counters
     assert c["double_faults"] == 1 and c["triple_faults"] == 0
     assert c.exceptions == {0: 1, 6: 1, 8: 1, 13: 1}     # #GP raised, never delivered
-    assert c.delivered == {0: 1, 6: 1, 8: 1}
+    assert c.delivered == {3: 1, 0: 1, 6: 1, 8: 1}
+    assert c["software_interrupts"] == 1                 # INT3
     assert dword(m, prog, "df_err") == 0
 
 

@@ -1,5 +1,6 @@
 ; faults.s -- exceptions and the double fault (SDM Vol. 3A, 6.15, Tables 6-4 and 6-5).
 ;
+;   0. INT3: #BP, a trap: the saved EIP is the instruction after the INT3.
 ;   1. DIV by zero: #DE, a fault: the saved EIP is the DIV itself and no error code is
 ;      pushed (the handler finds ESP exactly 12 bytes below the faulting ESP);
 ;      the handler skips the 2-byte DIV and returns.
@@ -32,6 +33,10 @@ reload:
     mov ebx, de_handler
     mov ecx, INTGATE0
     call set_gate
+    mov eax, 3
+    mov ebx, bp_handler
+    mov ecx, INTGATE0
+    call set_gate
     mov eax, 6
     mov ebx, ud_handler
     mov ecx, INTGATE0
@@ -49,6 +54,13 @@ reload:
     mov ecx, GATE_NP            ; present bit clear: delivering #GP faults (#NP)
     call set_gate
     lidt [idtr]
+
+    ; 0. #BP
+    int3
+after_int3:
+    mov esi, m_bp_count
+    cmp dword [bp_count], 1
+    jne kfail
 
     ; 1. #DE
     mov [esp_before], esp
@@ -123,6 +135,13 @@ ud_handler:
     pop eax
     iret
 
+bp_handler:
+    mov esi, m_bp_eip
+    cmp dword [esp], after_int3 ; a trap: EIP of the next instruction
+    jne kfail
+    inc dword [bp_count]
+    iret
+
 df_handler:
     inc dword [df_count]
     mov eax, [esp]              ; the error code of #DF
@@ -183,6 +202,7 @@ idtr:
     dd IDT
 
 esp_before: dd 0
+bp_count:   dd 0
 de_count:   dd 0
 ud_count:   dd 0
 df_count:   dd 0
@@ -190,6 +210,8 @@ df_err:     dd -1
 
 m_pass:         db "PASS faults", 10, 0
 m_fail:         db "FAIL faults ", 0
+m_bp_count:     db "#BP handler did not run once", 0
+m_bp_eip:       db "#BP saved EIP is not the next instruction", 0
 m_de_count:     db "#DE handler did not run once", 0
 m_de_regs:      db "faulting DIV changed EAX/EDX", 0
 m_de_eip:       db "#DE saved EIP is not the DIV", 0
