@@ -18,7 +18,7 @@ one place:
 numba's cache is per function and keyed on that function's own source file only: a
 cached ``run`` keeps an old, inlined copy of a kernel from another file that has
 since changed. :func:`_invalidate_stale_cache` therefore drops hvsim's cached
-kernels whenever any source file of the package differs from what they were
+kernels whenever any kernel source of the package differs from what they were
 compiled from (a hash of all sources, stamped beside the cache).
 
 Set ``NUMBA_DISABLE_JIT=1`` to run every kernel as plain Python (slow, but with
@@ -36,11 +36,13 @@ _STAMP_NAME = ".hvsim-sources.sha256"
 
 
 def sources_hash() -> str:
-    """SHA-256 over every .py file of the package (path and content)."""
+    """SHA-256 over the package's kernel sources (files with @njit, and this policy)."""
     h = hashlib.sha256()
     for p in sorted(_PACKAGE.rglob("*.py")):
-        h.update(str(p.relative_to(_PACKAGE)).encode())
-        h.update(p.read_bytes())
+        text = p.read_bytes()
+        if b"@njit" in text or p.name == "_jit.py":
+            h.update(str(p.relative_to(_PACKAGE)).encode())
+            h.update(text)
     return h.hexdigest()
 
 

@@ -176,8 +176,8 @@ class CPU:
     def _get(self, slot):
         return int(self._m._st[slot])
 
-    def _set(self, slot, value):
-        self._m._st[slot] = _check_int("register value", value, 0, 0xFFFFFFFF)
+    def _set(self, slot, value, name="register value"):
+        self._m._st[slot] = _check_int(name, value, 0, 0xFFFFFFFF)
         self._m._st[L.ATTN] = 1
 
     @property
@@ -281,18 +281,30 @@ def _sreg_index(name: str) -> int:
         raise ValueError(f"unknown segment register {name!r}; expected one of {', '.join(_SREGS)}") from None
 
 
-def _reg_property(slot, doc):
-    return property(lambda self: self._get(slot), lambda self, v: self._set(slot, v), doc=doc)
+def _reg_property(slot, doc, name):
+    return property(lambda self: self._get(slot), lambda self, v: self._set(slot, v, name), doc=doc)
 
 
 for _i, _r in enumerate(_GPRS):
-    setattr(CPU, _r, _reg_property(_i, f"{_r.upper()} (32-bit)"))
-for _r, _slot in (("eip", L.EIP), ("cr2", L.CR2), ("tsc", L.TSC)):
-    setattr(CPU, _r, _reg_property(_slot, _r.upper()))
+    setattr(CPU, _r, _reg_property(_i, f"{_r.upper()} (32-bit)", _r))
+for _r, _slot in (("cr2", L.CR2), ("tsc", L.TSC)):
+    setattr(CPU, _r, _reg_property(_slot, _r.upper(), _r))
+
+
+def _eip_set(self, v):
+    self._set(L.EIP, v, "eip")
+    # the host moved EIP (load(), a monitor skipping an instruction): a CPU sitting in
+    # HLT would otherwise stay asleep and never fetch there
+    self._m._st[L.HALTED] = 0
+
+
+CPU.eip = property(lambda self: self._get(L.EIP), _eip_set,
+                   doc="EIP; writing it from Python also wakes a CPU halted in HLT")
 
 
 def _eflags_set(self, v):
-    self._set(L.EFLAGS, (_check_int("eflags", v, 0, 0xFFFFFFFF) | FIXED1) & 0x3F7FD5)
+    # bit 1 is reserved and always 1 (SDM Vol. 1, 3.4.3): OR it in *after* masking
+    self._set(L.EFLAGS, (_check_int("eflags", v, 0, 0xFFFFFFFF) & 0x3F7FD7) | FIXED1, "eflags")
 
 
 CPU.eflags = property(lambda self: self._get(L.EFLAGS), _eflags_set, doc="EFLAGS (bit 1 always reads 1)")
@@ -300,7 +312,7 @@ CPU.eflags = property(lambda self: self._get(L.EFLAGS), _eflags_set, doc="EFLAGS
 
 def _cr_property(slot, name):
     def setter(self, v):
-        self._set(slot, v)
+        self._set(slot, v, name.lower())
         self._m._flush_translations()
     return property(lambda self: self._get(slot), setter,
                     doc=f"{name}; writing it from Python flushes the TLB")
@@ -315,7 +327,7 @@ for _s, _name in enumerate(_SREGS):
                                  doc=f"{_name.upper()} selector"))
 for _r, _slot in (("gdtr_base", L.GDTR_BASE), ("gdtr_limit", L.GDTR_LIMIT),
                   ("idtr_base", L.IDTR_BASE), ("idtr_limit", L.IDTR_LIMIT)):
-    setattr(CPU, _r, _reg_property(_slot, _r))
+    setattr(CPU, _r, _reg_property(_slot, _r, _r))
 CPU.tr = property(lambda self: self._get(L.TR_SEL), doc="TR selector (load it with LTR)")
 CPU.ldtr = property(lambda self: self._get(L.LDTR_SEL), doc="LDTR selector (load it with LLDT)")
 

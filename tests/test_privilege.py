@@ -343,9 +343,8 @@ def test_privileged_instructions_work_at_ring0():
     assert m.counters.exceptions == {}
 
 
-@pytest.mark.xfail(strict=True, reason="machine.py CPU.eflags setter masks with 0x3F7FD5, "
-                   "which clears bit 1 (reserved, always 1: SDM Vol. 1, 3.4.3)")
 def test_eflags_setter_keeps_reserved_bit_1():
+    """Bit 1 of EFLAGS is reserved and always 1 (SDM Vol. 1, 3.4.3), also after a host write."""
     m = Machine(memory=MEM)
     m.cpu.eflags = IF
     assert m.cpu.eflags == FIXED1 | IF
