@@ -148,6 +148,31 @@ class TraceEntry:
         return f"[{self.tsc:>8}] {self.kind:9} {self.name:28} eip={self.eip:#010x} ring {self.cpl_from}->{self.cpl_to}"
 
 
+_ENTRY = None
+
+
+def _kernel_entry():
+    """The compiled run loop, called without numba's per-call type dispatch.
+
+    All machines pass arrays of the same types, so after the first call the
+    compiled entry point is taken directly: this halves the cost of ``step()``.
+    """
+    global _ENTRY
+    if _ENTRY is not None:
+        return _ENTRY
+    from hvsim.cpu.run import run
+    if not hasattr(run, "overloads"):          # NUMBA_DISABLE_JIT=1: plain Python
+        _ENTRY = run
+        return run
+    if not run.signatures:
+        st = np.zeros(L.ST_SIZE, np.int64)
+        st[L.CFG_MEM_SIZE] = 4096
+        run(np.zeros(4096, np.uint8), st, np.zeros(L.TLB_FIELDS, np.int64),
+            np.zeros((DC_ENTRIES + 2, L.DC_FIELDS), np.int64), np.zeros(1, np.int64), 0)
+    _ENTRY = run.overloads[run.signatures[0]].entry_point
+    return _ENTRY
+
+
 def _check_int(name, value, lo, hi):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
@@ -453,6 +478,8 @@ class Machine:
         self._exceptions = exceptions
         self.cpu = CPU(self)
         self.breakpoints: set = set()
+        self._bp_written = None
+        self._raw_mem = self._mem.view(np.ndarray)
         self._reset_state()
         if timer is not None:
             self.set_timer(timer)
@@ -492,6 +519,7 @@ class Machine:
         self._tlb[:] = 0
         self._flush_decoded()
         self._pg[:] = 0
+        self._bp_written = None
 
     def reset(self, clear_memory: bool = False) -> None:
         """Back to the bare-machine state (memory kept unless ``clear_memory``)."""
@@ -651,15 +679,17 @@ class Machine:
         return self._event(kind)
 
     def _run(self, budget: int) -> int:
-        from hvsim.cpu.run import run
         st = self._st
-        bps = sorted(self.breakpoints)
-        if len(bps) > L.BP_CAP:
-            raise ValueError(f"at most {L.BP_CAP} breakpoints, got {len(bps)}")
-        st[L.BP_COUNT] = len(bps)
-        for i, a in enumerate(bps):
-            st[L.BP_LIST + i] = _check_int("breakpoint", a, 0, 0xFFFFFFFF)
-        return int(run(self._mem.view(np.ndarray), st, self._tlb, self._dc, self._pg, budget))
+        bps = self.breakpoints
+        if bps != self._bp_written:
+            bps = sorted(bps)
+            if len(bps) > L.BP_CAP:
+                raise ValueError(f"at most {L.BP_CAP} breakpoints, got {len(bps)}")
+            for i, a in enumerate(bps):
+                st[L.BP_LIST + i] = _check_int("breakpoint", a, 0, 0xFFFFFFFF)
+            st[L.BP_COUNT] = len(bps)
+            self._bp_written = set(bps)
+        return int(_kernel_entry()(self._raw_mem, st, self._tlb, self._dc, self._pg, budget))
 
     def _event(self, kind: int) -> Event:
         st = self._st
@@ -699,6 +729,7 @@ class Machine:
         np.copyto(self._tlb, snap.tlb)
         np.copyto(self._dc, snap.dc)
         np.copyto(self._pg, snap.pg)
+        self._bp_written = None        # the snapshot's breakpoint slots: rewrite from self.breakpoints
 
     def __repr__(self):
         return (f"<Machine {len(self._mem) >> 20} MiB, ring {self.cpu.cpl}, eip={self.cpu.eip:#x}, "
