@@ -25,7 +25,7 @@ from hvsim._jit import njit
 from hvsim.cpu.layout import (
     MASK32, EBP, ESP, ZERO, SREG_ES, SREG_CS, SREG_SS, SREG_DS, SREG_FS, SREG_GS,
     DC_ENTRIES, DC_FIELDS, PG_CODE, CFG_MEM_SIZE, FAULT_PENDING, FAULT_VECTOR, FAULT_ERROR, FAULT_ADDR,
-    FAULT_EXCEPTION, CPL, CFG_DC_ENABLED, COUNTERS, FETCH_FAULT_KIND, FETCH_FAULT_VECTOR,
+    FAULT_EXCEPTION, FAULT_BUS, CPL, CFG_DC_ENABLED, COUNTERS, FETCH_FAULT_KIND, FETCH_FAULT_VECTOR,
     FETCH_FAULT_ERROR, FETCH_FAULT_ADDR,
 )
 
@@ -280,6 +280,17 @@ SEG_PREFIX[0x3E], SEG_PREFIX[0x64], SEG_PREFIX[0x65] = SREG_DS, SREG_FS, SREG_GS
 
 
 @njit
+def _fetch_bus_error(st, pa):
+    """Remember that the instruction bytes from physical ``pa`` on are outside memory
+    (raised by ``_need`` only if the decoder gets that far), so the bus error names the
+    first missing *physical* byte -- with paging, not the linear address."""
+    st[FETCH_FAULT_KIND] = FAULT_BUS
+    st[FETCH_FAULT_VECTOR] = -1
+    st[FETCH_FAULT_ERROR] = -1
+    st[FETCH_FAULT_ADDR] = pa
+
+
+@njit
 def _fill(mem, st, tlb, lin, pa, dc):
     """Copy up to 16 instruction bytes into dc[BYTES_ROW]; returns how many are readable.
 
@@ -297,6 +308,7 @@ def _fill(mem, st, tlb, lin, pa, dc):
         dc[BYTES_ROW, n] = mem[pa + n]
         n += 1
     if n < first:          # ran off the end of physical memory
+        _fetch_bus_error(st, pa + n)
         return n
     if first == 16:
         return 16
@@ -317,6 +329,8 @@ def _fill(mem, st, tlb, lin, pa, dc):
         dc[BYTES_ROW, n] = mem[pa2 + j]
         n += 1
         j += 1
+    if n < 16:
+        _fetch_bus_error(st, pa2 + j)
     return n
 
 

@@ -141,6 +141,7 @@ BP_COUNT = 124     # number of host breakpoints in BP_LIST (linear EIP addresses
 SHUTDOWN = 123     # 1 after a triple fault: the CPU stays shut down until reset
 IRQ_HOST = 122     # vector of an interrupt injected by the host, -1 if none
 NO_RETIRE = 121    # set by a handler whose step did not finish the instruction (REP chunk)
+STEP_TRAP = 120    # 1: a single-step #DB (TF) trap held back by an I/O exit, taken first by the next run()
 
 # --- exception routing: one slot per vector (0..255) -------------------------------------
 ROUTE = 128          # st[ROUTE + v]: 0 = deliver through the guest IDT, 1 = exit to host

@@ -28,7 +28,7 @@ from hvsim.cpu.layout import (
     FAULT_ADDR, FAULT_EXCEPTION, FAULT_BUS, INSN_EIP, INSN_LEN, HALTED, INT_SHADOW,
     IRQ_PENDING, TIMER_PERIOD, TIMER_NEXT, TIMER_VECTOR, ATTN, NO_RETIRE, SHUTDOWN, BP_COUNT,
     BP_LIST, ROUTE, ROUTE_HOST, COUNTERS, EXIT_KIND, EXIT_VECTOR, EXIT_ERROR, EXIT_EIP,
-    EXIT_ADDR, EXIT_LEN, EXIT_CPL, EXIT_STEPS, EXIT_SOURCE, DC_FIELDS,
+    EXIT_ADDR, EXIT_LEN, EXIT_CPL, EXIT_STEPS, EXIT_SOURCE, DC_FIELDS, STEP_TRAP,
 )
 from hvsim.mmu.paging import translate
 from hvsim.mmu.pte import ACC_FETCH, ACC_USER
@@ -304,8 +304,19 @@ def run(mem, st, tlb, dc, pg, budget):
     """Run until an exit; at most ``budget`` steps. Returns the exit kind."""
     st[EXIT_KIND] = EXIT_NONE
     st[EXIT_SOURCE] = SRC_FAULT
+    st[EXIT_LEN] = 0                          # exits without an instruction of their own
     steps = 0
     first = True
+    if st[STEP_TRAP] != 0:
+        # the single-step trap of the instruction that left with an I/O exit: the
+        # monitor has completed that instruction, so the trap is due now
+        st[STEP_TRAP] = 0
+        st[EXIT_SOURCE] = SRC_TRAP
+        raise_fault(st, DB, -1)
+        k = handle_fault(mem, st, tlb, pg)
+        if k != EXIT_NONE:
+            return _exit(st, k, steps)
+        first = False                         # EIP moved to the handler: its breakpoint counts
     while True:
         if st[SHUTDOWN] != 0:
             st[EXIT_EIP] = st[EIP]
@@ -346,6 +357,7 @@ def run(mem, st, tlb, dc, pg, budget):
                     st[TSC] = st[TIMER_NEXT]
                 continue
             st[EXIT_EIP] = st[INSN_EIP]
+            st[EXIT_LEN] = st[INSN_LEN]           # the HLT (not a stale earlier exit's length)
             st[EXIT_VECTOR] = -1
             return _exit(st, EXIT_HALT, steps)
         if steps >= budget:
@@ -388,7 +400,9 @@ def run(mem, st, tlb, dc, pg, budget):
             if shadow != 0:
                 st[INT_SHADOW] = 0
                 st[ATTN] = 1
-            if tf != 0:                       # single-step trap after the instruction (SDM 17.3.1.4)
+            if tf != 0 and st[EXIT_KIND] != EXIT_NONE:
+                st[STEP_TRAP] = 1             # exit first; the trap follows in the next run()
+            elif tf != 0:                     # single-step trap after the instruction (SDM 17.3.1.4)
                 st[EXIT_SOURCE] = SRC_TRAP
                 raise_fault(st, DB, -1)
                 k = handle_fault(mem, st, tlb, pg)
