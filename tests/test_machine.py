@@ -334,6 +334,16 @@ def test_trace_names_the_exits_in_order():
 
 
 # ---- the fixes: regression tests ------------------------------------------------------------
+def test_loading_a_program_after_a_halt_runs_it():
+    # the CPU sleeps in the first program's HLT; writing EIP (load() does) wakes it
+    m = Machine()
+    m.load(assemble("mov eax, 1\nhlt"))
+    assert m.run().kind == "halt" and m.run().steps == 0      # still asleep
+    m.load(assemble("mov eax, 2\nhlt", origin=0x3000))
+    ev = m.run()
+    assert (ev.kind, ev.eip, ev.steps, m.cpu.eax) == ("halt", 0x3005, 2, 2)
+
+
 def test_eflags_written_from_python_keeps_reserved_bit_1():
     m = Machine()
     m.cpu.eflags = 0
