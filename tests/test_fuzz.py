@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from hvsim import Machine, Event, assemble
+from hvsim.machine import Counters
 from hvsim.asm.table import FORMS, MEM_ONLY_KINDS, IMM_BYTES
 from hvsim.cpu import layout as L
 from hvsim.cpu import decode as D
@@ -30,8 +31,8 @@ MEM = 64 << 10
 BUDGET = 200
 MAX_RUNS = 6        # run() calls per case (a monitor resuming after each event)
 LONG = os.environ.get("HVSIM_LONG", "0") not in ("", "0")
-N_CASES = 21_000 * (10 if LONG else 1)
-DETERMINISM_EVERY = 4  # replay every 4th case from its snapshot (a replay costs 3 full-state copies)
+N_CASES = 20_000 * (10 if LONG else 1)
+DETERMINISM_EVERY = 5  # replay every 5th case from its snapshot (a replay costs 3 full-state copies)
 
 # guest-physical map of a fuzz case (64 KiB): code and data below 0xC000, then the tables
 PT_ADDR = 0xC000       # one page table (maps linear 0..4 MiB)
@@ -274,8 +275,10 @@ def _reg_value(rng):
         return int(rng.integers(0, 0xC000))
     if r < 0.75:
         return int(rng.integers(0, 16))
-    if r < 0.9:
+    if r < 0.85:
         return WILD[int(rng.integers(len(WILD)))]
+    if r < 0.92:                                   # selectors, for MOV/POP Sreg, LTR, LAR...
+        return (FLAT_CODE0, FLAT_DATA0, FLAT_CODE3, FLAT_DATA3, TSS_SEL, 0x13, 0x33)[int(rng.integers(7))]
     return int(rng.integers(0, 1 << 32))
 
 
@@ -437,7 +440,8 @@ def check_event(m, ev, budget, desc):
 
 
 def _state(m):
-    return (m.memory.view(np.ndarray).copy(), m._st.copy(), m._tlb.copy(), m._dc.copy(), m._pg.copy())
+    s = m.snapshot()
+    return (s.mem, s.st, s.tlb, s.dc, s.pg)
 
 
 def drive(m, budget, desc, rng):
@@ -462,7 +466,9 @@ def drive(m, budget, desc, rng):
     return events
 
 
-def run_cases(pool, seeds, determinism_every=DETERMINISM_EVERY):
+def run_cases(pool, seeds, determinism_every=DETERMINISM_EVERY, totals=None):
+    """Run the cases; returns {event kind: count}. ``totals`` (an int64 array of
+    N_COUNTERS) accumulates every case's counters."""
     kinds = {}
     for seed in seeds:
         m, budget, desc = setup_case(pool, seed)
@@ -471,6 +477,8 @@ def run_cases(pool, seeds, determinism_every=DETERMINISM_EVERY):
         events = drive(m, budget, desc, np.random.default_rng(seed + 1))
         for ev in events:
             kinds[ev.kind] = kinds.get(ev.kind, 0) + 1
+        if totals is not None:
+            totals += m._st[L.COUNTERS:L.COUNTERS + L.N_COUNTERS]
         if replay:
             first = _state(m)
             m.restore(snap)
@@ -495,13 +503,20 @@ def pool():
 
 def test_fuzz_no_crash_no_hang(pool):
     t0 = time.perf_counter()
-    kinds = run_cases(pool, range(N_CASES))
+    totals = np.zeros(L.N_COUNTERS, np.int64)
+    kinds = run_cases(pool, range(N_CASES), totals=totals)
     elapsed = time.perf_counter() - t0
-    # the mix must reach every kind of ending the generators can provoke; if one is
+    # the mix must reach every kind of ending and the machinery behind them; if one is
     # missing, the generators (not the machine) have gone blind
-    for k in ("halt", "exception", "io", "budget", "shutdown", "bus_error", "breakpoint", "interrupt"):
+    for k in KINDS:
         assert kinds.get(k, 0) > 0, (k, kinds)
     assert kinds["shutdown"] > 20 and kinds["exception"] > 1000, kinds
+    seen = Counters(totals)
+    for name in ("double_faults", "triple_faults", "exceptions_delivered", "privilege_switches",
+                 "iret", "irqs", "timer_ticks", "software_interrupts", "smc_invalidations",
+                 "page_walks", "tlb_flushes", "cr3_writes", "segment_loads", "io_exits", "hlt"):
+        assert seen[name] > 0, (name, seen)
+    assert seen["ring3"] > 1000 and seen["instructions"] > 20 * N_CASES, seen
     if not LONG:
         assert elapsed < 150, f"{N_CASES} cases took {elapsed:.0f} s"
 
