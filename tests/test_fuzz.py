@@ -501,6 +501,9 @@ def pool():
     return Pool()
 
 
+# a hang inside a jitted kernel never returns to the interpreter, so only the thread method
+# of pytest-timeout can turn it into a failure (it dumps the stacks and ends the process)
+@pytest.mark.timeout(6000 if LONG else 600, method="thread")
 def test_fuzz_no_crash_no_hang(pool):
     t0 = time.perf_counter()
     totals = np.zeros(L.N_COUNTERS, np.int64)
