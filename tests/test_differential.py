@@ -49,8 +49,8 @@ from hvsim.cpu.flags import CF, PF, AF, ZF, SF, OF, DF, ARITH, FIXED1  # noqa: E
 
 LONG = os.environ.get("HVSIM_LONG", "") not in ("", "0")
 SCALE = 10 if LONG else 1
-N_STRAIGHT = 2000 * SCALE
-N_LOOPING = 1000 * SCALE
+N_STRAIGHT = 1600 * SCALE
+N_LOOPING = 800 * SCALE
 N_DIVIDE_ERROR = 200 * SCALE
 
 # ---- the address space both emulators see -----------------------------------------------
@@ -160,7 +160,7 @@ class Gen:
         self.sure = True
         self.nlabel = 0
         self.functions = []
-        self.fdepth = 0                 # extra dwords pushed inside a function body
+        self.undef_before = 0           # self.undef before the last instruction emitted
         self.regs = self._initial_registers()
         self.eflags = FIXED1 | self.r.choice((0, ARITH, self.r.getrandbits(12) & ARITH)) \
             | (DF if self.r.random() < 0.25 else 0)
