@@ -47,7 +47,7 @@ PARITY_FLAG = np.array([PF if bin(i).count("1") % 2 == 0 else 0 for i in range(2
                        dtype=np.int64)
 
 
-@njit
+@njit(inline="always")
 def parity(x):
     """1 if the low byte of ``x`` has an even number of set bits, else 0."""
     return PARITY_FLAG[x & 0xFF] >> 2
@@ -67,13 +67,13 @@ def sign_extend(value, size):
     return v - (((v >> (bits - 1)) & 1) << bits)
 
 
-@njit
+@njit(inline="always")
 def _szp(r, msb):
     """SF, ZF and PF bits of result ``r`` whose sign bit is bit ``msb``."""
     return (((r >> msb) & 1) * SF) | (ZF if r == 0 else 0) | PARITY_FLAG[r & 0xFF]
 
 
-@njit
+@njit(inline="always")
 def alu2(st, op, a, b, size):
     """Group-1 operation ``op`` (ModRM /digit) on ``a``, ``b``; returns the result.
 
@@ -118,7 +118,7 @@ def test_flags(st, a, b, size):
     st[EFLAGS] = (st[EFLAGS] & NOT_ARITH) | _szp(a & b, (size << 3) - 1)
 
 
-@njit
+@njit(inline="always")
 def inc(st, a, size):
     """INC: ``a + 1``; OF, SF, ZF, AF, PF by result, CF unchanged."""
     msb = (size << 3) - 1
@@ -130,7 +130,7 @@ def inc(st, a, size):
     return r
 
 
-@njit
+@njit(inline="always")
 def dec(st, a, size):
     """DEC: ``a - 1``; OF, SF, ZF, AF, PF by result, CF unchanged."""
     msb = (size << 3) - 1

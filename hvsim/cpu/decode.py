@@ -506,7 +506,7 @@ def decode(mem, st, tlb, dc, row, lin, pa):
     return k
 
 
-@njit
+@njit(inline="always")
 def lookup(mem, st, tlb, dc, pg, lin, pa):
     """Return the dc row holding the decoded instruction at ``pa`` (decoding on a miss).
 

@@ -21,7 +21,7 @@ from hvsim.rings.vectors import GP, UD
 REP_CHUNK = 4096   # iterations of a REP string instruction per step (keeps every run() bounded)
 
 
-@njit
+@njit(inline="always")
 def cond(eflags, cc):
     """Condition code cc (the low nibble of Jcc/SETcc/CMOVcc; SDM Vol. 1, Appendix B)."""
     c = (eflags & CF) != 0
@@ -51,7 +51,7 @@ def cond(eflags, cc):
     return r
 
 
-@njit
+@njit(inline="always")
 def jump(st, target):
     """Near transfer: the target must lie within the CS limit (else #GP(0))."""
     target &= MASK32
@@ -61,7 +61,7 @@ def jump(st, target):
     st[EIP] = target
 
 
-@njit
+@njit(inline="always")
 def op_alu_eg(mem, st, tlb, pg, dc, row):       # 00 01 08 09 ... 38 39: op Eb/Ev, Gb/Gv
     size = dc[row, F_SIZE]
     op = (dc[row, F_OPC] >> 3) & 7
@@ -73,7 +73,7 @@ def op_alu_eg(mem, st, tlb, pg, dc, row):       # 00 01 08 09 ... 38 39: op Eb/E
         rm_write(mem, st, tlb, pg, dc, row, size, r)
 
 
-@njit
+@njit(inline="always")
 def op_alu_ge(mem, st, tlb, pg, dc, row):       # 02 03 ... 3A 3B: op Gb/Gv, Eb/Ev
     size = dc[row, F_SIZE]
     op = (dc[row, F_OPC] >> 3) & 7
@@ -86,7 +86,7 @@ def op_alu_ge(mem, st, tlb, pg, dc, row):       # 02 03 ... 3A 3B: op Gb/Gv, Eb/
         set_reg(st, reg, size, r)
 
 
-@njit
+@njit(inline="always")
 def op_alu_ai(mem, st, tlb, pg, dc, row):       # 04 05 ... 3C 3D: op AL/EAX, imm
     size = dc[row, F_SIZE]
     op = (dc[row, F_OPC] >> 3) & 7
@@ -95,7 +95,7 @@ def op_alu_ai(mem, st, tlb, pg, dc, row):       # 04 05 ... 3C 3D: op AL/EAX, im
         set_reg(st, EAX, size, r)
 
 
-@njit
+@njit(inline="always")
 def op_grp1(mem, st, tlb, pg, dc, row):         # 80 81 83 /digit: op Eb/Ev, imm
     size = dc[row, F_SIZE]
     op = dc[row, F_REG]
@@ -107,7 +107,7 @@ def op_grp1(mem, st, tlb, pg, dc, row):         # 80 81 83 /digit: op Eb/Ev, imm
         rm_write(mem, st, tlb, pg, dc, row, size, r)
 
 
-@njit
+@njit(inline="always")
 def op_test_eg(mem, st, tlb, pg, dc, row):      # 84 85
     size = dc[row, F_SIZE]
     a = rm_read(mem, st, tlb, pg, dc, row, size)
@@ -143,13 +143,13 @@ def op_xchg_ar(mem, st, tlb, pg, dc, row):      # 91-97: XCHG EAX, r32
     st[EAX] = t
 
 
-@njit
+@njit(inline="always")
 def op_mov_eg(mem, st, tlb, pg, dc, row):       # 88 89: MOV Eb/Ev, Gb/Gv
     size = dc[row, F_SIZE]
     rm_write(mem, st, tlb, pg, dc, row, size, get_reg(st, dc[row, F_REG], size))
 
 
-@njit
+@njit(inline="always")
 def op_mov_ge(mem, st, tlb, pg, dc, row):       # 8A 8B: MOV Gb/Gv, Eb/Ev
     size = dc[row, F_SIZE]
     v = rm_read(mem, st, tlb, pg, dc, row, size)
@@ -158,7 +158,7 @@ def op_mov_ge(mem, st, tlb, pg, dc, row):       # 8A 8B: MOV Gb/Gv, Eb/Ev
     set_reg(st, dc[row, F_REG], size, v)
 
 
-@njit
+@njit(inline="always")
 def op_mov_ri(mem, st, tlb, pg, dc, row):       # B0-B7 ib, B8-BF id
     set_reg(st, dc[row, F_REG], dc[row, F_SIZE], dc[row, F_IMM])
 
@@ -195,7 +195,7 @@ def op_movzx(mem, st, tlb, pg, dc, row):        # 0F B6 B7 (MOVZX), 0F BE BF (MO
     st[dc[row, F_REG]] = v
 
 
-@njit
+@njit(inline="always")
 def op_lea(mem, st, tlb, pg, dc, row):          # 8D: LEA r32, m
     if dc[row, F_RM] >= 0:
         raise_fault(st, UD, -1)
@@ -203,12 +203,12 @@ def op_lea(mem, st, tlb, pg, dc, row):          # 8D: LEA r32, m
     st[dc[row, F_REG]] = ea(st, dc, row)
 
 
-@njit
+@njit(inline="always")
 def op_push_r(mem, st, tlb, pg, dc, row):       # 50+r (PUSH ESP pushes the old value)
     push(mem, st, tlb, pg, st[dc[row, F_REG]])
 
 
-@njit
+@njit(inline="always")
 def op_pop_r(mem, st, tlb, pg, dc, row):        # 58+r (POP ESP: ESP = value read)
     v = pop(mem, st, tlb, pg)
     if st[FAULT_PENDING] != 0:
@@ -238,13 +238,13 @@ def op_pop_e(mem, st, tlb, pg, dc, row):        # 8F /0: POP r/m32
         st[ESP] = old
 
 
-@njit
+@njit(inline="always")
 def op_inc_r(mem, st, tlb, pg, dc, row):        # 40+r
     r = dc[row, F_REG]
     st[r] = alu.inc(st, st[r], 4)
 
 
-@njit
+@njit(inline="always")
 def op_dec_r(mem, st, tlb, pg, dc, row):        # 48+r
     r = dc[row, F_REG]
     st[r] = alu.dec(st, st[r], 4)
@@ -351,18 +351,18 @@ def op_cmov(mem, st, tlb, pg, dc, row):         # 0F 40-4F: CMOVcc r32, r/m32
         st[dc[row, F_REG]] = v
 
 
-@njit
+@njit(inline="always")
 def op_jcc(mem, st, tlb, pg, dc, row):          # 70-7F rel8, 0F 80-8F rel32
     if cond(st[EFLAGS], dc[row, F_OPC] & 0xF):
         jump(st, st[EIP] + dc[row, F_IMM])
 
 
-@njit
+@njit(inline="always")
 def op_jmp_rel(mem, st, tlb, pg, dc, row):      # E9 rel32, EB rel8
     jump(st, st[EIP] + dc[row, F_IMM])
 
 
-@njit
+@njit(inline="always")
 def op_call_rel(mem, st, tlb, pg, dc, row):     # E8 rel32
     ret = st[EIP]
     target = (ret + dc[row, F_IMM]) & MASK32
@@ -374,7 +374,7 @@ def op_call_rel(mem, st, tlb, pg, dc, row):     # E8 rel32
         st[EIP] = target
 
 
-@njit
+@njit(inline="always")
 def op_ret(mem, st, tlb, pg, dc, row):          # C3, C2 iw
     v = pop(mem, st, tlb, pg)
     if st[FAULT_PENDING] != 0:
@@ -385,7 +385,7 @@ def op_ret(mem, st, tlb, pg, dc, row):          # C3, C2 iw
     st[ESP] = (st[ESP] + 4 + dc[row, F_IMM]) & MASK32
 
 
-@njit
+@njit(inline="always")
 def op_loop(mem, st, tlb, pg, dc, row):         # E2 rel8: ECX -= 1; jump if ECX != 0 (no flags)
     c = (st[ECX] - 1) & MASK32
     if c != 0:

@@ -17,7 +17,7 @@ from hvsim.mmu.pte import ACC_USER, ACC_WRITE
 from hvsim.rings.segments import seg_lin
 
 
-@njit
+@njit(inline="always")
 def get_reg(st, r, size):
     if size == 4:
         return st[r]
@@ -28,7 +28,7 @@ def get_reg(st, r, size):
     return st[r] & 0xFFFF
 
 
-@njit
+@njit(inline="always")
 def set_reg(st, r, size, v):
     if size == 4:
         st[r] = v & MASK32
@@ -41,7 +41,7 @@ def set_reg(st, r, size, v):
         st[r] = (st[r] & 0xFFFF0000) | (v & 0xFFFF)
 
 
-@njit
+@njit(inline="always")
 def user_acc(st):
     """ACC_USER for an ordinary access at CPL 3 (SDM Vol. 3A, 4.6: user-mode access)."""
     if st[CPL] == 3:
@@ -49,20 +49,20 @@ def user_acc(st):
     return 0
 
 
-@njit
+@njit(inline="always")
 def ea(st, dc, row):
     """Effective address (offset in the segment) of the decoded memory operand."""
     return (st[dc[row, F_BASE]] + (st[dc[row, F_INDEX]] << dc[row, F_SCALE]) + dc[row, F_DISP]) & MASK32
 
 
-@njit
+@njit(inline="always")
 def to_lin(st, seg, off, size, write):
     if st[FLAT] != 0 and (seg == SREG_DS or seg == SREG_SS or seg == SREG_ES):
         return off
     return seg_lin(st, seg, off, size, write)
 
 
-@njit
+@njit(inline="always")
 def mem_read(mem, st, tlb, pg, seg, off, size):
     lin = to_lin(st, seg, off, size, 0)
     if st[FAULT_PENDING] != 0:
@@ -70,7 +70,7 @@ def mem_read(mem, st, tlb, pg, seg, off, size):
     return read_lin(mem, st, tlb, pg, lin, size, user_acc(st))
 
 
-@njit
+@njit(inline="always")
 def mem_write(mem, st, tlb, pg, seg, off, size, value):
     lin = to_lin(st, seg, off, size, 1)
     if st[FAULT_PENDING] != 0:
@@ -78,7 +78,7 @@ def mem_write(mem, st, tlb, pg, seg, off, size, value):
     write_lin(mem, st, tlb, pg, lin, size, value, user_acc(st) | ACC_WRITE)
 
 
-@njit
+@njit(inline="always")
 def rm_read(mem, st, tlb, pg, dc, row, size):
     rm = dc[row, F_RM]
     if rm >= 0:
@@ -86,7 +86,7 @@ def rm_read(mem, st, tlb, pg, dc, row, size):
     return mem_read(mem, st, tlb, pg, dc[row, F_SEG], ea(st, dc, row), size)
 
 
-@njit
+@njit(inline="always")
 def rm_write(mem, st, tlb, pg, dc, row, size, value):
     rm = dc[row, F_RM]
     if rm >= 0:
@@ -95,7 +95,7 @@ def rm_write(mem, st, tlb, pg, dc, row, size, value):
         mem_write(mem, st, tlb, pg, dc[row, F_SEG], ea(st, dc, row), size, value)
 
 
-@njit
+@njit(inline="always")
 def push(mem, st, tlb, pg, value):
     """PUSH a dword on SS:ESP; ESP changes only if the write succeeded."""
     esp = (st[ESP] - 4) & MASK32
@@ -104,7 +104,7 @@ def push(mem, st, tlb, pg, value):
         st[ESP] = esp
 
 
-@njit
+@njit(inline="always")
 def pop(mem, st, tlb, pg):
     """Read the dword at SS:ESP. The caller adds 4 to ESP once its own work succeeded."""
     return mem_read(mem, st, tlb, pg, SREG_SS, st[ESP], 4)

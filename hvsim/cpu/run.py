@@ -44,7 +44,7 @@ SRC_EXTERNAL = 3
 TRACE_EXIT = 3        # trace-record kind for a host exit (2 = delivered through the IDT)
 
 
-@njit
+@njit(inline="always")
 def fetch_pa(mem, st, tlb):
     """Physical address of the byte at CS:EIP, or -1 with a fault pending.
 
@@ -81,7 +81,7 @@ def fetch_pa(mem, st, tlb):
     return pa
 
 
-@njit
+@njit(inline="always")
 def dispatch(mem, st, tlb, pg, dc, row, op):
     """The one dispatch site: handler family -> handler (opcodes in hvsim/cpu/decode.py)."""
     if op == D.OP_ALU_EG:
@@ -222,7 +222,7 @@ def dispatch(mem, st, tlb, pg, dc, row, op):
         S.op_ud(mem, st, tlb, pg, dc, row)
 
 
-@njit
+@njit(inline="always")
 def execute_one(mem, st, tlb, dc, pg):
     """Fetch, decode (through the cache) and execute one instruction at CS:EIP."""
     eip = st[EIP]
