@@ -192,10 +192,8 @@ def dispatch(mem, st, tlb, pg, dc, row, op):
         S.op_grp6(mem, st, tlb, pg, dc, row)
     elif op == D.OP_GRP7:
         S.op_grp7(mem, st, tlb, pg, dc, row)
-    elif op == D.OP_LAR:
-        S.op_lar(mem, st, tlb, pg, dc, row)
-    elif op == D.OP_LSL:
-        S.op_lsl(mem, st, tlb, pg, dc, row)
+    elif op == D.OP_LAR or op == D.OP_LSL:
+        S.op_lar_lsl(mem, st, tlb, pg, dc, row)
     elif op == D.OP_CLTS:
         S.op_clts(mem, st, tlb, pg, dc, row)
     elif op == D.OP_MOV_CR:

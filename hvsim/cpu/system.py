@@ -478,26 +478,17 @@ def op_grp7(mem, st, tlb, pg, dc, row):         # 0F 01: SGDT SIDT LGDT LIDT SMS
 
 
 @njit
-def op_lar(mem, st, tlb, pg, dc, row):          # 0F 02: LAR r32, r/m16
+def op_lar_lsl(mem, st, tlb, pg, dc, row):      # 0F 02 LAR r32, r/m16 ; 0F 03 LSL r32, r/m16
     if _sensitive(st):
         return
     sel = rm_read(mem, st, tlb, pg, dc, row, 2)
     if st[FAULT_PENDING] != 0:
         return
-    v = lar(mem, st, tlb, pg, sel)
-    if st[FAULT_PENDING] == 0 and v >= 0:
-        st[dc[row, F_REG]] = v
-
-
-@njit
-def op_lsl(mem, st, tlb, pg, dc, row):          # 0F 03: LSL r32, r/m16
-    if _sensitive(st):
-        return
-    sel = rm_read(mem, st, tlb, pg, dc, row, 2)
-    if st[FAULT_PENDING] != 0:
-        return
-    v = lsl(mem, st, tlb, pg, sel)
-    if st[FAULT_PENDING] == 0 and v >= 0:
+    if dc[row, F_OPC] == 0x102:
+        v = lar(mem, st, tlb, pg, sel)
+    else:
+        v = lsl(mem, st, tlb, pg, sel)
+    if st[FAULT_PENDING] == 0 and v >= 0:      # v < 0: ZF cleared, destination unchanged
         st[dc[row, F_REG]] = v
 
 
@@ -607,13 +598,8 @@ def op_cpuid(mem, st, tlb, pg, dc, row):        # 0F A2
         st[EBX] = CPUID_VENDOR_EBX
         st[EDX] = CPUID_VENDOR_EDX
         st[ECX] = CPUID_VENDOR_ECX
-    elif leaf == 1:
-        st[EAX] = CPUID_SIGNATURE
-        st[EBX] = 0
-        st[ECX] = CPUID_FEATURES_ECX
-        st[EDX] = CPUID_FEATURES_EDX
     else:
-        # SDM: a leaf above the maximum returns the data of the highest basic leaf
+        # leaf 1; SDM: a leaf above the maximum returns the data of the highest basic leaf
         st[EAX] = CPUID_SIGNATURE
         st[EBX] = 0
         st[ECX] = CPUID_FEATURES_ECX
