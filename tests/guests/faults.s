@@ -10,6 +10,8 @@
 ;      contributory: a double fault. The #DF handler gets error code 0 (always, per
 ;      Table 6-1) and, as #DF is an abort, does not return: it resumes the kernel.
 ; Reports "PASS faults" or "FAIL faults <why>" on port 0xE9 and halts.
+; The entry point (start, then kmain here) and set_gate, kfail, puts, gdtr, idtr
+; come from lib.s, appended at assembly.
 
 KCODE       equ 0x08
 KDATA       equ 0x10
@@ -20,15 +22,7 @@ GATE_NP     equ 0x0E            ; P=0: a not-present gate
 BAD_SEL     equ 0xFFF8          ; far beyond the 3-entry GDT
 PORT        equ 0xE9
 
-start:
-    lgdt [gdtr]
-    jmp KCODE:reload
-reload:
-    mov eax, KDATA
-    mov ds, eax
-    mov es, eax
-    mov ss, eax
-    mov esp, KSTACK
+kmain:                          ; from lib.s's start: flat segments, ESP = KSTACK
     mov eax, 0
     mov ebx, de_handler
     mov ecx, INTGATE0
@@ -156,50 +150,12 @@ gp_handler:
     mov esi, m_gp
     jmp kfail
 
-set_gate:
-    mov edx, ebx
-    and edx, 0xFFFF
-    or edx, KCODE << 16
-    mov [IDT + eax*8], edx
-    mov edx, ebx
-    and edx, 0xFFFF0000
-    shl ecx, 8
-    or edx, ecx
-    mov [IDT + eax*8 + 4], edx
-    ret
-
-kfail:
-    push esi
-    mov esi, m_fail
-    call puts
-    pop esi
-    call puts
-    mov al, 10
-    out PORT, al
-    hlt
-
-puts:
-    mov al, [esi]
-    test al, al
-    jz .done
-    out PORT, al
-    inc esi
-    jmp puts
-.done:
-    ret
-
 align 8
 gdt:
     dd 0, 0
     dd 0x0000FFFF, 0x00CF9A00
     dd 0x0000FFFF, 0x00CF9200
 gdt_end:
-gdtr:
-    dw gdt_end - gdt - 1
-    dd gdt
-idtr:
-    dw 256 * 8 - 1
-    dd IDT
 
 esp_before: dd 0
 bp_count:   dd 0

@@ -13,6 +13,8 @@
 ;   4. ring 3 reads the supervisor page: #PF with U=1 P=1 W=0; the handler makes the
 ;      page user-accessible, INVLPGs it, and the read restarts and succeeds.
 ; Reports "PASS paging" or "FAIL paging <why>" on port 0xE9 and halts at ring 0.
+; The entry point (start, then kmain here) and set_gate, kfail, puts, gdtr, idtr
+; come from lib.s, appended at assembly.
 
 KCODE       equ 0x08
 KDATA       equ 0x10
@@ -45,15 +47,7 @@ INTGATE0    equ 0x8E
 INTGATE3    equ 0xEE
 PORT        equ 0xE9
 
-start:
-    lgdt [gdtr]
-    jmp KCODE:reload
-reload:
-    mov eax, KDATA
-    mov ds, eax
-    mov es, eax
-    mov ss, eax
-    mov esp, KSTACK
+kmain:                          ; from lib.s's start: flat segments, ESP = KSTACK
     mov eax, 14
     mov ebx, pf_handler
     mov ecx, INTGATE0
@@ -210,38 +204,6 @@ gp_handler:
     mov esi, m_gp
     jmp kfail
 
-set_gate:
-    mov edx, ebx
-    and edx, 0xFFFF
-    or edx, KCODE << 16
-    mov [IDT + eax*8], edx
-    mov edx, ebx
-    and edx, 0xFFFF0000
-    shl ecx, 8
-    or edx, ecx
-    mov [IDT + eax*8 + 4], edx
-    ret
-
-kfail:
-    push esi
-    mov esi, m_fail
-    call puts
-    pop esi
-    call puts
-    mov al, 10
-    out PORT, al
-    hlt
-
-puts:
-    mov al, [esi]
-    test al, al
-    jz .done
-    out PORT, al
-    inc esi
-    jmp puts
-.done:
-    ret
-
 align 8
 gdt:
     dd 0, 0
@@ -252,12 +214,6 @@ gdt:
     dw tss_end - tss - 1, tss & 0xFFFF
     db (tss >> 16) & 0xFF, 0x89, 0, tss >> 24
 gdt_end:
-gdtr:
-    dw gdt_end - gdt - 1
-    dd gdt
-idtr:
-    dw 256 * 8 - 1
-    dd IDT
 align 4
 tss:
     dd 0, KSTACK, KDATA

@@ -15,6 +15,8 @@
 ; frame (SS, ESP, EFLAGS, CS, EIP [, error code]).
 ;
 ; Reports "PASS rings" or "FAIL rings <why>" on port 0xE9, then halts at ring 0.
+; The entry point (start, then kmain here) and set_gate, kfail, puts, gdtr, idtr
+; come from lib.s, appended at assembly.
 
 KCODE       equ 0x08            ; GDT[1] ring-0 code
 KDATA       equ 0x10            ; GDT[2] ring-0 data
@@ -34,17 +36,9 @@ SYS_FAIL    equ 3
 PID         equ 42
 PORT        equ 0xE9
 
-start:
-    lgdt [gdtr]
-    jmp KCODE:reload            ; far JMP: CS now comes from our GDT
-reload:
-    mov eax, KDATA
-    mov ds, eax
-    mov es, eax
-    mov fs, eax
+kmain:                          ; from lib.s's start: CS DS ES SS flat, ESP = KSTACK
+    mov fs, eax                 ; eax = KDATA: every data segment is DPL 0
     mov gs, eax
-    mov ss, eax
-    mov esp, KSTACK
     mov esi, m_cs_reload
     mov eax, cs
     cmp eax, KCODE
@@ -86,21 +80,6 @@ reload:
     push UCODE
     push user
     iret
-
-; set_gate: IDT[eax] = 32-bit gate to KCODE:ebx with access byte cl.
-;   low dword  = selector << 16 | offset 15:0
-;   high dword = offset 31:16 << 16 | access << 8
-set_gate:
-    mov edx, ebx
-    and edx, 0xFFFF
-    or edx, KCODE << 16
-    mov [IDT + eax*8], edx
-    mov edx, ebx
-    and edx, 0xFFFF0000
-    shl ecx, 8
-    or edx, ecx
-    mov [IDT + eax*8 + 4], edx
-    ret
 
 ; ---------------------------------------------------------------- ring-0 handlers
 ; INT 0x80: eax = call number; ebx, ecx arguments; result in eax; other registers kept.
@@ -240,28 +219,6 @@ pf_handler:
     mov esi, m_pf
     jmp kfail
 
-; kfail: print "FAIL rings <esi>\n" and stop.
-kfail:
-    push esi
-    mov esi, m_fail
-    call puts
-    pop esi
-    call puts
-    mov al, 10
-    out PORT, al
-    hlt
-
-; puts: write the NUL-terminated string at esi to the console port.
-puts:
-    mov al, [esi]
-    test al, al
-    jz .done
-    out PORT, al
-    inc esi
-    jmp puts
-.done:
-    ret
-
 ; ---------------------------------------------------------------- ring 3
 user:
     mov eax, ds                 ; IRET to ring 3 nulled the DPL-0 DS
@@ -335,12 +292,6 @@ gdt:
     dw tss_end - tss - 1, tss & 0xFFFF          ; 0x28 TSS: limit 15:0, base 15:0
     db (tss >> 16) & 0xFF, 0x89, 0, tss >> 24   ;      base 23:16, P DPL0 type 9, base 31:24
 gdt_end:
-gdtr:
-    dw gdt_end - gdt - 1
-    dd gdt
-idtr:
-    dw 256 * 8 - 1
-    dd IDT
 
 align 4
 tss:                            ; 32-bit TSS (SDM Vol. 3A, Figure 7-2)

@@ -8,6 +8,8 @@
 ;   STR (the TSS selector), SGDT (GDTR limit and base), SIDT, SMSW (CR0: PE, ET);
 ;   and MOV EAX, CS shows the CPL in bits 1:0.
 ; Reports "PASS segments" or "FAIL segments <why>" on port 0xE9 and halts at ring 0.
+; The entry point (start, then kmain here) and set_gate, kfail, puts, gdtr, idtr
+; come from lib.s, appended at assembly.
 
 KCODE       equ 0x08
 KDATA       equ 0x10
@@ -27,15 +29,8 @@ SYS_EXIT    equ 0
 SYS_FAIL    equ 3
 PORT        equ 0xE9
 
-start:
-    lgdt [gdtr]
-    jmp KCODE:reload
-reload:
-    mov eax, KDATA
-    mov ds, eax                 ; (sets KDATA's accessed bit: type 3)
-    mov es, eax
-    mov ss, eax
-    mov esp, KSTACK
+kmain:                          ; from lib.s's start, whose load of DS set KDATA's
+                                ; accessed bit (type 3, as AR_KDATA expects)
     mov eax, 13
     mov ebx, gp_handler
     mov ecx, INTGATE0
@@ -176,38 +171,6 @@ ufail:
     mov eax, SYS_FAIL
     int 0x80
 
-set_gate:
-    mov edx, ebx
-    and edx, 0xFFFF
-    or edx, KCODE << 16
-    mov [IDT + eax*8], edx
-    mov edx, ebx
-    and edx, 0xFFFF0000
-    shl ecx, 8
-    or edx, ecx
-    mov [IDT + eax*8 + 4], edx
-    ret
-
-kfail:
-    push esi
-    mov esi, m_fail
-    call puts
-    pop esi
-    call puts
-    mov al, 10
-    out PORT, al
-    hlt
-
-puts:
-    mov al, [esi]
-    test al, al
-    jz .done
-    out PORT, al
-    inc esi
-    jmp puts
-.done:
-    ret
-
 align 8
 gdt:
     dd 0, 0
@@ -218,12 +181,6 @@ gdt:
     dw tss_end - tss - 1, tss & 0xFFFF
     db (tss >> 16) & 0xFF, 0x89, 0, tss >> 24
 gdt_end:
-gdtr:
-    dw gdt_end - gdt - 1
-    dd gdt
-idtr:
-    dw 256 * 8 - 1
-    dd IDT
 align 4
 tss:
     dd 0, KSTACK, KDATA

@@ -13,6 +13,8 @@
 ;   4. moves the timer to vector 0x21 (port 0x41) and sees a tick there;
 ;   5. stops the timer (period 0) and reads the period back as 0.
 ; Reports "PASS timer" or "FAIL timer <why>" on port 0xE9 and halts.
+; The entry point (start, then kmain here) and set_gate, kfail, puts, gdtr, idtr
+; come from lib.s, appended at assembly.
 
 KCODE       equ 0x08
 KDATA       equ 0x10
@@ -25,23 +27,18 @@ INTGATE0    equ 0x8E
 EFLAGS_IF   equ 0x200
 PORT        equ 0xE9
 
-start:
-    lgdt [gdtr]
-    jmp KCODE:reload
-reload:
-    mov eax, KDATA
-    mov ds, eax
-    mov es, eax
-    mov ss, eax
-    mov esp, KSTACK
+kmain:                          ; from lib.s's start: flat segments, ESP = KSTACK
     mov eax, 0x20
     mov ebx, tick
+    mov ecx, INTGATE0
     call set_gate
     mov eax, 0x21
     mov ebx, tick21
+    mov ecx, INTGATE0
     call set_gate
     mov eax, 13
     mov ebx, gp_handler
+    mov ecx, INTGATE0
     call set_gate
     lidt [idtr]
 
@@ -147,51 +144,12 @@ gp_handler:
     mov esi, m_gp
     jmp kfail
 
-; set_gate: IDT[eax] = ring-0 interrupt gate to KCODE:ebx.
-set_gate:
-    mov edx, ebx
-    and edx, 0xFFFF
-    or edx, KCODE << 16
-    mov [IDT + eax*8], edx
-    mov edx, ebx
-    and edx, 0xFFFF0000
-    or edx, INTGATE0 << 8
-    mov [IDT + eax*8 + 4], edx
-    ret
-
-kfail:
-    cli
-    push esi
-    mov esi, m_fail
-    call puts
-    pop esi
-    call puts
-    mov al, 10
-    out PORT, al
-    hlt
-
-puts:
-    mov al, [esi]
-    test al, al
-    jz .done
-    out PORT, al
-    inc esi
-    jmp puts
-.done:
-    ret
-
 align 8
 gdt:
     dd 0, 0
     dd 0x0000FFFF, 0x00CF9A00
     dd 0x0000FFFF, 0x00CF9200
 gdt_end:
-gdtr:
-    dw gdt_end - gdt - 1
-    dd gdt
-idtr:
-    dw 256 * 8 - 1
-    dd IDT
 
 ticks:              dd 0
 ticks21:            dd 0
