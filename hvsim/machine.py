@@ -29,7 +29,8 @@ from hvsim.cpu import counters as C
 from hvsim.cpu.decode import F_TAG, DC_ENTRIES
 from hvsim.cpu.devices import (DEV_CONSOLE, DEV_TIMER_PERIOD, DEV_TIMER_VECTOR, CONSOLE_PORT,
                                TIMER_PORT)
-from hvsim.cpu.exits import ExitKind, EXIT_BUDGET, EXIT_IO
+from hvsim.cpu.exits import (ExitKind, EXIT_BUDGET, EXIT_IO, EXIT_EXCEPTION, EXIT_INTERRUPT,
+                             EXIT_BUS_ERROR)
 from hvsim.cpu.flags import FIXED1, IOPL_SHIFT, Flag
 from hvsim.cpu.cr import CR0_PE, CR0_ET
 from hvsim.rings.vectors import vector_name
@@ -49,6 +50,7 @@ BARE_DS = 0x10
 _GPRS = ("eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi")
 _SREGS = ("es", "cs", "ss", "ds", "fs", "gs")
 _SOURCES = ("fault", "trap", "software", "external")
+_LABELS = tuple(k.label for k in sorted(ExitKind))   # exit kind number -> Event.kind
 
 
 class GuestMemory(np.ndarray):
@@ -668,8 +670,9 @@ class Machine:
     # ---- running -------------------------------------------------------------------------
     def run(self, max_steps: int = DEFAULT_MAX_STEPS) -> Event:
         """Run until an event; at most ``max_steps`` steps (then the event is 'budget')."""
-        budget = _check_int("max_steps", max_steps, 1, 1 << 62)
-        return self._event(self._run(budget))
+        if type(max_steps) is not int or not 1 <= max_steps <= 1 << 62:   # fast path: a plain int
+            max_steps = _check_int("max_steps", max_steps, 1, 1 << 62)
+        return self._event(self._run(max_steps))
 
     def step(self) -> Optional[Event]:
         """Retire one instruction (or take one fault/interrupt); the event it caused, or None."""
@@ -692,24 +695,29 @@ class Machine:
         return int(_kernel_entry()(self._raw_mem, st, self._tlb, self._dc, self._pg, budget))
 
     def _event(self, kind: int) -> Event:
-        st = self._st
-        k = ExitKind(kind)
-        ev = Event(kind=k.label, eip=int(st[L.EXIT_EIP]), cpl=int(st[L.EXIT_CPL]),
-                   steps=int(st[L.EXIT_STEPS]), length=int(st[L.EXIT_LEN]), _machine=self)
-        if k in (ExitKind.EXCEPTION, ExitKind.INTERRUPT):
-            ev.vector = int(st[L.EXIT_VECTOR])
-            err = int(st[L.EXIT_ERROR])
+        # one read of the whole exit-info block (slots EXIT_KIND..EXIT_STEPS are contiguous):
+        # a trap round trip is dominated by Python, and numpy scalar reads cost ~0.1 us each
+        x = self._st[L.EXIT_KIND:L.EXIT_STEPS + 1].tolist()
+        b = L.EXIT_KIND
+        ev = Event(_LABELS[kind], x[L.EXIT_EIP - b], x[L.EXIT_CPL - b], x[L.EXIT_STEPS - b],
+                   length=x[L.EXIT_LEN - b], _machine=self)
+        if kind == EXIT_EXCEPTION or kind == EXIT_INTERRUPT:
+            ev.vector = v = x[L.EXIT_VECTOR - b]
+            err = x[L.EXIT_ERROR - b]
             ev.error_code = None if err < 0 else err
-            ev.source = _SOURCES[int(st[L.EXIT_SOURCE])]
-            if ev.vector == 14:
-                ev.address = int(st[L.EXIT_ADDR])
-        elif k == ExitKind.IO:
-            ev.port = int(st[L.EXIT_PORT])
-            ev.size = int(st[L.EXIT_SIZE])
-            ev.direction = "in" if st[L.EXIT_DIR] else "out"
-            ev.value = int(st[L.EXIT_VALUE]) if not st[L.EXIT_DIR] else None
-        elif k == ExitKind.BUS_ERROR:
-            ev.address = int(st[L.EXIT_ADDR])
+            ev.source = _SOURCES[int(self._st[L.EXIT_SOURCE])]
+            if v == 14:
+                ev.address = x[L.EXIT_ADDR - b]
+        elif kind == EXIT_IO:
+            ev.port = x[L.EXIT_PORT - b]
+            ev.size = x[L.EXIT_SIZE - b]
+            if x[L.EXIT_DIR - b]:
+                ev.direction = "in"
+            else:
+                ev.direction = "out"
+                ev.value = x[L.EXIT_VALUE - b]
+        elif kind == EXIT_BUS_ERROR:
+            ev.address = x[L.EXIT_ADDR - b]
         return ev
 
     # ---- snapshots ----------------------------------------------------------------------
