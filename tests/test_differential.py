@@ -34,7 +34,6 @@ are documented in hvsim/cpu/alu.py and checked in tests/test_alu.py.
 """
 import os
 import random
-import time
 
 import numpy as np
 import pytest

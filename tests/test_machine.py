@@ -14,7 +14,7 @@ import pytest
 
 import hvsim
 import hvsim.machine
-from hvsim import Machine, Event, Snapshot, assemble
+from hvsim import Machine, assemble
 from hvsim.cpu import layout as L
 from hvsim.rings import make_descriptor, make_gate, put_descriptors
 from hvsim.rings.vectors import vector_name

@@ -9,8 +9,6 @@ kind (hvsim/cpu/exits.py) with the details in the EXIT_* slots of ``st``.
 Every call returns after at most ``budget`` steps (a step is one instruction, one
 fault, or one chunk of a REP string instruction), so no guest can hang the host.
 """
-import numpy as np
-
 from hvsim._jit import njit
 from hvsim.cpu import decode as D
 from hvsim.cpu import execute as X

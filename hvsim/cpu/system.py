@@ -10,8 +10,6 @@ unprivileged instructions (Robin & Irvine, USENIX Security 2000) raise #GP(0) ab
 ring 0 instead of quietly reading or ignoring privileged state, as Popek and
 Goldberg's theorem 1 requires.
 """
-import numpy as np
-
 from hvsim._jit import njit
 from hvsim.cpu import alu
 from hvsim.cpu.cr import (CR0_PE, CR0_PG, CR0_WP, CR0_TS, CR0_ET, CR0_MP, CR0_EM, CR4_PAE,
@@ -24,7 +22,7 @@ from hvsim.cpu.flags import IF, IOPL_MASK, IOPL_SHIFT, POPF_WRITABLE, RF, VM, FI
 from hvsim.cpu.layout import (
     MASK32, EAX, ECX, EDX, EBX, ESP, EIP, EFLAGS, CR0, CR2, CR3, CR4, CPL, TSC, FAULT_PENDING,
     SEG_SEL, SREG_SS, SREG_CS, GDTR_BASE, GDTR_LIMIT, IDTR_BASE, IDTR_LIMIT, LDTR_SEL, TR_SEL,
-    HALTED, INT_SHADOW, ATTN, VIRTUALIZABLE, VMX_ON, COUNTERS, INSN_EIP, INSN_LEN,
+    HALTED, INT_SHADOW, ATTN, VIRTUALIZABLE, COUNTERS, INSN_EIP, INSN_LEN,
     EXIT_KIND, EXIT_PORT, EXIT_SIZE, EXIT_DIR, EXIT_VALUE, EXIT_EIP, EXIT_LEN, EXIT_CPL,
     MSR_SYSENTER_CS_SLOT, MSR_SYSENTER_ESP_SLOT, MSR_SYSENTER_EIP_SLOT, MSR_EFER_SLOT,
     MSR_FEATURE_CONTROL_SLOT, FETCH_LIN_PAGE, TIMER_NEXT, ROUTE, ROUTE_HOST, EXIT_SOURCE,
