@@ -39,7 +39,7 @@ incref/decref pairs that LLVM cannot prune around branches and calls: measured
 """
 import numpy as np
 
-from hvsim._jit import njit
+from hvsim._jit import njit, inline_in
 from hvsim.cpu.layout import (CR0, CR3, CR4, COUNTERS, CFG_MEM_SIZE, CFG_TLB_SETS,
                               CFG_TLB_WAYS, CFG_TLB_ENABLED, FAULT_PENDING, MASK32,
                               TLB_FIELDS, PG_CODE, PG_GEN_ONE)
@@ -271,7 +271,7 @@ def translate(mem, st, tlb, lin, acc):
 
 
 # ---------------------------------------------------------------- linear access
-@njit(_nrt=False)
+@njit(inline=inline_in("hvsim.cpu.operands"))
 def read_lin(mem, st, tlb, pg, lin, size, acc):
     """Little-endian read of ``size`` (1, 2, 4) bytes at linear ``lin``; 0 on a fault.
 
@@ -312,7 +312,7 @@ def _read_lin_slow(mem, st, tlb, pg, lin, size, acc):
     return lo | (hi << (8 * n0))
 
 
-@njit(_nrt=False)
+@njit(inline=inline_in("hvsim.cpu.operands"))
 def write_lin(mem, st, tlb, pg, lin, size, value, acc):
     """Little-endian write of ``size`` (1, 2, 4) bytes at linear ``lin``.
 
