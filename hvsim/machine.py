@@ -203,8 +203,8 @@ class CPU:
     def _get(self, slot):
         return int(self._m._st[slot])
 
-    def _set(self, slot, value, name="register value"):
-        self._m._st[slot] = _check_int(name, value, 0, 0xFFFFFFFF)
+    def _set(self, slot, value, name="register value", top=0xFFFFFFFF):
+        self._m._st[slot] = _check_int(name, value, 0, top)
         self._m._st[L.ATTN] = 1
 
     @property
@@ -308,14 +308,17 @@ def _sreg_index(name: str) -> int:
         raise ValueError(f"unknown segment register {name!r}; expected one of {', '.join(_SREGS)}") from None
 
 
-def _reg_property(slot, doc, name):
-    return property(lambda self: self._get(slot), lambda self, v: self._set(slot, v, name), doc=doc)
+def _reg_property(slot, doc, name, top=0xFFFFFFFF):
+    """A read/write register property; ``top`` is the register's largest value."""
+    return property(lambda self: self._get(slot), lambda self, v: self._set(slot, v, name, top),
+                    doc=doc)
 
 
 for _i, _r in enumerate(_GPRS):
     setattr(CPU, _r, _reg_property(_i, f"{_r.upper()} (32-bit)", _r))
-for _r, _slot in (("cr2", L.CR2), ("tsc", L.TSC)):
-    setattr(CPU, _r, _reg_property(_slot, _r.upper(), _r))
+CPU.cr2 = _reg_property(L.CR2, "CR2", "cr2")
+# the time-stamp counter is 64 bits wide; the model keeps it in a signed int64 slot
+CPU.tsc = _reg_property(L.TSC, "TSC (64-bit; counts retired instructions)", "tsc", (1 << 63) - 1)
 
 
 def _eip_set(self, v):
@@ -352,9 +355,10 @@ for _s, _name in enumerate(_SREGS):
     setattr(CPU, _name, property(lambda self, s=_s: self._get(L.SEG_SEL + s),
                                  lambda self, v, s=_s: self._load_selector(s, v),
                                  doc=f"{_name.upper()} selector"))
-for _r, _slot in (("gdtr_base", L.GDTR_BASE), ("gdtr_limit", L.GDTR_LIMIT),
-                  ("idtr_base", L.IDTR_BASE), ("idtr_limit", L.IDTR_LIMIT)):
-    setattr(CPU, _r, _reg_property(_slot, _r, _r))
+# GDTR/IDTR: a 32-bit base and a 16-bit limit (SDM Vol. 3A, 2.4.1, Figure 2-6)
+for _r, _slot, _top in (("gdtr_base", L.GDTR_BASE, 0xFFFFFFFF), ("gdtr_limit", L.GDTR_LIMIT, 0xFFFF),
+                        ("idtr_base", L.IDTR_BASE, 0xFFFFFFFF), ("idtr_limit", L.IDTR_LIMIT, 0xFFFF)):
+    setattr(CPU, _r, _reg_property(_slot, _r, _r, _top))
 CPU.tr = property(lambda self: self._get(L.TR_SEL), doc="TR selector (load it with LTR)")
 CPU.ldtr = property(lambda self: self._get(L.LDTR_SEL), doc="LDTR selector (load it with LLDT)")
 

@@ -459,3 +459,17 @@ def test_breakpoint_list_is_checked_when_running(m):
     m.breakpoints = {-5}
     with pytest.raises(ValueError, match="breakpoint"):
         m.run()
+
+
+def test_descriptor_table_limits_are_16_bit_and_the_tsc_64_bit():
+    """GDTR/IDTR limits are 16-bit fields (SDM Vol. 3A, Figure 2-6); the TSC is 64 bits."""
+    m = Machine()
+    m.cpu.gdtr_limit = 0xFFFF
+    with pytest.raises(ValueError, match="gdtr_limit"):
+        m.cpu.gdtr_limit = 0x10000
+    with pytest.raises(ValueError, match="idtr_limit"):
+        m.cpu.idtr_limit = 0x10000
+    m.cpu.tsc = 1 << 40
+    m.load(assemble("start:\nrdtsc\nhlt"))
+    m.run(10)
+    assert (m.cpu.edx, m.cpu.eax) == (1 << 8, 0)      # RDTSC reads the 64-bit value back
