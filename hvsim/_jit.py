@@ -18,7 +18,7 @@ one place:
 numba's cache is per function and keyed on that function's own source file only: a
 cached ``run`` keeps an old, inlined copy of a kernel from another file that has
 since changed. :func:`_invalidate_stale_cache` therefore drops hvsim's cached
-kernels whenever any kernel source of the package differs from what they were
+kernels whenever any source a kernel depends on differs from what they were
 compiled from (a hash of all sources, stamped beside the cache).
 
 Inlining: a call between kernels that numba did not inline passes every array as an
@@ -47,14 +47,24 @@ _PACKAGE = pathlib.Path(__file__).resolve().parent
 _STAMP_NAME = ".hvsim-sources.sha256"
 
 
+# Python-only faces that no kernel imports: editing them cannot make a cached kernel stale.
+_FACE_ONLY = {"__init__.py", "__main__.py", "machine.py", "cli.py", "warmup.py"}
+
+
 def sources_hash() -> str:
-    """SHA-256 over the package's kernel sources (files with @njit, and this policy)."""
+    """SHA-256 over every source a kernel can depend on.
+
+    That is more than the files with ``@njit``: constants modules (layout, flags, vectors,
+    counters...) are folded into the compiled code too. Only the top-level faces and the
+    pure-Python assembler are left out.
+    """
     h = hashlib.sha256()
     for p in sorted(_PACKAGE.rglob("*.py")):
-        text = p.read_bytes()
-        if b"@njit" in text or p.name == "_jit.py":
-            h.update(str(p.relative_to(_PACKAGE)).encode())
-            h.update(text)
+        rel = p.relative_to(_PACKAGE)
+        if (len(rel.parts) == 1 and rel.name in _FACE_ONLY) or rel.parts[0] == "asm":
+            continue
+        h.update(str(rel).encode())
+        h.update(p.read_bytes())
     return h.hexdigest()
 
 

@@ -474,7 +474,7 @@ class Machine:
         if exceptions not in ("host", "guest"):
             raise ValueError(f"exceptions must be 'host' or 'guest', got {exceptions!r}")
         self._mem = np.zeros(memory, np.uint8).view(GuestMemory)
-        self._mem._on_write = self._code_written
+        self._mem._on_write = self._flush_decoded
         self._st = np.zeros(L.ST_SIZE, np.int64)
         self._tlb = np.zeros(sets * ways * L.TLB_FIELDS, np.int64)
         self._dc = np.zeros((DC_ENTRIES + 2, L.DC_FIELDS), np.int64)
@@ -512,7 +512,6 @@ class Machine:
         st[L.LDTR_AR] = L.AR_UNUSABLE
         st[L.TR_AR] = L.AR_UNUSABLE
         st[L.IRQ_PENDING] = -1
-        st[L.IRQ_HOST] = -1
         st[L.DELIVERING] = -1
         st[L.FETCH_LIN_PAGE] = -1
         st[L.TIMER_VECTOR] = DEFAULT_TIMER_VECTOR
@@ -532,9 +531,6 @@ class Machine:
         if clear_memory:
             np.ndarray.__setitem__(self._mem, slice(None), 0)
         self._reset_state()
-
-    def _code_written(self):
-        self._flush_decoded()
 
     def _flush_decoded(self):
         self._dc[:, F_TAG] = -1

@@ -139,7 +139,6 @@ ATTN = 126         # set by a handler when the run loop must re-check interrupts
 EXIT_SOURCE = 125  # for EXIT_EXCEPTION: 0 fault, 1 trap, 2 software INT n, 3 external
 BP_COUNT = 124     # number of host breakpoints in BP_LIST (linear EIP addresses)
 SHUTDOWN = 123     # 1 after a triple fault: the CPU stays shut down until reset
-IRQ_HOST = 122     # vector of an interrupt injected by the host, -1 if none
 NO_RETIRE = 121    # set by a handler whose step did not finish the instruction (REP chunk)
 STEP_TRAP = 120    # 1: a single-step #DB (TF) trap held back by an I/O exit, taken first by the next run()
 

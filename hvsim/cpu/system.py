@@ -121,8 +121,14 @@ def op_popf(mem, st, tlb, pg, dc, row):         # 9D POPFD
 
 
 @njit
+def _above_iopl(st):
+    """CPL > IOPL: CLI, STI and IN/OUT (without a bitmap grant) are then #GP(0)."""
+    return st[CPL] > ((st[EFLAGS] & IOPL_MASK) >> IOPL_SHIFT)
+
+
+@njit
 def op_cli(mem, st, tlb, pg, dc, row):          # FA: CLI needs CPL <= IOPL (else #GP(0))
-    if st[CPL] > ((st[EFLAGS] & IOPL_MASK) >> IOPL_SHIFT):
+    if _above_iopl(st):
         raise_fault(st, GP, 0)
         return
     st[EFLAGS] &= ~IF
@@ -130,7 +136,7 @@ def op_cli(mem, st, tlb, pg, dc, row):          # FA: CLI needs CPL <= IOPL (els
 
 @njit
 def op_sti(mem, st, tlb, pg, dc, row):          # FB: STI; interrupts wait one instruction
-    if st[CPL] > ((st[EFLAGS] & IOPL_MASK) >> IOPL_SHIFT):
+    if _above_iopl(st):
         raise_fault(st, GP, 0)
         return
     if (st[EFLAGS] & IF) == 0:
@@ -163,14 +169,24 @@ def _io_exit(st, port, size, direction, value):
 
 
 @njit
+def _io_denied(mem, st, tlb, pg, port, size):
+    """IN/OUT protection (SDM Vol. 1, 19.5): allowed at CPL <= IOPL, else only where the TSS
+    I/O permission bitmap clears every bit of the port range; otherwise #GP(0) is raised."""
+    if not _above_iopl(st):
+        return False
+    if io_permitted(mem, st, tlb, pg, port, size) == 0:
+        if st[FAULT_PENDING] == 0:
+            raise_fault(st, GP, 0)
+        return True
+    return False
+
+
+@njit
 def op_in(mem, st, tlb, pg, dc, row):           # E4 E5 (port imm8), EC ED (port DX)
     size = dc[row, F_SIZE]
     port = dc[row, F_IMM] if dc[row, F_OPC] <= 0xE5 else st[EDX] & 0xFFFF
-    if st[CPL] > ((st[EFLAGS] & IOPL_MASK) >> IOPL_SHIFT):
-        if io_permitted(mem, st, tlb, pg, port, size) == 0:
-            if st[FAULT_PENDING] == 0:
-                raise_fault(st, GP, 0)
-            return
+    if _io_denied(mem, st, tlb, pg, port, size):
+        return
     st[COUNTERS + C_IO_IN] += 1
     value = port_in(st, port, size)
     if value < 0:
@@ -185,11 +201,8 @@ def op_in(mem, st, tlb, pg, dc, row):           # E4 E5 (port imm8), EC ED (port
 def op_out(mem, st, tlb, pg, dc, row):          # E6 E7 (port imm8), EE EF (port DX)
     size = dc[row, F_SIZE]
     port = dc[row, F_IMM] if dc[row, F_OPC] <= 0xE7 else st[EDX] & 0xFFFF
-    if st[CPL] > ((st[EFLAGS] & IOPL_MASK) >> IOPL_SHIFT):
-        if io_permitted(mem, st, tlb, pg, port, size) == 0:
-            if st[FAULT_PENDING] == 0:
-                raise_fault(st, GP, 0)
-            return
+    if _io_denied(mem, st, tlb, pg, port, size):
+        return
     st[COUNTERS + C_IO_OUT] += 1
     value = get_reg(st, EAX, size)
     if port_out(st, port, size, value) == 0:

@@ -145,6 +145,26 @@ def verw(mem, st, tlb, pg, sel):
 
 
 @njit
+def _gdt_system_desc(mem, st, tlb, pg, sel, want_type):
+    """The descriptor LTR/LLDT load: in the GDT (TI=0, within the limit) and of system
+    type ``want_type``, else #GP(sel); not present -> #NP(sel). Returns (lo, hi)."""
+    if (sel & SEL_TI) or not desc_in_table(st, sel):
+        raise_fault(st, VEC_GP, sel_error(sel, 0))
+        return 0, 0
+    lo, hi = read_desc(mem, st, tlb, pg, sel)
+    if st[FAULT_PENDING] != 0:
+        return 0, 0
+    ar = desc_ar(hi)
+    if ar_system_type(ar) != want_type:
+        raise_fault(st, VEC_GP, sel_error(sel, 0))
+        return 0, 0
+    if not ar_present(ar):
+        raise_fault(st, VEC_NP, sel_error(sel, 0))
+        return 0, 0
+    return lo, hi
+
+
+@njit
 def ltr(mem, st, tlb, pg, sel):
     """LTR r/m16 (SDM Vol. 2A, LTR): null -> #GP(0); LDT selector, outside the GDT or not
     an available 32-bit TSS (type 9) -> #GP(sel); not present -> #NP(sel). Marks the
@@ -153,18 +173,8 @@ def ltr(mem, st, tlb, pg, sel):
     if sel_is_null(sel):
         raise_fault(st, VEC_GP, 0)
         return
-    if (sel & SEL_TI) or not desc_in_table(st, sel):
-        raise_fault(st, VEC_GP, sel_error(sel, 0))
-        return
-    lo, hi = read_desc(mem, st, tlb, pg, sel)
+    lo, hi = _gdt_system_desc(mem, st, tlb, pg, sel, SYS_TSS32_AVAIL)
     if st[FAULT_PENDING] != 0:
-        return
-    ar = desc_ar(hi)
-    if ar_system_type(ar) != SYS_TSS32_AVAIL:
-        raise_fault(st, VEC_GP, sel_error(sel, 0))
-        return
-    if not ar_present(ar):
-        raise_fault(st, VEC_NP, sel_error(sel, 0))
         return
     hi = hi | (TSS_BUSY_BIT << 8)
     write_lin(mem, st, tlb, pg, (desc_lin(st, sel) + 5) & MASK32, 1, (hi >> 8) & 0xFF,
@@ -189,19 +199,10 @@ def lldt(mem, st, tlb, pg, sel):
         st[LDTR_LIMIT] = 0
         st[LDTR_AR] = AR_UNUSABLE
         return
-    if (sel & SEL_TI) or not desc_in_table(st, sel):
-        raise_fault(st, VEC_GP, sel_error(sel, 0))
-        return
-    lo, hi = read_desc(mem, st, tlb, pg, sel)
+    lo, hi = _gdt_system_desc(mem, st, tlb, pg, sel, SYS_LDT)
     if st[FAULT_PENDING] != 0:
         return
     ar = desc_ar(hi)
-    if ar_system_type(ar) != SYS_LDT:
-        raise_fault(st, VEC_GP, sel_error(sel, 0))
-        return
-    if not ar_present(ar):
-        raise_fault(st, VEC_NP, sel_error(sel, 0))
-        return
     st[LDTR_SEL] = sel
     st[LDTR_BASE] = desc_base(lo, hi)
     st[LDTR_LIMIT] = desc_limit(lo, hi)

@@ -326,6 +326,34 @@ def _call_gate_inner(mem, st, tlb, pg, csel, clo, chi, off, new_cpl, nparams):
     update_flat(st)
 
 
+@njit
+def _outer_return_stack(mem, st, tlb, pg, ss_base, ss_ar, esp, off, cpl, rpl, t_cs, clo, chi,
+                        t_eip):
+    """The part RET far and IRET share when they return to an outer ring: read the outer
+    ESP and SS at ``off`` and ``off + 4`` on the current stack, check the outer SS against
+    the new RPL and EIP against the code limit, then set both Accessed bits. Nothing is
+    committed; returns (esp, ss, ss_lo, ss_hi, cs_hi)."""
+    t_esp = stack_read(mem, st, tlb, pg, ss_base, ss_ar, esp, off, cpl)
+    if st[FAULT_PENDING] != 0:
+        return 0, 0, 0, 0, 0
+    t_ss = stack_read(mem, st, tlb, pg, ss_base, ss_ar, esp, off + 4, cpl) & 0xFFFF
+    if st[FAULT_PENDING] != 0:
+        return 0, 0, 0, 0, 0
+    slo, shi = check_outer_ss(mem, st, tlb, pg, t_ss, rpl)
+    if st[FAULT_PENDING] != 0:
+        return 0, 0, 0, 0, 0
+    if t_eip > desc_limit(clo, chi):
+        raise_fault(st, VEC_GP, 0)
+        return 0, 0, 0, 0, 0
+    chi = set_accessed(mem, st, tlb, pg, t_cs, chi)
+    if st[FAULT_PENDING] != 0:
+        return 0, 0, 0, 0, 0
+    shi = set_accessed(mem, st, tlb, pg, t_ss, shi)
+    if st[FAULT_PENDING] != 0:
+        return 0, 0, 0, 0, 0
+    return t_esp, t_ss, slo, shi, chi
+
+
 # --- RET far (SDM Vol. 2B, RET) ------------------------------------------------------------
 @njit
 def far_ret(mem, st, tlb, pg, imm16):
@@ -354,22 +382,8 @@ def far_ret(mem, st, tlb, pg, imm16):
         if not stack_avail(ss_limit, ss_ar, esp, 16 + imm):
             raise_fault(st, VEC_SS, 0)
             return
-        t_esp = stack_read(mem, st, tlb, pg, ss_base, ss_ar, esp, 8 + imm, cpl)
-        if st[FAULT_PENDING] != 0:
-            return
-        t_ss = stack_read(mem, st, tlb, pg, ss_base, ss_ar, esp, 12 + imm, cpl) & 0xFFFF
-        if st[FAULT_PENDING] != 0:
-            return
-        slo, shi = check_outer_ss(mem, st, tlb, pg, t_ss, rpl)
-        if st[FAULT_PENDING] != 0:
-            return
-        if t_eip > desc_limit(clo, chi):
-            raise_fault(st, VEC_GP, 0)
-            return
-        chi = set_accessed(mem, st, tlb, pg, t_cs, chi)
-        if st[FAULT_PENDING] != 0:
-            return
-        shi = set_accessed(mem, st, tlb, pg, t_ss, shi)
+        t_esp, t_ss, slo, shi, chi = _outer_return_stack(mem, st, tlb, pg, ss_base, ss_ar, esp,
+                                                         8 + imm, cpl, rpl, t_cs, clo, chi, t_eip)
         if st[FAULT_PENDING] != 0:
             return
         load_cache(st, SREG_SS, t_ss, slo, shi)
@@ -434,22 +448,8 @@ def iret(mem, st, tlb, pg):
         if not stack_avail(ss_limit, ss_ar, esp, 20):
             raise_fault(st, VEC_SS, 0)
             return
-        t_esp = stack_read(mem, st, tlb, pg, ss_base, ss_ar, esp, 12, cpl)
-        if st[FAULT_PENDING] != 0:
-            return
-        t_ss = stack_read(mem, st, tlb, pg, ss_base, ss_ar, esp, 16, cpl) & 0xFFFF
-        if st[FAULT_PENDING] != 0:
-            return
-        slo, shi = check_outer_ss(mem, st, tlb, pg, t_ss, rpl)
-        if st[FAULT_PENDING] != 0:
-            return
-        if t_eip > desc_limit(clo, chi):
-            raise_fault(st, VEC_GP, 0)
-            return
-        chi = set_accessed(mem, st, tlb, pg, t_cs, chi)
-        if st[FAULT_PENDING] != 0:
-            return
-        shi = set_accessed(mem, st, tlb, pg, t_ss, shi)
+        t_esp, t_ss, slo, shi, chi = _outer_return_stack(mem, st, tlb, pg, ss_base, ss_ar, esp,
+                                                         12, cpl, rpl, t_cs, clo, chi, t_eip)
         if st[FAULT_PENDING] != 0:
             return
         st[EFLAGS] = iret_eflags(fl, t_fl, cpl)
