@@ -47,23 +47,29 @@ _PACKAGE = pathlib.Path(__file__).resolve().parent
 _STAMP_NAME = ".hvsim-sources.sha256"
 
 
-# Python-only faces that no kernel imports: editing them cannot make a cached kernel stale.
-_FACE_ONLY = {"__init__.py", "__main__.py", "machine.py", "cli.py", "warmup.py"}
+# The packages whose modules kernels are compiled from (or fold constants from), and the
+# pure-Python faces inside them that no kernel imports: editing a face, or anything
+# outside these packages (machine.py, the CLI, the assembler, widgets, viz, lessons),
+# cannot make a cached kernel stale, so it must not throw away minutes of compiled code.
+_KERNEL_PACKAGES = ("cpu", "mmu", "rings", "vtx", "paravirt")
+FACE_MODULES = ("rings/setup.py", "rings/monitor.py")
 
 
 def sources_hash() -> str:
     """SHA-256 over every source a kernel can depend on.
 
     That is more than the files with ``@njit``: constants modules (layout, flags, vectors,
-    counters...) are folded into the compiled code too. Only the top-level faces and the
-    pure-Python assembler are left out.
+    counters...) are folded into the compiled code too. ``_jit.py`` and the kernel
+    packages count, except the faces listed in ``FACE_MODULES``.
     """
     h = hashlib.sha256()
-    for p in sorted(_PACKAGE.rglob("*.py")):
-        rel = p.relative_to(_PACKAGE)
-        if (len(rel.parts) == 1 and rel.name in _FACE_ONLY) or rel.parts[0] == "asm":
+    files = [_PACKAGE / "_jit.py"] + sorted(
+        p for pkg in _KERNEL_PACKAGES for p in (_PACKAGE / pkg).rglob("*.py"))
+    for p in files:
+        rel = p.relative_to(_PACKAGE).as_posix()
+        if rel in FACE_MODULES:
             continue
-        h.update(str(rel).encode())
+        h.update(rel.encode())
         h.update(p.read_bytes())
     return h.hexdigest()
 
