@@ -276,6 +276,26 @@ def test_virtualizable_traps_sensitive_instructions_above_ring0(cpl, name, src, 
         assert virt.cpu.esp == (MEM - 4 if name == "popf" else MEM)
 
 
+@pytest.mark.parametrize("cpl", RINGS)
+def test_virtualizable_traps_iret_above_ring0(cpl):
+    """IRET is not in Robin & Irvine's list, but it loads EFLAGS by POPF's silent rule
+    (IF kept when CPL > IOPL), so a monitor's virtual IF needs it to trap as well."""
+    src = f"push {FIXED1 | IF:#x}\npush {CODE_SEL[cpl]:#x}\npush back\niret\nback:\nnop"
+    for virtualizable in (False, True):
+        m = machine(cpl, 0, IF, virtualizable=virtualizable)
+        m.cpu.cs = CODE_SEL[cpl]
+        prog = assemble(src, origin=ORG)
+        m.load(prog)
+        ev = m.run(max_steps=5)                      # push, push, push, iret, nop
+        back = prog.labels["back"]
+        if virtualizable and cpl > 0:
+            assert_gp0(m, ev, at=prog.listing[3][0])
+            assert m.cpu.esp == MEM - 12             # the frame is still on the stack
+        else:
+            assert ev.kind == "budget"
+            assert (m.cpu.eip, m.cpu.esp) == (back + 1, MEM)
+
+
 def test_virtualizable_values_at_ring0_are_the_real_ones():
     m = machine(0, 0, virtualizable=True)
     ev = run(m, f"sgdt [{BUF:#x}]\nstr eax\nsmsw ebx")

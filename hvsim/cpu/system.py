@@ -234,6 +234,10 @@ def op_int3(mem, st, tlb, pg, dc, row):         # CC: INT3, vector 3 with the IN
 
 @njit
 def op_iret(mem, st, tlb, pg, dc, row):         # CF: IRETD
+    # IRET loads EFLAGS by POPF's rule (IF kept when CPL > IOPL, IOPL kept when CPL > 0,
+    # SDM Vol. 2A IRET "Operation"), so the virtualizable switch makes it trap as POPF does
+    if _sensitive(st):
+        return
     iret(mem, st, tlb, pg)
     st[ATTN] = 1
 
