@@ -359,7 +359,36 @@ for _s, _name in enumerate(_SREGS):
 for _r, _slot, _top in (("gdtr_base", L.GDTR_BASE, 0xFFFFFFFF), ("gdtr_limit", L.GDTR_LIMIT, 0xFFFF),
                         ("idtr_base", L.IDTR_BASE, 0xFFFFFFFF), ("idtr_limit", L.IDTR_LIMIT, 0xFFFF)):
     setattr(CPU, _r, _reg_property(_slot, _r, _r, _top))
-CPU.tr = property(lambda self: self._get(L.TR_SEL), doc="TR selector (load it with LTR)")
+def _tr_set(self, selector):
+    """Load TR as LTR would (SDM Vol. 2A, LTR): the selector must name an available 32-bit
+    TSS in the GDT; its descriptor is cached and marked busy in the GDT."""
+    from hvsim.rings import decode_descriptor
+    selector = _check_int("tr selector", selector, 0, 0xFFFF)
+    st = self._m._st
+    index = selector & ~7
+    if selector & 4 or index == 0 or index + 7 > st[L.GDTR_LIMIT]:
+        raise ValueError(f"TR selector {selector:#x} must name a GDT entry inside the GDT limit "
+                         f"({int(st[L.GDTR_LIMIT]):#x})")
+    at = int(st[L.GDTR_BASE]) + index
+    raw = int.from_bytes(self._m.read_linear(at, 8), "little")
+    d = decode_descriptor(raw)
+    if d.s or d.type != TSS32_AVAILABLE or not d.p:
+        raise ValueError(f"GDT entry {selector:#x} is a {d.kind}, not a present available 32-bit TSS")
+    busy = raw | (TSS_BUSY_BIT << 40)
+    if st[L.CR0] & (1 << 31):
+        from hvsim.mmu import walk
+        at = walk(self._m._mem, int(st[L.CR3]), int(st[L.CR4]), at).pa
+    self._m._mem[at:at + 8] = list(busy.to_bytes(8, "little"))
+    st[L.TR_SEL] = selector
+    st[L.TR_BASE] = d.base
+    st[L.TR_LIMIT] = d.limit
+    st[L.TR_AR] = _ar_of(decode_descriptor(busy))
+
+
+TSS32_AVAILABLE = 0x9     # system descriptor types (SDM Vol. 3A, Table 3-2)
+TSS_BUSY_BIT = 0x2        # type 0x9 -> 0xB
+CPU.tr = property(lambda self: self._get(L.TR_SEL), _tr_set,
+                  doc="TR selector; writing it loads the TSS descriptor as LTR does")
 CPU.ldtr = property(lambda self: self._get(L.LDTR_SEL), doc="LDTR selector (load it with LLDT)")
 
 
