@@ -1,0 +1,91 @@
+"""hvsim.lessons.Exercise: seeded problems, answers checked, malformed answers explained."""
+import doctest
+
+import pytest
+
+import hvsim.lessons
+from hvsim.lessons import Exercise
+
+
+def _ex(seed=1, **kw):
+    args = dict(make=lambda rng: {"a": rng.randrange(100, 200), "b": rng.randrange(1, 9)},
+                question="{a} * {b}?", answer=lambda p: p["a"] * p["b"],
+                solution="{a} * {b} = {answer}")
+    args.update(kw)
+    return Exercise("mul", seed, **args)
+
+
+def test_doctest():
+    r = doctest.testmod(hvsim.lessons)
+    assert r.attempted > 0 and r.failed == 0
+
+
+def test_seed_fixes_the_problem_and_other_seeds_change_it():
+    a, b = _ex(5), _ex(5)
+    assert a.params == b.params and a.expected == b.expected == a.params["a"] * a.params["b"]
+    others = {tuple(_ex(s).params.values()) for s in range(20)}
+    assert len(others) > 10
+    assert a.with_seed(6).params == _ex(6).params
+
+
+def test_right_answer_in_any_integer_spelling():
+    ex = _ex()
+    v = ex.expected
+    for spelling in (v, str(v), hex(v), f" {v:#x} ", float(v), f"{v:_}"):
+        assert ex.check(spelling).ok, spelling
+    assert not ex.check(v + 1).ok
+    assert "is not it" in ex.check(v + 1).message
+
+
+@pytest.mark.parametrize("bad, words", [
+    (None, "no answer yet"), ("", "no answer yet"), ("twelve", "could not read 'twelve'"),
+    (True, "truth value"), ([1, 2], "could not read"), (1.5, "could not read"),
+    (object(), "could not read"),
+])
+def test_malformed_answers_get_a_verdict_not_an_exception(bad, words):
+    verdict = _ex().check(bad)
+    assert not verdict.ok
+    assert verdict.message.startswith("mul: ") and words in verdict.message
+
+
+def test_list_and_text_answers():
+    ex = Exercise("pair", 0, make=lambda rng: {}, question="q", answer=lambda p: (3, 0x10),
+                  solution="s")
+    assert ex.check(["3", "0x10"]).ok and ex.check((3, 16)).ok
+    assert "has 2 values; yours has 1" in ex.check([3]).message
+    assert not ex.check((3, 17)).ok
+    word = Exercise("w", 0, make=lambda rng: {}, question="q", answer=lambda p: "#GP",
+                    solution="s")
+    assert word.check(" #gp ").ok and not word.check("#PF").ok
+    assert "a word or a name" in word.check(13).message
+
+
+def test_a_lesson_parser_that_refuses_input_is_reported():
+    def parse(s):
+        if s not in ("ring 0", "ring 3"):
+            raise ValueError("say 'ring 0' or 'ring 3'")
+        return s
+    ex = Exercise("ring", 0, make=lambda rng: {}, question="q", answer=lambda p: "ring 3",
+                  solution="s", parse=parse)
+    assert ex.check("ring 3").ok
+    v = ex.check("ring 7")
+    assert not v.ok and "say 'ring 0' or 'ring 3'" in v.message
+
+
+def test_question_and_solution_render_with_parameters():
+    ex = _ex(2)
+    p = ex.params
+    assert ex.question_text() == f"{p['a']} * {p['b']}?"
+    assert str(ex.reveal()).startswith(f"{p['a']} * {p['b']} = {ex.expected}")
+    assert f"seed {ex.seed}" in ex._repr_markdown_()
+    assert 'data-ok="1"' in ex.check(ex.expected)._repr_html_()
+
+
+def test_bad_definitions_are_refused():
+    with pytest.raises(TypeError, match="seed"):
+        Exercise("x", "7", make=dict, question="", answer=dict, solution="")
+    with pytest.raises(ValueError, match="name"):
+        Exercise("", 1, make=dict, question="", answer=dict, solution="")
+    ex = Exercise("x", 1, make=lambda rng: [1], question="", answer=len, solution="")
+    with pytest.raises(TypeError, match="make\\(\\) must return a dict"):
+        ex.params
