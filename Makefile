@@ -1,5 +1,5 @@
 # hvsim — the commands a user needs:
-#   make lab     JupyterLab on the lessons (creates .venv, installs, warms the numba cache)
+#   make lab     JupyterLab on the lesson index (creates .venv, installs, warms the numba cache)
 #   make test    the whole test suite (same setup, then pytest)
 #   make bench   speed measurements; prints a table and writes BENCHMARKS.md
 #   make clean   removes the venv, caches and build files
@@ -47,7 +47,7 @@ test: warmup
 	$(VPY) -m pytest -q
 
 lab: warmup
-	$(VENV)/bin/jupyter lab notebooks/
+	$(VENV)/bin/jupyter lab notebooks/00_index.ipynb
 
 bench: warmup
 	$(VPY) bench/run.py
