@@ -1,0 +1,48 @@
+"""Assembly sources of the teaching guests, shipped as package data (not jitted).
+
+* ``kernel.s`` -- lesson 02's kernel: written as if it owned ring 0, run by the
+  trap-and-emulate monitor (hvsim/rings/monitor.py) in ring 1; its critical section
+  ``pushf; cli; ...; popf`` is where x86 fails Popek and Goldberg's theorem 1.
+* ``user.s``   -- the ring-3 program the kernel starts: INT 0x80 system calls, a
+  deliberate divide error, then work and system calls for ever.
+
+hvsim's assembler has no ``%include``: a guest is linked by concatenation, so the user
+program sees the kernel's ``equ`` constants (system call numbers, selectors).
+
+>>> prog = teaching_kernel()
+>>> prog.entry == prog.labels["start"], "user" in prog.labels
+(True, True)
+"""
+from __future__ import annotations
+
+from importlib import resources
+
+__all__ = ["source", "teaching_kernel", "GUESTS"]
+
+#: the guest sources in this package, by name
+GUESTS = ("kernel", "user")
+
+
+def source(name: str) -> str:
+    """The text of guest ``name`` (one of :data:`GUESTS`)."""
+    if name not in GUESTS:
+        raise ValueError(f"no guest named {name!r}; the guests are {', '.join(GUESTS)}")
+    return resources.files(__package__).joinpath(f"{name}.s").read_text()
+
+
+def teaching_kernel(user: str | None = None, origin: int = 0x1000, **constants):
+    """Assemble kernel.s followed by a ring-3 program (user.s unless ``user`` is given:
+    source text that defines the label ``user``). ``constants`` override the guest's
+    ``equ`` values by name (e.g. ``PERIOD=300``, ``WORK=100``), so lessons can vary them."""
+    from hvsim.asm import assemble
+    text = source("kernel") + "\n" + (source("user") if user is None else user)
+    lines = text.splitlines()
+    for name, value in constants.items():
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise TypeError(f"{name} must be an int, got {value!r}")
+        hits = [i for i, line in enumerate(lines)
+                if line.split()[:2] == [name, "equ"]]
+        if not hits:
+            raise ValueError(f"the guest has no equ constant {name!r}")
+        lines[hits[0]] = f"{name:<12}equ {value}"
+    return assemble("\n".join(lines) + "\n", origin=origin)
