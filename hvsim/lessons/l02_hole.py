@@ -1,0 +1,187 @@
+"""Lesson 02, "the x86 hole": the logic behind notebooks/02_the_x86_hole.ipynb (not jitted).
+
+Every table and curve here is computed by running hvsim, never typed in:
+
+* :func:`behaviour_table` runs POPF, PUSHF, CLI, STI, IN and OUT at each CPL and IOPL on
+  a fresh machine and records what happened (a #GP, or what the instruction did);
+* :func:`tick_curves` runs the teaching kernel (hvsim/guests) under the trap-and-emulate
+  monitor (hvsim/rings/monitor.py), with and without the ``virtualizable`` switch, and
+  samples the guest's own tick counter against retired instructions;
+* :data:`exercise` asks for the tick count at which the guest freezes, for seeded timer
+  and workload parameters, and computes the answer by running the guest.
+
+Sources: Popek & Goldberg, CACM 17(7), 1974 (theorem 1); Robin & Irvine, USENIX
+Security 2000 (x86's sensitive unprivileged instructions); Intel SDM Vol. 2B POPF/POPFD
+and PUSHF, Vol. 2A CLI, IN, OUT, Vol. 2B STI (the privilege rules tabulated here).
+"""
+from __future__ import annotations
+
+import html
+from typing import Optional
+
+from hvsim import Machine, assemble
+from hvsim.cpu.flags import IF
+from hvsim.guests import teaching_kernel
+from hvsim.lessons import Exercise
+from hvsim.rings.monitor import TrapAndEmulate
+from hvsim.rings.setup import install
+
+__all__ = ["behaviour_table", "behaviour_html", "run_guest", "guest_dword", "tick_curves",
+           "plot_ticks", "log_text", "exercise", "INSTRUCTIONS"]
+
+IOPL_SHIFT = 12                  # EFLAGS.IOPL is bits 13:12 (SDM Vol. 1, Figure 3-8)
+FIXED1 = 0x2                     # EFLAGS bit 1 always reads 1
+PORT = 0xE9                      # the console port: claimed, so IN/OUT complete in the core
+
+# instruction -> (source, IF before, what to read after)
+INSTRUCTIONS = {
+    "POPF": (f"push {FIXED1 | IF:#x}\npopf", 0, "IF"),      # tries to set IF (and IOPL 0)
+    "PUSHF": ("pushf", IF, "image"),
+    "CLI": ("cli", IF, "IF"),
+    "STI": ("sti", 0, "IF"),
+    "IN": (f"in al, {PORT:#x}", IF, None),
+    "OUT": (f"out {PORT:#x}, al", IF, None),
+}
+
+
+def _one(insn: str, cpl: int, iopl: int, virtualizable: bool) -> str:
+    src, if0, watch = INSTRUCTIONS[insn]
+    m = Machine(memory=1 << 17, exceptions="host")
+    install(m)                                    # a TSS without an I/O bitmap
+    m.virtualizable = virtualizable
+    prog = assemble(src)
+    m.load(prog)
+    m.cpu.eflags = FIXED1 | if0 | (iopl << IOPL_SHIFT)
+    m.cpu.cpl = cpl
+    m.cpu.esp = 0x8000
+    ev = m.run(max_steps=len(prog.listing))
+    if ev.kind == "exception":
+        return f"#{'GP' if ev.vector == 13 else ev.vector}({ev.error_code or 0}) trap"
+    if watch == "IF":
+        before, after = int(bool(if0)), int(bool(m.cpu.eflags & IF))
+        if before == after:
+            return f"IF stays {after} — silently"
+        return f"IF {before}→{after}"
+    if watch == "image":
+        image = int.from_bytes(bytes(m.memory[m.cpu.esp:m.cpu.esp + 4]), "little")
+        return f"pushes IF={int(bool(image & IF))} IOPL={(image >> IOPL_SHIFT) & 3}"
+    return "runs"
+
+
+def behaviour_table(cpls=(0, 1, 2, 3), iopls=(0, 3), virtualizable: bool = False) -> list:
+    """Rows ``{'instruction', 'cpl', 'iopl', 'outcome'}``, one per case, each from a run."""
+    for name, values, top in (("cpl", cpls, 3), ("iopl", iopls, 3)):
+        if not values or any(not isinstance(v, int) or not 0 <= v <= top for v in values):
+            raise ValueError(f"{name}s must be values in 0..{top}, got {values!r}")
+    return [dict(instruction=insn, cpl=c, iopl=i, outcome=_one(insn, c, i, virtualizable))
+            for insn in INSTRUCTIONS for c in cpls for i in iopls]
+
+
+class _HTML(str):
+    def _repr_html_(self):
+        return str(self)
+
+
+def behaviour_html(rows: list) -> str:
+    """The rows of :func:`behaviour_table` as an HTML grid: instructions down, CPL/IOPL
+    across; a silent non-trap (the x86 hole) in red, a trap in blue."""
+    cols = sorted({(r["cpl"], r["iopl"]) for r in rows})
+    cell = {(r["instruction"], r["cpl"], r["iopl"]): r["outcome"] for r in rows}
+    out = ['<table class="hvsim-l02"><tr><th></th>'
+           + "".join(f"<th>CPL {c}<br>IOPL {i}</th>" for c, i in cols) + "</tr>"]
+    for insn in dict.fromkeys(r["instruction"] for r in rows):
+        out.append(f"<tr><th>{insn}</th>")
+        for c, i in cols:
+            text = cell.get((insn, c, i), "")
+            colour = "#b3261e" if "silently" in text else "#1a4f8b" if "trap" in text else "inherit"
+            out.append(f'<td style="color:{colour}">{html.escape(text)}</td>')
+        out.append("</tr>")
+    out.append("</table>")
+    return _HTML("".join(out))
+
+
+# ---- the guest under the monitor ------------------------------------------------------------
+def run_guest(virtualizable: bool = False, steps: int = 50_000, **constants) -> TrapAndEmulate:
+    """Boot the teaching kernel under the monitor and run it ``steps`` steps."""
+    mon = TrapAndEmulate(program=teaching_kernel(**constants), virtualizable=virtualizable)
+    mon.run(steps)
+    return mon
+
+
+def guest_dword(mon: TrapAndEmulate, label: str, **constants) -> int:
+    """A dword of the teaching kernel's memory, by label ('ticks', 'calls', 'rounds'...)."""
+    labels = teaching_kernel(**constants).labels
+    if label not in labels:
+        raise ValueError(f"the teaching kernel has no label {label!r}")
+    a = labels[label]
+    return int.from_bytes(bytes(mon.machine.memory[a:a + 4]), "little")
+
+
+def tick_curves(steps: int = 60_000, samples: int = 60) -> dict:
+    """{'plain x86': [(instructions, ticks)...], 'virtualizable': [...]}: the guest's own
+    tick counter sampled every steps/samples monitor steps."""
+    if samples < 1 or steps < samples:
+        raise ValueError("need steps >= samples >= 1")
+    curves = {}
+    for name, vz in (("plain x86", False), ("virtualizable", True)):
+        mon = TrapAndEmulate(program=teaching_kernel(), virtualizable=vz)
+        points = [(0, 0)]
+        for _ in range(samples):
+            mon.run(steps // samples)
+            points.append((mon.machine.counters["instructions"], guest_dword(mon, "ticks")))
+        curves[name] = points
+    return curves
+
+
+def plot_ticks(curves: Optional[dict] = None, ax=None):
+    """Plot :func:`tick_curves` with matplotlib; returns the axes."""
+    import matplotlib.pyplot as plt
+    curves = tick_curves() if curves is None else curves
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7, 3.5))
+    for name, pts in curves.items():
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], label=name, drawstyle="steps-post")
+    ax.set_xlabel("guest instructions retired")
+    ax.set_ylabel("timer ticks counted by the guest")
+    ax.set_title("Trap-and-emulate: the guest's clock after its first pushf; cli; popf")
+    ax.legend()
+    return ax
+
+
+def log_text(mon: TrapAndEmulate, start: int = 0, count: int = 25, contains: str = "") -> str:
+    """Lines of the monitor log (entries containing ``contains``), from ``start``."""
+    entries = [e for e in mon.log if contains in str(e)]
+    return "\n".join(str(e) for e in entries[start:start + count])
+
+
+# ---- the exercise ---------------------------------------------------------------------------
+def _freeze_point(p: dict) -> int:
+    mon = run_guest(False, steps=40_000, PERIOD=p["PERIOD"], WORK=p["WORK"])
+    return guest_dword(mon, "ticks", PERIOD=p["PERIOD"], WORK=p["WORK"])
+
+
+def _solution(p: dict, answer) -> str:
+    return (f"Run the guest with `run_guest(PERIOD={p['PERIOD']}, WORK={p['WORK']})` and read "
+            f"`guest_dword(mon, 'ticks', PERIOD={p['PERIOD']}, WORK={p['WORK']})`: **{answer}**. "
+            "Why it stops there: every tick delivered before the first `cli` of `sys_ticks` "
+            "counts; that `cli` traps and the monitor sets the virtual IF to 0; the `popf` "
+            "that follows runs natively at CPL 1 > IOPL 0, where it silently keeps IF "
+            "(SDM Vol. 2B, POPF), so the monitor never sets the virtual IF back. "
+            "`log_text(mon, contains='CLI')` shows the first emulated CLI; every "
+            "timer entry after it says 'pending' or 'coalesced', none says 'injected'. "
+            "Roughly: boot and SYS_SLEEP take 2 ticks, then the work loop of "
+            f"{p['WORK']} LOOP iterations (~{2 * p['WORK']} instructions) lasts about "
+            f"{2 * p['WORK'] / p['PERIOD']:.1f} periods of {p['PERIOD']} instructions.")
+
+
+exercise = Exercise(
+    "l02-freeze", seed=2,
+    make=lambda rng: {"PERIOD": rng.choice(range(100, 325, 25)),
+                      "WORK": rng.choice(range(200, 850, 50))},
+    question=("The teaching kernel's timer period is **{PERIOD}** instructions and the user "
+              "program loops **{WORK}** times between two SYS_TICKS calls. Under the "
+              "trap-and-emulate monitor on plain x86, at what value does the kernel's "
+              "`ticks` counter freeze for ever?"),
+    answer=_freeze_point,
+    solution=_solution,
+)
