@@ -1,0 +1,216 @@
+"""One 32-bit page walk as a graph: CR3 -> PDE -> PTE -> page (networkx; not jitted).
+
+:func:`page_walk_graph` builds a ``networkx.DiGraph`` from what
+:func:`hvsim.mmu.walk` reads in the machine's memory (SDM Vol. 3A, 4.3), and looks up
+the machine's TLB for the same page; :func:`page_walk` draws it. The graph is the
+data, so a test or a curious student can read it::
+
+    linear --> CR3 --> PDE[i] --> PTE[j] --> page          (4 KiB page)
+    linear --> CR3 --> PDE[i] --> page                     (4 MiB page, PDE.PS = 1)
+    linear --> CR3 --> PDE[i] --> #PF                      (the walk stops: P = 0 ...)
+
+with i = lin[31:22] and j = lin[21:12]. Nodes ``PDE[0x...]`` / ``PTE[0x...]`` next to the
+path are the neighbouring entries of the same table (``on_path`` False), drawn dimmed.
+
+Node attributes: ``kind`` ('linear', 'cr3', 'pde', 'pte', 'page', 'fault'), ``label``
+(the text drawn), ``on_path``, ``pos`` (x, y for the drawing); table entries also carry
+``index``, ``addr`` (physical address of the entry), ``value`` (None if outside memory),
+``flags`` ('P RW US A'...), ``present``; the page carries ``frame``, ``pa``, ``size``;
+the fault node ``reason`` and ``level`` ('PDE' or 'PTE'). Graph attributes: ``lin``,
+``pa``, ``fault``, ``fault_level``, ``path`` (node ids in order), ``walk`` (the
+:class:`hvsim.mmu.WalkResult`), and the TLB's view of the page: ``tlb`` ('hit', 'miss',
+or 'off'), ``tlb_set``, ``tlb_frame`` (what the TLB would use, None on a miss) and
+``tlb_stale`` (a cached frame that no longer matches the tables: the OS forgot INVLPG).
+"""
+from __future__ import annotations
+
+import networkx as nx
+
+from hvsim.cpu import layout as L
+from hvsim.cpu.cr import CR0_PG, CR3_PD_MASK
+from hvsim.mmu import walk, tlb_contents, entry_flags
+from hvsim.mmu.pte import PTE_P, PTE_FRAME
+from hvsim.viz._common import axes, LIT, EDGE, DIM, DIM_TEXT, FAULT, OK
+
+# 32-bit paging splits a linear address into three fields (SDM Vol. 3A, 4.3, Figure 4-2)
+PDE_SHIFT = 22           # bits 31:22 -> page-directory index
+PTE_SHIFT = 12           # bits 21:12 -> page-table index
+INDEX_MASK = 0x3FF       # 10 bits: 1024 entries per table
+OFFSET_MASK = 0xFFF      # bits 11:0 -> byte offset in a 4 KiB page
+ENTRY_SIZE = 4           # bytes per PDE / PTE
+ENTRIES = 1024
+
+_COLUMN = {"linear": 0.0, "cr3": 0.0, "pde": 1.8, "pte": 3.6, "page": 5.4}
+_ROW = 0.55              # vertical distance between neighbouring entries
+
+
+def _pde_id(i):
+    return f"PDE[{i:#05x}]"
+
+
+def _pte_id(j):
+    return f"PTE[{j:#05x}]"
+
+
+def _read32(mem, pa):
+    if pa + ENTRY_SIZE > len(mem):
+        return None
+    return int.from_bytes(bytes(mem[pa:pa + ENTRY_SIZE]), "little")
+
+
+def _entry_label(kind, index, addr, value):
+    head = f"{kind.upper()}[{index:#05x}] @{addr:#010x}"
+    if value is None:
+        return f"{head}\n(outside memory)"
+    return f"{head}\n{value:#010x}  {entry_flags(value)}"
+
+
+def _add_table(g, kind, base, index, neighbours, x):
+    """The path entry of one table and its neighbours; returns the path node id."""
+    make_id = _pde_id if kind == "pde" else _pte_id
+    for i in range(max(0, index - neighbours), min(ENTRIES - 1, index + neighbours) + 1):
+        addr = base + ENTRY_SIZE * i
+        value = _read32(g.graph["_mem"], addr)
+        g.add_node(make_id(i), kind=kind, index=i, addr=addr, value=value,
+                   flags=entry_flags(value) if value is not None else "-",
+                   present=bool(value is not None and value & PTE_P),
+                   on_path=i == index, label=_entry_label(kind, i, addr, value),
+                   pos=(x, -(i - index) * _ROW))
+    return make_id(index)
+
+
+def _machine_parts(machine):
+    try:
+        return machine.memory, machine._st, machine._tlb
+    except AttributeError:
+        raise TypeError(f"page_walk_graph() takes a hvsim Machine, got "
+                        f"{type(machine).__name__}") from None
+
+
+def page_walk_graph(machine, linear_address: int, *, neighbours: int = 2) -> nx.DiGraph:
+    """The walk of ``linear_address`` in ``machine``'s current page tables, as a DiGraph.
+
+    Reads memory only: no accessed/dirty flag is set, the TLB is looked at, not filled.
+    ``neighbours``: how many entries to show on each side of the one the walk uses.
+    """
+    mem, st, tlb = _machine_parts(machine)
+    if isinstance(linear_address, bool) or not isinstance(linear_address, int) \
+            or not 0 <= linear_address <= 0xFFFFFFFF:
+        raise ValueError(f"linear_address must be a 32-bit address, got {linear_address!r}")
+    if isinstance(neighbours, bool) or not isinstance(neighbours, int) or not 0 <= neighbours <= 8:
+        raise ValueError(f"neighbours must be an integer 0..8, got {neighbours!r}")
+    if not int(st[L.CR0]) & CR0_PG:
+        raise ValueError(f"paging is off (CR0.PG = 0): linear address {linear_address:#x} is "
+                         f"the physical address, there is no walk to draw")
+    lin = linear_address
+    cr3, cr4 = int(st[L.CR3]), int(st[L.CR4])
+    w = walk(mem, cr3, cr4, lin)
+    g = nx.DiGraph(lin=lin, pa=w.pa, fault=w.fault, fault_level=w.fault_level, walk=w, _mem=mem)
+    pdi, pti, off = lin >> PDE_SHIFT, (lin >> PTE_SHIFT) & INDEX_MASK, lin & OFFSET_MASK
+    g.add_node("linear", kind="linear", on_path=True, pos=(_COLUMN["linear"], 1.3),
+               label=f"linear {lin:#010x}\nPDE {pdi:#05x} | PTE {pti:#05x} | offset {off:#05x}")
+    g.add_node("CR3", kind="cr3", on_path=True, value=cr3, pos=(_COLUMN["cr3"], 0.0),
+               label=f"CR3 {cr3:#010x}\npage directory\nat {cr3 & CR3_PD_MASK:#010x}")
+    path = ["linear", "CR3"]
+    g.add_edge("linear", "CR3", label="")
+    pde = _add_table(g, "pde", cr3 & CR3_PD_MASK, pdi, neighbours, _COLUMN["pde"])
+    g.add_edge("CR3", pde, label=f"+ 4 x {pdi:#x}")
+    path.append(pde)
+    last, last_x = pde, _COLUMN["pde"]
+    if w.pte_addr is not None:
+        table = w.pde & PTE_FRAME
+        pte = _add_table(g, "pte", table, pti, neighbours, _COLUMN["pte"])
+        g.add_edge(pde, pte, label=f"+ 4 x {pti:#x}")
+        path.append(pte)
+        last, last_x = pte, _COLUMN["pte"]
+    if w.fault is None:
+        size = "4 MiB" if w.large else "4 KiB"
+        g.add_node("page", kind="page", on_path=True, frame=w.frame, pa=w.pa, size=w.page_size,
+                   pos=(_COLUMN["page"], 0.0),
+                   label=f"{size} page at {w.frame:#010x}\n+ offset = physical\n{w.pa:#010x}")
+        g.add_edge(last, "page", label=f"+ {lin & (w.page_size - 1):#x}")
+        path.append("page")
+    else:
+        name = "bus error" if w.fault == "bus-error" else "#PF"
+        reason = {"not-present": "not present (P = 0)", "reserved": "reserved bit set",
+                  "bus-error": "table outside memory"}[w.fault]
+        g.add_node(name, kind="fault", on_path=True, reason=w.fault, level=w.fault_level,
+                   pos=(last_x + 1.8, 0.0),
+                   label=f"{name}\nat the {w.fault_level}:\n{reason}")
+        g.add_edge(last, name, label="")
+        path.append(name)
+    g.graph["path"] = path
+
+    # what the TLB holds for this page (hvsim/mmu/tlb.py: one entry per 4 KiB linear page)
+    sets = int(st[L.CFG_TLB_SETS])
+    page = lin & ~OFFSET_MASK
+    g.graph["tlb_set"] = (lin >> PTE_SHIFT) & (sets - 1)
+    g.graph["tlb_frame"] = None
+    g.graph["tlb_stale"] = False
+    if not st[L.CFG_TLB_ENABLED]:
+        g.graph["tlb"] = "off"
+    else:
+        cached = [e for e in tlb_contents(st, tlb) if e.lin_page == page]
+        g.graph["tlb"] = "hit" if cached else "miss"
+        if cached:
+            frame = cached[0].frame
+            g.graph["tlb_frame"] = frame
+            g.graph["tlb_stale"] = w.fault is not None or frame != (w.pa & ~OFFSET_MASK)
+    del g.graph["_mem"]
+    return g
+
+
+def _tlb_text(g):
+    if g.graph["tlb"] == "off":
+        return "TLB: off (every access walks)"
+    where = f"set {g.graph['tlb_set']}"
+    if g.graph["tlb"] == "miss":
+        return f"TLB: miss ({where}) -- the next access walks the tables"
+    text = f"TLB: hit ({where}) -> frame {g.graph['tlb_frame']:#010x}"
+    if g.graph["tlb_stale"]:
+        text += "  STALE: the tables changed, no INVLPG yet"
+    return text
+
+
+def page_walk(machine, linear_address: int, ax=None, *, neighbours: int = 2):
+    """Draw the page walk of ``linear_address`` (see :func:`page_walk_graph`).
+
+    The path is lit, neighbouring entries are dimmed, a fault is drawn in red where the
+    walk stops; the title says what the TLB holds for the page. Each node is a text box
+    whose gid is the node's id. Returns the Axes.
+    """
+    g = page_walk_graph(machine, linear_address, neighbours=neighbours)
+    ax = axes(ax, (12, 1.6 + 1.0 * (2 * neighbours + 1)))
+    boxes = {}
+    for node, d in g.nodes(data=True):
+        x, y = d["pos"]
+        if d["kind"] == "fault":
+            face, colour = FAULT, "white"
+        elif d["kind"] == "page":
+            face, colour = OK, "white"
+        elif d["on_path"]:
+            face, colour = LIT, "black"
+        else:
+            face, colour = DIM, DIM_TEXT
+        style = "round,pad=0.4" if d["kind"] not in ("pde", "pte") else "square,pad=0.3"
+        boxes[node] = ax.text(x, y, d["label"], ha="center", va="center", fontsize=7.5,
+                              family="monospace", color=colour, gid=node, zorder=3,
+                              bbox=dict(boxstyle=style, facecolor=face,
+                                        edgecolor=EDGE if d["on_path"] else DIM_TEXT,
+                                        linestyle="-" if d.get("present", True) else "--"))
+    for u, v, d in g.edges(data=True):
+        # zorder above the boxes: they are drawn (and positioned) first, so the arrow
+        # can be clipped to their outlines
+        ax.annotate("", xy=g.nodes[v]["pos"], xytext=g.nodes[u]["pos"], zorder=4,
+                    arrowprops=dict(arrowstyle="-|>", color=EDGE, lw=1.4,
+                                    patchA=boxes[u].get_bbox_patch(),
+                                    patchB=boxes[v].get_bbox_patch(), shrinkA=2, shrinkB=2))
+    ys = [d["pos"][1] for _, d in g.nodes(data=True)]
+    ax.set_xlim(-0.95, 6.35)
+    ax.set_ylim(min(ys) - 0.5, max(ys) + 0.5)
+    ax.axis("off")
+    lin = g.graph["lin"]
+    result = (f"physical {g.graph['pa']:#010x}" if g.graph["fault"] is None
+              else f"{g.graph['fault']} at the {g.graph['fault_level']}")
+    ax.set_title(f"page walk of linear {lin:#010x} -> {result}\n{_tlb_text(g)}", fontsize=10)
+    return ax
