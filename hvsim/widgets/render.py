@@ -1,0 +1,318 @@
+"""What the stepper shows, as plain data, HTML and text (pure Python, not jitted).
+
+Nothing here imports ipywidgets: :class:`hvsim.widgets.controller.StepperController`
+calls these functions and the widget layer only copies the strings they return into
+widgets that already exist. The HTML carries the hooks that a browser test looks for:
+``data-reg="eax"`` on every register value (class ``hvsim-changed`` when it changed in
+the last action), ``data-cpl`` on the ring indicator's ``<svg>``, ``data-ring`` and
+``hvsim-lit`` on its rings, ``data-flag`` on every EFLAGS bit.
+
+The disassembly window is decoded from guest memory around EIP. Decoding *forward*
+from EIP is exact; decoding *backward* is not (x86 instructions have no fixed length,
+so the bytes before EIP can be cut into instructions in several ways).
+:func:`disassembly_window` tries every start in the few dozen bytes before EIP, keeps
+the cuttings that land exactly on EIP without an undecodable byte, and prefers the one
+that passes through addresses where the CPU has really been (``known`` starts).
+"""
+from __future__ import annotations
+
+import dataclasses
+import html
+from typing import Iterable, Optional
+
+import numpy as np
+
+from hvsim.asm import disassemble, disassemble_one
+from hvsim.cpu.flags import Flag
+from hvsim.mmu import walk
+
+BACK_BYTES = 48          # how far before EIP the backward decoder looks
+MAX_INSN = 15            # longest IA-32 instruction (SDM Vol. 2A, 2.3.11)
+PAGE = 4096
+CR0_PG = 1 << 31
+
+GPRS = ("eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi")
+SREGS = ("cs", "ss", "ds", "es", "fs", "gs")
+CRS = ("cr0", "cr2", "cr3")
+REGISTERS = GPRS + ("eip", "eflags") + SREGS + CRS
+
+
+# ---- registers ---------------------------------------------------------------------
+def read_registers(m) -> dict:
+    """The registers the stepper shows, as {name: int}."""
+    cpu = m.cpu
+    return {r: getattr(cpu, r) for r in REGISTERS}
+
+
+def registers_html(regs: dict, changed: Iterable[str]) -> str:
+    changed = set(changed)
+    width = {r: 4 if r in SREGS else 8 for r in REGISTERS}
+
+    def cell(r):
+        cls = "hvsim-reg hvsim-changed" if r in changed else "hvsim-reg"
+        style = ' style="background:#ffe08a;font-weight:bold"' if r in changed else ""
+        return (f'<td style="padding:0 4px;color:#555">{r}</td>'
+                f'<td><span data-reg="{r}" class="{cls}"{style}>{regs[r]:0{width[r]}x}</span></td>')
+
+    rows = [GPRS[0:2], GPRS[2:4], GPRS[4:6], GPRS[6:8], ("eip", "eflags"), SREGS[0:2],
+            SREGS[2:4], SREGS[4:6], CRS[0:2], CRS[2:3]]
+    body = "".join("<tr>" + "".join(cell(r) for r in row) + "</tr>" for row in rows)
+    return f'<table class="hvsim-regtable" style="font-family:monospace;border-collapse:collapse">{body}</table>'
+
+
+def registers_text(regs: dict, changed: Iterable[str]) -> str:
+    changed = set(changed)
+    parts = []
+    for r in REGISTERS:
+        w = 4 if r in SREGS else 8
+        parts.append(f"{r}={regs[r]:0{w}x}{'*' if r in changed else ''}")
+    lines = [" ".join(parts[i:i + 4]) for i in range(0, len(parts), 4)]
+    return "\n".join(lines)
+
+
+# ---- EFLAGS ------------------------------------------------------------------------
+# the status and control bits shown, in the SDM's order (Vol. 1, Figure 3-8)
+FLAG_BITS = ("CF", "PF", "AF", "ZF", "SF", "TF", "IF", "DF", "OF", "NT", "RF", "VM", "AC", "ID")
+
+
+def flags_summary(eflags: int, cpl: int) -> dict:
+    """The flags as {name: 0/1}, plus IOPL and the sentences that explain IF and IOPL."""
+    bits = {f: int(bool(eflags & int(Flag[f]))) for f in FLAG_BITS}
+    iopl = (eflags >> 12) & 3
+    if_text = ("IF=1: maskable interrupts are taken" if bits["IF"]
+               else "IF=0: maskable interrupts are held off")
+    allowed = cpl <= iopl
+    iopl_text = (f"IOPL={iopl}: CLI, STI, IN and OUT are allowed at CPL <= {iopl}; "
+                 f"now CPL {cpl}, so they " + ("execute" if allowed else "raise #GP"))
+    return dict(bits=bits, iopl=iopl, if_text=if_text, iopl_text=iopl_text)
+
+
+def flags_html(eflags: int, cpl: int) -> str:
+    s = flags_summary(eflags, cpl)
+    spans = []
+    for f, v in s["bits"].items():
+        style = "font-weight:bold;color:#000" if v else "color:#aaa"
+        cls = "hvsim-flag hvsim-set" if v else "hvsim-flag"
+        spans.append(f'<span data-flag="{f.lower()}" class="{cls}" style="{style}">{f}={v}</span>')
+    return (f'<div style="font-family:monospace">EFLAGS {eflags:08x}: {" ".join(spans)} '
+            f'<span data-flag="iopl" class="hvsim-flag">IOPL={s["iopl"]}</span></div>'
+            f'<div data-flag-text="if">{html.escape(s["if_text"])}</div>'
+            f'<div data-flag-text="iopl">{html.escape(s["iopl_text"])}</div>')
+
+
+def flags_text(eflags: int, cpl: int) -> str:
+    s = flags_summary(eflags, cpl)
+    on = " ".join(f for f, v in s["bits"].items() if v) or "-"
+    return f"eflags={eflags:08x} [{on}] IOPL={s['iopl']}\n  {s['if_text']}\n  {s['iopl_text']}"
+
+
+# ---- the ring indicator --------------------------------------------------------------
+RING_NAMES = {0: "ring 0 (kernel)", 1: "ring 1", 2: "ring 2", 3: "ring 3 (user)"}
+_RING_RADIUS = {3: 100, 2: 78, 1: 56, 0: 34}
+_LIT = "#f29d38"
+_UNLIT = ("#eef1f5", "#dde3ea")
+
+
+def rings_svg(cpl: int) -> str:
+    """Concentric rings 3 (outside) .. 0, the current privilege level lit.
+
+    The dashed circle in the middle is ring -1, VMX root operation, where a hardware
+    hypervisor runs below the guest's ring 0 (lessons to come); it is never lit here.
+    """
+    cx = cy = 110
+    parts = [f'<svg data-cpl="{cpl}" class="hvsim-ringsvg" xmlns="http://www.w3.org/2000/svg" '
+             f'width="330" height="220" viewBox="0 0 330 220" role="img" '
+             f'aria-label="current privilege level: ring {cpl}">']
+    for ring in (3, 2, 1, 0):
+        lit = ring == cpl
+        fill = _LIT if lit else _UNLIT[ring % 2]
+        cls = "hvsim-ring hvsim-lit" if lit else "hvsim-ring"
+        parts.append(f'<circle data-ring="{ring}" class="{cls}" cx="{cx}" cy="{cy}" '
+                     f'r="{_RING_RADIUS[ring]}" fill="{fill}" stroke="#7a8796" stroke-width="1.5"/>')
+    for ring in (3, 2, 1, 0):
+        y = cy - _RING_RADIUS[ring] + 15
+        weight = "bold" if ring == cpl else "normal"
+        parts.append(f'<text x="{cx}" y="{y}" text-anchor="middle" font-size="12" '
+                     f'font-family="sans-serif" font-weight="{weight}">{ring}</text>')
+    parts.append(f'<circle data-ring="-1" class="hvsim-ring hvsim-future" cx="{cx}" cy="{cy}" r="13" '
+                 f'fill="white" stroke="#7a8796" stroke-dasharray="4 3" stroke-width="1.5"/>')
+    parts.append(f'<text x="{cx}" y="{cy + 4}" text-anchor="middle" font-size="10" '
+                 f'font-family="sans-serif" fill="#7a8796">-1</text>')
+    legend = [f"CPL = {cpl}", RING_NAMES[cpl] + " is lit", "",
+              "ring -1 (dashed): VMX root,", "where a hardware hypervisor", "runs: to come"]
+    for i, line in enumerate(legend):
+        weight = "bold" if i == 0 else "normal"
+        parts.append(f'<text x="222" y="{70 + 16 * i}" font-size="12" font-family="sans-serif" '
+                     f'font-weight="{weight}">{html.escape(line)}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+# ---- the trap log ---------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class TrapRecord:
+    """One row of the trap log.
+
+    ``step``: the stepper position after which it was seen (1 = the first step).
+    ``eip``: for an event delivered through the guest IDT, the EIP the CPU saved (the
+    faulting instruction for a fault, the next one for INT n and traps); for an exit,
+    the EIP the event reports. ``handler``: who handled it, 'guest ring N (IDT)' or
+    'host/monitor (ring 0)'. ``action``: what the host or monitor did, if anything.
+    """
+    step: int
+    name: str
+    vector: Optional[int]
+    error_code: Optional[int]
+    eip: int
+    ring_from: int
+    ring_to: Optional[int]
+    handler: str
+    action: str = ""
+
+    def text(self) -> str:
+        err = "-" if self.error_code is None else f"{self.error_code:#x}"
+        rings = f"ring {self.ring_from}" + ("" if self.ring_to is None else f"->{self.ring_to}")
+        s = (f"step {self.step:>6}  {self.name:28} err={err:6} eip={self.eip:#010x} "
+             f"{rings:10} handled by {self.handler}")
+        return s + (f": {self.action}" if self.action else "")
+
+
+def traplog_html(records, limit: int = 200) -> str:
+    records = list(records)[-limit:]
+    if not records:
+        return '<div class="hvsim-traplog-empty" style="color:#888">trap log: no trap yet</div>'
+    head = ("<tr><th>step</th><th>event</th><th>error code</th><th>EIP</th><th>ring</th>"
+            "<th>handled by</th><th>action</th></tr>")
+    rows = []
+    for r in records:
+        err = "&ndash;" if r.error_code is None else f"{r.error_code:#x}"
+        rings = f"{r.ring_from}" + ("" if r.ring_to is None else f" &rarr; {r.ring_to}")
+        vec = "" if r.vector is None else f' data-vector="{r.vector}"'
+        rows.append(f'<tr class="hvsim-trap" data-step="{r.step}"{vec}><td>{r.step}</td>'
+                    f"<td>{html.escape(r.name)}</td><td>{err}</td><td>{r.eip:#010x}</td>"
+                    f"<td>{rings}</td><td>{html.escape(r.handler)}</td>"
+                    f"<td>{html.escape(r.action)}</td></tr>")
+    return ('<div style="max-height:14em;overflow-y:auto"><table style="font-family:monospace;'
+            'font-size:90%">' + head + "".join(rows) + "</table></div>")
+
+
+def console_html(text: str, limit: int = 4000) -> str:
+    shown = text[-limit:]
+    body = html.escape(shown) if shown else '<span style="color:#888">(no console output)</span>'
+    return ('<pre class="hvsim-console-text" style="margin:0;max-height:10em;overflow-y:auto;'
+            f'background:#f6f6f6;padding:4px">{body}</pre>')
+
+
+# ---- the disassembly window -------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class DisasmLine:
+    """One line of the window; ``address`` None for a filler line."""
+    address: Optional[int]
+    hexbytes: str
+    text: str
+    current: bool = False
+    breakpoint: bool = False
+
+    def label(self) -> str:
+        if self.address is None:
+            return self.text
+        mark = "\u25ba" if self.current else " "      # a right-pointing pointer
+        bp = "\u25cf" if self.breakpoint else " "     # a filled circle
+        return f"{bp}{mark} {self.address:08x}  {self.hexbytes:<20} {self.text}"
+
+
+def _translate(m, lin: int) -> Optional[int]:
+    """Guest-physical address of a linear one, or None if unmapped / outside memory."""
+    cpu = m.cpu
+    pa = lin
+    if cpu.cr0 & CR0_PG:
+        w = walk(m.memory, cpu.cr3, cpu.cr4, lin)
+        if w.fault is not None:
+            return None
+        pa = w.pa
+    return pa if 0 <= pa < len(m.memory) else None
+
+
+def read_code(m, lin: int, n: int) -> bytes:
+    """Up to ``n`` bytes at linear ``lin``, stopping at the first unreadable page."""
+    out = bytearray()
+    mem = np.asarray(m.memory).view(np.ndarray)
+    while len(out) < n and lin <= 0xFFFFFFFF:
+        pa = _translate(m, lin)
+        if pa is None:
+            break
+        take = min(n - len(out), PAGE - (lin % PAGE), len(mem) - pa)
+        out += bytes(mem[pa:pa + take])
+        lin += take
+    return bytes(out)
+
+
+def read_code_before(m, lin: int, n: int) -> bytes:
+    """The readable bytes just before linear ``lin`` (at most ``n``; may be fewer)."""
+    start = max(0, lin - n)
+    got = b""
+    # walk back page by page so that an unmapped page cuts the window, not the read
+    while start < lin:
+        chunk = read_code(m, start, lin - start)
+        if len(chunk) == lin - start:
+            got = chunk
+            break
+        start = (start // PAGE + 1) * PAGE
+    return got
+
+
+def decode_before(code: bytes, end: int, count: int, known: frozenset = frozenset()) -> list:
+    """The last ``count`` instructions of a cutting of ``code`` (which ends at address
+    ``end``) that lands exactly on ``end`` with no undecodable byte; [] if none does."""
+    n = len(code)
+    base = end - n
+    nxt = [None] * n
+    for off in range(n):
+        insn = disassemble_one(code, off, base + off)
+        nxt[off] = None if insn.bad else off + insn.size
+    best, best_score = None, None
+    for start in range(n):
+        path, off = [], start
+        while off is not None and off < n:
+            path.append(off)
+            off = nxt[off]
+        if off != n:
+            continue
+        score = (sum(1 for o in path if base + o in known), len(path))
+        if best_score is None or score > best_score:
+            best, best_score = path, score
+    if best is None:
+        return []
+    return [disassemble_one(code, o, base + o) for o in best[-count:]] if count else []
+
+
+def disassembly_window(m, eip_lin: int, before: int, after: int, breakpoints=frozenset(),
+                       known: frozenset = frozenset()) -> list:
+    """``before + 1 + after`` lines around the instruction at linear ``eip_lin``."""
+    lines = []
+    prior = decode_before(read_code_before(m, eip_lin, BACK_BYTES), eip_lin, before, known)
+    fill = before - len(prior)
+    lines += [DisasmLine(None, "", "")] * fill
+    for insn in prior:
+        lines.append(_line(insn, False, breakpoints))
+    code = read_code(m, eip_lin, (after + 1) * MAX_INSN)
+    if not code:
+        lines.append(DisasmLine(eip_lin, "", f"(EIP {eip_lin:#x} is outside memory or unmapped)",
+                                True, eip_lin in breakpoints))
+        lines += [DisasmLine(None, "", "")] * after
+        return lines
+    insns = disassemble(code, eip_lin, count=after + 1)
+    for i, insn in enumerate(insns):
+        if insn.address + insn.size > eip_lin + len(code):
+            break                                      # cut short by the end of memory
+        lines.append(_line(insn, i == 0, breakpoints))
+    if len(lines) == before:                           # EIP's own instruction is cut off
+        lines.append(DisasmLine(eip_lin, code.hex(" "), "(instruction runs past the end of memory)",
+                                True, eip_lin in breakpoints))
+    lines += [DisasmLine(None, "", "")] * (before + 1 + after - len(lines))
+    return lines
+
+
+def _line(insn, current, breakpoints) -> DisasmLine:
+    text = str(insn) if not insn.bad else f"(bad)  db {insn.bytes[0]:#04x}"
+    return DisasmLine(insn.address, insn.bytes.hex(" "), text, current, insn.address in breakpoints)
