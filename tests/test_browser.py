@@ -1,0 +1,156 @@
+"""The stepper in a real browser: JupyterLab on 127.0.0.1, Debian's chromium via Playwright.
+
+Playwright's own browser download does not work on the project's machines, so the test
+drives the system's chromium (``shutil.which("chromium")``). The lesson is copied to a
+temporary folder first: JupyterLab autosaves, and the committed notebook must keep no
+outputs. A screenshot of the stepper after the click is kept in ``artifacts/``.
+"""
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = ROOT / "artifacts"
+LESSON = ROOT / "notebooks" / "01_rings_and_traps.ipynb"
+HOW_TO_ENABLE = ("the browser test needs Debian's chromium: `sudo apt-get install chromium` "
+                 "(.ci/run installs it) and the playwright package (`make venv` installs it)")
+
+
+def _chromium():
+    path = shutil.which("chromium")
+    if path is None:
+        pytest.skip(HOW_TO_ENABLE)
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        pytest.skip(HOW_TO_ENABLE)
+    return path
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def jupyterlab(root: Path, home: Path):
+    """A JupyterLab server on loopback with a random token, serving ``root``."""
+    port, token = _free_port(), secrets.token_hex(16)
+    env = dict(os.environ, JUPYTER_CONFIG_DIR=str(home / "config"),
+               JUPYTER_RUNTIME_DIR=str(home / "runtime"), JUPYTERLAB_WORKSPACES_DIR=str(home / "ws"),
+               JUPYTER_PLATFORM_DIRS="1", PYTHONPATH=str(ROOT))
+    cmd = [sys.executable, "-m", "jupyterlab", "--no-browser", "--ServerApp.ip=127.0.0.1",
+           f"--ServerApp.port={port}", f"--IdentityProvider.token={token}",
+           f"--ServerApp.root_dir={root}", "--LabApp.expose_app_in_browser=True",
+           "--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+           "--LabApp.extension_manager=readonly", "--ServerApp.open_browser=False"]
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        cmd.append("--allow-root")            # CI containers run as root
+    # no "get notified about Jupyter news?" toast over the screenshot
+    labconfig = home / "config" / "labconfig"
+    labconfig.mkdir(parents=True, exist_ok=True)
+    (labconfig / "page_config.json").write_text(json.dumps(
+        {"disabledExtensions": {"@jupyterlab/apputils-extension:announcements": True}}))
+    log = open(home / "jupyterlab.log", "w")
+    proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}/api/status?token={token}", timeout=2) as r:
+                    json.load(r)
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("JupyterLab did not start:\n" + (home / "jupyterlab.log").read_text()[-3000:])
+                time.sleep(0.5)
+        yield base, token
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def _stepper_cell(path: Path) -> int:
+    """Index of the first code cell that builds a Stepper."""
+    nb = json.loads(path.read_text())
+    for i, cell in enumerate(nb["cells"]):
+        if cell["cell_type"] == "code" and "Stepper(" in "".join(cell["source"]):
+            return i
+    raise AssertionError(f"{path.name} has no Stepper cell")
+
+
+def test_step_in_a_real_browser_updates_registers_and_ring(tmp_path):
+    chromium = _chromium()
+    from playwright.sync_api import sync_playwright
+
+    work = tmp_path / "lab"
+    work.mkdir()
+    shutil.copy(LESSON, work / LESSON.name)
+    index = _stepper_cell(LESSON)
+    ARTIFACTS.mkdir(exist_ok=True)
+    with jupyterlab(work, tmp_path) as (base, token), sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, headless=True,
+                                    args=["--no-sandbox", "--disable-gpu"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(f"{base}/lab/tree/{LESSON.name}?token={token}")
+            page.wait_for_function(
+                "() => window.jupyterapp && window.jupyterapp.shell.currentWidget"
+                " && window.jupyterapp.shell.currentWidget.sessionContext"
+                " && window.jupyterapp.shell.currentWidget.sessionContext.session"
+                " && window.jupyterapp.shell.currentWidget.sessionContext.session.kernel"
+                " && window.jupyterapp.shell.currentWidget.sessionContext.session.kernel.status === 'idle'",
+                timeout=120_000)
+            # select the stepper cell, run everything above it, then the cell itself
+            page.evaluate(f"""async () => {{
+                const app = window.jupyterapp;
+                const panel = app.shell.currentWidget;
+                app.shell.collapseLeft();
+                panel.content.activeCellIndex = {index};
+                await app.commands.execute('notebook:run-all-above');
+                await app.commands.execute('notebook:run-cell');
+            }}""")
+            stepper = page.locator(".hvsim-step").first
+            stepper.wait_for(state="visible", timeout=180_000)
+            eax = page.locator('.hvsim-registers [data-reg="eax"]').first
+            svg = page.locator(".hvsim-rings svg").first
+            before_eax, before_cpl = eax.inner_text(), svg.get_attribute("data-cpl")
+            clicked = time.perf_counter()
+            stepper.click()
+            page.wait_for_function(
+                "(old) => { const e = document.querySelector('.hvsim-registers [data-reg=\"eax\"]');"
+                " return e && e.textContent !== old; }", arg=before_eax, timeout=30_000)
+            latency = time.perf_counter() - clicked      # click -> updated view, reported
+            after_eax = eax.inner_text()
+            after_cpl = svg.get_attribute("data-cpl")
+            lit = page.locator(".hvsim-rings .hvsim-lit").first.get_attribute("data-ring")
+            changed = page.locator(".hvsim-registers .hvsim-changed [data-reg], "
+                                   ".hvsim-registers [data-reg].hvsim-changed").all_inner_texts()
+            page.screenshot(path=str(ARTIFACTS / "browser-stepper.png"), full_page=True)
+            (ARTIFACTS / "browser-stepper.json").write_text(json.dumps(
+                {"click_to_view_seconds": round(latency, 4), "eax_before": before_eax,
+                 "eax_after": after_eax, "cpl": after_cpl}, indent=1))
+            print(f"Step: click to updated view {latency * 1000:.0f} ms")
+        finally:
+            browser.close()
+    # the lesson's first Stepper shows a ring-3 program whose first instruction is
+    # `mov eax, 0x1234`: after one Step EAX holds it, the CPU is still in ring 3
+    assert before_cpl == "3" and after_cpl == "3" and lit == "3"
+    assert int(after_eax.strip(), 16) == 0x1234 and int(before_eax.strip(), 16) != 0x1234
+    assert after_eax.strip() in [c.strip() for c in changed]

@@ -1,0 +1,90 @@
+"""The lessons: committed clean, each executed top to bottom, each with a checked exercise.
+
+Every notebook in notebooks/ is run headless with nbclient (the kernel is this venv's
+python3), with a time limit per cell. A committed notebook must carry no outputs, no
+execution counts and no saved widget state: the lessons are run, not read as output.
+"""
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+LESSONS = ["00_index", "01_rings_and_traps", "02_the_x86_hole", "03_paging_and_tlb"]
+CELL_TIMEOUT = 300        # seconds; a cold numba cache is warmed by `make test` first
+
+
+def test_the_four_lessons_exist():
+    assert [p.stem for p in NOTEBOOKS][:4] == LESSONS
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_committed_without_outputs_or_widget_state(path):
+    nb = json.loads(path.read_text())
+    assert "widgets" not in nb.get("metadata", {}), f"{path.name}: saved widget state"
+    for i, cell in enumerate(nb["cells"]):
+        if cell["cell_type"] == "code":
+            assert cell.get("outputs") == [] and cell.get("execution_count") is None, \
+                f"{path.name} cell {i}: clear the outputs before committing"
+        assert "widgets" not in cell.get("metadata", {}), f"{path.name} cell {i}: widget state"
+
+
+def _code(nb):
+    return [c for c in nb.cells if c.cell_type == "code"]
+
+
+def _text(outputs):
+    parts = []
+    for o in outputs:
+        if o.get("output_type") == "stream":
+            parts.append(o.get("text", ""))
+        for key in ("text/plain", "text/html", "text/markdown"):
+            parts.append(o.get("data", {}).get(key, ""))
+    return "\n".join(parts)
+
+
+@pytest.fixture(scope="module")
+def executed():
+    """Run each notebook once per session (lazily) and keep the result."""
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    done = {}
+
+    def run(name):
+        if name not in done:
+            nb = nbformat.read(ROOT / "notebooks" / f"{name}.ipynb", as_version=4)
+            nbclient.NotebookClient(nb, timeout=CELL_TIMEOUT, kernel_name="python3",
+                                    resources={"metadata": {"path": str(ROOT / "notebooks")}}
+                                    ).execute()
+            done[name] = nb
+        return done[name]
+    return run
+
+
+@pytest.mark.parametrize("name", LESSONS)
+def test_lesson_runs_top_to_bottom_without_errors(executed, name):
+    nb = executed(name)          # raises CellExecutionError on the first failing cell
+    for i, cell in enumerate(_code(nb)):
+        assert all(o.get("output_type") != "error" for o in cell.outputs), f"{name} code cell {i}"
+
+
+@pytest.mark.parametrize("name", LESSONS[1:])
+def test_lesson_has_a_seeded_exercise_checked_and_solvable(executed, name):
+    """The student's placeholder answer gets a 'no answer yet' verdict, and the worked
+    solution is there to reveal."""
+    nb = executed(name)
+    cells = _code(nb)
+    defs = [c for c in cells if "Exercise" in c.source or "exercise" in c.source]
+    checks = [c for c in cells if ".check(" in c.source]
+    reveals = [c for c in cells if ".reveal()" in c.source]
+    assert defs and checks and reveals, f"{name}: no exercise / check / reveal cell"
+    verdicts = _text(checks[0].outputs)
+    assert "hvsim-verdict" in verdicts and "no answer yet" in verdicts
+    assert len(_text(reveals[0].outputs).strip()) > 40
+
+
+def test_index_links_every_lesson(executed):
+    text = "\n".join(c.source for c in executed("00_index").cells if c.cell_type == "markdown")
+    for name in LESSONS[1:]:
+        assert f"{name}.ipynb" in text
