@@ -27,6 +27,7 @@ from hvsim.cpu.layout import (
     IRQ_PENDING, TIMER_PERIOD, TIMER_NEXT, TIMER_VECTOR, ATTN, NO_RETIRE, SHUTDOWN, BP_COUNT,
     BP_LIST, ROUTE, ROUTE_HOST, COUNTERS, EXIT_KIND, EXIT_VECTOR, EXIT_ERROR, EXIT_EIP,
     EXIT_ADDR, EXIT_LEN, EXIT_CPL, EXIT_STEPS, EXIT_SOURCE, DC_FIELDS, STEP_TRAP,
+    CFG_TLB_ENABLED,
 )
 from hvsim.mmu.paging import translate
 from hvsim.mmu.pte import ACC_FETCH, ACC_USER
@@ -48,7 +49,7 @@ def fetch_pa(mem, st, tlb):
 
     The last code page's translation is kept (a one-entry instruction TLB in front of
     the TLB model); it counts as a TLB hit and is dropped by every TLB flush, INVLPG
-    and CR0/CR3/CR4 write.
+    and CR0/CR3/CR4 write. A machine without a TLB keeps nothing: every fetch walks.
     """
     eip = st[EIP]
     if eip > st[SEG_LIMIT + SREG_CS]:
@@ -68,9 +69,10 @@ def fetch_pa(mem, st, tlb):
             pa = translate(mem, st, tlb, lin, acc)
             if st[FAULT_PENDING] != 0:
                 return -1
-            st[FETCH_LIN_PAGE] = page
-            st[FETCH_PHYS_PAGE] = pa >> 12
-            st[FETCH_CPL] = cpl
+            if st[CFG_TLB_ENABLED] != 0:
+                st[FETCH_LIN_PAGE] = page
+                st[FETCH_PHYS_PAGE] = pa >> 12
+                st[FETCH_CPL] = cpl
     else:
         pa = lin
     if pa >= st[CFG_MEM_SIZE]:
@@ -247,7 +249,8 @@ def _exit(st, kind, steps):
     st[EXIT_CPL] = st[CPL]
     st[COUNTERS + C_EXITS] += 1
     st[COUNTERS + C_EXIT_KIND + kind] += 1
-    trace_record(st, TRACE_EXIT, kind, st[EXIT_VECTOR], st[EXIT_EIP], st[CPL], st[CPL], 0)
+    if kind != EXIT_BUDGET:      # the host slicing the run is not a guest event
+        trace_record(st, TRACE_EXIT, kind, st[EXIT_VECTOR], st[EXIT_EIP], st[CPL], st[CPL], 0)
     return kind
 
 
