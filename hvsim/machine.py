@@ -590,12 +590,23 @@ class Machine:
 
     @property
     def trace(self) -> list:
-        """The most recent recorded events (oldest first), at most TRACE_CAP of them."""
+        """The most recent recorded events (oldest first), at most TRACE_CAP of them:
+        deliveries through the guest's IDT and exits to the host (not 'budget' ends)."""
+        return self.trace_since(0)
+
+    @property
+    def trace_head(self) -> int:
+        """How many events the trace has recorded since reset (it keeps the last TRACE_CAP)."""
+        return int(self._st[L.TRACE_HEAD])
+
+    def trace_since(self, head: int) -> list:
+        """The events recorded after the moment :attr:`trace_head` was ``head``, oldest
+        first (only those still in the ring buffer: at most TRACE_CAP)."""
         st = self._st
-        head = int(st[L.TRACE_HEAD])
-        n = min(head, L.TRACE_CAP)
+        now = int(st[L.TRACE_HEAD])
+        first = max(_check_int("head", head, 0, 1 << 62), now - L.TRACE_CAP)
         out = []
-        for i in range(head - n, head):
+        for i in range(first, now):
             base = L.TRACE_BUF + (i % L.TRACE_CAP) * L.TRACE_FIELDS
             kind, vec, err, eip, cf, ct, tsc, _ = (int(x) for x in st[base:base + L.TRACE_FIELDS])
             out.append(TraceEntry("delivered" if kind == 2 else "exit", vec,

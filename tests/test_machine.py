@@ -473,3 +473,18 @@ def test_descriptor_table_limits_are_16_bit_and_the_tsc_64_bit():
     m.load(assemble("start:\nrdtsc\nhlt"))
     m.run(10)
     assert (m.cpu.edx, m.cpu.eax) == (1 << 8, 0)      # RDTSC reads the 64-bit value back
+
+
+def test_budget_ends_are_not_trace_events_and_trace_since_reads_what_is_new():
+    m = Machine()
+    p = assemble("nop\nnop\nout 0x80, al\nhlt")
+    m.load(p)
+    assert m.step() is None and m.step() is None          # two 'budget' exits
+    assert m.trace == [] and m.trace_head == 0
+    head = m.trace_head
+    assert m.run().kind == "io"
+    new = m.trace_since(head)
+    assert [(t.kind, t.name, t.eip) for t in new] == [("exit", "io", p.origin + 2)]
+    assert m.trace_since(m.trace_head) == []
+    with pytest.raises(ValueError, match="head"):
+        m.trace_since(-1)

@@ -26,8 +26,6 @@ import numpy as np
 
 from hvsim.cpu import layout as L
 from hvsim.cpu.counters import C_INSN
-from hvsim.rings.interrupts import TRACE_KIND_EVENT
-from hvsim.rings.vectors import vector_name
 from hvsim.viz._common import axes, LIT, EDGE, FAULT
 from hvsim.viz.rings import RING_NAMES
 
@@ -107,21 +105,20 @@ def record(target, steps: int = 1000,
     retired, cpl, eip = [0], [int(st[L.CPL])], [int(st[L.EIP])]
     mk_at, mk_from, mk_to, mk_names, mk_kinds = [], [], [], [], []
     final = None
-    head = int(st[L.TRACE_HEAD])
+    head = m.trace_head
     step, item = m.step, st.item          # st.item(i): a Python int, faster than int(st[i])
     i_insn, i_head, i_cpl, i_eip = L.COUNTERS + C_INSN, L.TRACE_HEAD, L.CPL, L.EIP
     for _ in range(int(steps)):
         ev = step()
         now = item(i_insn) - insn0
         new_head = item(i_head)
-        if new_head - head > 1:          # more than this step's own exit record
-            for i in range(max(head, new_head - L.TRACE_CAP), new_head - 1):
-                base = L.TRACE_BUF + (i % L.TRACE_CAP) * L.TRACE_FIELDS
-                if st[base] == TRACE_KIND_EVENT:
+        if new_head != head:             # something was recorded: deliveries are markers
+            for t in m.trace_since(head):
+                if t.kind == "delivered":
                     mk_at.append(now)
-                    mk_from.append(int(st[base + 4]))
-                    mk_to.append(int(st[base + 5]))
-                    mk_names.append(vector_name(int(st[base + 1])))
+                    mk_from.append(t.cpl_from)
+                    mk_to.append(t.cpl_to)
+                    mk_names.append(t.name)
                     mk_kinds.append("delivered")
         head = new_head
         retired.append(now)
@@ -136,7 +133,7 @@ def record(target, steps: int = 1000,
             if on_event is None or not on_event(m, ev):
                 final = ev
                 break
-            head = int(st[L.TRACE_HEAD])   # the handler may have run the machine
+            head = m.trace_head            # the handler may have run the machine
             # (the handler may also have moved EIP or changed rings)
             cpl[-1], eip[-1] = int(st[L.CPL]), int(st[L.EIP])
     return Recording(np.array(retired, np.int64), np.array(cpl, np.int8),

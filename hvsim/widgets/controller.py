@@ -55,8 +55,6 @@ TRAP_LOG_CAP = 2000
 KNOWN_STARTS_CAP = 4096
 
 HOST = "host/monitor (ring 0)"
-_TRACE_DELIVERED = 2                 # trace-entry kind (hvsim/rings/interrupts.py)
-_TRACE_HEAD = L.TRACE_HEAD
 
 
 def floating_bus(event) -> int:
@@ -177,7 +175,6 @@ class StepperController:
             self.machine = target.machine
         self.target = target
         self._target_step = target.step
-        self._st = self.machine._st          # the state array: the trace ring buffer is read here
         self._has_log = getattr(target, "log", None) is not None
         self.before = _check_count("before", before, 0, 64)
         self.after = _check_count("after", after, 0, 64)
@@ -216,7 +213,7 @@ class StepperController:
         self._note_eip()
 
     def _sync_sources(self):
-        self._trace_head = int(self._st[_TRACE_HEAD])
+        self._trace_head = self.machine.trace_head
         log = getattr(self.target, "log", None)
         self._log_len = len(log) if log is not None else 0
 
@@ -248,9 +245,9 @@ class StepperController:
         self.position = i + 1
         if not record:
             return ev, 0
-        # fast path: a plain step adds exactly one trace entry (its own 'budget' exit)
-        head = int(self._st[_TRACE_HEAD])
-        if ev is None and head - self._trace_head == 1 and not self._has_log:
+        # fast path: a plain step records nothing in the trace
+        head = self.machine.trace_head
+        if ev is None and head == self._trace_head and not self._has_log:
             self._trace_head = head
             delivered = 0
         else:
@@ -262,17 +259,13 @@ class StepperController:
     def _collect(self, ev, head) -> int:
         """Append this step's trap-log records; returns how many traps were handled in
         this step (deliveries through the guest IDT, entries in the monitor's log)."""
-        st = self._st
         delivered = 0
         if head != self._trace_head:
-            first = max(self._trace_head, head - L.TRACE_CAP)
-            for k in range(first, head):
-                base = L.TRACE_BUF + (k % L.TRACE_CAP) * L.TRACE_FIELDS
-                if st[base] != _TRACE_DELIVERED:
+            for t in self.machine.trace_since(self._trace_head):
+                if t.kind != "delivered":
                     continue
-                vec, err, eip, cf, ct = (int(x) for x in st[base + 1:base + 6])
-                self._log(R.TrapRecord(self.position, vector_name(vec), vec, None if err < 0 else err,
-                                       eip, cf, ct, f"guest ring {ct} (IDT)"))
+                self._log(R.TrapRecord(self.position, t.name, t.vector, t.error_code,
+                                       t.eip, t.cpl_from, t.cpl_to, f"guest ring {t.cpl_to} (IDT)"))
                 delivered += 1
             self._trace_head = head
         from_monitor = 0
