@@ -104,16 +104,17 @@ def test_make_test_rebuilds_a_stale_venv_then_warms_up_then_runs_the_whole_suite
     assert re.search(r"-m pytest -q\s*$", text, re.M)
 
 
-def _readme_python_block():
+def _readme_python_blocks():
     text = (ROOT / "README.md").read_text()
     blocks = re.findall(r"```python\n(.*?)```", text, re.S)
-    assert len(blocks) == 1, "the README should have exactly one python example"
-    return blocks[0]
+    assert len(blocks) == 2, "the README has the five-minute example and the lesson pieces"
+    return blocks
 
 
 def test_readme_example_runs_as_written(capsys):
     ns = {"__name__": "readme_example"}
-    exec(compile(_readme_python_block(), "README.md", "exec"), ns)
+    first, second = _readme_python_blocks()
+    exec(compile(first, "README.md", "exec"), ns)
     m, event = ns["m"], ns["event"]
     assert event.kind == "halt"
     assert m.cpu.eax == 55          # 10 + 9 + ... + 1
@@ -122,6 +123,12 @@ def test_readme_example_runs_as_written(capsys):
     assert printed[0] == "halt 55"  # what the README's comment promises
     # mov + 10 x (add, loop) = 21 instructions before HLT (22 if HLT itself is counted)
     assert int(printed[1]) in (21, 22)
+    # the lesson pieces, run after it in the same namespace: the stepper wraps that
+    # machine, and the monitor's log names the first traps of the teaching kernel
+    exec(compile(second, "README.md", "exec"), ns)
+    assert ns["Stepper"].__module__ == "hvsim.widgets.stepper"
+    assert ns["mon"].log[0].instruction.startswith("lidt")
+    assert ns["viz"].page_walk and ns["viz"].ring_diagram
 
 
 def test_make_lab_warms_the_cache_then_opens_the_notebooks_folder():
