@@ -95,7 +95,7 @@ def _stepper_cell(path: Path) -> int:
     raise AssertionError(f"{path.name} has no Stepper cell")
 
 
-def test_step_in_a_real_browser_updates_registers_and_ring(tmp_path):
+def test_step_in_a_real_browser_updates_registers_ring_and_trap_log(tmp_path):
     chromium = _chromium()
     from playwright.sync_api import sync_playwright
 
@@ -142,7 +142,16 @@ def test_step_in_a_real_browser_updates_registers_and_ring(tmp_path):
             lit = page.locator(".hvsim-rings .hvsim-lit").first.get_attribute("data-ring")
             changed = page.locator(".hvsim-registers .hvsim-changed [data-reg], "
                                    ".hvsim-registers [data-reg].hvsim-changed").all_inner_texts()
-            page.screenshot(path=str(ARTIFACTS / "browser-stepper.png"), full_page=True)
+            # the second Step is the CLI: #GP(0), delivered through the IDT to ring 0
+            stepper.click()
+            page.wait_for_function(
+                "() => { const s = document.querySelector('.hvsim-rings svg');"
+                " return s && s.getAttribute('data-cpl') === '0'; }", timeout=30_000)
+            lit_after_trap = page.locator(".hvsim-rings .hvsim-lit").first.get_attribute("data-ring")
+            traplog = page.locator(".hvsim-traplog").first.inner_text()
+            widget = page.locator(".jp-OutputArea-output", has=page.locator(".hvsim-step")).first
+            widget.scroll_into_view_if_needed()
+            widget.screenshot(path=str(ARTIFACTS / "browser-stepper.png"))
             (ARTIFACTS / "browser-stepper.json").write_text(json.dumps(
                 {"click_to_view_seconds": round(latency, 4), "eax_before": before_eax,
                  "eax_after": after_eax, "cpl": after_cpl}, indent=1))
@@ -154,3 +163,5 @@ def test_step_in_a_real_browser_updates_registers_and_ring(tmp_path):
     assert before_cpl == "3" and after_cpl == "3" and lit == "3"
     assert int(after_eax.strip(), 16) == 0x1234 and int(before_eax.strip(), 16) != 0x1234
     assert after_eax.strip() in [c.strip() for c in changed]
+    assert lit_after_trap == "0"
+    assert "#GP (general protection)" in traplog and "ring 0" in traplog

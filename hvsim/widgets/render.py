@@ -121,7 +121,7 @@ def rings_svg(cpl: int) -> str:
     """
     cx = cy = 110
     parts = [f'<svg data-cpl="{cpl}" class="hvsim-ringsvg" xmlns="http://www.w3.org/2000/svg" '
-             f'width="330" height="220" viewBox="0 0 330 220" role="img" '
+             f'width="220" height="290" viewBox="0 0 220 290" role="img" '
              f'aria-label="current privilege level: ring {cpl}">']
     for ring in (3, 2, 1, 0):
         lit = ring == cpl
@@ -138,12 +138,15 @@ def rings_svg(cpl: int) -> str:
                  f'fill="white" stroke="#7a8796" stroke-dasharray="4 3" stroke-width="1.5"/>')
     parts.append(f'<text x="{cx}" y="{cy + 4}" text-anchor="middle" font-size="10" '
                  f'font-family="sans-serif" fill="#7a8796">-1</text>')
-    legend = [f"CPL = {cpl}", RING_NAMES[cpl] + " is lit", "",
-              "ring -1 (dashed): VMX root,", "where a hardware hypervisor", "runs: to come"]
+    # the legend goes under the rings, so the picture stays narrow beside the registers
+    legend = [f"CPL = {cpl}: {RING_NAMES[cpl]}", "dashed: ring -1, VMX root,",
+              "where a hardware hypervisor runs", "(lessons to come)"]
     for i, line in enumerate(legend):
         weight = "bold" if i == 0 else "normal"
-        parts.append(f'<text x="222" y="{70 + 16 * i}" font-size="12" font-family="sans-serif" '
-                     f'font-weight="{weight}">{html.escape(line)}</text>')
+        colour = "#222" if i == 0 else "#7a8796"
+        parts.append(f'<text x="{cx}" y="{232 + 16 * i}" text-anchor="middle" font-size="12" '
+                     f'font-family="sans-serif" font-weight="{weight}" fill="{colour}">'
+                     f'{html.escape(line)}</text>')
     parts.append("</svg>")
     return "".join(parts)
 

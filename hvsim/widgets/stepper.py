@@ -87,7 +87,7 @@ class Stepper(W.VBox):
             self.disasm_lines.append(t)
         self._line_addr = [None] * len(self.disasm_lines)
         self._current = None
-        self.disasm = W.VBox(self.disasm_lines, layout=W.Layout(width="34em"))
+        self.disasm = W.VBox(self.disasm_lines, layout=W.Layout(width="46em", min_width="46em"))
         self.disasm.add_class("hvsim-disasm")
 
         def html(cls):
@@ -103,7 +103,8 @@ class Stepper(W.VBox):
         self.status = html("hvsim-status")
         toolbar = W.HBox([self.step_button, self.step_n_button, self.n_input, self.run_trap_button,
                           self.run_button, self.back_button, self.reset_button])
-        middle = W.HBox([self.disasm, W.VBox([self.registers, self.flags]), self.rings])
+        middle = W.HBox([self.disasm,
+                         W.VBox([W.HBox([self.registers, self.rings]), self.flags])])
         super().__init__([W.HTML(_CSS), toolbar, self.status, middle,
                           W.HTML("<b>trap log</b>"), self.traplog,
                           W.HTML("<b>console</b>"), self.console])
