@@ -89,3 +89,15 @@ def test_bad_definitions_are_refused():
     ex = Exercise("x", 1, make=lambda rng: [1], question="", answer=len, solution="")
     with pytest.raises(TypeError, match="make\\(\\) must return a dict"):
         ex.params
+
+
+def test_index_exercise_counts_what_the_machine_retires():
+    from hvsim.lessons import l00_index
+    for seed in range(5):
+        ex = l00_index.loop_exercise(seed)
+        n = ex.params["n"]
+        assert ex.expected == 2 * n + 2                  # mov, n x (add, loop), hlt
+        assert ex.check(str(2 * n + 2)).ok and not ex.check(2 * n + 1).ok
+        assert f"**{2 * n + 2}**" in ex.solution_text()
+    with pytest.raises(ValueError, match="1..1000"):
+        l00_index.loop_machine(0)

@@ -69,7 +69,7 @@ def test_lesson_runs_top_to_bottom_without_errors(executed, name):
         assert all(o.get("output_type") != "error" for o in cell.outputs), f"{name} code cell {i}"
 
 
-@pytest.mark.parametrize("name", LESSONS[1:])
+@pytest.mark.parametrize("name", LESSONS)
 def test_lesson_has_a_seeded_exercise_checked_and_solvable(executed, name):
     """The student's placeholder answer gets a 'no answer yet' verdict, and the worked
     solution is there to reveal."""
