@@ -26,7 +26,7 @@ from hvsim.cpu.layout import (
     MASK32, EBP, ESP, ZERO, SREG_ES, SREG_CS, SREG_SS, SREG_DS, SREG_FS, SREG_GS,
     DC_ENTRIES, DC_FIELDS, PG_CODE, CFG_MEM_SIZE, FAULT_PENDING, FAULT_VECTOR, FAULT_ERROR, FAULT_ADDR,
     FAULT_BUS, CPL, CFG_DC_ENABLED, COUNTERS, FETCH_FAULT_KIND, FETCH_FAULT_VECTOR,
-    FETCH_FAULT_ERROR, FETCH_FAULT_ADDR,
+    FETCH_FAULT_ERROR, FETCH_FAULT_ADDR, ATTN,
 )
 
 BYTES_ROW = DC_ENTRIES + 1   # dc row used as the fetch buffer (16 bytes = DC_FIELDS)
@@ -346,6 +346,7 @@ def _need(st, avail, k, lin):
         st[FAULT_VECTOR] = st[FETCH_FAULT_VECTOR]
         st[FAULT_ERROR] = st[FETCH_FAULT_ERROR]
         st[FAULT_ADDR] = st[FETCH_FAULT_ADDR]
+        st[ATTN] = 1
     else:
         raise_bus_error(st, lin + k)
     return False

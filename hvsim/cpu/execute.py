@@ -12,7 +12,7 @@ from hvsim.cpu.decode import (F_OPC, F_REG, F_RM, F_SIZE, F_IMM, F_SEG, F_PFX, P
                               PFX_REPNE)
 from hvsim.cpu.flags import CF, PF, ZF, SF, OF, DF
 from hvsim.cpu.layout import (MASK32, EAX, ECX, EDX, ESP, ESI, EDI, EIP, EFLAGS, FAULT_PENDING,
-                              SEG_LIMIT, SREG_CS, SREG_ES, NO_RETIRE, INSN_EIP)
+                              SEG_LIMIT, SREG_CS, SREG_ES, NO_RETIRE, INSN_EIP, ATTN)
 from hvsim.cpu.fault import raise_fault
 from hvsim.cpu.operands import (get_reg, set_reg, ea, rm_read, rm_write, mem_read, mem_write,
                                 push, pop)
@@ -440,6 +440,7 @@ def op_string(mem, st, tlb, pg, dc, row):       # A4 MOVSB, A5 MOVSD, AA STOSB, 
             if n == REP_CHUNK:
                 st[EIP] = st[INSN_EIP]          # not finished: resume here next step
                 st[NO_RETIRE] = 1               # ...and this step does not retire it
+                st[ATTN] = 1
                 return
         if movs:
             v = mem_read(mem, st, tlb, pg, seg, st[ESI], size)

@@ -8,7 +8,7 @@ Only the first fault of an instruction is kept.
 """
 from hvsim._jit import njit
 from hvsim.cpu.layout import (FAULT_PENDING, FAULT_VECTOR, FAULT_ERROR, FAULT_ADDR,
-                              FAULT_EXCEPTION, FAULT_BUS, FAULT_SHUTDOWN)
+                              FAULT_EXCEPTION, FAULT_BUS, FAULT_SHUTDOWN, ATTN)
 
 NO_ERROR_CODE = -1
 
@@ -20,6 +20,7 @@ def raise_fault(st, vector, error):
         st[FAULT_PENDING] = FAULT_EXCEPTION
         st[FAULT_VECTOR] = vector
         st[FAULT_ERROR] = error
+        st[ATTN] = 1                  # the run loop looks only at ATTN after each instruction
 
 
 @njit
@@ -30,6 +31,7 @@ def raise_page_fault(st, lin, error):
         st[FAULT_VECTOR] = 14
         st[FAULT_ERROR] = error
         st[FAULT_ADDR] = lin
+        st[ATTN] = 1
 
 
 @njit
@@ -40,9 +42,11 @@ def raise_bus_error(st, pa):
         st[FAULT_VECTOR] = -1
         st[FAULT_ERROR] = -1
         st[FAULT_ADDR] = pa
+        st[ATTN] = 1
 
 
 @njit
 def raise_shutdown(st):
     """Record a triple fault: the processor shuts down."""
     st[FAULT_PENDING] = FAULT_SHUTDOWN
+    st[ATTN] = 1

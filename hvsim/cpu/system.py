@@ -157,6 +157,7 @@ def op_hlt(mem, st, tlb, pg, dc, row):          # F4: privileged
 @njit
 def _io_exit(st, port, size, direction, value):
     st[EXIT_KIND] = EXIT_IO
+    st[ATTN] = 1
     st[EXIT_PORT] = port
     st[EXIT_SIZE] = size
     st[EXIT_DIR] = direction
