@@ -20,7 +20,7 @@ import html
 from typing import Optional
 
 from hvsim import Machine, assemble
-from hvsim.cpu.flags import IF
+from hvsim.cpu.flags import IF, IOPL_SHIFT, FIXED1
 from hvsim.guests import teaching_kernel
 from hvsim.lessons import Exercise
 from hvsim.rings.monitor import TrapAndEmulate
@@ -29,8 +29,6 @@ from hvsim.rings.setup import install
 __all__ = ["behaviour_table", "behaviour_html", "run_guest", "guest_dword", "tick_curves",
            "plot_ticks", "log_text", "exercise", "INSTRUCTIONS"]
 
-IOPL_SHIFT = 12                  # EFLAGS.IOPL is bits 13:12 (SDM Vol. 1, Figure 3-8)
-FIXED1 = 0x2                     # EFLAGS bit 1 always reads 1
 PORT = 0xE9                      # the console port: claimed, so IN/OUT complete in the core
 
 # instruction -> (source, IF before, what to read after)
