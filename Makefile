@@ -46,8 +46,9 @@ warmup: $(STAMP)
 test: warmup
 	$(VPY) -m pytest -q
 
+# (root, as in a container, must say --allow-root to Jupyter)
 lab: warmup
-	$(VENV)/bin/jupyter lab notebooks/00_index.ipynb
+	$(VENV)/bin/jupyter lab notebooks/00_index.ipynb $(if $(filter 0,$(shell id -u)),--allow-root)
 
 bench: warmup
 	$(VPY) bench/run.py
