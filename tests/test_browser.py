@@ -95,6 +95,55 @@ def _stepper_cell(path: Path) -> int:
     raise AssertionError(f"{path.name} has no Stepper cell")
 
 
+# a guest that never stops by itself, for the Run/Stop check (added to the temporary copy)
+ENDLESS_CELL = """from hvsim import Machine, assemble
+from hvsim.widgets import Stepper
+endless = Machine(memory=1 << 20)
+endless.load(assemble("top:\\n    inc eax\\n    jmp top"))
+endless_stepper = Stepper(endless)
+endless_stepper.add_class("hvsim-endless")
+endless_stepper"""
+
+
+def _run_then_stop(page):
+    """Add and run a cell with an endless guest, click Run, then Stop."""
+    page.evaluate("""async (source) => {
+        const app = window.jupyterapp;
+        const nb = app.shell.currentWidget.content;
+        nb.activeCellIndex = nb.widgets.length - 1;
+        await app.commands.execute('notebook:insert-cell-below');
+        nb.activeCell.model.sharedModel.setSource(source);
+        await app.commands.execute('notebook:run-cell');
+    }""", ENDLESS_CELL)
+    root = page.locator(".hvsim-endless").first
+    root.wait_for(state="visible", timeout=60_000)
+    run = root.locator(".hvsim-run").first
+    status = root.locator(".hvsim-status").first
+
+    def steps():
+        text = status.inner_text()
+        return int(text.split("|")[0].split()[1])          # "step N | ring ... "
+
+    run.click()
+    page.wait_for_function(
+        "() => { const b = document.querySelector('.hvsim-endless .hvsim-run');"
+        " return b && b.textContent.trim() === 'Stop'; }", timeout=30_000)
+    while_running = run.inner_text().strip()
+    page.wait_for_function(
+        "() => { const s = document.querySelector('.hvsim-endless .hvsim-status');"
+        " return s && !/^step 0 /.test(s.textContent); }", timeout=30_000)
+    mid = steps()
+    page.wait_for_timeout(500)
+    run.click()                                             # now labelled Stop
+    page.wait_for_function(
+        "() => { const b = document.querySelector('.hvsim-endless .hvsim-run');"
+        " const s = document.querySelector('.hvsim-endless .hvsim-status');"
+        " return b && b.textContent.trim() === 'Run' && s"
+        " && s.textContent.includes('stopped by the user'); }", timeout=30_000)
+    return {"while_running": while_running, "after": run.inner_text().strip(),
+            "status": status.inner_text(), "steps_mid_run": mid, "steps_at_stop": steps()}
+
+
 def test_step_in_a_real_browser_updates_registers_ring_and_trap_log(tmp_path):
     chromium = _chromium()
     from playwright.sync_api import sync_playwright
@@ -170,6 +219,7 @@ def test_step_in_a_real_browser_updates_registers_ring_and_trap_log(tmp_path):
             widget = page.locator(".jp-OutputArea-output", has=page.locator(".hvsim-step")).first
             widget.scroll_into_view_if_needed()
             widget.screenshot(path=str(ARTIFACTS / "browser-stepper.png"))
+            run_stop = _run_then_stop(page)
             (ARTIFACTS / "browser-stepper.json").write_text(json.dumps(
                 {"click_to_view_seconds": round(latency, 4),
                  "in_page_click_to_view_ms": [round(x, 1) for x in samples or []],
@@ -185,5 +235,10 @@ def test_step_in_a_real_browser_updates_registers_ring_and_trap_log(tmp_path):
     assert int(after_eax.strip(), 16) == 0x1234 and int(before_eax.strip(), 16) != 0x1234
     assert after_eax.strip() in [c.strip() for c in changed]
     assert samples is not None, "a Step or Back click did not update the status line"
+    # Run is an asyncio task on the kernel's loop: the button reads Stop while it runs,
+    # a click on Stop ends it mid-run, and the steps taken keep growing until then
+    assert run_stop["while_running"] == "Stop" and run_stop["after"] == "Run"
+    assert "stopped by the user" in run_stop["status"]
+    assert 0 < run_stop["steps_mid_run"] < run_stop["steps_at_stop"]
     assert lit_after_trap == "0"
     assert "#GP (general protection)" in traplog and "ring 0" in traplog
