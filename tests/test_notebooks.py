@@ -88,3 +88,14 @@ def test_index_links_every_lesson(executed):
     text = "\n".join(c.source for c in executed("00_index").cells if c.cell_type == "markdown")
     for name in LESSONS[1:]:
         assert f"{name}.ipynb" in text
+
+
+@pytest.mark.parametrize("name, picture", [
+    ("01_rings_and_traps", "viz.timeline("), ("02_the_x86_hole", "viz.ring_diagram("),
+    ("03_paging_and_tlb", "page_walk("),
+])
+def test_lesson_draws_its_pictures(executed, name, picture):
+    """The hvsim.viz pictures the lesson calls come out as images."""
+    cells = [c for c in _code(executed(name)) if picture in c.source]
+    assert cells, f"{name}: no cell calls {picture}"
+    assert all(any("image/png" in o.get("data", {}) for o in c.outputs) for c in cells)
