@@ -450,3 +450,12 @@ def test_lesson01_syscall_demo_prints_and_exits():
     d = l01.syscall_demo()
     ev = d.machine.run(1000)
     assert ev.kind == "halt" and d.machine.console == "hi" and d.machine.cpu.cpl == 0
+
+
+def test_trap_log_shows_the_newest_trap_first():
+    """The log box scrolls; its top row must be the trap the student just caused."""
+    c = l01.cli_demo().controller()
+    c.run()                                   # #GP at the CLI, then the exit system call
+    steps = [int(s) for s in re.findall(r'class="hvsim-trap" data-step="(\d+)"', c.view().traplog_html)]
+    assert len(steps) >= 2 and steps == sorted(steps, reverse=True)
+    assert steps[0] == max(r.step for r in c.trap_log)

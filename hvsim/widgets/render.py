@@ -187,7 +187,7 @@ def traplog_html(records, limit: int = 200) -> str:
     head = ("<tr><th>step</th><th>event</th><th>error code</th><th>EIP</th><th>ring</th>"
             "<th>handled by</th><th>action</th></tr>")
     rows = []
-    for r in records:
+    for r in reversed(records):           # newest first: the box scrolls, the top shows
         err = "&ndash;" if r.error_code is None else f"{r.error_code:#x}"
         rings = f"{r.ring_from}" + ("" if r.ring_to is None else f" &rarr; {r.ring_to}")
         vec = "" if r.vector is None else f' data-vector="{r.vector}"'
