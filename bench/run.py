@@ -134,49 +134,28 @@ TARGETS = {
 
 
 # ---------------------------------------------------------------------------------------
-# System-table bytes (written here from the SDM's figures; the face may grow helpers).
-#
-# Segment descriptor (SDM Vol. 3A, 3.4.5, Figure 3-8), as two dwords:
-#   lo: base 15:0 << 16 | limit 15:0
-#   hi: base 31:24 | G D/B L AVL | limit 19:16 | P DPL S type | base 23:16
-def segment_descriptor(base, limit, type_, dpl, s=1, db=1, g=1):
-    lo = ((base & 0xFFFF) << 16) | (limit & 0xFFFF)
-    hi = ((base & 0xFF000000) | (g << 23) | (db << 22) | (limit & 0xF0000)
-          | (1 << 15) | (dpl << 13) | (s << 12) | (type_ << 8) | ((base >> 16) & 0xFF))
-    return lo.to_bytes(4, "little") + hi.to_bytes(4, "little")
-
-
-# Interrupt/trap gate (SDM Vol. 3A, 6.11, Figure 6-2):
-#   lo: selector << 16 | offset 15:0 ;  hi: offset 31:16 | P DPL 0 D=1 1 1 x | 0
-def gate_descriptor(selector, offset, dpl, trap=False):
-    type_ = 0xF if trap else 0xE           # 32-bit trap / interrupt gate
-    lo = (selector << 16) | (offset & 0xFFFF)
-    hi = (offset & 0xFFFF0000) | (1 << 15) | (dpl << 13) | (type_ << 8)
-    return lo.to_bytes(4, "little") + hi.to_bytes(4, "little")
-
+# System tables for (d), built with hvsim.rings' helpers (SDM Vol. 3A, 3.4.5, 6.11, 7.2.1).
 
 def write_system_tables(memory, labels):
     """GDT (flat ring 0 and ring 3 code/data, a 32-bit TSS), IDT (0x80 and 0x81 callable
-    from ring 3), TSS (ESP0/SS0: SDM Vol. 3A, 7.2.1, Figure 7-2), pseudo-descriptors."""
-    def put(addr, data):
-        memory[addr:addr + len(data)] = list(data)
-    gdt = (b"\0" * 8
-           + segment_descriptor(0, 0xFFFFF, 0xA, 0)      # 0x08 ring 0 code, execute/read
-           + segment_descriptor(0, 0xFFFFF, 0x2, 0)      # 0x10 ring 0 data, read/write
-           + segment_descriptor(0, 0xFFFFF, 0xA, 3)      # 0x18 ring 3 code
-           + segment_descriptor(0, 0xFFFFF, 0x2, 3)      # 0x20 ring 3 data
-           + segment_descriptor(TSS, 103, 0x9, 0, s=0, db=0, g=0))  # 0x28 available 32-bit TSS
-    put(GDT, gdt)
+    from ring 3), TSS (ESP0/SS0, no I/O bitmap) and the LGDT/LIDT pseudo-descriptors."""
+    from hvsim.rings import make_descriptor, make_gate, make_tss, put_descriptors
+    gdt_limit = put_descriptors(memory, GDT, [
+        0,
+        make_descriptor(0, 0xFFFFF, 0xA, 1, 0, 1, 1, 1),    # 0x08 ring 0 code, execute/read
+        make_descriptor(0, 0xFFFFF, 0x2, 1, 0, 1, 1, 1),    # 0x10 ring 0 data, read/write
+        make_descriptor(0, 0xFFFFF, 0xA, 1, 3, 1, 1, 1),    # 0x18 ring 3 code
+        make_descriptor(0, 0xFFFFF, 0x2, 1, 3, 1, 1, 1),    # 0x20 ring 3 data
+        make_descriptor(TSS, 103, 0x9, 0, 0, 1, 0, 0),      # 0x28 available 32-bit TSS
+    ])
     memory[IDT:IDT + 256 * 8] = 0
-    put(IDT + 8 * 0x80, gate_descriptor(KCODE, labels["sys_handler"], 3))
-    put(IDT + 8 * 0x81, gate_descriptor(KCODE, labels["exit_handler"], 3))
-    tss = bytearray(104)
-    tss[4:8] = KSTACK.to_bytes(4, "little")              # ESP0
-    tss[8:10] = KDATA.to_bytes(2, "little")              # SS0
-    tss[102:104] = (104).to_bytes(2, "little")           # I/O map base past the limit: no bitmap
-    put(TSS, bytes(tss))
-    put(PSEUDO, (len(gdt) - 1).to_bytes(2, "little") + GDT.to_bytes(4, "little"))
-    put(PSEUDO + 8, (256 * 8 - 1).to_bytes(2, "little") + IDT.to_bytes(4, "little"))
+    put_descriptors(memory, IDT + 8 * 0x80, [make_gate("interrupt", KCODE, labels["sys_handler"], 3)])
+    put_descriptors(memory, IDT + 8 * 0x81, [make_gate("interrupt", KCODE, labels["exit_handler"], 3)])
+    tss = make_tss(esp0=KSTACK, ss0=KDATA)
+    memory[TSS:TSS + len(tss)] = list(tss)
+    pseudo = gdt_limit.to_bytes(2, "little") + GDT.to_bytes(4, "little") + bytes(2) \
+        + (256 * 8 - 1).to_bytes(2, "little") + IDT.to_bytes(4, "little")
+    memory[PSEUDO:PSEUDO + len(pseudo)] = list(pseudo)
 
 
 # ---------------------------------------------------------------------------------------

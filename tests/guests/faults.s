@@ -19,34 +19,12 @@ IDT         equ 0x8000
 KSTACK      equ 0x20000
 INTGATE0    equ 0x8E
 GATE_NP     equ 0x0E            ; P=0: a not-present gate
-BAD_SEL     equ 0xFFF8          ; far beyond the 3-entry GDT
+BAD_SEL     equ 0xFFF8          ; far beyond the GDT's limit
 PORT        equ 0xE9
 
 kmain:                          ; from lib.s's start: flat segments, ESP = KSTACK
-    mov eax, 0
-    mov ebx, de_handler
-    mov ecx, INTGATE0
-    call set_gate
-    mov eax, 3
-    mov ebx, bp_handler
-    mov ecx, INTGATE0
-    call set_gate
-    mov eax, 6
-    mov ebx, ud_handler
-    mov ecx, INTGATE0
-    call set_gate
-    mov eax, 8
-    mov ebx, df_handler
-    mov ecx, INTGATE0
-    call set_gate
-    mov eax, 11
-    mov ebx, np_handler
-    mov ecx, INTGATE0
-    call set_gate
-    mov eax, 13
-    mov ebx, gp_handler
-    mov ecx, GATE_NP            ; present bit clear: delivering #GP faults (#NP)
-    call set_gate
+    mov esi, idt_gates
+    call set_gates
     lidt [idtr]
 
     ; 0. #BP
@@ -150,12 +128,6 @@ gp_handler:
     mov esi, m_gp
     jmp kfail
 
-align 8
-gdt:
-    dd 0, 0
-    dd 0x0000FFFF, 0x00CF9A00
-    dd 0x0000FFFF, 0x00CF9200
-gdt_end:
 
 esp_before: dd 0
 bp_count:   dd 0
@@ -181,3 +153,14 @@ m_df_err:       db "#DF error code != 0", 0
 m_ds_kept:      db "the faulting MOV DS changed DS", 0
 m_np:           db "#NP delivered instead of #DF", 0
 m_gp:           db "#GP delivered through a not-present gate", 0
+
+; IDT gates for set_gates (lib.s): vector, handler, access byte; -1 ends the list
+align 4
+idt_gates:
+    dd 0, de_handler, INTGATE0
+    dd 3, bp_handler, INTGATE0
+    dd 6, ud_handler, INTGATE0
+    dd 8, df_handler, INTGATE0
+    dd 11, np_handler, INTGATE0
+    dd 13, gp_handler, GATE_NP              ; present bit clear: delivering #GP faults (#NP)
+    dd -1

@@ -11,10 +11,11 @@
 ;   KSTACK  equ  the ring-0 stack top: ESP after start
 ;   IDT     equ  linear address of its 256-gate IDT
 ;   PORT    equ  the console port (0xE9)
-;   gdt:    and gdt_end:  its GDT (each guest keeps its own: the layouts differ)
 ;   kmain:  where start hands over
 ;   m_fail: db "FAIL <guest> ", 0   -- the prefix kfail prints
-; It must not define the labels start, set_gate, kfail, puts, gdtr, idtr.
+; It must not define the labels start, set_gate, set_gates, kfail, puts, gdtr, idtr, gdt, gdt_end,
+; tss, tss_end. The GDT and TSS below are every guest's: ring-0 guests ignore the ring-3
+; entries and the TSS (they never load TR).
 
 ; start: the entry point (the assembler makes the label 'start' the program's entry).
 ; Loads the guest's GDT, reloads CS through a far JMP (a plain MOV cannot load CS),
@@ -46,6 +47,20 @@ set_gate:
     shl ecx, 8
     or edx, ecx
     mov [IDT + eax*8 + 4], edx
+    ret
+
+; set_gates: set_gate for each (vector, handler, access) dword triple at esi, up to a
+;   vector of -1. Clobbers eax, ebx, ecx, edx, esi.
+set_gates:
+    mov eax, [esi]
+    cmp eax, -1
+    je .done
+    mov ebx, [esi + 4]
+    mov ecx, [esi + 8]
+    call set_gate
+    add esi, 12
+    jmp set_gates
+.done:
     ret
 
 ; kfail: print m_fail, the NUL-terminated reason at esi and a newline; halt for good.
@@ -80,3 +95,26 @@ gdtr:
 idtr:
     dw 256 * 8 - 1              ; all 256 gates; the guests leave unused ones zero (P=0)
     dd IDT
+
+; The GDT (SDM Vol. 3A, 3.4.5, Figure 3-8): flat 4 GiB segments for rings 0 and 3 and a
+; 32-bit TSS. KCODE must be 0x08 and KDATA 0x10; ring-3 guests use 0x18|3, 0x20|3, 0x28.
+align 8
+gdt:
+    dd 0, 0                                     ; 0x00 null
+    dd 0x0000FFFF, 0x00CF9A00                   ; 0x08 code DPL0: base 0, 4 GiB, execute/read
+    dd 0x0000FFFF, 0x00CF9200                   ; 0x10 data DPL0: read/write
+    dd 0x0000FFFF, 0x00CFFA00                   ; 0x18 code DPL3
+    dd 0x0000FFFF, 0x00CFF200                   ; 0x20 data DPL3
+    dw tss_end - tss - 1, tss & 0xFFFF          ; 0x28 TSS: limit 15:0, base 15:0
+    db (tss >> 16) & 0xFF, 0x89, 0, tss >> 24   ;      base 23:16, P DPL0 type 9, base 31:24
+gdt_end:
+
+align 4
+tss:                            ; 32-bit TSS (SDM Vol. 3A, Figure 7-2)
+    dd 0                        ; 0: previous task link
+    dd KSTACK                   ; 4: ESP0
+    dd KDATA                    ; 8: SS0
+    times 22 dd 0               ; 12..99: ESP1..LDT selector
+    dw 0                        ; 100: T
+    dw 104                      ; 102: I/O map base past the limit: no bitmap
+tss_end:

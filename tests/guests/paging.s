@@ -48,18 +48,8 @@ INTGATE3    equ 0xEE
 PORT        equ 0xE9
 
 kmain:                          ; from lib.s's start: flat segments, ESP = KSTACK
-    mov eax, 14
-    mov ebx, pf_handler
-    mov ecx, INTGATE0
-    call set_gate
-    mov eax, 13
-    mov ebx, gp_handler
-    mov ecx, INTGATE0
-    call set_gate
-    mov eax, 0x80
-    mov ebx, back_to_kernel
-    mov ecx, INTGATE3
-    call set_gate
+    mov esi, idt_gates
+    call set_gates
     lidt [idtr]
     mov eax, TSS_SEL
     ltr eax
@@ -204,22 +194,6 @@ gp_handler:
     mov esi, m_gp
     jmp kfail
 
-align 8
-gdt:
-    dd 0, 0
-    dd 0x0000FFFF, 0x00CF9A00
-    dd 0x0000FFFF, 0x00CF9200
-    dd 0x0000FFFF, 0x00CFFA00
-    dd 0x0000FFFF, 0x00CFF200
-    dw tss_end - tss - 1, tss & 0xFFFF
-    db (tss >> 16) & 0xFF, 0x89, 0, tss >> 24
-gdt_end:
-align 4
-tss:
-    dd 0, KSTACK, KDATA
-    times 22 dd 0
-    dw 0, 104
-tss_end:
 
 pf_count:   dd 0
 last_cr2:   dd 0
@@ -242,3 +216,11 @@ m_err_user:     db "user #PF error code != U|P", 0
 m_user_value:   db "user read did not restart", 0
 m_pf_bad:       db "unexpected #PF", 0
 m_gp:           db "unexpected #GP", 0
+
+; IDT gates for set_gates (lib.s): vector, handler, access byte; -1 ends the list
+align 4
+idt_gates:
+    dd 14, pf_handler, INTGATE0
+    dd 13, gp_handler, INTGATE0
+    dd 0x80, back_to_kernel, INTGATE3
+    dd -1

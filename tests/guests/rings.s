@@ -1,8 +1,8 @@
 ; rings.s -- a tiny protected-mode kernel with one ring-3 task.
 ;
-; The kernel builds its own GDT (null, ring-0 code/data, ring-3 code/data, TSS) and
-; IDT, loads them (LGDT, LIDT, LTR), reloads CS with a far JMP, and drops to ring 3
-; through IRET. The user task then:
+; The kernel loads the GDT that lib.s links in (null, ring-0 code/data, ring-3
+; code/data, TSS), builds its IDT, loads them (LGDT, LIDT, LTR), reloads CS with a far
+; JMP, and drops to ring 3 through IRET. The user task then:
 ;   * sees that IRET nulled the kernel's DS (SDM Vol. 2A, IRET: data segments with
 ;     DPL < the new CPL become null) and that CS.RPL = 3;
 ;   * makes INT 0x80 system calls through a DPL-3 interrupt gate: write (returns the
@@ -45,30 +45,8 @@ kmain:                          ; from lib.s's start: CS DS ES SS flat, ESP = KS
     jne kfail
 
     ; -- the IDT --
-    mov eax, 0
-    mov ebx, de_handler
-    mov ecx, INTGATE0
-    call set_gate
-    mov eax, 6
-    mov ebx, ud_handler
-    mov ecx, INTGATE0
-    call set_gate
-    mov eax, 13
-    mov ebx, gp_handler
-    mov ecx, INTGATE0
-    call set_gate
-    mov eax, 14
-    mov ebx, pf_handler
-    mov ecx, INTGATE0
-    call set_gate
-    mov eax, 0x20
-    mov ebx, timer_handler
-    mov ecx, INTGATE0
-    call set_gate
-    mov eax, 0x80
-    mov ebx, syscall
-    mov ecx, INTGATE3           ; DPL 3: ring 3 may use it with INT n
-    call set_gate
+    mov esi, idt_gates
+    call set_gates
     lidt [idtr]
     mov eax, TSS_SEL
     ltr eax
@@ -282,26 +260,6 @@ ufail:
     int 0x80
 
 ; ---------------------------------------------------------------- data
-align 8
-gdt:
-    dd 0, 0                                     ; 0x00 null
-    dd 0x0000FFFF, 0x00CF9A00                   ; 0x08 code DPL0: base 0, 4 GiB, execute/read
-    dd 0x0000FFFF, 0x00CF9200                   ; 0x10 data DPL0: read/write
-    dd 0x0000FFFF, 0x00CFFA00                   ; 0x18 code DPL3
-    dd 0x0000FFFF, 0x00CFF200                   ; 0x20 data DPL3
-    dw tss_end - tss - 1, tss & 0xFFFF          ; 0x28 TSS: limit 15:0, base 15:0
-    db (tss >> 16) & 0xFF, 0x89, 0, tss >> 24   ;      base 23:16, P DPL0 type 9, base 31:24
-gdt_end:
-
-align 4
-tss:                            ; 32-bit TSS (SDM Vol. 3A, Figure 7-2)
-    dd 0                        ; 0: previous task link
-    dd KSTACK                   ; 4: ESP0
-    dd KDATA                    ; 8: SS0
-    times 22 dd 0               ; 12..99: ESP1..LDT selector
-    dw 0                        ; 100: T
-    dw 104                      ; 102: I/O map base past the limit: no bitmap
-tss_end:
 
 syscalls:   dd 0
 gp_cli:     dd 0
@@ -337,3 +295,14 @@ u_if:           db "CLI at ring 3 cleared IF", 0
 u_gp_cli:       db "CLI did not #GP", 0
 u_gp_int:       db "INT 0x20 did not #GP", 0
 u_ticks:        db "INT 0x20 reached its DPL-0 handler", 0
+
+; IDT gates for set_gates (lib.s): vector, handler, access byte; -1 ends the list
+align 4
+idt_gates:
+    dd 0, de_handler, INTGATE0
+    dd 6, ud_handler, INTGATE0
+    dd 13, gp_handler, INTGATE0
+    dd 14, pf_handler, INTGATE0
+    dd 0x20, timer_handler, INTGATE0
+    dd 0x80, syscall, INTGATE3              ; DPL 3: ring 3 may use it with INT n
+    dd -1

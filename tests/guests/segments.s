@@ -31,14 +31,8 @@ PORT        equ 0xE9
 
 kmain:                          ; from lib.s's start, whose load of DS set KDATA's
                                 ; accessed bit (type 3, as AR_KDATA expects)
-    mov eax, 13
-    mov ebx, gp_handler
-    mov ecx, INTGATE0
-    call set_gate
-    mov eax, 0x80
-    mov ebx, syscall
-    mov ecx, INTGATE3
-    call set_gate
+    mov esi, idt_gates
+    call set_gates
     lidt [idtr]
     mov eax, TSS_SEL
     ltr eax
@@ -171,22 +165,6 @@ ufail:
     mov eax, SYS_FAIL
     int 0x80
 
-align 8
-gdt:
-    dd 0, 0
-    dd 0x0000FFFF, 0x00CF9A00
-    dd 0x0000FFFF, 0x00CF9200
-    dd 0x0000FFFF, 0x00CFFA00
-    dd 0x0000FFFF, 0x00CFF200
-    dw tss_end - tss - 1, tss & 0xFFFF
-    db (tss >> 16) & 0xFF, 0x89, 0, tss >> 24
-gdt_end:
-align 4
-tss:
-    dd 0, KSTACK, KDATA
-    times 22 dd 0
-    dw 0, 104
-tss_end:
 
 gp_count:   dd 0
 buf:        dd 0, 0
@@ -212,3 +190,10 @@ u_str:          db "STR at ring 3", 0
 u_sgdt:         db "SGDT at ring 3", 0
 u_sidt:         db "SIDT at ring 3", 0
 u_smsw:         db "SMSW at ring 3", 0
+
+; IDT gates for set_gates (lib.s): vector, handler, access byte; -1 ends the list
+align 4
+idt_gates:
+    dd 13, gp_handler, INTGATE0
+    dd 0x80, syscall, INTGATE3
+    dd -1

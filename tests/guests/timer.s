@@ -28,18 +28,8 @@ EFLAGS_IF   equ 0x200
 PORT        equ 0xE9
 
 kmain:                          ; from lib.s's start: flat segments, ESP = KSTACK
-    mov eax, 0x20
-    mov ebx, tick
-    mov ecx, INTGATE0
-    call set_gate
-    mov eax, 0x21
-    mov ebx, tick21
-    mov ecx, INTGATE0
-    call set_gate
-    mov eax, 13
-    mov ebx, gp_handler
-    mov ecx, INTGATE0
-    call set_gate
+    mov esi, idt_gates
+    call set_gates
     lidt [idtr]
 
     ; 1. sleep until 5 ticks
@@ -144,12 +134,6 @@ gp_handler:
     mov esi, m_gp
     jmp kfail
 
-align 8
-gdt:
-    dd 0, 0
-    dd 0x0000FFFF, 0x00CF9A00
-    dd 0x0000FFFF, 0x00CF9200
-gdt_end:
 
 ticks:              dd 0
 ticks21:            dd 0
@@ -169,3 +153,11 @@ m_popf:         db "POPF did not restore IF / deliver the pending tick", 0
 m_sti_shadow:   db "no STI interrupt shadow", 0
 m_stop:         db "timer period did not read back 0", 0
 m_gp:           db "unexpected #GP", 0
+
+; IDT gates for set_gates (lib.s): vector, handler, access byte; -1 ends the list
+align 4
+idt_gates:
+    dd 0x20, tick, INTGATE0
+    dd 0x21, tick21, INTGATE0
+    dd 13, gp_handler, INTGATE0
+    dd -1
