@@ -24,9 +24,10 @@ PF = "#PF (page fault)"
 
 
 def guest_source(name):
-    """The guest's source with the shared support code of tests/guests/lib.s (the
-    entry point start, set_gate, kfail, puts, gdtr, idtr) appended. hvsim's assembler has no %include:
-    concatenation is the linking, so lib.s sees the guest's equ constants and labels."""
+    """The guest's source with the shared support code of tests/guests/lib.s (the entry
+    point start, set_gate(s), kfail, puts, gdtr, idtr) appended. hvsim's assembler has no
+    %include: concatenation is the linking: lib.s sees the guest's labels, the guest sees lib.s's
+    shared constants (selectors, IDT, stacks, gate bytes) and its GDT and TSS."""
     source = (GUESTS / f"{name}.s").read_text()
     if name in STANDALONE:
         return source

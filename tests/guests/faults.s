@@ -13,14 +13,8 @@
 ; The entry point (start, then kmain here) and set_gate, kfail, puts, gdtr, idtr
 ; come from lib.s, appended at assembly.
 
-KCODE       equ 0x08
-KDATA       equ 0x10
-IDT         equ 0x8000
-KSTACK      equ 0x20000
-INTGATE0    equ 0x8E
 GATE_NP     equ 0x0E            ; P=0: a not-present gate
 BAD_SEL     equ 0xFFF8          ; far beyond the GDT's limit
-PORT        equ 0xE9
 
 kmain:                          ; from lib.s's start: flat segments, ESP = KSTACK
     mov esi, idt_gates

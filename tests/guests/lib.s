@@ -6,16 +6,25 @@
 ; stack and an IDTR of its own (limit 0) on purpose.
 ;
 ; The including guest must define:
-;   KCODE   equ  ring-0 code selector: CS after start, the gates' target segment
-;   KDATA   equ  ring-0 data selector: DS ES SS after start
-;   KSTACK  equ  the ring-0 stack top: ESP after start
-;   IDT     equ  linear address of its 256-gate IDT
-;   PORT    equ  the console port (0xE9)
 ;   kmain:  where start hands over
 ;   m_fail: db "FAIL <guest> ", 0   -- the prefix kfail prints
-; It must not define the labels start, set_gate, set_gates, kfail, puts, gdtr, idtr, gdt, gdt_end,
-; tss, tss_end. The GDT and TSS below are every guest's: ring-0 guests ignore the ring-3
-; entries and the TSS (they never load TR).
+; It must not define the constants and labels below (start, set_gate, set_gates, kfail,
+; puts, gdtr, idtr, gdt, gdt_end, tss, tss_end). The GDT and TSS are every guest's:
+; ring-0 guests ignore the ring-3 entries and the TSS (they never load TR).
+
+; The machine layout every guest shares (equ may be used before it is defined).
+KCODE       equ 0x08            ; GDT[1] ring-0 code (the GDT at the end of this file)
+KDATA       equ 0x10            ; GDT[2] ring-0 data
+UCODE       equ 0x18 | 3        ; GDT[3] ring-3 code, RPL 3
+UDATA       equ 0x20 | 3        ; GDT[4] ring-3 data, RPL 3
+TSS_SEL     equ 0x28            ; GDT[5] 32-bit TSS
+IDT         equ 0x8000          ; 256 gates, zeroed memory = not present
+KSTACK      equ 0x20000         ; TSS.ESP0: the ring-0 stack top, ESP after start
+USTACK      equ 0x30000         ; the ring-3 stack top
+INTGATE0    equ 0x8E            ; gate access byte: P=1 DPL=0 type 0xE (32-bit interrupt gate)
+INTGATE3    equ 0xEE            ; P=1 DPL=3 type 0xE: INT n allowed from ring 3
+EFLAGS_IF   equ 0x200
+PORT        equ 0xE9            ; the console port
 
 ; start: the entry point (the assembler makes the label 'start' the program's entry).
 ; Loads the guest's GDT, reloads CS through a far JMP (a plain MOV cannot load CS),

@@ -16,17 +16,9 @@
 ; The entry point (start, then kmain here) and set_gate, kfail, puts, gdtr, idtr
 ; come from lib.s, appended at assembly.
 
-KCODE       equ 0x08
-KDATA       equ 0x10
-UCODE       equ 0x18 | 3
-UDATA       equ 0x20 | 3
-TSS_SEL     equ 0x28
-IDT         equ 0x8000
 PD          equ 0x10000         ; page directory
 PT0         equ 0x11000         ; maps 0 .. 4 MiB identity
 PT1         equ 0x12000         ; 4 .. 8 MiB: empty, filled on demand
-KSTACK      equ 0x20000
-USTACK      equ 0x30000
 SUPER_PAGE  equ 0x50000         ; the one page ring 3 may not touch
 DEMAND      equ 0x401000        ; unmapped linear page (PT1 entry 1)
 DEMAND_PA   equ 0x200000        ; the frame the #PF handler gives it
@@ -43,9 +35,6 @@ PF_W        equ 2
 PF_U        equ 4
 CR0_PG      equ 0x80000000
 CR4_PSE     equ 0x10
-INTGATE0    equ 0x8E
-INTGATE3    equ 0xEE
-PORT        equ 0xE9
 
 kmain:                          ; from lib.s's start: flat segments, ESP = KSTACK
     mov esi, idt_gates

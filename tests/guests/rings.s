@@ -18,23 +18,11 @@
 ; The entry point (start, then kmain here) and set_gate, kfail, puts, gdtr, idtr
 ; come from lib.s, appended at assembly.
 
-KCODE       equ 0x08            ; GDT[1] ring-0 code
-KDATA       equ 0x10            ; GDT[2] ring-0 data
-UCODE       equ 0x18 | 3        ; GDT[3] ring-3 code, RPL 3
-UDATA       equ 0x20 | 3        ; GDT[4] ring-3 data, RPL 3
-TSS_SEL     equ 0x28            ; GDT[5] 32-bit TSS
-IDT         equ 0x8000          ; 256 gates, zeroed memory = not present
-KSTACK      equ 0x20000         ; TSS.ESP0: the ring-0 stack top
-USTACK      equ 0x30000         ; the ring-3 stack top
-INTGATE0    equ 0x8E            ; P=1 DPL=0 type 0xE (32-bit interrupt gate)
-INTGATE3    equ 0xEE            ; P=1 DPL=3 type 0xE
-EFLAGS_IF   equ 0x200
 SYS_EXIT    equ 0
 SYS_WRITE   equ 1
 SYS_GETPID  equ 2
 SYS_FAIL    equ 3
 PID         equ 42
-PORT        equ 0xE9
 
 kmain:                          ; from lib.s's start: CS DS ES SS flat, ESP = KSTACK
     mov fs, eax                 ; eax = KDATA: every data segment is DPL 0

@@ -11,23 +11,12 @@
 ; The entry point (start, then kmain here) and set_gate, kfail, puts, gdtr, idtr
 ; come from lib.s, appended at assembly.
 
-KCODE       equ 0x08
-KDATA       equ 0x10
-UCODE       equ 0x18 | 3
-UDATA       equ 0x20 | 3
-TSS_SEL     equ 0x28
-IDT         equ 0x8000
-KSTACK      equ 0x20000
-USTACK      equ 0x30000
-INTGATE0    equ 0x8E
-INTGATE3    equ 0xEE
 AR_KDATA    equ 0x00C09300      ; LAR: KDATA's 2nd dword & 00FxFF00 (G D/B, P DPL0 S type 3)
 LAR_MASK    equ 0x00F0FF00      ; bits 19:16 (limit 19:16) are undefined (SDM LAR)
 CR0_BITS    equ 0x11            ; PE | ET: paging off
 ZF          equ 0x40
 SYS_EXIT    equ 0
 SYS_FAIL    equ 3
-PORT        equ 0xE9
 
 kmain:                          ; from lib.s's start, whose load of DS set KDATA's
                                 ; accessed bit (type 3, as AR_KDATA expects)

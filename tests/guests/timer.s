@@ -16,16 +16,9 @@
 ; The entry point (start, then kmain here) and set_gate, kfail, puts, gdtr, idtr
 ; come from lib.s, appended at assembly.
 
-KCODE       equ 0x08
-KDATA       equ 0x10
-IDT         equ 0x8000
-KSTACK      equ 0x20000
 TIMER       equ 0x40            ; period (dword)
 TIMER_VEC   equ 0x41            ; vector
 PERIOD      equ 100             ; instructions
-INTGATE0    equ 0x8E
-EFLAGS_IF   equ 0x200
-PORT        equ 0xE9
 
 kmain:                          ; from lib.s's start: flat segments, ESP = KSTACK
     mov esi, idt_gates
