@@ -32,7 +32,7 @@ from hvsim.cpu.devices import (DEV_CONSOLE, DEV_TIMER_PERIOD, DEV_TIMER_VECTOR, 
 from hvsim.cpu.exits import (ExitKind, EXIT_BUDGET, EXIT_IO, EXIT_EXCEPTION, EXIT_INTERRUPT,
                              EXIT_BUS_ERROR)
 from hvsim.cpu.flags import FIXED1, IOPL_SHIFT, Flag
-from hvsim.cpu.cr import CR0_PE, CR0_ET
+from hvsim.cpu.cr import CR0_PE, CR0_ET, CR0_PG
 from hvsim.rings.vectors import vector_name
 
 DEFAULT_MEMORY = 16 << 20
@@ -360,33 +360,25 @@ for _r, _slot, _top in (("gdtr_base", L.GDTR_BASE, 0xFFFFFFFF), ("gdtr_limit", L
                         ("idtr_base", L.IDTR_BASE, 0xFFFFFFFF), ("idtr_limit", L.IDTR_LIMIT, 0xFFFF)):
     setattr(CPU, _r, _reg_property(_slot, _r, _r, _top))
 def _tr_set(self, selector):
-    """Load TR as LTR would (SDM Vol. 2A, LTR): the selector must name an available 32-bit
-    TSS in the GDT; its descriptor is cached and marked busy in the GDT."""
-    from hvsim.rings import decode_descriptor
+    """Load TR with the core's own LTR (hvsim.rings.sysinsn.ltr, SDM Vol. 2A LTR): the
+    selector must name a present, available 32-bit TSS in the GDT; the descriptor is
+    cached in TR and marked busy in the GDT. What LTR would fault on is a ValueError."""
+    from hvsim.rings.sysinsn import ltr
     selector = _check_int("tr selector", selector, 0, 0xFFFF)
-    st = self._m._st
+    m = self._m
+    st = m._st
     index = selector & ~7
     if selector & 4 or index == 0 or index + 7 > st[L.GDTR_LIMIT]:
         raise ValueError(f"TR selector {selector:#x} must name a GDT entry inside the GDT limit "
                          f"({int(st[L.GDTR_LIMIT]):#x})")
-    at = int(st[L.GDTR_BASE]) + index
-    raw = int.from_bytes(self._m.read_linear(at, 8), "little")
-    d = decode_descriptor(raw)
-    if d.s or d.type != TSS32_AVAILABLE or not d.p:
-        raise ValueError(f"GDT entry {selector:#x} is a {d.kind}, not a present available 32-bit TSS")
-    busy = raw | (TSS_BUSY_BIT << 40)
-    if st[L.CR0] & (1 << 31):
-        from hvsim.mmu import walk
-        at = walk(self._m._mem, int(st[L.CR3]), int(st[L.CR4]), at).pa
-    self._m._mem[at:at + 8] = list(busy.to_bytes(8, "little"))
-    st[L.TR_SEL] = selector
-    st[L.TR_BASE] = d.base
-    st[L.TR_LIMIT] = d.limit
-    st[L.TR_AR] = _ar_of(decode_descriptor(busy))
+    ltr(m._raw_mem, st, m._tlb, m._pg, selector)
+    if st[L.FAULT_PENDING] != 0:
+        vector, error = int(st[L.FAULT_VECTOR]), int(st[L.FAULT_ERROR])
+        st[L.FAULT_PENDING] = 0
+        raise ValueError(f"GDT entry {selector:#x} is not a present available 32-bit TSS: "
+                         f"LTR raises {vector_name(vector)} with error code {error:#x}")
 
 
-TSS32_AVAILABLE = 0x9     # system descriptor types (SDM Vol. 3A, Table 3-2)
-TSS_BUSY_BIT = 0x2        # type 0x9 -> 0xB
 CPU.tr = property(lambda self: self._get(L.TR_SEL), _tr_set,
                   doc="TR selector; writing it loads the TSS descriptor as LTR does")
 CPU.ldtr = property(lambda self: self._get(L.LDTR_SEL), doc="LDTR selector (load it with LLDT)")
@@ -697,7 +689,7 @@ class Machine:
         st = self._st
         for i in range(n):
             a = (lin + i) & 0xFFFFFFFF
-            if st[L.CR0] & (1 << 31):
+            if st[L.CR0] & CR0_PG:
                 w = walk(self._mem, int(st[L.CR3]), int(st[L.CR4]), a)
                 if w.fault is not None:
                     raise ValueError(f"linear address {a:#x} is not mapped ({w.fault})")

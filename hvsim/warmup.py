@@ -131,4 +131,11 @@ def warmup() -> float:
         m = Machine(exceptions=exceptions, timer=1000)
         m.load(assemble(_DIVIDE_ERROR))
         _expect(f"divide by zero, exceptions={exceptions!r}", m.run(max_steps=100).kind, outcome)
+
+    # The system tables lessons and monitors build from Python: loading TR from the face
+    # calls the core's LTR kernel.
+    from hvsim.rings.setup import install
+    m = Machine(memory=1 << 20)
+    tables = install(m)
+    _expect("TR after install()", int(m.cpu.tr), tables.tss_selector)
     return time.perf_counter() - t0

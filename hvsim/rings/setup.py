@@ -33,6 +33,7 @@ import dataclasses
 import struct
 
 from hvsim.rings import make_descriptor, make_gate, make_tss, put_descriptors, TSS32_SIZE
+from hvsim.rings.descriptors import SYS_TSS32_AVAIL     # 32-bit TSS, available (Table 3-2)
 
 __all__ = ["install", "SystemTables"]
 
@@ -58,7 +59,6 @@ def _flat(type_, dpl):
 
 _CODE_TYPE = 0xB   # execute/read, accessed (SDM Vol. 3A, Table 3-1)
 _DATA_TYPE = 0x3   # read/write, accessed
-_TSS_AVAILABLE = 0x9   # 32-bit TSS, available (Table 3-2); LTR marks it busy (0xB)
 
 
 @dataclasses.dataclass
@@ -141,7 +141,7 @@ def install(m, *, gdt: int = DEFAULT_GDT, idt: int = DEFAULT_IDT, tss: int = DEF
     descriptors = [0]
     for ring in range(4):
         descriptors += [_flat(_CODE_TYPE, ring), _flat(_DATA_TYPE, ring)]
-    descriptors.append(make_descriptor(tss, TSS32_SIZE - 1, _TSS_AVAILABLE, 0, 0, 1, 0, 0))
+    descriptors.append(make_descriptor(tss, TSS32_SIZE - 1, SYS_TSS32_AVAIL, 0, 0, 1, 0, 0))
     gdt_limit = put_descriptors(m.memory, gdt, descriptors)
     m.memory[tss:tss + TSS32_SIZE] = list(make_tss(
         esp0=stacks[0], ss0=t.data(0), esp1=stacks[1], ss1=t.data(1),
