@@ -58,6 +58,8 @@ from hvsim.cpu.flags import IF, IOPL_MASK, IOPL_SHIFT, TF, NT, RF, VM, FIXED1, P
 from hvsim.cpu.layout import AR_DPL_SHIFT
 from hvsim.machine import Machine, Event, Snapshot
 from hvsim.rings import decode_descriptor
+from hvsim.rings.descriptors import (TSS_ESP0, ERR_IDT, SYS_INT_GATE32,
+                                     SYS_TRAP_GATE32)
 from hvsim.rings.setup import install
 from hvsim.rings.vectors import vector_name, GP, PF, HAS_ERROR_CODE
 
@@ -76,14 +78,9 @@ HOST_TIMER_VECTOR = 0x20       # the vector of the *real* timer, routed to the m
 FLOATING_BUS = 0xFFFFFFFF      # an IN from a port without a device reads all ones
 
 # -- architectural layouts the monitor reads and writes --
-TSS_ESP1 = 4 + 8 * 1           # TSS32: ESPn at 4 + 8n, SSn at 8 + 8n (SDM Vol. 3A, Fig. 7-2)
-TSS_SS1 = 8 + 8 * 1
+TSS_ESP1 = TSS_ESP0 + 8         # TSS32: ESPn at 4 + 8n, SSn at 8 + 8n (SDM Vol. 3A, Fig. 7-2)
 GATE_SIZE = 8                  # an IDT entry (SDM Vol. 3A, 6.11, Figure 6-2)
-INT_GATE32 = 0xE               # system descriptor types (SDM Vol. 3A, Table 3-2)
-TRAP_GATE32 = 0xF
 DELIVER_CLEAR = TF | NT | RF | VM      # cleared in EFLAGS on every delivery (6.12.1.3)
-IDT_ERROR_FLAG = 2             # error code bit 1 (IDT): the selector names an IDT entry
-                               # (SDM Vol. 3A, 6.13, Figure 6-7): INT n refused = #GP(n*8+2)
 IRET_WRITABLE = POPF_WRITABLE | RF     # IRET also loads RF (SDM Vol. 2A, IRET "Operation")
 PUSHF_HIDDEN = RF | VM         # PUSHFD's image has VM and RF cleared (SDM Vol. 2B, PUSHF)
 
@@ -670,7 +667,7 @@ class TrapAndEmulate:
         if software and self._gate(ev.vector).dpl < self._virtual_cpl(ev.cpl):
             # INT n through a gate of DPL < CPL: #GP(n*8+2), EIP on the INT (SDM Vol. 3A,
             # 6.12.1.1) -- how a kernel keeps user programs off its other vectors
-            error = ev.vector * GATE_SIZE + IDT_ERROR_FLAG
+            error = ev.vector * GATE_SIZE + ERR_IDT   # INT n refused: #GP(n*8+2), SDM 6.13
             target = self._reflect(GP, error, ev.eip)
             self.reflected[vector_name(GP)] += 1
             self._record(ev, None, f"{ev.name} from virtual CPL {self._virtual_cpl(ev.cpl)} through "
@@ -699,7 +696,7 @@ class TrapAndEmulate:
                         f"(limit {v.idtr_limit:#x}): on real hardware, a double fault")
         raw = int.from_bytes(self._read(v.idtr_base + vector * GATE_SIZE, GATE_SIZE), "little")
         gate = decode_descriptor(raw)
-        if gate.s or gate.type not in (INT_GATE32, TRAP_GATE32) or not gate.p:
+        if gate.s or gate.type not in (SYS_INT_GATE32, SYS_TRAP_GATE32) or not gate.p:
             raise _Kill(f"the guest has no present 32-bit interrupt or trap gate for "
                         f"{vector_name(vector)} (IDT entry: {gate})")
         return gate
@@ -738,7 +735,7 @@ class TrapAndEmulate:
         cpu.cs = (gate.selector & ~3) | GUEST_RING
         cpu.eip = gate.offset
         cpu.eflags = cpu.eflags & ~DELIVER_CLEAR
-        if gate.type == INT_GATE32:
+        if gate.type == SYS_INT_GATE32:
             v.IF = 0                    # an interrupt gate clears IF; a trap gate does not
         return gate.offset
 

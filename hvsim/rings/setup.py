@@ -33,7 +33,7 @@ import dataclasses
 import struct
 
 from hvsim.rings import make_descriptor, make_gate, make_tss, put_descriptors, TSS32_SIZE
-from hvsim.rings.descriptors import SYS_TSS32_AVAIL     # 32-bit TSS, available (Table 3-2)
+from hvsim.rings.descriptors import SYS_TSS32_AVAIL, TSS_ESP0   # Table 3-2, Figure 7-2
 
 __all__ = ["install", "SystemTables"]
 
@@ -104,7 +104,7 @@ class SystemTables:
             raise ValueError("the TSS holds stacks for rings 0, 1 and 2 only")
         if not isinstance(esp, int) or not 0 <= esp <= 0xFFFFFFFF:
             raise ValueError(f"esp={esp!r} is not a 32-bit address")
-        at = self.tss + 4 + 8 * ring          # ESPn at 4 + 8n, SSn at 8 + 8n (Figure 7-2)
+        at = self.tss + TSS_ESP0 + 8 * ring   # ESPn at 4 + 8n, SSn at 8 + 8n (Figure 7-2)
         m.memory[at:at + 8] = list(struct.pack("<II", esp, self.data(ring)))
 
     def enter(self, m, ring: int, eip: int, esp: int | None = None) -> None:
