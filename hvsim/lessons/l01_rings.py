@@ -25,6 +25,7 @@ import struct
 
 from hvsim import Machine, assemble
 from hvsim.lessons import Exercise
+from hvsim.rings.descriptors import TSS_ESP0
 from hvsim.rings.setup import install, SystemTables
 
 ORIGIN = 0x1000
@@ -127,7 +128,7 @@ def syscall_demo(**kwargs) -> Demo:
 
 def tss_esp0(demo: Demo) -> int:
     """ESP0, the ring-0 stack pointer stored in the TSS (offset 4, SDM Vol. 3A Figure 7-2)."""
-    return struct.unpack("<I", demo.machine.read_linear(demo.tables.tss + 4, 4))[0]
+    return struct.unpack("<I", demo.machine.read_linear(demo.tables.tss + TSS_ESP0, 4))[0]
 
 
 def step_until_ring(m: Machine, ring: int, limit: int = 1000) -> int:

@@ -23,7 +23,7 @@ from typing import Iterable, Optional
 import numpy as np
 
 from hvsim.asm import disassemble, disassemble_one
-from hvsim.cpu.flags import Flag
+from hvsim.cpu.flags import Flag, IOPL_MASK, IOPL_SHIFT
 from hvsim.mmu import walk
 
 BACK_BYTES = 48          # how far before EIP the backward decoder looks
@@ -78,7 +78,7 @@ FLAG_BITS = ("CF", "PF", "AF", "ZF", "SF", "TF", "IF", "DF", "OF", "NT", "RF", "
 def flags_summary(eflags: int, cpl: int) -> dict:
     """The flags as {name: 0/1}, plus IOPL and the sentences that explain IF and IOPL."""
     bits = {f: int(bool(eflags & int(Flag[f]))) for f in FLAG_BITS}
-    iopl = (eflags >> 12) & 3
+    iopl = (eflags & IOPL_MASK) >> IOPL_SHIFT
     if_text = ("IF=1: maskable interrupts are taken" if bits["IF"]
                else "IF=0: maskable interrupts are held off")
     allowed = cpl <= iopl
