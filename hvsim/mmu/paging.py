@@ -65,7 +65,7 @@ __all__ = ["translate", "translate_pg", "read_lin", "write_lin", "read_phys",
 
 
 # ---------------------------------------------------------------- physical access
-@njit(_nrt=False)
+@njit(_nrt=False, literal_args=True)
 def read_phys(mem, st, pa, size):
     """Little-endian read of ``size`` bytes at guest-physical ``pa`` (bus error outside)."""
     if pa < 0 or pa + size > st[CFG_MEM_SIZE]:
@@ -91,7 +91,7 @@ def _smc_check(st, pg, f):
         st[COUNTERS + C_SMC] += 1
 
 
-@njit(_nrt=False)
+@njit(_nrt=False, literal_args=True)
 def write_phys(mem, st, pg, pa, size, value):
     """Little-endian write of ``size`` bytes at guest-physical ``pa`` (bus error outside)."""
     if pa < 0 or pa + size > st[CFG_MEM_SIZE]:
