@@ -20,6 +20,8 @@ every exception (vectors 0-31) leaves ``run()`` as an ``exception`` event; with
 from __future__ import annotations
 
 import dataclasses
+import os
+import sys
 from typing import Iterable, Optional, Union
 
 import numpy as np
@@ -152,6 +154,21 @@ class TraceEntry:
 
 _ENTRY = None
 
+FIRST_COMPILE_NOTICE = (
+    "hvsim: compiling the machine's kernels for their first use on this machine "
+    "(about 3 minutes, once: numba caches them on disk; `hvsim warmup` does it ahead)")
+
+
+def kernel_cache_present():
+    """Whether numba's disk cache holds the compiled run loop: True, False, or None
+    when that cannot be told (caching off, or a numba without the cache layout
+    this reads). Nothing is compiled or loaded to find out."""
+    from hvsim.cpu.run import run
+    try:
+        return os.path.exists(run._cache._cache_file._index_path)
+    except AttributeError:
+        return None
+
 
 def _kernel_entry():
     """The compiled run loop, called without numba's per-call type dispatch.
@@ -167,6 +184,8 @@ def _kernel_entry():
         _ENTRY = run
         return run
     if not run.signatures:
+        if kernel_cache_present() is False:
+            print(FIRST_COMPILE_NOTICE, file=sys.stderr, flush=True)
         st = np.zeros(L.ST_SIZE, np.int64)
         st[L.CFG_MEM_SIZE] = 4096
         run(np.zeros(4096, np.uint8), st, np.zeros(L.TLB_FIELDS, np.int64),

@@ -33,3 +33,45 @@ def test_face_modules_inside_kernel_packages_hold_no_kernels():
         module = "hvsim." + face[:-3].replace("/", ".")
         for k in kernel_files:
             assert module not in k.read_text(), f"{k} imports the face {module}"
+
+
+def test_a_constant_argument_does_not_compile_a_kernel_once_per_value():
+    """numba types constants as literals; hvsim's njit compiles one version per real type."""
+    @J.njit(cache=False)
+    def callee(a, b):
+        return a * 10 + b
+
+    @J.njit(cache=False, literal_args=True)
+    def callee_literal(a, b):
+        return a * 10 + b
+
+    @J.njit(cache=False)
+    def caller(x):
+        return (callee(x, 1) + callee(x, 2) + callee(x, -3)
+                + callee_literal(x, 1) + callee_literal(x, 2) + callee_literal(x, -3))
+
+    assert caller(5) == 2 * (150 + 1 + 2 - 3)
+    assert len(callee.signatures) == 1
+    assert "Literal" not in str(callee.signatures[0])
+    assert len(callee_literal.signatures) == 3      # the opt-out keeps one per constant
+
+
+def test_the_first_use_notice_depends_on_the_kernel_cache(tmp_path):
+    """A fresh machine says it is compiling (minutes) instead of looking hung."""
+    import os
+    import subprocess
+    import sys
+
+    from hvsim.machine import kernel_cache_present
+    assert kernel_cache_present() is True          # `make test` warmed the cache
+    probe = "from hvsim.machine import kernel_cache_present as k; print(k())"
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
+    warm = ("from hvsim import Machine, assemble\n"
+            "m = Machine(); m.load(assemble('mov eax, 7\\nhlt')); m.run(); print(m.cpu.eax)")
+    out = subprocess.run([sys.executable, "-c", warm], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "7"
+    assert "compiling" not in out.stderr
