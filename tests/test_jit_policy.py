@@ -75,3 +75,38 @@ def test_the_first_use_notice_depends_on_the_kernel_cache(tmp_path):
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "7"
     assert "compiling" not in out.stderr
+
+
+def test_the_inliner_copies_an_ir_with_one_scope_and_never_shares_between_copies():
+    """hvsim._jit gives numba's inliner one deep-copy memo per IR copy (see _InlinerCopy)."""
+    from numba.core import inline_closurecall, ir
+    from numba.core.compiler import run_frontend
+
+    def body(a, b):
+        t = 0
+        for i in range(a):
+            if i % 3 == 0:
+                t += b
+            else:
+                t -= i
+        return t
+
+    fir = run_frontend(body)
+    assert len(fir.blocks) > 3
+    shim = inline_closurecall.copy
+    assert isinstance(shim, J._InlinerCopy)
+
+    def copy_all():                      # what numba's copy_ir does with the blocks
+        return {label: shim.deepcopy(block) for label, block in fir.blocks.items()}
+
+    first, second = copy_all(), copy_all()
+    scopes1 = {id(b.scope) for b in first.values()}
+    scopes2 = {id(b.scope) for b in second.values()}
+    assert len(scopes1) == 1 and len(scopes2) == 1          # one scope per copy...
+    assert scopes1 != scopes2                                # ...never shared between copies
+    assert id(fir.blocks[next(iter(fir.blocks))].scope) not in scopes1 | scopes2
+    vars1 = {id(v) for b in first.values() for v in b.find_insts(ir.Assign)}
+    vars2 = {id(v) for b in second.values() for v in b.find_insts(ir.Assign)}
+    assert vars1 and not vars1 & vars2
+    for label, block in fir.blocks.items():                  # same statements, copied
+        assert [str(s) for s in first[label].body] == [str(s) for s in block.body]
