@@ -32,6 +32,11 @@ push/pop), with the same cold compile time. Inlining the MMU's access kernels as
 made every loop slower (43 M ALU) and the compile 2.5 times longer, so they stay calls
 everywhere except in the CPU's operand helpers (:func:`inline_in`), which took loads and
 stores from 78 M to 88 M instructions/s (paging off) and 57-62 M to 62-64 M (paging on).
+Inside those, the TLB probe and the physical read/write are inlined into read_lin and
+write_lin only (:func:`inline_into`). Measured as two processes pinned to the two cores
+side by side (4 rounds, swapping cores): the mixed loop went from 91-97 M to 108-118 M
+instructions/s, the mixed loop with paging from 63-72 M to 79-80 M, the ALU loop did not
+move, and the cold compile went from 90 s to 130 s.
 
 Compile time is numba's front end, not LLVM (LLVM at -O1 or -O2 compiled no faster).
 Two numba behaviours are corrected here. Constants passed to a kernel that is called,
@@ -158,6 +163,15 @@ def inline_in(*modules):
     return decide
 
 
+def inline_into(*functions):
+    """A numba inline cost model: inline the callee only into the named functions
+    (``"package.module.function"``); every other caller calls the one compiled copy."""
+    def decide(expr, caller_info, callee_info):
+        fid = caller_info.func_id
+        return f"{fid.modname}.{fid.func_qualname}" in functions
+    return decide
+
+
 def _one_overload_per_type(dispatcher):
     """Make calls from other kernels compile ``dispatcher`` for plain argument types.
 
@@ -180,19 +194,18 @@ def _one_overload_per_type(dispatcher):
     return dispatcher
 
 
-def njit(fn=None, *, literal_args=False, **overrides):
+def njit(fn=None, **overrides):
     """Compile ``fn`` with the project's numba options (usable bare or called).
 
-    ``literal_args=True`` keeps numba's one-version-per-constant behaviour for a kernel
-    whose constant arguments pick its fast path (read_phys/write_phys with a literal
-    ``size``: without it the mixed benchmark loop ran at 72 M instructions/s instead of
-    88 M).
+    A kernel whose speed depends on a constant argument (read_phys/write_phys and their
+    ``size``) is inlined where that matters instead (see ``_INTO_ACCESS`` in
+    hvsim/mmu/paging.py): as a call compiled for a plain ``int64`` size, the mixed
+    benchmark loop ran at 72 M instructions/s instead of 88 M.
     """
     opts = dict(_OPTIONS, **overrides)
 
     def build(f):
-        d = numba.njit(**opts)(f)
-        return d if literal_args else _one_overload_per_type(d)
+        return _one_overload_per_type(numba.njit(**opts)(f))
     if fn is None:
         return build
     return build(fn)

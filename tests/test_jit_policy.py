@@ -1,6 +1,8 @@
 """The numba cache policy: which source edits drop the cached kernels (hvsim/_jit.py)."""
 import shutil
 
+import numba
+
 import hvsim._jit as J
 
 
@@ -41,19 +43,19 @@ def test_a_constant_argument_does_not_compile_a_kernel_once_per_value():
     def callee(a, b):
         return a * 10 + b
 
-    @J.njit(cache=False, literal_args=True)
-    def callee_literal(a, b):
+    @numba.njit(cache=False)
+    def callee_numba(a, b):
         return a * 10 + b
 
     @J.njit(cache=False)
     def caller(x):
         return (callee(x, 1) + callee(x, 2) + callee(x, -3)
-                + callee_literal(x, 1) + callee_literal(x, 2) + callee_literal(x, -3))
+                + callee_numba(x, 1) + callee_numba(x, 2) + callee_numba(x, -3))
 
     assert caller(5) == 2 * (150 + 1 + 2 - 3)
     assert len(callee.signatures) == 1
     assert "Literal" not in str(callee.signatures[0])
-    assert len(callee_literal.signatures) == 3      # the opt-out keeps one per constant
+    assert len(callee_numba.signatures) == 3        # plain numba: one per constant
 
 
 def test_the_first_use_notice_depends_on_the_kernel_cache(tmp_path):
@@ -110,3 +112,25 @@ def test_the_inliner_copies_an_ir_with_one_scope_and_never_shares_between_copies
     assert vars1 and not vars1 & vars2
     for label, block in fir.blocks.items():                  # same statements, copied
         assert [str(s) for s in first[label].body] == [str(s) for s in block.body]
+
+
+@J.njit(cache=False, inline=J.inline_into(__name__ + ".inlined_site"))
+def _probe(a):
+    return a + 1
+
+
+@J.njit(cache=False)
+def inlined_site(a):
+    return _probe(a) * 2
+
+
+@J.njit(cache=False)
+def called_site(a):
+    return _probe(a) * 3
+
+
+def test_inline_into_inlines_a_kernel_only_into_the_functions_it_names():
+    assert inlined_site(4) == 10
+    assert _probe.signatures == []          # inlined: never compiled on its own
+    assert called_site(4) == 15
+    assert len(_probe.signatures) == 1      # any other caller calls one compiled copy

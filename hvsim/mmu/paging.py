@@ -39,7 +39,7 @@ incref/decref pairs that LLVM cannot prune around branches and calls: measured
 """
 import numpy as np
 
-from hvsim._jit import njit, inline_in
+from hvsim._jit import njit, inline_in, inline_into
 from hvsim.cpu.layout import (CR0, CR3, CR4, COUNTERS, CFG_MEM_SIZE, CFG_TLB_SETS,
                               CFG_TLB_WAYS, CFG_TLB_ENABLED, FAULT_PENDING, MASK32,
                               TLB_FIELDS, PG_CODE, PG_GEN_ONE)
@@ -60,12 +60,16 @@ LARGE_OFFSET = 0x3FFFFF
 PDE_4M_RSVD = 0x003FE000
 RIGHTS = PTE_RW | PTE_US
 
+# The TLB probe and the physical access are inlined into read_lin/write_lin -- the
+# hot path, itself inlined into the CPU's operand helpers -- and stay calls elsewhere.
+_INTO_ACCESS = inline_into("hvsim.mmu.paging.read_lin", "hvsim.mmu.paging.write_lin")
+
 __all__ = ["translate", "translate_pg", "read_lin", "write_lin", "read_phys",
            "write_phys", "tlb_flush", "tlb_invlpg"]
 
 
 # ---------------------------------------------------------------- physical access
-@njit(_nrt=False, literal_args=True)
+@njit(_nrt=False, inline=_INTO_ACCESS)
 def read_phys(mem, st, pa, size):
     """Little-endian read of ``size`` bytes at guest-physical ``pa`` (bus error outside)."""
     if pa < 0 or pa + size > st[CFG_MEM_SIZE]:
@@ -91,7 +95,7 @@ def _smc_check(st, pg, f):
         st[COUNTERS + C_SMC] += 1
 
 
-@njit(_nrt=False, literal_args=True)
+@njit(_nrt=False, inline=_INTO_ACCESS)
 def write_phys(mem, st, pg, pa, size, value):
     """Little-endian write of ``size`` bytes at guest-physical ``pa`` (bus error outside)."""
     if pa < 0 or pa + size > st[CFG_MEM_SIZE]:
@@ -209,7 +213,7 @@ def _walk(mem, st, pg, lin, acc, cr0):
 # The hot paths (read_lin, write_lin, translate_pg) are kept small on purpose so that
 # LLVM inlines them into their callers: paging off is two compares, a TLB hit is one
 # probe of one set; everything else is a call to a *_slow / _translate_miss function.
-@njit(_nrt=False)
+@njit(_nrt=False, inline=_INTO_ACCESS)
 def _tlb_hit(st, tlb, lin, acc):
     """pa if the TLB holds ``lin``'s page with rights that serve ``acc``; -1 otherwise.
 
