@@ -33,7 +33,7 @@ made every loop slower (43 M ALU) and the compile 2.5 times longer, so they stay
 everywhere except in the CPU's operand helpers (:func:`inline_in`), which took loads and
 stores from 78 M to 88 M instructions/s (paging off) and 57-62 M to 62-64 M (paging on).
 Inside those, the TLB probe and the physical read/write are inlined into read_lin and
-write_lin only (:func:`inline_into`). Measured as two processes pinned to the two cores
+write_lin only (:func:`inline_in` naming those two). Measured as two processes pinned to the two cores
 side by side (4 rounds, swapping cores): the mixed loop went from 91-97 M to 108-118 M
 instructions/s, the mixed loop with paging from 63-72 M to 79-80 M, the ALU loop did not
 move, and the cold compile went from 90 s to 130 s.
@@ -152,23 +152,17 @@ if getattr(inline_closurecall, "copy", None) is copy:     # the layout described
     inline_closurecall.copy = _InlinerCopy()
 
 
-def inline_in(*modules):
-    """A numba inline cost model: inline the callee only at call sites in ``modules``.
+def inline_in(*places):
+    """A numba inline cost model: inline the callee only into ``places`` -- modules
+    (``"hvsim.cpu.operands"``: every function there) or single functions
+    (``"hvsim.mmu.paging.read_lin"``).
 
     numba asks it once per call site; everywhere else the callee stays one compiled
     function, so code size and compile time do not grow with it.
     """
     def decide(expr, caller_info, callee_info):
-        return caller_info.func_id.modname in modules
-    return decide
-
-
-def inline_into(*functions):
-    """A numba inline cost model: inline the callee only into the named functions
-    (``"package.module.function"``); every other caller calls the one compiled copy."""
-    def decide(expr, caller_info, callee_info):
         fid = caller_info.func_id
-        return f"{fid.modname}.{fid.func_qualname}" in functions
+        return fid.modname in places or f"{fid.modname}.{fid.func_qualname}" in places
     return decide
 
 

@@ -39,7 +39,7 @@ incref/decref pairs that LLVM cannot prune around branches and calls: measured
 """
 import numpy as np
 
-from hvsim._jit import njit, inline_in, inline_into
+from hvsim._jit import njit, inline_in
 from hvsim.cpu.layout import (CR0, CR3, CR4, COUNTERS, CFG_MEM_SIZE, CFG_TLB_SETS,
                               CFG_TLB_WAYS, CFG_TLB_ENABLED, FAULT_PENDING, MASK32,
                               TLB_FIELDS, PG_CODE, PG_GEN_ONE)
@@ -62,7 +62,7 @@ RIGHTS = PTE_RW | PTE_US
 
 # The TLB probe and the physical access are inlined into read_lin/write_lin -- the
 # hot path, itself inlined into the CPU's operand helpers -- and stay calls elsewhere.
-_INTO_ACCESS = inline_into("hvsim.mmu.paging.read_lin", "hvsim.mmu.paging.write_lin")
+_INTO_ACCESS = inline_in("hvsim.mmu.paging.read_lin", "hvsim.mmu.paging.write_lin")
 
 __all__ = ["translate", "translate_pg", "read_lin", "write_lin", "read_phys",
            "write_phys", "tlb_flush", "tlb_invlpg"]
