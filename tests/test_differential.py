@@ -479,7 +479,7 @@ class Gen:
         op = r.choice(ALU_OPS)
         reads, defs, undefs = _flag_effect_alu(op)
         w = op != "cmp"
-        k = r.randrange(9)
+        k = r.randrange(10)
         if k == 0:                                        # 00.. Eb, Gb
             text = f"{op} {self.rm8(w)}, {REG8[self.rd8()]}"
         elif k == 1:                                      # 01.. Ed, Gd
@@ -502,8 +502,17 @@ class Gen:
             text = f"{op} {self.rm8(w)}, {self.imm8():#x}"
         elif k == 7:                                      # 81 /n Ed, Id
             text = f"{op} {self.rm32(w)}, {r.getrandbits(32) | 0x10000:#x}"
-        else:                                             # 83 /n Ed, Ibs
+        elif k == 8:                                      # 83 /n Ed, Ibs
             text = f"{op} {self.rm32(w)}, {r.randrange(-128, 128) & 0xFFFFFFFF:#x}"
+        else:                                             # 02/03.. Gb/Gd, Eb/Ed, mod 3
+            # the register-to-register encoding assemblers never pick (they use 00/01),
+            # so it is written as bytes: opcode, then ModRM 11 reg r/m
+            base = ALU_OPS.index(op) << 3
+            if r.random() < 0.5:
+                g, e, opc = (self.wr32() if w else self.rd32()), self.rd32(), base | 3
+            else:
+                g, e, opc = (self.wr8() if w else self.rd8()), self.rd8(), base | 2
+            text = f"db {opc:#04x}, {0xC0 | g << 3 | e:#04x}"
         self.emit(text, reads, defs, undefs)
         return True
 
