@@ -1,7 +1,7 @@
 """Handlers for the ordinary (non-system) instructions of the subset (jitted).
 
 One handler per instruction family, all with the signature
-``(mem, st, tlb, pg, dc, row)``; ``dc[row]`` is the decoded instruction. The run loop
+``(mem, st, tlb, pg, dc, row)``; ``dc[:, row]`` is the decoded instruction. The run loop
 has already set ``st[EIP]`` to the next instruction; a branch overwrites it, a fault
 leaves it for the run loop to restore. A handler checks ``st[FAULT_PENDING]`` after
 every access that can fault and then returns without touching more state.
@@ -73,26 +73,26 @@ def _alu_reg32(st, op, dst, a, b):
 
 @njit(inline="always")
 def op_alu_eg(mem, st, tlb, pg, dc, row):       # 00 01 08 09 ... 38 39: op Eb/Ev, Gb/Gv
-    size = dc[row, F_SIZE]
-    op = (dc[row, F_OPC] >> 3) & 7
-    rm = dc[row, F_RM]
+    size = dc[F_SIZE, row]
+    op = (dc[F_OPC, row] >> 3) & 7
+    rm = dc[F_RM, row]
     if size == 4 and rm >= 0:
-        _alu_reg32(st, op, rm, st[rm], st[dc[row, F_REG]])
+        _alu_reg32(st, op, rm, st[rm], st[dc[F_REG, row]])
         return
     a = rm_read(mem, st, tlb, pg, dc, row, size)
     if st[FAULT_PENDING] != 0:
         return
-    r = alu.alu2(st, op, a, get_reg(st, dc[row, F_REG], size), size)
+    r = alu.alu2(st, op, a, get_reg(st, dc[F_REG, row], size), size)
     if op != 7:
         rm_write(mem, st, tlb, pg, dc, row, size, r)
 
 
 @njit(inline="always")
 def op_alu_ge(mem, st, tlb, pg, dc, row):       # 02 03 ... 3A 3B: op Gb/Gv, Eb/Ev
-    size = dc[row, F_SIZE]
-    op = (dc[row, F_OPC] >> 3) & 7
-    reg = dc[row, F_REG]
-    rm = dc[row, F_RM]
+    size = dc[F_SIZE, row]
+    op = (dc[F_OPC, row] >> 3) & 7
+    reg = dc[F_REG, row]
+    rm = dc[F_RM, row]
     if size == 4 and rm >= 0:
         _alu_reg32(st, op, reg, st[reg], st[rm])
         return
@@ -106,51 +106,51 @@ def op_alu_ge(mem, st, tlb, pg, dc, row):       # 02 03 ... 3A 3B: op Gb/Gv, Eb/
 
 @njit(inline="always")
 def op_alu_ai(mem, st, tlb, pg, dc, row):       # 04 05 ... 3C 3D: op AL/EAX, imm
-    size = dc[row, F_SIZE]
-    op = (dc[row, F_OPC] >> 3) & 7
-    r = alu.alu2(st, op, get_reg(st, EAX, size), dc[row, F_IMM] & alu.mask_of(size), size)
+    size = dc[F_SIZE, row]
+    op = (dc[F_OPC, row] >> 3) & 7
+    r = alu.alu2(st, op, get_reg(st, EAX, size), dc[F_IMM, row] & alu.mask_of(size), size)
     if op != 7:
         set_reg(st, EAX, size, r)
 
 
 @njit(inline="always")
 def op_grp1(mem, st, tlb, pg, dc, row):         # 80 81 83 /digit: op Eb/Ev, imm
-    size = dc[row, F_SIZE]
-    op = dc[row, F_REG]
-    rm = dc[row, F_RM]
+    size = dc[F_SIZE, row]
+    op = dc[F_REG, row]
+    rm = dc[F_RM, row]
     if size == 4 and rm >= 0:
-        _alu_reg32(st, op, rm, st[rm], dc[row, F_IMM] & MASK32)
+        _alu_reg32(st, op, rm, st[rm], dc[F_IMM, row] & MASK32)
         return
     a = rm_read(mem, st, tlb, pg, dc, row, size)
     if st[FAULT_PENDING] != 0:
         return
-    r = alu.alu2(st, op, a, dc[row, F_IMM] & alu.mask_of(size), size)
+    r = alu.alu2(st, op, a, dc[F_IMM, row] & alu.mask_of(size), size)
     if op != 7:
         rm_write(mem, st, tlb, pg, dc, row, size, r)
 
 
 @njit(inline="always")
 def op_test_eg(mem, st, tlb, pg, dc, row):      # 84 85
-    size = dc[row, F_SIZE]
+    size = dc[F_SIZE, row]
     a = rm_read(mem, st, tlb, pg, dc, row, size)
     if st[FAULT_PENDING] != 0:
         return
-    alu.test_flags(st, a, get_reg(st, dc[row, F_REG], size), size)
+    alu.test_flags(st, a, get_reg(st, dc[F_REG, row], size), size)
 
 
 @njit
 def op_test_ai(mem, st, tlb, pg, dc, row):      # A8 A9
-    size = dc[row, F_SIZE]
-    alu.test_flags(st, get_reg(st, EAX, size), dc[row, F_IMM], size)
+    size = dc[F_SIZE, row]
+    alu.test_flags(st, get_reg(st, EAX, size), dc[F_IMM, row], size)
 
 
 @njit
 def op_xchg_eg(mem, st, tlb, pg, dc, row):      # 86 87
-    size = dc[row, F_SIZE]
+    size = dc[F_SIZE, row]
     a = rm_read(mem, st, tlb, pg, dc, row, size)
     if st[FAULT_PENDING] != 0:
         return
-    reg = dc[row, F_REG]
+    reg = dc[F_REG, row]
     rm_write(mem, st, tlb, pg, dc, row, size, get_reg(st, reg, size))
     if st[FAULT_PENDING] != 0:
         return
@@ -159,7 +159,7 @@ def op_xchg_eg(mem, st, tlb, pg, dc, row):      # 86 87
 
 @njit
 def op_xchg_ar(mem, st, tlb, pg, dc, row):      # 91-97: XCHG EAX, r32
-    r = dc[row, F_REG]
+    r = dc[F_REG, row]
     t = st[r]
     st[r] = st[EAX]
     st[EAX] = t
@@ -167,38 +167,38 @@ def op_xchg_ar(mem, st, tlb, pg, dc, row):      # 91-97: XCHG EAX, r32
 
 @njit(inline="always")
 def op_mov_eg(mem, st, tlb, pg, dc, row):       # 88 89: MOV Eb/Ev, Gb/Gv
-    size = dc[row, F_SIZE]
-    rm_write(mem, st, tlb, pg, dc, row, size, get_reg(st, dc[row, F_REG], size))
+    size = dc[F_SIZE, row]
+    rm_write(mem, st, tlb, pg, dc, row, size, get_reg(st, dc[F_REG, row], size))
 
 
 @njit(inline="always")
 def op_mov_ge(mem, st, tlb, pg, dc, row):       # 8A 8B: MOV Gb/Gv, Eb/Ev
-    size = dc[row, F_SIZE]
+    size = dc[F_SIZE, row]
     v = rm_read(mem, st, tlb, pg, dc, row, size)
     if st[FAULT_PENDING] != 0:
         return
-    set_reg(st, dc[row, F_REG], size, v)
+    set_reg(st, dc[F_REG, row], size, v)
 
 
 @njit(inline="always")
 def op_mov_ri(mem, st, tlb, pg, dc, row):       # B0-B7 ib, B8-BF id
-    set_reg(st, dc[row, F_REG], dc[row, F_SIZE], dc[row, F_IMM])
+    set_reg(st, dc[F_REG, row], dc[F_SIZE, row], dc[F_IMM, row])
 
 
 @njit
 def op_mov_ei(mem, st, tlb, pg, dc, row):       # C6 /0 ib, C7 /0 id
-    if dc[row, F_REG] != 0:
+    if dc[F_REG, row] != 0:
         raise_fault(st, UD, -1)
         return
-    rm_write(mem, st, tlb, pg, dc, row, dc[row, F_SIZE], dc[row, F_IMM])
+    rm_write(mem, st, tlb, pg, dc, row, dc[F_SIZE, row], dc[F_IMM, row])
 
 
 @njit
 def op_mov_moffs(mem, st, tlb, pg, dc, row):    # A0 A1: load AL/EAX ; A2 A3: store
-    size = dc[row, F_SIZE]
-    seg = dc[row, F_SEG]
-    off = dc[row, F_IMM]
-    if dc[row, F_OPC] < 0xA2:
+    size = dc[F_SIZE, row]
+    seg = dc[F_SEG, row]
+    off = dc[F_IMM, row]
+    if dc[F_OPC, row] < 0xA2:
         v = mem_read(mem, st, tlb, pg, seg, off, size)
         if st[FAULT_PENDING] == 0:
             set_reg(st, EAX, size, v)
@@ -208,26 +208,26 @@ def op_mov_moffs(mem, st, tlb, pg, dc, row):    # A0 A1: load AL/EAX ; A2 A3: st
 
 @njit
 def op_movzx(mem, st, tlb, pg, dc, row):        # 0F B6 B7 (MOVZX), 0F BE BF (MOVSX)
-    size = dc[row, F_SIZE]
+    size = dc[F_SIZE, row]
     v = rm_read(mem, st, tlb, pg, dc, row, size)
     if st[FAULT_PENDING] != 0:
         return
-    if dc[row, F_OPC] >= 0x1BE:
+    if dc[F_OPC, row] >= 0x1BE:
         v = alu.sign_extend(v, size) & MASK32
-    st[dc[row, F_REG]] = v
+    st[dc[F_REG, row]] = v
 
 
 @njit(inline="always")
 def op_lea(mem, st, tlb, pg, dc, row):          # 8D: LEA r32, m
-    if dc[row, F_RM] >= 0:
+    if dc[F_RM, row] >= 0:
         raise_fault(st, UD, -1)
         return
-    st[dc[row, F_REG]] = ea(st, dc, row)
+    st[dc[F_REG, row]] = ea(st, dc, row)
 
 
 @njit(inline="always")
 def op_push_r(mem, st, tlb, pg, dc, row):       # 50+r (PUSH ESP pushes the old value)
-    push(mem, st, tlb, pg, st[dc[row, F_REG]])
+    push(mem, st, tlb, pg, st[dc[F_REG, row]])
 
 
 @njit(inline="always")
@@ -236,17 +236,17 @@ def op_pop_r(mem, st, tlb, pg, dc, row):        # 58+r (POP ESP: ESP = value rea
     if st[FAULT_PENDING] != 0:
         return
     st[ESP] = (st[ESP] + 4) & MASK32
-    st[dc[row, F_REG]] = v
+    st[dc[F_REG, row]] = v
 
 
 @njit
 def op_push_i(mem, st, tlb, pg, dc, row):       # 68 id, 6A ib (sign-extended)
-    push(mem, st, tlb, pg, dc[row, F_IMM])
+    push(mem, st, tlb, pg, dc[F_IMM, row])
 
 
 @njit
 def op_pop_e(mem, st, tlb, pg, dc, row):        # 8F /0: POP r/m32
-    if dc[row, F_REG] != 0:
+    if dc[F_REG, row] != 0:
         raise_fault(st, UD, -1)
         return
     v = pop(mem, st, tlb, pg)
@@ -262,19 +262,19 @@ def op_pop_e(mem, st, tlb, pg, dc, row):        # 8F /0: POP r/m32
 
 @njit(inline="always")
 def op_inc_r(mem, st, tlb, pg, dc, row):        # 40+r
-    r = dc[row, F_REG]
+    r = dc[F_REG, row]
     st[r] = alu.inc(st, st[r], 4)
 
 
 @njit(inline="always")
 def op_dec_r(mem, st, tlb, pg, dc, row):        # 48+r
-    r = dc[row, F_REG]
+    r = dc[F_REG, row]
     st[r] = alu.dec(st, st[r], 4)
 
 
 @njit
 def op_grp4(mem, st, tlb, pg, dc, row):         # FE /0 INC Eb, /1 DEC Eb
-    d = dc[row, F_REG]
+    d = dc[F_REG, row]
     if d > 1:
         raise_fault(st, UD, -1)
         return
@@ -291,13 +291,13 @@ def op_grp4(mem, st, tlb, pg, dc, row):         # FE /0 INC Eb, /1 DEC Eb
 
 @njit
 def op_grp3(mem, st, tlb, pg, dc, row):         # F6 F7: TEST NOT NEG MUL IMUL DIV IDIV
-    size = dc[row, F_SIZE]
-    d = dc[row, F_REG]
+    size = dc[F_SIZE, row]
+    d = dc[F_REG, row]
     a = rm_read(mem, st, tlb, pg, dc, row, size)
     if st[FAULT_PENDING] != 0:
         return
     if d == 0 or d == 1:                        # /1 is an undocumented alias of TEST
-        alu.test_flags(st, a, dc[row, F_IMM], size)
+        alu.test_flags(st, a, dc[F_IMM, row], size)
     elif d == 2:
         rm_write(mem, st, tlb, pg, dc, row, size, ~a & alu.mask_of(size))
     elif d == 3:
@@ -321,7 +321,7 @@ def op_imul2(mem, st, tlb, pg, dc, row):        # 0F AF: IMUL r32, r/m32
     b = rm_read(mem, st, tlb, pg, dc, row, 4)
     if st[FAULT_PENDING] != 0:
         return
-    reg = dc[row, F_REG]
+    reg = dc[F_REG, row]
     st[reg] = alu.imul2(st, st[reg], b, 4)
 
 
@@ -330,24 +330,24 @@ def op_imul3(mem, st, tlb, pg, dc, row):        # 69 id, 6B ib: IMUL r32, r/m32,
     b = rm_read(mem, st, tlb, pg, dc, row, 4)
     if st[FAULT_PENDING] != 0:
         return
-    st[dc[row, F_REG]] = alu.imul2(st, b, dc[row, F_IMM], 4)
+    st[dc[F_REG, row]] = alu.imul2(st, b, dc[F_IMM, row], 4)
 
 
 @njit
 def op_grp2(mem, st, tlb, pg, dc, row):         # C0 C1 ib, D0 D1 (by 1), D2 D3 (by CL)
-    size = dc[row, F_SIZE]
-    opc = dc[row, F_OPC]
+    size = dc[F_SIZE, row]
+    opc = dc[F_OPC, row]
     a = rm_read(mem, st, tlb, pg, dc, row, size)
     if st[FAULT_PENDING] != 0:
         return
     if opc <= 0xC1:
-        count = dc[row, F_IMM]
+        count = dc[F_IMM, row]
     elif opc <= 0xD1:
         count = 1
     else:
         count = st[ECX] & 0xFF
     saved = st[EFLAGS]
-    r = alu.shift(st, dc[row, F_REG], a, count, size)
+    r = alu.shift(st, dc[F_REG, row], a, count, size)
     rm_write(mem, st, tlb, pg, dc, row, size, r)
     if st[FAULT_PENDING] != 0:
         st[EFLAGS] = saved
@@ -360,7 +360,7 @@ def op_cdq(mem, st, tlb, pg, dc, row):          # 99
 
 @njit
 def op_setcc(mem, st, tlb, pg, dc, row):        # 0F 90-9F: SETcc r/m8
-    v = 1 if cond(st[EFLAGS], dc[row, F_OPC] & 0xF) else 0
+    v = 1 if cond(st[EFLAGS], dc[F_OPC, row] & 0xF) else 0
     rm_write(mem, st, tlb, pg, dc, row, 1, v)
 
 
@@ -369,25 +369,25 @@ def op_cmov(mem, st, tlb, pg, dc, row):         # 0F 40-4F: CMOVcc r32, r/m32
     v = rm_read(mem, st, tlb, pg, dc, row, 4)   # the source is read whatever the condition
     if st[FAULT_PENDING] != 0:
         return
-    if cond(st[EFLAGS], dc[row, F_OPC] & 0xF):
-        st[dc[row, F_REG]] = v
+    if cond(st[EFLAGS], dc[F_OPC, row] & 0xF):
+        st[dc[F_REG, row]] = v
 
 
 @njit(inline="always")
 def op_jcc(mem, st, tlb, pg, dc, row):          # 70-7F rel8, 0F 80-8F rel32
-    if cond(st[EFLAGS], dc[row, F_OPC] & 0xF):
-        jump(st, st[EIP] + dc[row, F_IMM])
+    if cond(st[EFLAGS], dc[F_OPC, row] & 0xF):
+        jump(st, st[EIP] + dc[F_IMM, row])
 
 
 @njit(inline="always")
 def op_jmp_rel(mem, st, tlb, pg, dc, row):      # E9 rel32, EB rel8
-    jump(st, st[EIP] + dc[row, F_IMM])
+    jump(st, st[EIP] + dc[F_IMM, row])
 
 
 @njit(inline="always")
 def op_call_rel(mem, st, tlb, pg, dc, row):     # E8 rel32
     ret = st[EIP]
-    target = (ret + dc[row, F_IMM]) & MASK32
+    target = (ret + dc[F_IMM, row]) & MASK32
     if target > st[SEG_LIMIT + SREG_CS]:
         raise_fault(st, GP, 0)
         return
@@ -404,14 +404,14 @@ def op_ret(mem, st, tlb, pg, dc, row):          # C3, C2 iw
     jump(st, v)
     if st[FAULT_PENDING] != 0:
         return
-    st[ESP] = (st[ESP] + 4 + dc[row, F_IMM]) & MASK32
+    st[ESP] = (st[ESP] + 4 + dc[F_IMM, row]) & MASK32
 
 
 @njit(inline="always")
 def op_loop(mem, st, tlb, pg, dc, row):         # E2 rel8: ECX -= 1; jump if ECX != 0 (no flags)
     c = (st[ECX] - 1) & MASK32
     if c != 0:
-        jump(st, st[EIP] + dc[row, F_IMM])
+        jump(st, st[EIP] + dc[F_IMM, row])
         if st[FAULT_PENDING] != 0:
             return
     st[ECX] = c
@@ -420,12 +420,12 @@ def op_loop(mem, st, tlb, pg, dc, row):         # E2 rel8: ECX -= 1; jump if ECX
 @njit
 def op_jecxz(mem, st, tlb, pg, dc, row):        # E3 rel8
     if st[ECX] == 0:
-        jump(st, st[EIP] + dc[row, F_IMM])
+        jump(st, st[EIP] + dc[F_IMM, row])
 
 
 @njit
 def op_flagop(mem, st, tlb, pg, dc, row):       # F5 CMC, F8 CLC, F9 STC, FC CLD, FD STD
-    opc = dc[row, F_OPC]
+    opc = dc[F_OPC, row]
     f = st[EFLAGS]
     if opc == 0xF5:
         f ^= CF
@@ -448,12 +448,12 @@ def op_string(mem, st, tlb, pg, dc, row):       # A4 MOVSB, A5 MOVSD, AA STOSB, 
     registers where the SDM says an interrupted REP leaves them; if iterations remain
     after a chunk, EIP stays on the instruction and the next step continues it.
     """
-    size = dc[row, F_SIZE]
-    opc = dc[row, F_OPC]
+    size = dc[F_SIZE, row]
+    opc = dc[F_OPC, row]
     movs = opc <= 0xA5
     step = -size if (st[EFLAGS] & DF) != 0 else size
-    rep = (dc[row, F_PFX] & (PFX_REP | PFX_REPNE)) != 0
-    seg = dc[row, F_SEG]
+    rep = (dc[F_PFX, row] & (PFX_REP | PFX_REPNE)) != 0
+    seg = dc[F_SEG, row]
     n = 0
     while True:
         if rep:

@@ -5,9 +5,10 @@ A machine is five numpy arrays, passed to every kernel in this order::
     mem  uint8[mem_size]        guest-physical memory (one flat array)
     st   int64[ST_SIZE]         architectural + model state, addressed by the names below
     tlb  int64[sets*ways*TLB_FIELDS]  the TLB model (hvsim/mmu), geometry in st[CFG_TLB_*]
-    dc   int64[DC_ENTRIES + 2, DC_FIELDS] the pre-decoded instruction cache (hvsim/cpu/decode);
-                                row DC_ENTRIES is scratch for instructions that are not cached,
-                                row DC_ENTRIES + 1 holds the raw bytes being decoded
+    dc   int64[DC_FIELDS, DC_ENTRIES + 2] the pre-decoded instruction cache (hvsim/cpu/decode),
+                                one column per entry (field-major: see decode.py); entry
+                                DC_ENTRIES is scratch for instructions that are not cached,
+                                entry DC_ENTRIES + 1 holds the raw bytes being decoded
     pg   int64[mem_size >> 12]  one word per 4 KiB physical frame: code flag + generation
 
 All 32-bit architectural values are stored *unsigned* in int64 slots (0 .. 2**32-1);

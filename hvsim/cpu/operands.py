@@ -52,7 +52,7 @@ def user_acc(st):
 @njit(inline="always")
 def ea(st, dc, row):
     """Effective address (offset in the segment) of the decoded memory operand."""
-    return (st[dc[row, F_BASE]] + (st[dc[row, F_INDEX]] << dc[row, F_SCALE]) + dc[row, F_DISP]) & MASK32
+    return (st[dc[F_BASE, row]] + (st[dc[F_INDEX, row]] << dc[F_SCALE, row]) + dc[F_DISP, row]) & MASK32
 
 
 @njit(inline="always")
@@ -80,19 +80,19 @@ def mem_write(mem, st, tlb, pg, seg, off, size, value):
 
 @njit(inline="always")
 def rm_read(mem, st, tlb, pg, dc, row, size):
-    rm = dc[row, F_RM]
+    rm = dc[F_RM, row]
     if rm >= 0:
         return get_reg(st, rm, size)
-    return mem_read(mem, st, tlb, pg, dc[row, F_SEG], ea(st, dc, row), size)
+    return mem_read(mem, st, tlb, pg, dc[F_SEG, row], ea(st, dc, row), size)
 
 
 @njit(inline="always")
 def rm_write(mem, st, tlb, pg, dc, row, size, value):
-    rm = dc[row, F_RM]
+    rm = dc[F_RM, row]
     if rm >= 0:
         set_reg(st, rm, size, value)
     else:
-        mem_write(mem, st, tlb, pg, dc[row, F_SEG], ea(st, dc, row), size, value)
+        mem_write(mem, st, tlb, pg, dc[F_SEG, row], ea(st, dc, row), size, value)
 
 
 @njit(inline="always")

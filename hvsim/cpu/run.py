@@ -233,13 +233,13 @@ def execute_one(mem, st, tlb, dc, pg):
     row = D.lookup(mem, st, tlb, dc, pg, lin, pa)
     if row < 0:
         return
-    n = dc[row, D.F_LEN]
+    n = dc[D.F_LEN, row]
     if eip + n - 1 > st[SEG_LIMIT + SREG_CS]:
         raise_fault(st, GP, 0)
         return
     st[INSN_LEN] = n
     st[EIP] = (eip + n) & MASK32
-    dispatch(mem, st, tlb, pg, dc, row, dc[row, D.F_OP])
+    dispatch(mem, st, tlb, pg, dc, row, dc[D.F_OP, row])
 
 
 @njit
@@ -437,4 +437,4 @@ def run(mem, st, tlb, dc, pg, budget):
 
 
 # a small, typed entry for warm-up and tests
-DC_SHAPE = (D.DC_ENTRIES + 2, DC_FIELDS)
+DC_SHAPE = (DC_FIELDS, D.DC_ENTRIES + 2)

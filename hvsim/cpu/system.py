@@ -184,8 +184,8 @@ def _io_denied(mem, st, tlb, pg, port, size):
 
 @njit
 def op_in(mem, st, tlb, pg, dc, row):           # E4 E5 (port imm8), EC ED (port DX)
-    size = dc[row, F_SIZE]
-    port = dc[row, F_IMM] if dc[row, F_OPC] <= 0xE5 else st[EDX] & 0xFFFF
+    size = dc[F_SIZE, row]
+    port = dc[F_IMM, row] if dc[F_OPC, row] <= 0xE5 else st[EDX] & 0xFFFF
     if _io_denied(mem, st, tlb, pg, port, size):
         return
     st[COUNTERS + C_IO_IN] += 1
@@ -200,8 +200,8 @@ def op_in(mem, st, tlb, pg, dc, row):           # E4 E5 (port imm8), EC ED (port
 
 @njit
 def op_out(mem, st, tlb, pg, dc, row):          # E6 E7 (port imm8), EE EF (port DX)
-    size = dc[row, F_SIZE]
-    port = dc[row, F_IMM] if dc[row, F_OPC] <= 0xE7 else st[EDX] & 0xFFFF
+    size = dc[F_SIZE, row]
+    port = dc[F_IMM, row] if dc[F_OPC, row] <= 0xE7 else st[EDX] & 0xFFFF
     if _io_denied(mem, st, tlb, pg, port, size):
         return
     st[COUNTERS + C_IO_OUT] += 1
@@ -225,7 +225,7 @@ def _soft_int(mem, st, tlb, pg, vector):
 
 @njit
 def op_int(mem, st, tlb, pg, dc, row):          # CD ib: INT n (trap: pushes the next EIP)
-    _soft_int(mem, st, tlb, pg, dc[row, F_IMM])
+    _soft_int(mem, st, tlb, pg, dc[F_IMM, row])
 
 
 @njit
@@ -245,31 +245,31 @@ def op_iret(mem, st, tlb, pg, dc, row):         # CF: IRETD
 
 @njit
 def op_callf(mem, st, tlb, pg, dc, row):        # 9A ptr16:32
-    far_call(mem, st, tlb, pg, dc[row, F_IMM2], dc[row, F_IMM])
+    far_call(mem, st, tlb, pg, dc[F_IMM2, row], dc[F_IMM, row])
     st[ATTN] = 1
 
 
 @njit
 def op_jmpf(mem, st, tlb, pg, dc, row):         # EA ptr16:32
-    far_jmp(mem, st, tlb, pg, dc[row, F_IMM2], dc[row, F_IMM])
+    far_jmp(mem, st, tlb, pg, dc[F_IMM2, row], dc[F_IMM, row])
     st[ATTN] = 1
 
 
 @njit
 def op_retf(mem, st, tlb, pg, dc, row):         # CB, CA iw
-    far_ret(mem, st, tlb, pg, dc[row, F_IMM])
+    far_ret(mem, st, tlb, pg, dc[F_IMM, row])
     st[ATTN] = 1
 
 
 @njit
 def op_grp5(mem, st, tlb, pg, dc, row):         # FF: INC DEC CALL CALLF JMP JMPF PUSH
-    d = dc[row, F_REG]
-    if d == 7 or ((d == 3 or d == 5) and dc[row, F_RM] >= 0):
+    d = dc[F_REG, row]
+    if d == 7 or ((d == 3 or d == 5) and dc[F_RM, row] >= 0):
         raise_fault(st, UD, -1)                  # /7 undefined; far forms need m16:32
         return
     if d == 3 or d == 5:
         off = ea(st, dc, row)
-        seg = dc[row, F_SEG]
+        seg = dc[F_SEG, row]
         target = mem_read(mem, st, tlb, pg, seg, off, 4)
         if st[FAULT_PENDING] != 0:
             return
@@ -307,22 +307,22 @@ def op_grp5(mem, st, tlb, pg, dc, row):         # FF: INC DEC CALL CALLF JMP JMP
 
 @njit
 def op_mov_from_sreg(mem, st, tlb, pg, dc, row):  # 8C: MOV r/m16, Sreg (r32: zero-extended)
-    s = dc[row, F_REG]
+    s = dc[F_REG, row]
     if s > 5:
         raise_fault(st, UD, -1)
         return
     if _sensitive(st):
         return
     sel = st[SEG_SEL + s]
-    if dc[row, F_RM] >= 0:
-        st[dc[row, F_RM]] = sel                  # P6 and later zero the upper 16 bits
+    if dc[F_RM, row] >= 0:
+        st[dc[F_RM, row]] = sel                  # P6 and later zero the upper 16 bits
     else:
         rm_write(mem, st, tlb, pg, dc, row, 2, sel)
 
 
 @njit
 def op_mov_to_sreg(mem, st, tlb, pg, dc, row):    # 8E: MOV Sreg, r/m16 (not CS)
-    s = dc[row, F_REG]
+    s = dc[F_REG, row]
     if s > 5 or s == SREG_CS:
         raise_fault(st, UD, -1)
         return
@@ -355,12 +355,12 @@ def _sreg_of(opc):
 def op_push_sreg(mem, st, tlb, pg, dc, row):    # pushes the selector zero-extended to 32 bits
     if _sensitive(st):
         return
-    push(mem, st, tlb, pg, st[SEG_SEL + _sreg_of(dc[row, F_OPC])])
+    push(mem, st, tlb, pg, st[SEG_SEL + _sreg_of(dc[F_OPC, row])])
 
 
 @njit
 def op_pop_sreg(mem, st, tlb, pg, dc, row):
-    s = _sreg_of(dc[row, F_OPC])
+    s = _sreg_of(dc[F_OPC, row])
     v = pop(mem, st, tlb, pg)
     if st[FAULT_PENDING] != 0:
         return
@@ -375,13 +375,13 @@ def op_pop_sreg(mem, st, tlb, pg, dc, row):
 
 @njit
 def op_grp6(mem, st, tlb, pg, dc, row):         # 0F 00: SLDT STR LLDT LTR VERR VERW
-    d = dc[row, F_REG]
+    d = dc[F_REG, row]
     if d == 0 or d == 1:                          # SLDT, STR: unprivileged, sensitive
         if _sensitive(st):
             return
         sel = st[LDTR_SEL] if d == 0 else st[TR_SEL]
-        if dc[row, F_RM] >= 0:
-            st[dc[row, F_RM]] = sel
+        if dc[F_RM, row] >= 0:
+            st[dc[F_RM, row]] = sel
         else:
             rm_write(mem, st, tlb, pg, dc, row, 2, sel)
         return
@@ -427,8 +427,8 @@ def _write_cr0(mem, st, tlb, value):
 
 @njit
 def op_grp7(mem, st, tlb, pg, dc, row):         # 0F 01: SGDT SIDT LGDT LIDT SMSW LMSW INVLPG (+VMX)
-    d = dc[row, F_REG]
-    rm = dc[row, F_RM]
+    d = dc[F_REG, row]
+    rm = dc[F_RM, row]
     if rm >= 0:
         # register forms: 0F 01 C1 VMCALL, C2 VMLAUNCH, C3 VMRESUME, C4 VMXOFF (d=0); SMSW r; LMSW r
         if d == 4:
@@ -446,7 +446,7 @@ def op_grp7(mem, st, tlb, pg, dc, row):         # 0F 01: SGDT SIDT LGDT LIDT SMS
         raise_fault(st, UD, -1)                  # VMX forms: #UD outside VMX operation
         return
     off = ea(st, dc, row)
-    seg = dc[row, F_SEG]
+    seg = dc[F_SEG, row]
     if d == 0 or d == 1:                          # SGDT / SIDT: store limit16, base32
         if _sensitive(st):
             return
@@ -500,12 +500,12 @@ def op_lar_lsl(mem, st, tlb, pg, dc, row):      # 0F 02 LAR r32, r/m16 ; 0F 03 L
     sel = rm_read(mem, st, tlb, pg, dc, row, 2)
     if st[FAULT_PENDING] != 0:
         return
-    if dc[row, F_OPC] == 0x102:
+    if dc[F_OPC, row] == 0x102:
         v = lar(mem, st, tlb, pg, sel)
     else:
         v = lsl(mem, st, tlb, pg, sel)
     if st[FAULT_PENDING] == 0 and v >= 0:      # v < 0: ZF cleared, destination unchanged
-        st[dc[row, F_REG]] = v
+        st[dc[F_REG, row]] = v
 
 
 @njit
@@ -519,12 +519,12 @@ def op_clts(mem, st, tlb, pg, dc, row):         # 0F 06: privileged
 def op_mov_cr(mem, st, tlb, pg, dc, row):       # 0F 20 (MOV r32, CRn), 0F 22 (MOV CRn, r32)
     if _priv(st):
         return
-    n = dc[row, F_REG]
-    r = dc[row, F_RM]
+    n = dc[F_REG, row]
+    r = dc[F_RM, row]
     if n == 1 or n > 4:
         raise_fault(st, UD, -1)
         return
-    if dc[row, F_OPC] == 0x120:
+    if dc[F_OPC, row] == 0x120:
         st[r] = st[CR0] if n == 0 else st[CR0 + n - 1]     # CR2, CR3, CR4 follow CR0
         return
     v = st[r]
