@@ -19,9 +19,10 @@ What is measured, each in this process unless said otherwise:
 Beside (a)-(c), the same loop's speed in a plain pure-Python interpreter
 (bench/baseline.py, same assembly text) and, for (a) and (b), in Unicorn running the
 same machine-code bytes. Each rate is the best of many short runs (``--seconds``
-split into ``SAMPLES`` runs): on a shared virtual machine the host's other work comes
-in bursts, and the best short run is the steadiest estimate of what the code can do;
-hvsim's median is printed beside it. Targets are printed beside the results; nothing
+split into ``SAMPLES`` runs), taken in rounds that go through every row in turn: on a
+shared virtual machine the host's other work comes in bursts, and the best short run
+is the steadiest estimate of what the code can do; hvsim's median is printed beside
+it. Targets are printed beside the results; nothing
 here asserts a timing.
 """
 from __future__ import annotations
@@ -167,20 +168,6 @@ def write_system_tables(memory, labels):
 SAMPLES = 15   # runs per rate (one with --quick)
 
 
-def sample_rates(fn, repeats):
-    """fn() -> (units, seconds); the units/second of `repeats` calls, sorted."""
-    rates = []
-    for _ in range(repeats):
-        units, seconds = fn()
-        rates.append(units / seconds if seconds > 0 else 0.0)
-    return sorted(rates)
-
-
-def best_rate(fn, repeats):
-    """The best units/second over `repeats` calls of fn() -> (units, seconds)."""
-    return sample_rates(fn, repeats)[-1]
-
-
 def median_note(rates):
     """'median X over N runs' for a note column (empty for a single run)."""
     if len(rates) < 2:
@@ -315,64 +302,58 @@ def measure(args):
     rows = []   # (name, hvsim, target, python, unicorn, verdict, note)
     repeats = 1 if args.quick else SAMPLES
     secs = args.seconds / repeats          # each run; the repeats share --seconds
+    # Every rate below is a probe: a calibrated run, called once per round. The rounds
+    # go through all probes in turn, so a burst of load on the host hits a few runs of
+    # each row rather than every run of one row.
+    probes, notes = {}, {}
 
-    def loop_row(key, name, template, per_iter, fixed, paging=False, with_unicorn=True):
-        note = ""
+    def probe(key, make):
         try:
+            probes[key] = make()
+        except Exception as e:                                          # report, don't hide
+            probes[key] = _err(e)
+
+    def loop_probes(key, template, per_iter, fixed, paging=False, with_unicorn=True):
+        def hv():
             hvsim_loop(template, 1000, paging=paging)                 # compile / load cache
             n = calibrated(lambda k: hvsim_loop(template, k, paging=paging), per_iter, secs)
             expected = per_iter * n + fixed
             executed, _ = hvsim_loop(template, n, paging=paging)
             if executed not in (expected, expected - 1):               # HLT counted or not
-                note = f"counted {executed} instructions, expected {expected}"
-            rates = sample_rates(lambda: hvsim_loop(template, n, paging=paging), repeats)
-            rate = rates[-1]
-            note = "; ".join(x for x in (note, median_note(rates)) if x)
-        except Exception as e:                                          # report, don't hide
-            rate, note = _err(e), ""
-        try:
+                notes[key] = f"counted {executed} instructions, expected {expected}"
+            return lambda: hvsim_loop(template, n, paging=paging)
+
+        def py():
             pn = calibrated(lambda k: python_loop(template, k, paging=paging), per_iter,
                             min(secs, 0.5), start=200)
-            py = best_rate(lambda: python_loop(template, pn, paging=paging), repeats)
-        except Exception as e:
-            py = _err(e)
-        uni = None
+            return lambda: python_loop(template, pn, paging=paging)
+
+        def uc():
+            def one(k):
+                _, dt = unicorn_loop(template, k)
+                return per_iter * k + fixed - 1, dt                   # HLT is not executed
+            un = calibrated(one, per_iter, secs)
+            return lambda: one(un)
+        probe((key, "hvsim"), hv)
+        probe((key, "python"), py)
         if with_unicorn:
-            try:
-                def uc(k):
-                    _, dt = unicorn_loop(template, k)
-                    return per_iter * k + fixed - 1, dt               # HLT is not executed
-                un = calibrated(uc, per_iter, secs)
-                uni = best_rate(lambda: uc(un), repeats)
-            except Exception as e:
-                uni = _err(e)
-        rows.append((name, rate, TARGETS[key], py, uni, note))
+            probe((key, "unicorn"), uc)
 
-    loop_row("alu", "(a) ALU loop, instr/s", ALU_LOOP, ALU_PER_ITER, ALU_FIXED)
-    loop_row("mixed", "(b) mixed loop (load/store, push/pop, call/ret), instr/s",
-             MIXED_LOOP, MIXED_PER_ITER, MIXED_FIXED)
-    loop_row("paging", "(c) mixed loop, paging + TLB on, instr/s",
-             MIXED_LOOP, MIXED_PER_ITER, MIXED_FIXED, paging=True, with_unicorn=False)
+    loop_probes("alu", ALU_LOOP, ALU_PER_ITER, ALU_FIXED)
+    loop_probes("mixed", MIXED_LOOP, MIXED_PER_ITER, MIXED_FIXED)
+    loop_probes("paging", MIXED_LOOP, MIXED_PER_ITER, MIXED_FIXED, paging=True,
+                with_unicorn=False)
 
-    # (d) INT 0x80 system calls, ring 3 <-> ring 0
-    note = ""
-    try:
+    def sys_probe():                   # (d) INT 0x80 system calls, ring 3 <-> ring 0
         def sys_run(k):
             return hvsim_loop(SYSCALL_LOOP, k, exceptions="guest",
                               setup=lambda m, p: write_system_tables(m.memory, p.labels))
         sys_run(100)
         n = calibrated(sys_run, SYSCALL_PER_ITER, secs, start=2000)
-        rates = sample_rates(lambda: sys_run(n), repeats)
-        rate = rates[-1]
-        note = "; ".join(x for x in (
-            f"= {rate / SYSCALL_PER_ITER:.3g} system calls/s ({SYSCALL_PER_ITER} instr each round trip)",
-            median_note(rates)) if x)
-    except Exception as e:
-        rate = _err(e)
-    rows.append(("(d) INT 0x80 system-call loop ring 3 <-> 0, instr/s", rate, None, None, None, note))
+        return lambda: sys_run(n)
+    probe(("sys", "hvsim"), sys_probe)
 
-    # (e) Machine.step()
-    try:
+    def step_probe():                  # (e) Machine.step()
         from hvsim import Machine, assemble
         m = Machine()
         m.load(assemble(ALU_LOOP.format(n=10**9)))
@@ -385,15 +366,10 @@ def measure(args):
             for _ in range(k):
                 m.step()
             return k, time.perf_counter() - t0
-        rates = sample_rates(steps, repeats)
-        rate, note = rates[-1], median_note(rates)
-    except Exception as e:
-        rate, note = _err(e), ""
-    rows.append(("(e) Machine.step() calls/s", rate, TARGETS["step"], None, None, note))
+        return steps
+    probe(("step", "hvsim"), step_probe)
 
-    # (f) trap to Python and back
-    note = ""
-    try:
+    def trap_probe():                  # (f) trap to Python and back
         from hvsim import Machine, assemble
         k = 20_000
 
@@ -412,12 +388,45 @@ def measure(args):
                 raise RuntimeError(f"expected {k} io exits then halt, got {count} then {ev.kind!r}")
             return count, dt
         traps()
-        rates = sample_rates(traps, repeats)
-        rate, note = rates[-1], median_note(rates)
-    except Exception as e:
-        rate = _err(e)
-    rows.append(("(f) trap-to-Python round trips/s (OUT to an unclaimed port)", rate,
-                 TARGETS["traps"], None, None, note))
+        return traps
+    probe(("traps", "hvsim"), trap_probe)
+
+    rates = {key: [] for key, fn in probes.items() if callable(fn)}
+    for _ in range(repeats):
+        for key in list(rates):
+            try:
+                units, seconds = probes[key]()
+                rates[key].append(units / seconds if seconds > 0 else 0.0)
+            except Exception as e:
+                probes[key] = _err(e)
+                del rates[key]
+
+    def best(key):
+        if key not in probes:
+            return None
+        return max(rates[key]) if key in rates else probes[key]
+
+    def note(key, *extra):
+        parts = [notes.get(key[0], "")] + list(extra)
+        if key in rates:
+            parts.append(median_note(sorted(rates[key])))
+        return "; ".join(x for x in parts if x)
+
+    for key, name in (("alu", "(a) ALU loop, instr/s"),
+                      ("mixed", "(b) mixed loop (load/store, push/pop, call/ret), instr/s"),
+                      ("paging", "(c) mixed loop, paging + TLB on, instr/s")):
+        rows.append((name, best((key, "hvsim")), TARGETS[key], best((key, "python")),
+                     best((key, "unicorn")), note((key, "hvsim"))))
+    sys_rate = best(("sys", "hvsim"))
+    calls = (f"= {sys_rate / SYSCALL_PER_ITER:.3g} system calls/s ({SYSCALL_PER_ITER} instr "
+             "each round trip)") if isinstance(sys_rate, float) else ""
+    rows.append(("(d) INT 0x80 system-call loop ring 3 <-> 0, instr/s", sys_rate, None, None,
+                 None, note(("sys", "hvsim"), calls)))
+    rows.append(("(e) Machine.step() calls/s", best(("step", "hvsim")), TARGETS["step"], None,
+                 None, note(("step", "hvsim"))))
+    rows.append(("(f) trap-to-Python round trips/s (OUT to an unclaimed port)",
+                 best(("traps", "hvsim")), TARGETS["traps"], None, None,
+                 note(("traps", "hvsim"))))
 
     # (g) cold compile, (h) warm start: fresh processes
     env = dict(os.environ)
@@ -509,9 +518,9 @@ def markdown(header, table, info, args):
     out = ["# hvsim benchmarks", "",
            "Measured by `make bench` (`python bench/run.py`); every number below comes from one "
            "run on the machine described here. Rates are the best of "
-           f"{1 if args.quick else SAMPLES} runs sharing about {args.seconds:g} s; on a shared "
-           "virtual machine the host's other work comes in bursts, so the note gives hvsim's "
-           "median as well. "
+           f"{1 if args.quick else SAMPLES} runs sharing about {args.seconds:g} s, taken in "
+           "rounds through all rows; on a shared virtual machine the host's other work comes "
+           "in bursts, so the note gives hvsim's median as well. "
            "\"pure Python\" is bench/baseline.py (a dict-dispatch interpreter of the same "
            "assembly text, with fewer checks than hvsim); \"Unicorn\" runs the same machine-code "
            "bytes in Unicorn (QEMU's TCG). Targets are the project's goals, not guarantees.", "",
