@@ -156,7 +156,7 @@ _ENTRY = None
 
 FIRST_COMPILE_NOTICE = (
     "hvsim: compiling the machine's kernels for their first use on this machine "
-    "(a minute or two, once: numba caches them on disk; `hvsim warmup` does it ahead)")
+    "(two or three minutes, once: numba caches them on disk; `hvsim warmup` does it ahead)")
 
 
 def kernel_cache_present():
