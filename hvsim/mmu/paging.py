@@ -125,7 +125,7 @@ def _set_entry_flags(mem, st, pg, pa, entry):
     _smc_check(st, pg, pa >> 12)
 
 
-@njit(_nrt=False)
+@njit(_nrt=False, inline="always")
 def _denied(rights, acc, cr0):
     # SDM Vol. 3A, 4.6.1: user accesses need U/S = 1; user writes need R/W = 1;
     # supervisor writes need R/W = 1 only when CR0.WP = 1. Fetches are reads here (no NX).
