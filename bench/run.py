@@ -22,8 +22,7 @@ same machine-code bytes. Each rate is the best of many short runs (``--seconds``
 split into ``SAMPLES`` runs), taken in rounds that go through every row in turn: on a
 shared virtual machine the host's other work comes in bursts, and the best short run
 is the steadiest estimate of what the code can do; hvsim's median is printed beside
-it. Targets are printed beside the results; nothing
-here asserts a timing.
+it. Targets are printed beside the results; nothing here asserts a timing.
 """
 from __future__ import annotations
 
@@ -554,7 +553,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="one repeat, short runs")
     parser.add_argument("--seconds", type=float, default=None,
-                        help="target duration of each timed run (default 1.0, or 0.3 with --quick)")
+                        help="time each rate gets, shared by its runs (default 1.0, or 0.3 with --quick)")
     parser.add_argument("--no-write", action="store_true", help="print only; do not write BENCHMARKS.md")
     args = parser.parse_args(argv)
     if args.seconds is None:
