@@ -33,8 +33,8 @@ made every loop slower (43 M ALU) and the compile 2.5 times longer, so they stay
 everywhere except in the CPU's operand helpers (:func:`inline_in`), which took loads and
 stores from 78 M to 88 M instructions/s (paging off) and 57-62 M to 62-64 M (paging on).
 Inside those, the TLB probe and the physical read/write are inlined into read_lin and
-write_lin only (:func:`inline_in` naming those two). Measured as two processes pinned to the two cores
-side by side (4 rounds, swapping cores): the mixed loop went from 91-97 M to 108-118 M
+write_lin only (:func:`inline_in` naming those two). Measured as two processes pinned
+to the two cores side by side (4 rounds, swapping cores): the mixed loop went from 91-97 M to 108-118 M
 instructions/s, the mixed loop with paging from 63-72 M to 79-80 M, the ALU loop did not
 move, and the cold compile went from 90 s to 130 s.
 

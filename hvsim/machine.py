@@ -28,7 +28,7 @@ import numpy as np
 
 from hvsim.cpu import layout as L
 from hvsim.cpu import counters as C
-from hvsim.cpu.decode import F_TAG, DC_ENTRIES
+from hvsim.cpu.decode import F_TAG
 from hvsim.cpu.devices import (DEV_CONSOLE, DEV_TIMER_PERIOD, DEV_TIMER_VECTOR, CONSOLE_PORT,
                                TIMER_PORT)
 from hvsim.cpu.exits import (ExitKind, EXIT_BUDGET, EXIT_IO, EXIT_EXCEPTION, EXIT_INTERRUPT,
@@ -189,7 +189,7 @@ def _kernel_entry():
         st = np.zeros(L.ST_SIZE, np.int64)
         st[L.CFG_MEM_SIZE] = 4096
         run(np.zeros(4096, np.uint8), st, np.zeros(L.TLB_FIELDS, np.int64),
-            np.zeros((L.DC_FIELDS, DC_ENTRIES + 2), np.int64), np.zeros(1, np.int64), 0)
+            np.zeros(L.DC_SHAPE, np.int64), np.zeros(1, np.int64), 0)
     _ENTRY = run.overloads[run.signatures[0]].entry_point
     return _ENTRY
 
@@ -517,7 +517,7 @@ class Machine:
         self._mem._on_write = self._flush_decoded
         self._st = np.zeros(L.ST_SIZE, np.int64)
         self._tlb = np.zeros(sets * ways * L.TLB_FIELDS, np.int64)
-        self._dc = np.zeros((L.DC_FIELDS, DC_ENTRIES + 2), np.int64)
+        self._dc = np.zeros(L.DC_SHAPE, np.int64)
         self._pg = np.zeros(memory >> 12, np.int64)
         self._tlb_geometry = (sets, ways, enabled)
         self._decode_cache = bool(decode_cache)

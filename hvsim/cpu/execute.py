@@ -83,7 +83,7 @@ def op_alu_eg(mem, st, tlb, pg, dc, row):       # 00 01 08 09 ... 38 39: op Eb/E
     if st[FAULT_PENDING] != 0:
         return
     r = alu.alu2(st, op, a, get_reg(st, dc[F_REG, row], size), size)
-    if op != 7:
+    if op != alu.OP_CMP:
         rm_write(mem, st, tlb, pg, dc, row, size, r)
 
 
@@ -100,7 +100,7 @@ def op_alu_ge(mem, st, tlb, pg, dc, row):       # 02 03 ... 3A 3B: op Gb/Gv, Eb/
     if st[FAULT_PENDING] != 0:
         return
     r = alu.alu2(st, op, get_reg(st, reg, size), b, size)
-    if op != 7:
+    if op != alu.OP_CMP:
         set_reg(st, reg, size, r)
 
 
@@ -109,7 +109,7 @@ def op_alu_ai(mem, st, tlb, pg, dc, row):       # 04 05 ... 3C 3D: op AL/EAX, im
     size = dc[F_SIZE, row]
     op = (dc[F_OPC, row] >> 3) & 7
     r = alu.alu2(st, op, get_reg(st, EAX, size), dc[F_IMM, row] & alu.mask_of(size), size)
-    if op != 7:
+    if op != alu.OP_CMP:
         set_reg(st, EAX, size, r)
 
 
@@ -125,7 +125,7 @@ def op_grp1(mem, st, tlb, pg, dc, row):         # 80 81 83 /digit: op Eb/Ev, imm
     if st[FAULT_PENDING] != 0:
         return
     r = alu.alu2(st, op, a, dc[F_IMM, row] & alu.mask_of(size), size)
-    if op != 7:
+    if op != alu.OP_CMP:
         rm_write(mem, st, tlb, pg, dc, row, size, r)
 
 

@@ -177,6 +177,7 @@ TLB_FIELDS = 4       # tag, frame, flags, lru stamp
 # --- decode-cache layout (dc array; hvsim/cpu/decode.py owns the meaning) ------------------
 DC_ENTRIES = 1 << 14
 DC_FIELDS = 16
+DC_SHAPE = (DC_FIELDS, DC_ENTRIES + 2)   # field-major: dc[field, entry] (decode.py)
 
 # --- physical page word (pg array) ------------------------------------------------------
 PG_CODE = 1          # bit 0: a decoded instruction was cached from this frame

@@ -26,7 +26,7 @@ from hvsim.cpu.layout import (
     FAULT_ADDR, FAULT_EXCEPTION, FAULT_BUS, INSN_EIP, INSN_LEN, HALTED, INT_SHADOW,
     IRQ_PENDING, TIMER_PERIOD, TIMER_NEXT, TIMER_VECTOR, ATTN, NO_RETIRE, SHUTDOWN, BP_COUNT,
     BP_LIST, ROUTE, ROUTE_HOST, COUNTERS, EXIT_KIND, EXIT_VECTOR, EXIT_ERROR, EXIT_EIP,
-    EXIT_ADDR, EXIT_LEN, EXIT_CPL, EXIT_STEPS, EXIT_SOURCE, DC_FIELDS, STEP_TRAP,
+    EXIT_ADDR, EXIT_LEN, EXIT_CPL, EXIT_STEPS, EXIT_SOURCE, STEP_TRAP,
     CFG_TLB_ENABLED,
 )
 from hvsim.mmu.paging import translate
@@ -434,7 +434,3 @@ def run(mem, st, tlb, dc, pg, budget):
         if retired != 0:
             st[COUNTERS + C_INSN] += retired
             st[COUNTERS + C_INSN_RING + cpl] += retired
-
-
-# a small, typed entry for warm-up and tests
-DC_SHAPE = (DC_FIELDS, D.DC_ENTRIES + 2)
