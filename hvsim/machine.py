@@ -156,7 +156,8 @@ _ENTRY = None
 
 FIRST_COMPILE_NOTICE = (
     "hvsim: compiling the machine's kernels for their first use on this machine "
-    "(two or three minutes, once: numba caches them on disk; `hvsim warmup` does it ahead)")
+    "(about two minutes on two cores, once: numba caches them on disk; `hvsim warmup` "
+    "does it ahead)")
 
 
 def kernel_cache_present():
@@ -184,12 +185,19 @@ def _kernel_entry():
         _ENTRY = run
         return run
     if not run.signatures:
+        helper = None
         if kernel_cache_present() is False:
             print(FIRST_COMPILE_NOTICE, file=sys.stderr, flush=True)
-        st = np.zeros(L.ST_SIZE, np.int64)
-        st[L.CFG_MEM_SIZE] = 4096
-        run(np.zeros(4096, np.uint8), st, np.zeros(L.TLB_FIELDS, np.int64),
-            np.zeros(L.DC_SHAPE, np.int64), np.zeros(1, np.int64), 0)
+            from hvsim.warmup import start_compile_helper
+            helper = start_compile_helper()
+        try:
+            st = np.zeros(L.ST_SIZE, np.int64)
+            st[L.CFG_MEM_SIZE] = 4096
+            run(np.zeros(4096, np.uint8), st, np.zeros(L.TLB_FIELDS, np.int64),
+                np.zeros(L.DC_SHAPE, np.int64), np.zeros(1, np.int64), 0)
+        finally:
+            from hvsim.warmup import stop_compile_helper
+            stop_compile_helper(helper)
     _ENTRY = run.overloads[run.signatures[0]].entry_point
     return _ENTRY
 

@@ -8,9 +8,18 @@ off, an exit to the host, an exception routed either way, a timer interrupt,
 snapshot/restore), which compiles the whole jitted call graph below them.
 
 ``hvsim warmup`` (and ``make test`` / ``make lab`` / Binder's postBuild) call it.
+
+A cold compile uses a second process when there is a second core: see
+:func:`start_compile_helper`.
 """
 from __future__ import annotations
 
+import importlib
+import inspect
+import os
+import pkgutil
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -139,3 +148,101 @@ def warmup() -> float:
     tables = install(m)
     _expect("TR after install()", int(m.cpu.tr), tables.tss_selector)
     return time.perf_counter() - t0
+
+
+# ---- a second process for the cold compile -------------------------------------------
+#
+# numba compiles ``run`` on one thread: its own body (with the hot handlers inlined into
+# it) and, one after another as its type inference meets them, every kernel it calls
+# rather than inlines. Those callees were 124 of the 210 s of a cold ``hvsim warmup``
+# (timed per kernel with numba's compile events), and each is written to the disk cache
+# as soon as it is compiled -- and numba looks in the disk cache before it compiles a
+# callee. So a helper process that compiles the callees, starting with the ones ``run``
+# reaches last, takes that work to the second core; ``run`` loads what the helper has
+# finished and compiles the rest itself.
+
+def _argument_types():
+    """numba type of each kernel parameter, by name: the run loop's five arrays, one
+    flag, and int64 for every other scalar (what the kernels are compiled for when the
+    run loop calls them; tests/test_jit_policy.py checks it against numba's cache)."""
+    from numba import types
+    from hvsim.cpu.layout import DC_SHAPE
+    i64 = types.Array(types.int64, 1, "C")
+    return {"mem": types.Array(types.uint8, 1, "C"), "st": i64, "tlb": i64, "pg": i64,
+            "dc": types.Array(types.int64, len(DC_SHAPE), "C"), "wide_nonzero": types.boolean}
+
+
+def kernel_plan():
+    """``[(name, dispatcher, argument types)]``: every kernel that is compiled on its own
+    (not marked ``inline="always"``), except ``run`` itself, in the order the helper
+    compiles them -- the handlers from the last one ``run`` dispatches to back to the
+    first, then the other kernels from the last module to the first."""
+    from numba.core.registry import CPUDispatcher
+    from hvsim._jit import _KERNEL_PACKAGES, FACE_MODULES
+    from hvsim.cpu import run as run_module
+    types_by_name = _argument_types()
+    from numba import types
+    found = {}
+    for pkg in _KERNEL_PACKAGES:
+        package = importlib.import_module(f"hvsim.{pkg}")
+        for info in pkgutil.iter_modules(package.__path__, f"hvsim.{pkg}."):
+            rel = info.name[len("hvsim."):].replace(".", "/") + ".py"
+            if rel in FACE_MODULES:
+                continue
+            module = importlib.import_module(info.name)
+            for name, obj in vars(module).items():
+                if (isinstance(obj, CPUDispatcher) and obj.py_func.__module__ == module.__name__
+                        and obj.targetoptions.get("inline", "never") != "always"
+                        and obj is not run_module.run):
+                    params = inspect.signature(obj.py_func).parameters
+                    sig = tuple(types_by_name.get(p, types.int64) for p in params)
+                    found[f"{module.__name__}.{name}"] = (obj, sig)
+    dispatched = [n for n in run_module.dispatch.py_func.__code__.co_names if n.startswith("op_")]
+    rank = {n: i for i, n in enumerate(dispatched)}
+    names = list(found)
+    handlers = sorted((n for n in names if n.rsplit(".", 1)[1] in rank),
+                      key=lambda n: -rank[n.rsplit(".", 1)[1]])
+    others = [n for n in reversed(names) if n not in handlers]
+    return [(n, *found[n]) for n in handlers + others]
+
+
+def compile_plan() -> None:
+    """The helper's work: compile (into the disk cache) every kernel of :func:`kernel_plan`."""
+    for _name, dispatcher, sig in kernel_plan():
+        dispatcher.compile(sig)
+
+
+def start_compile_helper():
+    """Start the helper process for a cold compile; returns it, or None on one core or
+    when ``HVSIM_COMPILE_HELPER=0`` is set.
+
+    The caller stops it with :func:`stop_compile_helper` once ``run`` is compiled. The
+    helper only adds files to the cache, and numba writes each through a temporary file
+    and a rename: stopping it mid-compile loses its unfinished kernel and at worst leaves
+    a stray temporary file, which numba never reads.
+    """
+    if os.environ.get("HVSIM_COMPILE_HELPER", "1") == "0":
+        return None
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:                   # not Linux
+        cores = os.cpu_count() or 1
+    if cores < 2:
+        return None
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-c", "from hvsim.warmup import compile_plan; compile_plan()"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    except OSError:
+        return None
+
+
+def stop_compile_helper(helper) -> None:
+    if helper is None:
+        return
+    helper.terminate()
+    try:
+        helper.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        helper.kill()
+        helper.wait()

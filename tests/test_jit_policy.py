@@ -148,12 +148,69 @@ class _UncompiledRun:
         self.overloads["sig"] = types.SimpleNamespace(entry_point="compiled entry")
 
 
-def test_the_first_call_prints_the_notice_exactly_when_the_cache_is_empty(monkeypatch, capsys):
+def test_the_first_call_prints_the_notice_and_starts_the_helper_exactly_when_the_cache_is_empty(
+        monkeypatch, capsys):
     import hvsim.cpu.run
     import hvsim.machine as M
+    import hvsim.warmup as W
+    calls = []
+    monkeypatch.setattr(W, "start_compile_helper", lambda: calls.append("start") or "helper")
+    monkeypatch.setattr(W, "stop_compile_helper", lambda h: calls.append(("stop", h)))
     for present, printed in ((False, True), (True, False), (None, False)):
+        calls.clear()
         monkeypatch.setattr(hvsim.cpu.run, "run", _UncompiledRun())
         monkeypatch.setattr(M, "_ENTRY", None)
         monkeypatch.setattr(M, "kernel_cache_present", lambda: present)
         assert M._kernel_entry() == "compiled entry"
         assert (M.FIRST_COMPILE_NOTICE in capsys.readouterr().err) is printed, present
+        assert calls == (["start", ("stop", "helper")] if printed else [("stop", None)]), present
+
+
+def _cached_signatures(dispatcher):
+    return {key[0] for key in dispatcher._cache._cache_file._load_index()}
+
+
+def test_the_compile_helper_plans_what_the_run_loop_compiles_with_the_same_types():
+    """Every kernel in numba's cache (`make test` warmed it) is in the helper's plan with
+    the argument types numba compiled it for, and the plan holds nothing else but three
+    kernels that only the tests call: so the helper's work is never wasted or repeated."""
+    from numba.core.registry import CPUDispatcher
+    from hvsim.warmup import kernel_plan
+    import hvsim.cpu.run as R
+    plan = kernel_plan()
+    names = [n for n, _, _ in plan]
+    assert len(names) == len(set(names)) and "hvsim.cpu.run.run" not in names
+    assert _cached_signatures(R.run)                  # the cache is warm
+    never_cached = []
+    for name, dispatcher, sig in plan:
+        assert isinstance(dispatcher, CPUDispatcher)
+        assert dispatcher.targetoptions.get("inline") != "always", name
+        cached = _cached_signatures(dispatcher)
+        if cached:
+            assert sig in cached, (name, sig, cached)
+        else:
+            never_cached.append(name.rsplit(".", 1)[1])
+    assert sorted(never_cached) == ["big_stack", "pop32", "push32"]
+    # the handlers come first, from the last one the run loop dispatches to
+    assert names[0] == "hvsim.cpu.system.op_ud" and names[1] == "hvsim.cpu.system.op_vmx"
+    assert len(plan) > 150
+
+
+def test_the_helper_process_fills_an_empty_cache_and_stops_when_asked(tmp_path, monkeypatch):
+    import time
+    from hvsim.warmup import start_compile_helper, stop_compile_helper
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("HVSIM_COMPILE_HELPER", "0")
+    assert start_compile_helper() is None
+    monkeypatch.setenv("HVSIM_COMPILE_HELPER", "1")
+    helper = start_compile_helper()
+    if helper is None:                                   # a one-core machine
+        return
+    # the last kernels of the plan are the small ALU ones; wait for the first handler
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.rglob("system.op_ud-*.nbi")) and time.monotonic() < deadline:
+        assert helper.poll() is None
+        time.sleep(0.2)
+    stop_compile_helper(helper)
+    assert helper.returncode is not None
+    assert list(tmp_path.rglob("system.op_ud-*.nbc"))   # compiled, written to this cache
