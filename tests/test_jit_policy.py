@@ -23,6 +23,29 @@ def test_sources_hash_covers_folded_constants_but_not_python_faces(tmp_path, mon
     assert J.sources_hash() != h0
 
 
+def test_a_stale_stamp_drops_hvsims_kernels_from_a_numba_cache_dir_and_nothing_else(
+        tmp_path, monkeypatch):
+    """With NUMBA_CACHE_DIR set, numba files kernels under <dir>/<folder>_<sha1 of path>."""
+    from numba.core.caching import _CacheLocator
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path))
+    ours = [tmp_path / _CacheLocator.get_suitable_cache_subpath(str(J._PACKAGE / pkg / "x.py"))
+            for pkg in ("cpu", "mmu", "rings")]
+    theirs = tmp_path / _CacheLocator.get_suitable_cache_subpath("/elsewhere/cpu/x.py")
+    for d in ours + [theirs]:
+        d.mkdir()
+        (d / "k.f-1.py311.nbi").write_bytes(b"i")
+        (d / "k.f-1.py311.1.nbc").write_bytes(b"c")
+    (tmp_path / J._STAMP_NAME).write_text("an older hash")
+    J._invalidate_stale_cache()
+    assert [p.name for d in ours for p in d.iterdir()] == []
+    assert sorted(p.name for p in theirs.iterdir()) == ["k.f-1.py311.1.nbc", "k.f-1.py311.nbi"]
+    assert (tmp_path / J._STAMP_NAME).read_text() == J.sources_hash()
+    for d in ours:                                   # a current stamp keeps what is cached
+        (d / "k.f-1.py311.nbi").write_bytes(b"i")
+    J._invalidate_stale_cache()
+    assert all((d / "k.f-1.py311.nbi").exists() for d in ours)
+
+
 def test_face_modules_inside_kernel_packages_hold_no_kernels():
     """A face left out of the hash must not be compiled, nor be imported by a kernel module."""
     kernel_files = [p for pkg in J._KERNEL_PACKAGES for p in (J._PACKAGE / pkg).rglob("*.py")
@@ -214,3 +237,26 @@ def test_the_helper_process_fills_an_empty_cache_and_stops_when_asked(tmp_path, 
     stop_compile_helper(helper)
     assert helper.returncode is not None
     assert list(tmp_path.rglob("system.op_ud-*.nbc"))   # compiled, written to this cache
+
+
+def test_the_ssa_pass_gives_numbas_own_ir():
+    """hvsim's SSA reconstruction against numba's own, on the IR of real kernels."""
+    import copy
+    from numba.core import ssa
+    from numba.core.compiler import run_frontend
+    from hvsim.cpu import decode, run, system
+    from hvsim.rings import interrupts
+    assert ssa._run_ssa is J._run_ssa_touching_only_mentioning_blocks
+
+    def dump(blocks):
+        return [(label, [str(s) for s in blk.body]) for label, blk in blocks.items()]
+
+    fixed = 0
+    for kernel in (run.run, decode.decode, interrupts.deliver_once, system.op_grp5):
+        blocks = run_frontend(kernel.py_func).blocks
+        fixed += len(ssa._find_defs_violators(blocks, ssa.compute_cfg_from_blocks(blocks)))
+        theirs = J._numba_run_ssa(copy.deepcopy(blocks))
+        ours = J._run_ssa_touching_only_mentioning_blocks(blocks)
+        assert dump(ours) == dump(theirs), kernel
+        assert any("phi(" in str(s) for blk in ours.values() for s in blk.body)
+    assert fixed > 30                                  # the kernels do redefine variables
