@@ -59,7 +59,7 @@ import os
 import pathlib
 
 import numba
-from numba.core import errors, inline_closurecall, ir, ssa, types
+from numba.core import analysis, errors, inline_closurecall, ir, ir_utils, ssa, types
 from numba.core.caching import _CacheLocator
 
 _OPTIONS = dict(cache=True, nogil=True, boundscheck=False, error_model="numpy", _nrt=False)
@@ -237,6 +237,74 @@ if _numba_run_ssa is not None and all(
                                   "_make_states", "_FreshVarHandler", "_FixSSAVars",
                                   "_compute_phi_locations", "_run_ssa_block_pass")):
     ssa._run_ssa = _run_ssa_touching_only_mentioning_blocks
+
+
+def _compute_live_map_with_bitsets(cfg, blocks, var_use_map, var_def_map):
+    """numba's liveness analysis (0.68, ``numba.core.analysis.compute_live_map``) on
+    bitsets: the variables live at the entry of each block.
+
+    numba computes, block by block, the set of variables defined on some path to it, as
+    Python sets of names; in a function of 1,300 blocks and thousands of variables such
+    as ``run``, each pass unions sets of thousands of names per block, and numba runs
+    the analysis after every inlining round and rewrite (over 800 times for ``run``).
+    Here each set is a Python int with one bit per variable, and the same two fix-point
+    passes (definitions reaching forward, then liveness backward, in numba's block
+    order) run on those. Both solve the same monotone equations from the same start, so
+    the least fix point -- the result -- is the same; tests/test_jit_policy.py compares
+    the two on real kernels.
+    """
+    index = {}
+
+    def bits(names):
+        mask = 0
+        for name in names:
+            i = index.get(name)
+            if i is None:
+                i = index[name] = len(index)
+            mask |= 1 << i
+        return mask
+
+    uses = {b: bits(v) for b, v in var_use_map.items()}
+    defs = {b: bits(v) for b, v in var_def_map.items()}
+    order = cfg.topo_order()
+    reach = {}
+    changed = True
+    while changed:                           # definitions (and uses) reaching each block
+        changed = False
+        for b in order:
+            here = reach.get(b, 0) | defs[b] | uses[b]
+            reach[b] = here
+            for succ, _ in cfg.successors(b):
+                before = reach.get(succ, 0)
+                if before | here != before:
+                    reach[succ] = before | here
+                    changed = True
+    live = {b: uses[b] for b in blocks}
+    changed = True
+    while changed:                           # a use keeps a variable live back to its definition
+        changed = False
+        for b in reversed(order):
+            here = live[b]
+            for pred, _ in cfg.predecessors(b):
+                add = here & reach.get(pred, 0) & ~defs[pred]
+                if add & ~live[pred]:
+                    live[pred] |= add
+                    changed = True
+    names = list(index)
+    out = {}
+    for b, mask in live.items():
+        found = set()
+        while mask:
+            low = mask & -mask
+            found.add(names[low.bit_length() - 1])
+            mask ^= low
+        out[b] = found
+    return out
+
+
+_numba_compute_live_map = analysis.compute_live_map
+if getattr(ir_utils, "compute_live_map", None) is _numba_compute_live_map:
+    analysis.compute_live_map = ir_utils.compute_live_map = _compute_live_map_with_bitsets
 
 
 def inline_in(*places):

@@ -260,3 +260,24 @@ def test_the_ssa_pass_gives_numbas_own_ir():
         assert dump(ours) == dump(theirs), kernel
         assert any("phi(" in str(s) for blk in ours.values() for s in blk.body)
     assert fixed > 30                                  # the kernels do redefine variables
+
+
+def test_the_liveness_analysis_gives_numbas_own_live_map():
+    """hvsim's bitset liveness against numba's own, on the IR of real kernels (after SSA,
+    as numba's later passes see it)."""
+    from numba.core import analysis, ir_utils, ssa
+    from numba.core.compiler import run_frontend
+    from hvsim.cpu import decode, run, system
+    from hvsim.rings import interrupts
+    assert analysis.compute_live_map is J._compute_live_map_with_bitsets
+    assert ir_utils.compute_live_map is J._compute_live_map_with_bitsets
+    live_somewhere = 0
+    for kernel in (run.run, decode.decode, interrupts.deliver_once, system.op_grp5):
+        blocks = ssa._run_ssa(run_frontend(kernel.py_func).blocks)
+        cfg = analysis.compute_cfg_from_blocks(blocks)
+        usedefs = analysis.compute_use_defs(blocks)
+        ours = J._compute_live_map_with_bitsets(cfg, blocks, usedefs.usemap, usedefs.defmap)
+        theirs = J._numba_compute_live_map(cfg, blocks, usedefs.usemap, usedefs.defmap)
+        assert list(ours) == list(theirs) and ours == theirs, kernel
+        live_somewhere += sum(len(v) for v in ours.values())
+    assert live_somewhere > 500                  # variables do live across blocks
