@@ -156,8 +156,7 @@ _ENTRY = None
 
 FIRST_COMPILE_NOTICE = (
     "hvsim: compiling the machine's kernels for their first use on this machine "
-    "(about two minutes on two cores, once: numba caches them on disk; `hvsim warmup` "
-    "does it ahead)")
+    "(a minute or two, once: numba caches them on disk; `hvsim warmup` does it ahead)")
 
 
 def kernel_cache_present():
