@@ -238,6 +238,7 @@ def start_compile_helper():
 
 
 def stop_compile_helper(helper) -> None:
+    """Stop the helper (None: nothing to stop) and reap it."""
     if helper is None:
         return
     helper.terminate()
