@@ -13,7 +13,8 @@ What is measured, each in this process unless said otherwise:
 (f) trap-to-Python round trips/s: a loop doing ``out 0x80, al`` to a port no device
     claims; every OUT leaves ``run()`` as an 'io' event and Python resumes the guest;
 (g) cold compile: a fresh process with NUMBA_CACHE_DIR pointed at an empty folder runs
-    ``hvsim warmup`` (wall time of the whole process);
+    ``hvsim warmup`` (wall time of the whole process, whose helper process compiles
+    alongside it on a second core);
 (h) warm start: a fresh process imports hvsim and runs a tiny program (cache warm).
 
 Beside (a)-(c), the same loop's speed in a plain pure-Python interpreter
@@ -543,7 +544,8 @@ def markdown(header, table, info, args):
             "- (e) `Machine.step()` on the ALU loop",
             "- (f) `out 0x80, al` in a loop: each OUT exits `run()` as an 'io' event and Python "
             "calls `run()` again",
-            "- (g) `python -m hvsim warmup` with `NUMBA_CACHE_DIR` set to an empty folder",
+            "- (g) `python -m hvsim warmup` with `NUMBA_CACHE_DIR` set to an empty folder (on two "
+            "or more cores it starts its helper process, which compiles alongside: hvsim/warmup.py)",
             "- (h) `python -c \"import hvsim; ...run a two-instruction program\"` with the cache warm",
             ""]
     return "\n".join(out)
