@@ -17,6 +17,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import os
+import pathlib
 import pkgutil
 import subprocess
 import sys
@@ -229,10 +230,15 @@ def start_compile_helper():
         cores = os.cpu_count() or 1
     if cores < 2:
         return None
+    # the helper must import this same hvsim (numba files its cache by source path)
+    here = str(pathlib.Path(__file__).resolve().parent.parent)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [here] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
     try:
         return subprocess.Popen(
             [sys.executable, "-c", "from hvsim.warmup import compile_plan; compile_plan()"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL)
     except OSError:
         return None
 
