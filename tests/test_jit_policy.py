@@ -284,3 +284,20 @@ def test_the_liveness_analysis_gives_numbas_own_live_map():
         assert list(ours) == list(theirs) and ours == theirs, kernel
         live_somewhere += sum(len(v) for v in ours.values())
     assert live_somewhere > 500                  # variables do live across blocks
+
+
+def test_compile_flags_hash_and_compare_as_numba_defines_them():
+    from numba.core import targetconfig
+    from numba.core.compiler import Flags
+    assert targetconfig.TargetConfig.values is J._target_config_values
+    plain, a, b = Flags(), Flags(), Flags()
+    a.nrt = True
+    a.error_model = "numpy"
+    b.nrt = True
+    b.error_model = "numpy"
+    for flags in (plain, a, b):
+        assert J._target_config_values(flags) == J._numba_target_config_values(flags)
+        assert hash(flags) == J._numba_target_config_hash(flags)
+    assert a.values()["nrt"] is True and plain.values()["nrt"] is False
+    assert a == b and a != plain and hash(a) == hash(plain)       # numba hashes names only
+    assert len({a: 1, b: 2, plain: 3}) == 2
