@@ -39,7 +39,7 @@ instructions/s, the mixed loop with paging from 63-72 M to 79-80 M, the ALU loop
 move, and the cold compile went from 90 s to 130 s.
 
 Compile time is numba's front end, not LLVM (LLVM at -O1 or -O2 compiled no faster).
-Four numba behaviours are corrected here. Constants passed to a kernel that is called,
+Five numba behaviours are corrected here. Constants passed to a kernel that is called,
 not inlined, no longer multiply its compiled versions (:func:`_one_overload_per_type`):
 280 compiled functions became 179 and the cold ``hvsim warmup`` went from 218 s to
 182 s, run side by side. The inliner's IR copies no longer copy the whole variable
@@ -49,9 +49,10 @@ reconstruction visits, for each variable it renames, only the blocks that mentio
 (:func:`_run_ssa_touching_only_mentioning_blocks`): on ``run`` it took 0.5 s instead of
 12.6 s, with the same IR out. The liveness analysis numba reruns after every inlining
 round works on bitsets (:func:`_compute_live_map_with_bitsets`): 2.0 s instead of 30.2 s
-over the 4,677 analyses of a cold warmup, every live map the same. Together these took
-the cold warmup from 117 s to 87 s; a helper process on the second core (hvsim/warmup.py)
-had taken it from 212 s to 117 s.
+over the 4,677 analyses of a cold warmup, every live map the same. Compile flags hash
+and compare without their option properties (:func:`_target_config_values`). With a
+helper process on the second core (hvsim/warmup.py), which had taken the cold warmup
+from 212 s to 117 s, these three took it to 72 s (137 s in one process).
 
 Set ``NUMBA_DISABLE_JIT=1`` to run every kernel as plain Python (slow, but with
 readable tracebacks and line coverage).
@@ -339,8 +340,9 @@ def _target_config_hash(self):
 # properties; tests/test_jit_policy.py compares them with numba's.
 _numba_target_config_values = targetconfig.TargetConfig.values
 _numba_target_config_hash = targetconfig.TargetConfig.__hash__
-targetconfig.TargetConfig.values = _target_config_values
-targetconfig.TargetConfig.__hash__ = _target_config_hash
+if "_values" in getattr(targetconfig.TargetConfig, "__slots__", ()):   # the layout read above
+    targetconfig.TargetConfig.values = _target_config_values
+    targetconfig.TargetConfig.__hash__ = _target_config_hash
 
 
 def inline_in(*places):
