@@ -81,6 +81,12 @@ _KERNEL_PACKAGES = ("cpu", "mmu", "rings", "vtx", "paravirt")
 FACE_MODULES = ("rings/setup.py", "rings/monitor.py")
 
 
+def kernel_sources():
+    """Every source file of the kernel packages except the faces, sorted."""
+    return sorted(p for pkg in _KERNEL_PACKAGES for p in (_PACKAGE / pkg).rglob("*.py")
+                  if p.relative_to(_PACKAGE).as_posix() not in FACE_MODULES)
+
+
 def sources_hash() -> str:
     """SHA-256 over every source a kernel can depend on.
 
@@ -89,40 +95,38 @@ def sources_hash() -> str:
     packages count, except the faces listed in ``FACE_MODULES``.
     """
     h = hashlib.sha256()
-    files = [_PACKAGE / "_jit.py"] + sorted(
-        p for pkg in _KERNEL_PACKAGES for p in (_PACKAGE / pkg).rglob("*.py"))
-    for p in files:
-        rel = p.relative_to(_PACKAGE).as_posix()
-        if rel in FACE_MODULES:
-            continue
-        h.update(rel.encode())
+    for p in [_PACKAGE / "_jit.py"] + kernel_sources():
+        h.update(p.relative_to(_PACKAGE).as_posix().encode())
         h.update(p.read_bytes())
     return h.hexdigest()
 
 
-def _cache_files():
-    """The folder holding the stamp, and every cached kernel file of hvsim's kernel packages."""
+def _cache_root():
+    """The folder numba caches hvsim's kernels under, where the sources stamp lives."""
     custom = os.environ.get("NUMBA_CACHE_DIR")
-    if custom:
+    return pathlib.Path(custom) if custom else _PACKAGE / "__pycache__"
+
+
+def _cached_kernel_files():
+    """Every file numba cached for a kernel of hvsim's kernel packages."""
+    if os.environ.get("NUMBA_CACHE_DIR"):
         # numba keeps the kernels of each source folder in <NUMBA_CACHE_DIR>/<folder>_<sha1
         # of the folder's path> (its _UserProvidedCacheLocator): only those are hvsim's
-        root = pathlib.Path(custom)
-        folders = {p.parent for pkg in _KERNEL_PACKAGES for p in (_PACKAGE / pkg).rglob("*.py")}
+        root = _cache_root()
+        folders = {p.parent for p in kernel_sources()}
         subdirs = [root / _CacheLocator.get_suitable_cache_subpath(str(f / "x.py")) for f in folders]
-        return root, [p for d in subdirs if d.is_dir() for p in d.iterdir()
-                      if p.suffix in (".nbi", ".nbc")]
-    return _PACKAGE / "__pycache__", [p for p in _PACKAGE.rglob("__pycache__/*")
-                                      if p.suffix in (".nbi", ".nbc")]
+        return [p for d in subdirs if d.is_dir() for p in d.iterdir() if p.suffix in (".nbi", ".nbc")]
+    return [p for p in _PACKAGE.rglob("__pycache__/*") if p.suffix in (".nbi", ".nbc")]
 
 
 def _invalidate_stale_cache():
     try:
-        root, files = _cache_files()
+        root = _cache_root()
         stamp = root / _STAMP_NAME
         current = sources_hash()
         if stamp.exists() and stamp.read_text() == current:
             return
-        for f in files:
+        for f in _cached_kernel_files():
             f.unlink(missing_ok=True)
         root.mkdir(parents=True, exist_ok=True)
         stamp.write_text(current)

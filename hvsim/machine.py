@@ -184,10 +184,10 @@ def _kernel_entry():
         _ENTRY = run
         return run
     if not run.signatures:
+        from hvsim.warmup import start_compile_helper, stop_compile_helper
         helper = None
         if kernel_cache_present() is False:
             print(FIRST_COMPILE_NOTICE, file=sys.stderr, flush=True)
-            from hvsim.warmup import start_compile_helper
             helper = start_compile_helper()
         try:
             st = np.zeros(L.ST_SIZE, np.int64)
@@ -195,7 +195,6 @@ def _kernel_entry():
             run(np.zeros(4096, np.uint8), st, np.zeros(L.TLB_FIELDS, np.int64),
                 np.zeros(L.DC_SHAPE, np.int64), np.zeros(1, np.int64), 0)
         finally:
-            from hvsim.warmup import stop_compile_helper
             stop_compile_helper(helper)
     _ENTRY = run.overloads[run.signatures[0]].entry_point
     return _ENTRY

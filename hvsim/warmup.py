@@ -18,7 +18,6 @@ import importlib
 import inspect
 import os
 import pathlib
-import pkgutil
 import subprocess
 import sys
 import time
@@ -178,26 +177,22 @@ def kernel_plan():
     (not marked ``inline="always"``), except ``run`` itself, in the order the helper
     compiles them -- the handlers from the last one ``run`` dispatches to back to the
     first, then the other kernels from the last module to the first."""
+    from numba import types
     from numba.core.registry import CPUDispatcher
-    from hvsim._jit import _KERNEL_PACKAGES, FACE_MODULES
+    from hvsim._jit import _PACKAGE, kernel_sources
     from hvsim.cpu import run as run_module
     types_by_name = _argument_types()
-    from numba import types
     found = {}
-    for pkg in _KERNEL_PACKAGES:
-        package = importlib.import_module(f"hvsim.{pkg}")
-        for info in pkgutil.iter_modules(package.__path__, f"hvsim.{pkg}."):
-            rel = info.name[len("hvsim."):].replace(".", "/") + ".py"
-            if rel in FACE_MODULES:
-                continue
-            module = importlib.import_module(info.name)
-            for name, obj in vars(module).items():
-                if (isinstance(obj, CPUDispatcher) and obj.py_func.__module__ == module.__name__
-                        and obj.targetoptions.get("inline", "never") != "always"
-                        and obj is not run_module.run):
-                    params = inspect.signature(obj.py_func).parameters
-                    sig = tuple(types_by_name.get(p, types.int64) for p in params)
-                    found[f"{module.__name__}.{name}"] = (obj, sig)
+    for path in kernel_sources():
+        rel = path.relative_to(_PACKAGE.parent).with_suffix("")
+        module = importlib.import_module(".".join(rel.parts).removesuffix(".__init__"))
+        for name, obj in vars(module).items():
+            if (isinstance(obj, CPUDispatcher) and obj.py_func.__module__ == module.__name__
+                    and obj.targetoptions.get("inline", "never") != "always"
+                    and obj is not run_module.run):
+                params = inspect.signature(obj.py_func).parameters
+                sig = tuple(types_by_name.get(p, types.int64) for p in params)
+                found[f"{module.__name__}.{name}"] = (obj, sig)
     dispatched = [n for n in run_module.dispatch.py_func.__code__.co_names if n.startswith("op_")]
     rank = {n: i for i, n in enumerate(dispatched)}
     names = list(found)
