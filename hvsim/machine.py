@@ -28,12 +28,14 @@ import numpy as np
 
 from hvsim.cpu import layout as L
 from hvsim.cpu import counters as C
+from hvsim.cpu.blocks import F_BLK
 from hvsim.cpu.decode import F_TAG
 from hvsim.cpu.devices import (DEV_CONSOLE, DEV_TIMER_PERIOD, DEV_TIMER_VECTOR, CONSOLE_PORT,
                                TIMER_PORT)
 from hvsim.cpu.exits import (ExitKind, EXIT_BUDGET, EXIT_IO, EXIT_EXCEPTION, EXIT_INTERRUPT,
-                             EXIT_BUS_ERROR)
+                             EXIT_BUS_ERROR, EXIT_TRANSLATE)
 from hvsim.cpu.flags import FIXED1, IOPL_SHIFT, Flag
+from hvsim.cpu.translate import translate as _translate
 from hvsim.cpu.cr import CR0_PE, CR0_ET, CR0_PG
 from hvsim.rings.vectors import vector_name
 
@@ -41,6 +43,10 @@ DEFAULT_MEMORY = 16 << 20
 DEFAULT_TLB = (16, 4)          # 16 sets x 4 ways = 64 entries, the size of a P6-era data TLB
 DEFAULT_TIMER_VECTOR = 0x20
 DEFAULT_MAX_STEPS = 10_000_000
+# A decode-cache row reached this often in fast stretches gets a translated block. A
+# block costs about 10 ms of LLVM time (measured), 1e6 interpreted instructions: 256
+# keeps short programs and the fuzzers interpreted and catches every real loop.
+BLOCK_HOT = 256
 
 # hidden-cache access rights of the flat segments a bare machine starts with
 # (VMCS layout, SDM Vol. 3C Table 24-2): P=1, S=1, D/B=1, G=1
@@ -498,10 +504,15 @@ class Machine:
     exceptions : "host" -- vectors 0-31 leave run() as 'exception' events (default);
                  "guest" -- they are delivered through the guest's IDT.
     decode_cache : False decodes every instruction afresh (for tests and comparisons).
+    blocks : True (default) translates hot stretches of ordinary code into host code
+             (hvsim/cpu/translate.py); False interprets every instruction; a number n
+             translates a stretch once its entry has been reached n times (True: 256).
+             Both give the same guest state, counters and events; blocks need the
+             decode cache.
     """
 
     def __init__(self, memory: int = DEFAULT_MEMORY, tlb=DEFAULT_TLB, timer=None,
-                 exceptions: str = "host", decode_cache: bool = True):
+                 exceptions: str = "host", decode_cache: bool = True, blocks: Union[bool, int] = True):
         memory = _check_int("memory", memory, 1 << 16, 1 << 30)
         if memory % 4096:
             raise ValueError(f"memory={memory} is not a multiple of the 4096-byte page")
@@ -527,6 +538,11 @@ class Machine:
         self._pg = np.zeros(memory >> 12, np.int64)
         self._tlb_geometry = (sets, ways, enabled)
         self._decode_cache = bool(decode_cache)
+        if blocks is True or blocks is False:
+            hot = BLOCK_HOT if blocks else 0
+        else:
+            hot = _check_int("blocks", blocks, 1, 1 << 62)
+        self._block_hot = hot if decode_cache else 0
         self._exceptions = exceptions
         self.cpu = CPU(self)
         self.breakpoints: set = set()
@@ -546,6 +562,8 @@ class Machine:
         st[L.CFG_TLB_WAYS] = ways
         st[L.CFG_TLB_ENABLED] = enabled
         st[L.CFG_DC_ENABLED] = 1 if self._decode_cache else 0
+        st[L.CFG_BLOCK_HOT] = self._block_hot
+        st[L.BLOCK_REQUEST] = -1
         st[L.CFG_CONSOLE_PORT] = CONSOLE_PORT
         st[L.EFLAGS] = FIXED1
         st[L.CR0] = CR0_PE | CR0_ET
@@ -749,7 +767,22 @@ class Machine:
                 st[L.BP_LIST + i] = _check_int("breakpoint", a, 0, 0xFFFFFFFF)
             st[L.BP_COUNT] = len(bps)
             self._bp_written = set(bps)
-        return int(_kernel_entry()(self._raw_mem, st, self._tlb, self._dc, self._pg, budget))
+        run = _kernel_entry()
+        kind = run(self._raw_mem, st, self._tlb, self._dc, self._pg, budget)
+        if st[L.BLOCK_REQUEST] < 0:
+            return int(kind)
+        # a row is hot: translate its block and go on with the rest of the budget
+        steps = 0
+        while True:
+            row = int(st[L.BLOCK_REQUEST])
+            if row >= 0:
+                st[L.BLOCK_REQUEST] = -1
+                _translate(self._dc, row)
+            if kind != EXIT_TRANSLATE:
+                st[L.EXIT_STEPS] += steps
+                return int(kind)
+            steps += int(st[L.EXIT_STEPS])
+            kind = run(self._raw_mem, st, self._tlb, self._dc, self._pg, budget - steps)
 
     def _event(self, kind: int) -> Event:
         # one read of the whole exit-info block (slots EXIT_KIND..EXIT_STEPS are contiguous):
@@ -793,6 +826,8 @@ class Machine:
         np.copyto(self._st, snap.st)
         np.copyto(self._tlb, snap.tlb)
         np.copyto(self._dc, snap.dc)
+        blk = self._dc[F_BLK]
+        blk[blk > 0] = 0               # block addresses belong to the process that made them
         np.copyto(self._pg, snap.pg)
         self._bp_written = None        # the snapshot's breakpoint slots: rewrite from self.breakpoints
 

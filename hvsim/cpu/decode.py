@@ -33,7 +33,8 @@ from hvsim.cpu.layout import (
     FETCH_FAULT_ERROR, FETCH_FAULT_ADDR, ATTN,
 )
 
-BYTES_ROW = DC_ENTRIES + 1   # dc entry used as the fetch buffer (16 bytes = DC_FIELDS)
+BYTES_ROW = DC_ENTRIES + 1   # dc entry used as the fetch buffer (its first 16 fields)
+from hvsim.cpu.blocks import F_BLK, F_HOT, BLOCK_NONE
 from hvsim.cpu.counters import C_DC_HIT, C_DC_MISS
 from hvsim.cpu.fault import raise_fault, raise_bus_error
 from hvsim.mmu.paging import translate
@@ -543,5 +544,7 @@ def lookup(mem, st, tlb, dc, pg, lin, pa):
         return DC_ENTRIES
     dc[F_TAG, row] = pa
     dc[F_GEN, row] = gen
+    dc[F_BLK, row] = BLOCK_NONE           # a new instruction here: no block, not hot
+    dc[F_HOT, row] = 0
     pg[frame] = pg[frame] | PG_CODE
     return row

@@ -17,6 +17,7 @@ EXIT_VMEXIT = 8      # reserved for VT-x
 EXIT_HYPERCALL = 9   # reserved for paravirtualization
 EXIT_INTERRUPT = 10  # an external interrupt routed to the host monitor
 N_EXIT_KINDS = 11
+EXIT_TRANSLATE = 11  # (internal) a block is due for translation; Machine.run never returns it
 
 
 class ExitKind(enum.IntEnum):

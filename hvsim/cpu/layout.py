@@ -133,6 +133,8 @@ CFG_TLB_ENABLED = 113
 CFG_DC_ENABLED = 114 # decode cache on/off (off = decode every instruction; for tests)
 CFG_CONSOLE_PORT = 115  # port of the console device (default 0xE9, as Bochs/QEMU debugcon)
 CFG_IRQ_TIMER_ON = 116
+CFG_BLOCK_HOT = 117  # times a row is reached before its block is translated; 0 = no blocks (blocks.py)
+BLOCK_REQUEST = 118  # dc row whose block the run loop asks the host to translate, -1 none
 
 # --- slots owned by the CPU core (hvsim/cpu/run.py) ----------------------------------
 ZERO = 127         # always 0: an absent base/index register in a decoded address reads this slot
@@ -176,7 +178,7 @@ TLB_FIELDS = 4       # tag, frame, flags, lru stamp
 
 # --- decode-cache layout (dc array; hvsim/cpu/decode.py owns the meaning) ------------------
 DC_ENTRIES = 1 << 14
-DC_FIELDS = 16
+DC_FIELDS = 18     # 16 decoded fields (decode.py) + 2 of the block translator (blocks.py)
 DC_SHAPE = (DC_FIELDS, DC_ENTRIES + 2)   # field-major: dc[field, entry] (decode.py)
 
 # --- physical page word (pg array) ------------------------------------------------------

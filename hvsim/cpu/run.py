@@ -11,13 +11,14 @@ fault, or one chunk of a REP string instruction), so no guest can hang the host.
 """
 from hvsim._jit import njit
 from hvsim.cpu import decode as D
+from hvsim.cpu.blocks import call_block, F_BLK, F_HOT, BLOCK_NONE, BLOCK_NEVER, ATTN_BLOCK
 from hvsim.cpu import execute as X
 from hvsim.cpu import system as S
 from hvsim.cpu.counters import (C_INSN, C_INSN_RING, C_EXC, C_EXITS, C_EXIT_KIND, C_IRQ,
                                 C_TIMER, C_TLB_HIT)
 from hvsim.cpu.cr import CR0_PG
 from hvsim.cpu.exits import (EXIT_NONE, EXIT_HALT, EXIT_EXCEPTION, EXIT_BUDGET, EXIT_SHUTDOWN,
-                             EXIT_BUS_ERROR, EXIT_BREAKPOINT, EXIT_INTERRUPT)
+                             EXIT_BUS_ERROR, EXIT_BREAKPOINT, EXIT_INTERRUPT, EXIT_TRANSLATE)
 from hvsim.cpu.fault import raise_fault, raise_bus_error
 from hvsim.cpu.flags import IF, TF
 from hvsim.cpu.layout import (
@@ -27,7 +28,7 @@ from hvsim.cpu.layout import (
     IRQ_PENDING, TIMER_PERIOD, TIMER_NEXT, TIMER_VECTOR, ATTN, NO_RETIRE, SHUTDOWN, BP_COUNT,
     BP_LIST, ROUTE, ROUTE_HOST, COUNTERS, EXIT_KIND, EXIT_VECTOR, EXIT_ERROR, EXIT_EIP,
     EXIT_ADDR, EXIT_LEN, EXIT_CPL, EXIT_STEPS, EXIT_SOURCE, STEP_TRAP,
-    CFG_TLB_ENABLED,
+    CFG_TLB_ENABLED, CFG_BLOCK_HOT, BLOCK_REQUEST, DC_ENTRIES,
 )
 from hvsim.mmu.paging import translate
 from hvsim.mmu.pte import ACC_FETCH, ACC_USER
@@ -221,25 +222,45 @@ def dispatch(mem, st, tlb, pg, dc, row, op):
 
 
 @njit(inline="always")
-def execute_one(mem, st, tlb, dc, pg):
-    """Fetch, decode (through the cache) and execute one instruction at CS:EIP."""
+def execute_one(mem, st, tlb, dc, pg, limit):
+    """Fetch, decode (through the cache) and execute one instruction at CS:EIP.
+
+    In a fast stretch (``limit`` > 0 instructions left in it), a row with a translated
+    block runs the block instead, and a row reached ``st[CFG_BLOCK_HOT]`` times asks
+    for its block (hvsim/cpu/blocks.py). Returns the instructions retired (1 for one
+    interpreted instruction, also when it faulted).
+    """
     eip = st[EIP]
     st[INSN_EIP] = eip
     st[INSN_LEN] = 0
     pa = fetch_pa(mem, st, tlb)
     if pa < 0:
-        return
+        return 1
     lin = (st[SEG_BASE + SREG_CS] + eip) & MASK32
     row = D.lookup(mem, st, tlb, dc, pg, lin, pa)
     if row < 0:
-        return
+        return 1
+    if limit > 0 and row < DC_ENTRIES:
+        blk = dc[F_BLK, row]
+        if blk > 0:
+            done = call_block(blk, st, mem, tlb, pg, limit)
+            if done > 0:
+                return done
+        elif blk == BLOCK_NONE and st[CFG_BLOCK_HOT] > 0:
+            hot = dc[F_HOT, row] + 1
+            dc[F_HOT, row] = hot
+            if hot >= st[CFG_BLOCK_HOT]:
+                dc[F_BLK, row] = BLOCK_NEVER      # until the host has translated it
+                st[BLOCK_REQUEST] = row
+                st[ATTN] = ATTN_BLOCK             # the instruction's handler may still set 1
     n = dc[D.F_LEN, row]
     if eip + n - 1 > st[SEG_LIMIT + SREG_CS]:
         raise_fault(st, GP, 0)
-        return
+        return 1
     st[INSN_LEN] = n
     st[EIP] = (eip + n) & MASK32
     dispatch(mem, st, tlb, pg, dc, row, dc[D.F_OP, row])
+    return 1
 
 
 @njit
@@ -393,12 +414,12 @@ def run(mem, st, tlb, dc, pg, budget):
                 tf = st[EFLAGS] & TF
                 cpl = st[CPL]
             first = False
-            execute_one(mem, st, tlb, dc, pg)
-            steps += 1
-            limit -= 1
+            done = execute_one(mem, st, tlb, dc, pg, limit if fast else 0)
+            steps += done
+            limit -= done
             if fast and st[ATTN] == 0:
-                st[TSC] += 1                  # RDTSC and the timer port read it mid-stretch
-                retired += 1
+                st[TSC] += done               # RDTSC and the timer port read it mid-stretch
+                retired += done
                 continue
             if retired != 0:
                 st[COUNTERS + C_INSN] += retired
@@ -429,6 +450,14 @@ def run(mem, st, tlb, dc, pg, budget):
                 break
             if st[EXIT_KIND] != EXIT_NONE:   # a handler asked for an exit (I/O)
                 return _exit(st, st[EXIT_KIND], steps)
+            if st[BLOCK_REQUEST] >= 0:
+                # to the host, which translates the block and calls run() again with the
+                # rest of the budget: no exit counted, nothing traced (Machine._run).
+                # ATTN as the interpreter alone would have left it.
+                if st[ATTN] == ATTN_BLOCK:
+                    st[ATTN] = 0
+                st[EXIT_STEPS] = steps
+                return EXIT_TRANSLATE
             if st[ATTN] != 0:
                 break
         if retired != 0:
