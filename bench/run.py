@@ -183,12 +183,12 @@ def calibrated(make_run, per_iter, seconds, start=20_000, limit=10**9):
     return max(start, min(n, limit))
 
 
-def hvsim_loop(template, n, *, paging=False, exceptions="host", setup=None):
+def hvsim_loop(template, n, *, paging=False, exceptions="host", setup=None, blocks=True):
     """Run `template` with n iterations to its HLT; returns (instructions, seconds)."""
     from hvsim import Machine, assemble
     from hvsim.warmup import enable_paging, identity_map_4k
     prog = assemble(template.format(n=n))
-    m = Machine(exceptions=exceptions)
+    m = Machine(exceptions=exceptions, blocks=blocks)
     m.load(prog)
     if setup is not None:
         setup(m, prog)
@@ -323,6 +323,11 @@ def measure(args):
                 notes[key] = f"counted {executed} instructions, expected {expected}"
             return lambda: hvsim_loop(template, n, paging=paging)
 
+        def interp():                 # the same loop with translated blocks off
+            n = calibrated(lambda k: hvsim_loop(template, k, paging=paging, blocks=False),
+                           per_iter, secs)
+            return lambda: hvsim_loop(template, n, paging=paging, blocks=False)
+
         def py():
             pn = calibrated(lambda k: python_loop(template, k, paging=paging), per_iter,
                             min(secs, 0.5), start=200)
@@ -335,6 +340,7 @@ def measure(args):
             un = calibrated(one, per_iter, secs)
             return lambda: one(un)
         probe((key, "hvsim"), hv)
+        probe((key, "interp"), interp)
         probe((key, "python"), py)
         if with_unicorn:
             probe((key, "unicorn"), uc)
@@ -415,8 +421,11 @@ def measure(args):
     for key, name in (("alu", "(a) ALU loop, instr/s"),
                       ("mixed", "(b) mixed loop (load/store, push/pop, call/ret), instr/s"),
                       ("paging", "(c) mixed loop, paging + TLB on, instr/s")):
+        alone = best((key, "interp"))
+        alone = (f"interpreter alone (`Machine(blocks=False)`): {fmt_rate(alone)}"
+                 if isinstance(alone, float) else f"interpreter alone: {alone}")
         rows.append((name, best((key, "hvsim")), TARGETS[key], best((key, "python")),
-                     best((key, "unicorn")), note((key, "hvsim"))))
+                     best((key, "unicorn")), note((key, "hvsim"), alone)))
     sys_rate = best(("sys", "hvsim"))
     calls = (f"= {sys_rate / SYSCALL_PER_ITER:.3g} system calls/s ({SYSCALL_PER_ITER} instr "
              "each round trip)") if isinstance(sys_rate, float) else ""
@@ -539,6 +548,10 @@ def markdown(header, table, info, args):
             "- (a) `" + _one_line(ALU_LOOP) + "`",
             "- (b), (c) `" + _one_line(MIXED_LOOP) + "`;"
             " (c) identity-maps the first 8 MiB with 4 KiB pages and sets CR3 and CR0.PG",
+            "- (a)-(c) run as a default `Machine()` does: the interpreter until a loop entry has "
+            "been reached 256 times, then the blocks hvsim/cpu/translate.py compiled for it "
+            "(the loop `top` to `call`, `leaf`, `pop` to `jnz`); the note gives the same loop "
+            "with `Machine(blocks=False)`, the interpreter alone",
             "- (d) a ring 3 loop `mov eax, 1 ; int 0x80 ; dec ecx ; jnz` whose ring 0 handler is "
             "`add edi, eax ; iret` (IDT gate DPL 3, TSS stack switch; exceptions=\"guest\")",
             "- (e) `Machine.step()` on the ALU loop",
