@@ -177,25 +177,31 @@ def test_a_write_from_python_replaces_the_block():
     assert m.run().kind == "halt" and m.cpu.eax == 500
 
 
+def switching_loop(head, switched, access, tail=""):
+    """100 passes of ``head`` then ``access``, which uses ESI = 0x80000 -- except in the
+    50th pass (ECX = 51), where ESI = ``switched``: a block that is hot by then meets it."""
+    return f"""
+    org 0x1000
+    start: mov ecx, 100
+        mov edx, 3
+    top: {head}
+        mov esi, 0x80000
+        cmp ecx, 51
+        jne go
+        mov esi, {switched}
+    go: {access}
+        dec ecx
+        jnz top
+        hlt
+    {tail}
+    """
+
+
 def test_a_store_from_a_block_into_a_code_frame_leaves_it_to_the_interpreter():
     # from the 50th pass the translated store writes the ADD's immediate: the block stops
     # before it, the interpreter writes and drops the frame's decoded code, and the next
     # pass adds 3 instead of 0x100
-    src = """
-    org 0x1000
-    start: mov ecx, 100
-        mov edx, 3
-    top:
-        add eax, 0x100
-        mov esi, 0x80000
-        cmp ecx, 51
-        jne go
-        mov esi, top+1
-    go: mov [esi], edx
-        dec ecx
-        jnz top
-        hlt
-    """
+    src = switching_loop("add eax, 0x100", "top+1", "mov [esi], edx")
     a, b = make(assemble(src), False), make(assemble(src), 2)
     assert a.run() == b.run()
     assert b.cpu.eax == 50 * 0x100 + 50 * 3 and b.counters["smc_invalidations"] == 1
@@ -206,20 +212,7 @@ def test_a_block_write_through_a_clean_tlb_entry_walks_to_set_the_dirty_bit():
     # page 0x81000 is read on every pass (its TLB entry caches D = 0); from the 50th pass
     # the block's store goes there: that store must walk (SDM Vol. 3A, 4.8: D is set in
     # the PTE), which the interpreter does
-    src = """
-    org 0x1000
-    start: mov ecx, 100
-    top:
-        mov eax, [0x81000]
-        mov esi, 0x80000
-        cmp ecx, 51
-        jne go
-        mov esi, 0x81004
-    go: mov [esi], ecx
-        dec ecx
-        jnz top
-        hlt
-    """
+    src = switching_loop("mov eax, [0x81000]", "0x81004", "mov [esi], ecx")
     a, b = make(assemble(src), False, paging=True), make(assemble(src), 2, paging=True)
     assert a.run() == b.run()
     pte = 0x801000 + 4 * 0x81                          # the PTE of page 0x81000
@@ -230,21 +223,7 @@ def test_a_block_write_through_a_clean_tlb_entry_walks_to_set_the_dirty_bit():
 def test_a_user_access_through_a_supervisor_tlb_entry_faults_as_in_the_interpreter():
     # the TLB holds page 0x81000 as supervisor-only (filled at ring 0); at ring 3 the
     # block's read of it must not hit: the interpreter walks and raises #PF (U/S = 1)
-    src = """
-    org 0x1000
-    start: mov ecx, 100
-    top:
-        mov esi, 0x80000
-        cmp ecx, 51
-        jne go
-        mov esi, 0x81000
-    go: mov eax, [esi]
-        dec ecx
-        jnz top
-        hlt
-    fill: mov eax, [0x81000]
-        hlt
-    """
+    src = switching_loop("nop", "0x81000", "mov eax, [esi]", "fill: mov eax, [0x81000]\nhlt")
     prog = assemble(src)
     machines = []
     for blocks in (False, 2):

@@ -86,51 +86,33 @@ class Insn:
                 self.index, self.scale, self.disp, self.imm, self.seg, self.pfx)
 
 
+# op -> kind: whatever the operand size; at 32 bits; ModRM forms (register, memory)
+_ANY_SIZE = {D.OP_JCC: K_JCC, D.OP_JMP_REL: K_JMP, D.OP_CALL_REL: K_CALL, D.OP_LOOP: K_LOOP,
+             D.OP_RET: K_RET, D.OP_NOP: K_NOP, D.OP_PUSH_R: K_PUSH, D.OP_POP_R: K_POP}
+_SIZE4 = {D.OP_INC_R: K_INC, D.OP_DEC_R: K_DEC, D.OP_MOV_RI: K_MOV_RI, D.OP_ALU_AI: K_ALU_RI}
+_MODRM = {D.OP_ALU_EG: (K_ALU_RR, None), D.OP_ALU_GE: (K_ALU_RR, K_ALU_RM),
+          D.OP_GRP1: (K_ALU_RI, None), D.OP_TEST_EG: (K_TEST_RR, None),
+          D.OP_MOV_EG: (K_MOV_RR, K_STORE), D.OP_MOV_GE: (K_MOV_RR, K_LOAD),
+          D.OP_LEA: (None, K_LEA)}
+
+
 def _classify(i):
     """The K_* kind of a decoded instruction, or None if blocks leave it to the interpreter."""
     if i.pfx & ~D.PFX_SEG:                    # REP/REPNE/66/LOCK/67: not here
         return None
-    op = i.op
-    mem_ok = i.seg in _FLAT_SEGS
-    if op in (D.OP_JCC, D.OP_JMP_REL, D.OP_CALL_REL, D.OP_LOOP):
-        return {D.OP_JCC: K_JCC, D.OP_JMP_REL: K_JMP, D.OP_CALL_REL: K_CALL,
-                D.OP_LOOP: K_LOOP}[op]
-    if op == D.OP_RET:
-        return K_RET
-    if op == D.OP_NOP:
-        return K_NOP
-    if op == D.OP_PUSH_R:
-        return K_PUSH
-    if op == D.OP_POP_R:
-        return K_POP
+    if i.op in _ANY_SIZE:
+        return _ANY_SIZE[i.op]
     if i.size != 4:
         return None
-    if op == D.OP_ALU_EG:
-        return K_ALU_RR if i.rm >= 0 else None
-    if op == D.OP_ALU_GE:
-        if i.rm >= 0:
-            return K_ALU_RR
-        return K_ALU_RM if mem_ok else None
-    if op in (D.OP_ALU_AI, D.OP_GRP1):
-        return K_ALU_RI if (op == D.OP_ALU_AI or i.rm >= 0) else None
-    if op == D.OP_TEST_EG:
-        return K_TEST_RR if i.rm >= 0 else None
-    if op == D.OP_INC_R:
-        return K_INC
-    if op == D.OP_DEC_R:
-        return K_DEC
-    if op == D.OP_MOV_RI:
-        return K_MOV_RI
-    if op == D.OP_MOV_EG:
-        if i.rm >= 0:
-            return K_MOV_RR
-        return K_STORE if mem_ok else None
-    if op == D.OP_MOV_GE:
-        if i.rm >= 0:
-            return K_MOV_RR
-        return K_LOAD if mem_ok else None
-    if op == D.OP_LEA:
-        return K_LEA if i.rm < 0 else None
+    if i.op in _SIZE4:
+        return _SIZE4[i.op]
+    if i.op not in _MODRM:
+        return None
+    reg_form, mem_form = _MODRM[i.op]
+    if i.rm >= 0:
+        return reg_form
+    if mem_form == K_LEA or i.seg in _FLAT_SEGS:  # LEA computes an offset, reads nothing
+        return mem_form
     return None
 
 
@@ -622,7 +604,8 @@ def _jit():
     if _engine is None:
         import llvmlite.binding as llvm
         from numba.core import config
-        import numba.core.codegen  # noqa: F401  (numba initializes LLVM's native target)
+        from numba.core.codegen import initialize_llvm
+        initialize_llvm()                            # the native target and its printer
         cpu = config.CPU_NAME or llvm.get_host_cpu_name()
         features = config.CPU_FEATURES if config.CPU_NAME else llvm.get_host_cpu_features().flatten()
         # No IR pass pipeline: the code generator's own optimization (-O2) is enough
