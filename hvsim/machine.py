@@ -44,8 +44,9 @@ DEFAULT_TLB = (16, 4)          # 16 sets x 4 ways = 64 entries, the size of a P6
 DEFAULT_TIMER_VECTOR = 0x20
 DEFAULT_MAX_STEPS = 10_000_000
 # A decode-cache row reached this often in fast stretches gets a translated block. A
-# block costs about 10 ms of LLVM time (measured), 1e6 interpreted instructions: 256
-# keeps short programs and the fuzzers interpreted and catches every real loop.
+# block costs 10-20 ms of LLVM time (measured on this project's 2-core machine), the
+# time of 1-2 million interpreted instructions: 256 keeps short programs and the
+# fuzzers interpreted and still catches every loop that runs long.
 BLOCK_HOT = 256
 
 # hidden-cache access rights of the flat segments a bare machine starts with
