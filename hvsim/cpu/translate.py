@@ -3,11 +3,10 @@
 The interpreter (hvsim/cpu/run.py) pays for every guest instruction a fetch through
 the MMU, a decode-cache probe, a dispatch on the handler family and a pass through the
 run loop. For a hot stretch of ordinary code this module emits one host function
-instead, in the way of QEMU's TCG: the guest registers and EFLAGS live in LLVM values
-for the whole block, each instruction becomes a few host instructions, and a block
-that ends by jumping back to its own start loops inside the host function. LLVM
-(through numba's code generator, so the host CPU's tuning applies) removes the flag
-computations no later instruction reads.
+instead, in the way of QEMU's TCG: each instruction becomes a few host instructions
+on the state array, with no fetch, probe or dispatch between them, and a block that
+ends by jumping back to its own start loops inside the host function. LLVM's code
+generator compiles it for this CPU (or for NUMBA_CPU_NAME, as numba does).
 
 Translated (32-bit operand size, no prefix but a DS/SS/ES segment override):
 ADD/OR/ADC/SBB/AND/SUB/XOR/CMP register-register, register-immediate and
@@ -72,18 +71,15 @@ _FIELDS = (D.F_OP, D.F_LEN, D.F_OPC, D.F_REG, D.F_RM, D.F_SIZE, D.F_BASE, D.F_IN
 
 class Insn:
     """One decoded instruction as the translator sees it (fields from a dc row)."""
-    __slots__ = ("kind", "off", "op", "len", "opc", "reg", "rm", "size", "base", "index",
+    __slots__ = ("kind", "off", "key", "op", "len", "opc", "reg", "rm", "size", "base", "index",
                  "scale", "disp", "imm", "seg", "pfx")
 
     def __init__(self, off, values):
         self.off = off
+        self.key = tuple(values)          # what the compiled code depends on (offsets: the lengths)
         (self.op, self.len, self.opc, self.reg, self.rm, self.size, self.base, self.index,
          self.scale, self.disp, self.imm, self.seg, self.pfx) = values
         self.kind = _classify(self)
-
-    def key(self):
-        return (self.op, self.len, self.opc, self.reg, self.rm, self.size, self.base,
-                self.index, self.scale, self.disp, self.imm, self.seg, self.pfx)
 
 
 # op -> kind: whatever the operand size; at 32 bits; ModRM forms (register, memory)
@@ -152,9 +148,8 @@ class _Emitter:
     """Emits one block function.
 
     The code reads and writes the state array as the interpreter does, one slot at a
-    time; the four arrays are distinct (``noalias``), so LLVM keeps the registers and
-    EFLAGS in host registers and stores them once on the way out, and drops every flag
-    computation that nothing reads before it is overwritten.
+    time; the four arrays are declared distinct (``noalias``), so a store to guest
+    memory does not make the code generator reload the registers.
     """
 
     def __init__(self, fn, insns):
@@ -393,7 +388,6 @@ class _Emitter:
     # -- the body
     def emit(self, total):
         b = self.b
-        st = self.st
         ok = b.icmp_signed("<=", b.add(self.ld(EIP), _c(total - 1)), self.ld(SEG_LIMIT + SREG_CS))
         if any(i.kind in _MEMORY for i in self.insns):
             ok = b.and_(ok, b.icmp_signed("!=", self.ld(FLAT), _c(0)))
@@ -405,7 +399,6 @@ class _Emitter:
         b.position_at_end(no)
         b.ret(_c(0))
         b.position_at_end(go)
-        del st
         self.paging = b.zext(paging, I64)
         self.eip0 = self.ld(EIP)
         self.cs_limit = self.ld(SEG_LIMIT + SREG_CS)
@@ -634,7 +627,7 @@ def translate(dc, row):
         dc[F_BLK, row] = BLOCK_NEVER
         stats["declined"] += 1
         return 0
-    key = tuple(i.key() for i in insns)
+    key = tuple(i.key for i in insns)
     with _lock:
         got = _compiled.get(key)
         if got is None:
