@@ -23,12 +23,16 @@ compiled from (a hash of all sources, stamped beside the cache).
 
 Inlining: a call between kernels that numba did not inline passes every array as an
 exploded struct (about 7 words each), which dominated the cost of an instruction. The
-hot path -- the fetch/decode-cache lookup, the dispatch, the common handlers, the
-operand helpers and the ALU's group-1 kernels -- is therefore marked
-``@njit(inline="always")`` (numba inlines it in its own IR, so the inlining survives the
-disk cache). Measured on the 2-core development machine, guest instructions per second
-went from 14 M to 138 M (NOP), 9 M to 90 M (ALU) and 6 M to 58 M (loads, stores,
-push/pop), with the same cold compile time. Inlining the MMU's access kernels as well
+hot path -- the fetch/decode-cache lookup, the operand helpers and the ALU's group-1
+kernels -- is therefore marked ``@njit(inline="always")`` (numba inlines it in its own
+IR, so the inlining survives the disk cache). Measured on the 2-core development
+machine, guest instructions per second went from 14 M to 138 M (NOP), 9 M to 90 M (ALU)
+and 6 M to 58 M (loads, stores, push/pop), with the same cold compile time. The
+handlers themselves were inlined into the run loop too until the kernel table
+(hvsim/cpu/table.py) made the run loop call them by address: that costs the
+interpreter 15-25% (ALU loop 61-68 M -> 51 M instructions/s, mixed loop 60 -> 51 M,
+``Machine(blocks=False)``) and took the first compile from a compile of the whole
+machine to the run loop and the handlers a program uses. Inlining the MMU's access kernels as well
 made every loop slower (43 M ALU) and the compile 2.5 times longer, so they stay calls
 everywhere except in the CPU's operand helpers (:func:`inline_in`), which took loads and
 stores from 78 M to 88 M instructions/s (paging off) and 57-62 M to 62-64 M (paging on).
@@ -52,7 +56,10 @@ round works on bitsets (:func:`_compute_live_map_with_bitsets`): 2.0 s instead o
 over the 4,677 analyses of a cold warmup, every live map the same. Compile flags hash
 and compare without their option properties (:func:`_target_config_values`). With a
 helper process on the second core (hvsim/warmup.py), which had taken the cold warmup
-from 212 s to 117 s, these three took it to 72 s (137 s in one process).
+from 212 s to 117 s, these three took it to 72 s (137 s in one process). The kernel
+table (hvsim/cpu/table.py) took it to 62 s, and a program's first result from an empty
+cache to 8.4 s (the README's example), since the run loop no longer compiles every
+handler with itself.
 
 Set ``NUMBA_DISABLE_JIT=1`` to run every kernel as plain Python (slow, but with
 readable tracebacks and line coverage).

@@ -19,6 +19,7 @@ every exception (vectors 0-31) leaves ``run()`` as an ``exception`` event; with
 """
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import os
 import sys
@@ -36,6 +37,7 @@ from hvsim.cpu.exits import (ExitKind, EXIT_BUDGET, EXIT_IO, EXIT_EXCEPTION, EXI
                              EXIT_BUS_ERROR, EXIT_TRANSLATE)
 from hvsim.cpu.flags import FIXED1, IOPL_SHIFT, Flag
 from hvsim.cpu.translate import translate as _translate
+from hvsim.cpu import table as _table
 from hvsim.cpu.cr import CR0_PE, CR0_ET, CR0_PG
 from hvsim.rings.vectors import vector_name
 
@@ -162,8 +164,9 @@ class TraceEntry:
 _ENTRY = None
 
 FIRST_COMPILE_NOTICE = (
-    "hvsim: compiling the machine's kernels for their first use on this machine "
-    "(a minute or two, once: numba caches them on disk; `hvsim warmup` does it ahead)")
+    "hvsim: compiling the machine's kernels for their first use on this machine (about "
+    "10 s, then a moment for each new kind of instruction, once: numba caches them on "
+    "disk; `hvsim warmup` compiles them all ahead, in about a minute)")
 
 
 def kernel_cache_present():
@@ -175,6 +178,17 @@ def kernel_cache_present():
         return os.path.exists(run._cache._cache_file._index_path)
     except AttributeError:
         return None
+
+
+def _start_compile_helper():
+    """Start the cold-compile helper (hvsim/warmup.py): while this process compiles the
+    run loop, it compiles the handlers, and goes on through all of them in the
+    background; it is stopped when this process exits, if it has not finished."""
+    from hvsim.warmup import start_compile_helper, stop_compile_helper
+    helper = start_compile_helper()
+    if helper is not None:
+        atexit.register(stop_compile_helper, helper)
+    return helper
 
 
 def _kernel_entry():
@@ -191,18 +205,13 @@ def _kernel_entry():
         _ENTRY = run
         return run
     if not run.signatures:
-        from hvsim.warmup import start_compile_helper, stop_compile_helper
-        helper = None
         if kernel_cache_present() is False:
             print(FIRST_COMPILE_NOTICE, file=sys.stderr, flush=True)
-            helper = start_compile_helper()
-        try:
-            st = np.zeros(L.ST_SIZE, np.int64)
-            st[L.CFG_MEM_SIZE] = 4096
-            run(np.zeros(4096, np.uint8), st, np.zeros(L.TLB_FIELDS, np.int64),
-                np.zeros(L.DC_SHAPE, np.int64), np.zeros(1, np.int64), 0)
-        finally:
-            stop_compile_helper(helper)
+            _start_compile_helper()
+        st = np.zeros(L.ST_SIZE, np.int64)
+        st[L.CFG_MEM_SIZE] = 4096
+        run(np.zeros(4096, np.uint8), st, np.zeros(L.TLB_FIELDS, np.int64),
+            np.zeros(L.DC_SHAPE, np.int64), np.zeros(1, np.int64), 0, _table.KTAB)
     _ENTRY = run.overloads[run.signatures[0]].entry_point
     return _ENTRY
 
@@ -565,6 +574,8 @@ class Machine:
         st[L.CFG_DC_ENABLED] = 1 if self._decode_cache else 0
         st[L.CFG_BLOCK_HOT] = self._block_hot
         st[L.BLOCK_REQUEST] = -1
+        st[L.KERNEL_REQUEST] = -1
+        st[L.RESUME_ROW] = -1
         st[L.CFG_CONSOLE_PORT] = CONSOLE_PORT
         st[L.EFLAGS] = FIXED1
         st[L.CR0] = CR0_PE | CR0_ET
@@ -769,21 +780,33 @@ class Machine:
             st[L.BP_COUNT] = len(bps)
             self._bp_written = set(bps)
         run = _kernel_entry()
-        kind = run(self._raw_mem, st, self._tlb, self._dc, self._pg, budget)
-        if st[L.BLOCK_REQUEST] < 0:
+        ktab = _table.KTAB
+        kind = run(self._raw_mem, st, self._tlb, self._dc, self._pg, budget, ktab)
+        if kind != EXIT_TRANSLATE and st[L.BLOCK_REQUEST] < 0:
             return int(kind)
-        # a row is hot: translate its block and go on with the rest of the budget
+        # a row is hot (translate its block) or a kernel is missing from the table
+        # (compile it), then go on with the rest of the budget
         steps = 0
         while True:
             row = int(st[L.BLOCK_REQUEST])
             if row >= 0:
                 st[L.BLOCK_REQUEST] = -1
                 _translate(self._dc, row)
+            slot = int(st[L.KERNEL_REQUEST])
+            if slot >= 0:
+                try:
+                    _table.ensure(slot)
+                except BaseException:
+                    # the instruction is fetched again by the next run(); a fault stays pending
+                    st[L.RESUME_ROW] = -1
+                    raise
+                finally:
+                    st[L.KERNEL_REQUEST] = -1
             if kind != EXIT_TRANSLATE:
                 st[L.EXIT_STEPS] += steps
                 return int(kind)
             steps += int(st[L.EXIT_STEPS])
-            kind = run(self._raw_mem, st, self._tlb, self._dc, self._pg, budget - steps)
+            kind = run(self._raw_mem, st, self._tlb, self._dc, self._pg, budget - steps, ktab)
 
     def _event(self, kind: int) -> Event:
         # one read of the whole exit-info block (slots EXIT_KIND..EXIT_STEPS are contiguous):

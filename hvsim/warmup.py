@@ -5,7 +5,8 @@ With ``cache=True`` (hvsim/_jit.py) the machine code is written to disk, so the 
 process only loads it. :func:`warmup` makes those first calls on purpose: every
 Python-facing entry point of the machine is called once (run, step, paging on and
 off, an exit to the host, an exception routed either way, a timer interrupt,
-snapshot/restore), which compiles the whole jitted call graph below them.
+snapshot/restore), then every entry of the kernel table is filled (hvsim/cpu/table.py:
+the handlers a guest would otherwise have compiled the first time it met them).
 
 ``hvsim warmup`` (and ``make test`` / ``make lab`` / Binder's postBuild) call it.
 
@@ -147,40 +148,48 @@ def warmup() -> float:
     m = Machine(memory=1 << 20)
     tables = install(m)
     _expect("TR after install()", int(m.cpu.tr), tables.tss_selector)
+
+    # every other instruction family: the kernel table's remaining entries, from the
+    # last (a helper process, if any, compiles from the first: see kernel_plan)
+    from hvsim.cpu import table
+    for slot in reversed(table.SLOTS):
+        table.ensure(slot)
     return time.perf_counter() - t0
 
 
 # ---- a second process for the cold compile -------------------------------------------
 #
-# numba compiles ``run`` on one thread: its own body (with the hot handlers inlined into
-# it) and, one after another as its type inference meets them, every kernel it calls
-# rather than inlines. Those callees were 124 of the 210 s of a cold ``hvsim warmup``
-# (timed per kernel with numba's compile events), and each is written to the disk cache
-# as soon as it is compiled -- and numba looks in the disk cache before it compiles a
-# callee. So a helper process that compiles the callees, starting with the ones ``run``
-# reaches last, takes that work to the second core; ``run`` loads what the helper has
-# finished and compiles the rest itself.
+# numba compiles on one thread, and writes each compiled kernel to the disk cache as
+# soon as it is done -- and looks in the disk cache before it compiles one. So while
+# the main process compiles ``run`` (the fetch, the decode cache, the loop), a helper
+# process compiles the kernel table's handlers (hvsim/cpu/table.py) in the order a
+# program meets them: when the first instructions ask for their handlers, the helper
+# has usually finished them, and the main process only loads them. The helper then
+# goes on through every other handler, so later first uses load too.
 
 def _argument_types():
-    """numba type of each kernel parameter, by name: the run loop's five arrays, one
+    """numba type of each kernel parameter, by name: the run loop's six arrays, one
     flag, and int64 for every other scalar (what the kernels are compiled for when the
     run loop calls them; tests/test_jit_policy.py checks it against numba's cache)."""
     from numba import types
     from hvsim.cpu.layout import DC_SHAPE
     i64 = types.Array(types.int64, 1, "C")
     return {"mem": types.Array(types.uint8, 1, "C"), "st": i64, "tlb": i64, "pg": i64,
-            "dc": types.Array(types.int64, len(DC_SHAPE), "C"), "wide_nonzero": types.boolean}
+            "ktab": i64, "dc": types.Array(types.int64, len(DC_SHAPE), "C"),
+            "wide_nonzero": types.boolean}
 
 
 def kernel_plan():
     """``[(name, dispatcher, argument types)]``: every kernel that is compiled on its own
     (not marked ``inline="always"``), except ``run`` itself, in the order the helper
-    compiles them -- the handlers from the last one ``run`` dispatches to back to the
-    first, then the other kernels from the last module to the first."""
+    compiles them -- the kernel table's entries in the order of ``table.SLOTS`` (the
+    order a program meets them), then the other kernels from the last module to the
+    first."""
     from numba import types
     from numba.core.registry import CPUDispatcher
     from hvsim._jit import _PACKAGE, kernel_sources
     from hvsim.cpu import run as run_module
+    from hvsim.cpu import table
     types_by_name = _argument_types()
     found = {}
     for path in kernel_sources():
@@ -193,13 +202,15 @@ def kernel_plan():
                 params = inspect.signature(obj.py_func).parameters
                 sig = tuple(types_by_name.get(p, types.int64) for p in params)
                 found[f"{module.__name__}.{name}"] = (obj, sig)
-    dispatched = [n for n in run_module.dispatch.py_func.__code__.co_names if n.startswith("op_")]
-    rank = {n: i for i, n in enumerate(dispatched)}
-    names = list(found)
-    handlers = sorted((n for n in names if n.rsplit(".", 1)[1] in rank),
-                      key=lambda n: -rank[n.rsplit(".", 1)[1]])
-    others = [n for n in reversed(names) if n not in handlers]
-    return [(n, *found[n]) for n in handlers + others]
+    first = []
+    for slot in table.SLOTS:
+        fn, sig = table.kernel_of(slot)
+        name = f"{fn.py_func.__module__}.{fn.py_func.__name__}"
+        if name not in first:
+            first.append(name)
+            found[name] = (fn, sig)
+    others = [n for n in reversed(list(found)) if n not in first]
+    return [(n, *found[n]) for n in first + others]
 
 
 def compile_plan() -> None:

@@ -179,7 +179,8 @@ def test_the_first_call_prints_the_notice_and_starts_the_helper_exactly_when_the
     import hvsim.warmup as W
     calls = []
     monkeypatch.setattr(W, "start_compile_helper", lambda: calls.append("start") or "helper")
-    monkeypatch.setattr(W, "stop_compile_helper", lambda h: calls.append(("stop", h)))
+    # the helper goes on after the run loop is compiled: it is stopped at exit
+    monkeypatch.setattr(M.atexit, "register", lambda fn, h: calls.append((fn.__name__, h)))
     for present, printed in ((False, True), (True, False), (None, False)):
         calls.clear()
         monkeypatch.setattr(hvsim.cpu.run, "run", _UncompiledRun())
@@ -187,7 +188,7 @@ def test_the_first_call_prints_the_notice_and_starts_the_helper_exactly_when_the
         monkeypatch.setattr(M, "kernel_cache_present", lambda: present)
         assert M._kernel_entry() == "compiled entry"
         assert (M.FIRST_COMPILE_NOTICE in capsys.readouterr().err) is printed, present
-        assert calls == (["start", ("stop", "helper")] if printed else [("stop", None)]), present
+        assert calls == (["start", ("stop_compile_helper", "helper")] if printed else []), present
 
 
 def _cached_signatures(dispatcher):
@@ -216,8 +217,13 @@ def test_the_compile_helper_plans_what_the_run_loop_compiles_with_the_same_types
             never_cached.append(name.rsplit(".", 1)[1])
     # only tests call these (and compile them when they run first): the rest is cached
     assert set(never_cached) <= {"big_stack", "pop32", "push32"}
-    # the handlers come first, from the last one the run loop dispatches to
-    assert names[0] == "hvsim.cpu.system.op_ud" and names[1] == "hvsim.cpu.system.op_vmx"
+    # the kernel table's entries come first, in the order a program meets them
+    from hvsim.cpu import table
+    first = [f"{fn.py_func.__module__}.{fn.py_func.__name__}"
+             for fn in dict.fromkeys(table.kernel_of(s)[0] for s in table.SLOTS)]
+    assert names[:len(first)] == first
+    assert first[:2] == ["hvsim.cpu.execute.op_mov_ri", "hvsim.cpu.execute.op_alu_eg"]
+    assert first[-1] == "hvsim.rings.interrupts.deliver"
     assert len(plan) > 150
 
 
@@ -234,13 +240,13 @@ def test_the_helper_process_fills_an_empty_cache_and_stops_when_asked(tmp_path, 
     # where numba files the kernels of *this* hvsim's cpu/ (the helper imports the same)
     from numba.core.caching import _CacheLocator
     cpu = tmp_path / _CacheLocator.get_suitable_cache_subpath(str(J._PACKAGE / "cpu" / "x.py"))
-    deadline = time.monotonic() + 120               # op_ud is the plan's first kernel
-    while not list(cpu.glob("system.op_ud-*.nbi")) and time.monotonic() < deadline:
+    deadline = time.monotonic() + 120               # op_mov_ri is the plan's first kernel
+    while not list(cpu.glob("execute.op_mov_ri-*.nbi")) and time.monotonic() < deadline:
         assert helper.poll() is None
         time.sleep(0.2)
     stop_compile_helper(helper)
     assert helper.returncode is not None
-    assert list(cpu.glob("system.op_ud-*.nbc"))     # compiled, written to this cache
+    assert list(cpu.glob("execute.op_mov_ri-*.nbc"))   # compiled, written to this cache
 
 
 def test_the_ssa_pass_gives_numbas_own_ir():

@@ -71,7 +71,7 @@ def _alu_reg32(st, op, dst, a, b):
         st[dst] = r
 
 
-@njit(inline="always")
+@njit
 def op_alu_eg(mem, st, tlb, pg, dc, row):       # 00 01 08 09 ... 38 39: op Eb/Ev, Gb/Gv
     size = dc[F_SIZE, row]
     op = (dc[F_OPC, row] >> 3) & 7
@@ -87,7 +87,7 @@ def op_alu_eg(mem, st, tlb, pg, dc, row):       # 00 01 08 09 ... 38 39: op Eb/E
         rm_write(mem, st, tlb, pg, dc, row, size, r)
 
 
-@njit(inline="always")
+@njit
 def op_alu_ge(mem, st, tlb, pg, dc, row):       # 02 03 ... 3A 3B: op Gb/Gv, Eb/Ev
     size = dc[F_SIZE, row]
     op = (dc[F_OPC, row] >> 3) & 7
@@ -104,7 +104,7 @@ def op_alu_ge(mem, st, tlb, pg, dc, row):       # 02 03 ... 3A 3B: op Gb/Gv, Eb/
         set_reg(st, reg, size, r)
 
 
-@njit(inline="always")
+@njit
 def op_alu_ai(mem, st, tlb, pg, dc, row):       # 04 05 ... 3C 3D: op AL/EAX, imm
     size = dc[F_SIZE, row]
     op = (dc[F_OPC, row] >> 3) & 7
@@ -113,7 +113,7 @@ def op_alu_ai(mem, st, tlb, pg, dc, row):       # 04 05 ... 3C 3D: op AL/EAX, im
         set_reg(st, EAX, size, r)
 
 
-@njit(inline="always")
+@njit
 def op_grp1(mem, st, tlb, pg, dc, row):         # 80 81 83 /digit: op Eb/Ev, imm
     size = dc[F_SIZE, row]
     op = dc[F_REG, row]
@@ -129,7 +129,7 @@ def op_grp1(mem, st, tlb, pg, dc, row):         # 80 81 83 /digit: op Eb/Ev, imm
         rm_write(mem, st, tlb, pg, dc, row, size, r)
 
 
-@njit(inline="always")
+@njit
 def op_test_eg(mem, st, tlb, pg, dc, row):      # 84 85
     size = dc[F_SIZE, row]
     a = rm_read(mem, st, tlb, pg, dc, row, size)
@@ -165,13 +165,13 @@ def op_xchg_ar(mem, st, tlb, pg, dc, row):      # 91-97: XCHG EAX, r32
     st[EAX] = t
 
 
-@njit(inline="always")
+@njit
 def op_mov_eg(mem, st, tlb, pg, dc, row):       # 88 89: MOV Eb/Ev, Gb/Gv
     size = dc[F_SIZE, row]
     rm_write(mem, st, tlb, pg, dc, row, size, get_reg(st, dc[F_REG, row], size))
 
 
-@njit(inline="always")
+@njit
 def op_mov_ge(mem, st, tlb, pg, dc, row):       # 8A 8B: MOV Gb/Gv, Eb/Ev
     size = dc[F_SIZE, row]
     v = rm_read(mem, st, tlb, pg, dc, row, size)
@@ -180,7 +180,7 @@ def op_mov_ge(mem, st, tlb, pg, dc, row):       # 8A 8B: MOV Gb/Gv, Eb/Ev
     set_reg(st, dc[F_REG, row], size, v)
 
 
-@njit(inline="always")
+@njit
 def op_mov_ri(mem, st, tlb, pg, dc, row):       # B0-B7 ib, B8-BF id
     set_reg(st, dc[F_REG, row], dc[F_SIZE, row], dc[F_IMM, row])
 
@@ -217,7 +217,7 @@ def op_movzx(mem, st, tlb, pg, dc, row):        # 0F B6 B7 (MOVZX), 0F BE BF (MO
     st[dc[F_REG, row]] = v
 
 
-@njit(inline="always")
+@njit
 def op_lea(mem, st, tlb, pg, dc, row):          # 8D: LEA r32, m
     if dc[F_RM, row] >= 0:
         raise_fault(st, UD, -1)
@@ -225,12 +225,12 @@ def op_lea(mem, st, tlb, pg, dc, row):          # 8D: LEA r32, m
     st[dc[F_REG, row]] = ea(st, dc, row)
 
 
-@njit(inline="always")
+@njit
 def op_push_r(mem, st, tlb, pg, dc, row):       # 50+r (PUSH ESP pushes the old value)
     push(mem, st, tlb, pg, st[dc[F_REG, row]])
 
 
-@njit(inline="always")
+@njit
 def op_pop_r(mem, st, tlb, pg, dc, row):        # 58+r (POP ESP: ESP = value read)
     v = pop(mem, st, tlb, pg)
     if st[FAULT_PENDING] != 0:
@@ -260,13 +260,13 @@ def op_pop_e(mem, st, tlb, pg, dc, row):        # 8F /0: POP r/m32
         st[ESP] = old
 
 
-@njit(inline="always")
+@njit
 def op_inc_r(mem, st, tlb, pg, dc, row):        # 40+r
     r = dc[F_REG, row]
     st[r] = alu.inc(st, st[r], 4)
 
 
-@njit(inline="always")
+@njit
 def op_dec_r(mem, st, tlb, pg, dc, row):        # 48+r
     r = dc[F_REG, row]
     st[r] = alu.dec(st, st[r], 4)
@@ -373,18 +373,18 @@ def op_cmov(mem, st, tlb, pg, dc, row):         # 0F 40-4F: CMOVcc r32, r/m32
         st[dc[F_REG, row]] = v
 
 
-@njit(inline="always")
+@njit
 def op_jcc(mem, st, tlb, pg, dc, row):          # 70-7F rel8, 0F 80-8F rel32
     if cond(st[EFLAGS], dc[F_OPC, row] & 0xF):
         jump(st, st[EIP] + dc[F_IMM, row])
 
 
-@njit(inline="always")
+@njit
 def op_jmp_rel(mem, st, tlb, pg, dc, row):      # E9 rel32, EB rel8
     jump(st, st[EIP] + dc[F_IMM, row])
 
 
-@njit(inline="always")
+@njit
 def op_call_rel(mem, st, tlb, pg, dc, row):     # E8 rel32
     ret = st[EIP]
     target = (ret + dc[F_IMM, row]) & MASK32
@@ -396,7 +396,7 @@ def op_call_rel(mem, st, tlb, pg, dc, row):     # E8 rel32
         st[EIP] = target
 
 
-@njit(inline="always")
+@njit
 def op_ret(mem, st, tlb, pg, dc, row):          # C3, C2 iw
     v = pop(mem, st, tlb, pg)
     if st[FAULT_PENDING] != 0:
@@ -407,7 +407,7 @@ def op_ret(mem, st, tlb, pg, dc, row):          # C3, C2 iw
     st[ESP] = (st[ESP] + 4 + dc[F_IMM, row]) & MASK32
 
 
-@njit(inline="always")
+@njit
 def op_loop(mem, st, tlb, pg, dc, row):         # E2 rel8: ECX -= 1; jump if ECX != 0 (no flags)
     c = (st[ECX] - 1) & MASK32
     if c != 0:

@@ -135,6 +135,7 @@ CFG_CONSOLE_PORT = 115  # port of the console device (default 0xE9, as Bochs/QEM
 CFG_IRQ_TIMER_ON = 116
 CFG_BLOCK_HOT = 117  # times a row is reached before its block is translated; 0 = no blocks (blocks.py)
 BLOCK_REQUEST = 118  # dc row whose block the run loop asks the host to translate, -1 none
+KERNEL_REQUEST = 119  # kernel-table entry the run loop asks the host to fill, -1 none (table.py)
 
 # --- slots owned by the CPU core (hvsim/cpu/run.py) ----------------------------------
 ZERO = 127         # always 0: an absent base/index register in a decoded address reads this slot
@@ -143,6 +144,7 @@ EXIT_SOURCE = 125  # for EXIT_EXCEPTION: 0 fault, 1 trap, 2 software INT n, 3 ex
 BP_COUNT = 124     # number of host breakpoints in BP_LIST (linear EIP addresses)
 SHUTDOWN = 123     # 1 after a triple fault: the CPU stays shut down until reset
 NO_RETIRE = 121    # set by a handler whose step did not finish the instruction (REP chunk)
+RESUME_ROW = 122   # dc row of the instruction a kernel request stopped before, -1 none (table.py)
 STEP_TRAP = 120    # 1: a single-step #DB (TF) trap held back by an I/O exit, taken first by the next run()
 
 # --- exception routing: one slot per vector (0..255) -------------------------------------

@@ -12,8 +12,7 @@ fault, or one chunk of a REP string instruction), so no guest can hang the host.
 from hvsim._jit import njit
 from hvsim.cpu import decode as D
 from hvsim.cpu.blocks import call_block, F_BLK, F_HOT, BLOCK_NONE, BLOCK_NEVER, ATTN_BLOCK
-from hvsim.cpu import execute as X
-from hvsim.cpu import system as S
+from hvsim.cpu.table import call_handler, call_deliver, K_DELIVER
 from hvsim.cpu.counters import (C_INSN, C_INSN_RING, C_EXC, C_EXITS, C_EXIT_KIND, C_IRQ,
                                 C_TIMER, C_TLB_HIT)
 from hvsim.cpu.cr import CR0_PG
@@ -28,11 +27,11 @@ from hvsim.cpu.layout import (
     IRQ_PENDING, TIMER_PERIOD, TIMER_NEXT, TIMER_VECTOR, ATTN, NO_RETIRE, SHUTDOWN, BP_COUNT,
     BP_LIST, ROUTE, ROUTE_HOST, COUNTERS, EXIT_KIND, EXIT_VECTOR, EXIT_ERROR, EXIT_EIP,
     EXIT_ADDR, EXIT_LEN, EXIT_CPL, EXIT_STEPS, EXIT_SOURCE, STEP_TRAP,
-    CFG_TLB_ENABLED, CFG_BLOCK_HOT, BLOCK_REQUEST, DC_ENTRIES,
+    CFG_TLB_ENABLED, CFG_BLOCK_HOT, BLOCK_REQUEST, DC_ENTRIES, KERNEL_REQUEST, RESUME_ROW,
 )
 from hvsim.mmu.paging import translate
 from hvsim.mmu.pte import ACC_FETCH, ACC_USER
-from hvsim.rings.interrupts import deliver, trace_record, EV_FAULT, EV_TRAP, EV_EXTERNAL
+from hvsim.rings.interrupts import trace_record, EV_FAULT, EV_TRAP, EV_EXTERNAL
 from hvsim.rings.vectors import GP, DB, PF
 
 # EXIT_SOURCE values: what kind of event an 'exception' exit is
@@ -83,163 +82,37 @@ def fetch_pa(mem, st, tlb):
 
 
 @njit(inline="always")
-def dispatch(mem, st, tlb, pg, dc, row, op):
-    """The one dispatch site: handler family -> handler (opcodes in hvsim/cpu/decode.py)."""
-    if op == D.OP_ALU_EG:
-        X.op_alu_eg(mem, st, tlb, pg, dc, row)
-    elif op == D.OP_ALU_GE:
-        X.op_alu_ge(mem, st, tlb, pg, dc, row)
-    elif op == D.OP_ALU_AI:
-        X.op_alu_ai(mem, st, tlb, pg, dc, row)
-    elif op == D.OP_GRP1:
-        X.op_grp1(mem, st, tlb, pg, dc, row)
-    elif op == D.OP_TEST_EG:
-        X.op_test_eg(mem, st, tlb, pg, dc, row)
-    elif op == D.OP_TEST_AI:
-        X.op_test_ai(mem, st, tlb, pg, dc, row)
-    elif op == D.OP_XCHG_EG:
-        X.op_xchg_eg(mem, st, tlb, pg, dc, row)
-    elif op == D.OP_MOV_EG:
-        X.op_mov_eg(mem, st, tlb, pg, dc, row)
-    elif op == D.OP_MOV_GE:
-        X.op_mov_ge(mem, st, tlb, pg, dc, row)
-    elif op == D.OP_MOV_FROM_SREG:
-        S.op_mov_from_sreg(mem, st, tlb, pg, dc, row)
-    elif op == D.OP_LEA:
-        X.op_lea(mem, st, tlb, pg, dc, row)
-    elif op == D.OP_MOV_TO_SREG:
-        S.op_mov_to_sreg(mem, st, tlb, pg, dc, row)
-    elif op == D.OP_POP_E:
-        X.op_pop_e(mem, st, tlb, pg, dc, row)
-    elif op == D.OP_XCHG_AR:
-        X.op_xchg_ar(mem, st, tlb, pg, dc, row)
-    elif op == D.OP_NOP:
-        pass
-    elif op == D.OP_CDQ:
-        X.op_cdq(mem, st, tlb, pg, dc, row)
-    elif op == D.OP_CALLF:
-        S.op_callf(mem, st, tlb, pg, dc, row)
-    elif op == D.OP_PUSHF:
-        S.op_pushf(mem, st, tlb, pg, dc, row)
-    elif op == D.OP_POPF:
-        S.op_popf(mem, st, tlb, pg, dc, row)
-    elif op == D.OP_MOV_MOFFS:
-        X.op_mov_moffs(mem, st, tlb, pg, dc, row)
-    elif op == D.OP_STRING:
-        X.op_string(mem, st, tlb, pg, dc, row)
-    elif op == D.OP_MOV_RI:
-        X.op_mov_ri(mem, st, tlb, pg, dc, row)
-    elif op == D.OP_GRP2:
-        X.op_grp2(mem, st, tlb, pg, dc, row)
-    elif op == D.OP_RET:
-        X.op_ret(mem, st, tlb, pg, dc, row)
-    elif op == D.OP_MOV_EI:
-        X.op_mov_ei(mem, st, tlb, pg, dc, row)
-    elif op == D.OP_RETF:
-        S.op_retf(mem, st, tlb, pg, dc, row)
-    elif op == D.OP_INT3:
-        S.op_int3(mem, st, tlb, pg, dc, row)
-    elif op == D.OP_INT:
-        S.op_int(mem, st, tlb, pg, dc, row)
-    elif op == D.OP_IRET:
-        S.op_iret(mem, st, tlb, pg, dc, row)
-    elif op == D.OP_LOOP:
-        X.op_loop(mem, st, tlb, pg, dc, row)
-    elif op == D.OP_JECXZ:
-        X.op_jecxz(mem, st, tlb, pg, dc, row)
-    elif op == D.OP_IN:
-        S.op_in(mem, st, tlb, pg, dc, row)
-    elif op == D.OP_OUT:
-        S.op_out(mem, st, tlb, pg, dc, row)
-    elif op == D.OP_CALL_REL:
-        X.op_call_rel(mem, st, tlb, pg, dc, row)
-    elif op == D.OP_JMP_REL:
-        X.op_jmp_rel(mem, st, tlb, pg, dc, row)
-    elif op == D.OP_JMPF:
-        S.op_jmpf(mem, st, tlb, pg, dc, row)
-    elif op == D.OP_HLT:
-        S.op_hlt(mem, st, tlb, pg, dc, row)
-    elif op == D.OP_FLAGOP:
-        X.op_flagop(mem, st, tlb, pg, dc, row)
-    elif op == D.OP_GRP3:
-        X.op_grp3(mem, st, tlb, pg, dc, row)
-    elif op == D.OP_CLI:
-        S.op_cli(mem, st, tlb, pg, dc, row)
-    elif op == D.OP_STI:
-        S.op_sti(mem, st, tlb, pg, dc, row)
-    elif op == D.OP_GRP4:
-        X.op_grp4(mem, st, tlb, pg, dc, row)
-    elif op == D.OP_GRP5:
-        S.op_grp5(mem, st, tlb, pg, dc, row)
-    elif op == D.OP_INC_R:
-        X.op_inc_r(mem, st, tlb, pg, dc, row)
-    elif op == D.OP_DEC_R:
-        X.op_dec_r(mem, st, tlb, pg, dc, row)
-    elif op == D.OP_PUSH_R:
-        X.op_push_r(mem, st, tlb, pg, dc, row)
-    elif op == D.OP_POP_R:
-        X.op_pop_r(mem, st, tlb, pg, dc, row)
-    elif op == D.OP_PUSH_I:
-        X.op_push_i(mem, st, tlb, pg, dc, row)
-    elif op == D.OP_IMUL3:
-        X.op_imul3(mem, st, tlb, pg, dc, row)
-    elif op == D.OP_JCC:
-        X.op_jcc(mem, st, tlb, pg, dc, row)
-    elif op == D.OP_PUSH_SREG:
-        S.op_push_sreg(mem, st, tlb, pg, dc, row)
-    elif op == D.OP_POP_SREG:
-        S.op_pop_sreg(mem, st, tlb, pg, dc, row)
-    elif op == D.OP_GRP6:
-        S.op_grp6(mem, st, tlb, pg, dc, row)
-    elif op == D.OP_GRP7:
-        S.op_grp7(mem, st, tlb, pg, dc, row)
-    elif op == D.OP_LAR or op == D.OP_LSL:
-        S.op_lar_lsl(mem, st, tlb, pg, dc, row)
-    elif op == D.OP_CLTS:
-        S.op_clts(mem, st, tlb, pg, dc, row)
-    elif op == D.OP_MOV_CR:
-        S.op_mov_cr(mem, st, tlb, pg, dc, row)
-    elif op == D.OP_WRMSR:
-        S.op_wrmsr(mem, st, tlb, pg, dc, row)
-    elif op == D.OP_RDTSC:
-        S.op_rdtsc(mem, st, tlb, pg, dc, row)
-    elif op == D.OP_RDMSR:
-        S.op_rdmsr(mem, st, tlb, pg, dc, row)
-    elif op == D.OP_CPUID:
-        S.op_cpuid(mem, st, tlb, pg, dc, row)
-    elif op == D.OP_CMOV:
-        X.op_cmov(mem, st, tlb, pg, dc, row)
-    elif op == D.OP_SETCC:
-        X.op_setcc(mem, st, tlb, pg, dc, row)
-    elif op == D.OP_IMUL2:
-        X.op_imul2(mem, st, tlb, pg, dc, row)
-    elif op == D.OP_MOVZX or op == D.OP_MOVSX:
-        X.op_movzx(mem, st, tlb, pg, dc, row)
-    elif op == D.OP_VMX:
-        S.op_vmx(mem, st, tlb, pg, dc, row)
-    else:                                   # OP_UD, OP_UD2
-        S.op_ud(mem, st, tlb, pg, dc, row)
-
-
-@njit(inline="always")
-def execute_one(mem, st, tlb, dc, pg, limit):
+def execute_one(mem, st, tlb, dc, pg, limit, ktab, resume):
     """Fetch, decode (through the cache) and execute one instruction at CS:EIP.
 
     In a fast stretch (``limit`` > 0 instructions left in it), a row with a translated
     block runs the block instead, and a row reached ``st[CFG_BLOCK_HOT]`` times asks
-    for its block (hvsim/cpu/blocks.py). Returns the instructions retired (1 for one
-    interpreted instruction, also when it faulted).
+    for its block (hvsim/cpu/blocks.py). The instruction's handler is called through
+    the kernel table (hvsim/cpu/table.py); when its entry is still empty, nothing is
+    executed: the row is kept in ``st[RESUME_ROW]`` and the kernel asked for. ``resume``
+    >= 0 is such a row, fetched and decoded before the request: it is executed now
+    without fetching again. Returns the instructions retired (1 for one interpreted
+    instruction, also when it faulted; 0 for a request).
     """
     eip = st[EIP]
-    st[INSN_EIP] = eip
-    st[INSN_LEN] = 0
-    pa = fetch_pa(mem, st, tlb)
-    if pa < 0:
-        return 1
-    lin = (st[SEG_BASE + SREG_CS] + eip) & MASK32
-    row = D.lookup(mem, st, tlb, dc, pg, lin, pa)
-    if row < 0:
-        return 1
+    if resume >= 0:
+        row = resume
+    else:
+        st[INSN_EIP] = eip
+        st[INSN_LEN] = 0
+        pa = fetch_pa(mem, st, tlb)
+        if pa < 0:
+            return 1
+        lin = (st[SEG_BASE + SREG_CS] + eip) & MASK32
+        row = D.lookup(mem, st, tlb, dc, pg, lin, pa)
+        if row < 0:
+            return 1
+    op = dc[D.F_OP, row]
+    if ktab[op] == 0 and op != D.OP_NOP:
+        st[KERNEL_REQUEST] = op
+        st[RESUME_ROW] = row
+        st[ATTN] = 1
+        return 0
     if limit > 0 and row < DC_ENTRIES:
         blk = dc[F_BLK, row]
         if blk > 0:
@@ -259,14 +132,21 @@ def execute_one(mem, st, tlb, dc, pg, limit):
         return 1
     st[INSN_LEN] = n
     st[EIP] = (eip + n) & MASK32
-    dispatch(mem, st, tlb, pg, dc, row, dc[D.F_OP, row])
+    # the one dispatch site: handler family -> handler (hvsim/cpu/table.py: HANDLERS)
+    if op != D.OP_NOP:
+        call_handler(ktab[op], mem, st, tlb, pg, dc, row)
     return 1
 
 
 @njit
 def _exit(st, kind, steps):
-    st[EXIT_KIND] = kind
     st[EXIT_STEPS] = steps
+    if kind == EXIT_TRANSLATE:
+        # to the host, which translates a block or compiles a kernel and calls run()
+        # again with the rest of the budget (Machine._run): not a guest event, so
+        # nothing is counted or traced
+        return kind
+    st[EXIT_KIND] = kind
     st[EXIT_CPL] = st[CPL]
     st[COUNTERS + C_EXITS] += 1
     st[COUNTERS + C_EXIT_KIND + kind] += 1
@@ -276,10 +156,18 @@ def _exit(st, kind, steps):
 
 
 @njit
-def handle_fault(mem, st, tlb, pg):
-    """Turn the pending fault into guest delivery or a host exit kind (EXIT_NONE = delivered)."""
+def handle_fault(mem, st, tlb, pg, ktab):
+    """Turn the pending fault into guest delivery or a host exit kind (EXIT_NONE = delivered).
+
+    EXIT_TRANSLATE: delivery through the guest IDT needs the kernel table's K_DELIVER
+    entry, still empty; the fault stays pending, untouched, for the next run() call.
+    """
     while st[FAULT_PENDING] != 0:
         kind = st[FAULT_PENDING]
+        if (kind == FAULT_EXCEPTION and ktab[K_DELIVER] == 0
+                and st[ROUTE + st[FAULT_VECTOR]] != ROUTE_HOST):
+            st[KERNEL_REQUEST] = K_DELIVER
+            return EXIT_TRANSLATE
         st[FAULT_PENDING] = 0
         if kind == FAULT_BUS:
             st[EIP] = st[INSN_EIP]
@@ -314,26 +202,39 @@ def handle_fault(mem, st, tlb, pg):
             st[EXIT_ADDR] = st[FAULT_ADDR] if v == PF else 0
             st[EXIT_SOURCE] = src
             return EXIT_EXCEPTION
-        deliver(mem, st, tlb, pg, v, err, EV_TRAP if src == SRC_TRAP else EV_FAULT)
+        call_deliver(ktab[K_DELIVER], mem, st, tlb, pg, v, err,
+                     EV_TRAP if src == SRC_TRAP else EV_FAULT)
         # an escalated fault that deliver() left pending is handled by the next iteration
     return EXIT_NONE
 
 
 @njit
-def run(mem, st, tlb, dc, pg, budget):
-    """Run until an exit; at most ``budget`` steps. Returns the exit kind."""
+def run(mem, st, tlb, dc, pg, budget, ktab):
+    """Run until an exit; at most ``budget`` steps. Returns the exit kind.
+
+    ``ktab`` is the kernel table (hvsim/cpu/table.py): the handlers' addresses.
+    """
     st[EXIT_KIND] = EXIT_NONE
-    st[EXIT_SOURCE] = SRC_FAULT
+    if st[FAULT_PENDING] == 0:                # else: its kind, kept by a kernel request
+        st[EXIT_SOURCE] = SRC_FAULT
     st[EXIT_LEN] = 0                          # exits without an instruction of their own
     steps = 0
     first = True
+    resume = st[RESUME_ROW]                   # an instruction stopped by a kernel request
+    st[RESUME_ROW] = -1
+    if st[FAULT_PENDING] != 0:
+        # a fault whose delivery stopped for a kernel request: delivered first
+        k = handle_fault(mem, st, tlb, pg, ktab)
+        if k != EXIT_NONE:
+            return _exit(st, k, steps)
+        first = False                         # EIP moved to the handler: its breakpoint counts
     if st[STEP_TRAP] != 0:
         # the single-step trap of the instruction that left with an I/O exit: the
         # monitor has completed that instruction, so the trap is due now
         st[STEP_TRAP] = 0
         st[EXIT_SOURCE] = SRC_TRAP
         raise_fault(st, DB, -1)
-        k = handle_fault(mem, st, tlb, pg)
+        k = handle_fault(mem, st, tlb, pg, ktab)
         if k != EXIT_NONE:
             return _exit(st, k, steps)
         first = False                         # EIP moved to the handler: its breakpoint counts
@@ -353,6 +254,9 @@ def run(mem, st, tlb, dc, pg, budget):
         # -- an external interrupt is taken between instructions when IF=1 and no shadow
         if st[IRQ_PENDING] >= 0 and (st[EFLAGS] & IF) != 0 and st[INT_SHADOW] == 0:
             v = st[IRQ_PENDING]
+            if st[ROUTE + v] != ROUTE_HOST and ktab[K_DELIVER] == 0:
+                st[KERNEL_REQUEST] = K_DELIVER    # taken when run() is called again
+                return _exit(st, EXIT_TRANSLATE, steps)
             st[IRQ_PENDING] = -1
             st[HALTED] = 0
             st[INSN_EIP] = st[EIP]
@@ -365,9 +269,10 @@ def run(mem, st, tlb, dc, pg, budget):
                 st[EXIT_SOURCE] = SRC_EXTERNAL
                 return _exit(st, EXIT_INTERRUPT, steps)
             st[COUNTERS + C_IRQ] += 1
-            deliver(mem, st, tlb, pg, v, -1, EV_EXTERNAL)
+            resume = -1                       # (never set here: a request returns first)
+            call_deliver(ktab[K_DELIVER], mem, st, tlb, pg, v, -1, EV_EXTERNAL)
             if st[FAULT_PENDING] != 0:
-                k = handle_fault(mem, st, tlb, pg)
+                k = handle_fault(mem, st, tlb, pg, ktab)
                 if k != EXIT_NONE:
                     return _exit(st, k, steps)
         if st[HALTED] != 0:
@@ -414,7 +319,8 @@ def run(mem, st, tlb, dc, pg, budget):
                 tf = st[EFLAGS] & TF
                 cpl = st[CPL]
             first = False
-            done = execute_one(mem, st, tlb, dc, pg, limit if fast else 0)
+            done = execute_one(mem, st, tlb, dc, pg, limit if fast else 0, ktab, resume)
+            resume = -1
             steps += done
             limit -= done
             if fast and st[ATTN] == 0:
@@ -425,8 +331,10 @@ def run(mem, st, tlb, dc, pg, budget):
                 st[COUNTERS + C_INSN] += retired
                 st[COUNTERS + C_INSN_RING + cpl] += retired
                 retired = 0
+            if st[KERNEL_REQUEST] >= 0:        # the instruction did not start (table.py)
+                return _exit(st, EXIT_TRANSLATE, steps)
             if st[FAULT_PENDING] != 0:
-                k = handle_fault(mem, st, tlb, pg)
+                k = handle_fault(mem, st, tlb, pg, ktab)
                 if k != EXIT_NONE:
                     return _exit(st, k, steps)
                 break
@@ -444,7 +352,7 @@ def run(mem, st, tlb, dc, pg, budget):
             elif tf != 0:                     # single-step trap after the instruction (SDM 17.3.1.4)
                 st[EXIT_SOURCE] = SRC_TRAP
                 raise_fault(st, DB, -1)
-                k = handle_fault(mem, st, tlb, pg)
+                k = handle_fault(mem, st, tlb, pg, ktab)
                 if k != EXIT_NONE:
                     return _exit(st, k, steps)
                 break
@@ -456,8 +364,7 @@ def run(mem, st, tlb, dc, pg, budget):
                 # ATTN as the interpreter alone would have left it.
                 if st[ATTN] == ATTN_BLOCK:
                     st[ATTN] = 0
-                st[EXIT_STEPS] = steps
-                return EXIT_TRANSLATE
+                return _exit(st, EXIT_TRANSLATE, steps)
             if st[ATTN] != 0:
                 break
         if retired != 0:

@@ -1,0 +1,151 @@
+"""The kernel table: the run loop reaches instruction handlers (and event delivery) by
+address, and each is compiled the first time a guest needs it.
+
+Why: numba compiles a kernel together with every kernel it calls. When the run loop
+called each handler directly, its first compile was a compile of the whole machine --
+every instruction family, the segment and gate machinery, interrupt delivery -- about
+75-90 s on two cores before the first guest instruction ran. Now ``run`` holds only
+the fetch, the decode cache and the loop itself, and calls the rest through
+``ktab``, a table of addresses in this process:
+
+* ``ktab[op]`` for op = ``hvsim.cpu.decode.OP_*``: the handler of that family
+  (``HANDLERS`` below, the one dispatch table), signature ``(mem, st, tlb, pg, dc, row)``;
+* ``ktab[K_DELIVER]``: :func:`hvsim.rings.interrupts.deliver`, for exceptions and
+  external interrupts delivered through the guest IDT.
+
+An empty entry (0) makes the run loop stop *before* the instruction or event that
+needs it, with nothing of it done: it names the entry in ``st[KERNEL_REQUEST]`` and
+returns the internal exit EXIT_TRANSLATE (for an instruction it also keeps the decoded
+row in ``st[RESUME_ROW]``, so the fetch is not repeated and no counter counts twice).
+``Machine.run`` then calls :func:`ensure` -- numba compiles the kernel, or loads it
+from the disk cache -- and calls ``run`` again with the rest of the budget. The guest
+cannot tell: the tests compare whole machine states with the table empty and full.
+
+The calls use numba's own calling convention (the one a direct call between kernels
+uses), so a handler is the same compiled function whichever way it is reached.
+"""
+import numpy as np
+from llvmlite import ir as llir
+from numba import config, types
+from numba.core import cgutils
+from numba.core.callconv import excinfo_t
+from numba.extending import intrinsic
+
+from hvsim.cpu import decode as D
+from hvsim.cpu import execute as X
+from hvsim.cpu import system as S
+from hvsim.cpu.layout import DC_SHAPE
+from hvsim.rings import interrupts
+
+# op -> handler: every OP_* of hvsim/cpu/decode.py except OP_NOP, which the run loop
+# retires itself. Ordered as a program meets them most often (the order the cold-compile
+# helper compiles them in, hvsim/warmup.py).
+HANDLERS = {
+    D.OP_MOV_RI: X.op_mov_ri, D.OP_ALU_EG: X.op_alu_eg, D.OP_ALU_GE: X.op_alu_ge,
+    D.OP_MOV_EG: X.op_mov_eg, D.OP_MOV_GE: X.op_mov_ge, D.OP_GRP1: X.op_grp1,
+    D.OP_JCC: X.op_jcc, D.OP_LOOP: X.op_loop, D.OP_HLT: S.op_hlt, D.OP_INC_R: X.op_inc_r,
+    D.OP_DEC_R: X.op_dec_r, D.OP_PUSH_R: X.op_push_r, D.OP_POP_R: X.op_pop_r,
+    D.OP_CALL_REL: X.op_call_rel, D.OP_RET: X.op_ret, D.OP_JMP_REL: X.op_jmp_rel,
+    D.OP_OUT: S.op_out, D.OP_IN: S.op_in, D.OP_ALU_AI: X.op_alu_ai, D.OP_TEST_EG: X.op_test_eg,
+    D.OP_TEST_AI: X.op_test_ai, D.OP_LEA: X.op_lea, D.OP_MOV_EI: X.op_mov_ei,
+    D.OP_PUSH_I: X.op_push_i, D.OP_INT: S.op_int, D.OP_IRET: S.op_iret, D.OP_CLI: S.op_cli,
+    D.OP_STI: S.op_sti, D.OP_PUSHF: S.op_pushf, D.OP_POPF: S.op_popf, D.OP_GRP3: X.op_grp3,
+    D.OP_GRP2: X.op_grp2, D.OP_GRP4: X.op_grp4, D.OP_GRP5: S.op_grp5,
+    D.OP_MOV_CR: S.op_mov_cr, D.OP_GRP7: S.op_grp7, D.OP_GRP6: S.op_grp6,
+    D.OP_MOV_TO_SREG: S.op_mov_to_sreg, D.OP_MOV_FROM_SREG: S.op_mov_from_sreg,
+    D.OP_PUSH_SREG: S.op_push_sreg, D.OP_POP_SREG: S.op_pop_sreg, D.OP_JMPF: S.op_jmpf,
+    D.OP_CALLF: S.op_callf, D.OP_RETF: S.op_retf, D.OP_INT3: S.op_int3,
+    D.OP_XCHG_EG: X.op_xchg_eg, D.OP_XCHG_AR: X.op_xchg_ar, D.OP_CDQ: X.op_cdq,
+    D.OP_MOV_MOFFS: X.op_mov_moffs, D.OP_STRING: X.op_string, D.OP_POP_E: X.op_pop_e,
+    D.OP_JECXZ: X.op_jecxz, D.OP_FLAGOP: X.op_flagop, D.OP_IMUL2: X.op_imul2,
+    D.OP_IMUL3: X.op_imul3, D.OP_MOVZX: X.op_movzx, D.OP_MOVSX: X.op_movzx,
+    D.OP_CMOV: X.op_cmov, D.OP_SETCC: X.op_setcc, D.OP_LAR: S.op_lar_lsl,
+    D.OP_LSL: S.op_lar_lsl, D.OP_CLTS: S.op_clts, D.OP_WRMSR: S.op_wrmsr,
+    D.OP_RDMSR: S.op_rdmsr, D.OP_RDTSC: S.op_rdtsc, D.OP_CPUID: S.op_cpuid,
+    D.OP_VMX: S.op_vmx, D.OP_UD: S.op_ud, D.OP_UD2: S.op_ud,
+}
+
+K_DELIVER = max(v for k, v in vars(D).items() if k.startswith("OP_")) + 1
+TABLE_SIZE = K_DELIVER + 1
+SLOTS = tuple(HANDLERS) + (K_DELIVER,)      # every entry with a kernel (OP_NOP has none)
+
+_I64 = types.Array(types.int64, 1, "C")
+_MEM = types.Array(types.uint8, 1, "C")
+_DC = types.Array(types.int64, len(DC_SHAPE), "C")
+HANDLER_SIG = (_MEM, _I64, _I64, _I64, _DC, types.int64)
+DELIVER_SIG = (_MEM, _I64, _I64, _I64, types.int64, types.int64, types.int64)
+
+
+def kernel_of(slot):
+    """``(dispatcher, argument types)`` of table entry ``slot``."""
+    if slot == K_DELIVER:
+        return interrupts.deliver, DELIVER_SIG
+    return HANDLERS[slot], HANDLER_SIG
+
+
+# The table every machine of this process runs with: entries are only ever added, and
+# an address stays valid as long as numba keeps the compiled function (for good).
+KTAB = np.zeros(TABLE_SIZE, np.int64)
+_BY_ADDRESS = {}      # NUMBA_DISABLE_JIT=1: "addresses" are keys into this
+
+
+def ensure(slot):
+    """Compile (or load from numba's disk cache) table entry ``slot`` and fill it in."""
+    if KTAB[slot] != 0:
+        return
+    fn, sig = kernel_of(slot)
+    if config.DISABLE_JIT:
+        addr = slot + 1
+        _BY_ADDRESS[addr] = fn
+    else:
+        fn.compile(sig)
+        cres = fn.overloads[sig]
+        addr = cres.library.get_pointer_to_function(cres.fndesc.llvm_func_name)
+        if not addr:
+            raise RuntimeError(f"numba gave no address for {fn.py_func.__qualname__}")
+    # the entries sharing this kernel (LAR/LSL, MOVZX/MOVSX, UD/UD2) get it too
+    for s in SLOTS:
+        if kernel_of(s)[0] is fn:
+            KTAB[s] = addr
+
+
+def ensure_all():
+    """Fill every entry (``hvsim warmup``)."""
+    for slot in SLOTS:
+        ensure(slot)
+
+
+def _call(context, builder, addr, argtys, args):
+    """Call the numba-compiled function at ``addr`` (returning nothing) the way numba
+    calls one kernel from another: a return slot, an exception slot, then the
+    arguments with each array passed as its members."""
+    cc = context.call_conv
+    fnty = cc.get_function_type(types.none, argtys)
+    fn = builder.inttoptr(addr, fnty.as_pointer())
+    ret = cgutils.alloca_once(builder, cc.get_return_type(types.none).pointee)
+    builder.store(cgutils.get_null_value(ret.type.pointee), ret)
+    exc = cgutils.alloca_once(builder, llir.PointerType(excinfo_t))
+    builder.call(fn, [ret, exc] + list(cc._get_arg_packer(argtys).as_arguments(builder, args)))
+    return context.get_dummy_value()
+
+
+if config.DISABLE_JIT:
+    def call_handler(addr, mem, st, tlb, pg, dc, row):
+        _BY_ADDRESS[addr](mem, st, tlb, pg, dc, row)
+
+    def call_deliver(addr, mem, st, tlb, pg, vector, error, kind):
+        _BY_ADDRESS[addr](mem, st, tlb, pg, vector, error, kind)
+else:
+    @intrinsic
+    def call_handler(typingctx, addr, mem, st, tlb, pg, dc, row):
+        """``handler(mem, st, tlb, pg, dc, row)`` for the handler at ``addr``."""
+        sig = types.void(types.int64, mem, st, tlb, pg, dc, types.int64)
+        return sig, lambda context, builder, s, args: _call(context, builder, args[0],
+                                                            s.args[1:], args[1:])
+
+    @intrinsic
+    def call_deliver(typingctx, addr, mem, st, tlb, pg, vector, error, kind):
+        """``deliver(mem, st, tlb, pg, vector, error, kind)`` at ``addr``."""
+        sig = types.void(types.int64, mem, st, tlb, pg, types.int64, types.int64, types.int64)
+        return sig, lambda context, builder, s, args: _call(context, builder, args[0],
+                                                            s.args[1:], args[1:])

@@ -1,0 +1,208 @@
+"""The kernel table (hvsim/cpu/table.py): handlers compiled as a guest meets them.
+
+The run loop reaches every handler, and interrupt delivery, through a table of
+addresses; an empty entry stops it before the instruction or event that needs it, the
+host fills the entry and the loop goes on. That must be invisible to the guest. Here
+one machine runs with the table full and a twin runs the same program with the table
+emptied before every budget slice, so that it stops for kernels everywhere -- in fast
+stretches and slow ones, for an instruction, for a fault on its way to the guest IDT,
+for a timer interrupt, for a single-step trap. Events, the state array after every
+slice, and at the end the TLB, page words, memory and decoded rows must be the same.
+"""
+import random
+
+import numpy as np
+import pytest
+
+from hvsim import Machine, assemble
+from hvsim import machine as M
+from hvsim.cpu import layout as L
+from hvsim.cpu import table
+from hvsim.cpu.counters import C_EXC
+from hvsim.cpu.decode import OP_NOP, OP_ALU_EG, OP_MOV_RI, OP_HLT
+from hvsim.rings.setup import install
+from test_blocks import random_program, make, state, CONFIGS
+from test_guests import guest_source, GUESTS
+
+SLICES = [1, 2, 3, 7, 20, 64, 1000]
+
+
+@pytest.fixture
+def requests(monkeypatch):
+    """Every table request the machine makes, as (slot, what was waiting): 'insn' (an
+    instruction kept in RESUME_ROW), 'fault' (a pending fault) or 'irq'."""
+    seen = []
+    fill = table.ensure
+    table.ensure_all()
+    full = table.KTAB.copy()
+
+    def spy(slot):
+        if table.KTAB[slot] == 0:
+            st = spy.machine._st
+            what = ("insn" if st[L.RESUME_ROW] >= 0 else "fault" if st[L.FAULT_PENDING] != 0
+                    else "irq" if st[L.IRQ_PENDING] >= 0 else "?")
+            seen.append((slot, what))
+        fill(slot)
+    spy.full = full
+    monkeypatch.setattr(M._table, "ensure", spy)
+    yield spy, seen
+    table.KTAB[:] = spy.full
+
+
+def run_twins(full, lazy, rng, spy, budget=400_000, breakpoints=()):
+    """Run ``full`` with every entry filled and ``lazy`` with the table emptied before
+    each of the same random budget slices; compare after each."""
+    full.breakpoints = lazy.breakpoints = set(breakpoints)
+    spy.machine = lazy
+    steps = 0
+    while True:
+        n = rng.choice(SLICES)
+        table.KTAB[:] = spy.full
+        ef = full.run(n)
+        table.KTAB[:] = 0
+        el = lazy.run(n)
+        assert ef == el, f"events differ: {ef} vs {el}"
+        sf, sl = full._st, lazy._st
+        assert np.array_equal(sf, sl), f"st differs at {np.flatnonzero(sf != sl).tolist()} after {ef}"
+        steps += n
+        if ef.kind not in ("budget", "breakpoint") or steps > budget:
+            break
+    for name, x, y in zip(("st", "tlb", "pg", "mem", "dc"), state(full), state(lazy)):
+        assert np.array_equal(x, y), f"{name} differs at the end"
+    return ef
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in GUESTS.glob("*.s") if p.stem != "lib"))
+def test_the_guest_kernels_run_the_same_with_the_table_emptied_before_every_slice(name, requests):
+    spy, seen = requests
+    prog = assemble(guest_source(name))
+    twins = []
+    for _ in range(2):
+        m = Machine(exceptions="guest")
+        m.load(prog)
+        twins.append(m)
+    ev = run_twins(*twins, random.Random(name), spy)
+    assert ev.kind in ("halt", "shutdown")
+    assert "FAIL" not in twins[1].console
+    whats = {w for _, w in seen}
+    assert "insn" in whats and "?" not in whats
+    # an exception, a timer tick waited for the delivery kernel (emptied every slice)
+    c = twins[1].counters
+    raised = int(twins[1]._st[L.COUNTERS + C_EXC:L.COUNTERS + C_EXC + 32].sum())
+    assert ((table.K_DELIVER, "fault") in seen) == (raised > 0)
+    assert ((table.K_DELIVER, "irq") in seen) == (c["irqs"] > 0)
+    assert (raised > 0) == (name in ("faults", "paging", "rings", "triple"))
+    assert (c["irqs"] > 0) == (name == "timer")
+
+
+@pytest.mark.parametrize("config", list(CONFIGS))
+def test_random_programs_run_the_same_with_the_table_emptied_before_every_slice(config, requests):
+    spy, seen = requests
+    rng = random.Random(f"table {config}")
+    for i in range(6):
+        prog = assemble(random_program(rng))
+        # blocks on in both: a block never needs the table, the instructions around it do
+        run_twins(make(prog, 2, **CONFIGS[config]), make(prog, 2, **CONFIGS[config]), rng, spy,
+                  breakpoints=[prog.origin + 40] if i % 2 else ())
+    assert len(seen) > 100
+
+
+def _single_step_machine():
+    """Ring 0 with TF set and #DB (vector 1) delivered to a guest handler that counts."""
+    m = Machine(memory=1 << 20, exceptions="guest")
+    prog = assemble("""
+        org 0x2000
+        start:
+            mov ecx, 5
+            pushf
+            or dword [esp], 0x100        ; EFLAGS.TF
+            popf
+        again:
+            add eax, ecx
+            loop again
+            pushf
+            and dword [esp], 0xFFFFFEFF  ; TF off again
+            popf
+            hlt
+        db_handler:
+            inc edi                      ; TF is clear in here (interrupt gate)
+            iret
+    """)
+    t = install(m)
+    m.load(prog)
+    t.gate(m, 1, prog.labels["db_handler"])
+    m.cpu.esp = t.stack_top(0)
+    return m, prog
+
+
+@pytest.mark.parametrize("stop_in_handler", [False, True])
+def test_a_single_step_trap_waiting_for_delivery_keeps_its_trap_semantics(requests,
+                                                                         stop_in_handler):
+    """A #DB trap stopped for the delivery kernel must still return *after* the
+    instruction that trapped (a fault would restart it): the counts below prove it. A
+    host breakpoint on the handler must stop there after each delivery, as it does when
+    the delivery did not wait."""
+    spy, seen = requests
+    full, prog = _single_step_machine()
+    lazy, _ = _single_step_machine()
+    bps = [prog.labels["db_handler"]] if stop_in_handler else []
+    ev = run_twins(full, lazy, random.Random(1), spy, breakpoints=bps)
+    assert ev.kind == "halt"
+    assert lazy.cpu.eax == 15 and lazy.cpu.ecx == 0
+    # a trap after each instruction that starts with TF=1 (SDM Vol. 3A, 17.3.1.4): not
+    # after the POPF that sets it, then add/loop five times each, pushf, and, and the
+    # POPF that clears it
+    assert lazy.cpu.edi == 13
+    assert (table.K_DELIVER, "fault") in seen
+
+
+def test_a_request_retires_nothing_and_the_instruction_is_not_fetched_twice(requests):
+    spy, seen = requests
+    prog = assemble("mov eax, 7\nadd eax, eax\nhlt\n")
+    m = Machine()
+    m.load(prog)
+    spy.machine = m
+    table.KTAB[:] = 0
+    ev = m.run(100)
+    assert ev.kind == "halt" and m.cpu.eax == 14
+    assert [s for s, _ in seen] == [OP_MOV_RI, OP_ALU_EG, OP_HLT]
+    assert {w for _, w in seen} == {"insn"}
+    c = m.counters
+    # three instructions, each fetched and decoded once, though each stopped once first
+    assert c["instructions"] == 3 and ev.steps == 3
+    assert c["decode_misses"] == 3 and c["decode_hits"] == 0
+
+
+def test_the_table_names_a_handler_for_every_family_but_nop():
+    from hvsim.cpu import decode as D
+    ops = {v for k, v in vars(D).items() if k.startswith("OP_")}
+    assert set(table.HANDLERS) == ops - {OP_NOP}
+    assert table.K_DELIVER == max(ops) + 1 and table.TABLE_SIZE == table.K_DELIVER + 1
+    table.ensure_all()
+    filled = np.flatnonzero(table.KTAB)
+    assert sorted(filled.tolist()) == sorted(set(table.SLOTS))
+    # families sharing a kernel share its address
+    assert table.KTAB[D.OP_LAR] == table.KTAB[D.OP_LSL]
+    assert table.KTAB[D.OP_MOVZX] == table.KTAB[D.OP_MOVSX]
+    assert table.KTAB[D.OP_UD] == table.KTAB[D.OP_UD2]
+    assert len(set(table.KTAB[filled].tolist())) == len(set(map(id, table.HANDLERS.values()))) + 1
+
+
+def test_a_kernel_that_fails_to_compile_leaves_the_machine_able_to_run_again(requests, monkeypatch):
+    spy, seen = requests
+    prog = assemble("mov eax, 7\nadd eax, eax\nhlt\n")
+    m = Machine()
+    m.load(prog)
+    spy.machine = m
+    table.KTAB[:] = 0
+
+    def broken(slot):
+        raise RuntimeError("no compiler today")
+    monkeypatch.setattr(M._table, "ensure", broken)
+    with pytest.raises(RuntimeError, match="no compiler today"):
+        m.run(100)
+    assert m._st[L.KERNEL_REQUEST] == -1 and m._st[L.RESUME_ROW] == -1
+    assert m.cpu.eip == prog.origin and m.counters["instructions"] == 0
+    monkeypatch.setattr(M._table, "ensure", spy)
+    ev = m.run(100)
+    assert ev.kind == "halt" and m.cpu.eax == 14 and m.counters["instructions"] == 3
