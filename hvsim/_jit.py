@@ -59,7 +59,8 @@ helper process on the second core (hvsim/warmup.py), which had taken the cold wa
 from 212 s to 117 s, these three took it to 72 s (137 s in one process). The kernel
 table (hvsim/cpu/table.py) took it to 62 s, and a program's first result from an empty
 cache to 8.4 s (the README's example), since the run loop no longer compiles every
-handler with itself.
+handler with itself; calling the memory-operand helpers from the system handlers
+instead of inlining them (hvsim/cpu/operands.py) took it to 47-53 s.
 
 Set ``NUMBA_DISABLE_JIT=1`` to run every kernel as plain Python (slow, but with
 readable tracebacks and line coverage).

@@ -8,7 +8,7 @@ always take the checked path.
 8-bit register numbers follow the ModRM encoding: 0-3 are AL CL DL BL (low byte of
 EAX..EBX), 4-7 are AH CH DH BH (byte 1 of EAX..EBX) (SDM Vol. 2A, Table 2-2).
 """
-from hvsim._jit import njit
+from hvsim._jit import njit, inline_in
 from hvsim.cpu.layout import (MASK32, ESP, CPL, FLAT, FAULT_PENDING, SREG_DS, SREG_SS,
                               SREG_ES)
 from hvsim.cpu.decode import F_BASE, F_INDEX, F_SCALE, F_DISP, F_SEG, F_RM
@@ -62,7 +62,15 @@ def to_lin(st, seg, off, size, write):
     return seg_lin(st, seg, off, size, write)
 
 
-@njit(inline="always")
+# The operand accesses that reach memory (segment check, TLB probe, physical read or
+# write, all inlined into them) are inlined into the ordinary instructions' handlers
+# and into each other; the system instructions' handlers (hvsim/cpu/system.py), rare
+# and heavy anyway, call them: a system handler's first compile then takes a fraction
+# of the time (hvsim/cpu/table.py compiles a handler when a guest first needs it).
+_INTO_HOT = inline_in("hvsim.cpu.execute", "hvsim.cpu.operands")
+
+
+@njit(inline=_INTO_HOT)
 def mem_read(mem, st, tlb, pg, seg, off, size):
     lin = to_lin(st, seg, off, size, 0)
     if st[FAULT_PENDING] != 0:
@@ -70,7 +78,7 @@ def mem_read(mem, st, tlb, pg, seg, off, size):
     return read_lin(mem, st, tlb, pg, lin, size, user_acc(st))
 
 
-@njit(inline="always")
+@njit(inline=_INTO_HOT)
 def mem_write(mem, st, tlb, pg, seg, off, size, value):
     lin = to_lin(st, seg, off, size, 1)
     if st[FAULT_PENDING] != 0:
@@ -78,7 +86,7 @@ def mem_write(mem, st, tlb, pg, seg, off, size, value):
     write_lin(mem, st, tlb, pg, lin, size, value, user_acc(st) | ACC_WRITE)
 
 
-@njit(inline="always")
+@njit(inline=_INTO_HOT)
 def rm_read(mem, st, tlb, pg, dc, row, size):
     rm = dc[F_RM, row]
     if rm >= 0:
@@ -86,7 +94,7 @@ def rm_read(mem, st, tlb, pg, dc, row, size):
     return mem_read(mem, st, tlb, pg, dc[F_SEG, row], ea(st, dc, row), size)
 
 
-@njit(inline="always")
+@njit(inline=_INTO_HOT)
 def rm_write(mem, st, tlb, pg, dc, row, size, value):
     rm = dc[F_RM, row]
     if rm >= 0:
@@ -95,7 +103,7 @@ def rm_write(mem, st, tlb, pg, dc, row, size, value):
         mem_write(mem, st, tlb, pg, dc[F_SEG, row], ea(st, dc, row), size, value)
 
 
-@njit(inline="always")
+@njit(inline=_INTO_HOT)
 def push(mem, st, tlb, pg, value):
     """PUSH a dword on SS:ESP; ESP changes only if the write succeeded."""
     esp = (st[ESP] - 4) & MASK32
@@ -104,7 +112,7 @@ def push(mem, st, tlb, pg, value):
         st[ESP] = esp
 
 
-@njit(inline="always")
+@njit(inline=_INTO_HOT)
 def pop(mem, st, tlb, pg):
     """Read the dword at SS:ESP. The caller adds 4 to ESP once its own work succeeded."""
     return mem_read(mem, st, tlb, pg, SREG_SS, st[ESP], 4)
