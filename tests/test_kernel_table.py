@@ -156,13 +156,18 @@ def test_a_single_step_trap_waiting_for_delivery_keeps_its_trap_semantics(reques
     assert (table.K_DELIVER, "fault") in seen
 
 
-def test_a_request_retires_nothing_and_the_instruction_is_not_fetched_twice(requests):
-    spy, seen = requests
+def _three_instructions_with_an_empty_table(spy):
     prog = assemble("mov eax, 7\nadd eax, eax\nhlt\n")
     m = Machine()
     m.load(prog)
     spy.machine = m
     table.KTAB[:] = 0
+    return m, prog
+
+
+def test_a_request_retires_nothing_and_the_instruction_is_not_fetched_twice(requests):
+    spy, seen = requests
+    m, _ = _three_instructions_with_an_empty_table(spy)
     ev = m.run(100)
     assert ev.kind == "halt" and m.cpu.eax == 14
     assert [s for s, _ in seen] == [OP_MOV_RI, OP_ALU_EG, OP_HLT]
@@ -190,11 +195,7 @@ def test_the_table_names_a_handler_for_every_family_but_nop():
 
 def test_a_kernel_that_fails_to_compile_leaves_the_machine_able_to_run_again(requests, monkeypatch):
     spy, seen = requests
-    prog = assemble("mov eax, 7\nadd eax, eax\nhlt\n")
-    m = Machine()
-    m.load(prog)
-    spy.machine = m
-    table.KTAB[:] = 0
+    m, prog = _three_instructions_with_an_empty_table(spy)
 
     def broken(slot):
         raise RuntimeError("no compiler today")
