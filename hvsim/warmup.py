@@ -223,7 +223,8 @@ def start_compile_helper():
     """Start the helper process for a cold compile; returns it, or None on one core or
     when ``HVSIM_COMPILE_HELPER=0`` is set.
 
-    The caller stops it with :func:`stop_compile_helper` once ``run`` is compiled. The
+    It exits when it has compiled its whole plan; the caller stops it sooner with
+    :func:`stop_compile_helper` (the machine does at exit, hvsim/machine.py). The
     helper only adds files to the cache, and numba writes each through a temporary file
     and a rename: stopping it mid-compile loses its unfinished kernel and at worst leaves
     a stray temporary file, which numba never reads.
