@@ -162,6 +162,7 @@ class TraceEntry:
 
 
 _ENTRY = None
+_HELPER = None      # the cold-compile helper process this process started, if any
 
 FIRST_COMPILE_NOTICE = (
     "hvsim: compiling the machine's kernels for their first use on this machine (about "
@@ -184,10 +185,12 @@ def _start_compile_helper():
     """Start the cold-compile helper (hvsim/warmup.py): while this process compiles the
     run loop, it compiles the handlers, and goes on through all of them in the
     background; it is stopped when this process exits, if it has not finished."""
+    global _HELPER
     from hvsim.warmup import start_compile_helper, stop_compile_helper
     helper = start_compile_helper()
     if helper is not None:
         atexit.register(stop_compile_helper, helper)
+        _HELPER = helper
     return helper
 
 
@@ -795,6 +798,7 @@ class Machine:
             slot = int(st[L.KERNEL_REQUEST])
             if slot >= 0:
                 try:
+                    _table.await_helper(slot, _HELPER)
                     _table.ensure(slot)
                 except BaseException:
                     # the instruction is fetched again by the next run(); a fault stays pending

@@ -207,3 +207,50 @@ def test_a_kernel_that_fails_to_compile_leaves_the_machine_able_to_run_again(req
     monkeypatch.setattr(M._table, "ensure", spy)
     ev = m.run(100)
     assert ev.kind == "halt" and m.cpu.eax == 14 and m.counters["instructions"] == 3
+
+
+class _Helper:
+    """Stands in for the helper process: alive until told otherwise."""
+
+    def __init__(self):
+        self.returncode = None
+
+    def poll(self):
+        return self.returncode
+
+
+def test_a_request_waits_for_the_kernel_the_helper_is_compiling_and_for_nothing_else(monkeypatch):
+    class Kernel:
+        overloads = {}
+    kernels = {s: Kernel() for s in table.SLOTS}
+    monkeypatch.setattr(table, "kernel_of", lambda s: (kernels[s], None))
+    in_cache = set()
+    sleeps = []
+
+    def sleep(dt):                       # the helper finishes its kernel after 5 polls
+        sleeps.append(dt)
+        if len(sleeps) == 5:
+            in_cache.add(kernels[first])
+    monkeypatch.setattr(table, "cached", lambda fn: fn in in_cache)
+    monkeypatch.setattr(table.time, "sleep", sleep)
+    first, second, later = table.SLOTS[0], table.SLOTS[1], table.SLOTS[9]
+    helper = _Helper()
+
+    table.await_helper(later, helper)             # the helper is on `first`: no wait
+    table.await_helper(first, None)               # no helper: no wait
+    assert sleeps == []
+    table.await_helper(first, helper)             # its kernel: wait until it is cached
+    assert len(sleeps) == 5 and kernels[first] in in_cache
+    table.await_helper(first, helper)             # cached now: loaded, no wait
+    assert len(sleeps) == 5
+    helper.returncode = -15                       # a stopped helper is not waited for
+    table.await_helper(second, helper)
+    assert len(sleeps) == 5
+    kernels[second].overloads = {"sig": "compiled"}   # compiled in this process already
+    helper.returncode = None
+    table.await_helper(second, helper)
+    assert len(sleeps) == 5
+    kernels[second].overloads = {}
+    monkeypatch.setattr(table.time, "sleep", lambda dt: None)
+    table.await_helper(second, helper, timeout=0.05)   # never cached: gives up in time
+    assert kernels[second] not in in_cache

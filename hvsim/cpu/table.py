@@ -24,6 +24,9 @@ cannot tell: the tests compare whole machine states with the table empty and ful
 The calls use numba's own calling convention (the one a direct call between kernels
 uses), so a handler is the same compiled function whichever way it is reached.
 """
+import os
+import time
+
 import numpy as np
 from llvmlite import ir as llir
 from numba import config, types
@@ -107,6 +110,33 @@ def ensure(slot):
     for s in SLOTS:
         if kernel_of(s)[0] is fn:
             KTAB[s] = addr
+
+
+def cached(fn):
+    """Whether numba's disk cache holds ``fn`` (None: this cannot be told)."""
+    try:
+        return os.path.exists(fn._cache._cache_file._index_path)
+    except AttributeError:
+        return None
+
+
+def await_helper(slot, helper, timeout=20.0):
+    """If the cold-compile helper process (hvsim/warmup.py) is compiling entry ``slot``'s
+    kernel right now, wait until it has written it to the disk cache (or has stopped):
+    compiling it here as well would do the same work twice, on a core already busy.
+
+    The helper goes through the entries in ``SLOTS`` order, so the kernel it is on is
+    the first of them not yet in the cache.
+    """
+    fn = kernel_of(slot)[0]
+    if helper is None or fn.overloads or cached(fn) is not False:
+        return
+    current = next((k for k in (kernel_of(s)[0] for s in SLOTS) if cached(k) is False), None)
+    if current is not fn:
+        return
+    deadline = time.monotonic() + timeout
+    while helper.poll() is None and not cached(fn) and time.monotonic() < deadline:
+        time.sleep(0.01)
 
 
 def ensure_all():
