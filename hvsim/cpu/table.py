@@ -4,9 +4,10 @@ address, and each is compiled the first time a guest needs it.
 Why: numba compiles a kernel together with every kernel it calls. When the run loop
 called each handler directly, its first compile was a compile of the whole machine --
 every instruction family, the segment and gate machinery, interrupt delivery -- about
-75-90 s on two cores before the first guest instruction ran. Now ``run`` holds only
-the fetch, the decode cache and the loop itself, and calls the rest through
-``ktab``, a table of addresses in this process:
+75-90 s on two cores before the first guest instruction ran. Now ``run`` holds the
+fetch (with its page walk), the decode cache, the loop, the timer and the routing of
+faults and exits, and calls the rest through ``ktab``, a table of addresses in this
+process:
 
 * ``ktab[op]`` for op = ``hvsim.cpu.decode.OP_*``: the handler of that family
   (``HANDLERS`` below, the one dispatch table), signature ``(mem, st, tlb, pg, dc, row)``;
