@@ -32,8 +32,8 @@ handlers themselves were inlined into the run loop too until the kernel table
 (hvsim/cpu/table.py) made the run loop call them by address: that costs the
 interpreter 15-25% (ALU loop 61-68 M -> 51 M instructions/s, mixed loop 60 -> 51 M,
 ``Machine(blocks=False)``) and took the first compile from a compile of the whole
-machine to the run loop and the handlers a program uses. Inlining the MMU's access kernels as well
-made every loop slower (43 M ALU) and the compile 2.5 times longer, so they stay calls
+machine to the run loop and the handlers a program uses. Inlining the MMU's access
+kernels as well made every loop slower (43 M ALU) and the compile 2.5 times longer, so they stay calls
 everywhere except in the CPU's operand helpers (:func:`inline_in`), which took loads and
 stores from 78 M to 88 M instructions/s (paging off) and 57-62 M to 62-64 M (paging on).
 Inside those, the TLB probe and the physical read/write are inlined into read_lin and

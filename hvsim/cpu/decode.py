@@ -33,12 +33,13 @@ from hvsim.cpu.layout import (
     FETCH_FAULT_ERROR, FETCH_FAULT_ADDR, ATTN,
 )
 
-BYTES_ROW = DC_ENTRIES + 1   # dc entry used as the fetch buffer (its first 16 fields)
 from hvsim.cpu.blocks import F_BLK, F_HOT, BLOCK_NONE
 from hvsim.cpu.counters import C_DC_HIT, C_DC_MISS
 from hvsim.cpu.fault import raise_fault, raise_bus_error
 from hvsim.mmu.paging import translate
 from hvsim.mmu.pte import ACC_FETCH, ACC_USER
+
+BYTES_ROW = DC_ENTRIES + 1   # dc entry used as the fetch buffer (its first 16 fields)
 
 # ---- decode-cache entry fields -------------------------------------------------------
 F_TAG = 0      # physical address of the first byte (-1: empty)

@@ -17,7 +17,8 @@ EXIT_VMEXIT = 8      # reserved for VT-x
 EXIT_HYPERCALL = 9   # reserved for paravirtualization
 EXIT_INTERRUPT = 10  # an external interrupt routed to the host monitor
 N_EXIT_KINDS = 11
-EXIT_TRANSLATE = 11  # (internal) a block is due for translation; Machine.run never returns it
+EXIT_TRANSLATE = 11  # (internal) a block to translate or a kernel to compile (BLOCK_REQUEST,
+                     # KERNEL_REQUEST); Machine.run serves it and never returns it
 
 
 class ExitKind(enum.IntEnum):

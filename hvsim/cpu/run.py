@@ -155,6 +155,16 @@ def _exit(st, kind, steps):
     return kind
 
 
+@njit(inline="always")
+def delivery_waits(st, ktab, vector):
+    """Whether delivering ``vector`` through the guest IDT must wait for the kernel
+    table's K_DELIVER entry (hvsim/cpu/table.py); if so the request is made."""
+    if st[ROUTE + vector] == ROUTE_HOST or ktab[K_DELIVER] != 0:
+        return False
+    st[KERNEL_REQUEST] = K_DELIVER
+    return True
+
+
 @njit
 def handle_fault(mem, st, tlb, pg, ktab):
     """Turn the pending fault into guest delivery or a host exit kind (EXIT_NONE = delivered).
@@ -164,9 +174,7 @@ def handle_fault(mem, st, tlb, pg, ktab):
     """
     while st[FAULT_PENDING] != 0:
         kind = st[FAULT_PENDING]
-        if (kind == FAULT_EXCEPTION and ktab[K_DELIVER] == 0
-                and st[ROUTE + st[FAULT_VECTOR]] != ROUTE_HOST):
-            st[KERNEL_REQUEST] = K_DELIVER
+        if kind == FAULT_EXCEPTION and delivery_waits(st, ktab, st[FAULT_VECTOR]):
             return EXIT_TRANSLATE
         st[FAULT_PENDING] = 0
         if kind == FAULT_BUS:
@@ -254,8 +262,7 @@ def run(mem, st, tlb, dc, pg, budget, ktab):
         # -- an external interrupt is taken between instructions when IF=1 and no shadow
         if st[IRQ_PENDING] >= 0 and (st[EFLAGS] & IF) != 0 and st[INT_SHADOW] == 0:
             v = st[IRQ_PENDING]
-            if st[ROUTE + v] != ROUTE_HOST and ktab[K_DELIVER] == 0:
-                st[KERNEL_REQUEST] = K_DELIVER    # taken when run() is called again
+            if delivery_waits(st, ktab, v):     # taken when run() is called again
                 return _exit(st, EXIT_TRANSLATE, steps)
             st[IRQ_PENDING] = -1
             st[HALTED] = 0
@@ -269,7 +276,6 @@ def run(mem, st, tlb, dc, pg, budget, ktab):
                 st[EXIT_SOURCE] = SRC_EXTERNAL
                 return _exit(st, EXIT_INTERRUPT, steps)
             st[COUNTERS + C_IRQ] += 1
-            resume = -1                       # (never set here: a request returns first)
             call_deliver(ktab[K_DELIVER], mem, st, tlb, pg, v, -1, EV_EXTERNAL)
             if st[FAULT_PENDING] != 0:
                 k = handle_fault(mem, st, tlb, pg, ktab)
