@@ -85,7 +85,7 @@ _STAMP_NAME = ".hvsim-sources.sha256"
 # pure-Python faces inside them that no kernel imports: editing a face, or anything
 # outside these packages (machine.py, the CLI, the assembler, widgets, viz, lessons),
 # cannot make a cached kernel stale, so it must not throw away minutes of compiled code.
-_KERNEL_PACKAGES = ("cpu", "mmu", "rings", "vtx", "paravirt")
+_KERNEL_PACKAGES = ("arch", "cpu", "mmu", "rings", "vtx", "paravirt")
 FACE_MODULES = ("rings/setup.py", "rings/monitor.py", "cpu/translate.py")
 
 

@@ -130,7 +130,7 @@ def _assemble_file(path: str):
 
 
 def _eflags_text(value: int) -> str:
-    from hvsim.cpu.flags import Flag, iopl
+    from hvsim.arch.flags import Flag, iopl
     names = [f.name for f in Flag if value & f.value]
     names.append(f"IOPL={iopl(value)}")
     return f"eflags=0x{value:08x} [{' '.join(names)}]"
@@ -140,7 +140,7 @@ def _event_text(ev) -> str:
     """``event: exception #GP (general protection) error_code=0x0 at eip=... cpl=3 after N steps``."""
     parts = [f"event: {ev.kind}"]
     if ev.kind in ("exception", "interrupt"):
-        from hvsim.rings.vectors import vector_name
+        from hvsim.arch.vectors import vector_name
         parts.append(vector_name(ev.vector))
         if ev.error_code is not None:
             parts.append(f"error_code=0x{ev.error_code:x}")

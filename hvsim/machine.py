@@ -1,6 +1,6 @@
 """The Python face of the simulated machine (not jitted).
 
-``Machine`` owns the five state arrays (hvsim/cpu/layout.py), validates what a user
+``Machine`` owns the five state arrays (hvsim/arch/layout.py), validates what a user
 passes, calls the jitted run loop and wraps what comes back in readable objects::
 
     >>> from hvsim import Machine, assemble
@@ -27,19 +27,19 @@ from typing import Iterable, Optional, Union
 
 import numpy as np
 
-from hvsim.cpu import layout as L
-from hvsim.cpu import counters as C
+from hvsim.arch import layout as L
+from hvsim.arch import counters as C
 from hvsim.cpu.blocks import F_BLK
 from hvsim.cpu.decode import F_TAG
 from hvsim.cpu.devices import (DEV_CONSOLE, DEV_TIMER_PERIOD, DEV_TIMER_VECTOR, CONSOLE_PORT,
                                TIMER_PORT)
-from hvsim.cpu.exits import (ExitKind, EXIT_BUDGET, EXIT_IO, EXIT_EXCEPTION, EXIT_INTERRUPT,
+from hvsim.arch.exits import (ExitKind, EXIT_BUDGET, EXIT_IO, EXIT_EXCEPTION, EXIT_INTERRUPT,
                              EXIT_BUS_ERROR, EXIT_TRANSLATE)
-from hvsim.cpu.flags import FIXED1, IOPL_SHIFT, Flag
+from hvsim.arch.flags import FIXED1, IOPL_SHIFT, Flag
 from hvsim.cpu.translate import translate as _translate
 from hvsim.cpu import table as _table
-from hvsim.cpu.cr import CR0_PE, CR0_ET, CR0_PG
-from hvsim.rings.vectors import vector_name
+from hvsim.arch.cr import CR0_PE, CR0_ET, CR0_PG
+from hvsim.arch.vectors import vector_name
 
 DEFAULT_MEMORY = 16 << 20
 DEFAULT_TLB = (16, 4)          # 16 sets x 4 ways = 64 entries, the size of a P6-era data TLB
@@ -431,7 +431,7 @@ CPU.ldtr = property(lambda self: self._get(L.LDTR_SEL), doc="LDTR selector (load
 class Counters:
     """Named, read-only view of the event counters: ``m.counters["instructions"]``.
 
-    Keys: the names in hvsim/cpu/counters.py NAMES, ``ring0``..``ring3``
+    Keys: the names in hvsim/arch/counters.py NAMES, ``ring0``..``ring3``
     (instructions per ring), ``exception_<n>`` and ``delivered_<n>`` per vector.
     ``exceptions`` and ``delivered`` give dicts {vector: count} of the non-zero ones.
     """

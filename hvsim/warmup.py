@@ -25,7 +25,7 @@ import time
 
 import numpy as np
 
-from hvsim.mmu.pte import PTE_P, PTE_RW, PTE_US
+from hvsim.arch.pte import PTE_P, PTE_RW, PTE_US
 
 PAGE = 4096
 
@@ -92,7 +92,7 @@ def identity_map_4k(memory, pd_pa: int, nbytes: int, user: bool = True) -> int:
 
 def enable_paging(m, cr3: int) -> None:
     """Load CR3 and set CR0.PG (with CR0.PE, which the bare machine already has)."""
-    from hvsim.cpu.cr import CR0_PE, CR0_PG
+    from hvsim.arch.cr import CR0_PE, CR0_PG
     m.cpu.cr3 = cr3
     m.cpu.cr0 = int(m.cpu.cr0) | CR0_PE | CR0_PG
 
@@ -172,7 +172,7 @@ def _argument_types():
     flag, and int64 for every other scalar (what the kernels are compiled for when the
     run loop calls them; tests/test_jit_policy.py checks it against numba's cache)."""
     from numba import types
-    from hvsim.cpu.layout import DC_SHAPE
+    from hvsim.arch.layout import DC_SHAPE
     i64 = types.Array(types.int64, 1, "C")
     return {"mem": types.Array(types.uint8, 1, "C"), "st": i64, "tlb": i64, "pg": i64,
             "ktab": i64, "dc": types.Array(types.int64, len(DC_SHAPE), "C"),

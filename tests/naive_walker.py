@@ -25,7 +25,7 @@ P_BIT, RW_BIT, US_BIT, A_BIT, D_BIT, PS_BIT, G_BIT = 0, 1, 2, 5, 6, 7, 8
 EC_P, EC_W, EC_U, EC_RSVD = 1, 2, 4, 8
 CR0_PG_BIT, CR0_WP_BIT = 31, 16
 CR4_PSE_BIT, CR4_PGE_BIT = 4, 7
-# hvsim access kinds (hvsim/mmu/pte.py)
+# hvsim access kinds (hvsim/arch/pte.py)
 WRITE, USER, FETCH = 1, 2, 4
 
 

@@ -19,8 +19,8 @@ from unicorn import x86_const as X
 
 import naive_alu as ref
 from hvsim.cpu import alu
-from hvsim.cpu.flags import CF, PF, AF, ZF, SF, OF, ARITH, FIXED1
-from hvsim.cpu.layout import (EAX, EDX, EFLAGS, FAULT_PENDING, FAULT_VECTOR,
+from hvsim.arch.flags import CF, PF, AF, ZF, SF, OF, ARITH, FIXED1
+from hvsim.arch.layout import (EAX, EDX, EFLAGS, FAULT_PENDING, FAULT_VECTOR,
                               FAULT_EXCEPTION, ST_SIZE)
 
 SIZES = (1, 2, 4)

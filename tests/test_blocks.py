@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from hvsim import Machine, assemble
-from hvsim.cpu import layout as L
+from hvsim.arch import layout as L
 from hvsim.cpu import translate as T
 from hvsim.cpu.blocks import F_BLK, F_HOT
 from hvsim.warmup import enable_paging, identity_map_4k

@@ -44,7 +44,7 @@ from unicorn import x86_const as UX  # noqa: E402
 from hvsim import Machine, assemble  # noqa: E402
 from hvsim.asm import AsmError, disassemble_one  # noqa: E402
 from hvsim.asm.table import FORMS  # noqa: E402
-from hvsim.cpu.flags import CF, PF, AF, ZF, SF, OF, DF, ARITH, FIXED1  # noqa: E402
+from hvsim.arch.flags import CF, PF, AF, ZF, SF, OF, DF, ARITH, FIXED1  # noqa: E402
 
 LONG = os.environ.get("HVSIM_LONG", "") not in ("", "0")
 SCALE = 10 if LONG else 1

@@ -20,7 +20,7 @@ import pytest
 from hvsim import Machine, Event, assemble
 from hvsim.machine import Counters
 from hvsim.asm.table import FORMS, MEM_ONLY_KINDS, IMM_BYTES
-from hvsim.cpu import layout as L
+from hvsim.arch import layout as L
 from hvsim.cpu import decode as D
 from hvsim.rings import make_descriptor, make_tss
 

@@ -16,9 +16,9 @@ import pytest
 
 from hvsim import Machine, assemble
 from hvsim import machine as M
-from hvsim.cpu import layout as L
+from hvsim.arch import layout as L
 from hvsim.cpu import table
-from hvsim.cpu.counters import C_EXC
+from hvsim.arch.counters import C_EXC
 from hvsim.cpu.decode import OP_NOP, OP_ALU_EG, OP_MOV_RI, OP_HLT
 from hvsim.rings.setup import install
 from test_blocks import random_program, make, state, CONFIGS

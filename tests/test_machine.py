@@ -15,9 +15,9 @@ import pytest
 import hvsim
 import hvsim.machine
 from hvsim import Machine, assemble
-from hvsim.cpu import layout as L
+from hvsim.arch import layout as L
 from hvsim.rings import make_descriptor, make_gate, put_descriptors
-from hvsim.rings.vectors import vector_name
+from hvsim.arch.vectors import vector_name
 
 ROOT = Path(__file__).resolve().parent.parent
 GDT_ADDR = 0x8000

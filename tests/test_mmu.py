@@ -15,14 +15,14 @@ import numpy as np
 import pytest
 
 import hvsim.mmu
-from hvsim.cpu import layout as L
-from hvsim.cpu.counters import (C_TLB_HIT, C_TLB_MISS, C_PAGE_WALKS, C_WALK_REFS,
+from hvsim.arch import layout as L
+from hvsim.arch.counters import (C_TLB_HIT, C_TLB_MISS, C_PAGE_WALKS, C_WALK_REFS,
                                 C_TLB_FLUSH, C_INVLPG, C_SMC)
-from hvsim.cpu.cr import CR0_PE, CR0_PG, CR0_WP, CR4_PSE, CR4_PGE
+from hvsim.arch.cr import CR0_PE, CR0_PG, CR0_WP, CR4_PSE, CR4_PGE
 from hvsim.mmu import walk, tlb_contents
 from hvsim.mmu.paging import (translate, translate_pg, read_lin, write_lin, read_phys,
                               write_phys, tlb_flush, tlb_invlpg)
-from hvsim.mmu.pte import (PTE_P, PTE_RW, PTE_US, PTE_A, PTE_D, PTE_PS, PTE_G,
+from hvsim.arch.pte import (PTE_P, PTE_RW, PTE_US, PTE_A, PTE_D, PTE_PS, PTE_G,
                            ACC_READ, ACC_WRITE, ACC_USER, ACC_FETCH)
 
 from naive_walker import naive_walk, NaiveTLB

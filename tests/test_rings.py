@@ -9,11 +9,11 @@ import struct
 import numpy as np
 import pytest
 
-from hvsim.cpu import layout as L
-from hvsim.cpu import counters as C
-from hvsim.cpu import flags as F
-from hvsim.cpu.cr import CR0_PE, CR0_PG
-from hvsim.mmu.pte import PTE_P, PTE_RW, PTE_US
+from hvsim.arch import layout as L
+from hvsim.arch import counters as C
+from hvsim.arch import flags as F
+from hvsim.arch.cr import CR0_PE, CR0_PG
+from hvsim.arch.pte import PTE_P, PTE_RW, PTE_US
 from hvsim.rings import (make_descriptor, make_gate, make_tss, decode_descriptor,
                          put_descriptors, selector, decode_selector)
 from hvsim.rings.segments import load_sreg, seg_lin, push32, pop32, update_flat

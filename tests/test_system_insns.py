@@ -2,7 +2,7 @@
 import pytest
 
 from hvsim import Machine, assemble
-from hvsim.cpu.cr import CR4_TSD, CR4_PAE
+from hvsim.arch.cr import CR4_TSD, CR4_PAE
 from hvsim.cpu.system import (CPUID_VENDOR, CPUID_FEATURES_EDX, CPUID_EDX_TSC, CPUID_EDX_PSE,
                               CPUID_EDX_PGE)
 

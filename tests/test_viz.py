@@ -17,9 +17,9 @@ from matplotlib.colors import to_rgba
 
 import hvsim.viz
 from hvsim import Machine, assemble
-from hvsim.cpu.cr import CR0_PG, CR4_PSE
+from hvsim.arch.cr import CR0_PG, CR4_PSE
 from hvsim.mmu import walk
-from hvsim.mmu.pte import PTE_P, PTE_RW, PTE_US, PTE_PS
+from hvsim.arch.pte import PTE_P, PTE_RW, PTE_US, PTE_PS
 from hvsim.rings.setup import install
 from hvsim.viz import ring_diagram, record, timeline, counter_bars, page_walk_graph, page_walk
 from hvsim.viz._common import LIT, UNLIT, FAULT, DIM

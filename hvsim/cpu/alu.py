@@ -1,8 +1,8 @@
 """Integer arithmetic of IA-32 with exact EFLAGS (jitted).
 
 Every kernel here is ``@njit`` (hvsim._jit) and takes the state array ``st`` first;
-the status flags live in ``st[EFLAGS]`` (hvsim.cpu.layout), bits named in
-hvsim.cpu.flags. Operand sizes are in bytes (1, 2 or 4) and operands arrive unsigned,
+the status flags live in ``st[EFLAGS]`` (hvsim.arch.layout), bits named in
+hvsim.arch.flags. Operand sizes are in bytes (1, 2 or 4) and operands arrive unsigned,
 already masked to their size; results are returned unsigned and masked.
 
 Flags follow the "Flags Affected" paragraph of each instruction in the Intel SDM
@@ -27,9 +27,9 @@ bit from the unrounded sum, overflow as ``(a ^ r) & (b ^ r)`` (add) or
 import numpy as np
 
 from hvsim._jit import njit
-from hvsim.cpu.fault import raise_fault, NO_ERROR_CODE
-from hvsim.cpu.flags import CF, PF, AF, ZF, SF, OF, ARITH
-from hvsim.cpu.layout import EFLAGS, EAX, EDX, MASK32
+from hvsim.arch.fault import raise_fault, NO_ERROR_CODE
+from hvsim.arch.flags import CF, PF, AF, ZF, SF, OF, ARITH
+from hvsim.arch.layout import EFLAGS, EAX, EDX, MASK32
 
 NOT_ARITH = ~ARITH
 NOT_CF_OF = ~(CF | OF)

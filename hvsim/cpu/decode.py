@@ -26,7 +26,7 @@ Instruction format (SDM Vol. 2A, 2.1, Figure 2-1)::
 import numpy as np
 
 from hvsim._jit import njit
-from hvsim.cpu.layout import (
+from hvsim.arch.layout import (
     MASK32, EBP, ESP, ZERO, SREG_ES, SREG_CS, SREG_SS, SREG_DS, SREG_FS, SREG_GS,
     DC_ENTRIES, DC_FIELDS, PG_CODE, CFG_MEM_SIZE, FAULT_PENDING, FAULT_VECTOR, FAULT_ERROR, FAULT_ADDR,
     FAULT_BUS, CPL, CFG_DC_ENABLED, COUNTERS, FETCH_FAULT_KIND, FETCH_FAULT_VECTOR,
@@ -34,10 +34,10 @@ from hvsim.cpu.layout import (
 )
 
 from hvsim.cpu.blocks import F_BLK, F_HOT, BLOCK_NONE
-from hvsim.cpu.counters import C_DC_HIT, C_DC_MISS
-from hvsim.cpu.fault import raise_fault, raise_bus_error
+from hvsim.arch.counters import C_DC_HIT, C_DC_MISS
+from hvsim.arch.fault import raise_fault, raise_bus_error
 from hvsim.mmu.paging import translate
-from hvsim.mmu.pte import ACC_FETCH, ACC_USER
+from hvsim.arch.pte import ACC_FETCH, ACC_USER
 
 BYTES_ROW = DC_ENTRIES + 1   # dc entry used as the fetch buffer (its first 16 fields)
 

@@ -11,7 +11,7 @@ Devices:
               IN from port+0 reads the period. Default ports 0x40/0x41.
 """
 from hvsim._jit import njit
-from hvsim.cpu.layout import (PORTMAP, CONSOLE_LEN, CONSOLE_BUF, CONSOLE_CAP, TIMER_PERIOD,
+from hvsim.arch.layout import (PORTMAP, CONSOLE_LEN, CONSOLE_BUF, CONSOLE_CAP, TIMER_PERIOD,
                               TIMER_NEXT, TIMER_VECTOR, TSC, ATTN, MASK32)
 
 DEV_NONE = 0

@@ -10,13 +10,13 @@ from hvsim._jit import njit
 from hvsim.cpu import alu
 from hvsim.cpu.decode import (F_OPC, F_REG, F_RM, F_SIZE, F_IMM, F_SEG, F_PFX, PFX_REP,
                               PFX_REPNE)
-from hvsim.cpu.flags import CF, PF, ZF, SF, OF, DF
-from hvsim.cpu.layout import (MASK32, EAX, ECX, EDX, ESP, ESI, EDI, EIP, EFLAGS, FAULT_PENDING,
+from hvsim.arch.flags import CF, PF, ZF, SF, OF, DF
+from hvsim.arch.layout import (MASK32, EAX, ECX, EDX, ESP, ESI, EDI, EIP, EFLAGS, FAULT_PENDING,
                               SEG_LIMIT, SREG_CS, SREG_ES, NO_RETIRE, INSN_EIP, ATTN)
-from hvsim.cpu.fault import raise_fault
+from hvsim.arch.fault import raise_fault
 from hvsim.cpu.operands import (get_reg, set_reg, ea, rm_read, rm_write, mem_read, mem_write,
                                 push, pop)
-from hvsim.rings.vectors import GP, UD
+from hvsim.arch.vectors import GP, UD
 
 REP_CHUNK = 4096   # iterations of a REP string instruction per step (keeps every run() bounded)
 

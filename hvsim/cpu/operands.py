@@ -9,11 +9,11 @@ always take the checked path.
 EAX..EBX), 4-7 are AH CH DH BH (byte 1 of EAX..EBX) (SDM Vol. 2A, Table 2-2).
 """
 from hvsim._jit import njit, inline_in
-from hvsim.cpu.layout import (MASK32, ESP, CPL, FLAT, FAULT_PENDING, SREG_DS, SREG_SS,
+from hvsim.arch.layout import (MASK32, ESP, CPL, FLAT, FAULT_PENDING, SREG_DS, SREG_SS,
                               SREG_ES)
 from hvsim.cpu.decode import F_BASE, F_INDEX, F_SCALE, F_DISP, F_SEG, F_RM
 from hvsim.mmu.paging import read_lin, write_lin
-from hvsim.mmu.pte import ACC_USER, ACC_WRITE
+from hvsim.arch.pte import ACC_USER, ACC_WRITE
 from hvsim.rings.segments import seg_lin
 
 

@@ -4,7 +4,7 @@
 instructions until something needs software -- an exception routed to the host, an
 I/O port no device claims, HLT with nothing to wake it, a triple fault, an access
 outside memory, a host breakpoint, or the end of the budget -- and returns the exit
-kind (hvsim/cpu/exits.py) with the details in the EXIT_* slots of ``st``.
+kind (hvsim/arch/exits.py) with the details in the EXIT_* slots of ``st``.
 
 Every call returns after at most ``budget`` steps (a step is one instruction, one
 fault, or one chunk of a REP string instruction), so no guest can hang the host.
@@ -13,14 +13,14 @@ from hvsim._jit import njit
 from hvsim.cpu import decode as D
 from hvsim.cpu.blocks import call_block, F_BLK, F_HOT, BLOCK_NONE, BLOCK_NEVER, ATTN_BLOCK
 from hvsim.cpu.table import call_handler, call_deliver, K_DELIVER
-from hvsim.cpu.counters import (C_INSN, C_INSN_RING, C_EXC, C_EXITS, C_EXIT_KIND, C_IRQ,
+from hvsim.arch.counters import (C_INSN, C_INSN_RING, C_EXC, C_EXITS, C_EXIT_KIND, C_IRQ,
                                 C_TIMER, C_TLB_HIT)
-from hvsim.cpu.cr import CR0_PG
-from hvsim.cpu.exits import (EXIT_NONE, EXIT_HALT, EXIT_EXCEPTION, EXIT_BUDGET, EXIT_SHUTDOWN,
+from hvsim.arch.cr import CR0_PG
+from hvsim.arch.exits import (EXIT_NONE, EXIT_HALT, EXIT_EXCEPTION, EXIT_BUDGET, EXIT_SHUTDOWN,
                              EXIT_BUS_ERROR, EXIT_BREAKPOINT, EXIT_INTERRUPT, EXIT_TRANSLATE)
-from hvsim.cpu.fault import raise_fault, raise_bus_error
-from hvsim.cpu.flags import IF, TF
-from hvsim.cpu.layout import (
+from hvsim.arch.fault import raise_fault, raise_bus_error
+from hvsim.arch.flags import IF, TF
+from hvsim.arch.layout import (
     MASK32, EIP, EFLAGS, CR0, CR2, CPL, TSC, SEG_BASE, SEG_LIMIT, SREG_CS, CFG_MEM_SIZE,
     FETCH_LIN_PAGE, FETCH_PHYS_PAGE, FETCH_CPL, FAULT_PENDING, FAULT_VECTOR, FAULT_ERROR,
     FAULT_ADDR, FAULT_EXCEPTION, FAULT_BUS, INSN_EIP, INSN_LEN, HALTED, INT_SHADOW,
@@ -30,9 +30,9 @@ from hvsim.cpu.layout import (
     CFG_TLB_ENABLED, CFG_BLOCK_HOT, BLOCK_REQUEST, DC_ENTRIES, KERNEL_REQUEST, RESUME_ROW,
 )
 from hvsim.mmu.paging import translate
-from hvsim.mmu.pte import ACC_FETCH, ACC_USER
+from hvsim.arch.pte import ACC_FETCH, ACC_USER
 from hvsim.rings.interrupts import trace_record, EV_FAULT, EV_TRAP, EV_EXTERNAL
-from hvsim.rings.vectors import GP, DB, PF
+from hvsim.arch.vectors import GP, DB, PF
 
 # EXIT_SOURCE values: what kind of event an 'exception' exit is
 SRC_FAULT = 0

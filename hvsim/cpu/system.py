@@ -12,14 +12,14 @@ Goldberg's theorem 1 requires.
 """
 from hvsim._jit import njit
 from hvsim.cpu import alu
-from hvsim.cpu.cr import (CR0_PE, CR0_PG, CR0_WP, CR0_TS, CR0_ET, CR0_MP, CR0_EM, CR4_PAE,
+from hvsim.arch.cr import (CR0_PE, CR0_PG, CR0_WP, CR0_TS, CR0_ET, CR0_MP, CR0_EM, CR4_PAE,
                           CR4_PSE, CR4_PGE, CR4_SUPPORTED, CR4_TSD, CR0_CD, CR0_NW, CR0_NE,
                           CR0_AM)
 from hvsim.cpu.decode import F_OPC, F_REG, F_RM, F_SIZE, F_IMM, F_IMM2, F_SEG
 from hvsim.cpu.devices import port_in, port_out
-from hvsim.cpu.exits import EXIT_IO
-from hvsim.cpu.flags import IF, IOPL_MASK, IOPL_SHIFT, POPF_WRITABLE, RF, VM, FIXED1
-from hvsim.cpu.layout import (
+from hvsim.arch.exits import EXIT_IO
+from hvsim.arch.flags import IF, IOPL_MASK, IOPL_SHIFT, POPF_WRITABLE, RF, VM, FIXED1
+from hvsim.arch.layout import (
     MASK32, EAX, ECX, EDX, EBX, ESP, EIP, EFLAGS, CR0, CR2, CR3, CR4, CPL, TSC, FAULT_PENDING,
     SEG_SEL, SREG_SS, SREG_CS, GDTR_BASE, GDTR_LIMIT, IDTR_BASE, IDTR_LIMIT, LDTR_SEL, TR_SEL,
     HALTED, INT_SHADOW, ATTN, VIRTUALIZABLE, COUNTERS, INSN_EIP, INSN_LEN,
@@ -27,8 +27,8 @@ from hvsim.cpu.layout import (
     MSR_SYSENTER_CS_SLOT, MSR_SYSENTER_ESP_SLOT, MSR_SYSENTER_EIP_SLOT, MSR_EFER_SLOT,
     MSR_FEATURE_CONTROL_SLOT, FETCH_LIN_PAGE, TIMER_NEXT, ROUTE, ROUTE_HOST, EXIT_SOURCE,
 )
-from hvsim.cpu.counters import C_IO_IN, C_IO_OUT, C_IO_EXIT, C_HLT, C_CR3_WRITE, C_SWINT
-from hvsim.cpu.fault import raise_fault
+from hvsim.arch.counters import C_IO_IN, C_IO_OUT, C_IO_EXIT, C_HLT, C_CR3_WRITE, C_SWINT
+from hvsim.arch.fault import raise_fault
 from hvsim.cpu.operands import (get_reg, set_reg, ea, rm_read, rm_write, mem_read, mem_write,
                                 push, pop, to_lin)
 from hvsim.cpu.execute import jump
@@ -37,7 +37,7 @@ from hvsim.rings.segments import load_sreg
 from hvsim.rings.interrupts import deliver, EV_SOFTWARE
 from hvsim.rings.transfers import far_jmp, far_call, far_ret, iret
 from hvsim.rings.sysinsn import lar, lsl, verr, verw, ltr, lldt, io_permitted
-from hvsim.rings.vectors import GP, UD, BP
+from hvsim.arch.vectors import GP, UD, BP
 
 # ---- model-specific registers (SDM Vol. 4, Table 2-2) ---------------------------------
 MSR_TSC = 0x10

@@ -38,7 +38,7 @@ from numba.extending import intrinsic
 from hvsim.cpu import decode as D
 from hvsim.cpu import execute as X
 from hvsim.cpu import system as S
-from hvsim.cpu.layout import DC_SHAPE
+from hvsim.arch.layout import DC_SHAPE
 from hvsim.rings import interrupts
 
 # op -> handler: every OP_* of hvsim/cpu/decode.py except OP_NOP, which the run loop

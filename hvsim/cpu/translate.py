@@ -42,14 +42,14 @@ from llvmlite import ir
 from hvsim.cpu import alu
 from hvsim.cpu import decode as D
 from hvsim.cpu.blocks import F_BLK, BLOCK_NEVER
-from hvsim.cpu.counters import C_DC_HIT, C_TLB_HIT, C_TLB_MISS
-from hvsim.cpu.cr import CR0_PG, CR0_WP
-from hvsim.cpu.flags import CF, PF, AF, ZF, SF, OF, ARITH
-from hvsim.cpu.layout import (EAX, ECX, ESP, EIP, EFLAGS, CR0, CPL, SEG_LIMIT, SREG_CS, SREG_DS,
+from hvsim.arch.counters import C_DC_HIT, C_TLB_HIT, C_TLB_MISS
+from hvsim.arch.cr import CR0_PG, CR0_WP
+from hvsim.arch.flags import CF, PF, AF, ZF, SF, OF, ARITH
+from hvsim.arch.layout import (EAX, ECX, ESP, EIP, EFLAGS, CR0, CPL, SEG_LIMIT, SREG_CS, SREG_DS,
                               SREG_SS, SREG_ES, FLAT, INSN_EIP, INSN_LEN, COUNTERS, MASK32,
                               ZERO, CFG_MEM_SIZE, CFG_TLB_SETS, CFG_TLB_WAYS, CFG_TLB_ENABLED,
                               PG_CODE, TLB_FIELDS, DC_ENTRIES)
-from hvsim.mmu.pte import PTE_RW, PTE_US, PTE_D
+from hvsim.arch.pte import PTE_RW, PTE_US, PTE_D
 from hvsim.mmu.tlb import TLB_TAG, TLB_FRAME, TLB_FLAGS, TLB_LRU
 
 MAX_INSNS = 64        # instructions per block at most

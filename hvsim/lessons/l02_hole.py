@@ -20,7 +20,7 @@ import html
 from typing import Optional
 
 from hvsim import Machine, assemble
-from hvsim.cpu.flags import IF, IOPL_SHIFT, FIXED1
+from hvsim.arch.flags import IF, IOPL_SHIFT, FIXED1
 from hvsim.guests import teaching_kernel
 from hvsim.lessons import Exercise
 from hvsim.rings.monitor import TrapAndEmulate

@@ -28,10 +28,10 @@ from typing import Iterable
 import numpy as np
 
 from hvsim import Machine, assemble
-from hvsim.cpu.cr import CR0_PG, CR4_PSE
+from hvsim.arch.cr import CR0_PG, CR4_PSE
 from hvsim.lessons import Exercise
 from hvsim.mmu import walk
-from hvsim.mmu.pte import (PTE_P, PTE_RW, PTE_US, PTE_PS, PTE_FRAME, PDE_FRAME_4M,
+from hvsim.arch.pte import (PTE_P, PTE_RW, PTE_US, PTE_PS, PTE_FRAME, PDE_FRAME_4M,
                            PFEC_P, PFEC_W, PFEC_U, PFEC_RSVD)
 from hvsim.rings.setup import install
 

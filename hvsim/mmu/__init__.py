@@ -15,7 +15,7 @@ Vol. 3A, 4.3, "32-bit paging"):
    1024 *page-table entries* (PTE), which gives the **4 KiB** frame; bits 11:0 are the
    offset. One memory reference per level: 2 for a 4 KiB page, 1 for a 4 MiB page.
 
-Each entry (same layout at both levels, drawn in ``hvsim/mmu/pte.py``) carries
+Each entry (same layout at both levels, drawn in ``hvsim/arch/pte.py``) carries
 P (present), R/W, U/S, A (accessed), D (dirty), G (global). A translation fails with a
 **page fault** (#PF, vector 14; the address goes to CR2 and the error code says why:
 P = 0 "not present" or 1 "protection", W "it was a write", U "it came from CPL 3",
@@ -62,8 +62,8 @@ Where things live
 """
 from dataclasses import dataclass
 
-from hvsim.cpu.cr import CR3_PD_MASK, CR4_PSE, CR4_PGE
-from hvsim.mmu.pte import (PTE_P, PTE_RW, PTE_US, PTE_PWT, PTE_PCD, PTE_A, PTE_D, PTE_PS,
+from hvsim.arch.cr import CR3_PD_MASK, CR4_PSE, CR4_PGE
+from hvsim.arch.pte import (PTE_P, PTE_RW, PTE_US, PTE_PWT, PTE_PCD, PTE_A, PTE_D, PTE_PS,
                            PTE_G, PTE_FRAME, PDE_FRAME_4M, PFEC_P, PFEC_W, PFEC_U, PFEC_RSVD)
 
 __all__ = ["walk", "WalkResult", "tlb_contents", "TlbEntry", "entry_flags"]
@@ -228,7 +228,7 @@ class TlbEntry:
 
 def tlb_contents(st, tlb):
     """The valid entries of the TLB, set by set (plain Python; for display)."""
-    from hvsim.cpu.layout import CFG_TLB_SETS, CFG_TLB_WAYS, TLB_FIELDS
+    from hvsim.arch.layout import CFG_TLB_SETS, CFG_TLB_WAYS, TLB_FIELDS
     from hvsim.mmu.tlb import (TLB_TAG, TLB_FRAME, TLB_FLAGS, TLB_LRU, TLBF_US, TLBF_RW,
                                TLBF_D, TLBF_LARGE, TLBF_G)
     sets, ways = int(st[CFG_TLB_SETS]), int(st[CFG_TLB_WAYS])

@@ -40,13 +40,13 @@ incref/decref pairs that LLVM cannot prune around branches and calls: measured
 import numpy as np
 
 from hvsim._jit import njit, inline_in
-from hvsim.cpu.layout import (CR0, CR3, CR4, COUNTERS, CFG_MEM_SIZE, CFG_TLB_SETS,
+from hvsim.arch.layout import (CR0, CR3, CR4, COUNTERS, CFG_MEM_SIZE, CFG_TLB_SETS,
                               CFG_TLB_WAYS, CFG_TLB_ENABLED, FAULT_PENDING, MASK32,
                               TLB_FIELDS, PG_CODE, PG_GEN_ONE)
-from hvsim.cpu.counters import C_TLB_HIT, C_TLB_MISS, C_PAGE_WALKS, C_WALK_REFS, C_SMC
-from hvsim.cpu.cr import CR0_PG, CR0_WP, CR3_PD_MASK, CR4_PSE, CR4_PGE
-from hvsim.cpu.fault import raise_page_fault, raise_bus_error
-from hvsim.mmu.pte import (PTE_P, PTE_RW, PTE_US, PTE_A, PTE_D, PTE_PS, PTE_G,
+from hvsim.arch.counters import C_TLB_HIT, C_TLB_MISS, C_PAGE_WALKS, C_WALK_REFS, C_SMC
+from hvsim.arch.cr import CR0_PG, CR0_WP, CR3_PD_MASK, CR4_PSE, CR4_PGE
+from hvsim.arch.fault import raise_page_fault, raise_bus_error
+from hvsim.arch.pte import (PTE_P, PTE_RW, PTE_US, PTE_A, PTE_D, PTE_PS, PTE_G,
                            PTE_FRAME, PDE_FRAME_4M, PFEC_P, PFEC_W, PFEC_U, PFEC_RSVD,
                            ACC_WRITE, ACC_USER)
 from hvsim.mmu.tlb import (tlb_fill, tlb_drop_page, tlb_flush, tlb_invlpg,  # noqa: F401

@@ -31,10 +31,10 @@ replaces and invalidates entries. Kernels are compiled with ``_nrt=False`` (no a
 allocated; see paging.py for why).
 """
 from hvsim._jit import njit
-from hvsim.cpu.layout import (TLB_FIELDS, CFG_TLB_SETS, CFG_TLB_WAYS, COUNTERS,
+from hvsim.arch.layout import (TLB_FIELDS, CFG_TLB_SETS, CFG_TLB_WAYS, COUNTERS,
                               FETCH_LIN_PAGE, MASK32)
-from hvsim.cpu.counters import C_TLB_HIT, C_TLB_MISS, C_TLB_FLUSH, C_INVLPG
-from hvsim.mmu.pte import PTE_RW, PTE_US, PTE_D, PTE_PS, PTE_G
+from hvsim.arch.counters import C_TLB_HIT, C_TLB_MISS, C_TLB_FLUSH, C_INVLPG
+from hvsim.arch.pte import PTE_RW, PTE_US, PTE_D, PTE_PS, PTE_G
 
 # fields of an entry
 TLB_TAG = 0

@@ -3,17 +3,17 @@
 Everything here is ``@njit``. The pure bit-field helpers take plain ints; the table
 helpers take ``(mem, st, tlb, pg, ...)`` and read the GDT/LDT through the MMU as
 *implicit supervisor* accesses (no ACC_USER, whatever the CPL: SDM Vol. 3A, 4.6.1
-"implicit supervisor-mode accesses"). Faults are recorded with hvsim.cpu.fault;
+"implicit supervisor-mode accesses"). Faults are recorded with hvsim.arch.fault;
 callers test ``st[FAULT_PENDING]`` after every helper that reads memory.
 
 A descriptor is handled as two little-endian dwords: ``lo`` (bytes 0-3) and ``hi``
 (bytes 4-7), the way the SDM draws it (Vol. 3A, 3.4.5, Figure 3-8).
 """
 from hvsim._jit import njit
-from hvsim.cpu.layout import (MASK32, GDTR_BASE, GDTR_LIMIT, LDTR_BASE, LDTR_LIMIT, LDTR_AR,
+from hvsim.arch.layout import (MASK32, GDTR_BASE, GDTR_LIMIT, LDTR_BASE, LDTR_LIMIT, LDTR_AR,
                               AR_S, AR_P, AR_UNUSABLE, AR_DB, FAULT_PENDING)
 from hvsim.mmu.paging import read_lin, write_lin
-from hvsim.mmu.pte import ACC_READ, ACC_WRITE
+from hvsim.arch.pte import ACC_READ, ACC_WRITE
 
 # --- segment selector (SDM Vol. 3A, 3.4.2, Figure 3-6) --------------------------------
 #

@@ -18,11 +18,11 @@ Stack pushes are user-mode accesses only when the new CPL is 3; IDT, GDT/LDT and
 reads are implicit supervisor accesses. Everything here is ``@njit``.
 """
 from hvsim._jit import njit
-from hvsim.cpu.counters import (C_PRIV_SWITCH, C_INT_VEC, C_DOUBLE_FAULT, C_TRIPLE_FAULT,
+from hvsim.arch.counters import (C_PRIV_SWITCH, C_INT_VEC, C_DOUBLE_FAULT, C_TRIPLE_FAULT,
                                 C_FAULT_DELIVERY, C_EXC)
-from hvsim.cpu.fault import raise_fault, raise_shutdown
-from hvsim.cpu.flags import IF, TF, NT, RF, VM
-from hvsim.cpu.layout import (MASK32, ESP, EIP, EFLAGS, CPL, CR2, TSC, COUNTERS,
+from hvsim.arch.fault import raise_fault, raise_shutdown
+from hvsim.arch.flags import IF, TF, NT, RF, VM
+from hvsim.arch.layout import (MASK32, ESP, EIP, EFLAGS, CPL, CR2, TSC, COUNTERS,
                               FAULT_PENDING, FAULT_VECTOR, FAULT_ERROR, FAULT_ADDR,
                               FAULT_EXCEPTION, DELIVERING, DOUBLE_FAULTING, HALTED, INSN_EIP,
                               IDTR_BASE, IDTR_LIMIT, TR_SEL, TR_BASE, TR_LIMIT, TR_AR,
@@ -30,7 +30,7 @@ from hvsim.cpu.layout import (MASK32, ESP, EIP, EFLAGS, CPL, CR2, TSC, COUNTERS,
                               AR_UNUSABLE, ROUTE, ROUTE_HOST,
                               TRACE_HEAD, TRACE_BUF, TRACE_FIELDS, TRACE_CAP)
 from hvsim.mmu.paging import read_lin
-from hvsim.mmu.pte import ACC_READ
+from hvsim.arch.pte import ACC_READ
 from hvsim.rings.descriptors import (
     SYS_INT_GATE32, SYS_TRAP_GATE32, SYS_TASK_GATE, SYS_TSS32_AVAIL, SYS_TSS32_BUSY,
     TSS_ESP0, ERR_EXT, sel_rpl, sel_is_null, sel_error, idt_error, desc_in_table, read_desc,

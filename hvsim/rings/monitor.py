@@ -53,15 +53,15 @@ import struct
 from typing import Optional
 
 from hvsim.asm import disassemble_one
-from hvsim.cpu.cr import CR0_PG
-from hvsim.cpu.flags import IF, IOPL_MASK, IOPL_SHIFT, TF, NT, RF, VM, FIXED1, POPF_WRITABLE
-from hvsim.cpu.layout import AR_DPL_SHIFT
+from hvsim.arch.cr import CR0_PG
+from hvsim.arch.flags import IF, IOPL_MASK, IOPL_SHIFT, TF, NT, RF, VM, FIXED1, POPF_WRITABLE
+from hvsim.arch.layout import AR_DPL_SHIFT
 from hvsim.machine import Machine, Event, Snapshot
 from hvsim.rings import decode_descriptor
 from hvsim.rings.descriptors import (TSS_ESP0, ERR_IDT, SYS_INT_GATE32,
                                      SYS_TRAP_GATE32)
 from hvsim.rings.setup import install
-from hvsim.rings.vectors import vector_name, GP, PF, HAS_ERROR_CODE
+from hvsim.arch.vectors import vector_name, GP, PF, HAS_ERROR_CODE
 
 __all__ = ["TrapAndEmulate", "VirtualCPU", "LogEntry", "MonitorEvent", "MonitorSnapshot",
            "GUEST_RING"]

@@ -2,7 +2,7 @@
 
 Every function here is ``@njit``. Each segment register has a visible selector and a
 hidden cache (base, limit in bytes, access rights in the VMCS layout) in ``st``
-(hvsim/cpu/layout.py SEG_*); the checks below read only the cache, as the processor
+(hvsim/arch/layout.py SEG_*); the checks below read only the cache, as the processor
 does after a load (SDM Vol. 3A, 3.4.3 and 5.3-5.6).
 
 * ``seg_lin``   segment-relative offset -> linear address, with the limit and type
@@ -14,13 +14,13 @@ does after a load (SDM Vol. 3A, 3.4.3 and 5.3-5.6).
   ``stack_write``, ``stack_read``, ``load_cache``, ``load_null``, ``null_outer_data``.
 """
 from hvsim._jit import njit
-from hvsim.cpu.counters import C_SEG_LOAD
-from hvsim.cpu.fault import raise_fault
-from hvsim.cpu.layout import (MASK32, ESP, CPL, COUNTERS, FAULT_PENDING, FLAT,
+from hvsim.arch.counters import C_SEG_LOAD
+from hvsim.arch.fault import raise_fault
+from hvsim.arch.layout import (MASK32, ESP, CPL, COUNTERS, FAULT_PENDING, FLAT,
                               SEG_SEL, SEG_BASE, SEG_LIMIT, SEG_AR, AR_UNUSABLE, AR_DB,
                               SREG_ES, SREG_CS, SREG_SS, SREG_DS, SREG_FS, SREG_GS)
 from hvsim.mmu.paging import read_lin, write_lin
-from hvsim.mmu.pte import ACC_READ, ACC_WRITE, ACC_USER
+from hvsim.arch.pte import ACC_READ, ACC_WRITE, ACC_USER
 from hvsim.rings.descriptors import (
     EXPAND_DOWN_TOP_BIG, EXPAND_DOWN_TOP_SMALL, sel_rpl, sel_is_null, sel_error,
     desc_in_table, read_desc, set_accessed, desc_base, desc_limit, desc_ar, ar_dpl,

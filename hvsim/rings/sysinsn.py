@@ -14,13 +14,13 @@ All ``@njit``. Descriptor and TSS reads are implicit supervisor accesses; a page
 during one is left pending (callers test st[FAULT_PENDING] before using any result).
 """
 from hvsim._jit import njit
-from hvsim.cpu.fault import raise_fault
-from hvsim.cpu.flags import ZF, IOPL_MASK, IOPL_SHIFT
-from hvsim.cpu.layout import (MASK32, EFLAGS, CPL, FAULT_PENDING, TR_SEL, TR_BASE, TR_LIMIT,
+from hvsim.arch.fault import raise_fault
+from hvsim.arch.flags import ZF, IOPL_MASK, IOPL_SHIFT
+from hvsim.arch.layout import (MASK32, EFLAGS, CPL, FAULT_PENDING, TR_SEL, TR_BASE, TR_LIMIT,
                               TR_AR, LDTR_SEL, LDTR_BASE, LDTR_LIMIT, LDTR_AR, AR_S,
                               AR_UNUSABLE)
 from hvsim.mmu.paging import read_lin, write_lin
-from hvsim.mmu.pte import ACC_READ, ACC_WRITE
+from hvsim.arch.pte import ACC_READ, ACC_WRITE
 from hvsim.rings.descriptors import (
     SEL_TI, TSS_BUSY_BIT, TSS_IOMAP_BASE, TSS32_MIN_LIMIT,
     SYS_TSS16_AVAIL, SYS_LDT, SYS_TSS16_BUSY, SYS_CALL_GATE16, SYS_TASK_GATE,

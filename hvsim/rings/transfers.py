@@ -19,11 +19,11 @@ st[EIP], which the caller has already advanced past the instruction. Every kerne
 leaves the state untouched when it faults (stack memory may have been written).
 """
 from hvsim._jit import njit
-from hvsim.cpu.counters import C_IRET, C_PRIV_SWITCH
-from hvsim.cpu.fault import raise_fault
-from hvsim.cpu.flags import (ARITH, TF, IF, DF, NT, RF, AC, ID, VM, IOPL_MASK, IOPL_SHIFT,
+from hvsim.arch.counters import C_IRET, C_PRIV_SWITCH
+from hvsim.arch.fault import raise_fault
+from hvsim.arch.flags import (ARITH, TF, IF, DF, NT, RF, AC, ID, VM, IOPL_MASK, IOPL_SHIFT,
                              FIXED1)
-from hvsim.cpu.layout import (ESP, EIP, EFLAGS, CPL, COUNTERS, FAULT_PENDING,
+from hvsim.arch.layout import (ESP, EIP, EFLAGS, CPL, COUNTERS, FAULT_PENDING,
                               SEG_SEL, SEG_BASE, SEG_LIMIT, SEG_AR, SREG_CS, SREG_SS,
                               AR_UNUSABLE)
 from hvsim.rings.descriptors import (

@@ -3,7 +3,7 @@
 The counters are the bridge to the cost model (DESIGN.md): the core counts events, a
 profile gives each event a cost. Before any cost, the counts alone already tell the
 story -- how many TLB misses, walks, traps -- so the lessons show them as bars.
-Counter names are those of ``Machine.counters`` (hvsim/cpu/counters.py NAMES,
+Counter names are those of ``Machine.counters`` (hvsim/arch/counters.py NAMES,
 ``ring0``..``ring3``, ``exception_<n>``, ``delivered_<n>``).
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from hvsim.cpu import layout as L
+from hvsim.arch import layout as L
 from hvsim.machine import Counters
 from hvsim.viz._common import axes, RUN_COLOURS
 

@@ -26,10 +26,10 @@ from __future__ import annotations
 
 import networkx as nx
 
-from hvsim.cpu import layout as L
-from hvsim.cpu.cr import CR0_PG, CR3_PD_MASK
+from hvsim.arch import layout as L
+from hvsim.arch.cr import CR0_PG, CR3_PD_MASK
 from hvsim.mmu import walk, tlb_contents, entry_flags
-from hvsim.mmu.pte import PTE_P, PTE_FRAME
+from hvsim.arch.pte import PTE_P, PTE_FRAME
 from hvsim.viz._common import axes, LIT, EDGE, DIM, DIM_TEXT, FAULT, OK
 
 # 32-bit paging splits a linear address into three fields (SDM Vol. 3A, 4.3, Figure 4-2)

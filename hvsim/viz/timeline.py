@@ -24,8 +24,8 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from hvsim.cpu import layout as L
-from hvsim.cpu.counters import C_INSN
+from hvsim.arch import layout as L
+from hvsim.arch.counters import C_INSN
 from hvsim.viz._common import axes, LIT, EDGE, FAULT
 from hvsim.viz.rings import RING_NAMES
 

@@ -41,9 +41,9 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from hvsim.cpu import layout as L
+from hvsim.arch import layout as L
 from hvsim.machine import Machine
-from hvsim.rings.vectors import vector_name
+from hvsim.arch.vectors import vector_name
 from hvsim.widgets import render as R
 
 DEFAULT_CHECKPOINT_BYTES = 128 << 20

@@ -23,7 +23,7 @@ from typing import Iterable, Optional
 import numpy as np
 
 from hvsim.asm import disassemble, disassemble_one
-from hvsim.cpu.flags import Flag, IOPL_MASK, IOPL_SHIFT
+from hvsim.arch.flags import Flag, IOPL_MASK, IOPL_SHIFT
 from hvsim.mmu import walk
 
 BACK_BYTES = 48          # how far before EIP the backward decoder looks

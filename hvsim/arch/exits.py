@@ -1,7 +1,7 @@
 """Why ``run()`` returned: exit kinds (hvsim's own numbering, in the spirit of KVM_EXIT_*).
 
 The jitted run loop returns one of these and fills the EXIT_* slots of the state
-array (hvsim/cpu/layout.py). Constants only.
+array (hvsim/arch/layout.py). Constants only.
 """
 import enum
 

@@ -30,7 +30,7 @@ C_SEG_LOAD = 60        # segment-register loads from descriptor tables
 C_FAULT_DELIVERY = 61  # exceptions delivered through the guest IDT
 C_DOUBLE_FAULT = 62
 C_TRIPLE_FAULT = 63
-C_EXIT_KIND = 64       # 64..79: host exits by kind (hvsim/cpu/exits.py)
+C_EXIT_KIND = 64       # 64..79: host exits by kind (hvsim/arch/exits.py)
 C_INT_VEC = 256        # 256..511: events delivered through the guest IDT, by vector
 
 # Python-side names for the counters with a single slot (the face builds the view from this).

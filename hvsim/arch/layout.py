@@ -16,7 +16,7 @@ kernels mask with ``MASK32`` after arithmetic. Module-level ints are folded by n
 compile-time constants, so naming a slot costs nothing.
 
 Faults inside a kernel are never Python exceptions: a kernel that detects one calls
-``raise_fault`` (hvsim/cpu/fault.py), which fills the FAULT_* slots; every caller checks
+``raise_fault`` (hvsim/arch/fault.py), which fills the FAULT_* slots; every caller checks
 ``st[FAULT_PENDING]`` after any call that can fault and returns at once. The run loop
 turns a pending fault into delivery through the guest IDT or into a host exit.
 """
@@ -111,7 +111,7 @@ FETCH_FAULT_VECTOR = 85
 FETCH_FAULT_ERROR = 86
 FETCH_FAULT_ADDR = 87
 
-# --- the exit-info block: why run() returned (hvsim/cpu/exits.py names the kinds) -------
+# --- the exit-info block: why run() returned (hvsim/arch/exits.py names the kinds) -------
 EXIT_KIND = 90
 EXIT_VECTOR = 91
 EXIT_ERROR = 92     # error code or -1
@@ -166,7 +166,7 @@ TRACE_HEAD = CONSOLE_BUF + CONSOLE_CAP   # total events ever recorded
 TRACE_BUF = TRACE_HEAD + 1
 TRACE_FIELDS = 8     # kind, vector, error, eip, cpl_from, cpl_to, tsc, extra
 TRACE_CAP = 1024
-# --- counters: the bridge to the cost model (hvsim/cpu/counters.py names them) ----------
+# --- counters: the bridge to the cost model (hvsim/arch/counters.py names them) ----------
 COUNTERS = TRACE_BUF + TRACE_CAP * TRACE_FIELDS
 N_COUNTERS = 512
 

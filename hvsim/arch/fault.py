@@ -7,7 +7,7 @@ effect. The run loop then delivers the fault (guest IDT or host exit).
 Only the first fault of an instruction is kept.
 """
 from hvsim._jit import njit
-from hvsim.cpu.layout import (FAULT_PENDING, FAULT_VECTOR, FAULT_ERROR, FAULT_ADDR,
+from hvsim.arch.layout import (FAULT_PENDING, FAULT_VECTOR, FAULT_ERROR, FAULT_ADDR,
                               FAULT_EXCEPTION, FAULT_BUS, FAULT_SHUTDOWN, ATTN)
 
 NO_ERROR_CODE = -1
