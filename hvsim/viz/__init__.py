@@ -9,6 +9,8 @@ on, so a notebook can add to it and a test can inspect what was drawn.
 * :func:`record` and :func:`timeline` -- CPL over retired instructions, with every trap
   and interrupt marked by name;
 * :func:`counter_bars` -- event counters as bars, one run or several side by side;
+* :func:`overhead_bars` -- cycles by category (hvsim.cost breakdowns), stacked, several
+  runs and CPU generations side by side, estimated costs hatched;
 * :func:`page_walk_graph` and :func:`page_walk` -- one 32-bit page walk
   (CR3 -> PDE -> PTE -> page) as a networkx graph, with the TLB's view of that page.
 
@@ -21,7 +23,8 @@ on, so a notebook can add to it and a test can inspect what was drawn.
 from hvsim.viz.rings import ring_diagram, RING_NAMES
 from hvsim.viz.timeline import Recording, record, timeline
 from hvsim.viz.counters import counter_bars
+from hvsim.viz.overhead import overhead_bars
 from hvsim.viz.pagewalk import page_walk_graph, page_walk
 
 __all__ = ["ring_diagram", "RING_NAMES", "Recording", "record", "timeline", "counter_bars",
-           "page_walk_graph", "page_walk"]
+           "overhead_bars", "page_walk_graph", "page_walk"]

@@ -1,0 +1,357 @@
+"""CPU-generation profiles: the cost in cycles of each counted event, with its source.
+
+Pure data and plain Python (not jitted). A :class:`Profile` is one Intel generation;
+it gives every event of :data:`EVENTS` a :class:`Cost`: cycles, the source the
+figure comes from (paper + section/table/figure), and whether it is an **estimate**.
+
+What "estimate" means here -- read before using a number:
+
+* ``estimate=False``: the figure was read, in the named source, as a measurement of
+  this event on this generation (the only ones are marked so below; see each note).
+* ``estimate=True``: anything else -- a published figure split or carried over to
+  another generation, a round number with a stated basis, or a value remembered and
+  not verified. The ``basis`` text says which. Tables print such a cost with ``*``
+  and :func:`hvsim.viz.overhead_bars` hatches the part of a bar it makes.
+
+Where the primary texts were read. The papers' PDFs are not reachable from the
+workshop that built this table; what was read, and how:
+
+* Adams & Agesen 2006, section 3.2, the rdtsc example: *trap-and-emulate 2030 cycles,
+  callout-and-emulate 1254, in-TC emulation 216, on a Pentium 4* -- as read in the
+  paper's own text and recorded in the project's shared/TECHNIQUES.md, section 2a
+  (tag [V1]). Not re-read here.
+* Landau, Ben-Yehuda & Gordon 2011 (SplitX), section 1 around Table 1: on a Xeon
+  X5570 (Nehalem-EP, 2.93 GHz) under KVM with EPT and VPID, "The direct cost on its
+  own is high: 2,000 cycles" -- the direct cost being the CPU world switch from guest
+  to hypervisor and back. Read in the paper's text.
+* Bhargava, Serebrin, Spadini & Manne 2008, Table 2 (the simulated configuration):
+  "average L2 miss 100 cycles" -- as recorded in shared/TECHNIQUES.md section 5 [V1].
+* blitz/kernel_entry_benchmark, README: an interrupt-gate round trip (INT n + IRET)
+  of 610 cycles, measured by its author on an Intel CPU the README does not name,
+  under KVM. Read in the README. Not a paper and not one of these generations: it is
+  only the basis of the round 600-cycle estimates below.
+* Agesen, Mattson, Rugina & Sheldon 2012, Figure 1, plots the hardware VM exit +
+  VM entry round trip for Prescott through Sandy Bridge. Its values were **not** read
+  (the figure is a chart and the text around it was not reachable): none of the
+  numbers below comes from it, and it is named only where it is the place to check.
+
+What was not found: a per-generation figure for a native system call, page fault or
+other exception delivery, port I/O, page-walk reference, or a software monitor's trap
+on Core 2 / Nehalem / Sandy Bridge. Those costs are estimates, and the same round value
+is used for every generation where nothing tells the generations apart -- so a
+difference between two profiles' totals comes only from the figures that differ.
+
+Model choices (profiles are inputs; nothing here says which technique should win):
+
+* ``instruction`` is 1 cycle for every retired guest instruction (CPI = 1), the
+  simplest assumption for the short integer programs hvsim runs. Real CPI varies by
+  instruction and generation (Agner Fog's tables); this model ignores that.
+* ``system_call``, ``page_fault``, ``exception`` and ``interrupt`` are the delivery
+  through the guest IDT and the IRET back, beyond 1 cycle per instruction: the
+  handler's own instructions are counted as instructions.
+* ``trap`` + ``emulated`` on the Pentium 4 split Adams & Agesen's trap-and-emulate
+  rdtsc (2030) into the in-TC emulation work (216) and the rest (1814), so that one
+  trapped-and-emulated instruction costs exactly the published 2030.
+* ``vm_exit`` on Nehalem is the SplitX measurement, which times KVM's world switch;
+  the other generations are estimates on that same footing (linear in year between
+  the Pentium 4 and Nehalem anchors), not the hardware-only latency of Agesen 2012 Fig. 1.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from collections.abc import Mapping
+from numbers import Real
+from types import MappingProxyType
+
+# ------------------------------------------------------------------ the counted events
+#: event name -> (category, what it is). The categories of a breakdown, in drawing order.
+CATEGORIES = ("guest instructions", "traps/exits", "monitor work", "page walks", "I/O")
+
+EVENTS = MappingProxyType({
+    "instruction": ("guest instructions",
+                    "a guest instruction retired by the (simulated) hardware"),
+    "system_call": ("guest instructions",
+                    "INT n delivered through the guest IDT, and the IRET back"),
+    "page_fault": ("guest instructions",
+                   "#PF delivered through the guest IDT by the hardware, and the IRET back"),
+    "exception": ("guest instructions",
+                  "another exception delivered through the guest IDT, and the IRET back"),
+    "interrupt": ("guest instructions",
+                  "an external interrupt delivered through the guest IDT, and the IRET back"),
+    "walk_ref": ("page walks",
+                 "one memory reference made by a page walk (a PDE or PTE read)"),
+    "port_io": ("I/O", "an IN or OUT performed by the hardware"),
+    "trap": ("traps/exits",
+             "a trap to a software monitor and the return to the guest"),
+    "vm_exit": ("traps/exits", "a VT-x VM exit and the VM entry back (round trip)"),
+    "hypercall": ("traps/exits",
+                  "a hypercall: the guest's INT into the monitor's ring 0 and back"),
+    "emulated": ("monitor work",
+                 "the monitor's work to emulate one guest instruction in software"),
+    "reflected": ("monitor work",
+                  "the monitor's work to reflect an exception or interrupt into the "
+                  "guest's virtual IDT (building the frame itself)"),
+    "injected": ("monitor work",
+                 "the monitor's work to inject one virtual interrupt"),
+})
+
+
+# ------------------------------------------------------------------ the sources
+ADAMS_2006 = "Adams & Agesen, ASPLOS 2006"
+LANDAU_2011 = "Landau, Ben-Yehuda & Gordon (SplitX), WIOV 2011"
+AGESEN_2012 = "Agesen, Mattson, Rugina & Sheldon, USENIX ATC 2012"
+BHARGAVA_2008 = "Bhargava, Serebrin, Spadini & Manne, ASPLOS 2008"
+KERNEL_ENTRY_BENCH = "blitz/kernel_entry_benchmark README"
+
+#: the short citations used in the costs' sources -> the full reference
+REFERENCES = MappingProxyType({
+    ADAMS_2006: "K. Adams, O. Agesen, 'A Comparison of Software and Hardware Techniques for "
+                "x86 Virtualization', ASPLOS 2006",
+    LANDAU_2011: "A. Landau, M. Ben-Yehuda, A. Gordon, 'SplitX: Split Guest/Hypervisor "
+                 "Execution on Multi-Core', WIOV 2011",
+    AGESEN_2012: "O. Agesen, J. Mattson, R. Rugina, J. Sheldon, 'Software Techniques for "
+                 "Avoiding Hardware Virtualization Exits', USENIX ATC 2012",
+    BHARGAVA_2008: "R. Bhargava, B. Serebrin, F. Spadini, S. Manne, 'Accelerating "
+                   "Two-Dimensional Page Walks for Virtualized Systems', ASPLOS 2008",
+    KERNEL_ENTRY_BENCH: "x86 kernel entry microbenchmarks (interrupt gate, call gate, "
+                        "sysenter, syscall), github.com/blitz/kernel_entry_benchmark, README",
+})
+
+
+@dataclasses.dataclass(frozen=True)
+class Cost:
+    """The cost of one event in cycles, and where the figure comes from.
+
+    ``source``: the paper (or document) and its table/figure/section; for an estimate,
+    what it rests on. ``estimate``: True unless the figure was read as a measurement of
+    this event on this generation. ``basis``: how the number was obtained (for an
+    estimate: derived how, or why this round value).
+    """
+    cycles: Real
+    source: str
+    estimate: bool = False
+    basis: str = ""
+
+    def __post_init__(self):
+        if isinstance(self.cycles, bool) or not isinstance(self.cycles, Real):
+            raise TypeError(f"Cost.cycles must be a number, got {self.cycles!r}")
+        if self.cycles < 0:
+            raise ValueError(f"Cost.cycles must be >= 0, got {self.cycles!r}")
+        if not isinstance(self.source, str) or not self.source.strip():
+            raise ValueError("every Cost needs a source (for an estimate: what it rests on)")
+        if self.estimate and not self.basis.strip():
+            raise ValueError("an estimated Cost needs a basis: how the number was obtained")
+
+    @property
+    def mark(self) -> str:
+        """``'*'`` for an estimate, ``''`` for a published measurement."""
+        return "*" if self.estimate else ""
+
+    def __str__(self):
+        return f"{self.cycles:g}{self.mark} cycles ({self.source})"
+
+
+@dataclasses.dataclass(frozen=True)
+class Profile:
+    """One CPU generation: a cited :class:`Cost` for every event of :data:`EVENTS`."""
+    name: str                 # the key in PROFILES: 'prescott', 'merom', ...
+    cpu: str                  # e.g. 'Pentium 4 (Prescott)'
+    year: int
+    costs: Mapping            # event -> Cost
+    notes: str = ""
+
+    def __post_init__(self):
+        missing = [e for e in EVENTS if e not in self.costs]
+        extra = [e for e in self.costs if e not in EVENTS]
+        if missing or extra:
+            raise ValueError(f"profile {self.name!r}: "
+                             + (f"no cost for {missing}" if missing else "")
+                             + ("; " if missing and extra else "")
+                             + (f"unknown events {extra}" if extra else ""))
+        for e, c in self.costs.items():
+            if not isinstance(c, Cost):
+                raise TypeError(f"profile {self.name!r}: cost of {e!r} must be a Cost, got {c!r}")
+        object.__setattr__(self, "costs", MappingProxyType(dict(self.costs)))
+
+    def __getitem__(self, event: str) -> Cost:
+        try:
+            return self.costs[event]
+        except KeyError:
+            raise KeyError(_unknown("event", event, EVENTS)) from None
+
+    @property
+    def label(self) -> str:
+        return f"{self.cpu} ({self.year})"
+
+    def replace(self, **costs) -> "Profile":
+        """A copy with some costs replaced, e.g. ``p.replace(trap=Cost(900, 'my lab', True,
+        'measured on my laptop'))`` -- profiles are inputs: try your own."""
+        new = dict(self.costs)
+        for e, c in costs.items():
+            if e not in EVENTS:
+                raise KeyError(_unknown("event", e, EVENTS))
+            new[e] = c
+        return dataclasses.replace(self, name=self.name + "'", costs=new)
+
+    def table(self) -> str:
+        """The costs as a text table, estimates marked ``*``."""
+        rows = [(e, f"{c.cycles:g}{c.mark}", c.source) for e, c in self.costs.items()]
+        w0 = max(len(r[0]) for r in rows)
+        w1 = max(len(r[1]) for r in rows)
+        out = [f"{self.label} -- cycles per event (* = estimate)"]
+        out += [f"  {e:<{w0}}  {v:>{w1}}  {s}" for e, v, s in rows]
+        return "\n".join(out)
+
+    def __str__(self):
+        return self.table()
+
+
+def _unknown(what: str, name, known) -> str:
+    hint = difflib.get_close_matches(str(name), list(known), n=3)
+    return (f"no {what} named {name!r}" +
+            (f"; did you mean {', '.join(map(repr, hint))}?" if hint else
+             f"; {what}s are: {', '.join(known)}"))
+
+
+# ------------------------------------------------------------------ shared estimates
+def _gate_estimate(what: str) -> Cost:
+    return Cost(600, KERNEL_ENTRY_BENCH + " (interrupt gate round trip: 610)",
+                estimate=True,
+                basis=f"{what}: no figure for this generation was read; rounded from an "
+                      "INT n + IRET round trip of 610 cycles measured on an unnamed recent "
+                      "Intel CPU under KVM (same gate mechanism)")
+
+
+_INSTRUCTION = Cost(1, "none: round assumption (CPI = 1)", estimate=True,
+                    basis="one cycle per retired simple integer instruction; real CPI varies "
+                          "by instruction and generation (e.g. Agner Fog's instruction "
+                          "tables), not modelled")
+_WALK_REF = Cost(100, BHARGAVA_2008 + ", Table 2 (average L2 miss: 100)", estimate=True,
+                 basis="the average L2-miss latency of Bhargava et al.'s simulated "
+                       "configuration, used for every page-walk reference of every "
+                       "generation; an upper-end figure, since many walk references hit "
+                       "the data caches")
+_PORT_IO = Cost(1000, "none found: round order-of-magnitude estimate", estimate=True,
+                basis="a port access is an uncached, serializing bus transaction to a "
+                      "legacy device; no source read gives its cycles on these CPUs")
+_HYPERCALL = Cost(600, KERNEL_ENTRY_BENCH + " (interrupt gate round trip: 610)",
+                  estimate=True,
+                  basis="a Xen-style PV hypercall is an INT into the monitor's ring 0 and "
+                        "an IRET back (TECHNIQUES.md section 6): the same gate round trip as "
+                        "a system call; the monitor's own work is not included")
+_REFLECT = Cost(400, ADAMS_2006 + ", sec. 3.2 (rdtsc in-TC: 216, P4)",
+                estimate=True,
+                basis="no source measures a reflection; building a 3-5 word frame on the "
+                      "guest stack and reading the guest's IDT gate in software taken as "
+                      "about twice one in-TC emulation (2 x 216), rounded")
+_INJECT = Cost(400, ADAMS_2006 + ", sec. 3.2 (rdtsc in-TC: 216, P4)",
+               estimate=True,
+               basis="no source measures an injection; like a reflection (a frame built in "
+                     "software), about twice one in-TC emulation, rounded")
+
+# Pentium 4: Adams & Agesen's rdtsc, split so that trap + emulated = the published 2030
+_P4_TRAP = Cost(1814, ADAMS_2006 + ", sec. 3.2 (rdtsc trap-and-emulate: 2030, "
+                "in-TC: 216, P4)", estimate=True,
+                basis="derived: 2030 (trap-and-emulate rdtsc) - 216 (the same emulation "
+                      "in the translation cache, without the trap) = 1814 for the trap "
+                      "round trip alone")
+_P4_EMULATED = Cost(216, ADAMS_2006 + ", sec. 3.2 (rdtsc in-TC: 216, P4)", estimate=True,
+                    basis="derived: the published in-TC emulation of one rdtsc, used as the "
+                          "software work to emulate one instruction (other instructions "
+                          "differ); trap + emulated = the published 2030")
+
+
+def _carried(cost: Cost, from_cpu: str) -> Cost:
+    return Cost(cost.cycles, cost.source, estimate=True,
+                basis=f"no figure for this generation was read; the {from_cpu} value is "
+                      f"carried over ({cost.basis})")
+
+
+# VM exit round trip: one measurement (Nehalem, KVM world switch) and one remembered
+# Pentium 4 figure; the generations between and after are linear in year through them.
+_P4_VM_EXIT = Cost(2400, ADAMS_2006 + " as quoted (~2409, P4), unverified; "
+                   "check " + AGESEN_2012 + ", Fig. 1", estimate=True,
+                   basis="remembered, not verified: a VM exit + VM entry round trip of "
+                         "about 2409 cycles on a Pentium 4 is quoted from Adams & Agesen "
+                         "2006; no stored copy of that text was read; rounded to 2400")
+_NEHALEM_VM_EXIT = Cost(2000, LANDAU_2011 + ", sec. 1 / Table 1 (direct cost of an "
+                        "exit: 2,000; Xeon X5570, KVM)",
+                        basis="measured: the CPU world switch guest -> KVM -> guest; it "
+                              "includes KVM's own entry/exit path, so it is larger than "
+                              "the hardware-only round trip plotted in Agesen et al. 2012 "
+                              "Figure 1")
+
+
+def _vm_exit_by_year(year: int) -> Cost:
+    p4, nhm = (2005, 2400), (2009, 2000)
+    slope = (nhm[1] - p4[1]) / (nhm[0] - p4[0])
+    cycles = int(round((p4[1] + slope * (year - p4[0])) / 100.0) * 100)
+    return Cost(cycles, f"interpolated: {ADAMS_2006} (P4 ~2400) .. {LANDAU_2011} "
+                f"(Nehalem 2000); check {AGESEN_2012}, Fig. 1",
+                estimate=True,
+                basis=f"linear in year through Pentium 4 2005 = 2400 (remembered) and "
+                      f"Nehalem 2009 = 2000 (measured), at {year}, rounded to 100; "
+                      "Agesen et al. 2012 Figure 1 shows the round trip falling from "
+                      "Prescott to Sandy Bridge, but its values were not read")
+
+
+def _profile(name, cpu, year, *, trap, emulated, vm_exit, notes="") -> Profile:
+    return Profile(name=name, cpu=cpu, year=year, notes=notes, costs={
+        "instruction": _INSTRUCTION,
+        "system_call": _gate_estimate("native system call (INT n)"),
+        "page_fault": _gate_estimate("native #PF delivery"),
+        "exception": _gate_estimate("native exception delivery"),
+        "interrupt": _gate_estimate("native external-interrupt delivery"),
+        "walk_ref": _WALK_REF,
+        "port_io": _PORT_IO,
+        "trap": trap,
+        "vm_exit": vm_exit,
+        "hypercall": _HYPERCALL,
+        "emulated": emulated,
+        "reflected": _REFLECT,
+        "injected": _INJECT,
+    })
+
+
+PRESCOTT = _profile(
+    "prescott", "Pentium 4 (Prescott)", 2005,
+    trap=_P4_TRAP, emulated=_P4_EMULATED, vm_exit=_P4_VM_EXIT,
+    notes="first VT-x parts (Pentium 4 662/672, late 2005); the generation of Adams & "
+          "Agesen's measurements")
+MEROM = _profile(
+    "merom", "Core 2 (Merom)", 2006,
+    trap=_carried(_P4_TRAP, "Pentium 4"), emulated=_carried(_P4_EMULATED, "Pentium 4"),
+    vm_exit=_vm_exit_by_year(2006))
+NEHALEM = _profile(
+    "nehalem", "Core i7 / Xeon 5500 (Nehalem)", 2009,
+    trap=_carried(_P4_TRAP, "Pentium 4"), emulated=_carried(_P4_EMULATED, "Pentium 4"),
+    vm_exit=_NEHALEM_VM_EXIT,
+    notes="first Intel generation with EPT; SplitX's measurements are on a Xeon X5570")
+SANDY_BRIDGE = _profile(
+    "sandy_bridge", "Core i7 2nd generation (Sandy Bridge)", 2011,
+    trap=_carried(_P4_TRAP, "Pentium 4"), emulated=_carried(_P4_EMULATED, "Pentium 4"),
+    vm_exit=_vm_exit_by_year(2011))
+
+#: every profile by name, oldest first
+PROFILES = MappingProxyType({p.name: p for p in (PRESCOTT, MEROM, NEHALEM, SANDY_BRIDGE)})
+ALL = tuple(PROFILES.values())
+
+_ALIASES = {"p4": "prescott", "pentium4": "prescott", "pentium 4": "prescott",
+            "core2": "merom", "core 2": "merom", "core i7": "nehalem",
+            "sandybridge": "sandy_bridge", "sandy bridge": "sandy_bridge", "snb": "sandy_bridge",
+            "nhm": "nehalem"}
+
+
+def profile(p) -> Profile:
+    """A :class:`Profile` by name ('prescott', 'merom', 'nehalem', 'sandy_bridge', or
+    an alias such as 'p4', 'core2', 'sandy bridge'), or the Profile itself."""
+    if isinstance(p, Profile):
+        return p
+    if not isinstance(p, str):
+        raise TypeError(f"a profile is a Profile or its name, got {type(p).__name__}")
+    key = p.strip().lower().replace("-", "_")
+    key = _ALIASES.get(key, _ALIASES.get(key.replace("_", " "), key))
+    if key not in PROFILES:
+        raise ValueError(_unknown("profile", p, PROFILES))
+    return PROFILES[key]

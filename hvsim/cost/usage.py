@@ -1,0 +1,178 @@
+"""What a run used: counted events, read from a machine's counters and a monitor's stats.
+
+Plain Python (not jitted). :func:`usage_of` turns a :class:`~hvsim.machine.Machine`, a
+monitor (any object with ``.machine`` and ``.stats``), ``Machine.counters`` or a plain
+dict into a :class:`Usage`: event name -> count, each with the rule that produced it.
+
+How each event is derived (``c`` = ``m.counters``; ``s`` = ``monitor.stats``, a missing
+key = 0). The rule that matters: **an event is charged once, by whoever handled it.**
+
+===============  ==========================================================================
+event            derived from
+===============  ==========================================================================
+instruction      ``c["instructions"]``: instructions the hardware retired. An instruction
+                 a monitor emulates never retires (the exit comes before it executes), so
+                 it is charged as ``trap`` + ``emulated`` instead, not here.
+system_call      software interrupts (INT n, INT3, INTO) *delivered through the guest IDT*
+                 by the hardware = ``sum(c.delivered.values()) - c["exceptions_delivered"]
+                 - c["irqs"]``. Not ``c["software_interrupts"]``: that counts INT n
+                 executed, also when the vector is routed to a monitor -- then the trap
+                 and the reflection are charged instead.
+page_fault       #PF delivered through the guest IDT by the hardware =
+                 ``min(c.delivered[14], c.exceptions[14])`` (``exceptions`` counts every
+                 #PF raised, routed or delivered; ``delivered`` every delivery of vector
+                 14; the minimum leaves out the #PFs routed to a monitor, which reflects
+                 them itself, and would only miscount a guest that also runs INT 14).
+exception        the other exceptions delivered through the guest IDT =
+                 ``c["exceptions_delivered"] - page_fault``.
+interrupt        ``c["irqs"]``: external interrupts delivered through the guest IDT.
+walk_ref         ``c["walk_refs"]``: memory references made by page walks (charged per
+                 reference, not per TLB miss or per walk, which would count them twice).
+port_io          ``c["io_in"] + c["io_out"]``: IN/OUT the hardware performed (those that
+                 then left run() as 'io' events included: the access happened once). An
+                 IN/OUT that #GPs to a monitor is not counted by the hardware: it is a
+                 ``trap`` + ``emulated``.
+trap             ``s["traps"]``: exits from run() the monitor handled, each one trap to
+                 the software monitor and back.
+vm_exit          ``s["vm_exits"]``: VT-x exits (a VT-x host counts its exits here only,
+                 not also in ``traps``).
+hypercall        ``s["hypercalls"]``.
+emulated         ``s["emulated"]``: guest instructions the monitor emulated.
+reflected        ``s["reflected"]``: exceptions/interrupts the monitor reflected into the
+                 guest's virtual IDT, building the frame itself (the hardware did not
+                 deliver them, so they are not in ``c.delivered``).
+injected         ``s["injected"]``: virtual interrupts injected.
+===============  ==========================================================================
+
+The machine's own exit count (``c["exits"]``) is not charged: on a bare machine an exit
+is the simulator handing control to its Python caller (a budget slice, a halt), not a
+guest cost; under a monitor, ``s["traps"]`` (or ``s["vm_exits"]``) says which exits
+were traps. Keys of ``monitor.stats`` other than the six above are ignored.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from numbers import Integral
+
+from hvsim.cost.profiles import EVENTS, _unknown
+from hvsim.machine import Counters, Machine
+
+VEC_PF = 14
+
+#: monitor.stats key -> event
+STAT_EVENTS = {"traps": "trap", "vm_exits": "vm_exit", "hypercalls": "hypercall",
+               "emulated": "emulated", "reflected": "reflected", "injected": "injected"}
+
+
+def _count(name: str, v) -> int:
+    if isinstance(v, bool) or not isinstance(v, Integral):
+        raise TypeError(f"count of {name!r} must be an int, got {v!r}")
+    if v < 0:
+        raise ValueError(f"count of {name!r} must be >= 0, got {v}")
+    return int(v)
+
+
+class Usage(Mapping):
+    """Counted events of one run: a read-only mapping event -> count (missing = 0).
+
+    ``how[event]`` says where a count came from (the derivation rule above, or
+    'given' for a count passed in by hand).
+
+    >>> u = Usage({"instruction": 10, "trap": 2})
+    >>> u["trap"], u["vm_exit"], len(u)
+    (2, 0, 2)
+    """
+
+    def __init__(self, counts: Mapping = (), how: Mapping = ()):
+        counts = dict(counts)
+        for e, n in counts.items():
+            if e not in EVENTS:
+                raise KeyError(_unknown("event", e, EVENTS))
+            _count(e, n)
+        self._counts = {e: int(n) for e, n in counts.items()}
+        self.how = dict(how) if how else {e: "given" for e in self._counts}
+
+    def __getitem__(self, event):
+        if event not in EVENTS:
+            raise KeyError(_unknown("event", event, EVENTS))
+        return self._counts.get(event, 0)
+
+    def __iter__(self):
+        return iter(self._counts)
+
+    def __len__(self):
+        return len(self._counts)
+
+    def __eq__(self, other):
+        if isinstance(other, Mapping):
+            return {k: v for k, v in self.items() if v} == {k: v for k, v in other.items() if v}
+        return NotImplemented
+
+    def __repr__(self):
+        return "Usage(" + ", ".join(f"{k}={v}" for k, v in self._counts.items() if v) + ")"
+
+
+def _from_counters(c: Counters) -> tuple:
+    delivered = c.delivered
+    exceptions = c.exceptions
+    total = sum(delivered.values())
+    faults = c["exceptions_delivered"]
+    irqs = c["irqs"]
+    pf = min(delivered.get(VEC_PF, 0), exceptions.get(VEC_PF, 0))
+    counts = {
+        "instruction": c["instructions"],
+        "system_call": max(0, total - faults - irqs),
+        "page_fault": pf,
+        "exception": max(0, faults - pf),
+        "interrupt": irqs,
+        "walk_ref": c["walk_refs"],
+        "port_io": c["io_in"] + c["io_out"],
+    }
+    how = {
+        "instruction": 'counters["instructions"]',
+        "system_call": 'sum(counters.delivered) - counters["exceptions_delivered"] '
+                       '- counters["irqs"]',
+        "page_fault": "min(counters.delivered[14], counters.exceptions[14])",
+        "exception": 'counters["exceptions_delivered"] - page_fault',
+        "interrupt": 'counters["irqs"]',
+        "walk_ref": 'counters["walk_refs"]',
+        "port_io": 'counters["io_in"] + counters["io_out"]',
+    }
+    return counts, how
+
+
+def _is_monitor(x) -> bool:
+    return hasattr(x, "machine") and hasattr(x, "stats") and not isinstance(x, Mapping)
+
+
+def usage_of(x) -> Usage:
+    """The :class:`Usage` of ``x``: a Machine, a monitor (``.machine`` + ``.stats``),
+    ``Machine.counters``, a Usage, or a dict ``{event: count}``.
+
+    >>> usage_of({"instruction": 5})["instruction"]
+    5
+    """
+    if isinstance(x, Usage):
+        return x
+    if isinstance(x, Machine):
+        return Usage(*_from_counters(x.counters))
+    if isinstance(x, Counters):
+        return Usage(*_from_counters(x))
+    if _is_monitor(x):
+        if not isinstance(x.machine, Machine):
+            raise TypeError(f"{type(x).__name__}.machine must be a hvsim Machine, got "
+                            f"{type(x.machine).__name__}")
+        stats = x.stats
+        if not isinstance(stats, Mapping):
+            raise TypeError(f"{type(x).__name__}.stats must be a dict {{name: int}}, got "
+                            f"{type(stats).__name__}")
+        counts, how = _from_counters(x.machine.counters)
+        for key, event in STAT_EVENTS.items():
+            counts[event] = _count(f"stats[{key!r}]", stats.get(key, 0))
+            how[event] = f'monitor.stats["{key}"]'
+        return Usage(counts, how)
+    if isinstance(x, Mapping):
+        return Usage(x)
+    raise TypeError("usage_of() takes a Machine, a monitor (an object with .machine and "
+                    ".stats), Machine.counters, a Usage or a dict {event: count}; got "
+                    f"{type(x).__name__}")
