@@ -86,7 +86,7 @@ _STAMP_NAME = ".hvsim-sources.sha256"
 # outside these packages (machine.py, the CLI, the assembler, widgets, viz, lessons),
 # cannot make a cached kernel stale, so it must not throw away minutes of compiled code.
 _KERNEL_PACKAGES = ("arch", "cpu", "mmu", "rings", "vtx", "paravirt")
-FACE_MODULES = ("rings/setup.py", "rings/monitor.py", "cpu/translate.py")
+FACE_MODULES = ("rings/setup.py", "cpu/translate.py")
 
 
 def kernel_sources():

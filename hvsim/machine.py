@@ -19,10 +19,7 @@ every exception (vectors 0-31) leaves ``run()`` as an ``exception`` event; with
 """
 from __future__ import annotations
 
-import atexit
 import dataclasses
-import os
-import sys
 from typing import Iterable, Optional, Union
 
 import numpy as np
@@ -34,11 +31,12 @@ from hvsim.cpu.decode import F_TAG
 from hvsim.cpu.devices import (DEV_CONSOLE, DEV_TIMER_PERIOD, DEV_TIMER_VECTOR, CONSOLE_PORT,
                                TIMER_PORT)
 from hvsim.arch.exits import (ExitKind, EXIT_BUDGET, EXIT_IO, EXIT_EXCEPTION, EXIT_INTERRUPT,
-                             EXIT_BUS_ERROR, EXIT_TRANSLATE)
+                             EXIT_BUS_ERROR)
 from hvsim.arch.flags import FIXED1, IOPL_SHIFT, Flag
-from hvsim.cpu.translate import translate as _translate
-from hvsim.cpu import table as _table
-from hvsim.arch.cr import CR0_PE, CR0_ET, CR0_PG
+from hvsim import engine
+from hvsim.instruction import Instruction, from_exit_info
+from hvsim.arch.cr import CR0_PE, CR0_ET, CR0_PG, CR0_WP
+from hvsim.arch.pte import PTE_A, PTE_D
 from hvsim.arch.vectors import vector_name
 
 DEFAULT_MEMORY = 16 << 20
@@ -64,6 +62,23 @@ _SOURCES = ("fault", "trap", "software", "external")
 _LABELS = tuple(k.label for k in sorted(ExitKind))   # exit kind number -> Event.kind
 
 
+class GuestMemoryError(ValueError):
+    """A guest-memory access from the host that the guest's own access would fault on.
+
+    ``kind``: 'page_fault' (``error_code`` is the #PF error code, SDM Vol. 3A 4.7, and
+    ``address`` the linear address, what CR2 would hold) or 'bus_error' (``address`` is
+    physical and outside memory, or a page table is).
+    """
+
+    def __init__(self, kind: str, address: int, error_code: Optional[int], message: str):
+        super().__init__(message)
+        self.kind, self.address, self.error_code = kind, address, error_code
+
+    @property
+    def vector(self) -> Optional[int]:
+        return 14 if self.kind == "page_fault" else None
+
+
 class GuestMemory(np.ndarray):
     """Guest-physical memory as a numpy ``uint8`` array.
 
@@ -87,7 +102,10 @@ class Event:
     kind: 'halt', 'exception', 'io', 'budget', 'shutdown', 'bus_error', 'breakpoint',
     'interrupt'. For 'exception': ``vector``, ``error_code`` (None if the vector
     pushes none), ``source`` ('fault', 'trap', 'software'), ``address`` (#PF: the
-    linear address, also in CR2). For 'io': ``port``, ``size`` (bytes),
+    linear address, also in CR2). ``insn``: the instruction that caused the exit, as
+    the core decoded it (:class:`hvsim.instruction.Instruction`: mnemonic, operand size,
+    registers, memory operand with its effective and linear address, immediate,
+    length), for exceptions raised by an instruction, 'io' and 'halt'; None otherwise. For 'io': ``port``, ``size`` (bytes),
     ``direction`` ('in'/'out'), ``value`` (what OUT wrote); answer an IN with
     :meth:`reply`. ``eip`` is the instruction that caused the event (for
     'budget', the next one to run); ``length`` its size, so a monitor can skip it.
@@ -105,6 +123,7 @@ class Event:
     direction: Optional[str] = None
     value: Optional[int] = None
     length: int = 0
+    insn: Optional[Instruction] = None
     _machine: Optional["Machine"] = dataclasses.field(default=None, repr=False, compare=False)
 
     @property
@@ -159,64 +178,6 @@ class TraceEntry:
 
     def __str__(self):
         return f"[{self.tsc:>8}] {self.kind:9} {self.name:28} eip={self.eip:#010x} ring {self.cpl_from}->{self.cpl_to}"
-
-
-_ENTRY = None
-_HELPER = None      # the cold-compile helper process this process started, if any
-
-FIRST_COMPILE_NOTICE = (
-    "hvsim: compiling the machine's kernels for their first use on this machine (about "
-    "10 s, then a moment for each new kind of instruction, once: numba caches them on "
-    "disk; `hvsim warmup` compiles them all ahead, in about a minute)")
-
-
-def kernel_cache_present():
-    """Whether numba's disk cache holds the compiled run loop: True, False, or None
-    when that cannot be told (caching off, or a numba without the cache layout
-    this reads). Nothing is compiled or loaded to find out."""
-    from hvsim.cpu.run import run
-    try:
-        return os.path.exists(run._cache._cache_file._index_path)
-    except AttributeError:
-        return None
-
-
-def _start_compile_helper():
-    """Start the cold-compile helper (hvsim/warmup.py): while this process compiles the
-    run loop, it compiles the handlers, and goes on through all of them in the
-    background; it is stopped when this process exits, if it has not finished."""
-    global _HELPER
-    from hvsim.warmup import start_compile_helper, stop_compile_helper
-    helper = start_compile_helper()
-    if helper is not None:
-        atexit.register(stop_compile_helper, helper)
-        _HELPER = helper
-    return helper
-
-
-def _kernel_entry():
-    """The compiled run loop, called without numba's per-call type dispatch.
-
-    All machines pass arrays of the same types, so after the first call the
-    compiled entry point is taken directly: this halves the cost of ``step()``.
-    """
-    global _ENTRY
-    if _ENTRY is not None:
-        return _ENTRY
-    from hvsim.cpu.run import run
-    if not hasattr(run, "overloads"):          # NUMBA_DISABLE_JIT=1: plain Python
-        _ENTRY = run
-        return run
-    if not run.signatures:
-        if kernel_cache_present() is False:
-            print(FIRST_COMPILE_NOTICE, file=sys.stderr, flush=True)
-            _start_compile_helper()
-        st = np.zeros(L.ST_SIZE, np.int64)
-        st[L.CFG_MEM_SIZE] = 4096
-        run(np.zeros(4096, np.uint8), st, np.zeros(L.TLB_FIELDS, np.int64),
-            np.zeros(L.DC_SHAPE, np.int64), np.zeros(1, np.int64), 0, _table.KTAB)
-    _ENTRY = run.overloads[run.signatures[0]].entry_point
-    return _ENTRY
 
 
 def _check_int(name, value, lo, hi):
@@ -740,22 +701,93 @@ class Machine:
         self._mem[origin:origin + len(code)] = np.frombuffer(code, np.uint8)
         self.cpu.eip = _check_int("entry", start, 0, 0xFFFFFFFF)
 
-    def read_linear(self, lin: int, n: int) -> bytes:
-        """Read n bytes at a linear address, through the guest's page tables if paging is on."""
+    # ---- guest memory for monitors: bulk, by linear address, through the guest's paging --
+    def _translate_page(self, lin: int, write: bool, user: bool) -> int:
+        """Physical address of linear ``lin`` for one access, as the CPU's page walk
+        would give it (SDM Vol. 3A, 4.3 and 4.8): the accessed flag of both entries and,
+        for a write, the dirty flag of the last one are set; a walk that fails raises
+        the #PF the CPU would raise (or a bus error for a table outside memory)."""
         from hvsim.mmu import walk
-        out = bytearray()
         st = self._st
-        for i in range(n):
-            a = (lin + i) & 0xFFFFFFFF
-            if st[L.CR0] & CR0_PG:
-                w = walk(self._mem, int(st[L.CR3]), int(st[L.CR4]), a)
-                if w.fault is not None:
-                    raise ValueError(f"linear address {a:#x} is not mapped ({w.fault})")
-                a = w.pa
-            if a >= len(self._mem):
-                raise ValueError(f"address {a:#x} is outside memory")
-            out.append(int(self._mem[a]))
-        return bytes(out)
+        cr0 = int(st[L.CR0])
+        if not cr0 & CR0_PG:
+            return lin
+        w = walk(self._mem, int(st[L.CR3]), int(st[L.CR4]), lin)
+        if w.fault == "bus-error":
+            raise GuestMemoryError("bus_error", lin, None,
+                                   f"the page walk of {lin:#010x} reads outside memory")
+        error = w.error_code(write=write, user=user, wp=bool(cr0 & CR0_WP))
+        if error is not None:
+            why = w.fault or ("a supervisor page" if user and not w.user else "a read-only page")
+            raise GuestMemoryError("page_fault", lin, error,
+                                   f"linear address {lin:#010x}: #PF({error:#x}), {why}")
+        raw = self._raw_mem
+        for addr, bit in ((w.pde_addr, PTE_A), (w.pte_addr, PTE_A)):
+            if addr is not None and not raw[addr] & bit:
+                raw[addr] |= bit
+        if write and not w.large and not raw[w.pte_addr] & PTE_D:
+            raw[w.pte_addr] |= PTE_D
+        elif write and w.large and not raw[w.pde_addr] & PTE_D:
+            raw[w.pde_addr] |= PTE_D
+        return w.pa
+
+    def _chunks(self, lin: int, n: int, write: bool, user: bool):
+        """(physical address, length) pieces of ``n`` bytes at ``lin``, one per page."""
+        lin = _check_int("linear address", lin, 0, 0xFFFFFFFF)
+        n = _check_int("length", n, 0, len(self._mem))
+        out = []
+        while n > 0:
+            take = min(n, 4096 - (lin & 0xFFF))
+            pa = self._translate_page(lin, write, user)
+            if pa + take > len(self._mem):
+                raise GuestMemoryError("bus_error", pa, None,
+                                       f"physical address {pa:#010x} (+{take}) is outside memory")
+            out.append((pa, take))
+            lin = (lin + take) & 0xFFFFFFFF
+            n -= take
+        return out
+
+    def read_linear(self, lin: int, n: int, *, user: bool = False) -> bytes:
+        """Read ``n`` bytes at linear address ``lin``, through the guest's page tables if
+        paging is on -- one walk per page, not per byte.
+
+        ``user``: the access is made at CPL 3 (supervisor otherwise). A failing walk
+        raises :class:`GuestMemoryError` carrying the #PF error code the CPU would give,
+        so a monitor can reflect it; nothing is read in that case.
+        """
+        raw = self._raw_mem
+        return b"".join(raw[pa:pa + k].tobytes() for pa, k in self._chunks(lin, n, False, user))
+
+    def write_linear(self, lin: int, data, *, user: bool = False) -> None:
+        """Write ``data`` at linear address ``lin`` through the guest's paging (see
+        :meth:`read_linear`). Every page is translated before any byte is written, so a
+        fault leaves memory as it was. Decoded code in the frames written is dropped, as
+        a guest store would drop it."""
+        data = bytes(data)
+        pieces = self._chunks(lin, len(data), True, user)
+        done = 0
+        for pa, k in pieces:
+            self._write_frames(pa, data[done:done + k])
+            done += k
+
+    def write_physical(self, pa: int, data) -> None:
+        """Write ``data`` at guest-physical ``pa`` (bounds-checked; decoded code in the
+        frames written is dropped, as a guest store would drop it)."""
+        data = bytes(data)
+        pa = _check_int("physical address", pa, 0, len(self._mem))
+        if pa + len(data) > len(self._mem):
+            raise GuestMemoryError("bus_error", pa, None,
+                                   f"{len(data)} bytes at {pa:#010x} do not fit in memory")
+        self._write_frames(pa, data)
+
+    def _write_frames(self, pa: int, data: bytes) -> None:
+        if not data:
+            return
+        self._raw_mem[pa:pa + len(data)] = np.frombuffer(data, np.uint8)
+        pg = self._pg
+        for frame in range(pa >> 12, ((pa + len(data) - 1) >> 12) + 1):
+            if pg[frame] & L.PG_CODE:       # as a guest store does (hvsim/mmu/paging.py)
+                pg[frame] = (pg[frame] & ~L.PG_CODE) + L.PG_GEN_ONE
 
     # ---- running -------------------------------------------------------------------------
     def run(self, max_steps: int = DEFAULT_MAX_STEPS) -> Event:
@@ -782,48 +814,20 @@ class Machine:
                 st[L.BP_LIST + i] = _check_int("breakpoint", a, 0, 0xFFFFFFFF)
             st[L.BP_COUNT] = len(bps)
             self._bp_written = set(bps)
-        run = _kernel_entry()
-        ktab = _table.KTAB
-        kind = run(self._raw_mem, st, self._tlb, self._dc, self._pg, budget, ktab)
-        if kind != EXIT_TRANSLATE and st[L.BLOCK_REQUEST] < 0:
-            return int(kind)
-        # a row is hot (translate its block) or a kernel is missing from the table
-        # (compile it), then go on with the rest of the budget
-        steps = 0
-        while True:
-            row = int(st[L.BLOCK_REQUEST])
-            if row >= 0:
-                st[L.BLOCK_REQUEST] = -1
-                _translate(self._dc, row)
-            slot = int(st[L.KERNEL_REQUEST])
-            if slot >= 0:
-                try:
-                    _table.await_helper(slot, _HELPER)
-                    _table.ensure(slot)
-                except BaseException:
-                    # the instruction is fetched again by the next run(); a fault stays pending
-                    st[L.RESUME_ROW] = -1
-                    raise
-                finally:
-                    st[L.KERNEL_REQUEST] = -1
-            if kind != EXIT_TRANSLATE:
-                st[L.EXIT_STEPS] += steps
-                return int(kind)
-            steps += int(st[L.EXIT_STEPS])
-            kind = run(self._raw_mem, st, self._tlb, self._dc, self._pg, budget - steps, ktab)
+        return engine.run(self._raw_mem, st, self._tlb, self._dc, self._pg, budget)
 
     def _event(self, kind: int) -> Event:
-        # one read of the whole exit-info block (slots EXIT_KIND..EXIT_STEPS are contiguous):
-        # a trap round trip is dominated by Python, and numpy scalar reads cost ~0.1 us each
-        x = self._st[L.EXIT_KIND:L.EXIT_STEPS + 1].tolist()
-        b = L.EXIT_KIND
+        # one read of the whole exit-info block (contiguous, hvsim/arch/layout.py): a trap
+        # round trip is dominated by Python, and numpy scalar reads cost ~0.1 us each
+        x = self._st[L.EXIT_INFO:L.EXIT_INFO + L.EXIT_INFO_SIZE].tolist()
+        b = L.EXIT_INFO
         ev = Event(_LABELS[kind], x[L.EXIT_EIP - b], x[L.EXIT_CPL - b], x[L.EXIT_STEPS - b],
-                   length=x[L.EXIT_LEN - b], _machine=self)
+                   length=x[L.EXIT_LEN - b], insn=from_exit_info(x), _machine=self)
         if kind == EXIT_EXCEPTION or kind == EXIT_INTERRUPT:
             ev.vector = v = x[L.EXIT_VECTOR - b]
             err = x[L.EXIT_ERROR - b]
             ev.error_code = None if err < 0 else err
-            ev.source = _SOURCES[int(self._st[L.EXIT_SOURCE])]
+            ev.source = _SOURCES[x[L.EXIT_SOURCE - b]]
             if v == 14:
                 ev.address = x[L.EXIT_ADDR - b]
         elif kind == EXIT_IO:

@@ -1,4 +1,4 @@
-"""The trap-and-emulate monitor (hvsim/rings/monitor.py) and its teaching kernel
+"""The trap-and-emulate monitor (hvsim/monitors/trap_and_emulate.py) and its teaching kernel
 (hvsim/guests/kernel.s + user.s).
 
 Oracles:
@@ -17,7 +17,7 @@ import pytest
 from hvsim import Machine, assemble
 from hvsim.guests import teaching_kernel
 from hvsim.rings import make_gate, put_descriptors
-from hvsim.rings.monitor import TrapAndEmulate, MonitorSnapshot, GUEST_RING
+from hvsim.monitors.trap_and_emulate import TrapAndEmulate, MonitorSnapshot, GUEST_RING
 from hvsim.rings.setup import install
 
 GP = "#GP (general protection)"

@@ -111,20 +111,6 @@ FETCH_FAULT_VECTOR = 85
 FETCH_FAULT_ERROR = 86
 FETCH_FAULT_ADDR = 87
 
-# --- the exit-info block: why run() returned (hvsim/arch/exits.py names the kinds) -------
-EXIT_KIND = 90
-EXIT_VECTOR = 91
-EXIT_ERROR = 92     # error code or -1
-EXIT_EIP = 93       # EIP of the instruction that caused the exit
-EXIT_PORT = 94
-EXIT_SIZE = 95      # bytes (1 or 4)
-EXIT_DIR = 96       # 0 = OUT (guest writes), 1 = IN (guest reads)
-EXIT_VALUE = 97     # OUT: value written
-EXIT_ADDR = 98      # fault address (#PF: linear; bus error: physical)
-EXIT_LEN = 99       # instruction length (so a handler can skip it)
-EXIT_CPL = 100      # CPL when the exit happened
-EXIT_STEPS = 101    # instructions retired by this run() call
-
 # --- configuration (set by the Python face, read by kernels) ----------------------------
 CFG_MEM_SIZE = 110
 CFG_TLB_SETS = 111   # power of two
@@ -140,12 +126,12 @@ KERNEL_REQUEST = 119  # kernel-table entry the run loop asks the host to fill, -
 # --- slots owned by the CPU core (hvsim/cpu/run.py) ----------------------------------
 ZERO = 127         # always 0: an absent base/index register in a decoded address reads this slot
 ATTN = 126         # set by a handler when the run loop must re-check interrupts/timer/halt
-EXIT_SOURCE = 125  # for EXIT_EXCEPTION: 0 fault, 1 trap, 2 software INT n, 3 external
 BP_COUNT = 124     # number of host breakpoints in BP_LIST (linear EIP addresses)
 SHUTDOWN = 123     # 1 after a triple fault: the CPU stays shut down until reset
 NO_RETIRE = 121    # set by a handler whose step did not finish the instruction (REP chunk)
 RESUME_ROW = 122   # dc row of the instruction a kernel request stopped before, -1 none (table.py)
 STEP_TRAP = 120    # 1: a single-step #DB (TF) trap held back by an I/O exit, taken first by the next run()
+INSN_ROW = 125     # dc row of the instruction being executed (for the exit's instruction information)
 
 # --- exception routing: one slot per vector (0..255) -------------------------------------
 ROUTE = 128          # st[ROUTE + v]: 0 = deliver through the guest IDT, 1 = exit to host
@@ -173,7 +159,52 @@ N_COUNTERS = 512
 BP_LIST = COUNTERS + N_COUNTERS
 BP_CAP = 16
 
-ST_SIZE = BP_LIST + BP_CAP
+# --- the exit-info block: why run() returned (hvsim/arch/exits.py names the kinds) ------
+# Contiguous, so the face reads it with one slice. The instruction-information part is
+# hvsim's analogue of VMX's exit qualification and VM-exit instruction-information field
+# (SDM Vol. 3C, 28.2.1 and 28.2.5): the trapping instruction as the core decoded it, so
+# no monitor has to read its bytes back or disassemble them (hvsim/instruction.py).
+EXIT_INFO = BP_LIST + BP_CAP
+EXIT_KIND = EXIT_INFO + 0
+EXIT_VECTOR = EXIT_INFO + 1
+EXIT_ERROR = EXIT_INFO + 2     # error code or -1
+EXIT_EIP = EXIT_INFO + 3       # EIP of the instruction that caused the exit
+EXIT_PORT = EXIT_INFO + 4
+EXIT_SIZE = EXIT_INFO + 5      # bytes (1, 2 or 4)
+EXIT_DIR = EXIT_INFO + 6       # 0 = OUT (guest writes), 1 = IN (guest reads)
+EXIT_VALUE = EXIT_INFO + 7     # OUT: value written
+EXIT_ADDR = EXIT_INFO + 8      # fault address (#PF: linear; bus error: physical)
+EXIT_LEN = EXIT_INFO + 9       # instruction length (so a handler can skip it)
+EXIT_CPL = EXIT_INFO + 10      # CPL when the exit happened
+EXIT_STEPS = EXIT_INFO + 11    # instructions retired by this run() call
+EXIT_SOURCE = EXIT_INFO + 12   # for EXIT_EXCEPTION: 0 fault, 1 trap, 2 software INT n, 3 external
+EXIT_INSN = EXIT_INFO + 13     # 1: the fields below describe the instruction that exited, 0: none
+EXIT_OP = EXIT_INFO + 14       # handler family (hvsim/cpu/decode.py OP_*)
+EXIT_OPC = EXIT_INFO + 15      # opcode: one byte, or 0x100 | second byte for 0F xx
+EXIT_REG = EXIT_INFO + 16      # ModRM.reg (register number or /digit), or the +r register
+EXIT_RM = EXIT_INFO + 17       # ModRM.rm register when mod = 11b, else -1 (memory operand)
+EXIT_OPSIZE = EXIT_INFO + 18   # operand size in bytes
+EXIT_BASE = EXIT_INFO + 19     # base register number of the memory operand, or -1
+EXIT_INDEX = EXIT_INFO + 20    # index register number, or -1
+EXIT_SCALE = EXIT_INFO + 21    # index scale as a shift, 0..3
+EXIT_DISP = EXIT_INFO + 22     # displacement (32-bit)
+EXIT_IMM = EXIT_INFO + 23      # immediate (or branch offset, moffs)
+EXIT_IMM2 = EXIT_INFO + 24     # second immediate (far pointer selector)
+EXIT_SEG = EXIT_INFO + 25      # segment register of the memory operand (after overrides)
+EXIT_PFX = EXIT_INFO + 26      # prefix bits (hvsim/cpu/decode.py PFX_*)
+EXIT_EA = EXIT_INFO + 27       # effective address (offset in the segment) of the memory operand
+EXIT_LINEAR = EXIT_INFO + 28   # linear address = segment base + effective address
+EXIT_INFO_SIZE = 32
+
+# --- room for VT-x (issue 13): the current VMCS as the processor caches it (SDM Vol. 3C,
+# 25.1: the VMCS region's format is implementation-specific; hvsim's layout is documented
+# where it is filled) and a second, guest context of the architectural registers.
+VMCS_CACHE = EXIT_INFO + EXIT_INFO_SIZE
+VMCS_CACHE_SIZE = 512
+GUEST_CONTEXT = VMCS_CACHE + VMCS_CACHE_SIZE
+GUEST_CONTEXT_SIZE = 128
+
+ST_SIZE = GUEST_CONTEXT + GUEST_CONTEXT_SIZE
 
 # --- TLB entry layout (tlb array; hvsim/mmu owns the meaning) -------------------------
 TLB_FIELDS = 4       # tag, frame, flags, lru stamp

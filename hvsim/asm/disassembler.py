@@ -100,10 +100,10 @@ def _modrm_memory(cur: _Bytes, modrm: int) -> str:
         disp = _signed(cur.u(1), 1)
     elif mod == 2:
         disp = _signed(cur.u(4), 4)
-    return _address_text(base, index, scale, disp)
+    return address_text(base, index, scale, disp)
 
 
-def _address_text(base, index, scale, disp) -> str:
+def address_text(base, index, scale, disp) -> str:
     parts = []
     if base:
         parts.append(base)

@@ -16,7 +16,7 @@ from hvsim.cpu.table import call_handler, call_deliver, K_DELIVER
 from hvsim.arch.counters import (C_INSN, C_INSN_RING, C_EXC, C_EXITS, C_EXIT_KIND, C_IRQ,
                                 C_TIMER, C_TLB_HIT)
 from hvsim.arch.cr import CR0_PG
-from hvsim.arch.exits import (EXIT_NONE, EXIT_HALT, EXIT_EXCEPTION, EXIT_BUDGET, EXIT_SHUTDOWN,
+from hvsim.arch.exits import (EXIT_NONE, EXIT_HALT, EXIT_EXCEPTION, EXIT_BUDGET, EXIT_SHUTDOWN, EXIT_IO,
                              EXIT_BUS_ERROR, EXIT_BREAKPOINT, EXIT_INTERRUPT, EXIT_TRANSLATE)
 from hvsim.arch.fault import raise_fault, raise_bus_error
 from hvsim.arch.flags import IF, TF
@@ -28,6 +28,9 @@ from hvsim.arch.layout import (
     BP_LIST, ROUTE, ROUTE_HOST, COUNTERS, EXIT_KIND, EXIT_VECTOR, EXIT_ERROR, EXIT_EIP,
     EXIT_ADDR, EXIT_LEN, EXIT_CPL, EXIT_STEPS, EXIT_SOURCE, STEP_TRAP,
     CFG_TLB_ENABLED, CFG_BLOCK_HOT, BLOCK_REQUEST, DC_ENTRIES, KERNEL_REQUEST, RESUME_ROW,
+    INSN_ROW, ZERO, EXIT_INSN, EXIT_OP, EXIT_OPC, EXIT_REG, EXIT_RM,
+    EXIT_OPSIZE, EXIT_BASE, EXIT_INDEX, EXIT_SCALE, EXIT_DISP, EXIT_IMM, EXIT_IMM2, EXIT_SEG,
+    EXIT_PFX, EXIT_EA, EXIT_LINEAR,
 )
 from hvsim.mmu.paging import translate
 from hvsim.arch.pte import ACC_FETCH, ACC_USER
@@ -107,6 +110,7 @@ def execute_one(mem, st, tlb, dc, pg, limit, ktab, resume):
         row = D.lookup(mem, st, tlb, dc, pg, lin, pa)
         if row < 0:
             return 1
+    st[INSN_ROW] = row
     op = dc[D.F_OP, row]
     if ktab[op] == 0 and op != D.OP_NOP:
         st[KERNEL_REQUEST] = op
@@ -139,13 +143,45 @@ def execute_one(mem, st, tlb, dc, pg, limit, ktab, resume):
 
 
 @njit
-def _exit(st, kind, steps):
+def record_insn(st, dc):
+    """Copy the exiting instruction's decoded row into the exit-info block, with the
+    effective and linear address of its memory operand worked out from the registers
+    (unchanged: an instruction that exits has had no effect, SDM Vol. 3C 26.1)."""
+    row = st[INSN_ROW]
+    base = dc[D.F_BASE, row]
+    index = dc[D.F_INDEX, row]
+    seg = dc[D.F_SEG, row]
+    st[EXIT_INSN] = 1
+    st[EXIT_OP] = dc[D.F_OP, row]
+    st[EXIT_OPC] = dc[D.F_OPC, row]
+    st[EXIT_REG] = dc[D.F_REG, row]
+    st[EXIT_RM] = dc[D.F_RM, row]
+    st[EXIT_OPSIZE] = dc[D.F_SIZE, row]
+    st[EXIT_BASE] = -1 if base == ZERO else base
+    st[EXIT_INDEX] = -1 if index == ZERO else index
+    st[EXIT_SCALE] = dc[D.F_SCALE, row]
+    st[EXIT_DISP] = dc[D.F_DISP, row]
+    st[EXIT_IMM] = dc[D.F_IMM, row]
+    st[EXIT_IMM2] = dc[D.F_IMM2, row]
+    st[EXIT_SEG] = seg
+    st[EXIT_PFX] = dc[D.F_PFX, row]
+    ea = (st[base] + (st[index] << dc[D.F_SCALE, row]) + dc[D.F_DISP, row]) & MASK32
+    st[EXIT_EA] = ea
+    st[EXIT_LINEAR] = (st[SEG_BASE + seg] + ea) & MASK32
+
+
+@njit
+def _exit(st, dc, kind, steps):
     st[EXIT_STEPS] = steps
     if kind == EXIT_TRANSLATE:
         # to the host, which translates a block or compiles a kernel and calls run()
         # again with the rest of the budget (Machine._run): not a guest event, so
         # nothing is counted or traced
         return kind
+    st[EXIT_INSN] = 0
+    if st[EXIT_LEN] > 0 and (kind == EXIT_IO or kind == EXIT_HALT or (
+            kind == EXIT_EXCEPTION and st[EXIT_SOURCE] != SRC_TRAP)):
+        record_insn(st, dc)           # the instruction that exited, as the core decoded it
     st[EXIT_KIND] = kind
     st[EXIT_CPL] = st[CPL]
     st[COUNTERS + C_EXITS] += 1
@@ -234,7 +270,7 @@ def run(mem, st, tlb, dc, pg, budget, ktab):
         # a fault whose delivery stopped for a kernel request: delivered first
         k = handle_fault(mem, st, tlb, pg, ktab)
         if k != EXIT_NONE:
-            return _exit(st, k, steps)
+            return _exit(st, dc, k, steps)
         first = False                         # EIP moved to the handler: its breakpoint counts
     if st[STEP_TRAP] != 0:
         # the single-step trap of the instruction that left with an I/O exit: the
@@ -244,12 +280,12 @@ def run(mem, st, tlb, dc, pg, budget, ktab):
         raise_fault(st, DB, -1)
         k = handle_fault(mem, st, tlb, pg, ktab)
         if k != EXIT_NONE:
-            return _exit(st, k, steps)
+            return _exit(st, dc, k, steps)
         first = False                         # EIP moved to the handler: its breakpoint counts
     while True:
         if st[SHUTDOWN] != 0:
             st[EXIT_EIP] = st[EIP]
-            return _exit(st, EXIT_SHUTDOWN, steps)
+            return _exit(st, dc, EXIT_SHUTDOWN, steps)
         # -- the timer raises its vector on the interrupt line at its deadline
         period = st[TIMER_PERIOD]
         if period > 0 and st[TSC] >= st[TIMER_NEXT]:
@@ -263,7 +299,7 @@ def run(mem, st, tlb, dc, pg, budget, ktab):
         if st[IRQ_PENDING] >= 0 and (st[EFLAGS] & IF) != 0 and st[INT_SHADOW] == 0:
             v = st[IRQ_PENDING]
             if delivery_waits(st, ktab, v):     # taken when run() is called again
-                return _exit(st, EXIT_TRANSLATE, steps)
+                return _exit(st, dc, EXIT_TRANSLATE, steps)
             st[IRQ_PENDING] = -1
             st[HALTED] = 0
             st[INSN_EIP] = st[EIP]
@@ -274,13 +310,13 @@ def run(mem, st, tlb, dc, pg, budget, ktab):
                 st[EXIT_EIP] = st[EIP]
                 st[EXIT_LEN] = 0
                 st[EXIT_SOURCE] = SRC_EXTERNAL
-                return _exit(st, EXIT_INTERRUPT, steps)
+                return _exit(st, dc, EXIT_INTERRUPT, steps)
             st[COUNTERS + C_IRQ] += 1
             call_deliver(ktab[K_DELIVER], mem, st, tlb, pg, v, -1, EV_EXTERNAL)
             if st[FAULT_PENDING] != 0:
                 k = handle_fault(mem, st, tlb, pg, ktab)
                 if k != EXIT_NONE:
-                    return _exit(st, k, steps)
+                    return _exit(st, dc, k, steps)
         if st[HALTED] != 0:
             if period > 0 and (st[EFLAGS] & IF) != 0:
                 # asleep until the timer fires: time passes without instructions
@@ -290,11 +326,11 @@ def run(mem, st, tlb, dc, pg, budget, ktab):
             st[EXIT_EIP] = st[INSN_EIP]
             st[EXIT_LEN] = st[INSN_LEN]           # the HLT (not a stale earlier exit's length)
             st[EXIT_VECTOR] = -1
-            return _exit(st, EXIT_HALT, steps)
+            return _exit(st, dc, EXIT_HALT, steps)
         if steps >= budget:
             st[EXIT_EIP] = st[EIP]
             st[EXIT_VECTOR] = -1
-            return _exit(st, EXIT_BUDGET, steps)
+            return _exit(st, dc, EXIT_BUDGET, steps)
         # -- run a stretch without re-checking: up to the budget and the timer deadline
         limit = budget - steps
         if period > 0 and st[TIMER_NEXT] - st[TSC] < limit:
@@ -320,7 +356,7 @@ def run(mem, st, tlb, dc, pg, budget, ktab):
                         if st[BP_LIST + i] == eip:
                             st[EXIT_EIP] = eip
                             st[EXIT_VECTOR] = -1
-                            return _exit(st, EXIT_BREAKPOINT, steps)
+                            return _exit(st, dc, EXIT_BREAKPOINT, steps)
                 shadow = st[INT_SHADOW]
                 tf = st[EFLAGS] & TF
                 cpl = st[CPL]
@@ -338,11 +374,11 @@ def run(mem, st, tlb, dc, pg, budget, ktab):
                 st[COUNTERS + C_INSN_RING + cpl] += retired
                 retired = 0
             if st[KERNEL_REQUEST] >= 0:        # the instruction did not start (table.py)
-                return _exit(st, EXIT_TRANSLATE, steps)
+                return _exit(st, dc, EXIT_TRANSLATE, steps)
             if st[FAULT_PENDING] != 0:
                 k = handle_fault(mem, st, tlb, pg, ktab)
                 if k != EXIT_NONE:
-                    return _exit(st, k, steps)
+                    return _exit(st, dc, k, steps)
                 break
             if st[NO_RETIRE] != 0:
                 st[NO_RETIRE] = 0
@@ -360,17 +396,17 @@ def run(mem, st, tlb, dc, pg, budget, ktab):
                 raise_fault(st, DB, -1)
                 k = handle_fault(mem, st, tlb, pg, ktab)
                 if k != EXIT_NONE:
-                    return _exit(st, k, steps)
+                    return _exit(st, dc, k, steps)
                 break
             if st[EXIT_KIND] != EXIT_NONE:   # a handler asked for an exit (I/O)
-                return _exit(st, st[EXIT_KIND], steps)
+                return _exit(st, dc, st[EXIT_KIND], steps)
             if st[BLOCK_REQUEST] >= 0:
                 # to the host, which translates the block and calls run() again with the
                 # rest of the budget: no exit counted, nothing traced (Machine._run).
                 # ATTN as the interpreter alone would have left it.
                 if st[ATTN] == ATTN_BLOCK:
                     st[ATTN] = 0
-                return _exit(st, EXIT_TRANSLATE, steps)
+                return _exit(st, dc, EXIT_TRANSLATE, steps)
             if st[ATTN] != 0:
                 break
         if retired != 0:

@@ -1,7 +1,7 @@
 """Assembly sources of the teaching guests, shipped as package data (not jitted).
 
 * ``kernel.s`` -- lesson 02's kernel: written as if it owned ring 0, run by the
-  trap-and-emulate monitor (hvsim/rings/monitor.py) in ring 1; its critical section
+  trap-and-emulate monitor (hvsim/monitors/trap_and_emulate.py) in ring 1; its critical section
   ``pushf; cli; ...; popf`` is where x86 fails Popek and Goldberg's theorem 1.
 * ``user.s``   -- the ring-3 program the kernel starts: INT 0x80 system calls, a
   deliberate divide error, then work and system calls for ever.

@@ -5,7 +5,7 @@ Every table and curve here is computed by running hvsim, never typed in:
 * :func:`behaviour_table` runs POPF, PUSHF, CLI, STI, IN and OUT at each CPL and IOPL on
   a fresh machine and records what happened (a #GP, or what the instruction did);
 * :func:`tick_curves` runs the teaching kernel (hvsim/guests) under the trap-and-emulate
-  monitor (hvsim/rings/monitor.py), with and without the ``virtualizable`` switch, and
+  monitor (hvsim/monitors/trap_and_emulate.py), with and without the ``virtualizable`` switch, and
   samples the guest's own tick counter against retired instructions;
 * :data:`exercise` asks for the tick count at which the guest freezes, for seeded timer
   and workload parameters, and computes the answer by running the guest.
@@ -23,7 +23,7 @@ from hvsim import Machine, assemble
 from hvsim.arch.flags import IF, IOPL_SHIFT, FIXED1
 from hvsim.guests import teaching_kernel
 from hvsim.lessons import Exercise
-from hvsim.rings.monitor import TrapAndEmulate
+from hvsim.monitors import TrapAndEmulate
 from hvsim.rings.setup import install
 
 __all__ = ["behaviour_table", "behaviour_html", "run_guest", "guest_dword", "tick_curves",

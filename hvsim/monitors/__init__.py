@@ -1,0 +1,20 @@
+"""The monitors: the software of each virtualization technique, on one protocol (Python).
+
+* :mod:`hvsim.monitors.base` -- the :class:`Monitor` protocol, :class:`LogEntry`,
+  :class:`MonitorEvent`;
+* shared parts: :mod:`~hvsim.monitors.vcpu` (the virtual CPU),
+  :mod:`~hvsim.monitors.devices` (virtual console and timer),
+  :mod:`~hvsim.monitors.reflect` (delivery through the guest's virtual IDT);
+* the techniques: :class:`Native` (no monitor), :class:`TrapAndEmulate`.
+
+``MONITORS`` maps the names ``hvsim run --monitor NAME`` knows to their classes.
+"""
+from hvsim.monitors.base import Kill, LogEntry, Monitor, MonitorEvent, STATS
+from hvsim.monitors.native import Native
+from hvsim.monitors.trap_and_emulate import TrapAndEmulate, GUEST_RING
+from hvsim.monitors.vcpu import VirtualCPU
+
+MONITORS = {cls.name: cls for cls in (Native, TrapAndEmulate)}
+
+__all__ = ["Monitor", "MonitorEvent", "LogEntry", "Kill", "STATS", "Native", "TrapAndEmulate",
+           "VirtualCPU", "GUEST_RING", "MONITORS"]

@@ -1,0 +1,153 @@
+"""The one protocol every technique's monitor implements (Python, not jitted).
+
+A *monitor* is the software of a virtualization technique: the trap-and-emulate VMM,
+and later binary translation, emulation, the VT-x host, the Xen-style hypervisor, the
+container kernel. Each plugs into the machine the same way -- ``Machine.run()`` is
+KVM_RUN, every exit comes back as an :class:`hvsim.machine.Event` whose instruction is
+already decoded -- and each shows itself the same way, so the stepper, the pictures,
+the command line and the cost model take any of them:
+
+=====================  ==================================================================
+``machine``            the :class:`~hvsim.Machine` it runs the guest on
+``run(budget)``        run until an event the monitor does not handle itself, at most
+                       ``budget`` steps; returns the :class:`~hvsim.machine.Event`
+``step()``             one guest instruction (native or emulated) or one event the
+                       monitor handled; the event that stopped it, or None
+``snapshot()``         the machine's state and the monitor's; ``restore(snap)`` goes back
+``log``                a typed list of :class:`LogEntry`: every exit it handled and what
+                       it did about it
+``stats``              its own counts: ``traps`` (exits handled: a trap to the monitor and
+                       back), ``emulated`` (instructions emulated in software),
+                       ``reflected`` (guest exceptions it delivered through the guest's
+                       virtual IDT), ``injected`` (virtual interrupts injected); later
+                       techniques add ``vm_exits`` and ``hypercalls``
+``counters``           the machine's counters and ``stats`` in one flat dict
+``vcpu``               the virtual CPU the guest believes it has (the real one for native)
+``console``            what the guest printed on its (virtual) console
+``state``              'running', 'halted' (nothing can wake the guest) or 'killed'
+=====================  ==================================================================
+
+An exit handler is a plain function of (monitor, event) that a test can feed a made-up
+event (rust-vmm's VMM crates test their exit handlers the same way).
+"""
+from __future__ import annotations
+
+import abc
+import dataclasses
+from typing import Optional
+
+from hvsim.instruction import Instruction
+from hvsim.machine import Event, Machine
+
+__all__ = ["Monitor", "MonitorEvent", "LogEntry", "Kill", "STATS"]
+
+#: The keys of ``Monitor.stats`` (hvsim.cost charges each of them).
+STATS = ("traps", "emulated", "reflected", "injected", "vm_exits", "hypercalls")
+
+
+class Kill(Exception):
+    """Raised inside a handler: the guest cannot go on (the message says why and where)."""
+
+
+@dataclasses.dataclass
+class MonitorEvent(Event):
+    """Why a monitor's ``run()``/``step()`` stopped. Besides the machine's kinds: 'killed'
+    (the monitor stopped the guest: ``reason`` says what and where) and 'halt' (the guest
+    halted with nothing that can wake it)."""
+    reason: str = ""
+
+    def __str__(self):
+        s = f"{self.kind} at eip={self.eip:#010x} (ring {self.cpl})"
+        return f"{s}: {self.reason}" if self.reason else s
+
+
+@dataclasses.dataclass(frozen=True)
+class LogEntry:
+    """One exit a monitor handled: what came out of ``run()`` and what it did about it.
+
+    ``what``: the kind of handling -- 'emulated' (the instruction was carried out in
+    software), 'reflected' (the event was delivered through the guest's virtual IDT),
+    'injected' (a virtual interrupt was delivered), 'tick' (a real timer interrupt became
+    a virtual one), 'killed' (the guest was stopped); ``trap``: Event.name ('#GP (general
+    protection)', 'INT 0x80'...); ``ring``: the real ring the guest was in; ``insn``: the
+    instruction that trapped, as the core decoded it (None for interrupts); ``tsc``: the
+    machine's time stamp when it happened.
+    """
+    what: str
+    trap: str
+    vector: Optional[int]
+    error_code: Optional[int]
+    eip: int
+    ring: int
+    insn: Optional[Instruction]
+    action: str
+    tsc: int
+
+    @property
+    def instruction(self) -> Optional[str]:
+        """The trapping instruction as text (rendered from its decoded fields), or None."""
+        return None if self.insn is None else str(self.insn)
+
+    def __str__(self):
+        err = "" if self.error_code is None else f"({self.error_code:#x})"
+        insn = f" {self.instruction!r}" if self.insn is not None else ""
+        return (f"[{self.tsc:>8}] ring {self.ring} eip={self.eip:#010x} {self.trap}{err}{insn}: "
+                f"{self.action}")
+
+
+class Monitor(abc.ABC):
+    """Base class of every technique's monitor (see the module docstring)."""
+
+    #: the name ``hvsim run --monitor NAME`` knows it by
+    name: str = ""
+
+    machine: Machine
+    log: list
+
+    @abc.abstractmethod
+    def run(self, max_steps: int = 1_000_000) -> Event:
+        """Run the guest until an event the monitor does not handle; at most ``max_steps``."""
+
+    @abc.abstractmethod
+    def step(self) -> Optional[Event]:
+        """One guest instruction or one handled event; the unhandled event, or None."""
+
+    @abc.abstractmethod
+    def snapshot(self):
+        """The machine's state and the monitor's."""
+
+    @abc.abstractmethod
+    def restore(self, snap) -> None:
+        """Back to the state of ``snap``."""
+
+    @property
+    @abc.abstractmethod
+    def stats(self) -> dict:
+        """The monitor's own counts, keyed by the names in :data:`STATS`."""
+
+    @property
+    @abc.abstractmethod
+    def vcpu(self):
+        """The virtual CPU the guest believes it has."""
+
+    @property
+    @abc.abstractmethod
+    def console(self) -> str:
+        """What the guest printed on its console."""
+
+    @property
+    def state(self) -> str:
+        return "running"
+
+    @property
+    def counters(self) -> dict:
+        """The machine's counters (non-zero ones) and the monitor's ``stats``, flat."""
+        d = self.machine.counters.to_dict()
+        d.update({f"monitor {k}": v for k, v in self.stats.items()})
+        return d
+
+    @staticmethod
+    def _check_budget(max_steps) -> int:
+        if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
+            raise ValueError(f"max_steps must be a positive int, got {max_steps!r}")
+        return max_steps
