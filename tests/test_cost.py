@@ -304,7 +304,7 @@ def test_profile_lookup_and_bad_input():
     with pytest.raises(TypeError, match="usage_of"):
         breakdown(3.5, "merom")
     with pytest.raises(ValueError, match="must be >= 0"):
-        breakdown({"trap": -2})
+        breakdown({"trap": -2}, "merom")
     with pytest.raises(TypeError, match="must be an int"):
         Usage({"trap": True})
     with pytest.raises(KeyError, match="did you mean 'trap'"):
@@ -316,7 +316,7 @@ def test_profile_lookup_and_bad_input():
     with pytest.raises(ValueError, match=">= 0"):
         Cost(-1, "somewhere")
     with pytest.raises(KeyError, match="neither a category"):
-        breakdown({"trap": 1})["cycles"]
+        breakdown({"trap": 1}, "merom")["cycles"]
 
 
 # ------------------------------------------------------------------ overhead_bars
@@ -377,7 +377,9 @@ def test_overhead_bars_bad_arguments():
         overhead_bars("native")
     with pytest.raises(TypeError, match="overhead_bars"):
         overhead_bars({})
+    with pytest.raises(ValueError, match="on which CPU profile"):
+        overhead_bars({"bare": {"instruction": 3}})
     with pytest.raises(ValueError, match="already a Breakdown"):
-        overhead_bars({"a": breakdown({"trap": 1})}, profiles="merom")
+        overhead_bars({"a": breakdown({"trap": 1}, "p4")}, profiles="merom")
     with pytest.raises(TypeError, match="matplotlib Axes"):
-        overhead_bars(breakdown({"trap": 1}), ax="left")
+        overhead_bars(breakdown({"trap": 1}, "p4"), ax="left")

@@ -127,7 +127,7 @@ class Breakdown:
                 f"total={self.total:g}, {{{cats}}})")
 
 
-def breakdown(x, profile="nehalem", *, label: Optional[str] = None) -> Breakdown:
+def breakdown(x, profile, *, label: Optional[str] = None) -> Breakdown:
     """Cycles of ``x`` on ``profile``: ``sum(count[e] * profile[e].cycles)``.
 
     ``x``: anything :func:`usage_of` takes (a Machine, a monitor, counters, a Usage, a

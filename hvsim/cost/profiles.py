@@ -23,12 +23,12 @@ workshop that built this table; what was read, and how:
 * Landau, Ben-Yehuda & Gordon 2011 (SplitX), section 1 around Table 1: on a Xeon
   X5570 (Nehalem-EP, 2.93 GHz) under KVM with EPT and VPID, "The direct cost on its
   own is high: 2,000 cycles" -- the direct cost being the CPU world switch from guest
-  to hypervisor and back. Read in the paper's text.
+  to hypervisor and back. Read in a stored copy of the paper's text.
 * Bhargava, Serebrin, Spadini & Manne 2008, Table 2 (the simulated configuration):
   "average L2 miss 100 cycles" -- as recorded in shared/TECHNIQUES.md section 5 [V1].
 * blitz/kernel_entry_benchmark, README: an interrupt-gate round trip (INT n + IRET)
   of 610 cycles, measured by its author on an Intel CPU the README does not name,
-  under KVM. Read in the README. Not a paper and not one of these generations: it is
+  under KVM. Read in a stored copy of the README. Not a paper and not one of these generations: it is
   only the basis of the round 600-cycle estimates below.
 * Agesen, Mattson, Rugina & Sheldon 2012, Figure 1, plots the hardware VM exit +
   VM entry round trip for Prescott through Sandy Bridge. Its values were **not** read

@@ -46,9 +46,12 @@ def _bars(runs, profiles) -> list:
         elif isinstance(v, Mapping) and v and all(isinstance(b, Breakdown) for b in v.values()):
             out += [(name, b) for b in v.values()]
         else:
-            ps = ["nehalem"] if profiles is None else (
-                [profiles] if isinstance(profiles, str) or not hasattr(profiles, "__iter__")
-                else list(profiles))
+            if profiles is None:
+                raise ValueError(f"run {name!r} is not a Breakdown: say on which CPU "
+                                 "profile(s) to cost it, e.g. profiles='nehalem' or "
+                                 "profiles=hvsim.cost.ALL")
+            ps = ([profiles] if isinstance(profiles, str) or not hasattr(profiles, "__iter__")
+                  else list(profiles))
             out += [(name, breakdown(v, p, label=name)) for p in ps]
     names = []
     for _, b in out:
@@ -64,8 +67,8 @@ def overhead_bars(runs, ax=None, *, profiles=None, title: Optional[str] = None,
 
     ``runs``: a :class:`~hvsim.cost.Breakdown`; a dict ``{run name: Breakdown}``; a dict
     ``{run name: {profile: Breakdown}}`` (``cost.breakdowns()`` per run: one group of
-    bars per CPU generation); or a dict ``{run name: machine or monitor}`` with
-    ``profiles=`` a profile name or a list of them (default ``'nehalem'``).
+    bars per CPU generation); or a dict ``{run name: machine, monitor or counts}`` with
+    ``profiles=`` a profile name or a list of them.
     ``totals``: write each bar's total above it. The part of a category that comes
     from estimated costs is hatched.
 
