@@ -20,8 +20,8 @@ import hvsim.cost
 import hvsim.cost.usage
 from hvsim import Machine, assemble
 from hvsim.arch.pte import PTE_P, PTE_RW, PTE_US
-from hvsim.cost import (CATEGORIES, EVENTS, PROFILES, ALL, Cost, Usage, breakdown, breakdowns,
-                        profile, usage_of)
+from hvsim.cost import (CATEGORIES, EVENTS, PROFILES, ALL, REFERENCES, Cost, Usage, breakdown,
+                        breakdowns, profile, usage_of)
 from hvsim.lessons import l03_paging as l03
 from hvsim.rings.setup import install
 from hvsim.viz import overhead_bars
@@ -280,6 +280,8 @@ def test_four_generations_every_cost_cited_and_estimates_marked():
                 assert c.mark == ""
             if c.source.startswith("none"):
                 assert c.estimate                  # no source: it can only be an estimate
+            else:                                  # a cited work, listed in full
+                assert any(ref in c.source for ref in REFERENCES), c.source
 
 
 def test_the_one_measurement_and_the_split_of_the_published_p4_figure():

@@ -29,10 +29,10 @@ True
 True
 """
 from hvsim.cost.profiles import (CATEGORIES, EVENTS, Cost, Profile, PROFILES, ALL, profile,
-                                 PRESCOTT, MEROM, NEHALEM, SANDY_BRIDGE)
+                                 PRESCOTT, MEROM, NEHALEM, SANDY_BRIDGE, REFERENCES)
 from hvsim.cost.usage import Usage, usage_of, STAT_EVENTS
 from hvsim.cost.model import Line, Breakdown, breakdown, breakdowns
 
 __all__ = ["CATEGORIES", "EVENTS", "Cost", "Profile", "PROFILES", "ALL", "profile",
-           "PRESCOTT", "MEROM", "NEHALEM", "SANDY_BRIDGE", "Usage", "usage_of", "STAT_EVENTS",
+           "PRESCOTT", "MEROM", "NEHALEM", "SANDY_BRIDGE", "REFERENCES", "Usage", "usage_of", "STAT_EVENTS",
            "Line", "Breakdown", "breakdown", "breakdowns"]

@@ -185,8 +185,9 @@ class Profile:
         return f"{self.cpu} ({self.year})"
 
     def replace(self, **costs) -> "Profile":
-        """A copy with some costs replaced, e.g. ``p.replace(trap=Cost(900, 'my lab', True,
-        'measured on my laptop'))`` -- profiles are inputs: try your own."""
+        """A copy with some costs replaced, named with a prime (``"nehalem'"``), e.g.
+        ``p.replace(trap=Cost(900, 'my lab', True, 'measured on my laptop'))`` --
+        profiles are inputs: try your own."""
         new = dict(self.costs)
         for e, c in costs.items():
             if e not in EVENTS:
