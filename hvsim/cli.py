@@ -2,15 +2,18 @@
 
 ::
 
-    hvsim run prog.s [--max-steps N] [--memory BYTES] [--timer N]
-                     [--exceptions host|guest] [--trace]
+    hvsim run prog.s [--monitor none|native|trap-and-emulate] [--max-steps N]
+                     [--memory BYTES] [--timer N] [--exceptions host|guest] [--trace]
     hvsim disasm FILE [--origin N]      # FILE: raw machine code, or a .s source
     hvsim warmup                        # compile every kernel into numba's disk cache
     hvsim version
 
 ``run`` assembles the file, runs it on a bare :class:`hvsim.Machine` until the first
 event, and prints what a student wants to see: the console output, the event, the
-final registers (EFLAGS decoded, CPL) and every counter that moved.
+final registers (EFLAGS decoded, CPL) and every counter that moved. With ``--monitor``
+the program is a guest kernel run under that technique's monitor
+(:data:`hvsim.monitors.MONITORS`): the output adds the monitor's own counts, and
+``--trace`` prints its log (every trap it handled and what it did).
 
 Exit status: 0 when the guest halted, 1 for any other final event (an exception
 routed to the host, an unclaimed I/O port, the step budget, a shutdown...), 2 for
@@ -69,6 +72,11 @@ def _address(text: str) -> int:
     return value
 
 
+def _monitor_names():
+    from hvsim.monitors import MONITORS
+    return MONITORS
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hvsim",
@@ -88,8 +96,12 @@ def _build_parser() -> argparse.ArgumentParser:
                      help="guest-physical memory size, e.g. 16M or 0x100000 (default: the Machine's)")
     run.add_argument("--timer", type=_positive_int, default=None, metavar="N",
                      help="raise a timer interrupt every N instructions (default: no timer)")
-    run.add_argument("--exceptions", choices=("host", "guest"), default="host",
-                     help="deliver exceptions to the host monitor (default) or through the guest IDT")
+    run.add_argument("--monitor", choices=("none",) + tuple(_monitor_names()), default="none",
+                     help="run the program as a guest kernel under this technique's monitor "
+                     "(default: none, the bare machine)")
+    run.add_argument("--exceptions", choices=("host", "guest"), default=None,
+                     help="bare machine only: deliver exceptions to the host (default) or "
+                     "through the guest IDT")
     run.add_argument("--trace", action="store_true", help="print the event trace after the run")
 
     dis = sub.add_parser("disasm", help="disassemble raw machine code or a .s file",
@@ -139,7 +151,7 @@ def _eflags_text(value: int) -> str:
 def _event_text(ev) -> str:
     """``event: exception #GP (general protection) error_code=0x0 at eip=... cpl=3 after N steps``."""
     parts = [f"event: {ev.kind}"]
-    if ev.kind in ("exception", "interrupt"):
+    if ev.kind in ("exception", "interrupt") and ev.vector is not None:
         from hvsim.arch.vectors import vector_name
         parts.append(vector_name(ev.vector))
         if ev.error_code is not None:
@@ -154,9 +166,9 @@ def _event_text(ev) -> str:
     return " ".join(parts)
 
 
-def _print_machine(m, ev, out) -> None:
+def _print_machine(m, ev, out, console: bool = True) -> None:
     cpu = m.cpu
-    console = m.console
+    console = m.console if console else ""
     if console:
         print("--- console ---", file=out)
         print(console, end="" if console.endswith("\n") else "\n", file=out)
@@ -190,8 +202,10 @@ def _print_trace(m, out) -> None:
 
 def _cmd_run(args, out) -> int:
     prog = _assemble_file(args.file)
+    if args.monitor != "none":
+        return _run_monitor(args, prog, out)
     from hvsim import Machine
-    kwargs = {"exceptions": args.exceptions}
+    kwargs = {"exceptions": args.exceptions or "host"}
     if args.memory is not None:
         kwargs["memory"] = args.memory
     if args.timer is not None:
@@ -208,6 +222,56 @@ def _cmd_run(args, out) -> int:
     _print_machine(m, ev, out)
     if args.trace:
         _print_trace(m, out)
+    return EXIT_HALT if ev.kind == "halt" else EXIT_OTHER_EVENT
+
+
+def _run_monitor(args, prog, out) -> int:
+    """``hvsim run --monitor NAME``: the program is the guest kernel of that monitor."""
+    from hvsim import Machine
+    from hvsim.monitors import MONITORS, Native
+    if args.exceptions is not None:
+        raise _BadInput(f"--exceptions is for the bare machine: the {args.monitor} monitor "
+                        "decides where every vector goes")
+    if args.timer is not None and args.monitor != "native":
+        raise _BadInput(f"--timer is for the bare machine: under {args.monitor} the guest "
+                        "programs its own (virtual) timer on ports 0x40/0x41")
+    kwargs = {"memory": args.memory if args.memory is not None else 1 << 20}
+    if args.monitor == "native":
+        kwargs["exceptions"] = "guest"
+        if args.timer is not None:
+            kwargs["timer"] = args.timer
+    try:
+        m = Machine(**kwargs)
+        mon = MONITORS[args.monitor](machine=m) if args.monitor != "native" else Native(m)
+    except ValueError as e:
+        raise _BadInput(f"cannot build the machine: {e}") from None
+    try:
+        if args.monitor == "native":
+            m.load(prog)
+        else:
+            mon.boot(prog)
+    except ValueError as e:
+        raise _BadInput(f"{args.file}: cannot load the program: {e}") from None
+    ev = mon.run(args.max_steps)
+    console = mon.console
+    if console:
+        print("--- console ---", file=out)
+        print(console, end="" if console.endswith("\n") else "\n", file=out)
+        print("---------------", file=out)
+    reason = getattr(ev, "reason", "")
+    print(f"monitor: {args.monitor}, guest {mon.state}" + (f" ({reason})" if reason else ""),
+          file=out)
+    _print_machine(m, ev, out, console=False)
+    stats = {k: v for k, v in mon.stats.items() if v}
+    if stats:
+        print("monitor counts:", file=out)
+        width = max(len(k) for k in stats)
+        for k, v in stats.items():
+            print(f"  {k:<{width}}  {v}", file=out)
+    if args.trace:
+        print(f"--- monitor log ({len(mon.log)} entries, oldest first) ---", file=out)
+        for entry in mon.log:
+            print(entry, file=out)
     return EXIT_HALT if ev.kind == "halt" else EXIT_OTHER_EVENT
 
 

@@ -11,6 +11,7 @@ import pytest
 
 from hvsim import Machine, assemble
 from hvsim.lessons import l01_rings as l01
+from hvsim.monitors import LogEntry, Monitor
 from hvsim.widgets import StepperController, Stepper
 from hvsim.widgets.controller import HOST, snapshot_nbytes
 
@@ -155,13 +156,9 @@ def test_ring3_cli_with_exceptions_to_the_host():
     assert d.machine.cpu.cpl == 3               # nobody entered ring 0 in the guest
 
 
-class FakeMonitor:
+class FakeMonitor(Monitor):
     """A trap-and-emulate monitor in miniature: #GP exits to it; it emulates CLI."""
-
-    class Entry:
-        def __init__(self, name, error_code, guest_eip, ring, action):
-            self.name, self.error_code, self.guest_eip = name, error_code, guest_eip
-            self.ring, self.action = ring, action
+    name = "fake"
 
     def __init__(self, machine):
         self.machine, self.log = machine, []
@@ -170,12 +167,13 @@ class FakeMonitor:
         ev = self.machine.step()
         if ev is not None and ev.kind == "exception" and ev.vector == 13:
             self.machine.cpu.eflags &= ~0x200
-            self.machine.cpu.eip = ev.eip + ev.length
-            self.log.append(self.Entry(ev.name, ev.error_code, ev.eip, ev.cpl, "emulated CLI"))
+            self.machine.cpu.eip = ev.eip + ev.insn.length
+            self.log.append(LogEntry("emulated", ev.name, ev.vector, ev.error_code, ev.eip, ev.cpl,
+                                     ev.insn, "emulated CLI", 0))
             return None
         return ev
 
-    def run(self, max_steps):
+    def run(self, max_steps=1):
         raise NotImplementedError
 
     def snapshot(self):
@@ -184,6 +182,10 @@ class FakeMonitor:
     def restore(self, snap):
         self.machine.restore(snap[0])
         self.log[:] = snap[1]
+
+    stats = {}
+    vcpu = None
+    console = ""
 
 
 def test_monitor_target_log_reaches_the_trap_log():
@@ -194,7 +196,7 @@ def test_monitor_target_log_reaches_the_trap_log():
     assert d.machine.cpu.eip == d.label("user") + 6 and d.machine.cpu.cpl == 3
     (rec,) = c.trap_log
     assert (rec.name, rec.error_code, rec.eip, rec.ring_from, rec.handler, rec.action) == \
-        ("#GP (general protection)", 0, d.label("user") + 5, 3, HOST, "emulated CLI")
+        ("#GP (general protection)", 0, d.label("user") + 5, 3, HOST, "cli: emulated CLI")
     c.back(1)
     assert c.trap_log == [] and d.machine.cpu.eip == d.label("user") + 5
     c.step()
@@ -202,7 +204,7 @@ def test_monitor_target_log_reaches_the_trap_log():
 
 
 def test_target_without_the_interface_is_refused():
-    with pytest.raises(TypeError, match=r"object lacks .machine, .step, .run, .snapshot, .restore"):
+    with pytest.raises(TypeError, match=r"a Machine or a monitor \(hvsim.monitors.Monitor\), not object"):
         StepperController(object())
 
 

@@ -1,8 +1,8 @@
 """The stepper's logic, without any widget (pure Python, not jitted).
 
-:class:`StepperController` drives a *target* -- a :class:`hvsim.Machine`, or a monitor
-that wraps one (anything with ``.machine``, ``.step()``, ``.run(max_steps)``,
-``.snapshot()``, ``.restore(snap)`` and optionally ``.log``) -- one step at a time, and
+:class:`StepperController` drives a *target* -- a :class:`hvsim.Machine`, or any
+:class:`hvsim.monitors.Monitor` (the protocol every technique implements: ``.machine``,
+``.step()``, ``.run(max_steps)``, ``.snapshot()``, ``.restore(snap)``, ``.log``) -- one step at a time, and
 keeps what a debugger needs: the trap log, the registers that the last action changed,
 breakpoints, and a way back.
 
@@ -43,7 +43,7 @@ import numpy as np
 
 from hvsim.arch import layout as L
 from hvsim.machine import Machine
-from hvsim.arch.vectors import vector_name
+from hvsim.monitors import LogEntry, Monitor
 from hvsim.widgets import render as R
 
 DEFAULT_CHECKPOINT_BYTES = 128 << 20
@@ -163,12 +163,9 @@ class StepperController:
         if isinstance(target, Machine):
             self.machine = target
         else:
-            missing = [a for a in ("machine", "step", "run", "snapshot", "restore")
-                       if not hasattr(target, a)]
-            if missing:
-                raise TypeError(f"the stepper drives a Machine or an object with .machine, .step(), "
-                                f".run(), .snapshot() and .restore(); {type(target).__name__} "
-                                f"lacks {', '.join('.' + a for a in missing)}")
+            if not isinstance(target, Monitor):
+                raise TypeError(f"the stepper drives a Machine or a monitor (hvsim.monitors.Monitor"
+                                f"), not {type(target).__name__}")
             if not isinstance(target.machine, Machine):
                 raise TypeError(f"target.machine must be a hvsim Machine, got "
                                 f"{type(target.machine).__name__}")
@@ -302,21 +299,11 @@ class StepperController:
         return R.TrapRecord(self.position, ev.name, ev.vector, ev.error_code, ev.eip, ev.cpl,
                             None, HOST, action)
 
-    def _monitor_record(self, e) -> R.TrapRecord:
-        def get(*names, default=None):
-            for n in names:
-                v = e.get(n) if isinstance(e, dict) else getattr(e, n, None)
-                if v is not None:
-                    return v
-            return default
-        vec = get("vector")
-        name = get("name", "trap") or (vector_name(vec) if vec is not None else str(e))
-        action = str(get("action", default=""))
-        insn = get("instruction")
-        if insn:
-            action = f"{insn}: {action}" if action else str(insn)
-        return R.TrapRecord(self.position, str(name), vec, get("error_code"),
-                            int(get("guest_eip", "eip", default=0)), int(get("ring", "cpl", default=0)),
+    def _monitor_record(self, e: LogEntry) -> R.TrapRecord:
+        action = e.action
+        if e.insn is not None:
+            action = f"{e.instruction}: {action}" if action else e.instruction
+        return R.TrapRecord(self.position, e.trap, e.vector, e.error_code, e.eip, e.ring,
                             None, HOST, action)
 
     def _add_checkpoint(self):
