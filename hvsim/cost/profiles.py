@@ -7,14 +7,14 @@ figure comes from (paper + section/table/figure), and whether it is an **estimat
 What "estimate" means here -- read before using a number:
 
 * ``estimate=False``: the figure was read, in the named source, as a measurement of
-  this event on this generation (the only ones are marked so below; see each note).
+  this event on this generation. One figure is: Nehalem's ``vm_exit``.
 * ``estimate=True``: anything else -- a published figure split or carried over to
   another generation, a round number with a stated basis, or a value remembered and
   not verified. The ``basis`` text says which. Tables print such a cost with ``*``
   and :func:`hvsim.viz.overhead_bars` hatches the part of a bar it makes.
 
-Where the primary texts were read. The papers' PDFs are not reachable from the
-workshop that built this table; what was read, and how:
+What was read, and where (the papers' PDFs themselves could not be opened when this
+table was built):
 
 * Adams & Agesen 2006, section 3.2, the rdtsc example: *trap-and-emulate 2030 cycles,
   callout-and-emulate 1254, in-TC emulation 216, on a Pentium 4* -- as read in the
@@ -28,8 +28,8 @@ workshop that built this table; what was read, and how:
   "average L2 miss 100 cycles" -- as recorded in shared/TECHNIQUES.md section 5 [V1].
 * blitz/kernel_entry_benchmark, README: an interrupt-gate round trip (INT n + IRET)
   of 610 cycles, measured by its author on an Intel CPU the README does not name,
-  under KVM. Read in a stored copy of the README. Not a paper and not one of these generations: it is
-  only the basis of the round 600-cycle estimates below.
+  under KVM. Read in a stored copy of the README. Not a paper and not one of these
+  generations: only the basis of the round 600-cycle estimates below.
 * Agesen, Mattson, Rugina & Sheldon 2012, Figure 1, plots the hardware VM exit +
   VM entry round trip for Prescott through Sandy Bridge. Its values were **not** read
   (the figure is a chart and the text around it was not reachable): none of the
@@ -52,9 +52,12 @@ Model choices (profiles are inputs; nothing here says which technique should win
 * ``trap`` + ``emulated`` on the Pentium 4 split Adams & Agesen's trap-and-emulate
   rdtsc (2030) into the in-TC emulation work (216) and the rest (1814), so that one
   trapped-and-emulated instruction costs exactly the published 2030.
-* ``vm_exit`` on Nehalem is the SplitX measurement, which times KVM's world switch;
-  the other generations are estimates on that same footing (linear in year between
-  the Pentium 4 and Nehalem anchors), not the hardware-only latency of Agesen 2012 Fig. 1.
+* ``vm_exit`` on Nehalem is the SplitX measurement, which times KVM's world switch
+  (hardware transition plus KVM's own entry/exit path). The Pentium 4 value is a
+  remembered figure, and Core 2 and Sandy Bridge lie on a straight line in year through
+  those two: the series is smooth by construction, not measured. None of them is the
+  hardware-only latency plotted in Agesen et al. 2012 Figure 1; read that figure before
+  teaching a trend across generations.
 """
 from __future__ import annotations
 
