@@ -34,5 +34,5 @@ from hvsim.cost.usage import Usage, usage_of, STAT_EVENTS
 from hvsim.cost.model import Line, Breakdown, breakdown, breakdowns
 
 __all__ = ["CATEGORIES", "EVENTS", "Cost", "Profile", "PROFILES", "ALL", "profile",
-           "PRESCOTT", "MEROM", "NEHALEM", "SANDY_BRIDGE", "REFERENCES", "Usage", "usage_of", "STAT_EVENTS",
-           "Line", "Breakdown", "breakdown", "breakdowns"]
+           "PRESCOTT", "MEROM", "NEHALEM", "SANDY_BRIDGE", "REFERENCES", "Usage", "usage_of",
+           "STAT_EVENTS", "Line", "Breakdown", "breakdown", "breakdowns"]
