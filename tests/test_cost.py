@@ -244,6 +244,25 @@ def test_usage_of_a_monitor_adds_its_stats_to_the_machine_counts():
     assert usage_of(StubMonitor(m, {"vm_exits": 5, "hypercalls": 6}))["vm_exit"] == 5
 
 
+def test_usage_of_the_trap_and_emulate_monitor_charges_each_event_once():
+    monitors = pytest.importorskip("hvsim.monitors")
+    from hvsim.guests import teaching_kernel
+    mon = monitors.TrapAndEmulate(program=teaching_kernel())
+    mon.run(20_000)
+    c, s = mon.machine.counters, mon.stats
+    assert s["traps"] > 0 and s["reflected"] > 0 and s["emulated"] > 0
+    # every vector is routed to the monitor: the hardware delivered nothing through the
+    # IDT, so the guest's system calls and faults are charged as traps + reflections only
+    assert c.delivered == {} and c["software_interrupts"] > 0
+    u = usage_of(mon)
+    assert (u["system_call"], u["page_fault"], u["exception"], u["interrupt"]) == (0, 0, 0, 0)
+    assert (u["trap"], u["emulated"], u["reflected"], u["injected"]) == (
+        s["traps"], s["emulated"], s["reflected"], s["injected"])
+    assert u["instruction"] == c["instructions"] and u["port_io"] == c["io_in"] + c["io_out"]
+    p = PROFILES["nehalem"]
+    assert breakdown(mon, p).total == sum(u[e] * p[e].cycles for e in EVENTS)
+
+
 def test_usage_of_rejects_a_bad_monitor():
     m = Machine()
     with pytest.raises(ValueError, match="must be >= 0"):
