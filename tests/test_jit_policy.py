@@ -5,6 +5,7 @@ import numba
 import pytest
 
 import hvsim._jit as J
+import hvsim._numba_corrections as C
 
 
 def test_sources_hash_covers_folded_constants_but_not_python_faces(tmp_path, monkeypatch):
@@ -12,16 +13,39 @@ def test_sources_hash_covers_folded_constants_but_not_python_faces(tmp_path, mon
     shutil.copytree(J._PACKAGE, pkg, ignore=shutil.ignore_patterns("__pycache__"))
     monkeypatch.setattr(J, "_PACKAGE", pkg)
     h0 = J.sources_hash()
-    (pkg / "widgets").mkdir(exist_ok=True)
     (pkg / "widgets" / "new_face.py").write_text("X = 1\n")
-    for face in ("machine.py", "cli.py", "asm/assembler.py") + J.FACE_MODULES:
-        if not (pkg / face).exists():
-            (pkg / face).write_text("")
+    for face in ("machine.py", "engine.py", "cli.py", "asm/assembler.py", "cpu/translate.py",
+                 "rings/setup.py", "mmu/__init__.py", "monitors/trap_and_emulate.py",
+                 "monitors/base.py", "instruction.py"):
         (pkg / face).write_text((pkg / face).read_text() + "\n# a face edit\n")
     assert J.sources_hash() == h0            # no kernel folds these in: keep the cache
     # layout.py has no @njit, but its slot numbers are compiled into every kernel
-    (pkg / "cpu" / "layout.py").write_text((pkg / "cpu" / "layout.py").read_text() + "\nX = 1\n")
-    assert J.sources_hash() != h0
+    (pkg / "arch" / "layout.py").write_text((pkg / "arch" / "layout.py").read_text() + "\nX = 1\n")
+    h1 = J.sources_hash()
+    assert h1 != h0
+    # a new package with a kernel counts at once, and so does what it imports
+    (pkg / "vtx" / "entry.py").write_text("from hvsim._jit import njit\nfrom hvsim.vtx.fields import F\n"
+                                          "@njit\ndef vmentry(st):\n    return F\n")
+    (pkg / "vtx" / "fields.py").write_text("F = 1\n")
+    h2 = J.sources_hash()
+    assert h2 != h1
+    (pkg / "vtx" / "fields.py").write_text("F = 2\n")
+    assert J.sources_hash() != h2
+
+
+def test_kernel_sources_are_derived_from_the_code():
+    """The modules that define kernels and what they import, nothing above the machine."""
+    names = {p.relative_to(J._PACKAGE).as_posix() for p in J.kernel_sources()}
+    defining = {p.relative_to(J._PACKAGE).as_posix() for p in J._PACKAGE.rglob("*.py")
+                if J._KERNEL_DEF.search(p.read_text()) and p.name != "_jit.py"}
+    assert defining and defining <= names
+    assert {"cpu/run.py", "cpu/table.py", "mmu/paging.py", "rings/interrupts.py",
+            "arch/layout.py", "arch/counters.py", "arch/flags.py", "arch/fault.py"} <= names
+    for face in ("machine.py", "engine.py", "instruction.py", "cpu/translate.py",
+                 "rings/setup.py", "mmu/__init__.py", "cli.py"):
+        assert face not in names, face
+    assert not any(n.startswith(("monitors/", "widgets/", "viz/", "lessons/", "cost/", "asm/"))
+                   for n in names), names
 
 
 def test_a_stale_stamp_drops_hvsims_kernels_from_a_numba_cache_dir_and_nothing_else(
@@ -45,20 +69,6 @@ def test_a_stale_stamp_drops_hvsims_kernels_from_a_numba_cache_dir_and_nothing_e
         (d / "k.f-1.py311.nbi").write_bytes(b"i")
     J._invalidate_stale_cache()
     assert all((d / "k.f-1.py311.nbi").exists() for d in ours)
-
-
-def test_face_modules_inside_kernel_packages_hold_no_kernels():
-    """A face left out of the hash must not be compiled, nor be imported by a kernel module."""
-    kernel_files = [p for pkg in J._KERNEL_PACKAGES for p in (J._PACKAGE / pkg).rglob("*.py")
-                    if p.relative_to(J._PACKAGE).as_posix() not in J.FACE_MODULES]
-    for face in J.FACE_MODULES:
-        path = J._PACKAGE / face
-        if not path.exists():
-            continue
-        assert "njit" not in path.read_text(), face
-        module = "hvsim." + face[:-3].replace("/", ".")
-        for k in kernel_files:
-            assert module not in k.read_text(), f"{k} imports the face {module}"
 
 
 def test_a_constant_argument_does_not_compile_a_kernel_once_per_value():
@@ -88,9 +98,9 @@ def test_the_cache_probe_sees_an_empty_cache_and_a_warm_process_prints_no_notice
     import subprocess
     import sys
 
-    from hvsim.machine import kernel_cache_present
+    from hvsim.engine import kernel_cache_present
     assert kernel_cache_present() is True          # `make test` warmed the cache
-    probe = "from hvsim.machine import kernel_cache_present as k; print(k())"
+    probe = "from hvsim.engine import kernel_cache_present as k; print(k())"
     env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
     out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
@@ -104,9 +114,10 @@ def test_the_cache_probe_sees_an_empty_cache_and_a_warm_process_prints_no_notice
 
 
 def test_the_inliner_copies_an_ir_with_one_scope_and_never_shares_between_copies():
-    """hvsim._jit gives numba's inliner one deep-copy memo per IR copy (see _InlinerCopy)."""
+    """hvsim gives numba's inliner one deep-copy memo per IR copy (see _InlinerCopy)."""
     from numba.core import inline_closurecall, ir
     from numba.core.compiler import run_frontend
+    from hvsim._numba_corrections import compiling
 
     def body(a, b):
         t = 0
@@ -120,12 +131,14 @@ def test_the_inliner_copies_an_ir_with_one_scope_and_never_shares_between_copies
     fir = run_frontend(body)
     assert len(fir.blocks) > 3
     shim = inline_closurecall.copy
-    assert isinstance(shim, J._InlinerCopy)
+    assert isinstance(shim, C._InlinerCopy)
 
     def copy_all():                      # what numba's copy_ir does with the blocks
         return {label: shim.deepcopy(block) for label, block in fir.blocks.items()}
 
-    first, second = copy_all(), copy_all()
+    with compiling():
+        first, second = copy_all(), copy_all()
+    assert C.CORRECTIONS["inliner_copy"].on
     scopes1 = {id(b.scope) for b in first.values()}
     scopes2 = {id(b.scope) for b in second.values()}
     assert len(scopes1) == 1 and len(scopes2) == 1          # one scope per copy...
@@ -175,7 +188,7 @@ class _UncompiledRun:
 def test_the_first_call_prints_the_notice_and_starts_the_helper_exactly_when_the_cache_is_empty(
         monkeypatch, capsys):
     import hvsim.cpu.run
-    import hvsim.machine as M
+    import hvsim.engine as M
     import hvsim.warmup as W
     calls = []
     monkeypatch.setattr(W, "start_compile_helper", lambda: calls.append("start") or "helper")
@@ -256,7 +269,7 @@ def test_the_ssa_pass_gives_numbas_own_ir():
     from numba.core.compiler import run_frontend
     from hvsim.cpu import decode, run, system
     from hvsim.rings import interrupts
-    assert ssa._run_ssa is J._run_ssa_touching_only_mentioning_blocks
+    assert ssa._run_ssa is C.CORRECTIONS["ssa"]
 
     def dump(blocks):
         return [(label, [str(s) for s in blk.body]) for label, blk in blocks.items()]
@@ -265,8 +278,8 @@ def test_the_ssa_pass_gives_numbas_own_ir():
     for kernel in (run.run, decode.decode, interrupts.deliver_once, system.op_grp5):
         blocks = run_frontend(kernel.py_func).blocks
         fixed += len(ssa._find_defs_violators(blocks, ssa.compute_cfg_from_blocks(blocks)))
-        theirs = J._numba_run_ssa(copy.deepcopy(blocks))
-        ours = J._run_ssa_touching_only_mentioning_blocks(blocks)
+        theirs = C.CORRECTIONS["ssa"].theirs(copy.deepcopy(blocks))
+        ours = C._run_ssa_touching_only_mentioning_blocks(blocks)
         assert dump(ours) == dump(theirs), kernel
         assert any("phi(" in str(s) for blk in ours.values() for s in blk.body)
     assert fixed > 30                                  # the kernels do redefine variables
@@ -279,32 +292,159 @@ def test_the_liveness_analysis_gives_numbas_own_live_map():
     from numba.core.compiler import run_frontend
     from hvsim.cpu import decode, run, system
     from hvsim.rings import interrupts
-    assert analysis.compute_live_map is J._compute_live_map_with_bitsets
-    assert ir_utils.compute_live_map is J._compute_live_map_with_bitsets
+    assert analysis.compute_live_map is C.CORRECTIONS["liveness"]
+    assert ir_utils.compute_live_map is C.CORRECTIONS["liveness"]
     live_somewhere = 0
     for kernel in (run.run, decode.decode, interrupts.deliver_once, system.op_grp5):
-        blocks = ssa._run_ssa(run_frontend(kernel.py_func).blocks)
+        blocks = C.CORRECTIONS["ssa"].theirs(run_frontend(kernel.py_func).blocks)
         cfg = analysis.compute_cfg_from_blocks(blocks)
         usedefs = analysis.compute_use_defs(blocks)
-        ours = J._compute_live_map_with_bitsets(cfg, blocks, usedefs.usemap, usedefs.defmap)
-        theirs = J._numba_compute_live_map(cfg, blocks, usedefs.usemap, usedefs.defmap)
+        ours = C._compute_live_map_with_bitsets(cfg, blocks, usedefs.usemap, usedefs.defmap)
+        theirs = C.CORRECTIONS["liveness"].theirs(cfg, blocks, usedefs.usemap, usedefs.defmap)
         assert list(ours) == list(theirs) and ours == theirs, kernel
         live_somewhere += sum(len(v) for v in ours.values())
     assert live_somewhere > 500                  # variables do live across blocks
 
 
 def test_compile_flags_hash_and_compare_as_numba_defines_them():
-    from numba.core import targetconfig
     from numba.core.compiler import Flags
-    assert targetconfig.TargetConfig.values is J._target_config_values
+    stock_values, stock_hash = C.CORRECTIONS["flags_values"].theirs
     plain, a, b = Flags(), Flags(), Flags()
     a.nrt = True
     a.error_model = "numpy"
     b.nrt = True
     b.error_model = "numpy"
     for flags in (plain, a, b):
-        assert J._target_config_values(flags) == J._numba_target_config_values(flags)
-        assert hash(flags) == J._numba_target_config_hash(flags)
+        assert C._target_config_values(flags) == stock_values(flags)
+        assert C._target_config_hash(flags) == hash(flags) == stock_hash(flags)
     assert a.values()["nrt"] is True and plain.values()["nrt"] is False
     assert a == b and a != plain and hash(a) == hash(plain)       # numba hashes names only
     assert len({a: 1, b: 2, plain: 3}) == 2
+
+
+def test_a_users_njit_compiles_with_stock_numba_and_hvsims_kernels_with_the_corrections():
+    """The corrections of numba's internals apply only while hvsim compiles its own
+    kernels: a user's @numba.njit in the same process never goes through them."""
+    used = []
+    for name in ("ssa", "liveness"):
+        c = C.CORRECTIONS[name]
+        ours = c.ours
+        c.ours = (lambda f, n: lambda *a, **k: used.append(n) or f(*a, **k))(ours, name)
+    try:
+        @numba.njit(cache=False)
+        def user(n):
+            t = 0
+            for i in range(n):
+                t = t + i if i % 2 else t - 1
+            return t
+
+        assert user(10) == sum(i for i in range(10) if i % 2) - 5
+        assert used == []                          # stock numba compiled the user's function
+
+        @J.njit(cache=False)
+        def ours_(n):
+            t = 0
+            for i in range(n):
+                t = t + i if i % 2 else t - 1
+            return t
+
+        assert ours_(10) == user(10)
+        assert "ssa" in used and "liveness" in used
+    finally:
+        for name in ("ssa", "liveness"):
+            C.CORRECTIONS[name].ours = getattr(C, {"ssa": "_run_ssa_touching_only_mentioning_blocks",
+                                                   "liveness": "_compute_live_map_with_bitsets"}[name])
+
+
+_BROKEN_CORRECTIONS = r"""
+import sys, warnings
+warnings.simplefilter("always")
+import hvsim._numba_corrections as C
+def boom(*a, **k):
+    raise TypeError("numba changed")
+for c in C.CORRECTIONS.values():
+    c.ours = boom
+    c.check = lambda: (_ for _ in ()).throw(TypeError("numba changed"))
+import hvsim._jit as J
+J.types.unliteral = boom                   # the one-overload-per-type lookup breaks too
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    from hvsim import Machine, assemble
+    import numba
+    m = Machine()
+    m.load(assemble("mov ecx, 10\nagain: add eax, ecx\nloop again\nhlt"))
+    ev = m.run()
+    @numba.njit(cache=False)
+    def user(n):
+        return sum([i for i in range(n)])
+    print(ev.kind, m.cpu.eax, user(5))
+print(sorted(C.status().items()))
+print(len([w for w in caught if "correction" in str(w.message)]),
+      len([w for w in caught if "plain argument types" in str(w.message)]))
+"""
+
+
+@pytest.mark.slow
+def test_with_every_correction_broken_hvsim_still_imports_compiles_and_runs(tmp_path):
+    """A numba upgrade that breaks every correction: each is switched off with one
+    warning, the kernels compile with stock numba (slower) and give the same result, and a
+    user's @njit compiles. (Slow: a cold compile of the README example's kernels.)"""
+    import os
+    import subprocess
+    import sys
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path), HVSIM_COMPILE_HELPER="0")
+    out = subprocess.run([sys.executable, "-c", _BROKEN_CORRECTIONS], env=env,
+                         capture_output=True, text=True, timeout=1200)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = out.stdout.strip().splitlines()
+    assert lines[0] == "halt 55 10"
+    assert all(v.startswith("off: its check on a tiny function raised TypeError")
+               for _, v in eval(lines[1])), lines[1]
+    assert lines[2] == "4 1"                        # one warning per correction, once
+
+
+def test_corrections_whose_numba_internals_moved_stay_off_and_numba_still_compiles():
+    """numba's internals not where a correction expects them: the correction is never put
+    in place (one warning each), numba's own functions stay, import works."""
+    import os
+    import subprocess
+    import sys
+    probe = r"""
+import warnings
+warnings.simplefilter("always")
+from numba.core import analysis, inline_closurecall, ir_utils, targetconfig
+import numba.core.ssa as ssa
+inline_closurecall.copy = type("NotCopy", (), {"deepcopy": staticmethod(__import__("copy").deepcopy)})()
+stock = analysis.compute_live_map
+ir_utils.compute_live_map = lambda *a: stock(*a)          # a wrapper: not the same function
+targetconfig.TargetConfig.__slots__ = ()
+del ssa._CacheListVars
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    import hvsim._numba_corrections as C
+print(sorted(C.status().items()))
+print(analysis.compute_live_map is stock, len([w for w in caught if "correction" in str(w.message)]))
+"""
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         env=dict(os.environ), timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    status, tail = out.stdout.strip().splitlines()
+    status = dict(eval(status))
+    assert status["inliner_copy"] == "off: numba's inliner no longer copies IR through the copy module"
+    assert status["ssa"] == "off: numba.core.ssa lacks _CacheListVars"
+    assert status["liveness"] == "off: numba's liveness analysis is not where it was"
+    assert status["flags_values"] == "off: TargetConfig no longer keeps its values in _values"
+    assert tail == "True 4"
+
+
+def test_hvsim_numba_corrections_off_switches_every_correction_off():
+    import os
+    import subprocess
+    import sys
+    probe = "import hvsim._numba_corrections as C; print(sorted(set(C.status().values())))"
+    for value, expect in (("off", ["off: switched off by HVSIM_NUMBA_CORRECTIONS"]),
+                          ("all", ["not used yet"])):
+        out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                             env=dict(os.environ, HVSIM_NUMBA_CORRECTIONS=value), timeout=300)
+        assert out.returncode == 0, out.stderr
+        assert eval(out.stdout) == expect, value

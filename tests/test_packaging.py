@@ -34,6 +34,23 @@ def test_environment_pins_python_311_and_lists_the_dependencies():
         assert re.split(r"[<>=!~ ;\[]", pkg)[0] in names, pkg
 
 
+@pytest.mark.parametrize("name", ["numba", "llvmlite"])
+def test_numba_and_llvmlite_are_pinned_to_one_minor_version_in_both_environment_files(name):
+    """hvsim corrects numba internals and calls kernels by address: both environment files
+    pin the same tested minor version, and the installed one is it."""
+    import importlib.metadata
+    spec = next(d for d in _pyproject()["project"]["dependencies"] if re.split(r"[<>=!~ ]", d)[0] == name)
+    low = re.search(r">=\s*(\d+)\.(\d+)", spec)
+    high = re.search(r"<\s*(\d+)\.(\d+)", spec)
+    assert low and high, spec
+    minor = (int(low[1]), int(low[2]))
+    assert (int(high[1]), int(high[2])) == (minor[0], minor[1] + 1), spec
+    conda = re.search(rf"^\s*-\s*{name}=(\d+)\.(\d+)\s*$", (ROOT / "environment.yml").read_text(), re.M)
+    assert conda and (int(conda[1]), int(conda[2])) == minor
+    installed = tuple(int(x) for x in importlib.metadata.version(name).split(".")[:2])
+    assert installed == minor
+
+
 @pytest.mark.parametrize("name", ["postBuild", "start"])
 def test_binder_scripts_are_executable(name):
     mode = (ROOT / "binder" / name).stat().st_mode
@@ -70,8 +87,8 @@ def test_pyproject_declares_the_console_script_and_it_resolves_to_a_function():
 def test_pyproject_dependencies_and_test_extra():
     project = _pyproject()["project"]
     assert project["requires-python"] == ">=3.11"
-    assert sorted(project["dependencies"]) == sorted(
-        ["numpy", "numba", "ipywidgets", "matplotlib", "networkx", "jupyterlab"])
+    assert sorted(re.split(r"[<>=!~ ]", d)[0] for d in project["dependencies"]) == sorted(
+        ["numpy", "numba", "llvmlite", "ipywidgets", "matplotlib", "networkx", "jupyterlab"])
     test_extra = set(project["optional-dependencies"]["test"])
     assert {"pytest", "pytest-timeout", "unicorn", "capstone", "nbclient", "nbformat", "ipykernel",
             "hypothesis", "playwright", "jupyter-repo2docker"} <= test_extra
@@ -84,7 +101,7 @@ def test_ci_script_is_strict_bash_and_ends_in_make_test():
     assert text.startswith("#!/bin/bash") and "set -euo pipefail" in text
     assert "apt-get install -y" in text and "chromium" in text
     code = [l.strip() for l in text.splitlines() if l.strip() and not l.strip().startswith("#")]
-    assert code[-1] == "make test"
+    assert code[-2:] == ["make test", "make test-slow"]
     assert subprocess.run(["bash", "-n", str(path)]).returncode == 0
 
 
@@ -141,6 +158,7 @@ def test_make_lab_warms_the_cache_then_opens_the_notebooks_folder():
     assert (ROOT / "notebooks" / "00_index.ipynb").is_file()
 
 
+@pytest.mark.slow
 def test_repo2docker_builds_from_binder_with_python_311_postbuild_and_start():
     """What Binder would do, as repo2docker plans it (--no-build: the Dockerfile only)."""
     pytest.importorskip("repo2docker")

@@ -1,0 +1,231 @@
+"""The monitor protocol and the trap-and-emulate exit handlers, fed made-up exits.
+
+Each handler of hvsim/monitors/trap_and_emulate.py is a plain function of (monitor,
+event); here each is called with an event built by hand -- no guest instruction ever
+ran -- and the virtual CPU, the real registers and guest memory are checked against
+what the SDM says the instruction does at that privilege level (the oracle named in
+each test). Like rust-vmm's VMM crates test their exit handlers.
+"""
+import struct
+
+import pytest
+
+from hvsim import Machine, assemble
+from hvsim.arch.flags import IF, FIXED1
+from hvsim.instruction import Instruction, MemoryOperand
+from hvsim.machine import Event
+from hvsim.monitors import MONITORS, Monitor, Native, TrapAndEmulate, STATS, LogEntry
+from hvsim.monitors import trap_and_emulate as T
+from hvsim.monitors.base import Kill
+from hvsim.rings import make_gate, put_descriptors
+
+EIP = 0x1000
+TESTED = set()
+
+
+def handles(key):
+    def mark(fn):
+        TESTED.add(key)
+        return fn
+    return mark
+
+
+@pytest.fixture
+def mon():
+    m = TrapAndEmulate(program=assemble("start: hlt", origin=EIP))
+    assert m.machine.cpu.cpl == T.GUEST_RING
+    return m
+
+
+def gp(mnemonic, opcode, *, length=1, cpl=T.GUEST_RING, reg=0, rm=None, mem=None, imm=0, size=4):
+    """A made-up #GP(0) exit of ``mnemonic`` at EIP, as Machine.run() would return it."""
+    insn = Instruction(mnemonic, opcode, size, reg, rm, mem, imm, 0, length, EIP)
+    return Event("exception", EIP, cpl, 0, vector=13, error_code=0, source="fault",
+                 length=length, insn=insn)
+
+
+def linear(addr):
+    return MemoryOperand("ds", None, None, 0, addr, addr, addr)
+
+
+@handles("cli")
+def test_cli_clears_the_virtual_if_at_virtual_cpl_0_and_faults_above_iopl(mon):
+    """SDM Vol. 2A, CLI: IF := 0 if CPL <= IOPL, else #GP(0)."""
+    mon.vcpu.IF = 1
+    assert T.emulate_cli(mon, gp("cli", 0xFA)) == "emulated CLI: virtual IF 1→0"
+    assert mon.vcpu.IF == 0 and mon.machine.cpu.eip == EIP + 1
+    mon.vcpu.IF = 1
+    assert T.emulate_cli(mon, gp("cli", 0xFA, cpl=3)) is None          # CPL 3 > IOPL 0
+    assert mon.vcpu.IF == 1
+
+
+@handles("sti")
+def test_sti_sets_the_virtual_if_and_opens_the_one_instruction_shadow(mon):
+    """SDM Vol. 2B, STI; Vol. 3A 6.8.3: interrupts wait one instruction after STI."""
+    mon.vcpu.IF = 0
+    assert T.emulate_sti(mon, gp("sti", 0xFB)) == "emulated STI: virtual IF 0→1"
+    assert mon.vcpu.IF == 1 and mon._shadow and mon.machine.cpu.eip == EIP + 1
+
+
+@handles("hlt")
+def test_hlt_with_the_virtual_if_clear_halts_the_guest_for_good(mon):
+    mon.vcpu.IF = 0
+    text = T.emulate_hlt(mon, gp("hlt", 0xF4))
+    assert text == "emulated HLT with virtual IF=0: the guest is halted for good"
+    assert mon.state == "halted" and mon._final.kind == "halt"
+    assert T.emulate_hlt(mon, gp("hlt", 0xF4, cpl=3)) is None          # privileged
+
+
+@handles("lidt")
+def test_lidt_loads_the_virtual_idtr_from_the_memory_operand(mon):
+    """SDM Vol. 2A, LGDT/LIDT: a 16-bit limit then a 32-bit base at the operand."""
+    mon.machine.write_physical(0x5000, struct.pack("<HI", 0x7FF, 0x30000))
+    ev = gp("lidt", 0x101, length=7, reg=3, mem=linear(0x5000))
+    assert T.emulate_lidt(mon, ev) == "emulated LIDT: virtual IDTR = base 0x30000 limit 0x7ff"
+    assert (mon.vcpu.idtr_base, mon.vcpu.idtr_limit) == (0x30000, 0x7FF)
+    assert mon.machine.cpu.eip == EIP + 7
+    assert mon.machine.cpu.idtr_base != 0x30000                        # the real IDTR is the monitor's
+
+
+@handles("sidt")
+def test_sidt_stores_the_virtual_idtr(mon):
+    mon.vcpu.idtr_base, mon.vcpu.idtr_limit = 0x12345, 0x3FF
+    T.emulate_sidt(mon, gp("sidt", 0x101, length=7, reg=1, mem=linear(0x6000)))
+    assert mon.machine.read_linear(0x6000, 6) == struct.pack("<HI", 0x3FF, 0x12345)
+
+
+@handles("mov cr")
+def test_mov_to_and_from_control_registers_use_the_virtual_ones(mon):
+    """0F 22 /r: ModRM.reg = CRn, ModRM.rm = the source (SDM Vol. 2B, MOV CRn)."""
+    cpu = mon.machine.cpu
+    cpu.eax = 0x9000
+    text = T.emulate_mov_cr(mon, gp("mov", 0x122, length=3, reg=3, rm=0))
+    assert text == "emulated MOV CR3: virtual CR3 0x0→0x9000"
+    assert mon.vcpu.cr3 == 0x9000 and cpu.cr3 != 0x9000
+    mon.vcpu.cr0 = 0x11
+    T.emulate_mov_cr(mon, gp("mov", 0x120, length=3, reg=0, rm=7))
+    assert cpu.edi == 0x11
+    cpu.ecx = 0x80000011                                           # PG: no shadow paging here
+    with pytest.raises(Kill, match="turns paging on"):
+        T.emulate_mov_cr(mon, gp("mov", 0x122, length=3, reg=0, rm=1))
+    with pytest.raises(Kill, match="CR5"):
+        T.emulate_mov_cr(mon, gp("mov", 0x122, length=3, reg=5, rm=1))
+
+
+@handles("out")
+def test_out_reaches_the_virtual_console_and_programs_the_real_timer(mon):
+    cpu = mon.machine.cpu
+    cpu.eax = 0x4148                                               # AL = 'H'
+    T.emulate_out(mon, gp("out", 0xE6, length=2, imm=0xE9, size=1))
+    assert mon.console == "H" and cpu.eip == EIP + 2
+    cpu.eax, cpu.edx = 500, 0x40                                   # OUT DX, EAX: the period
+    assert T.emulate_out(mon, gp("out", 0xEF)) == "emulated OUT: virtual timer period 500"
+    assert mon.vcpu.timer_period == 500 and mon.machine._st[63] == 500    # TIMER_PERIOD
+    assert T.emulate_out(mon, gp("out", 0xEF, cpl=3)) is None
+
+
+@handles("in")
+def test_in_reads_the_virtual_devices_and_a_floating_bus(mon):
+    cpu = mon.machine.cpu
+    mon.vcpu.timer_vector = 0x33
+    cpu.eax = 0xAABBCCDD
+    T.emulate_in(mon, gp("in", 0xE4, length=2, imm=0x41, size=1))
+    assert cpu.eax == 0xAABBCC33                                   # AL only
+    cpu.edx = 0x1234
+    T.emulate_in(mon, gp("in", 0xED))
+    assert cpu.eax == 0xFFFFFFFF
+
+
+@handles("pushfd")
+def test_pushfd_pushes_the_virtual_if_and_iopl(mon):
+    """SDM Vol. 2B, PUSHF: the image has VM and RF clear; here IF/IOPL are the virtual ones."""
+    cpu = mon.machine.cpu
+    mon.vcpu.IF, mon.vcpu.iopl = 0, 0
+    esp = cpu.esp
+    T.emulate_pushfd(mon, gp("pushfd", 0x9C))
+    (image,) = struct.unpack("<I", mon.machine.read_linear(esp - 4, 4))
+    assert cpu.esp == esp - 4 and not image & IF and image & FIXED1 and cpu.eflags & IF
+
+
+@handles("popfd")
+def test_popfd_loads_the_virtual_if_at_virtual_cpl_0(mon):
+    """SDM Vol. 2B, POPF: IF changes only if CPL <= IOPL; IOPL only at CPL 0."""
+    cpu = mon.machine.cpu
+    cpu.esp -= 4
+    mon.machine.write_linear(cpu.esp, struct.pack("<I", FIXED1 | IF | (2 << 12)))
+    mon.vcpu.IF = 0
+    text = T.emulate_popfd(mon, gp("popfd", 0x9D))
+    assert text == "emulated POPF: virtual IF 0→1, virtual IOPL 0→2"
+    assert (mon.vcpu.IF, mon.vcpu.iopl) == (1, 2) and cpu.eflags & IF and not cpu.eflags & 0x3000
+
+
+@handles("iretd")
+def test_iretd_to_the_guest_user_ring_pops_eip_cs_eflags_esp_ss(mon):
+    """SDM Vol. 2A, IRET to an outer ring: EIP, CS, EFLAGS, then ESP and SS."""
+    cpu = mon.machine.cpu
+    t = mon.tables
+    frame = struct.pack("<5I", 0x2222, t.code(3), FIXED1 | IF, 0x7000, t.data(3))
+    cpu.esp -= len(frame)
+    mon.machine.write_linear(cpu.esp, frame)
+    text = T.emulate_iretd(mon, gp("iretd", 0xCF))
+    assert text == "emulated IRET to ring 3 eip=0x2222: virtual IF 0→1"
+    assert (cpu.eip, cpu.cpl, cpu.esp, cpu.cs, cpu.ss) == (0x2222, 3, 0x7000, t.code(3), t.data(3))
+    with pytest.raises(Kill, match="virtual CPL 3"):
+        T.emulate_iretd(mon, gp("iretd", 0xCF, cpl=3))
+
+
+def test_every_handler_has_a_made_up_exit_test():
+    assert set(T.HANDLERS) == TESTED
+
+
+def test_the_dispatcher_logs_typed_entries_and_reflects_a_gp_the_virtual_cpu_takes_too(mon):
+    """CLI at virtual CPL 3 (IOPL 0) is #GP(0) on the virtual CPU too: reflected."""
+    m = mon.machine
+    mon.vcpu.idtr_base, mon.vcpu.idtr_limit = 0x30000, 0x7FF
+    put_descriptors(m.memory, 0x30000 + 8 * 13, [make_gate("interrupt", mon.tables.code(1), 0x4000, 0)])
+    mon.tables.enter(m, 3, 0x1234, mon.tables.stack_top(3))
+    final = mon.handle(gp("cli", 0xFA, cpl=3))
+    assert final is None
+    entry = mon.log[-1]
+    assert isinstance(entry, LogEntry) and entry.what == "reflected"
+    assert entry.insn.mnemonic == "cli" and entry.instruction == "cli"
+    assert m.cpu.eip == 0x4000 and m.cpu.cpl == 1 and mon.stats["reflected"] == 1
+
+
+def test_an_exit_without_a_handler_kills_the_guest_with_the_instruction_named(mon):
+    final = mon.handle(gp("wrmsr", 0x130, length=2))
+    assert final.kind == "killed" and "unsupported instruction 'wrmsr'" in final.reason
+    assert mon.state == "killed" and mon.log[-1].what == "killed"
+
+
+# ---- the protocol ----------------------------------------------------------------------
+def test_every_monitor_is_a_monitor_with_the_protocols_stats_keys():
+    assert MONITORS == {"native": Native, "trap-and-emulate": TrapAndEmulate}
+    nat = Native(program=assemble("mov ecx, 10\nagain: add eax, ecx\nloop again\nhlt"))
+    tae = TrapAndEmulate(program=assemble("start: mov al, 'x'\nout 0xe9, al\ncli\nhlt"))
+    for mon in (nat, tae):
+        assert isinstance(mon, Monitor)
+        assert set(mon.stats) == set(STATS)
+        snap = mon.snapshot()
+        ev = mon.run(1000)
+        assert ev.kind == "halt"
+        mon.restore(snap)
+        assert mon.run(1000).kind == "halt"             # restored, the same ending again
+    assert nat.vcpu.eax == 55 and nat.stats["traps"] == 0 and nat.console == ""
+    assert tae.console == "x" and tae.stats["traps"] == 3 and tae.stats["emulated"] == 3
+
+
+def test_a_monitor_missing_part_of_the_protocol_cannot_be_made():
+    class Half(Monitor):
+        def run(self, max_steps=1):
+            return None
+
+    with pytest.raises(TypeError, match="abstract"):
+        Half()
+
+
+def test_bad_budgets_are_refused_with_the_value_named():
+    nat = Native(Machine(memory=1 << 16))
+    for bad in (0, -5, 1.5, True, "10"):
+        with pytest.raises(ValueError, match="max_steps must be a positive int"):
+            nat.run(bad)
