@@ -101,3 +101,22 @@ def test_index_exercise_counts_what_the_machine_retires():
         assert f"**{2 * n + 2}**" in ex.solution_text()
     with pytest.raises(ValueError, match="1..1000"):
         l00_index.loop_machine(0)
+
+
+def test_lesson02_native_run_does_the_same_work_without_a_monitor_and_the_cost_table_adds_up():
+    """The teaching kernel in ring 0 with its own IDT: it boots, prints, serves system calls
+    and counts timer ticks (the clock never freezes natively: POPF at CPL 0 restores IF);
+    the cost table's cycles are hvsim.cost's breakdown totals."""
+    from hvsim import cost
+    from hvsim.lessons import l02_hole as l02
+    nat = l02.run_native(30_000)
+    assert nat.console.startswith("kernel up\nhello from ring 3\n")
+    assert nat.machine.cpu.cpl in (0, 3) and nat.stats["traps"] == 0
+    calls, ticks = l02.guest_dword(nat, "calls"), l02.guest_dword(nat, "ticks")
+    assert calls > 20 and ticks > 150                    # 30,000 instructions / PERIOD 150
+    # SYS_TICKS calls counted by the kernel, + write, onfault and sleep (+ one in flight)
+    assert calls + 3 <= nat.machine.counters.delivered[0x80] <= calls + 4
+    runs = {"native": nat}
+    table = l02.cost_table(runs, "nehalem").splitlines()
+    total = cost.breakdown(nat, "nehalem").total
+    assert table[1].split()[1:4] == [str(calls), str(ticks), f"{total:,.0f}"]

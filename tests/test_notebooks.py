@@ -92,6 +92,7 @@ def test_index_links_every_lesson(executed):
 
 @pytest.mark.parametrize("name, picture", [
     ("01_rings_and_traps", "viz.timeline("), ("02_the_x86_hole", "viz.ring_diagram("),
+    ("02_the_x86_hole", "viz.overhead_bars("),
     ("03_paging_and_tlb", "page_walk("),
 ])
 def test_lesson_draws_its_pictures(executed, name, picture):

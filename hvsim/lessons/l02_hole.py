@@ -23,7 +23,7 @@ from hvsim import Machine, assemble
 from hvsim.arch.flags import IF, IOPL_SHIFT, FIXED1
 from hvsim.guests import teaching_kernel
 from hvsim.lessons import Exercise
-from hvsim.monitors import TrapAndEmulate
+from hvsim.monitors import Native, TrapAndEmulate
 from hvsim.rings.setup import install
 
 __all__ = ["behaviour_table", "behaviour_html", "run_guest", "guest_dword", "tick_curves",
@@ -106,7 +106,42 @@ def run_guest(virtualizable: bool = False, steps: int = 50_000, **constants) -> 
     return mon
 
 
-def guest_dword(mon: TrapAndEmulate, label: str, **constants) -> int:
+def run_native(steps: int = 50_000, **constants) -> Native:
+    """The same teaching kernel with no monitor: in ring 0 of a machine whose exceptions
+    and interrupts go through the kernel's own IDT, on the machine's own console and timer.
+    The kernel's code selector (KCODE) is the ring-0 one of the same GDT layout; nothing
+    else changes, so it does the same work."""
+    m = Machine(memory=1 << 20, exceptions="guest")
+    tables = install(m)
+    nat = Native(m)
+    m.load(teaching_kernel(KCODE=tables.code(0), **constants))
+    tables.enter(m, 0, m.cpu.eip, tables.stack_top(0))
+    nat.run(steps)
+    return nat
+
+
+def cost_runs(steps: int = 50_000) -> dict:
+    """{label: monitor} -- the teaching kernel run ``steps`` steps natively, under
+    trap-and-emulate on plain x86, and on the virtualizable x86."""
+    return {"native": run_native(steps),
+            "trap-and-emulate": run_guest(False, steps),
+            "trap-and-emulate, virtualizable": run_guest(True, steps)}
+
+
+def cost_table(runs: dict, profile: str = "prescott") -> str:
+    """One line per run: the guest's progress (system calls served, ticks counted) and the
+    cycles the cost model charges under ``profile``, in total and per system call."""
+    from hvsim import cost
+    lines = [f"{'run':34} {'calls':>6} {'ticks':>6} {'cycles':>12} {'cycles/call':>12}"]
+    for label, mon in runs.items():
+        calls, ticks = guest_dword(mon, "calls"), guest_dword(mon, "ticks")
+        total = cost.breakdown(mon, profile).total
+        per = f"{total / calls:,.0f}" if calls else "-"
+        lines.append(f"{label:34} {calls:>6} {ticks:>6} {total:>12,.0f} {per:>12}")
+    return "\n".join(lines)
+
+
+def guest_dword(mon, label: str, **constants) -> int:
     """A dword of the teaching kernel's memory, by label ('ticks', 'calls', 'rounds'...)."""
     labels = teaching_kernel(**constants).labels
     if label not in labels:
