@@ -237,7 +237,7 @@ def _one_overload_per_type(dispatcher):
     return dispatcher
 
 
-_UNLITERAL = {"on": True}
+_UNLITERAL = {"on": "one_overload" in _numba_corrections.wanted()}
 
 
 def _scoped_compile(dispatcher):

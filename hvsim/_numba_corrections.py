@@ -44,16 +44,18 @@ import numba
 
 _STATE = threading.local()
 _NAMES = ("inliner_copy", "ssa", "liveness", "flags_values")
+#: every name HVSIM_NUMBA_CORRECTIONS knows: the four here and hvsim._jit's one_overload
+SWITCHES = _NAMES + ("one_overload",)
 
 
-def _wanted() -> set:
+def wanted() -> set:
     """The corrections ``HVSIM_NUMBA_CORRECTIONS`` allows (default: all)."""
     raw = os.environ.get("HVSIM_NUMBA_CORRECTIONS", "all").strip().lower()
     if raw in ("", "all", "on", "1"):
-        return set(_NAMES)
+        return set(SWITCHES)
     if raw in ("off", "none", "0"):
         return set()
-    return {n.strip() for n in raw.split(",")} & set(_NAMES)
+    return {n.strip() for n in raw.split(",")} & set(SWITCHES)
 
 
 def depth() -> int:
@@ -77,7 +79,7 @@ class Correction:
 
     def __init__(self, name: str, ours, theirs, check):
         self.name, self.ours, self.theirs, self.check = name, ours, theirs, check
-        self.state = None if name in _wanted() else False   # None: not proved yet
+        self.state = None if name in wanted() else False   # None: not proved yet
         self.why_off = "" if self.state is None else "switched off by HVSIM_NUMBA_CORRECTIONS"
 
     @property

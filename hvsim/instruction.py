@@ -28,7 +28,7 @@ VM-exit instruction-information, as hvsim lays its fields out (compare SDM Table
 >>> m.cpu.cpl = 3                       # LIDT is privileged: #GP(0) at CPL 3
 >>> ev = m.run()
 >>> ev.insn.mnemonic, ev.insn.mem.linear, ev.insn.length
-('lidt', 4104, 3)
+('lidt', 4104, 4)
 """
 from __future__ import annotations
 

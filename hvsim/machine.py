@@ -31,7 +31,7 @@ from hvsim.cpu.decode import F_TAG
 from hvsim.cpu.devices import (DEV_CONSOLE, DEV_TIMER_PERIOD, DEV_TIMER_VECTOR, CONSOLE_PORT,
                                TIMER_PORT)
 from hvsim.arch.exits import (ExitKind, EXIT_BUDGET, EXIT_IO, EXIT_EXCEPTION, EXIT_INTERRUPT,
-                             EXIT_BUS_ERROR)
+                             EXIT_BUS_ERROR, EXIT_INTERNAL_ERROR)
 from hvsim.arch.flags import FIXED1, IOPL_SHIFT, Flag
 from hvsim import engine
 from hvsim.instruction import Instruction, from_exit_info
@@ -100,7 +100,8 @@ class Event:
     """Why ``run()`` or ``step()`` stopped.
 
     kind: 'halt', 'exception', 'io', 'budget', 'shutdown', 'bus_error', 'breakpoint',
-    'interrupt'. For 'exception': ``vector``, ``error_code`` (None if the vector
+    'interrupt', 'internal_error' (a kernel of the machine did not complete: ``vector`` is
+    its kernel-table entry, hvsim/cpu/table.py; a bug in hvsim, never the guest's doing). For 'exception': ``vector``, ``error_code`` (None if the vector
     pushes none), ``source`` ('fault', 'trap', 'software'), ``address`` (#PF: the
     linear address, also in CR2). ``insn``: the instruction that caused the exit, as
     the core decoded it (:class:`hvsim.instruction.Instruction`: mnemonic, operand size,
@@ -840,6 +841,8 @@ class Machine:
                 ev.value = x[L.EXIT_VALUE - b]
         elif kind == EXIT_BUS_ERROR:
             ev.address = x[L.EXIT_ADDR - b]
+        elif kind == EXIT_INTERNAL_ERROR:
+            ev.vector = x[L.EXIT_VECTOR - b]      # the kernel-table entry that failed
         return ev
 
     # ---- snapshots ----------------------------------------------------------------------

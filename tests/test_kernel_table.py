@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 
 from hvsim import Machine, assemble
-from hvsim import machine as M
 from hvsim.arch import layout as L
 from hvsim.cpu import table
 from hvsim.arch.counters import C_EXC
+from hvsim.cpu import decode as D
 from hvsim.cpu.decode import OP_NOP, OP_ALU_EG, OP_MOV_RI, OP_HLT
 from hvsim.rings.setup import install
 from test_blocks import random_program, make, state, CONFIGS
@@ -44,7 +44,7 @@ def requests(monkeypatch):
             seen.append((slot, what))
         fill(slot)
     spy.full = full
-    monkeypatch.setattr(M._table, "ensure", spy)
+    monkeypatch.setattr(table, "ensure", spy)
     yield spy, seen
     table.KTAB[:] = spy.full
 
@@ -199,12 +199,12 @@ def test_a_kernel_that_fails_to_compile_leaves_the_machine_able_to_run_again(req
 
     def broken(slot):
         raise RuntimeError("no compiler today")
-    monkeypatch.setattr(M._table, "ensure", broken)
+    monkeypatch.setattr(table, "ensure", broken)
     with pytest.raises(RuntimeError, match="no compiler today"):
         m.run(100)
     assert m._st[L.KERNEL_REQUEST] == -1 and m._st[L.RESUME_ROW] == -1
     assert m.cpu.eip == prog.origin and m.counters["instructions"] == 0
-    monkeypatch.setattr(M._table, "ensure", spy)
+    monkeypatch.setattr(table, "ensure", spy)
     ev = m.run(100)
     assert ev.kind == "halt" and m.cpu.eax == 14 and m.counters["instructions"] == 3
 
@@ -221,7 +221,7 @@ class _Helper:
 
 def test_a_request_waits_for_the_kernel_the_helper_is_compiling_and_for_nothing_else(monkeypatch):
     class Kernel:
-        overloads = {}
+        pass
     kernels = {s: Kernel() for s in table.SLOTS}
     monkeypatch.setattr(table, "kernel_of", lambda s: (kernels[s], None))
     in_cache = set()
@@ -246,11 +246,34 @@ def test_a_request_waits_for_the_kernel_the_helper_is_compiling_and_for_nothing_
     helper.returncode = -15                       # a stopped helper is not waited for
     table.await_helper(second, helper)
     assert len(sleeps) == 5
-    kernels[second].overloads = {"sig": "compiled"}   # compiled in this process already
+    monkeypatch.setitem(table._WRAPPERS, kernels[second], "compiled")  # in this process already
     helper.returncode = None
     table.await_helper(second, helper)
     assert len(sleeps) == 5
-    kernels[second].overloads = {}
+    del table._WRAPPERS[kernels[second]]
     monkeypatch.setattr(table.time, "sleep", lambda dt: None)
     table.await_helper(second, helper, timeout=0.05)   # never cached: gives up in time
     assert kernels[second] not in in_cache
+
+
+def test_a_handler_that_does_not_return_its_status_ends_the_run_in_an_internal_error(monkeypatch):
+    """The run loop checks the status every C wrapper returns: a kernel-table entry whose
+    call does not return STATUS_OK ends the instruction in an 'internal_error' exit that
+    names the entry, with nothing retired -- a failed status is never dropped."""
+    import numba
+    from numba import types
+    if numba.config.DISABLE_JIT:
+        pytest.skip("needs compiled wrappers")
+
+    @numba.cfunc(table.C_HANDLER_SIG)
+    def not_ok(mem_p, mem_n, st_p, st_n, tlb_p, tlb_n, pg_p, pg_n, dc_p, row):
+        return 7
+
+    table.ensure_all()
+    m = Machine()
+    m.load(assemble("mov eax, 1\ncpuid\nhlt"))
+    monkeypatch.setitem(table.KTAB, D.OP_CPUID, not_ok.address)
+    ev = m.run()
+    assert (ev.kind, ev.vector, ev.eip) == ("internal_error", D.OP_CPUID, m.cpu.eip)
+    assert m.cpu.eip == 0x1005 and m.counters["instructions"] == 1   # the MOV only
+    assert m.counters.exits == {"internal_error": 1}

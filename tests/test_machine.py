@@ -13,6 +13,9 @@ import numpy as np
 import pytest
 
 import hvsim
+import hvsim.instruction
+import hvsim.monitors.native
+import hvsim.monitors.trap_and_emulate
 import hvsim.machine
 from hvsim import Machine, assemble
 from hvsim.arch import layout as L
@@ -66,7 +69,8 @@ def test_readme_example_sums_1_to_10():
     assert ns["m"].counters["instructions"] == 22
 
 
-@pytest.mark.parametrize("module", [hvsim, hvsim.machine])
+@pytest.mark.parametrize("module", [hvsim, hvsim.machine, hvsim.instruction, hvsim.monitors.native,
+                                    hvsim.monitors.trap_and_emulate])
 def test_doctests_pass(module):
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0

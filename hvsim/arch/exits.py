@@ -16,8 +16,10 @@ EXIT_BREAKPOINT = 7  # a host breakpoint address was reached (before executing i
 EXIT_VMEXIT = 8      # reserved for VT-x
 EXIT_HYPERCALL = 9   # reserved for paravirtualization
 EXIT_INTERRUPT = 10  # an external interrupt routed to the host monitor
-N_EXIT_KINDS = 11
-EXIT_TRANSLATE = 11  # (internal) a block to translate or a kernel to compile (BLOCK_REQUEST,
+EXIT_INTERNAL_ERROR = 11  # a kernel of the machine did not complete (KVM_EXIT_INTERNAL_ERROR
+                          # in spirit): EXIT_VECTOR names its kernel-table entry
+N_EXIT_KINDS = 12
+EXIT_TRANSLATE = 12  # (internal) a block to translate or a kernel to compile (BLOCK_REQUEST,
                      # KERNEL_REQUEST); Machine.run serves it and never returns it
 
 
@@ -33,6 +35,7 @@ class ExitKind(enum.IntEnum):
     VMEXIT = EXIT_VMEXIT
     HYPERCALL = EXIT_HYPERCALL
     INTERRUPT = EXIT_INTERRUPT
+    INTERNAL_ERROR = EXIT_INTERNAL_ERROR
 
     @property
     def label(self) -> str:

@@ -8,7 +8,7 @@ Only the first fault of an instruction is kept.
 """
 from hvsim._jit import njit
 from hvsim.arch.layout import (FAULT_PENDING, FAULT_VECTOR, FAULT_ERROR, FAULT_ADDR,
-                              FAULT_EXCEPTION, FAULT_BUS, FAULT_SHUTDOWN, ATTN)
+                              FAULT_EXCEPTION, FAULT_BUS, FAULT_SHUTDOWN, FAULT_INTERNAL, ATTN)
 
 NO_ERROR_CODE = -1
 
@@ -49,4 +49,15 @@ def raise_bus_error(st, pa):
 def raise_shutdown(st):
     """Record a triple fault: the processor shuts down."""
     st[FAULT_PENDING] = FAULT_SHUTDOWN
+    st[ATTN] = 1
+
+
+@njit
+def raise_internal(st, entry):
+    """A kernel reached through the kernel table (hvsim/cpu/table.py, entry ``entry``) did
+    not return its success status: the machine's state can no longer be trusted, so this
+    replaces any pending fault and ends the run with an 'internal_error' exit."""
+    st[FAULT_PENDING] = FAULT_INTERNAL
+    st[FAULT_VECTOR] = entry
+    st[FAULT_ERROR] = -1
     st[ATTN] = 1

@@ -94,7 +94,7 @@ FETCH_PHYS_PAGE = 74  # its physical frame; valid until any TLB flush / CR0 / CR
 FETCH_CPL = 75        # CPL used for that translation (U/S check depends on it)
 
 # --- a pending fault, raised by a kernel and consumed by the run loop --------------------
-FAULT_PENDING = 80  # 0 none, 1 architectural exception, 2 bus error (outside memory), 3 shutdown
+FAULT_PENDING = 80  # 0 none, 1 architectural exception, 2 bus error (outside memory), 3 shutdown, 4 internal
 FAULT_VECTOR = 81
 FAULT_ERROR = 82    # error code, or -1 when the vector pushes none
 FAULT_ADDR = 83     # linear address for #PF (goes to CR2) or physical address for bus error
@@ -103,6 +103,7 @@ FAULT_NONE = 0
 FAULT_EXCEPTION = 1
 FAULT_BUS = 2
 FAULT_SHUTDOWN = 3
+FAULT_INTERNAL = 4  # a kernel reached through the kernel table did not complete (table.py)
 
 # a fault met while pre-fetching the bytes of an instruction on the next page: raised only
 # if the decoder really needs those bytes (hvsim/cpu/decode.py)

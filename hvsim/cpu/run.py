@@ -12,18 +12,19 @@ fault, or one chunk of a REP string instruction), so no guest can hang the host.
 from hvsim._jit import njit
 from hvsim.cpu import decode as D
 from hvsim.cpu.blocks import call_block, F_BLK, F_HOT, BLOCK_NONE, BLOCK_NEVER, ATTN_BLOCK
-from hvsim.cpu.table import call_handler, call_deliver, K_DELIVER
+from hvsim.cpu.table import call_handler, call_deliver, K_DELIVER, STATUS_OK
 from hvsim.arch.counters import (C_INSN, C_INSN_RING, C_EXC, C_EXITS, C_EXIT_KIND, C_IRQ,
                                 C_TIMER, C_TLB_HIT)
 from hvsim.arch.cr import CR0_PG
 from hvsim.arch.exits import (EXIT_NONE, EXIT_HALT, EXIT_EXCEPTION, EXIT_BUDGET, EXIT_SHUTDOWN, EXIT_IO,
-                             EXIT_BUS_ERROR, EXIT_BREAKPOINT, EXIT_INTERRUPT, EXIT_TRANSLATE)
-from hvsim.arch.fault import raise_fault, raise_bus_error
+                             EXIT_BUS_ERROR, EXIT_BREAKPOINT, EXIT_INTERRUPT, EXIT_TRANSLATE,
+                             EXIT_INTERNAL_ERROR)
+from hvsim.arch.fault import raise_fault, raise_bus_error, raise_internal
 from hvsim.arch.flags import IF, TF
 from hvsim.arch.layout import (
     MASK32, EIP, EFLAGS, CR0, CR2, CPL, TSC, SEG_BASE, SEG_LIMIT, SREG_CS, CFG_MEM_SIZE,
     FETCH_LIN_PAGE, FETCH_PHYS_PAGE, FETCH_CPL, FAULT_PENDING, FAULT_VECTOR, FAULT_ERROR,
-    FAULT_ADDR, FAULT_EXCEPTION, FAULT_BUS, INSN_EIP, INSN_LEN, HALTED, INT_SHADOW,
+    FAULT_ADDR, FAULT_EXCEPTION, FAULT_BUS, FAULT_INTERNAL, INSN_EIP, INSN_LEN, HALTED, INT_SHADOW,
     IRQ_PENDING, TIMER_PERIOD, TIMER_NEXT, TIMER_VECTOR, ATTN, NO_RETIRE, SHUTDOWN, BP_COUNT,
     BP_LIST, ROUTE, ROUTE_HOST, COUNTERS, EXIT_KIND, EXIT_VECTOR, EXIT_ERROR, EXIT_EIP,
     EXIT_ADDR, EXIT_LEN, EXIT_CPL, EXIT_STEPS, EXIT_SOURCE, STEP_TRAP,
@@ -138,7 +139,8 @@ def execute_one(mem, st, tlb, dc, pg, limit, ktab, resume):
     st[EIP] = (eip + n) & MASK32
     # the one dispatch site: handler family -> handler (hvsim/cpu/table.py: HANDLERS)
     if op != D.OP_NOP:
-        call_handler(ktab[op], mem, st, tlb, pg, dc, row)
+        if call_handler(ktab[op], mem, st, tlb, pg, dc, row) != STATUS_OK:
+            raise_internal(st, op)
     return 1
 
 
@@ -221,6 +223,13 @@ def handle_fault(mem, st, tlb, pg, ktab):
             st[EXIT_EIP] = st[INSN_EIP]
             st[EXIT_LEN] = st[INSN_LEN]
             return EXIT_BUS_ERROR
+        if kind == FAULT_INTERNAL:            # a kernel did not complete (table.py)
+            st[EIP] = st[INSN_EIP]
+            st[EXIT_VECTOR] = st[FAULT_VECTOR]
+            st[EXIT_ERROR] = -1
+            st[EXIT_EIP] = st[INSN_EIP]
+            st[EXIT_LEN] = 0
+            return EXIT_INTERNAL_ERROR
         if kind != FAULT_EXCEPTION:           # shutdown: the processor stops
             st[SHUTDOWN] = 1
             st[EIP] = st[INSN_EIP]
@@ -246,8 +255,9 @@ def handle_fault(mem, st, tlb, pg, ktab):
             st[EXIT_ADDR] = st[FAULT_ADDR] if v == PF else 0
             st[EXIT_SOURCE] = src
             return EXIT_EXCEPTION
-        call_deliver(ktab[K_DELIVER], mem, st, tlb, pg, v, err,
-                     EV_TRAP if src == SRC_TRAP else EV_FAULT)
+        if call_deliver(ktab[K_DELIVER], mem, st, tlb, pg, v, err,
+                        EV_TRAP if src == SRC_TRAP else EV_FAULT) != STATUS_OK:
+            raise_internal(st, K_DELIVER)
         # an escalated fault that deliver() left pending is handled by the next iteration
     return EXIT_NONE
 
@@ -312,7 +322,8 @@ def run(mem, st, tlb, dc, pg, budget, ktab):
                 st[EXIT_SOURCE] = SRC_EXTERNAL
                 return _exit(st, dc, EXIT_INTERRUPT, steps)
             st[COUNTERS + C_IRQ] += 1
-            call_deliver(ktab[K_DELIVER], mem, st, tlb, pg, v, -1, EV_EXTERNAL)
+            if call_deliver(ktab[K_DELIVER], mem, st, tlb, pg, v, -1, EV_EXTERNAL) != STATUS_OK:
+                raise_internal(st, K_DELIVER)
             if st[FAULT_PENDING] != 0:
                 k = handle_fault(mem, st, tlb, pg, ktab)
                 if k != EXIT_NONE:

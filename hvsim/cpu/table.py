@@ -22,17 +22,22 @@ row in ``st[RESUME_ROW]``, so the fetch is not repeated and no counter counts tw
 from the disk cache -- and calls ``run`` again with the rest of the budget. The guest
 cannot tell: the tests compare whole machine states with the table empty and full.
 
-The calls use numba's own calling convention (the one a direct call between kernels
-uses), so a handler is the same compiled function whichever way it is reached.
+How a handler is called: through the C ABI, a public and stable calling convention.
+Each handler gets a small C-callable wrapper (``numba.cfunc``, compiled and cached with
+it) that takes the arrays as (data pointer, length) pairs, views them again with
+``numba.carray``, calls the handler and returns :data:`STATUS_OK`. The run loop calls
+that wrapper by address with an ``int32 f(uint8*, int64, int64*, int64, ...)`` call and
+checks the status: anything else (a handler that did not complete, a wrapper that is not
+what the table was built for) is never dropped -- the instruction ends in an
+'internal_error' exit naming the handler (KVM's KVM_EXIT_INTERNAL_ERROR, in spirit).
 """
 import os
 import time
 
+import numba
 import numpy as np
 from llvmlite import ir as llir
-from numba import config, types
-from numba.core import cgutils
-from numba.core.callconv import excinfo_t
+from numba import carray, config, types
 from numba.extending import intrinsic
 
 from hvsim.cpu import decode as D
@@ -79,6 +84,28 @@ _DC = types.Array(types.int64, len(DC_SHAPE), "C")
 HANDLER_SIG = (_MEM, _I64, _I64, _I64, _DC, types.int64)
 DELIVER_SIG = (_MEM, _I64, _I64, _I64, types.int64, types.int64, types.int64)
 
+# The C signatures of the wrappers: each array as (pointer, length); dc has a fixed shape.
+_P8, _P64, _N = types.CPointer(types.uint8), types.CPointer(types.int64), types.int64
+_ARRAYS_C = (_P8, _N, _P64, _N, _P64, _N, _P64, _N)               # mem, st, tlb, pg
+C_HANDLER_SIG = types.int32(*_ARRAYS_C, _P64, _N)                  # ..., dc, row
+C_DELIVER_SIG = types.int32(*_ARRAYS_C, _N, _N, _N)                # ..., vector, error, kind
+STATUS_OK = 0x4F4B           # what a wrapper returns once its kernel has returned ('OK')
+_C_OPTIONS = dict(nopython=True, nogil=True, boundscheck=False, error_model="numpy")
+
+_WRAPPER_SOURCE = {
+    "handler": """
+def {name}(mem_p, mem_n, st_p, st_n, tlb_p, tlb_n, pg_p, pg_n, dc_p, row):
+    {kernel}(carray(mem_p, (mem_n,)), carray(st_p, (st_n,)), carray(tlb_p, (tlb_n,)),
+             carray(pg_p, (pg_n,)), carray(dc_p, DC_SHAPE), row)
+    return STATUS_OK
+""",
+    "deliver": """
+def {name}(mem_p, mem_n, st_p, st_n, tlb_p, tlb_n, pg_p, pg_n, vector, error, kind):
+    {kernel}(carray(mem_p, (mem_n,)), carray(st_p, (st_n,)), carray(tlb_p, (tlb_n,)),
+             carray(pg_p, (pg_n,)), vector, error, kind)
+    return STATUS_OK
+"""}
+
 
 def kernel_of(slot):
     """``(dispatcher, argument types)`` of table entry ``slot``."""
@@ -91,10 +118,28 @@ def kernel_of(slot):
 # an address stays valid as long as numba keeps the compiled function (for good).
 KTAB = np.zeros(TABLE_SIZE, np.int64)
 _BY_ADDRESS = {}      # NUMBA_DISABLE_JIT=1: "addresses" are keys into this
+_WRAPPERS = {}        # kernel -> its compiled C wrapper (numba.cfunc)
+
+
+def wrapper_function(fn):
+    """The plain Python function that :func:`ensure` compiles as kernel ``fn``'s C
+    wrapper: it calls the kernel on arrays viewed from (pointer, length) pairs."""
+    kind = "deliver" if fn is interrupts.deliver else "handler"
+    name = "c_" + fn.py_func.__name__
+    # __name__: numba's disk cache finds the wrapper's globals again through its module
+    namespace = {"__name__": __name__, "carray": carray, "DC_SHAPE": DC_SHAPE,
+                 "STATUS_OK": STATUS_OK, "kernel": fn}
+    # compiled under this file's name: numba files the wrapper's cache beside this module's
+    code = compile(_WRAPPER_SOURCE[kind].format(name=name, kernel="kernel"), __file__, "exec")
+    exec(code, namespace)
+    wrapper = namespace[name]
+    wrapper.__qualname__ = name
+    return wrapper
 
 
 def ensure(slot):
-    """Compile (or load from numba's disk cache) table entry ``slot`` and fill it in."""
+    """Compile (or load from numba's disk cache) table entry ``slot``'s kernel and its C
+    wrapper, and fill the entry in."""
     if KTAB[slot] != 0:
         return
     fn, sig = kernel_of(slot)
@@ -102,9 +147,14 @@ def ensure(slot):
         addr = slot + 1
         _BY_ADDRESS[addr] = fn
     else:
-        fn.compile(sig)
-        cres = fn.overloads[sig]
-        addr = cres.library.get_pointer_to_function(cres.fndesc.llvm_func_name)
+        c = _WRAPPERS.get(fn)
+        if c is None:
+            from hvsim._numba_corrections import compiling
+            c_sig = C_DELIVER_SIG if slot == K_DELIVER else C_HANDLER_SIG
+            with compiling():
+                c = numba.cfunc(c_sig, cache=True, **_C_OPTIONS)(wrapper_function(fn))
+            _WRAPPERS[fn] = c
+        addr = c.address
         if not addr:
             raise RuntimeError(f"numba gave no address for {fn.py_func.__qualname__}")
     # the entries sharing this kernel (LAR/LSL, MOVZX/MOVSX, UD/UD2) get it too
@@ -114,10 +164,15 @@ def ensure(slot):
 
 
 def cached(fn):
-    """Whether numba's disk cache holds ``fn`` (None: this cannot be told)."""
+    """Whether numba's disk cache holds kernel ``fn``'s C wrapper (and so the kernel):
+    True, False, or None when this cannot be told (caching off, or a numba whose cache
+    layout is not the one read here)."""
+    if config.DISABLE_JIT:
+        return None
     try:
-        return os.path.exists(fn._cache._cache_file._index_path)
-    except AttributeError:
+        from numba.core.caching import FunctionCache
+        return os.path.exists(FunctionCache(wrapper_function(fn))._cache_file._index_path)
+    except Exception:                      # noqa: BLE001 -- a numba that files it elsewhere
         return None
 
 
@@ -130,7 +185,7 @@ def await_helper(slot, helper, timeout=20.0):
     the first of them not yet in the cache.
     """
     fn = kernel_of(slot)[0]
-    if helper is None or fn.overloads or cached(fn) is not False:
+    if helper is None or fn in _WRAPPERS or cached(fn) is not False:
         return
     current = next((k for k in (kernel_of(s)[0] for s in SLOTS) if cached(k) is False), None)
     if current is not fn:
@@ -146,37 +201,47 @@ def ensure_all():
         ensure(slot)
 
 
-def _call(context, builder, addr, argtys, args):
-    """Call the numba-compiled function at ``addr`` (returning nothing) the way numba
-    calls one kernel from another: a return slot, an exception slot, then the
-    arguments with each array passed as its members."""
-    cc = context.call_conv
-    fnty = cc.get_function_type(types.none, argtys)
+def _call_c(context, builder, addr, arrays, arraytys, tail):
+    """``int32 f(ptr, len, ptr, len, ..., tail...)`` at ``addr``: each array passed as its
+    data pointer and its element count, then the trailing int64 arguments."""
+    args = []
+    for ty, value in zip(arraytys, arrays):
+        ary = context.make_array(ty)(context, builder, value)
+        args += [ary.data, ary.nitems]
+    args += list(tail)
+    fnty = llir.FunctionType(llir.IntType(32), [a.type for a in args])
     fn = builder.inttoptr(addr, fnty.as_pointer())
-    ret = cgutils.alloca_once(builder, cc.get_return_type(types.none).pointee)
-    builder.store(cgutils.get_null_value(ret.type.pointee), ret)
-    exc = cgutils.alloca_once(builder, llir.PointerType(excinfo_t))
-    builder.call(fn, [ret, exc] + list(cc._get_arg_packer(argtys).as_arguments(builder, args)))
-    return context.get_dummy_value()
+    return builder.call(fn, args)
 
 
 if config.DISABLE_JIT:
     def call_handler(addr, mem, st, tlb, pg, dc, row):
         _BY_ADDRESS[addr](mem, st, tlb, pg, dc, row)
+        return STATUS_OK
 
     def call_deliver(addr, mem, st, tlb, pg, vector, error, kind):
         _BY_ADDRESS[addr](mem, st, tlb, pg, vector, error, kind)
+        return STATUS_OK
 else:
     @intrinsic
     def call_handler(typingctx, addr, mem, st, tlb, pg, dc, row):
-        """``handler(mem, st, tlb, pg, dc, row)`` for the handler at ``addr``."""
-        sig = types.void(types.int64, mem, st, tlb, pg, dc, types.int64)
-        return sig, lambda context, builder, s, args: _call(context, builder, args[0],
-                                                            s.args[1:], args[1:])
+        """``handler(mem, st, tlb, pg, dc, row)`` through its C wrapper at ``addr``; the
+        wrapper's status (:data:`STATUS_OK` when the handler returned)."""
+        sig = types.int32(types.int64, mem, st, tlb, pg, dc, types.int64)
+
+        def codegen(context, builder, s, args):
+            # dc goes as its data pointer only: its shape is fixed (DC_SHAPE)
+            addr_, m, st_, tlb_, pg_, dc_, row_ = args
+            dc_ptr = context.make_array(s.args[5])(context, builder, dc_).data
+            return _call_c(context, builder, addr_, (m, st_, tlb_, pg_), s.args[1:5],
+                           (dc_ptr, row_))
+        return sig, codegen
 
     @intrinsic
     def call_deliver(typingctx, addr, mem, st, tlb, pg, vector, error, kind):
-        """``deliver(mem, st, tlb, pg, vector, error, kind)`` at ``addr``."""
-        sig = types.void(types.int64, mem, st, tlb, pg, types.int64, types.int64, types.int64)
-        return sig, lambda context, builder, s, args: _call(context, builder, args[0],
-                                                            s.args[1:], args[1:])
+        """``deliver(mem, st, tlb, pg, vector, error, kind)`` through its C wrapper."""
+        sig = types.int32(types.int64, mem, st, tlb, pg, types.int64, types.int64, types.int64)
+
+        def codegen(context, builder, s, args):
+            return _call_c(context, builder, args[0], args[1:5], s.args[1:5], args[5:])
+        return sig, codegen

@@ -37,7 +37,8 @@ def ring_diagram(cpl=None, ax=None, *, who: Optional[Mapping[int, str]] = None,
                  title: Optional[str] = None):
     """Draw rings 0-3 (ring 0 innermost) with the current privilege level lit.
 
-    ``cpl``: the ring to light -- an int -1..3, a Machine (its ``cpu.cpl``), or None.
+    ``cpl``: the ring to light -- an int -1..3, a Machine or a monitor (its machine's
+    ``cpu.cpl``), or None.
     ``who``: ``{ring: label}``, who runs where, e.g. ``{0: "monitor", 1: "guest kernel"}``.
     ``labels``: replaces the classic role of a ring (:data:`RING_NAMES`).
     ``vmx``: draw ring -1 (VMX root) as a real ring; it is also drawn when ``cpl`` is -1 or
@@ -47,10 +48,15 @@ def ring_diagram(cpl=None, ax=None, *, who: Optional[Mapping[int, str]] = None,
     Returns the Axes.
     """
     if cpl is not None and not isinstance(cpl, int):
-        if hasattr(cpl, "cpu") and hasattr(cpl.cpu, "cpl"):
+        from hvsim.machine import Machine
+        from hvsim.monitors import Monitor
+        if isinstance(cpl, Monitor):
+            cpl = cpl.machine
+        if isinstance(cpl, Machine):
             cpl = cpl.cpu.cpl
         else:
-            raise TypeError(f"cpl must be a ring number, a Machine or None, got {type(cpl).__name__}")
+            raise TypeError(f"cpl must be a ring number, a Machine, a monitor or None, "
+                            f"got {type(cpl).__name__}")
     if cpl is not None:
         _check_ring("cpl", cpl)
     who = dict(who or {})

@@ -78,16 +78,19 @@ class Recording:
 
 
 def _machine_of(target):
-    m = getattr(target, "machine", target)
-    if not (hasattr(m, "step") and hasattr(m, "_st")):
-        raise TypeError(f"record() takes a Machine (or an object with a .machine), "
+    from hvsim.machine import Machine
+    from hvsim.monitors import Monitor
+    if isinstance(target, Monitor):
+        return target.machine
+    if not isinstance(target, Machine):
+        raise TypeError(f"record() takes a Machine or a monitor (hvsim.monitors.Monitor), "
                         f"got {type(target).__name__}")
-    return m
+    return target
 
 
 def record(target, steps: int = 1000,
            on_event: Optional[Callable[[object, object], bool]] = None) -> Recording:
-    """Single-step ``target`` (a Machine, or anything with ``.machine``) and record CPL.
+    """Single-step ``target`` (a Machine, or a monitor's machine) and record CPL.
 
     Stops after ``steps`` steps, or at the first host event (halt, an exception routed
     to the host, io, ...) -- unless ``on_event(machine, event)`` is given and returns
