@@ -379,6 +379,7 @@ CPU.eip = property(lambda self: self._get(L.EIP), _eip_set,
 def _eflags_set(self, v):
     # bit 1 is reserved and always 1 (SDM Vol. 1, 3.4.3): OR it in *after* masking
     self._set(L.EFLAGS, (_check_int("eflags", v, 0, 0xFFFFFFFF) & 0x3F7FD7) | FIXED1, "eflags")
+    self._m._update_flat()          # EFLAGS.AC turns alignment checking on or off
 
 
 CPU.eflags = property(lambda self: self._get(L.EFLAGS), _eflags_set, doc="EFLAGS (bit 1 always reads 1)")
@@ -388,6 +389,7 @@ def _cr_property(slot, name):
     def setter(self, v):
         self._set(slot, v, name.lower())
         self._m._flush_translations()
+        self._m._update_flat()      # CR0.AM turns alignment checking on or off
     return property(lambda self: self._get(slot), setter,
                     doc=f"{name}; writing it from Python flushes the TLB")
 

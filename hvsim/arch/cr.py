@@ -9,7 +9,7 @@ CR0_TS = 1 << 3    # task switched (CLTS clears it)
 CR0_ET = 1 << 4    # extension type, hard-wired to 1 on P6 and later
 CR0_NE = 1 << 5
 CR0_WP = 1 << 16   # write protect: supervisor writes honour read-only pages
-CR0_AM = 1 << 18
+CR0_AM = 1 << 18   # alignment mask: #AC at CPL 3 when EFLAGS.AC = 1 (SDM Vol. 3A, 6.15)
 CR0_NW = 1 << 29
 CR0_CD = 1 << 30
 CR0_PG = 1 << 31   # paging

@@ -83,7 +83,7 @@ TIMER_PERIOD = 63  # retired instructions between timer interrupts; 0 = timer of
 TIMER_NEXT = 64    # value of TSC at which the next timer interrupt is raised
 TIMER_VECTOR = 65  # vector the timer raises on the interrupt line
 VMX_ON = 66        # 1 in VMX operation (VT-x comes later; 0 makes VMX instructions #UD)
-FLAT = 67          # 1 when every segment cache is base 0 / 4 GiB / usable: fast path hint
+FLAT = 67          # 1: DS/ES/SS accesses need no segment or alignment check (rings/segments.py update_flat)
 DOUBLE_FAULTING = 68  # 1 while delivering #DF (a fault now is a triple fault)
 DELIVERING = 69    # vector being delivered (-1 if none): a fault now is a contributory test
 INSN_EIP = 70      # EIP of the instruction being executed (faults restart here)

@@ -33,7 +33,7 @@ from hvsim.cpu.operands import (get_reg, set_reg, ea, rm_read, rm_write, mem_rea
                                 push, pop, to_lin)
 from hvsim.cpu.execute import jump
 from hvsim.mmu.paging import tlb_flush, tlb_invlpg
-from hvsim.rings.segments import load_sreg
+from hvsim.rings.segments import load_sreg, update_flat
 from hvsim.rings.interrupts import deliver, EV_SOFTWARE
 from hvsim.rings.transfers import far_jmp, far_call, far_ret, iret
 from hvsim.rings.sysinsn import lar, lsl, verr, verw, ltr, lldt, io_permitted
@@ -117,6 +117,7 @@ def op_popf(mem, st, tlb, pg, dc, row):         # 9D POPFD
     if cpl > ((old & IOPL_MASK) >> IOPL_SHIFT):
         writable &= ~IF
     st[EFLAGS] = ((old & ~writable) | (v & writable) | FIXED1) & ~RF & MASK32
+    update_flat(st)                              # AC may have changed (alignment checking)
     st[ATTN] = 1                                 # IF may have changed
 
 
@@ -421,6 +422,7 @@ def _write_cr0(mem, st, tlb, value):
     st[CR0] = value
     if ((old ^ value) & (CR0_PG | CR0_WP | CR0_PE)) != 0:
         tlb_flush(st, tlb, 0)
+    update_flat(st)                              # AM may have changed (alignment checking)
     st[FETCH_LIN_PAGE] = -1
     st[ATTN] = 1
 
