@@ -39,6 +39,7 @@ from hvsim.arch.flags import FIXED1, IOPL_SHIFT, Flag
 from hvsim.cpu.translate import translate as _translate
 from hvsim.cpu import table as _table
 from hvsim.arch.cr import CR0_PE, CR0_ET, CR0_PG
+from hvsim.arch.dr import DR6_INIT, DR7_INIT
 from hvsim.arch.vectors import vector_name
 
 DEFAULT_MEMORY = 16 << 20
@@ -361,6 +362,9 @@ def _reg_property(slot, doc, name, top=0xFFFFFFFF):
 for _i, _r in enumerate(_GPRS):
     setattr(CPU, _r, _reg_property(_i, f"{_r.upper()} (32-bit)", _r))
 CPU.cr2 = _reg_property(L.CR2, "CR2", "cr2")
+# debug registers (SDM Vol. 3A, 17.2); DR4/DR5 are only names for DR6/DR7 (or #UD)
+for _n in (0, 1, 2, 3, 6, 7):
+    setattr(CPU, f"dr{_n}", _reg_property(L.DR0 + _n, f"DR{_n}", f"dr{_n}"))
 # the time-stamp counter is 64 bits wide; the model keeps it in a signed int64 slot
 CPU.tsc = _reg_property(L.TSC, "TSC (64-bit; counts retired instructions)", "tsc", (1 << 63) - 1)
 
@@ -597,6 +601,8 @@ class Machine:
         st[L.FETCH_LIN_PAGE] = -1
         st[L.TIMER_VECTOR] = DEFAULT_TIMER_VECTOR
         st[L.FLAT] = 1
+        st[L.DR6] = DR6_INIT            # SDM Vol. 3A, 10.1.1, Table 10-1
+        st[L.DR7] = DR7_INIT
         if self._exceptions == "host":
             st[L.ROUTE:L.ROUTE + 32] = L.ROUTE_HOST
         st[L.PORTMAP + CONSOLE_PORT] = DEV_CONSOLE

@@ -2,13 +2,18 @@
 checks on flat segments, the two interrupt shadows, #AC, PVI, VIF/VIP on IRET, INTO,
 MOV DRn, INVD and WBINVD. Each test names the SDM section it checks; the oracle is the
 SDM's text, and Unicorn where Unicorn models the rule (the test_unicorn_* tests)."""
+import struct
+
 import pytest
+import unicorn
+from unicorn import x86_const as UX
 
 from hvsim import Machine, assemble
 from hvsim.arch import layout as L
-from hvsim.arch.cr import CR0_AM
-from hvsim.arch.flags import AC
-from hvsim.arch.vectors import GP, AC as VEC_AC
+from hvsim.arch.cr import CR0_AM, CR4_DE
+from hvsim.arch.dr import DR6_BD, DR7_GD
+from hvsim.arch.flags import AC, FIXED1
+from hvsim.arch.vectors import GP, UD, DB, OF as VEC_OF, AC as VEC_AC
 from hvsim.rings import make_descriptor, put_descriptors
 from hvsim.rings.setup import install
 
@@ -143,3 +148,191 @@ def test_popfd_setting_ac_turns_alignment_checking_on_also_for_blocks():
         ev = m.run(1000)
         results.append((ev.kind, ev.vector, ev.error_code, ev.eip, m.cpu.ecx, m.cpu.eflags & AC))
     assert results[0] == results[1] == ("exception", VEC_AC, 0, 0x1005, 30, AC)
+
+
+
+
+# ---- INTO (SDM Vol. 2A, INT n/INTO/INT3/INT1) -------------------------------------------
+def test_into_is_a_nop_with_of_clear_and_a_software_interrupt_4_with_of_set():
+    """SDM Vol. 2A INTO: OF = 0, nothing happens; OF = 1, interrupt 4 (#OF) as a trap:
+    routed to the host it is a 'software' exit on the INTO (like INT n), delivered
+    through the guest IDT the handler sees the EIP *after* INTO."""
+    m = Machine()
+    m.load(assemble("start:\ninto\nmov eax, 0x7fffffff\nadd eax, 1\ninto\nhlt"))
+    ev = m.run(100)
+    assert (ev.kind, ev.vector, ev.error_code, ev.source, ev.eip, ev.length) == (
+        "exception", VEC_OF, None, "software", 0x1009, 1)
+    m = Machine(memory=1 << 20, exceptions="guest")
+    t = install(m)
+    t.gate(m, VEC_OF, 0x2000, kind="trap")
+    m.load(assemble("start:\nmov eax, 0x7fffffff\nadd eax, 1\ninto\nhlt"))
+    m.load(assemble("handler:\npop esi\nhlt", origin=0x2000), entry=0x1000)
+    ev = m.run(100)
+    assert ev.kind == "halt" and m.cpu.eip == 0x2002 and m.cpu.esi == 0x1009
+
+
+def test_into_at_cpl3_through_a_dpl0_gate_is_gp():
+    """SDM Vol. 2A INT n/INTO: the gate's DPL is checked as for INT n: DPL < CPL is
+    #GP(vector * 8 + 2) (IDT, EXT = 0)."""
+    m = Machine(memory=1 << 20)
+    t = install(m)
+    t.gate(m, VEC_OF, 0x2000, dpl=0)
+    m.route(GP, "host")
+    m.route(VEC_OF, "guest")
+    m.load(assemble("start:\nmov eax, 0x7fffffff\nadd eax, 1\ninto\nhlt"))
+    t.enter(m, ring=3, eip=0x1000)
+    ev = m.run(100)
+    assert (ev.vector, ev.error_code, ev.eip) == (GP, VEC_OF * 8 + 2, 0x1008)
+
+
+# ---- MOV DRn (SDM Vol. 2B, MOV--Move to/from Debug Registers; Vol. 3A, 17.2) -------------
+def test_debug_registers_reset_values_and_reserved_bits():
+    """SDM Vol. 3A 10.1.1 Table 10-1: DR6 = FFFF0FF0H, DR7 = 00000400H after reset;
+    17.2.3/17.2.4: reserved bits read back fixed whatever is written (all ones written:
+    DR6 keeps bit 12 clear, DR7 bits 11, 12, 14, 15 clear; all zeros: the ones stay).
+    (DR7 gets all ones but GD, which would make the next MOV DRn fault.)"""
+    m = Machine()
+    m.load(assemble(f"start:\nmov eax, dr6\nmov ebx, dr7\nmov ecx, 0xffffffff\nmov dr6, ecx\n"
+                    f"mov ecx, {0xFFFFFFFF & ~DR7_GD}\nmov dr7, ecx\nmov esi, dr6\nmov edi, dr7\n"
+                    f"xor ecx, ecx\nmov dr6, ecx\nmov dr7, ecx\nmov ecx, dr6\nmov edx, dr7\nhlt"))
+    assert m.run(100).kind == "halt"
+    assert (m.cpu.eax, m.cpu.ebx) == (0xFFFF0FF0, 0x400)
+    assert (m.cpu.esi, m.cpu.edi) == (0xFFFFEFFF, 0xFFFF07FF)
+    assert (m.cpu.ecx, m.cpu.edx) == (0xFFFF0FF0, 0x400)
+
+
+def test_dr0_to_dr3_hold_any_address():
+    """SDM Vol. 3A 17.2.1: DR0-DR3 hold 32-bit linear addresses (no breakpoint fires:
+    hvsim does not model breakpoints, see op_mov_dr)."""
+    m = Machine()
+    m.load(assemble("start:\nmov eax, 0x12345678\nmov dr0, eax\nmov dr3, eax\nmov ebx, dr0\n"
+                    "mov ecx, dr3\nhlt"))
+    assert m.run(100).kind == "halt"
+    assert m.cpu.ebx == m.cpu.ecx == m.cpu.dr0 == m.cpu.dr3 == 0x12345678
+
+
+def test_dr4_dr5_alias_dr6_dr7_unless_cr4_de():
+    """SDM Vol. 3A 17.2.2: with CR4.DE = 0, DR4/DR5 are DR6/DR7; with DE = 1 a reference
+    to them is #UD (Vol. 2B MOV DRn)."""
+    m = Machine()
+    m.load(assemble("start:\nmov eax, 0x3\nmov dr4, eax\nmov esi, dr6\nmov edi, dr5\n"
+                    f"mov eax, {CR4_DE}\nmov cr4, eax\nmov ebx, dr4\nhlt"))
+    ev = m.run(100)
+    assert (m.cpu.esi, m.cpu.edi) == (0xFFFF0FF3, 0x400)
+    assert (ev.kind, ev.vector, ev.error_code, ev.eip) == ("exception", UD, None, 0x1016)
+
+
+@pytest.mark.parametrize("insn, length", [("mov eax, dr7", 3), ("mov dr0, eax", 3),
+                                          ("invd", 2), ("wbinvd", 2)])
+@pytest.mark.parametrize("ring", [1, 3])
+def test_mov_dr_invd_wbinvd_are_privileged(insn, length, ring):
+    """SDM Vol. 2B MOV DRn, Vol. 2A INVD, Vol. 2C WBINVD: #GP(0) at CPL > 0 -- a fault,
+    EIP on the instruction, with its length, so a trap-and-emulate monitor whose guest
+    kernel runs in ring 1 can emulate and skip it."""
+    m = Machine()
+    m.load(assemble(f"start:\nmov eax, 0x55\n{insn}\nhlt"))
+    m.cpu.cpl = ring
+    ev = m.run(100)
+    assert (ev.kind, ev.vector, ev.error_code, ev.source, ev.eip, ev.length) == (
+        "exception", GP, 0, "fault", 0x1005, length)
+    assert m.cpu.dr0 == 0 and m.cpu.dr7 == 0x400
+
+
+def test_invd_wbinvd_at_cpl0_retire_as_no_ops():
+    """SDM Vol. 2A INVD / Vol. 2C WBINVD at CPL 0: hvsim has no caches, so memory and
+    registers are as before; the instructions retire (counted)."""
+    m = Machine()
+    m.load(assemble("start:\nmov dword [0x3000], 7\ninvd\nwbinvd\nmov eax, [0x3000]\nhlt"))
+    assert m.run(100).kind == "halt" and m.cpu.eax == 7
+    assert m.counters["instructions"] == 5
+
+
+def test_general_detect_faults_before_a_debug_register_access():
+    """SDM Vol. 3A 17.2.4 (GD) and 17.2.3 (BD): with DR7.GD = 1 any MOV DRn raises #DB
+    as a fault before it executes, DR6.BD = 1 and GD cleared for the handler, which can
+    then use the debug registers: run again, the MOV executes."""
+    m = Machine()
+    m.load(assemble(f"start:\nmov eax, {DR7_GD | 0x400}\nmov dr7, eax\nmov ebx, dr0\nhlt"))
+    ev = m.run(100)
+    assert (ev.kind, ev.vector, ev.error_code, ev.source, ev.eip) == (
+        "exception", DB, None, "fault", 0x1008)
+    assert m.cpu.dr6 & DR6_BD and not m.cpu.dr7 & DR7_GD
+    m.cpu.dr0 = 0xABC
+    assert m.run(100).kind == "halt" and m.cpu.ebx == 0xABC
+
+
+# ---- cross-checks against Unicorn (QEMU's TCG), where it models the rule ------------------
+# Unicorn does not model segment type checks on data accesses, #AC, PVI or DR6/DR7's
+# reserved bits (it stores whatever is written), so those rules are checked against the
+# SDM's text alone above.
+UC_GDT = 0x9000
+
+
+def unicorn_run(src, eflags=FIXED1, eax=0, cr4=None):
+    """Run ``src`` (at 0x1000, ring 0, flat GDT: code 0x08, data 0x10) in Unicorn until
+    the end or the first interrupt/exception. Returns (vector or None, error, EIP, regs)."""
+    code = bytes(assemble(src, origin=0x1000).code)
+    uc = unicorn.Uc(unicorn.UC_ARCH_X86, unicorn.UC_MODE_32)
+    uc.mem_map(0, 0x10000)
+    uc.mem_write(0x1000, code)
+    gdt = struct.pack("<3Q", 0, make_descriptor(0, 0xFFFFF, 0xB, 1, 0, 1, 1, 1),
+                      make_descriptor(0, 0xFFFFF, 0x3, 1, 0, 1, 1, 1))
+    uc.mem_write(UC_GDT, gdt)
+    uc.reg_write(UX.UC_X86_REG_GDTR, (0, UC_GDT, len(gdt) - 1, 0))
+    uc.reg_write(UX.UC_X86_REG_SS, 0x10)
+    uc.reg_write(UX.UC_X86_REG_ESP, 0x8000)
+    uc.reg_write(UX.UC_X86_REG_EAX, eax)
+    uc.reg_write(UX.UC_X86_REG_EFLAGS, eflags)
+    if cr4 is not None:
+        uc.reg_write(UX.UC_X86_REG_CR4, cr4)
+    seen = []
+
+    def on_interrupt(uc, intno, _):
+        seen.append(intno)
+        uc.emu_stop()
+
+    uc.hook_add(unicorn.UC_HOOK_INTR, on_interrupt)
+    error = None
+    try:
+        uc.emu_start(0x1000, 0x1000 + len(code), count=50)
+    except unicorn.UcError as e:
+        error = e.errno
+    regs = {r: uc.reg_read(getattr(UX, f"UC_X86_REG_{r.upper()}"))
+            for r in ("eax", "ebx", "ecx", "edx", "esi", "edi")}
+    return (seen[0] if seen else None), error, uc.reg_read(UX.UC_X86_REG_EIP), regs
+
+
+
+
+def test_unicorn_agrees_on_into():
+    """SDM Vol. 2A INTO, against Unicorn: OF = 1 raises interrupt 4 with EIP past INTO
+    (hvsim: the EIP its guest handler finds on the stack); OF = 0 falls through."""
+    src = "mov eax, 0x7fffffff\nadd eax, {}\ninto\nmov ebx, 1\nnop"
+    vector, _, uc_eip, _ = unicorn_run(src.format(1))
+    m = Machine(memory=1 << 20, exceptions="guest")
+    t = install(m)
+    t.gate(m, VEC_OF, 0x2000, kind="trap")
+    m.load(assemble("start:\n" + src.format(1) + "\nhlt"))
+    m.load(assemble("pop esi\nhlt", origin=0x2000), entry=0x1000)
+    assert m.run(100).kind == "halt"
+    assert vector == VEC_OF and m.cpu.esi == uc_eip
+    vector, error, _, uc_regs = unicorn_run(src.format(0))
+    assert vector is None and error is None and uc_regs["ebx"] == 1
+
+
+def test_unicorn_agrees_on_debug_register_reset_values_and_dr4_dr5():
+    """SDM Vol. 3A Table 10-1 and 17.2.2, against Unicorn: DR6/DR7 after reset, read
+    directly and through DR4/DR5 (CR4.DE = 0), and #UD for DR4 with CR4.DE = 1."""
+    src = "mov eax, dr6\nmov ebx, dr7\nmov ecx, dr4\nmov edx, dr5\ninvd\nwbinvd\nnop"
+    vector, error, _, uc_regs = unicorn_run(src)
+    m = Machine()
+    m.load(assemble("start:\n" + src + "\nhlt"))
+    assert m.run(100).kind == "halt" and vector is None and error is None
+    for r in ("eax", "ebx", "ecx", "edx"):
+        assert getattr(m.cpu, r) == uc_regs[r], r
+    _, error, uc_eip, _ = unicorn_run("mov ecx, dr4\nnop", cr4=CR4_DE)
+    m = Machine()
+    m.load(assemble("start:\nmov ecx, dr4\nhlt"))
+    m.cpu.cr4 = CR4_DE
+    ev = m.run(100)
+    assert error == unicorn.UC_ERR_INSN_INVALID and (ev.vector, ev.eip) == (UD, uc_eip)

@@ -75,6 +75,13 @@ MSR_SYSENTER_EIP_SLOT = 54   # IA32_SYSENTER_EIP (MSR 0x176)
 MSR_EFER_SLOT = 55           # IA32_EFER (MSR 0xC0000080); only readable/writable, no LME here
 MSR_FEATURE_CONTROL_SLOT = 56  # IA32_FEATURE_CONTROL (MSR 0x3A), for VMXON later
 
+# --- debug registers (SDM Vol. 3A, 17.2, Figure 17-1): MOV to/from DRn reads and writes
+# them; no breakpoint is ever matched against DR0-DR3 (hvsim/cpu/system.py op_mov_dr)
+DR0, DR1, DR2, DR3 = 102, 103, 104, 105   # breakpoint linear addresses
+DR4, DR5 = 106, 107                       # never read or written: DR4/DR5 alias DR6/DR7 or #UD
+DR6 = 108                                 # debug status
+DR7 = 109                                 # debug control
+
 # --- interrupt and execution state ----------------------------------------------------
 HALTED = 60        # 1 while in HLT waiting for an interrupt
 INT_SHADOW = 61    # 1 for the instruction after STI / MOV SS / POP SS (SDM Vol. 3A, 6.8.3)
