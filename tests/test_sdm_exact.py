@@ -11,8 +11,8 @@ from unicorn import x86_const as UX
 from hvsim import Machine, assemble
 from hvsim.arch import layout as L
 from hvsim.arch.cr import CR0_AM, CR4_DE
-from hvsim.arch.dr import DR6_BD, DR7_GD
-from hvsim.arch.flags import AC, FIXED1
+from hvsim.arch.dr import DR6_BS, DR6_BD, DR7_GD
+from hvsim.arch.flags import AC, FIXED1, IF, TF
 from hvsim.arch.vectors import GP, UD, DB, OF as VEC_OF, AC as VEC_AC
 from hvsim.rings import make_descriptor, put_descriptors
 from hvsim.rings.setup import install
@@ -148,8 +148,6 @@ def test_popfd_setting_ac_turns_alignment_checking_on_also_for_blocks():
         ev = m.run(1000)
         results.append((ev.kind, ev.vector, ev.error_code, ev.eip, m.cpu.ecx, m.cpu.eflags & AC))
     assert results[0] == results[1] == ("exception", VEC_AC, 0, 0x1005, 30, AC)
-
-
 
 
 # ---- INTO (SDM Vol. 2A, INT n/INTO/INT3/INT1) -------------------------------------------
@@ -302,8 +300,6 @@ def unicorn_run(src, eflags=FIXED1, eax=0, cr4=None):
     return (seen[0] if seen else None), error, uc.reg_read(UX.UC_X86_REG_EIP), regs
 
 
-
-
 def test_unicorn_agrees_on_into():
     """SDM Vol. 2A INTO, against Unicorn: OF = 1 raises interrupt 4 with EIP past INTO
     (hvsim: the EIP its guest handler finds on the stack); OF = 0 falls through."""
@@ -336,3 +332,66 @@ def test_unicorn_agrees_on_debug_register_reset_values_and_dr4_dr5():
     m.cpu.cr4 = CR4_DE
     ev = m.run(100)
     assert error == unicorn.UC_ERR_INSN_INVALID and (ev.vector, ev.eip) == (UD, uc_eip)
+
+
+# ---- the two interrupt shadows (SDM Vol. 3A, 6.8.3; Vol. 3C, 25.4.2 Table 25-3) ----------
+def shadow_machine(src, eflags=0):
+    """Ring 0 with install()'s GDT (SS = 0x10), EAX = 0x10, [ESP] = 0x10 (for POP SS)."""
+    m = Machine(memory=1 << 20)
+    t = install(m)
+    m.load(assemble("start:\n" + src + "\nnop\nnop\nhlt\n"))
+    m.cpu.eax = t.data(0)
+    m.cpu.esp = 0x8000
+    m.memory[0x8000:0x8004] = [t.data(0), 0, 0, 0]
+    m.cpu.eflags = FIXED1 | eflags
+    return m
+
+
+@pytest.mark.parametrize("load_ss, length", [("mov ss, ax", 2), ("pop ss", 1)])
+def test_mov_ss_and_pop_ss_hold_the_single_step_trap_for_one_instruction(load_ss, length):
+    """SDM Vol. 3A 6.8.3: after MOV SS / POP SS, debug exceptions -- the single-step trap
+    of EFLAGS.TF included -- are held back until after the next instruction, so one #DB
+    (DR6.BS = 1, Vol. 3A 17.2.3) follows the *pair*, with EIP past the second."""
+    m = shadow_machine(f"{load_ss}\nmov ebx, 1", TF)
+    ev = m.run(100)
+    assert (ev.kind, ev.vector, ev.source) == ("exception", DB, "trap")
+    assert ev.eip == 0x1000 + length + 5 and m.cpu.ebx == 1
+    assert m.cpu.dr6 & DR6_BS
+    assert m._st[L.INT_SHADOW] == 0
+
+
+def test_sti_shadow_does_not_hold_the_single_step_trap():
+    """SDM Vol. 3A 6.8.3 / Vol. 3C Table 25-3: blocking by STI holds back maskable
+    interrupts only; the single-step trap comes right after STI (EIP past it)."""
+    m = shadow_machine("sti\nmov ebx, 1", TF)
+    ev = m.run(100)
+    assert (ev.kind, ev.vector, ev.source, ev.eip) == ("exception", DB, "trap", 0x1001)
+    assert m.cpu.ebx == 0
+    assert m._st[L.INT_SHADOW] == L.BLOCKING_BY_STI       # interrupts still wait for mov ebx
+
+
+@pytest.mark.parametrize("first", ["sti", "mov ss, ax"])
+def test_both_shadows_hold_an_external_interrupt_for_one_instruction(first):
+    """SDM Vol. 3A 6.8.3: an interrupt raised just after STI (IF was 0) or MOV SS is taken
+    only after the next instruction."""
+    m = shadow_machine(f"{first}\nmov ebx, 1", 0 if first == "sti" else IF)
+    m.route(0x40, "host")
+    m.step()
+    expected = L.BLOCKING_BY_STI if first == "sti" else L.BLOCKING_BY_MOV_SS
+    assert m._st[L.INT_SHADOW] == expected
+    m.interrupt(0x40)
+    ev = m.run(100)
+    assert (ev.kind, ev.vector) == ("interrupt", 0x40)
+    assert ev.eip == m.cpu.eip and m.cpu.ebx == 1      # after 'mov ebx, 1', not before
+
+
+def test_unicorn_agrees_mov_ss_holds_the_single_step_trap_and_sti_does_not():
+    """SDM Vol. 3A 6.8.3, against Unicorn: with TF = 1 the first #DB comes after the
+    instruction following MOV SS, but right after STI."""
+    for src, eflags in (("mov ss, ax\nmov ebx, 1\nnop\nnop", FIXED1 | TF | IF),
+                        ("sti\nmov ebx, 1\nnop\nnop", FIXED1 | TF)):
+        vector, _, uc_eip, uc_regs = unicorn_run(src, eflags, eax=0x10)
+        m = shadow_machine(src.replace("\nnop\nnop", ""), eflags & ~FIXED1)
+        ev = m.run(100)
+        assert vector == ev.vector == DB
+        assert ev.eip == uc_eip and m.cpu.ebx == uc_regs["ebx"]

@@ -84,7 +84,11 @@ DR7 = 109                                 # debug control
 
 # --- interrupt and execution state ----------------------------------------------------
 HALTED = 60        # 1 while in HLT waiting for an interrupt
-INT_SHADOW = 61    # 1 for the instruction after STI / MOV SS / POP SS (SDM Vol. 3A, 6.8.3)
+INT_SHADOW = 61    # blocking for the next instruction, the bits below (SDM Vol. 3A, 6.8.3)
+# Its bits are those of VMX's interruptibility state (SDM Vol. 3C, 25.4.2, Table 25-3):
+BLOCKING_BY_STI = 1 << 0     # STI that set IF: maskable interrupts wait one instruction
+BLOCKING_BY_MOV_SS = 1 << 1  # MOV SS / POP SS: interrupts *and* debug exceptions (the
+#                              single-step trap too) wait one instruction (Vol. 3A, 6.8.3)
 IRQ_PENDING = 62   # vector of a pending external interrupt, or -1
 TIMER_PERIOD = 63  # retired instructions between timer interrupts; 0 = timer off
 TIMER_NEXT = 64    # value of TSC at which the next timer interrupt is raised

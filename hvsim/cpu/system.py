@@ -24,7 +24,8 @@ from hvsim.arch.flags import (IF, IOPL_MASK, IOPL_SHIFT, POPF_WRITABLE, RF, VM, 
 from hvsim.arch.layout import (
     MASK32, EAX, ECX, EDX, EBX, ESP, EIP, EFLAGS, CR0, CR2, CR3, CR4, CPL, TSC, FAULT_PENDING,
     SEG_SEL, SREG_SS, SREG_CS, GDTR_BASE, GDTR_LIMIT, IDTR_BASE, IDTR_LIMIT, LDTR_SEL, TR_SEL,
-    HALTED, INT_SHADOW, ATTN, VIRTUALIZABLE, COUNTERS, INSN_EIP, INSN_LEN, DR0, DR6, DR7,
+    HALTED, INT_SHADOW, BLOCKING_BY_STI, BLOCKING_BY_MOV_SS, ATTN, VIRTUALIZABLE, COUNTERS,
+    INSN_EIP, INSN_LEN, DR0, DR6, DR7,
     EXIT_KIND, EXIT_PORT, EXIT_SIZE, EXIT_DIR, EXIT_VALUE, EXIT_EIP, EXIT_LEN, EXIT_CPL,
     MSR_SYSENTER_CS_SLOT, MSR_SYSENTER_ESP_SLOT, MSR_SYSENTER_EIP_SLOT, MSR_EFER_SLOT,
     MSR_FEATURE_CONTROL_SLOT, FETCH_LIN_PAGE, TIMER_NEXT, ROUTE, ROUTE_HOST, EXIT_SOURCE,
@@ -143,7 +144,7 @@ def op_sti(mem, st, tlb, pg, dc, row):          # FB: STI; interrupts wait one i
         raise_fault(st, GP, 0)
         return
     if (st[EFLAGS] & IF) == 0:
-        st[INT_SHADOW] = 2                       # SDM 6.8.3: blocked until after the next instruction
+        st[INT_SHADOW] = BLOCKING_BY_STI         # SDM 6.8.3: blocked until after the next instruction
     st[EFLAGS] |= IF
     st[ATTN] = 1
 
@@ -342,7 +343,7 @@ def op_mov_to_sreg(mem, st, tlb, pg, dc, row):    # 8E: MOV Sreg, r/m16 (not CS)
         return
     load_sreg(mem, st, tlb, pg, s, sel)
     if st[FAULT_PENDING] == 0 and s == SREG_SS:
-        st[INT_SHADOW] = 2                       # SDM 6.8.3: MOV SS blocks interrupts for one insn
+        st[INT_SHADOW] = BLOCKING_BY_MOV_SS      # SDM 6.8.3: interrupts and #DB wait one insn
     st[ATTN] = 1
 
 
@@ -380,7 +381,7 @@ def op_pop_sreg(mem, st, tlb, pg, dc, row):
         return
     st[ESP] = (st[ESP] + 4) & MASK32
     if s == SREG_SS:
-        st[INT_SHADOW] = 2
+        st[INT_SHADOW] = BLOCKING_BY_MOV_SS
     st[ATTN] = 1
 
 
