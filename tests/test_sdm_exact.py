@@ -10,9 +10,9 @@ from unicorn import x86_const as UX
 
 from hvsim import Machine, assemble
 from hvsim.arch import layout as L
-from hvsim.arch.cr import CR0_AM, CR4_DE
+from hvsim.arch.cr import CR0_AM, CR4_DE, CR4_PVI, CR4_VME, CR4_PCE, CR4_OSFXSR
 from hvsim.arch.dr import DR6_BS, DR6_BD, DR7_GD
-from hvsim.arch.flags import AC, FIXED1, IF, TF
+from hvsim.arch.flags import AC, FIXED1, IF, TF, VIF, VIP
 from hvsim.arch.vectors import GP, UD, DB, OF as VEC_OF, AC as VEC_AC
 from hvsim.rings import make_descriptor, put_descriptors
 from hvsim.rings.setup import install
@@ -395,3 +395,103 @@ def test_unicorn_agrees_mov_ss_holds_the_single_step_trap_and_sti_does_not():
         ev = m.run(100)
         assert vector == ev.vector == DB
         assert ev.eip == uc_eip and m.cpu.ebx == uc_regs["ebx"]
+
+
+# ---- PVI: protected-mode virtual interrupts (SDM Vol. 3A, 20.4; Vol. 2A CLI, Vol. 2B STI) --
+def pvi_machine(src, ring=3, iopl=0, cr4=CR4_PVI, vip=False):
+    m = Machine(memory=1 << 20)
+    t = install(m)
+    m.load(assemble("start:\n" + src + "\nhlt\n"))
+    m.cpu.cr4 = cr4
+    m.cpu.eflags = FIXED1 | IF | VIF | (iopl << 12) | (VIP if vip else 0)
+    t.enter(m, ring=ring, eip=0x1000)
+    return m
+
+
+def test_pvi_cli_and_sti_at_cpl3_change_vif_not_if():
+    """SDM Vol. 3A 20.4 and Vol. 2A CLI / Vol. 2B STI "Operation": with CR4.PVI = 1,
+    CPL = 3 and IOPL < 3, CLI clears VIF and STI sets it (VIP = 0); IF is untouched and
+    nothing traps."""
+    m = pvi_machine("cli\nmov ebx, 1\npushfd\npop esi\nsti\npushfd\npop edi")
+    ev = m.run(100)
+    assert (ev.kind, ev.vector, ev.eip) == ("exception", GP, 0x100B)   # the HLT at ring 3
+    assert m.cpu.ebx == 1
+    assert m.cpu.esi & (VIF | IF) == IF and m.cpu.edi & (VIF | IF) == VIF | IF
+
+
+def test_pvi_sti_with_vip_set_is_gp0():
+    """SDM Vol. 2B STI: at CPL 3 with PVI = 1, STI while VIP = 1 is #GP(0) (the monitor's
+    cue to deliver the pending virtual interrupt); VIF stays as it was."""
+    m = pvi_machine("cli\nsti", vip=True)
+    ev = m.run(100)
+    assert (ev.kind, ev.vector, ev.error_code, ev.eip) == ("exception", GP, 0, 0x1001)
+    assert m.cpu.eflags & (VIF | VIP) == VIP
+
+
+@pytest.mark.parametrize("ring, cr4", [(3, 0), (1, CR4_PVI)])
+def test_cli_gp0_without_pvi_or_below_cpl3(ring, cr4):
+    """SDM Vol. 2A CLI: PVI applies at CPL 3 only; otherwise CLI above IOPL is #GP(0)."""
+    m = pvi_machine("cli", ring=ring, cr4=cr4)
+    ev = m.run(100)
+    assert (ev.kind, ev.vector, ev.error_code, ev.eip) == ("exception", GP, 0, 0x1000)
+    assert m.cpu.eflags & (VIF | IF) == VIF | IF
+
+
+def test_pvi_with_iopl3_cli_clears_if():
+    """SDM Vol. 2A CLI: CPL <= IOPL comes first: IF is cleared, VIF kept."""
+    m = pvi_machine("cli\npushfd\npop esi", iopl=3)
+    m.run(100)
+    assert m.cpu.esi & (VIF | IF) == VIF
+
+
+@pytest.mark.parametrize("bit", [CR4_VME, CR4_PCE, CR4_OSFXSR])
+def test_mov_cr4_refuses_bits_whose_effect_is_not_modelled(bit):
+    """SDM Vol. 2B MOV CRn: #GP(0) for a CR4 bit the processor does not support -- VME
+    (virtual-8086 mode is not modelled), PCE (no RDPMC), OSFXSR (no FXSAVE/SSE). PVI,
+    DE, TSD, PSE, PGE, MCE and VMXE are accepted and read back."""
+    m = Machine()
+    m.load(assemble(f"start:\nmov eax, {CR4_PVI | CR4_DE}\nmov cr4, eax\nmov eax, {bit}\n"
+                    f"mov cr4, eax\nhlt"))
+    ev = m.run(100)
+    assert (ev.kind, ev.vector, ev.error_code, ev.eip) == ("exception", GP, 0, 0x100D)
+    assert m.cpu.cr4 == CR4_PVI | CR4_DE
+
+
+# ---- VIF/VIP: IRET at CPL 0 loads them, POPF never (SDM Vol. 2A IRET, Vol. 2B POPF) -------
+def iret_machine(src, ring=0):
+    m = Machine(memory=1 << 20)
+    t = install(m)
+    m.load(assemble("start:\n" + src + "\nhlt\nback:\npushfd\npop esi\nhlt\n"))
+    t.enter(m, ring=ring, eip=0x1000)
+    m.cpu.ebx = VIF | VIP
+    m.cpu.ecx = t.code(ring)
+    m.cpu.edx = t.code(3)
+    m.cpu.edi = t.data(3)
+    return m, t
+
+
+def test_iret_at_cpl0_loads_vif_and_vip_also_into_an_outer_ring():
+    """SDM Vol. 2A IRET "Operation": at CPL 0, EFLAGS(VIF, VIP) := tempEFLAGS, both for a
+    return to the same privilege level and to an outer one (here ring 0 -> ring 3)."""
+    m, t = iret_machine("pushfd\nor [esp], ebx\npush ecx\npush back\niretd")
+    ev = m.run(100)
+    assert ev.kind == "halt" and m.cpu.esi & (VIF | VIP) == VIF | VIP
+    m, t = iret_machine(f"push edi\npush {t.stack_top(3)}\npushfd\nor [esp], ebx\npush edx\n"
+                        f"push back\niretd")
+    ev = m.run(100)
+    assert m.cpu.cpl == 3 and m.cpu.esi & (VIF | VIP) == VIF | VIP
+
+
+def test_iret_above_cpl0_and_popf_leave_vif_and_vip_alone():
+    """SDM Vol. 2A IRET: VIF/VIP are loaded only at CPL 0; Vol. 2B POPF (protected mode,
+    not V86): VIP, VIF and VM are unaffected at every CPL."""
+    m, _ = iret_machine("pushfd\nor [esp], ebx\npush ecx\npush back\niretd", ring=3)
+    m.run(100)
+    assert m.cpu.esi & (VIF | VIP) == 0
+    m, _ = iret_machine("pushfd\nor [esp], ebx\npopfd\npushfd\npop esi\nhlt")
+    m.run(100)
+    assert m.cpu.esi & (VIF | VIP) == 0
+    m, _ = iret_machine("pushfd\nand dword [esp], 0xFFE7FFFF\npopfd\npushfd\npop esi\nhlt")
+    m.cpu.eflags = m.cpu.eflags | VIF | VIP
+    m.run(100)
+    assert m.cpu.esi & (VIF | VIP) == VIF | VIP

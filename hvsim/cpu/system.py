@@ -14,12 +14,12 @@ from hvsim._jit import njit
 from hvsim.cpu import alu
 from hvsim.arch.cr import (CR0_PE, CR0_PG, CR0_WP, CR0_TS, CR0_ET, CR0_MP, CR0_EM, CR4_PAE,
                           CR4_PSE, CR4_PGE, CR4_SUPPORTED, CR4_TSD, CR0_CD, CR0_NW, CR0_NE,
-                          CR0_AM, CR4_DE)
+                          CR0_AM, CR4_PVI, CR4_DE)
 from hvsim.arch.dr import DR6_BD, DR6_FIXED1, DR6_WRITABLE, DR7_GD, DR7_FIXED1, DR7_WRITABLE
 from hvsim.cpu.decode import F_OPC, F_REG, F_RM, F_SIZE, F_IMM, F_IMM2, F_SEG
 from hvsim.cpu.devices import port_in, port_out
 from hvsim.arch.exits import EXIT_IO
-from hvsim.arch.flags import (IF, IOPL_MASK, IOPL_SHIFT, POPF_WRITABLE, RF, VM, FIXED1,
+from hvsim.arch.flags import (IF, IOPL_MASK, IOPL_SHIFT, POPF_WRITABLE, RF, VM, FIXED1, VIF, VIP,
                               OF as FLAG_OF)
 from hvsim.arch.layout import (
     MASK32, EAX, ECX, EDX, EBX, ESP, EIP, EFLAGS, CR0, CR2, CR3, CR4, CPL, TSC, FAULT_PENDING,
@@ -131,8 +131,20 @@ def _above_iopl(st):
 
 
 @njit
+def _pvi(st):
+    """Protected-mode virtual interrupts apply: CR4.PVI = 1 and CPL = 3 (SDM Vol. 3A, 20.4).
+    Then CLI and STI above IOPL clear and set EFLAGS.VIF instead of raising #GP(0), so
+    a deprivileged kernel's interrupt flag can live in VIF, with VIP telling it that an
+    interrupt waits (set by a monitor: no instruction sets VIP)."""
+    return (st[CR4] & CR4_PVI) != 0 and st[CPL] == 3
+
+
+@njit
 def op_cli(mem, st, tlb, pg, dc, row):          # FA: CLI needs CPL <= IOPL (else #GP(0))
     if _above_iopl(st):
+        if _pvi(st):                             # SDM Vol. 2A CLI "Operation": VIF := 0
+            st[EFLAGS] &= ~VIF
+            return
         raise_fault(st, GP, 0)
         return
     st[EFLAGS] &= ~IF
@@ -141,6 +153,9 @@ def op_cli(mem, st, tlb, pg, dc, row):          # FA: CLI needs CPL <= IOPL (els
 @njit
 def op_sti(mem, st, tlb, pg, dc, row):          # FB: STI; interrupts wait one instruction
     if _above_iopl(st):
+        if _pvi(st) and (st[EFLAGS] & VIP) == 0:  # SDM Vol. 2B STI "Operation": VIF := 1;
+            st[EFLAGS] |= VIF                    # with VIP = 1, #GP(0) lets the monitor deliver
+            return
         raise_fault(st, GP, 0)
         return
     if (st[EFLAGS] & IF) == 0:
