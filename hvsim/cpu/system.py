@@ -67,6 +67,8 @@ CPUID_EDX_MSR = 1 << 5
 CPUID_EDX_PGE = 1 << 13
 CPUID_EDX_CMOV = 1 << 15
 CPUID_FEATURES_EDX = CPUID_EDX_DE | CPUID_EDX_PSE | CPUID_EDX_TSC | CPUID_EDX_MSR | CPUID_EDX_PGE | CPUID_EDX_CMOV
+# EDX bit 1 (VME) stays 0 although CR4.PVI works: that flag also promises the virtual-8086
+# mode enhancements (CR4.VME), which hvsim refuses (hvsim/arch/cr.py)
 CPUID_FEATURES_ECX = 0   # bit 5 (VMX) is reported once VT-x is modelled
 
 # CR0 bits software may set (the rest are reserved: #GP(0)); ET is hard-wired to 1.
