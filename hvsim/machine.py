@@ -36,6 +36,7 @@ from hvsim.arch.flags import FIXED1, IOPL_SHIFT, Flag
 from hvsim import engine
 from hvsim.instruction import Instruction, from_exit_info
 from hvsim.arch.cr import CR0_PE, CR0_ET, CR0_PG, CR0_WP
+from hvsim.arch.dr import DR6_INIT, DR7_INIT
 from hvsim.arch.pte import PTE_A, PTE_D
 from hvsim.arch.vectors import vector_name
 
@@ -323,6 +324,9 @@ def _reg_property(slot, doc, name, top=0xFFFFFFFF):
 for _i, _r in enumerate(_GPRS):
     setattr(CPU, _r, _reg_property(_i, f"{_r.upper()} (32-bit)", _r))
 CPU.cr2 = _reg_property(L.CR2, "CR2", "cr2")
+# debug registers (SDM Vol. 3A, 17.2); DR4/DR5 are only names for DR6/DR7 (or #UD)
+for _n in (0, 1, 2, 3, 6, 7):
+    setattr(CPU, f"dr{_n}", _reg_property(L.DR0 + _n, f"DR{_n}", f"dr{_n}"))
 # the time-stamp counter is 64 bits wide; the model keeps it in a signed int64 slot
 CPU.tsc = _reg_property(L.TSC, "TSC (64-bit; counts retired instructions)", "tsc", (1 << 63) - 1)
 
@@ -341,6 +345,7 @@ CPU.eip = property(lambda self: self._get(L.EIP), _eip_set,
 def _eflags_set(self, v):
     # bit 1 is reserved and always 1 (SDM Vol. 1, 3.4.3): OR it in *after* masking
     self._set(L.EFLAGS, (_check_int("eflags", v, 0, 0xFFFFFFFF) & 0x3F7FD7) | FIXED1, "eflags")
+    self._m._update_flat()          # EFLAGS.AC turns alignment checking on or off
 
 
 CPU.eflags = property(lambda self: self._get(L.EFLAGS), _eflags_set, doc="EFLAGS (bit 1 always reads 1)")
@@ -350,6 +355,7 @@ def _cr_property(slot, name):
     def setter(self, v):
         self._set(slot, v, name.lower())
         self._m._flush_translations()
+        self._m._update_flat()      # CR0.AM turns alignment checking on or off
     return property(lambda self: self._get(slot), setter,
                     doc=f"{name}; writing it from Python flushes the TLB")
 
@@ -557,6 +563,8 @@ class Machine:
         st[L.FETCH_LIN_PAGE] = -1
         st[L.TIMER_VECTOR] = DEFAULT_TIMER_VECTOR
         st[L.FLAT] = 1
+        st[L.DR6] = DR6_INIT            # SDM Vol. 3A, 10.1.1, Table 10-1
+        st[L.DR7] = DR7_INIT
         if self._exceptions == "host":
             st[L.ROUTE:L.ROUTE + 32] = L.ROUTE_HOST
         st[L.PORTMAP + CONSOLE_PORT] = DEV_CONSOLE

@@ -84,6 +84,8 @@ def _cases():
           "out 0, eax", "out dx, al", "out dx, eax"]
     c += ["mov eax, cr0", "mov ecx, cr2", "mov edi, cr3", "mov ebx, cr4", "mov cr0, eax",
           "mov cr3, esi", "mov cr4, edx", "mov cr2, ebp"]
+    c += ["mov eax, dr7", "mov dr7, eax", "mov ecx, dr0", "mov dr3, esi", "mov edx, dr6",
+          "mov dr6, ebp", "mov ebx, dr4", "mov dr5, edi", "into", "invd", "wbinvd"]
     c += ["movzx eax, cl", "movzx edx, byte [esi]", "movzx ecx, ax", "movzx eax, word [ebx+2]",
           "movsx eax, bh", "movsx edi, byte [0x10]", "movsx eax, dx", "movsx ebx, word [eax]"]
     c += ["lgdt [eax]", "lidt [0x9000]", "sgdt [esp]", "sidt [ebp-6]", "smsw eax",
@@ -157,6 +159,8 @@ NASM_BYTES = {
     "movzx eax, word [eax]": "0fb700", "sete [eax]": "0f9400", "int 3": "cd03",
     "jecxz $": "e3fe", "loop $": "e2fe", "mov byte [eax], 10": "c6000a",
     "mov eax, cr0": "0f20c0", "mov cr3, eax": "0f22d8", "vmread [eax], ecx": "0f7808",
+    "mov eax, dr7": "0f21f8", "mov dr7, eax": "0f23f8", "into": "ce", "invd": "0f08",
+    "wbinvd": "0f09",
     # hvsim's deliberate difference: no 66h prefix (NASM emits 66 8C D8 / 66 0F 00 C0)
     "mov ax, ds": "8cd8", "sldt ax": "0f00c0",
 }

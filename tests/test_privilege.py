@@ -324,13 +324,17 @@ PRIVILEGED = [
     ("invlpg", f"invlpg [{BUF:#x}]"),
     ("rdmsr", "rdmsr"),
     ("wrmsr", "wrmsr"),
+    ("mov r32, dr7", "mov eax, dr7"),          # SDM Vol. 2B, MOV to/from Debug Registers
+    ("mov dr0, r32", "mov dr0, eax"),
+    ("invd", "invd"),                          # SDM Vol. 2A, INVD
+    ("wbinvd", "wbinvd"),                      # SDM Vol. 2C, WBINVD
 ]
 
 
 def _system_state(m):
     c = m.cpu
     return (c.cr0, c.cr2, c.cr3, c.cr4, c.gdtr_base, c.gdtr_limit, c.idtr_base, c.idtr_limit,
-            c.tr, c.ldtr, c.eax, c.edx, c.eflags, c.esp, c.tsc)
+            c.tr, c.ldtr, c.eax, c.edx, c.eflags, c.esp, c.tsc, c.dr0, c.dr7)
 
 
 @pytest.mark.parametrize("cpl", [1, 2, 3])

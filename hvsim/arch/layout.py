@@ -75,15 +75,26 @@ MSR_SYSENTER_EIP_SLOT = 54   # IA32_SYSENTER_EIP (MSR 0x176)
 MSR_EFER_SLOT = 55           # IA32_EFER (MSR 0xC0000080); only readable/writable, no LME here
 MSR_FEATURE_CONTROL_SLOT = 56  # IA32_FEATURE_CONTROL (MSR 0x3A), for VMXON later
 
+# --- debug registers (SDM Vol. 3A, 17.2, Figure 17-1): MOV to/from DRn reads and writes
+# them; no breakpoint is ever matched against DR0-DR3 (hvsim/cpu/system.py op_mov_dr)
+DR0, DR1, DR2, DR3 = 102, 103, 104, 105   # breakpoint linear addresses
+DR4, DR5 = 106, 107                       # never read or written: DR4/DR5 alias DR6/DR7 or #UD
+DR6 = 108                                 # debug status
+DR7 = 109                                 # debug control
+
 # --- interrupt and execution state ----------------------------------------------------
 HALTED = 60        # 1 while in HLT waiting for an interrupt
-INT_SHADOW = 61    # 1 for the instruction after STI / MOV SS / POP SS (SDM Vol. 3A, 6.8.3)
+INT_SHADOW = 61    # blocking for the next instruction, the bits below (SDM Vol. 3A, 6.8.3)
+# Its bits are those of VMX's interruptibility state (SDM Vol. 3C, 25.4.2, Table 25-3):
+BLOCKING_BY_STI = 1 << 0     # STI that set IF: maskable interrupts wait one instruction
+BLOCKING_BY_MOV_SS = 1 << 1  # MOV SS / POP SS: interrupts *and* debug exceptions (the
+#                              single-step trap too) wait one instruction (Vol. 3A, 6.8.3)
 IRQ_PENDING = 62   # vector of a pending external interrupt, or -1
 TIMER_PERIOD = 63  # retired instructions between timer interrupts; 0 = timer off
 TIMER_NEXT = 64    # value of TSC at which the next timer interrupt is raised
 TIMER_VECTOR = 65  # vector the timer raises on the interrupt line
 VMX_ON = 66        # 1 in VMX operation (VT-x comes later; 0 makes VMX instructions #UD)
-FLAT = 67          # 1 when every segment cache is base 0 / 4 GiB / usable: fast path hint
+FLAT = 67          # 1: DS/ES/SS accesses need no segment or alignment check (rings/segments.py update_flat)
 DOUBLE_FAULTING = 68  # 1 while delivering #DF (a fault now is a triple fault)
 DELIVERING = 69    # vector being delivered (-1 if none): a fault now is a contributory test
 INSN_EIP = 70      # EIP of the instruction being executed (faults restart here)

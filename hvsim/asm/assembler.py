@@ -56,6 +56,7 @@ for _n, _r in enumerate(T.SREG):
     REGISTERS[_r] = ("sreg", _n)
 for _n in range(8):
     REGISTERS[f"cr{_n}"] = ("cr", _n)
+    REGISTERS[f"dr{_n}"] = ("dr", _n)
 
 SIZE_WORDS = {"byte": 8, "word": 16, "dword": 32, "qword": 64, "fword": 48, "far": 48}
 DIST_WORDS = ("short", "near")
@@ -73,6 +74,7 @@ KIND_TEXT = {
     "Mp": "a far memory operand (far [..])", "Rd": "a 32-bit register",
     "Gb": "an 8-bit register", "Gd": "a 32-bit register", "Zb": "an 8-bit register",
     "Zd": "a 32-bit register", "Cd": "a control register (cr0, cr2, cr3, cr4)",
+    "Dd": "a debug register (dr0-dr7)",
     "Sw": "a segment register", "Ib": "an immediate", "Ibs": "an immediate",
     "Iw": "an immediate", "Id": "an immediate", "Jb": "a jump target", "Jd": "a jump target",
     "Ob": "a memory operand", "Od": "a memory operand", "Ap": "a far pointer sel:offset",
@@ -696,6 +698,8 @@ def _match(kind: str, op) -> bool:
             return op.cls in ("r16", "r32")
         if kind == "Cd":
             return op.cls == "cr"
+        if kind == "Dd":
+            return op.cls == "dr"
         if kind == "Sw":
             return op.cls == "sreg"
         return kind == op.name
@@ -822,7 +826,7 @@ def _encode(form: T.Form, ops: list, st: Stmt, ctx: _Ctx, addr: int) -> list:
     for kind, op in zip(form.ops, ops if not implicit else [None] * len(form.ops)):
         if kind in T.RM_KINDS:
             rm_op = op
-        elif kind in ("Gb", "Gd", "Cd", "Sw"):
+        elif kind in ("Gb", "Gd", "Cd", "Dd", "Sw"):
             reg_field = op.num
             if kind == "Cd" and op.num not in T.CREG:
                 raise _RangeError(f"'{op.name}' is not in hvsim's subset: expected cr0, cr2, "

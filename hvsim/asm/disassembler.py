@@ -181,7 +181,7 @@ def _decode(code, offset: int, address: int):
     jump_rel = None
     for kind in form.ops:
         if kind in T.RM_KINDS:
-            if modrm >> 6 == 3 or kind == "Rd":   # MOV CRn ignores mod (SDM Vol. 2B "MOV")
+            if modrm >> 6 == 3 or kind == "Rd":   # MOV CRn/DRn ignore mod (SDM Vol. 2B "MOV")
                 names = T.REG8 if kind == "Eb" else T.REG16 if kind in ("Ew", "Ewx") else T.REG32
                 texts.append(names[modrm & 7])
             else:
@@ -199,6 +199,8 @@ def _decode(code, offset: int, address: int):
             if reg not in T.CREG:
                 return None
             texts.append(T.CREG[reg])
+        elif kind == "Dd":
+            texts.append(T.DREG[reg])
         elif kind == "Sw":
             if reg >= len(T.SREG):
                 return None

@@ -17,6 +17,7 @@ narrowed to 32-bit operand size:
     Rd  ModRM r/m register     mod bits ignored (MOV to/from CRn, SDM Vol. 2B "MOV")
     G*  ModRM reg field        Gb r8, Gd r32
     Cd  ModRM reg = CRn        Sw  ModRM reg = segment register
+    Dd  ModRM reg = DRn (MOV to/from debug registers; mod bits ignored as for CRn)
     Z*  register in opcode     low 3 bits (B0+r, B8+r, 50+r, ...)
     I*  immediate              Ib, Iw, Id unsigned; Ibs imm8 sign-extended to 32 bits
     J*  relative target        Jb rel8, Jd rel32
@@ -44,6 +45,7 @@ REG16 = ("ax", "cx", "dx", "bx", "sp", "bp", "si", "di")
 REG32 = ("eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi")
 SREG = ("es", "cs", "ss", "ds", "fs", "gs")           # Sreg field 6, 7 are reserved
 CREG = {0: "cr0", 2: "cr2", 3: "cr3", 4: "cr4"}       # the control registers in the subset
+DREG = tuple(f"dr{n}" for n in range(8))              # DR4/DR5: aliases of DR6/DR7, or #UD
 
 # Prefix bytes (SDM Vol. 2A, 2.1.1).
 SEG_PREFIX = {0x26: "es", 0x2E: "cs", 0x36: "ss", 0x3E: "ds", 0x64: "fs", 0x65: "gs"}
@@ -73,7 +75,7 @@ MEM_BITS = {
     "Mp": 48, "Ob": 8, "Od": 32, "Xb": 8, "Xd": 32, "Yb": 8, "Yd": 32,
 }
 MODRM_KINDS = frozenset(("Eb", "Ed", "Ew", "Ewx", "Ewd", "M", "Mb", "Mq", "Mp", "Rd",
-                         "Gb", "Gd", "Cd", "Sw"))
+                         "Gb", "Gd", "Cd", "Dd", "Sw"))
 RM_KINDS = frozenset(("Eb", "Ed", "Ew", "Ewx", "Ewd", "M", "Mb", "Mq", "Mp", "Rd"))
 MEM_ONLY_KINDS = frozenset(("M", "Mb", "Mq", "Mp"))
 IMM_KINDS = frozenset(("Ib", "Ibs", "Iw", "Id"))
@@ -161,6 +163,8 @@ def _build() -> list:
     add(_f("mov", [0xC7], 0, ("Ed", "Id")))
     add(_f("mov", [0x0F, 0x20], None, ("Rd", "Cd")))
     add(_f("mov", [0x0F, 0x22], None, ("Cd", "Rd")))
+    add(_f("mov", [0x0F, 0x21], None, ("Rd", "Dd")))
+    add(_f("mov", [0x0F, 0x23], None, ("Dd", "Rd")))
     add(_f("movzx", [0x0F, 0xB6], None, ("Gd", "Eb")))
     add(_f("movzx", [0x0F, 0xB7], None, ("Gd", "Ew")))
     add(_f("movsx", [0x0F, 0xBE], None, ("Gd", "Eb")))
@@ -266,6 +270,7 @@ def _build() -> list:
     add(_f("retf", [0xCA], None, ("Iw",)))
     add(_f("int3", [0xCC], None, ()))
     add(_f("int", [0xCD], None, ("Ib",)))
+    add(_f("into", [0xCE], None, ()))
     add(_f(("iretd", "iret"), [0xCF], None, ()))
     # --- string operations (F3 = REP) ---
     add(_f("movsb", [0xA4], None, ("Yb", "Xb"), flags=("rep",)))
@@ -287,7 +292,8 @@ def _build() -> list:
     add(_f("out", [0xEF], None, ("dx", "eax")))
     # --- system instructions (SDM Vol. 2, group 6 = 0F 00, group 7 = 0F 01) ---
     for opc, name in (((0x0F, 0x0B), "ud2"), ((0x0F, 0xA2), "cpuid"), ((0x0F, 0x31), "rdtsc"),
-                      ((0x0F, 0x32), "rdmsr"), ((0x0F, 0x30), "wrmsr"), ((0x0F, 0x06), "clts")):
+                      ((0x0F, 0x32), "rdmsr"), ((0x0F, 0x30), "wrmsr"), ((0x0F, 0x06), "clts"),
+                      ((0x0F, 0x08), "invd"), ((0x0F, 0x09), "wbinvd")):
         add(_f(name, opc, None, ()))
     add(_f("sgdt", [0x0F, 0x01], 0, ("M",)))
     add(_f("sidt", [0x0F, 0x01], 1, ("M",)))

@@ -138,7 +138,10 @@ OP_MOVZX = 66      # 0F B6 B7
 OP_MOVSX = 67      # 0F BE BF
 OP_VMX = 68        # 0F 78 79 C7 (and the VMX forms of 0F 01, decoded in group 7)
 OP_UD2 = 69        # 0F 0B
-N_OPS = 70
+OP_INTO = 70       # CE
+OP_MOV_DR = 71     # 0F 21, 0F 23
+OP_INVD = 72       # 0F 08 INVD, 0F 09 WBINVD
+N_OPS = 73
 
 # immediate kinds
 IMM_NONE = 0
@@ -216,6 +219,7 @@ _add([0xCA], OP_RETF, 0, IMM_W, 4)
 _add([0xCB], OP_RETF, 0, IMM_NONE, 4)
 _add([0xCC], OP_INT3, 0, IMM_NONE, 4)
 _add([0xCD], OP_INT, 0, IMM_B, 4)
+_add([0xCE], OP_INTO, 0, IMM_NONE, 4)
 _add([0xCF], OP_IRET, 0, IMM_NONE, 4)
 _add([0xD0, 0xD2], OP_GRP2, 1, IMM_NONE, 1)
 _add([0xD1, 0xD3], OP_GRP2, 1, IMM_NONE, 4)
@@ -247,8 +251,10 @@ _add([0x101], OP_GRP7, 1, IMM_NONE, 4)
 _add([0x102], OP_LAR, 1, IMM_NONE, 4)
 _add([0x103], OP_LSL, 1, IMM_NONE, 4)
 _add([0x106], OP_CLTS, 0, IMM_NONE, 4)
+_add([0x108, 0x109], OP_INVD, 0, IMM_NONE, 4)
 _add([0x10B], OP_UD2, 0, IMM_NONE, 4)
 _add([0x120, 0x122], OP_MOV_CR, 1, IMM_NONE, 4)
+_add([0x121, 0x123], OP_MOV_DR, 1, IMM_NONE, 4)
 _add([0x130], OP_WRMSR, 0, IMM_NONE, 4)
 _add([0x131], OP_RDTSC, 0, IMM_NONE, 4)
 _add([0x132], OP_RDMSR, 0, IMM_NONE, 4)
@@ -412,7 +418,7 @@ def decode(mem, st, tlb, dc, row, lin, pa):
         mod = modrm >> 6
         reg = (modrm >> 3) & 7
         r = modrm & 7
-        if mod == 3 or opc == 0x120 or opc == 0x122:   # MOV CRn ignores mod (SDM: treated as 11b)
+        if mod == 3 or 0x120 <= opc <= 0x123:          # MOV CRn/DRn ignore mod (SDM: treated as 11b)
             rm = r
         else:
             dsize = 0

@@ -1,9 +1,10 @@
 """Operand access for the CPU core: registers, ModRM memory operands, the stack (jitted).
 
 Every memory operand goes segment -> linear (limit and type checks, hvsim/rings) ->
-physical (paging, hvsim/mmu). When all of CS/SS/DS/ES are flat (``st[FLAT]``), the
-segment step for DS/ES/SS is the identity and is skipped; FS/GS and CS overrides
-always take the checked path.
+physical (paging, hvsim/mmu). When all of CS/SS/DS/ES are flat, DS/ES/SS hold writable
+data segments and alignment checking is off (``st[FLAT]``, hvsim/rings/segments.py
+update_flat), the segment step for DS/ES/SS is the identity and is skipped; FS/GS and
+CS overrides always take the checked path.
 
 8-bit register numbers follow the ModRM encoding: 0-3 are AL CL DL BL (low byte of
 EAX..EBX), 4-7 are AH CH DH BH (byte 1 of EAX..EBX) (SDM Vol. 2A, Table 2-2).

@@ -33,6 +33,8 @@ from hvsim.arch.layout import (
     EXIT_OPSIZE, EXIT_BASE, EXIT_INDEX, EXIT_SCALE, EXIT_DISP, EXIT_IMM, EXIT_IMM2, EXIT_SEG,
     EXIT_PFX, EXIT_EA, EXIT_LINEAR,
 )
+from hvsim.arch.layout import DR6, BLOCKING_BY_MOV_SS
+from hvsim.arch.dr import DR6_BS
 from hvsim.mmu.paging import translate
 from hvsim.arch.pte import ACC_FETCH, ACC_USER
 from hvsim.rings.interrupts import trace_record, EV_FAULT, EV_TRAP, EV_EXTERNAL
@@ -287,6 +289,7 @@ def run(mem, st, tlb, dc, pg, budget, ktab):
         # monitor has completed that instruction, so the trap is due now
         st[STEP_TRAP] = 0
         st[EXIT_SOURCE] = SRC_TRAP
+        st[DR6] |= DR6_BS
         raise_fault(st, DB, -1)
         k = handle_fault(mem, st, tlb, pg, ktab)
         if k != EXIT_NONE:
@@ -398,12 +401,15 @@ def run(mem, st, tlb, dc, pg, budget, ktab):
             st[COUNTERS + C_INSN_RING + cpl] += 1
             st[TSC] += 1
             if shadow != 0:
-                st[INT_SHADOW] = 0
+                st[INT_SHADOW] &= ~shadow     # the previous instruction's; not one this one set
                 st[ATTN] = 1
+            if (st[INT_SHADOW] & BLOCKING_BY_MOV_SS) != 0:
+                tf = 0                        # MOV SS / POP SS: the trap comes after the next insn (SDM 6.8.3)
             if tf != 0 and st[EXIT_KIND] != EXIT_NONE:
                 st[STEP_TRAP] = 1             # exit first; the trap follows in the next run()
             elif tf != 0:                     # single-step trap after the instruction (SDM 17.3.1.4)
                 st[EXIT_SOURCE] = SRC_TRAP
+                st[DR6] |= DR6_BS
                 raise_fault(st, DB, -1)
                 k = handle_fault(mem, st, tlb, pg, ktab)
                 if k != EXIT_NONE:

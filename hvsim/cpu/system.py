@@ -14,15 +14,18 @@ from hvsim._jit import njit
 from hvsim.cpu import alu
 from hvsim.arch.cr import (CR0_PE, CR0_PG, CR0_WP, CR0_TS, CR0_ET, CR0_MP, CR0_EM, CR4_PAE,
                           CR4_PSE, CR4_PGE, CR4_SUPPORTED, CR4_TSD, CR0_CD, CR0_NW, CR0_NE,
-                          CR0_AM)
+                          CR0_AM, CR4_PVI, CR4_DE)
+from hvsim.arch.dr import DR6_BD, DR6_FIXED1, DR6_WRITABLE, DR7_GD, DR7_FIXED1, DR7_WRITABLE
 from hvsim.cpu.decode import F_OPC, F_REG, F_RM, F_SIZE, F_IMM, F_IMM2, F_SEG
 from hvsim.cpu.devices import port_in, port_out
 from hvsim.arch.exits import EXIT_IO
-from hvsim.arch.flags import IF, IOPL_MASK, IOPL_SHIFT, POPF_WRITABLE, RF, VM, FIXED1
+from hvsim.arch.flags import (IF, IOPL_MASK, IOPL_SHIFT, POPF_WRITABLE, RF, VM, FIXED1, VIF, VIP,
+                              OF as FLAG_OF)
 from hvsim.arch.layout import (
     MASK32, EAX, ECX, EDX, EBX, ESP, EIP, EFLAGS, CR0, CR2, CR3, CR4, CPL, TSC, FAULT_PENDING,
     SEG_SEL, SREG_SS, SREG_CS, GDTR_BASE, GDTR_LIMIT, IDTR_BASE, IDTR_LIMIT, LDTR_SEL, TR_SEL,
-    HALTED, INT_SHADOW, ATTN, VIRTUALIZABLE, COUNTERS, INSN_EIP, INSN_LEN,
+    HALTED, INT_SHADOW, BLOCKING_BY_STI, BLOCKING_BY_MOV_SS, ATTN, VIRTUALIZABLE, COUNTERS,
+    INSN_EIP, INSN_LEN, DR0, DR6, DR7,
     EXIT_KIND, EXIT_PORT, EXIT_SIZE, EXIT_DIR, EXIT_VALUE, EXIT_EIP, EXIT_LEN, EXIT_CPL,
     MSR_SYSENTER_CS_SLOT, MSR_SYSENTER_ESP_SLOT, MSR_SYSENTER_EIP_SLOT, MSR_EFER_SLOT,
     MSR_FEATURE_CONTROL_SLOT, FETCH_LIN_PAGE, TIMER_NEXT, ROUTE, ROUTE_HOST, EXIT_SOURCE,
@@ -33,11 +36,11 @@ from hvsim.cpu.operands import (get_reg, set_reg, ea, rm_read, rm_write, mem_rea
                                 push, pop, to_lin)
 from hvsim.cpu.execute import jump
 from hvsim.mmu.paging import tlb_flush, tlb_invlpg
-from hvsim.rings.segments import load_sreg
+from hvsim.rings.segments import load_sreg, update_flat
 from hvsim.rings.interrupts import deliver, EV_SOFTWARE
 from hvsim.rings.transfers import far_jmp, far_call, far_ret, iret
 from hvsim.rings.sysinsn import lar, lsl, verr, verw, ltr, lldt, io_permitted
-from hvsim.arch.vectors import GP, UD, BP
+from hvsim.arch.vectors import GP, UD, BP, DB, OF as VEC_OF
 
 # ---- model-specific registers (SDM Vol. 4, Table 2-2) ---------------------------------
 MSR_TSC = 0x10
@@ -64,6 +67,8 @@ CPUID_EDX_MSR = 1 << 5
 CPUID_EDX_PGE = 1 << 13
 CPUID_EDX_CMOV = 1 << 15
 CPUID_FEATURES_EDX = CPUID_EDX_DE | CPUID_EDX_PSE | CPUID_EDX_TSC | CPUID_EDX_MSR | CPUID_EDX_PGE | CPUID_EDX_CMOV
+# EDX bit 1 (VME) stays 0 although CR4.PVI works: that flag also promises the virtual-8086
+# mode enhancements (CR4.VME), which hvsim refuses (hvsim/arch/cr.py)
 CPUID_FEATURES_ECX = 0   # bit 5 (VMX) is reported once VT-x is modelled
 
 # CR0 bits software may set (the rest are reserved: #GP(0)); ET is hard-wired to 1.
@@ -117,6 +122,7 @@ def op_popf(mem, st, tlb, pg, dc, row):         # 9D POPFD
     if cpl > ((old & IOPL_MASK) >> IOPL_SHIFT):
         writable &= ~IF
     st[EFLAGS] = ((old & ~writable) | (v & writable) | FIXED1) & ~RF & MASK32
+    update_flat(st)                              # AC may have changed (alignment checking)
     st[ATTN] = 1                                 # IF may have changed
 
 
@@ -127,8 +133,20 @@ def _above_iopl(st):
 
 
 @njit
+def _pvi(st):
+    """Protected-mode virtual interrupts apply: CR4.PVI = 1 and CPL = 3 (SDM Vol. 3A, 20.4).
+    Then CLI and STI above IOPL clear and set EFLAGS.VIF instead of raising #GP(0), so
+    a deprivileged kernel's interrupt flag can live in VIF, with VIP telling it that an
+    interrupt waits (set by a monitor: no instruction sets VIP)."""
+    return (st[CR4] & CR4_PVI) != 0 and st[CPL] == 3
+
+
+@njit
 def op_cli(mem, st, tlb, pg, dc, row):          # FA: CLI needs CPL <= IOPL (else #GP(0))
     if _above_iopl(st):
+        if _pvi(st):                             # SDM Vol. 2A CLI "Operation": VIF := 0
+            st[EFLAGS] &= ~VIF
+            return
         raise_fault(st, GP, 0)
         return
     st[EFLAGS] &= ~IF
@@ -137,10 +155,13 @@ def op_cli(mem, st, tlb, pg, dc, row):          # FA: CLI needs CPL <= IOPL (els
 @njit
 def op_sti(mem, st, tlb, pg, dc, row):          # FB: STI; interrupts wait one instruction
     if _above_iopl(st):
+        if _pvi(st) and (st[EFLAGS] & VIP) == 0:  # SDM Vol. 2B STI "Operation": VIF := 1;
+            st[EFLAGS] |= VIF                    # with VIP = 1, #GP(0) lets the monitor deliver
+            return
         raise_fault(st, GP, 0)
         return
     if (st[EFLAGS] & IF) == 0:
-        st[INT_SHADOW] = 2                       # SDM 6.8.3: blocked until after the next instruction
+        st[INT_SHADOW] = BLOCKING_BY_STI         # SDM 6.8.3: blocked until after the next instruction
     st[EFLAGS] |= IF
     st[ATTN] = 1
 
@@ -231,6 +252,14 @@ def op_int(mem, st, tlb, pg, dc, row):          # CD ib: INT n (trap: pushes the
 @njit
 def op_int3(mem, st, tlb, pg, dc, row):         # CC: INT3, vector 3 with the INT n DPL check
     _soft_int(mem, st, tlb, pg, BP)
+
+
+@njit
+def op_into(mem, st, tlb, pg, dc, row):         # CE: INTO, #OF (vector 4) as a trap if OF = 1
+    # SDM Vol. 2A INT n/INTO/INT3/INT1: with OF = 0 nothing happens; with OF = 1 it is a
+    # software interrupt 4, with INT n's gate-DPL check, pushing the next EIP
+    if (st[EFLAGS] & FLAG_OF) != 0:
+        _soft_int(mem, st, tlb, pg, VEC_OF)
 
 
 @njit
@@ -331,7 +360,7 @@ def op_mov_to_sreg(mem, st, tlb, pg, dc, row):    # 8E: MOV Sreg, r/m16 (not CS)
         return
     load_sreg(mem, st, tlb, pg, s, sel)
     if st[FAULT_PENDING] == 0 and s == SREG_SS:
-        st[INT_SHADOW] = 2                       # SDM 6.8.3: MOV SS blocks interrupts for one insn
+        st[INT_SHADOW] = BLOCKING_BY_MOV_SS      # SDM 6.8.3: interrupts and #DB wait one insn
     st[ATTN] = 1
 
 
@@ -369,7 +398,7 @@ def op_pop_sreg(mem, st, tlb, pg, dc, row):
         return
     st[ESP] = (st[ESP] + 4) & MASK32
     if s == SREG_SS:
-        st[INT_SHADOW] = 2
+        st[INT_SHADOW] = BLOCKING_BY_MOV_SS
     st[ATTN] = 1
 
 
@@ -421,6 +450,7 @@ def _write_cr0(mem, st, tlb, value):
     st[CR0] = value
     if ((old ^ value) & (CR0_PG | CR0_WP | CR0_PE)) != 0:
         tlb_flush(st, tlb, 0)
+    update_flat(st)                              # AM may have changed (alignment checking)
     st[FETCH_LIN_PAGE] = -1
     st[ATTN] = 1
 
@@ -546,6 +576,51 @@ def op_mov_cr(mem, st, tlb, pg, dc, row):       # 0F 20 (MOV r32, CRn), 0F 22 (M
         if ((old ^ v) & (CR4_PSE | CR4_PGE)) != 0:
             tlb_flush(st, tlb, 0)
     st[FETCH_LIN_PAGE] = -1
+
+
+@njit
+def op_mov_dr(mem, st, tlb, pg, dc, row):       # 0F 21 (MOV r32, DRn), 0F 23 (MOV DRn, r32)
+    """MOV to/from a debug register (SDM Vol. 2B, MOV--Move to/from Debug Registers).
+
+    #GP(0) at CPL > 0; #DB (a fault, DR6.BD set) when DR7.GD is set -- the processor
+    clears GD as it enters the #DB handler (Vol. 3A, 17.2.4), cleared here as the fault
+    is raised; DR4/DR5 are #UD with CR4.DE = 1 and alias DR6/DR7 otherwise (17.2.2).
+    Checked in Bochs' order: privilege, general detect, DR4/DR5. The mod bits are
+    ignored (treated as 11b). DR6/DR7 keep their reserved bits fixed (hvsim/arch/dr.py).
+    Breakpoints are not modelled: DR0-DR3 and DR7's enables are only stored and read
+    back, and no instruction, data or I/O breakpoint ever fires.
+    """
+    if _priv(st):
+        return
+    if (st[DR7] & DR7_GD) != 0:
+        st[DR6] |= DR6_BD
+        st[DR7] &= ~DR7_GD
+        raise_fault(st, DB, -1)
+        return
+    n = dc[F_REG, row]
+    if n == 4 or n == 5:
+        if (st[CR4] & CR4_DE) != 0:
+            raise_fault(st, UD, -1)
+            return
+        n += 2
+    r = dc[F_RM, row]
+    if dc[F_OPC, row] == 0x121:
+        st[r] = st[DR0 + n]
+        return
+    v = st[r]
+    if n == 6:
+        v = (v & DR6_WRITABLE) | DR6_FIXED1
+    elif n == 7:
+        v = (v & DR7_WRITABLE) | DR7_FIXED1
+    st[DR0 + n] = v
+
+
+@njit
+def op_invd_wbinvd(mem, st, tlb, pg, dc, row):  # 0F 08 INVD, 0F 09 WBINVD: privileged
+    # SDM Vol. 2A INVD, Vol. 2C WBINVD: #GP(0) at CPL > 0. hvsim models no caches (every
+    # access reaches the one memory array), so at CPL 0 there is nothing to invalidate or
+    # write back: both retire as no-ops. (Under VT-x, INVD always exits.)
+    _priv(st)
 
 
 @njit

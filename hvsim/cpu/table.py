@@ -71,7 +71,8 @@ HANDLERS = {
     D.OP_CMOV: X.op_cmov, D.OP_SETCC: X.op_setcc, D.OP_LAR: S.op_lar_lsl,
     D.OP_LSL: S.op_lar_lsl, D.OP_CLTS: S.op_clts, D.OP_WRMSR: S.op_wrmsr,
     D.OP_RDMSR: S.op_rdmsr, D.OP_RDTSC: S.op_rdtsc, D.OP_CPUID: S.op_cpuid,
-    D.OP_VMX: S.op_vmx, D.OP_UD: S.op_ud, D.OP_UD2: S.op_ud,
+    D.OP_VMX: S.op_vmx, D.OP_UD: S.op_ud, D.OP_UD2: S.op_ud, D.OP_INTO: S.op_into,
+    D.OP_MOV_DR: S.op_mov_dr, D.OP_INVD: S.op_invd_wbinvd,
 }
 
 K_DELIVER = max(v for k, v in vars(D).items() if k.startswith("OP_")) + 1

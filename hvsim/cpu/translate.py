@@ -24,7 +24,8 @@ check that fails ends the block *before* that instruction, which the interpreter
 runs (and faults, walks the page tables, or invalidates decoded code, as the case
 may be):
 
-* memory operands need flat segments (``st[FLAT]``); with paging on, the access must
+* memory operands need ``st[FLAT]`` (flat, writable DS/ES/SS, no alignment checking:
+  hvsim/rings/segments.py update_flat); with paging on, the access must
   stay in one page and hit the TLB with the rights it needs (a write needs D = 1, as
   in hvsim/mmu/paging.py); the physical bytes must lie inside memory;
 * a write must not touch a frame holding decoded code (``PG_CODE``);

@@ -9,14 +9,18 @@ does after a load (SDM Vol. 3A, 3.4.3 and 5.3-5.6).
   checks of SDM Vol. 3A 5.3 and 5.4 (#SS(0) for SS, #GP(0) for the others).
 * ``push32`` / ``pop32``  one dword through SS:ESP at the current CPL.
 * ``load_sreg`` MOV Sreg / POP Sreg for ES, SS, DS, FS, GS (SDM Vol. 2, MOV, "Operation").
-* ``update_flat`` recompute the ``st[FLAT]`` fast-path hint.
+* ``update_flat`` recompute the ``st[FLAT]`` fast-path hint; ``ac_active`` whether
+  alignment checking (#AC) is on.
 * small helpers the gate/return code shares: ``stack_room``, ``stack_avail``,
   ``stack_write``, ``stack_read``, ``load_cache``, ``load_null``, ``null_outer_data``.
 """
 from hvsim._jit import njit
 from hvsim.arch.counters import C_SEG_LOAD
 from hvsim.arch.fault import raise_fault
-from hvsim.arch.layout import (MASK32, ESP, CPL, COUNTERS, FAULT_PENDING, FLAT,
+from hvsim.arch.cr import CR0_AM
+from hvsim.arch.flags import AC as EFLAGS_AC
+from hvsim.arch.vectors import AC as VEC_AC
+from hvsim.arch.layout import (MASK32, ESP, CPL, CR0, EFLAGS, COUNTERS, FAULT_PENDING, FLAT,
                               SEG_SEL, SEG_BASE, SEG_LIMIT, SEG_AR, AR_UNUSABLE, AR_DB,
                               SREG_ES, SREG_CS, SREG_SS, SREG_DS, SREG_FS, SREG_GS)
 from hvsim.mmu.paging import read_lin, write_lin
@@ -51,12 +55,22 @@ def offset_ok(limit, ar, off, size):
 
 
 @njit
+def ac_active(st):
+    """Alignment checking is on: CR0.AM = 1, EFLAGS.AC = 1 and CPL = 3
+    (SDM Vol. 3A, 6.15 "Interrupt 17 -- Alignment Check Exception (#AC)")."""
+    return (st[CR0] & CR0_AM) != 0 and (st[EFLAGS] & EFLAGS_AC) != 0 and st[CPL] == 3
+
+
+@njit
 def seg_lin(st, sreg, off, size, write):
     """Linear address of ``sreg:off`` for a data access of ``size`` bytes.
 
     Faults (vector #SS for SS, #GP for the others, error code 0): unusable (null)
     segment; write to a code segment or to a read-only data segment; read of an
-    execute-only code segment; any byte outside the limit. Returns 0 on a fault."""
+    execute-only code segment; any byte outside the limit. Then #AC(0) when alignment
+    checking is on and the linear address is not a multiple of ``size`` (SDM Vol. 3A,
+    6.15, Table 6-7: a word at an even address, a doubleword at a multiple of 4).
+    Returns 0 on a fault."""
     ar = st[SEG_AR + sreg]
     vec = VEC_SS if sreg == SREG_SS else VEC_GP
     off = off & MASK32
@@ -70,7 +84,11 @@ def seg_lin(st, sreg, off, size, write):
     if bad or not offset_ok(st[SEG_LIMIT + sreg], ar, off, size):
         raise_fault(st, vec, 0)
         return 0
-    return (st[SEG_BASE + sreg] + off) & MASK32
+    lin = (st[SEG_BASE + sreg] + off) & MASK32
+    if (lin & (size - 1)) != 0 and ac_active(st):
+        raise_fault(st, VEC_AC, 0)
+        return 0
+    return lin
 
 
 # --- the stack ------------------------------------------------------------------------------
@@ -178,13 +196,24 @@ def load_null(st, sreg, sel):
 
 @njit
 def update_flat(st):
-    """st[FLAT] = 1 iff CS, SS, DS and ES are usable, base 0, limit 4 GiB, expand-up."""
+    """st[FLAT] = 1 iff an access through DS, ES or SS needs no check before paging.
+
+    That holds when CS, SS, DS and ES are usable, base 0, limit 4 GiB, expand-up, and
+    SS, DS and ES hold *writable data* segments: a flat read-only data segment or a
+    flat code segment in DS/ES still refuses writes (and an execute-only one reads)
+    with #GP(0) (SDM Vol. 3A, 5.5/5.6 type checking), so ``seg_lin`` must see those
+    accesses. Alignment checking (``ac_active``) also needs ``seg_lin``.
+    Every change of a segment cache, CR0.AM, EFLAGS.AC or the CPL calls this."""
     flat = 1
     for sreg in (SREG_CS, SREG_SS, SREG_DS, SREG_ES):
         ar = st[SEG_AR + sreg]
         if (ar & AR_UNUSABLE) or st[SEG_BASE + sreg] != 0 or \
                 st[SEG_LIMIT + sreg] != FLAT_LIMIT or ar_is_expand_down(ar):
             flat = 0
+        elif sreg != SREG_CS and not ar_is_writable_data(ar):
+            flat = 0
+    if ac_active(st):
+        flat = 0
     st[FLAT] = flat
 
 

@@ -22,7 +22,7 @@ from hvsim._jit import njit
 from hvsim.arch.counters import C_IRET, C_PRIV_SWITCH
 from hvsim.arch.fault import raise_fault
 from hvsim.arch.flags import (ARITH, TF, IF, DF, NT, RF, AC, ID, VM, IOPL_MASK, IOPL_SHIFT,
-                             FIXED1)
+                             FIXED1, VIF, VIP)
 from hvsim.arch.layout import (ESP, EIP, EFLAGS, CPL, COUNTERS, FAULT_PENDING,
                               SEG_SEL, SEG_BASE, SEG_LIMIT, SEG_AR, SREG_CS, SREG_SS,
                               AR_UNUSABLE)
@@ -406,13 +406,14 @@ def far_ret(mem, st, tlb, pg, imm16):
 @njit
 def iret_eflags(cur, popped, cpl):
     """EFLAGS after IRET at privilege ``cpl`` (the CPL *before* the return).
-    IF changes only when CPL <= IOPL, IOPL only at CPL 0; VM/VIF/VIP are never loaded
-    (virtual-8086 mode is not modelled)."""
+    IF changes only when CPL <= IOPL; IOPL, VIF and VIP only at CPL 0 (SDM Vol. 2A,
+    IRET "Operation", both RETURN-TO-SAME- and -OUTER-PRIVILEGE-LEVEL). VM is never
+    loaded (virtual-8086 mode is not modelled)."""
     writable = IRET_ALWAYS
     if cpl <= (cur & IOPL_MASK) >> IOPL_SHIFT:
         writable |= IF
     if cpl == 0:
-        writable |= IOPL_MASK
+        writable |= IOPL_MASK | VIF | VIP
     return ((cur & ~writable) | (popped & writable) | FIXED1) & ~VM
 
 
