@@ -37,7 +37,7 @@ from typing import NamedTuple, Optional
 
 from hvsim.arch import layout as L
 from hvsim.asm.disassembler import address_text, fmt_num
-from hvsim.asm.table import (CREG, DECODE_INDEX, MEM_ONLY_KINDS, MEM_SIZE_TEXT, REG8, REG16,
+from hvsim.asm.table import (CREG, DECODE_INDEX, DREG, MEM_ONLY_KINDS, MEM_SIZE_TEXT, REG8, REG16,
                              REG32, RM_KINDS, SREG)
 from hvsim.cpu.decode import OPC_MODRM
 
@@ -164,6 +164,8 @@ def _operand_text(insn: "Instruction", form, kind: str) -> Optional[str]:
         return REG32[insn.reg]
     if kind == "Cd":
         return CREG.get(insn.reg, f"cr{insn.reg}")
+    if kind == "Dd":
+        return DREG[insn.reg]
     if kind == "Sw":
         return SREG[insn.reg] if insn.reg < len(SREG) else f"sreg{insn.reg}"
     if kind in ("Ib", "Iw", "Id"):

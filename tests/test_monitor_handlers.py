@@ -112,6 +112,32 @@ def test_mov_to_and_from_control_registers_use_the_virtual_ones(mon):
         T.emulate_mov_cr(mon, gp("mov", 0x122, length=3, reg=5, rm=1))
 
 
+@handles("mov dr")
+def test_mov_to_and_from_debug_registers_use_the_virtual_ones(mon):
+    """0F 23 /r and 0F 21 /r (SDM Vol. 2B, MOV DRn); DR5 is DR7 with CR4.DE clear (17.2.2)."""
+    cpu = mon.machine.cpu
+    cpu.esi = 0x400401
+    assert T.emulate_mov_dr(mon, gp("mov", 0x123, length=3, reg=7, rm=6)) == \
+        "emulated MOV DR7: virtual DR7 0x400→0x400401"
+    assert mon.vcpu.dr[7] == 0x400401 and cpu.eip == EIP + 3
+    T.emulate_mov_dr(mon, gp("mov", 0x121, length=3, reg=5, rm=2))
+    assert cpu.edx == 0x400401
+    T.emulate_mov_dr(mon, gp("mov", 0x121, length=3, reg=6, rm=3))
+    assert cpu.ebx == 0xFFFF0FF0                                     # DR6's reset value
+    assert T.emulate_mov_dr(mon, gp("mov", 0x121, length=3, reg=6, rm=3, cpl=3)) is None
+
+
+@handles("invd")
+@handles("wbinvd")
+def test_invd_and_wbinvd_are_privileged_no_ops(mon):
+    """SDM Vol. 2A INVD, Vol. 2C WBINVD: #GP(0) at CPL > 0; no caches are modelled."""
+    for name, opc in (("invd", 0x108), ("wbinvd", 0x109)):
+        mon.machine.cpu.eip = 0
+        assert T.HANDLERS[name](mon, gp(name, opc, length=2)) == f"emulated {name.upper()}: no caches to flush"
+        assert mon.machine.cpu.eip == EIP + 2
+        assert T.HANDLERS[name](mon, gp(name, opc, length=2, cpl=3)) is None
+
+
 @handles("out")
 def test_out_reaches_the_virtual_console_and_programs_the_real_timer(mon):
     cpu = mon.machine.cpu

@@ -83,6 +83,7 @@ PUSHF_HIDDEN = RF | VM         # PUSHFD's image has VM and RF cleared (SDM Vol. 
 
 # opcodes (hvsim/cpu/decode.py numbering: 0x100 | second byte for 0F xx)
 OPC_MOV_FROM_CR, OPC_MOV_TO_CR = 0x120, 0x122        # 0F 20 /r, 0F 22 /r (SDM Vol. 2B MOV)
+OPC_MOV_FROM_DR, OPC_MOV_TO_DR = 0x121, 0x123        # 0F 21 /r, 0F 23 /r (SDM Vol. 2B MOV DRn)
 OPC_MOV_FROM_SREG = 0x8C                              # 8C /r
 OPC_PUSH_SREG = (0x06, 0x0E, 0x16, 0x1E, 0x1A0, 0x1A8)  # PUSH ES/CS/SS/DS, 0F A0/A8 FS/GS
 OPC_IO_IMM = (0xE4, 0xE5, 0xE6, 0xE7)                 # IN/OUT with an imm8 port
@@ -206,6 +207,34 @@ def emulate_mov_cr(mon: "TrapAndEmulate", ev: Event) -> Optional[str]:
     return f"emulated MOV from {cr.upper()}: {gpr} = virtual {cr.upper()} = {value:#x}"
 
 
+def emulate_mov_dr(mon: "TrapAndEmulate", ev: Event) -> Optional[str]:
+    """MOV DRn, r32 (0F 23 /r) and MOV r32, DRn (0F 21 /r) on the virtual debug registers.
+    The guest kernel believes CR4.DE is clear, so DR4/DR5 are DR6/DR7 (SDM Vol. 3A, 17.2.2);
+    the real DR7 is the monitor's, so the guest's breakpoints are kept, not armed."""
+    if virtual_cpl(ev.cpl) != 0:
+        return None
+    insn = ev.insn
+    n = {4: 6, 5: 7}.get(insn.reg, insn.reg)
+    cpu, v = mon.machine.cpu, mon.vcpu
+    gpr = insn.rm_name
+    if insn.opcode == OPC_MOV_TO_DR:
+        old, v.dr[n] = v.dr[n], getattr(cpu, gpr)
+        _resume_after(mon, ev)
+        return f"emulated MOV DR{n}: virtual DR{n} {old:#x}→{v.dr[n]:#x}"
+    setattr(cpu, gpr, v.dr[n])
+    _resume_after(mon, ev)
+    return f"emulated MOV from DR{n}: {gpr} = virtual DR{n} = {v.dr[n]:#x}"
+
+
+def emulate_cache_flush(mon: "TrapAndEmulate", ev: Event) -> Optional[str]:
+    """INVD and WBINVD: privileged (SDM Vol. 2A INVD, Vol. 2C WBINVD); the machine models
+    no caches, so at virtual CPL 0 there is nothing to do but go on."""
+    if virtual_cpl(ev.cpl) != 0:
+        return None
+    _resume_after(mon, ev)
+    return f"emulated {ev.insn.mnemonic.upper()}: no caches to flush"
+
+
 def _port(mon: "TrapAndEmulate", insn: Instruction) -> int:
     """The port of IN/OUT: the imm8 (E4-E7) or DX (EC-EF) (SDM Vol. 2A, IN; Vol. 2B, OUT)."""
     return insn.imm if insn.opcode in OPC_IO_IMM else mon.machine.cpu.edx & 0xFFFF
@@ -312,13 +341,17 @@ HANDLERS: dict[str, Callable[["TrapAndEmulate", Event], Optional[str]]] = {
     "cli": emulate_cli, "sti": emulate_sti, "hlt": emulate_hlt, "lidt": emulate_lidt,
     "sidt": emulate_sidt, "mov cr": emulate_mov_cr, "out": emulate_out, "in": emulate_in,
     "pushfd": emulate_pushfd, "popfd": emulate_popfd, "iretd": emulate_iretd,
+    "mov dr": emulate_mov_dr, "invd": emulate_cache_flush, "wbinvd": emulate_cache_flush,
 }
 
 
 def handler_key(insn: Instruction) -> str:
-    """The :data:`HANDLERS` key of ``insn``: its mnemonic, 'mov cr' for MOV to/from CRn."""
+    """The :data:`HANDLERS` key of ``insn``: its mnemonic; 'mov cr' and 'mov dr' for MOV
+    to/from a control or debug register."""
     if insn.opcode in (OPC_MOV_FROM_CR, OPC_MOV_TO_CR):
         return "mov cr"
+    if insn.opcode in (OPC_MOV_FROM_DR, OPC_MOV_TO_DR):
+        return "mov dr"
     return insn.mnemonic
 
 

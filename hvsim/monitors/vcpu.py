@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional
 
+from hvsim.arch.dr import DR6_INIT, DR7_INIT
 from hvsim.arch.flags import IF, IOPL_MASK, IOPL_SHIFT
 
 __all__ = ["VirtualCPU"]
@@ -35,6 +36,7 @@ class VirtualCPU:
     pending: Optional[int] = None
     timer_period: int = 0
     timer_vector: int = 0x20
+    dr: list = dataclasses.field(default_factory=lambda: [0, 0, 0, 0, 0, 0, DR6_INIT, DR7_INIT])
 
     def eflags_image(self, real: int) -> int:
         """The EFLAGS the guest should see: the real one with the virtual IF and IOPL."""
