@@ -187,12 +187,28 @@ def _operand_text(insn: "Instruction", form, kind: str) -> Optional[str]:
     return kind                                  # a fixed register or the constant 1
 
 
+_SEEN: dict = {}          # exit-info fields -> Instruction (immutable: shared freely)
+_SEEN_CAP = 4096
+
+
 def from_exit_info(x: list) -> Optional[Instruction]:
     """The Instruction of an exit-info block read as a list (``st[EXIT_INFO:...]``), or
     None when the exit had no instruction of its own (budget, interrupt, a fault while
     fetching)."""
     if not x[_INSN]:
         return None
+    # a monitor meets the same few trapping instructions over and over: the same fields
+    # (with the same registers behind the address) give the same Instruction
+    key = (*x[_OP:_LIN + 1], x[_LEN], x[_EIP])
+    insn = _SEEN.get(key)
+    if insn is None:
+        if len(_SEEN) >= _SEEN_CAP:
+            _SEEN.clear()
+        insn = _SEEN[key] = _decoded(x)
+    return insn
+
+
+def _decoded(x: list) -> Instruction:
     opc, reg, rm = x[_OPC], x[_REG], x[_RM]
     rm = None if rm < 0 else rm
     mem = None

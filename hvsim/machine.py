@@ -61,6 +61,13 @@ _GPRS = ("eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi")
 _SREGS = ("es", "cs", "ss", "ds", "fs", "gs")
 _SOURCES = ("fault", "trap", "software", "external")
 _LABELS = tuple(k.label for k in sorted(ExitKind))   # exit kind number -> Event.kind
+# offsets in the exit-info block (hvsim/arch/layout.py), for Machine._event
+_X_EIP, _X_CPL, _X_STEPS, _X_LEN, _X_INSN = (s - L.EXIT_INFO for s in (
+    L.EXIT_EIP, L.EXIT_CPL, L.EXIT_STEPS, L.EXIT_LEN, L.EXIT_INSN))
+_X_VECTOR, _X_ERROR, _X_SOURCE, _X_ADDR = (s - L.EXIT_INFO for s in (
+    L.EXIT_VECTOR, L.EXIT_ERROR, L.EXIT_SOURCE, L.EXIT_ADDR))
+_X_PORT, _X_SIZE, _X_DIR, _X_VALUE = (s - L.EXIT_INFO for s in (
+    L.EXIT_PORT, L.EXIT_SIZE, L.EXIT_DIR, L.EXIT_VALUE))
 
 
 class GuestMemoryError(ValueError):
@@ -96,21 +103,22 @@ class GuestMemory(np.ndarray):
             self._on_write()
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(slots=True)
 class Event:
     """Why ``run()`` or ``step()`` stopped.
 
     kind: 'halt', 'exception', 'io', 'budget', 'shutdown', 'bus_error', 'breakpoint',
     'interrupt', 'internal_error' (a kernel of the machine did not complete: ``vector`` is
-    its kernel-table entry, hvsim/cpu/table.py; a bug in hvsim, never the guest's doing). For 'exception': ``vector``, ``error_code`` (None if the vector
-    pushes none), ``source`` ('fault', 'trap', 'software'), ``address`` (#PF: the
-    linear address, also in CR2). ``insn``: the instruction that caused the exit, as
-    the core decoded it (:class:`hvsim.instruction.Instruction`: mnemonic, operand size,
-    registers, memory operand with its effective and linear address, immediate,
-    length), for exceptions raised by an instruction, 'io' and 'halt'; None otherwise. For 'io': ``port``, ``size`` (bytes),
-    ``direction`` ('in'/'out'), ``value`` (what OUT wrote); answer an IN with
-    :meth:`reply`. ``eip`` is the instruction that caused the event (for
-    'budget', the next one to run); ``length`` its size, so a monitor can skip it.
+    its kernel-table entry, hvsim/cpu/table.py -- a bug in hvsim, never the guest's doing).
+    For 'exception': ``vector``, ``error_code`` (None if the vector pushes none),
+    ``source`` ('fault', 'trap', 'software'), ``address`` (#PF: the linear address, also
+    in CR2). For 'io': ``port``, ``size`` (bytes), ``direction`` ('in'/'out'), ``value``
+    (what OUT wrote); answer an IN with :meth:`reply`. ``eip`` is the instruction that
+    caused the event (for 'budget', the next one to run); ``length`` its size, so a
+    monitor can skip it. ``insn``: the instruction that caused the exit, as the core
+    decoded it (:class:`hvsim.instruction.Instruction`: mnemonic, operand size, registers,
+    memory operand with its effective and linear address, immediate, length), for
+    exceptions raised by an instruction, 'io' and 'halt'; None otherwise.
     """
     kind: str
     eip: int
@@ -332,10 +340,14 @@ CPU.tsc = _reg_property(L.TSC, "TSC (64-bit; counts retired instructions)", "tsc
 
 
 def _eip_set(self, v):
-    self._set(L.EIP, v, "eip")
+    st = self._m._st
+    if type(v) is not int or not 0 <= v <= 0xFFFFFFFF:      # fast path: a plain int
+        v = _check_int("eip", v, 0, 0xFFFFFFFF)
+    st[L.EIP] = v
+    st[L.ATTN] = 1
     # the host moved EIP (load(), a monitor skipping an instruction): a CPU sitting in
     # HLT would otherwise stay asleep and never fetch there
-    self._m._st[L.HALTED] = 0
+    st[L.HALTED] = 0
 
 
 CPU.eip = property(lambda self: self._get(L.EIP), _eip_set,
@@ -829,28 +841,26 @@ class Machine:
         # one read of the whole exit-info block (contiguous, hvsim/arch/layout.py): a trap
         # round trip is dominated by Python, and numpy scalar reads cost ~0.1 us each
         x = self._st[L.EXIT_INFO:L.EXIT_INFO + L.EXIT_INFO_SIZE].tolist()
-        b = L.EXIT_INFO
-        ev = Event(_LABELS[kind], x[L.EXIT_EIP - b], x[L.EXIT_CPL - b], x[L.EXIT_STEPS - b],
-                   length=x[L.EXIT_LEN - b], insn=from_exit_info(x), _machine=self)
+        insn = from_exit_info(x) if x[_X_INSN] else None
         if kind == EXIT_EXCEPTION or kind == EXIT_INTERRUPT:
-            ev.vector = v = x[L.EXIT_VECTOR - b]
-            err = x[L.EXIT_ERROR - b]
-            ev.error_code = None if err < 0 else err
-            ev.source = _SOURCES[x[L.EXIT_SOURCE - b]]
-            if v == 14:
-                ev.address = x[L.EXIT_ADDR - b]
+            v, err = x[_X_VECTOR], x[_X_ERROR]
+            ev = Event(_LABELS[kind], x[_X_EIP], x[_X_CPL], x[_X_STEPS], v,
+                       None if err < 0 else err, _SOURCES[x[_X_SOURCE]],
+                       x[_X_ADDR] if v == 14 else None, length=x[_X_LEN], insn=insn,
+                       _machine=self)
         elif kind == EXIT_IO:
-            ev.port = x[L.EXIT_PORT - b]
-            ev.size = x[L.EXIT_SIZE - b]
-            if x[L.EXIT_DIR - b]:
-                ev.direction = "in"
-            else:
-                ev.direction = "out"
-                ev.value = x[L.EXIT_VALUE - b]
-        elif kind == EXIT_BUS_ERROR:
-            ev.address = x[L.EXIT_ADDR - b]
-        elif kind == EXIT_INTERNAL_ERROR:
-            ev.vector = x[L.EXIT_VECTOR - b]      # the kernel-table entry that failed
+            out = not x[_X_DIR]
+            ev = Event(_LABELS[kind], x[_X_EIP], x[_X_CPL], x[_X_STEPS], port=x[_X_PORT],
+                       size=x[_X_SIZE], direction="out" if out else "in",
+                       value=x[_X_VALUE] if out else None, length=x[_X_LEN], insn=insn,
+                       _machine=self)
+        else:
+            ev = Event(_LABELS[kind], x[_X_EIP], x[_X_CPL], x[_X_STEPS], length=x[_X_LEN],
+                       insn=insn, _machine=self)
+            if kind == EXIT_BUS_ERROR:
+                ev.address = x[_X_ADDR]
+            elif kind == EXIT_INTERNAL_ERROR:
+                ev.vector = x[_X_VECTOR]          # the kernel-table entry that failed
         return ev
 
     # ---- snapshots ----------------------------------------------------------------------

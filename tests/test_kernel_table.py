@@ -256,12 +256,11 @@ def test_a_request_waits_for_the_kernel_the_helper_is_compiling_and_for_nothing_
     assert kernels[second] not in in_cache
 
 
-def test_a_handler_that_does_not_return_its_status_ends_the_run_in_an_internal_error(monkeypatch):
+def test_a_handler_that_does_not_return_its_status_ends_the_run_in_an_internal_error():
     """The run loop checks the status every C wrapper returns: a kernel-table entry whose
     call does not return STATUS_OK ends the instruction in an 'internal_error' exit that
     names the entry, with nothing retired -- a failed status is never dropped."""
     import numba
-    from numba import types
     if numba.config.DISABLE_JIT:
         pytest.skip("needs compiled wrappers")
 
@@ -272,8 +271,12 @@ def test_a_handler_that_does_not_return_its_status_ends_the_run_in_an_internal_e
     table.ensure_all()
     m = Machine()
     m.load(assemble("mov eax, 1\ncpuid\nhlt"))
-    monkeypatch.setitem(table.KTAB, D.OP_CPUID, not_ok.address)
-    ev = m.run()
+    saved = int(table.KTAB[D.OP_CPUID])
+    table.KTAB[D.OP_CPUID] = not_ok.address
+    try:
+        ev = m.run()
+    finally:
+        table.KTAB[D.OP_CPUID] = saved
     assert (ev.kind, ev.vector, ev.eip) == ("internal_error", D.OP_CPUID, m.cpu.eip)
     assert m.cpu.eip == 0x1005 and m.counters["instructions"] == 1   # the MOV only
     assert m.counters.exits == {"internal_error": 1}

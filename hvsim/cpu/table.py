@@ -40,6 +40,7 @@ from llvmlite import ir as llir
 from numba import carray, config, types
 from numba.extending import intrinsic
 
+from hvsim._jit import njit
 from hvsim.cpu import decode as D
 from hvsim.cpu import execute as X
 from hvsim.cpu import system as S
@@ -120,6 +121,7 @@ def kernel_of(slot):
 KTAB = np.zeros(TABLE_SIZE, np.int64)
 _BY_ADDRESS = {}      # NUMBA_DISABLE_JIT=1: "addresses" are keys into this
 _WRAPPERS = {}        # kernel -> its compiled C wrapper (numba.cfunc)
+_INLINED = {}         # kernel -> the same kernel, inlined where it is called (its wrapper)
 
 
 def wrapper_function(fn):
@@ -127,9 +129,15 @@ def wrapper_function(fn):
     wrapper: it calls the kernel on arrays viewed from (pointer, length) pairs."""
     kind = "deliver" if fn is interrupts.deliver else "handler"
     name = "c_" + fn.py_func.__name__
+    # The kernel is inlined into its wrapper (numba inlines it in its own IR): one call per
+    # instruction, not two, and the reference counts of the arrays carray makes are
+    # pruned within the one function. (carray needs numba's runtime on in the wrapper.)
+    inlined = _INLINED.get(fn)
+    if inlined is None:
+        inlined = _INLINED[fn] = njit(fn.py_func, inline="always")
     # __name__: numba's disk cache finds the wrapper's globals again through its module
     namespace = {"__name__": __name__, "carray": carray, "DC_SHAPE": DC_SHAPE,
-                 "STATUS_OK": STATUS_OK, "kernel": fn}
+                 "STATUS_OK": STATUS_OK, "kernel": inlined}
     # compiled under this file's name: numba files the wrapper's cache beside this module's
     code = compile(_WRAPPER_SOURCE[kind].format(name=name, kernel="kernel"), __file__, "exec")
     exec(code, namespace)

@@ -49,7 +49,7 @@ class Kill(Exception):
     """Raised inside a handler: the guest cannot go on (the message says why and where)."""
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(slots=True)
 class MonitorEvent(Event):
     """Why a monitor's ``run()``/``step()`` stopped. Besides the machine's kinds: 'killed'
     (the monitor stopped the guest: ``reason`` says what and where) and 'halt' (the guest
