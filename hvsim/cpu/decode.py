@@ -550,6 +550,16 @@ def decode(mem, st, tlb, dc, row, lin, pa):
             op = OP_UD
         elif opc == 0xFF and reg != 0 and reg != 1 and reg != 6:
             op = OP_UD          # CALL/JMP near r/m16 (16-bit EIP) and far m16:16: see OSZ_UD
+        elif op == OP_INC_R or op == OP_DEC_R or op == OP_PUSH_R or op == OP_POP_R:
+            # 66 40+r, 48+r, 50+r, 58+r do what FF /0, FF /1, FF /6 and 8F /0 do on the
+            # register r/m16 (mod = 11): decoded as those, the hot 32-bit handlers of
+            # 40-5F need no operand-size test
+            rm = reg
+            if op == OP_POP_R:
+                op, reg = OP_POP_E, 0
+            else:
+                reg = 0 if op == OP_INC_R else 1 if op == OP_DEC_R else 6
+                op = OP_GRP5
     dc[F_OP, row] = op
     dc[F_LEN, row] = k
     dc[F_OPC, row] = opc

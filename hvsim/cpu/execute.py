@@ -3,8 +3,9 @@
 One handler per instruction family, all with the signature
 ``(mem, st, tlb, pg, dc, row)``; ``dc[:, row]`` is the decoded instruction. Its operand
 size ``dc[F_SIZE, row]`` is 1, 4, or 2 after a 66h prefix (hvsim/cpu/decode.py, OPC_OSZ);
-a 16-bit result replaces only the low word of a register (SDM Vol. 1, 3.4.1.1). The
-32-bit form of each family comes first, so the 16-bit branch costs it one compare. The run loop
+a 16-bit result replaces only the low word of a register (SDM Vol. 1, 3.4.1.1). Handlers
+of a fixed 32-bit size test the size after their 32-bit form; INC/DEC/PUSH/POP r16 reach
+the r/m16 handlers instead (the decoder rewrites them), so 40-5F have no test at all. The run loop
 has already set ``st[EIP]`` to the next instruction; a branch overwrites it, a fault
 leaves it for the run loop to restore. A handler checks ``st[FAULT_PENDING]`` after
 every access that can fault and then returns without touching more state.
@@ -234,32 +235,17 @@ def op_lea(mem, st, tlb, pg, dc, row):          # 8D: LEA r32, m (66: LEA r16, m
 
 
 @njit
-def op_push_r(mem, st, tlb, pg, dc, row):       # 50+r (PUSH ESP pushes the old value)
-    if dc[F_SIZE, row] == 4:
-        push(mem, st, tlb, pg, st[dc[F_REG, row]])
-    else:                                       # 66 50+r: PUSH r16, ESP -= 2
-        push_word(mem, st, tlb, pg, st[dc[F_REG, row]])
+def op_push_r(mem, st, tlb, pg, dc, row):       # 50+r (PUSH ESP: the old ESP; 66 50+r: FF /6)
+    push(mem, st, tlb, pg, st[dc[F_REG, row]])
 
 
 @njit
-def op_pop_r(mem, st, tlb, pg, dc, row):        # 58+r (POP ESP: ESP = value read)
-    if dc[F_SIZE, row] != 4:
-        _pop_r16(mem, st, tlb, pg, dc, row)
-        return
+def op_pop_r(mem, st, tlb, pg, dc, row):        # 58+r (POP ESP: ESP = value read; 66 58+r: 8F /0)
     v = pop(mem, st, tlb, pg)
     if st[FAULT_PENDING] != 0:
         return
     st[ESP] = (st[ESP] + 4) & MASK32
     st[dc[F_REG, row]] = v
-
-
-@njit
-def _pop_r16(mem, st, tlb, pg, dc, row):        # 66 58+r: POP r16, ESP += 2 (POP SP: SP = word read)
-    v = pop_word(mem, st, tlb, pg)
-    if st[FAULT_PENDING] != 0:
-        return
-    st[ESP] = (st[ESP] + 2) & MASK32
-    set_reg(st, dc[F_REG, row], 2, v)
 
 
 @njit
@@ -291,21 +277,15 @@ def op_pop_e(mem, st, tlb, pg, dc, row):        # 8F /0: POP r/m32 (66: POP r/m1
 
 
 @njit
-def op_inc_r(mem, st, tlb, pg, dc, row):        # 40+r (66: INC r16)
+def op_inc_r(mem, st, tlb, pg, dc, row):        # 40+r (66 40+r is decoded as 66 FF /0)
     r = dc[F_REG, row]
-    if dc[F_SIZE, row] == 4:
-        st[r] = alu.inc(st, st[r], 4)
-    else:
-        set_reg(st, r, 2, alu.inc(st, st[r] & 0xFFFF, 2))
+    st[r] = alu.inc(st, st[r], 4)
 
 
 @njit
-def op_dec_r(mem, st, tlb, pg, dc, row):        # 48+r (66: DEC r16)
+def op_dec_r(mem, st, tlb, pg, dc, row):        # 48+r (66 48+r is decoded as 66 FF /1)
     r = dc[F_REG, row]
-    if dc[F_SIZE, row] == 4:
-        st[r] = alu.dec(st, st[r], 4)
-    else:
-        set_reg(st, r, 2, alu.dec(st, st[r] & 0xFFFF, 2))
+    st[r] = alu.dec(st, st[r], 4)
 
 
 @njit
@@ -393,7 +373,7 @@ def op_grp2(mem, st, tlb, pg, dc, row):         # C0 C1 ib, D0 D1 (by 1), D2 D3 
 
 
 @njit
-def op_cdq(mem, st, tlb, pg, dc, row):          # 99 CDQ: EDX = sign of EAX (66 99 CWD: DX = sign of AX)
+def op_cdq(mem, st, tlb, pg, dc, row):          # 99 CDQ: EDX = sign of EAX; 66 99 CWD: DX
     if dc[F_SIZE, row] == 4:
         st[EDX] = MASK32 if (st[EAX] & 0x80000000) != 0 else 0
     else:
@@ -484,7 +464,7 @@ def op_flagop(mem, st, tlb, pg, dc, row):       # F5 CMC, F8 CLC, F9 STC, FC CLD
 
 
 @njit
-def op_string(mem, st, tlb, pg, dc, row):       # A4 MOVSB, A5 MOVSD/MOVSW, AA STOSB, AB STOSD/STOSW (REP)
+def op_string(mem, st, tlb, pg, dc, row):       # A4 MOVSB, A5 MOVSD/W, AA STOSB, AB STOSD/W (REP)
     """One string instruction, or up to REP_CHUNK iterations of its REP form.
 
     ECX/ESI/EDI are committed after each iteration, so a fault in the middle leaves the
