@@ -133,7 +133,7 @@ def encode_form(rng, form):
         elif k in ("Jb", "Jd"):
             v = int(rng.integers(-24, 24)) if rng.random() < 0.85 else _wild32(rng)
             out += (v & ((1 << (8 * n)) - 1)).to_bytes(n, "little")
-        elif k in ("Ob", "Od"):
+        elif k in ("Ob", "Ow", "Od"):
             out += _wild32(rng).to_bytes(4, "little")
         elif k == "Ib" and form.mnemonic in ("in", "out"):
             out.append((0xE9, 0x40, 0x41, 0x80, 0x60, int(rng.integers(256)))[int(rng.integers(6))])

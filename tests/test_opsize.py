@@ -192,3 +192,25 @@ def test_decoded_fields_say_size_2_and_the_imm16():
     fields = [int(m._dc[f, row]) for f in (D.F_OP, D.F_LEN, D.F_SIZE, D.F_IMM)]
     assert fields == [D.OP_MOV_EI, 9, 2, 0x1234]
     assert int(m._dc[D.F_PFX, row]) & D.PFX_OPSIZE
+
+
+def test_the_assembler_table_and_the_decoder_agree_on_where_66h_selects_16_bits():
+    """The 'o16' rows of hvsim/asm/table.py and OPC_OSZ of hvsim/cpu/decode.py describe
+    the same opcodes: what the assembler can write, the CPU runs, and an imm16 row is
+    exactly where the decoder shrinks the "Iz" immediate."""
+    from hvsim.asm.table import FORMS
+    from_table = {}
+    for f in FORMS:
+        if "o16" not in f.flags:
+            continue
+        last = range(8) if f.plus_r else (0,)
+        for r in last:
+            opc = f.opcode[-1] + r
+            key = 0x100 | opc if len(f.opcode) == 2 else opc
+            from_table.setdefault(key, set()).add("Iw" in f.ops)
+    from_decoder = {o for o in range(512) if D.OPC_OSZ[o] in (D.OSZ_16, D.OSZ_IZ)}
+    assert set(from_table) == from_decoder
+    for key, imm16 in from_table.items():
+        if D.OPC_IMM[key] == D.IMM_GRP3:
+            continue                    # F7: only /0 (TEST) has one, sized by the decoder
+        assert (D.OPC_OSZ[key] == D.OSZ_IZ) == (True in imm16), hex(key)
