@@ -409,7 +409,7 @@ def check_event(m, ev, budget, desc):
             assert ev.address == m.cpu.cr2, (ev, desc)
             assert 0 <= ev.error_code <= 0x1F, (ev, desc)
     if ev.kind == "io":
-        assert 0 <= ev.port <= 0xFFFF and ev.size in (1, 4), (ev, desc)
+        assert 0 <= ev.port <= 0xFFFF and ev.size in (1, 2, 4), (ev, desc)
         assert ev.direction in ("in", "out"), (ev, desc)
         assert m.cpu.eip == (ev.eip + ev.length) & MASK32, (ev, desc)
         if ev.direction == "out":
