@@ -289,7 +289,8 @@ _OSZ_ROWS = (
     ([0x81], OSZ_IZ),                   # group 1 r/m16, imm16
     ([0x83, 0x85, 0x87, 0x89, 0x8B, 0x8D, 0x8F], OSZ_16),
     (range(0x90, 0x98), OSZ_16),        # NOP (66 90 = XCHG AX, AX), XCHG AX, r16
-    ([0x99, 0xA1, 0xA3, 0xA5, 0xAB], OSZ_16),   # CWD; MOV AX, moffs (moffs stays 32-bit)
+    ([0x99, 0xA1, 0xA3], OSZ_16),       # CWD; MOV AX, moffs (the moffs stays 32-bit)
+    ([0xA5, 0xAB], OSZ_16),             # MOVSW, STOSW (ESI/EDI step by 2)
     ([0xA9], OSZ_IZ),                   # TEST AX, imm16
     (range(0xB8, 0xC0), OSZ_IZ),        # MOV r16, imm16
     ([0xC1, 0xD1, 0xD3], OSZ_16),       # group 2 r/m16
