@@ -146,15 +146,17 @@ class Event:
         return self.kind
 
     def reply(self, value: int) -> None:
-        """Complete an IN from an unclaimed port: the guest's AL/EAX receives ``value``."""
+        """Complete an IN from an unclaimed port: the guest's AL, AX or EAX (by the
+        access size) receives ``value``; the rest of EAX is kept."""
         if self.kind != "io" or self.direction != "in":
             raise ValueError(f"reply() answers an 'in' io event, not {self.name!r}")
         if self._machine is None:
             raise ValueError("this event is not attached to a machine")
         _check_int("value", value, 0, (1 << (8 * self.size)) - 1)
         cpu = self._machine.cpu
-        if self.size == 1:
-            cpu.eax = (cpu.eax & ~0xFF) | value
+        if self.size < 4:
+            mask = (1 << (8 * self.size)) - 1
+            cpu.eax = (cpu.eax & ~mask & 0xFFFFFFFF) | value
         else:
             cpu.eax = value
 

@@ -442,3 +442,54 @@ def test_documented_choices_for_undefined_flags():
                     assert of == (a >> msb & 1) ^ cf_in
                 if op >= 4:
                     assert not out & AF
+
+
+# --------------------------------------------------------------------------- (1') the 16-bit forms through the CPU
+def test_16_bit_forms_through_the_cpu_against_naive_reference():
+    """The 66h forms decoded and executed by a Machine (decode, handler, operand access),
+    one instruction per run, against the naive reference: the low word of EAX (and DX for
+    MUL/DIV) as the SDM computes it, the upper halves of EAX and EDX kept (SDM Vol. 1,
+    3.4.1.1: a 16-bit operand is the low word of its register), flags as the reference."""
+    from hvsim import Machine
+    from hvsim.arch.layout import EBX, ECX
+    m = Machine()
+    slots, code = [], bytearray()
+    for kind, op in KINDS:
+        insn = encoding(kind, op, 2)
+        slots.append((kind, op, 0x1000 + len(code), len(insn)))
+        code += insn + b"\xf4"                             # each followed by HLT
+    m.memory[0x1000:0x1000 + len(code)] = np.frombuffer(bytes(code), np.uint8)
+    cpu = m.cpu
+    checked = faults = 0
+    for kind, op, addr, n in slots:
+        for a, b, fl, eax, edx in cases(kind, op, 2, 150, seed=addr)[-150:]:
+            if kind in ("mul1", "imul1", "div1", "idiv1"):
+                ebx, ecx = b, 0
+            elif kind == "shift":
+                eax, ebx, ecx = (eax & ~0xFFFF) | a, 0, b
+            else:
+                eax, ebx, ecx = (eax & ~0xFFFF) | a, b | 0xABCD0000, 0   # EBX's top is ignored
+            cpu.eax, cpu.ebx, cpu.ecx, cpu.edx, cpu.eflags = eax, ebx, ecx, edx, fl
+            cpu.eip = addr
+            ev = m.run(max_steps=2)
+            exp = run_ref(kind, op, 2, a, b, fl, eax, edx)
+            ctx = (kind, op, hex(a), hex(b), hex(fl), hex(eax), hex(edx), str(ev))
+            if exp[4] is not None:                         # #DE: nothing changes
+                assert ev.kind == "exception" and ev.vector == exp[4] and ev.eip == addr, ctx
+                assert (cpu.eax, cpu.edx, cpu.eflags) == (eax, edx, fl), ctx
+                faults += 1
+                continue
+            assert ev.kind == "halt" and ev.eip == addr + n, ctx
+            if kind in ("mul1", "imul1", "div1", "idiv1"):
+                want_eax, want_edx = exp[2], exp[3]
+            elif exp[0] is None or (kind == "alu2" and op == 7):
+                want_eax, want_edx = eax, edx              # TEST, CMP write nothing
+            else:
+                want_eax, want_edx = (eax & ~0xFFFF) | exp[0], edx
+            assert (cpu.eax, cpu.edx) == (want_eax, want_edx), ctx
+            assert cpu.ebx == ebx and cpu.ecx == ecx, ctx
+            keep = ~undefined_flags(kind, op, b) & ARITH
+            assert cpu.eflags & keep == exp[1] & keep, (ctx, hex(cpu.eflags), hex(exp[1]))
+            assert cpu.eflags & ~ARITH == fl & ~ARITH, ctx
+            checked += 1
+    assert checked > 3000 and faults > 10

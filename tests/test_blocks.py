@@ -314,3 +314,69 @@ def test_blocks_argument_is_checked():
         Machine(blocks=0)
     with pytest.raises(TypeError, match="blocks"):
         Machine(blocks="yes")
+
+
+# 16-bit operand-size forms (66h): blocks never translate them (translate._classify
+# refuses every prefix but a segment override), so a block ends before each one and the
+# interpreter runs it; the states must still agree with the interpreter-only machine.
+W16 = ["add {w}, {v}", "sub {w}, 0x1234", "inc {w}", "dec word [ebx+{slot}]",
+       "adc word [ebx+{slot}], {w}", "mov {w}, [ebx+{slot}]", "mov [ebx+{slot}], {w}",
+       "push {w}\npush {v}\npop {r}", "shl {w}, 3", "movzx {r}, {w}", "cmovs {w}, {v}",
+       "imul {w}, {v}, 0x1234", "mov {w}, 0x3f8", "xchg {w}, {v}", "neg {w}", "cwd",
+       "test {w}, 0x8000", "lea {w}, [{r}+{s}*2+6]"]
+R16 = {"eax": "ax", "edx": "dx", "esi": "si", "edi": "di", "ebp": "bp"}
+
+
+def random_program_16(rng):
+    labels = []
+    body = []
+    for _ in range(rng.randrange(4, 16)):
+        if rng.random() < 0.4:
+            r, s = rng.choice(FREE), rng.choice(FREE)
+            line = rng.choice(W16).format(r=r, s=s, w=R16[r], v=R16[s], slot=rng.choice(SLOTS))
+            body += line.split("\n")
+        else:
+            body += _insn(rng, labels, True)
+    init = [f"mov {r}, {_imm(rng):#x}" for r in FREE]
+    return "\n".join(["org 0x1000", "start:", "mov esp, 0x90000", f"mov ebx, {DATA:#x}",
+                      f"mov ecx, {rng.randrange(5, 40)}"] + init + ["top:"] + body
+                     + ["dec ecx", "jnz top", "hlt", "near_code: dd 0"])
+
+
+@pytest.mark.parametrize("config", list(CONFIGS))
+def test_16_bit_instructions_give_the_same_state_with_and_without_blocks(config):
+    rng = random.Random(f"blocks16-{config}")
+    before = T.stats["translated"] + T.stats["reused"]
+    for _ in range(15):
+        run_both(assemble(random_program_16(rng)), rng, **CONFIGS[config])
+    assert T.stats["translated"] + T.stats["reused"] > before + 15
+
+
+def test_a_block_ends_before_a_16_bit_instruction():
+    """66 05 iw (ADD AX, imm16; SDM Vol. 2A, ADD) in a hot loop: the block entered at
+    the loop head holds the 32-bit instructions before it and stops there; the
+    interpreter runs it and the twin machines agree (EAX's upper half kept)."""
+    src = """
+        mov ecx, 500
+        mov eax, 0x12340000
+    top:
+        add ebx, ecx
+        xor edx, ebx
+    w16:
+        add ax, 0x0101
+        sub edx, 3
+        dec ecx
+        jnz top
+        hlt
+    """
+    prog = assemble(src)
+    a, b = make(prog, False), make(prog, 3)
+    ea, eb = a.run(), b.run()
+    assert ea == eb and ea.kind == "halt"
+    assert_same(a, b, "16-bit loop")
+    assert b.cpu.eax == 0x12340000 | (500 * 0x0101) & 0xFFFF
+    top, w16 = prog.labels["top"], prog.labels["w16"]
+    assert b._dc[F_BLK, top] > 0                      # the loop head was translated...
+    kinds = [i.opc for i in T.collect(b._dc, top)]
+    assert kinds == [0x01, 0x31]                      # ...up to the 66h instruction
+    assert T.collect(b._dc, w16) == []                # which no block starts with

@@ -10,7 +10,11 @@ flags and DF, the whole 64 KiB data window and the whole stack window must agree
   XCHG, PUSH/POP, the eight ALU operations in every form, TEST, INC/DEC, NEG/NOT,
   MUL/IMUL (1, 2, 3 operands), DIV/IDIV (divisor and dividend arranged so no #DE),
   the shifts and rotates by 1/CL/imm, CDQ, SETcc, CMOVcc, CLC/STC/CMC/CLD/STD,
-  (REP) MOVSB/MOVSD/STOSB/STOSD, PUSHFD/POPFD (ring 0, as both emulators run), NOP.
+  (REP) MOVSB/MOVSD/STOSB/STOSD, PUSHFD/POPFD (ring 0, as both emulators run), NOP;
+  and the 16-bit operand size (66h) of each of these families that has one: MOV,
+  MOVZX/MOVSX r16, LEA r16, XCHG, PUSH/POP r16, m16 and imm (in pairs, so ESP stays
+  dword-aligned), ALU, TEST, INC/DEC, NEG/NOT, MUL/IMUL, DIV/IDIV on DX:AX, shifts and
+  rotates, CWD, CMOVcc r16, (REP) MOVSW/STOSW and 66 90.
 * Looping programs add counted loops (LOOP, JECXZ, DEC/JNZ, CMP/Jcc), forward Jcc
   over blocks (rel8 and rel32), JMP rel/r/m over dead code, CALL rel/r/m to local
   functions ending in RET or RET imm16.
@@ -129,7 +133,7 @@ def _unknown_count_effect(op, width):
         return 0, 0, OF
     if op in ("rcl", "rcr"):
         return CF, 0, OF
-    return 0, 0, OF | AF | (CF if op in ("shl", "shr") and width == 8 else 0)
+    return 0, 0, OF | AF | (CF if op in ("shl", "shr") and width < 32 else 0)
 
 
 class Function:
@@ -338,6 +342,24 @@ class Gen:
         if self.r.random() < 0.5:
             return REG8[self.wr8() if write else self.rd8()]
         return self.mem(1)
+
+    def rm16(self, write=True):
+        """A register or memory r/m16 operand (a written r16 changes its r32's low half)."""
+        if self.r.random() < 0.5:
+            return REG16[self.wr32() if write else self.rd32()]
+        return self.mem(2)
+
+    def imm16(self):
+        k = self.r.random()
+        if k < 0.3:
+            return self.r.choice(EDGE32) & 0xFFFF
+        if k < 0.5:
+            return self.r.randrange(-128, 128) & 0xFFFF
+        return self.r.getrandbits(16)
+
+    def imm16_wide(self):
+        """An imm16 that does not fit a sign-extended byte (so the iw encoding is used)."""
+        return self.r.randrange(0x80, 0xFF80)
 
     # ---- instruction templates (each returns False if it does not apply here) ---------------
     def t_mov(self):
@@ -740,11 +762,219 @@ class Gen:
         self.emit("nop")
         return True
 
+    # ---- the 16-bit operand size (66h) ----------------------------------------------------
+    def t_mov16(self):
+        r = self.r
+        k = r.randrange(10)
+        if k == 0:
+            self.emit(f"mov {self.rm16()}, {REG16[self.rd32()]}")
+        elif k == 1:
+            m = self.mem(2)
+            self.emit(f"mov {REG16[self.wr32()]}, {m}")
+        elif k == 2:                            # moffs forms 66 A1 / 66 A3
+            addr = f"[{DATA + r.randrange(DATA_SIZE - 1):#x}]"
+            if r.random() < 0.5 and self.claim(EAX):
+                self.emit(f"mov ax, {addr}")
+            else:
+                self.emit(f"mov {addr}, ax")
+        elif k == 3:
+            self.emit(f"mov {REG16[self.wr32()]}, {self.imm16():#x}")
+        elif k == 4:
+            self.emit(f"mov {self.mem(2)}, {self.imm16():#x}")
+        elif k == 5:
+            op = r.choice(("movzx", "movsx"))
+            src = self.rm8(False) if r.random() < 0.5 else self.rm16(False)
+            self.emit(f"{op} {REG16[self.wr32()]}, {src}")
+        elif k == 6:
+            parts = [REG32[r.randrange(8)], f"{self.imm32():#x}"]
+            self.emit(f"lea {REG16[self.wr32()]}, [{'+'.join(parts)}]")
+        elif k == 7:
+            a, b = self.wr32(), self.wr32()
+            self.emit(f"xchg {REG16[a]}, {REG16[b]}")
+        elif k == 8:
+            m = self.mem(2)
+            self.emit(f"xchg {m}, {REG16[self.wr32()]}")
+        else:
+            if not self.claim(EAX):
+                return False
+            self.emit(f"xchg ax, {REG16[self.wr32()]}")   # 66 90+r; xchg ax, ax is 66 90
+        return True
+
+    def t_alu16(self):
+        r = self.r
+        op = r.choice(ALU_OPS)
+        reads, defs, undefs = _flag_effect_alu(op)
+        w = op != "cmp"
+        k = r.randrange(6)
+        if k == 0:                                        # 66 01.. Ew, Gw
+            text = f"{op} {self.rm16(w)}, {REG16[self.rd32()]}"
+        elif k == 1:                                      # 66 03.. Gw, Ew
+            m = self.mem(2)
+            text = f"{op} {REG16[self.wr32() if w else self.rd32()]}, {m}"
+        elif k == 2:                                      # 66 05.. AX, Iw
+            if w and not self.claim(EAX):
+                return False
+            text = f"{op} ax, {self.imm16_wide():#x}"
+        elif k == 3:                                      # 66 81 /n Ew, Iw
+            text = f"{op} {self.rm16(w)}, {self.imm16_wide():#x}"
+        elif k == 4:                                      # 66 83 /n Ew, Ib sign-extended
+            text = f"{op} {self.rm16(w)}, {r.randrange(-128, 128)}"
+        else:                                             # 66 03.. Gw, Ew with mod 3
+            g, e = (self.wr32() if w else self.rd32()), self.rd32()
+            text = f"db 0x66, {ALU_OPS.index(op) << 3 | 3:#04x}, {0xC0 | g << 3 | e:#04x}"
+        self.emit(text, reads, defs, undefs)
+        return True
+
+    def t_unary16(self):
+        r = self.r
+        k = r.randrange(7)
+        if k == 0:
+            self.emit(f"test {self.rm16(False)}, {REG16[self.rd32()]}", defs=ARITH & ~AF,
+                      undefs=AF)
+        elif k == 1:
+            self.emit(f"test ax, {self.imm16():#x}", defs=ARITH & ~AF, undefs=AF)
+        elif k == 2:
+            self.emit(f"test {self.rm16(False)}, {self.imm16():#x}", defs=ARITH & ~AF,
+                      undefs=AF)
+        elif k == 3:
+            dst = REG16[self.wr32()] if r.random() < 0.5 else self.mem(2)
+            self.emit(f"{r.choice(('inc', 'dec'))} {dst}", defs=ARITH & ~CF)
+        elif k == 4:
+            op = r.choice(("neg", "not"))
+            self.emit(f"{op} {self.rm16()}", defs=ARITH if op == "neg" else 0)
+        elif k == 5:
+            if not self.claim(EDX):
+                return False
+            self.emit("cwd")
+        else:
+            cc = r.randrange(16)
+            m = self.rm16(False)
+            self.emit(f"cmov{CCS[cc]} {REG16[self.wr32()]}, {m}", reads=CC_READS[cc])
+        return True
+
+    def t_mul16(self):
+        r = self.r
+        k = r.randrange(4)
+        if k < 2:                                         # 66 F7 /4 /5: DX:AX = AX * r/m16
+            if not self.claim(EAX, EDX):
+                return False
+            text = f"{('mul', 'imul')[k]} {self.rm16(False)}"
+        elif k == 2:                                      # 66 0F AF
+            m = self.rm16(False)
+            text = f"imul {REG16[self.wr32()]}, {m}"
+        else:                                             # 66 6B / 66 69
+            m = self.rm16(False)
+            imm = r.randrange(-128, 128) if r.random() < 0.5 else self.imm16()
+            text = f"imul {REG16[self.wr32()]}, {m}, {imm:#x}"
+        self.emit(text, defs=CF | OF, undefs=SF | ZF | AF | PF)
+        return True
+
+    def t_div16(self):
+        """DIV/IDIV r/m16 of DX:AX with a divisor and dividend that raise no #DE."""
+        r = self.r
+        op = r.choice(("div", "idiv"))
+        if not self.claim(EAX, EDX):
+            return False
+        if op == "div":
+            d = r.choice((r.randrange(1, 256), r.randrange(1, 1 << 16)))
+            self.emit(f"mov dx, {r.choice((0, r.randrange(d))):#x}")
+        elif r.random() < 0.5:
+            d = r.choice((r.randrange(2, 0x8000), -r.randrange(2, 0x8001)))
+            self.emit("cwd")
+        else:
+            d = r.choice((r.randrange(8, 0x8000), -r.randrange(8, 0x8001)))
+            hi = r.randrange(-(abs(d) // 4), abs(d) // 4)
+            self.emit(f"mov dx, {hi & 0xFFFF:#x}")
+        if r.random() < 0.5:
+            cands = [x for x in (ECX, EBX, EBP, ESI, EDI) if x not in self.protect]
+            if not cands:
+                return False
+            x = r.choice(cands)
+            self.written.add(x)
+            self.emit(f"mov {REG16[x]}, {d & 0xFFFF:#x}")
+            src = REG16[x]
+        else:
+            saved = set(self.protect)
+            self.protect |= {EAX, EDX}
+            src = self.mem(2)
+            self.protect = saved
+            self.emit(f"mov {src}, {d & 0xFFFF:#x}")
+        self.emit(f"{op} {src}", undefs=ARITH)
+        return True
+
+    def t_shift16(self):
+        r = self.r
+        op = r.choice(SHIFT_OPS)
+        k = r.randrange(3)
+        count = None
+        saved = set(self.protect)
+        if k == 0:
+            count = 1
+        elif k == 1:
+            count = r.choice((r.randrange(32), r.randrange(256)))
+        elif r.random() < 0.7 and self.claim(ECX):
+            count = r.choice((r.randrange(32), r.randrange(256)))
+            self.emit(f"mov cl, {count}")
+            self.protect.add(ECX)
+        dst = self.rm16()
+        self.protect = saved
+        src = (1, count, "cl")[k]
+        eff = _unknown_count_effect(op, 16) if count is None else _flag_effect_shift(op, count, 16)
+        self.emit(f"{op} {dst}, {src}", *eff)
+        return True
+
+    def t_string16(self):
+        r = self.r
+        op = r.choice(("movsw", "stosw"))
+        movs = op == "movsw"
+        if not self.claim(*((ECX, EDI, ESI) if movs else (ECX, EDI))):
+            return False
+        rep = r.random() < 0.7
+        for reg in ((ESI, EDI) if movs else (EDI,)):
+            self.emit(f"mov {REG32[reg]}, {DATA + r.randrange(0x2000, DATA_SIZE - 0x2000):#x}")
+        if rep:
+            self.emit(f"mov ecx, {r.choice((0, 1, r.randrange(0x200), r.randrange(0xC00)))}")
+        self.emit(("rep " if rep else "") + op)
+        return True
+
+    def t_stack16(self):
+        """Two 16-bit pushes or two 16-bit pops: ESP moves by one dword in all."""
+        r = self.r
+        if r.random() < 0.5:
+            if not self._stack_room(1):
+                return False
+            for _ in range(2):
+                k = r.randrange(4)
+                if k == 0:
+                    self.emit(f"push {REG16[self.rd32()]}")   # PUSH SP pushes the old SP
+                elif k == 1:
+                    self.emit(f"push word {r.randrange(-128, 128)}")
+                elif k == 2:
+                    self.emit(f"push word {self.imm16_wide():#x}")
+                else:
+                    self.emit(f"push {self.mem(2)}")
+            self.depth += 1
+        else:
+            if not self._stack_room(-1):
+                return False
+            for _ in range(2):
+                dst = REG16[self.wr32()] if r.random() < 0.5 else self.mem(2)
+                self.emit(f"pop {dst}")
+            self.depth -= 1
+        return True
+
+    def t_nop16(self):
+        self.emit("xchg ax, ax")                          # 66 90: NOP
+        return True
+
     STRAIGHT = (("t_mov", 12), ("t_movx", 4), ("t_lea", 4), ("t_xchg", 3), ("t_push", 4),
                 ("t_pop", 4), ("t_esp_adjust", 1), ("t_base_adjust", 2), ("t_alu", 16),
                 ("t_test", 3), ("t_incdec", 3), ("t_negnot", 3), ("t_mul", 4), ("t_div", 3),
                 ("t_shift", 8), ("t_cdq", 1), ("t_setcc", 3), ("t_cmov", 3), ("t_flagop", 2),
-                ("t_string", 3), ("t_pushpopf", 2), ("t_nop", 1))
+                ("t_string", 3), ("t_pushpopf", 2), ("t_nop", 1),
+                ("t_mov16", 6), ("t_alu16", 8), ("t_unary16", 5), ("t_mul16", 2),
+                ("t_div16", 2), ("t_shift16", 4), ("t_string16", 1), ("t_stack16", 2),
+                ("t_nop16", 1))
 
     def step(self, table=STRAIGHT):
         names = [n for n, _ in table]

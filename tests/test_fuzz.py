@@ -133,7 +133,7 @@ def encode_form(rng, form):
         elif k in ("Jb", "Jd"):
             v = int(rng.integers(-24, 24)) if rng.random() < 0.85 else _wild32(rng)
             out += (v & ((1 << (8 * n)) - 1)).to_bytes(n, "little")
-        elif k in ("Ob", "Od"):
+        elif k in ("Ob", "Ow", "Od"):
             out += _wild32(rng).to_bytes(4, "little")
         elif k == "Ib" and form.mnemonic in ("in", "out"):
             out.append((0xE9, 0x40, 0x41, 0x80, 0x60, int(rng.integers(256)))[int(rng.integers(6))])
@@ -409,7 +409,7 @@ def check_event(m, ev, budget, desc):
             assert ev.address == m.cpu.cr2, (ev, desc)
             assert 0 <= ev.error_code <= 0x1F, (ev, desc)
     if ev.kind == "io":
-        assert 0 <= ev.port <= 0xFFFF and ev.size in (1, 4), (ev, desc)
+        assert 0 <= ev.port <= 0xFFFF and ev.size in (1, 2, 4), (ev, desc)
         assert ev.direction in ("in", "out"), (ev, desc)
         assert m.cpu.eip == (ev.eip + ev.length) & MASK32, (ev, desc)
         if ev.direction == "out":

@@ -189,6 +189,11 @@ IO_CASES = [
     ("out 0x7e, eax", 0x7E, 4, "out"),       # 0x7E..0x81: 0x81 is set
     ("mov edx, 0x7d\nin eax, dx", 0x7D, 4, "in"),
     ("mov edx, 0x80\nin eax, dx", 0x80, 4, "in"),
+    # 16-bit operand size (66h): two ports, two bitmap bits
+    ("out 0x7f, ax", 0x7F, 2, "out"),        # 0x7F, 0x80: clear, in two bitmap bytes
+    ("out 0x80, ax", 0x80, 2, "out"),        # 0x81 is set
+    ("mov edx, 0x7b\nin ax, dx", 0x7B, 2, "in"),
+    ("mov edx, 0x7c\nin ax, dx", 0x7C, 2, "in"),
 ]
 
 

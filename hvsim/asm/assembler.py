@@ -19,11 +19,17 @@ for this subset:
   base;
 * ``EB``/``70+cc`` rel8 jumps whenever the target is within reach.
 
+16-bit operands (``mov ax, 5``, ``add word [ebx], cx``, ``in ax, dx``) select the
+table's 66h rows, as NASM does in ``bits 32``; ``push word 5`` pushes a word
+(a bare ``push 5`` a dword).  An operand size that no form of the mnemonic
+takes is named in the error ("16-bit operand 'ax' is not supported by 'jmp'").
+
 Differences from NASM, on purpose: no 66h prefix is ever emitted for the
 16-bit-looking system forms (``mov ax, ds``, ``sldt ax`` assemble like
-``mov eax, ds``, ``sldt eax``: the 32-bit forms, which write all of EAX);
-``push``/``pop``/``jmp``/``call`` accept an unsized memory operand when the
-subset has only one size for it (NASM asks for ``dword``); a scale of 3, 5
+``mov eax, ds``, ``sldt eax``: the 32-bit forms, which write all of EAX; the
+CPU leaves 66h on them outside its subset);
+``push``/``pop``/``jmp``/``call`` accept an unsized memory operand as a dword
+(NASM asks for ``dword``); a scale of 3, 5
 or 9 is an error rather than split.  ``org`` before any code sets the origin;
 a later ``org`` pads forward with zeros.  capstone's own spellings are
 accepted too, so its output re-assembles: ``dword ptr fs:[eax]``,
@@ -62,7 +68,9 @@ SIZE_WORDS = {"byte": 8, "word": 16, "dword": 32, "qword": 64, "fword": 48, "far
 DIST_WORDS = ("short", "near")
 DATA_UNITS = {"db": 1, "dw": 2, "dd": 4}
 UNSUPPORTED_PREFIXES = {"lock": "LOCK", "repne": "REPNE (F2)", "repnz": "REPNE (F2)",
-                        "o16": "the 66h operand-size prefix", "a16": "the 67h address-size prefix"}
+                        "o16": "a written o16 prefix (16-bit operands such as ax or word [..] "
+                               "add the 66h prefix themselves)",
+                        "a16": "the 67h address-size prefix"}
 REP_WORDS = ("rep", "repe", "repz")
 
 # What each operand kind wants, in words, for error messages.
@@ -73,8 +81,9 @@ KIND_TEXT = {
     "Mb": "a memory operand", "Mq": "a qword memory operand",
     "Mp": "a far memory operand (far [..])", "Rd": "a 32-bit register",
     "Gb": "an 8-bit register", "Gd": "a 32-bit register", "Zb": "an 8-bit register",
-    "Zd": "a 32-bit register", "Cd": "a control register (cr0, cr2, cr3, cr4)",
-    "Dd": "a debug register (dr0-dr7)",
+    "Zd": "a 32-bit register", "Gw": "a 16-bit register", "Zw": "a 16-bit register",
+    "Ibw": "an immediate", "Ow": "a memory operand", "Xw": "[esi]", "Yw": "es:[edi]",
+    "Cd": "a control register (cr0, cr2, cr3, cr4)", "Dd": "a debug register (dr0-dr7)",
     "Sw": "a segment register", "Ib": "an immediate", "Ibs": "an immediate",
     "Iw": "an immediate", "Id": "an immediate", "Jb": "a jump target", "Jd": "a jump target",
     "Ob": "a memory operand", "Od": "a memory operand", "Ap": "a far pointer sel:offset",
@@ -690,6 +699,8 @@ def _match(kind: str, op) -> bool:
     if isinstance(op, Reg):
         if kind in ("Eb", "Gb", "Zb"):
             return op.cls == "r8"
+        if kind in ("Gw", "Zw"):
+            return op.cls == "r16"
         if kind in ("Ed", "Gd", "Zd", "Rd"):
             return op.cls == "r32"
         if kind == "Ew":
@@ -710,17 +721,17 @@ def _match(kind: str, op) -> bool:
             return op.size != 48
         if kind == "Mp":
             return op.size == 48
-        if kind in ("Ob", "Od"):
+        if kind in ("Ob", "Ow", "Od"):
             return op.base is None and op.index is None and op.size in (None, T.MEM_BITS[kind])
-        if kind in ("Xb", "Xd"):
+        if kind in ("Xb", "Xw", "Xd"):
             return (op.base == "esi" and op.index is None and op.disp is None
                     and op.size in (None, T.MEM_BITS[kind]))
-        if kind in ("Yb", "Yd"):
+        if kind in ("Yb", "Yw", "Yd"):
             return (op.base == "edi" and op.index is None and op.disp is None
                     and op.seg in (None, "es") and op.size in (None, T.MEM_BITS[kind]))
         return False
     if isinstance(op, Imm):
-        if kind in ("Ib", "Ibs"):
+        if kind in ("Ib", "Ibs", "Ibw"):
             return op.size in (None, 8) and op.dist is None
         if kind == "Iw":
             return op.size in (None, 16) and op.dist is None
@@ -739,8 +750,9 @@ def _match(kind: str, op) -> bool:
 
 
 def _implicit_ok(form: T.Form) -> bool:
-    """String instructions may be written bare: ``movsb``, ``stosd``."""
-    return bool(form.ops) and all(k in ("Xb", "Xd", "Yb", "Yd", "al", "eax") for k in form.ops)
+    """String instructions may be written bare: ``movsb``, ``stosw``, ``stosd``."""
+    return bool(form.ops) and all(k in ("Xb", "Xw", "Xd", "Yb", "Yw", "Yd", "al", "ax", "eax")
+                                  for k in form.ops)
 
 
 class _RangeError(Exception):
@@ -760,6 +772,15 @@ def _imm(kind: str, op: Imm, ctx: _Ctx, line: _Line) -> bytes:
         if not -(1 << 31) <= value <= MASK32:
             raise _RangeError(f"immediate {value} out of range for 32 bits", op.col)
         s = _signed32(value)
+        if known and not -128 <= s <= 127:
+            raise _RangeError(f"immediate {value} does not fit a sign-extended byte "
+                              "(-128..127)", op.col)
+        return bytes([s & 0xFF])
+    if kind == "Ibw":                    # imm8 sign-extended to a 16-bit operand
+        if not -(1 << 15) <= value <= 0xFFFF:
+            raise _RangeError(f"immediate {value} out of range for a word (-32768..65535)",
+                              op.col)
+        s = ((value & 0xFFFF) ^ 0x8000) - 0x8000
         if known and not -128 <= s <= 127:
             raise _RangeError(f"immediate {value} does not fit a sign-extended byte "
                               "(-128..127)", op.col)
@@ -826,7 +847,7 @@ def _encode(form: T.Form, ops: list, st: Stmt, ctx: _Ctx, addr: int) -> list:
     for kind, op in zip(form.ops, ops if not implicit else [None] * len(form.ops)):
         if kind in T.RM_KINDS:
             rm_op = op
-        elif kind in ("Gb", "Gd", "Cd", "Dd", "Sw"):
+        elif kind in ("Gb", "Gw", "Gd", "Cd", "Dd", "Sw"):
             reg_field = op.num
             if kind == "Cd" and op.num not in T.CREG:
                 raise _RangeError(f"'{op.name}' is not in hvsim's subset: expected cr0, cr2, "
@@ -834,16 +855,16 @@ def _encode(form: T.Form, ops: list, st: Stmt, ctx: _Ctx, addr: int) -> list:
             if kind == "Sw" and "sregdst" in form.flags and op.name == "cs":
                 raise _RangeError("mov cannot load cs (that is #UD): expected es, ss, ds, fs "
                                   "or gs; change cs with a far jmp", op.col)
-        elif kind in ("Zb", "Zd"):
+        elif kind in ("Zb", "Zw", "Zd"):
             opcode[-1] += op.num
-        elif kind in ("Ib", "Ibs", "Iw", "Id", "Jb", "Jd", "Ob", "Od", "Ap"):
+        elif kind in ("Ib", "Ibs", "Ibw", "Iw", "Id", "Jb", "Jd", "Ob", "Ow", "Od", "Ap"):
             tail.append((kind, op))
         elif kind == "1":
             if ctx.eval(op.expr, line) != (1, True):
                 return []
-        elif kind in ("Xb", "Xd") and op is not None:
+        elif kind in ("Xb", "Xw", "Xd") and op is not None:
             seg = op.seg
-    if tail and tail[0][0] in ("Ob", "Od"):
+    if tail and tail[0][0] in ("Ob", "Ow", "Od"):
         seg = tail[0][1].seg
     variants = [b""]
     if form.modrm is not None:
@@ -865,7 +886,7 @@ def _encode(form: T.Form, ops: list, st: Stmt, ctx: _Ctx, addr: int) -> list:
     fixed_tail = bytearray()
     rel = None
     for kind, op in tail:
-        if kind in ("Ob", "Od"):
+        if kind in ("Ob", "Ow", "Od"):
             disp, _ = (0, True) if op.disp is None else ctx.eval(op.disp, line)
             if not -(1 << 31) <= disp <= MASK32:
                 raise _RangeError(f"address {disp} out of range for 32 bits", op.col)
@@ -901,6 +922,33 @@ def _encode(form: T.Form, ops: list, st: Stmt, ctx: _Ctx, addr: int) -> list:
     return out
 
 
+def _fits(form: T.Form, i: int, op) -> bool:
+    """Operand ``op`` can be operand ``i`` of ``form`` (``push word 5`` for PUSH imm16)."""
+    if "wordop" in form.flags and isinstance(op, Imm):
+        return op.size == 16 and op.dist is None
+    return _match(form.ops[i], op)
+
+
+def _operand_bits(op):
+    """Operand size in bits of a register or sized memory operand (else None)."""
+    if isinstance(op, Reg):
+        return {"r8": 8, "r16": 16, "r32": 32}.get(op.cls)
+    if isinstance(op, Mem):
+        return op.size
+    return None
+
+
+def _size_hint(forms: list, i: int) -> str:
+    """': expected ...' from what the forms take as operand ``i`` (for a size error)."""
+    wants = []
+    for f in forms:
+        text = KIND_TEXT.get(f.ops[i], f"'{f.ops[i]}'")
+        if text not in wants:
+            wants.append(text)
+    wants = [w for w in wants if not any(o != w and o.startswith(w + " or ") for o in wants)]
+    return f": expected {_or_list(wants)}" if wants else ""
+
+
 def _describe(op) -> str:
     if isinstance(op, Reg):
         return f"'{op.name}'"
@@ -928,8 +976,12 @@ def _assemble_insn(st: Stmt, ctx: _Ctx, addr: int) -> bytes:
     cands = by_count
     if ops:
         for i, op in enumerate(ops):
-            fit = [f for f in cands if _match(f.ops[i], op)]
+            fit = [f for f in cands if _fits(f, i, op)]
             if not fit:
+                bits = _operand_bits(op)
+                if bits in (8, 16) and not any(_fits(f, i, op) for f in by_count):
+                    raise line.error(f"{bits}-bit operand {_describe(op)} is not supported by "
+                                     f"'{mn}'{_size_hint(by_count, i)}", op.col)
                 wants = []
                 for f in cands:
                     text = KIND_TEXT.get(f.ops[i], f"'{f.ops[i]}'")
@@ -946,10 +998,14 @@ def _assemble_insn(st: Stmt, ctx: _Ctx, addr: int) -> bytes:
                 raise line.error(f"{what}expected {_or_list(wants)} {where} — got "
                                  f"{_describe(op)}", op.col)
             cands = fit
-        # an unsized memory operand must get one size from the forms left
+        # an unsized memory operand must get one size from the forms left; where the
+        # only choice is dword or word (push, pop), it is the dword, as before 16-bit rows
         for i, op in enumerate(ops):
             if isinstance(op, Mem) and op.size is None:
                 sizes = {T.MEM_BITS.get(f.ops[i]) for f in cands}
+                if sizes == {16, 32}:
+                    cands = [f for f in cands if "o16" not in f.flags]
+                    sizes = {32}
                 if len(sizes) > 1:
                     raise line.error("operation size not specified: expected byte, word or "
                                      "dword before '['", op.col)

@@ -7,8 +7,9 @@ in the table; the tests hold it to that.
 Bytes that do not start a subset instruction decode as a one-byte
 ``Instruction`` whose mnemonic is ``"(bad)"`` and whose op_str is empty, and
 decoding goes on at the next byte; nothing here raises on guest bytes.  Outside
-the subset are, among others: the 0x66 and 0x67 prefixes (except VMCLEAR's
-mandatory 66), F2 and LOCK, F3 on anything but MOVS/STOS (and VMXON), CR1 and
+the subset are, among others: the 0x67 prefix, 0x66 where the table has no 16-bit
+operand-size row ('o16': e.g. byte forms, branches, system forms) and is not
+VMCLEAR's mandatory 66, F2 and LOCK, F3 on anything but MOVS/STOS (and VMXON), CR1 and
 CR5-CR7, segment-register fields 6 and 7, and a last segment prefix 3E on a near
 JMP/CALL (CET's NOTRACK).  Segment prefixes on instructions without a memory
 operand are accepted and ignored, as the processor and capstone do.
@@ -164,7 +165,7 @@ def _decode(code, offset: int, address: int):
             if not rep or opsize:
                 continue
         elif cand.prefix == T.PREFIX_OPSIZE:
-            if not opsize or rep:
+            if not opsize or (rep and "rep" not in cand.flags):
                 continue
         else:
             if opsize or (rep and "rep" not in cand.flags):
@@ -189,10 +190,14 @@ def _decode(code, offset: int, address: int):
                 texts.append(T.MEM_SIZE_TEXT[kind] + (f"{seg}:" if seg else "") + mem)
         elif kind == "Gb":
             texts.append(T.REG8[reg])
+        elif kind == "Gw":
+            texts.append(T.REG16[reg])
         elif kind == "Gd":
             texts.append(T.REG32[reg])
         elif kind == "Zb":
             texts.append(T.REG8[opcode[-1] & 7])
+        elif kind == "Zw":
+            texts.append(T.REG16[opcode[-1] & 7])
         elif kind == "Zd":
             texts.append(T.REG32[opcode[-1] & 7])
         elif kind == "Cd":
@@ -207,23 +212,24 @@ def _decode(code, offset: int, address: int):
             texts.append(T.SREG[reg])
         elif kind in ("Ib", "Iw", "Id"):
             texts.append(fmt_num(cur.u(T.IMM_BYTES[kind])))
-        elif kind == "Ibs":
+        elif kind in ("Ibs", "Ibw"):
             value = _signed(cur.u(1), 1)
-            texts.append(fmt_num(value & MASK32 if "uimm" in form.flags else value))
+            width = MASK32 if kind == "Ibs" else 0xFFFF
+            texts.append(fmt_num(value & width if "uimm" in form.flags else value))
         elif kind in ("Jb", "Jd"):
             n = T.IMM_BYTES[kind]
             jump_rel = _signed(cur.u(n), n)
             texts.append(None)                    # target needs the final length
-        elif kind in ("Ob", "Od"):
+        elif kind in ("Ob", "Ow", "Od"):
             texts.append(T.MEM_SIZE_TEXT[kind] + (f"{seg}:" if seg else "")
                          + f"[{fmt_num(cur.u(4))}]")
         elif kind == "Ap":
             off, sel = cur.u(4), cur.u(2)
             sep = ", " if "comma" in form.flags else ":"
             texts.append(f"{fmt_num(sel)}{sep}{fmt_num(off)}")
-        elif kind in ("Xb", "Xd"):
+        elif kind in ("Xb", "Xw", "Xd"):
             texts.append(T.MEM_SIZE_TEXT[kind] + (f"{seg}:" if seg else "") + "[esi]")
-        elif kind in ("Yb", "Yd"):
+        elif kind in ("Yb", "Yw", "Yd"):
             texts.append(T.MEM_SIZE_TEXT[kind] + "es:[edi]")
         elif kind == "1" and "no1mem" in form.flags and modrm >> 6 != 3:
             pass                                  # capstone 5 drops RCL m, 1's count

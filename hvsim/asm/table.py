@@ -7,7 +7,8 @@ line and ``disassembler.py`` indexes the same rows by opcode to *decode* bytes
 Nothing about an encoding is written down twice.
 
 Operand kinds use the SDM's operand notation (Intel SDM Vol. 2, Appendix A.2),
-narrowed to 32-bit operand size:
+with the operand size written out ("v" as d, or as w in the rows of the 16-bit
+operand size, which carry the 66h prefix and the flag 'o16'; SDM Vol. 2A, 3.1.1.1):
 
     E*  ModRM r/m operand      Eb r/m8, Ed r/m32, Ew r/m16 (register printed as r16),
                                Ewx r/m16 whose register form also accepts r32 in source,
@@ -15,16 +16,18 @@ narrowed to 32-bit operand size:
                                MOV r/m,Sreg, LAR/LSL source)
     M*  ModRM memory only      M (no size: LEA, LGDT...), Mb, Mq (m64), Mp (m16:32)
     Rd  ModRM r/m register     mod bits ignored (MOV to/from CRn, SDM Vol. 2B "MOV")
-    G*  ModRM reg field        Gb r8, Gd r32
+    G*  ModRM reg field        Gb r8, Gw r16, Gd r32
     Cd  ModRM reg = CRn        Sw  ModRM reg = segment register
     Dd  ModRM reg = DRn (MOV to/from debug registers; mod bits ignored as for CRn)
-    Z*  register in opcode     low 3 bits (B0+r, B8+r, 50+r, ...)
-    I*  immediate              Ib, Iw, Id unsigned; Ibs imm8 sign-extended to 32 bits
+    Z*  register in opcode     low 3 bits (B0+r, B8+r, 50+r, ...): Zb, Zw, Zd
+    I*  immediate              Ib, Iw, Id unsigned; Ibs imm8 sign-extended to 32 bits,
+                               Ibw imm8 sign-extended to 16 bits
     J*  relative target        Jb rel8, Jd rel32
-    O*  moffs                  Ob, Od (disp32 straight after the opcode)
+    O*  moffs                  Ob, Ow, Od (disp32 straight after the opcode: the address
+                               size stays 32 whatever the operand size)
     Ap  ptr16:32               direct far pointer (EA, 9A)
     X*/Y*  string operands     X = [esi] (segment overridable), Y = es:[edi]
-    fixed                      al eax cl dx 1 es cs ss ds fs gs
+    fixed                      al ax eax cl dx 1 es cs ss ds fs gs
 
 ModRM byte (SDM Vol. 2A, Table 2-2) and SIB byte (Table 2-3):
 
@@ -51,7 +54,7 @@ DREG = tuple(f"dr{n}" for n in range(8))              # DR4/DR5: aliases of DR6/
 SEG_PREFIX = {0x26: "es", 0x2E: "cs", 0x36: "ss", 0x3E: "ds", 0x64: "fs", 0x65: "gs"}
 SEG_PREFIX_BYTE = {name: byte for byte, name in SEG_PREFIX.items()}
 PREFIX_REP = 0xF3        # REP/REPE; also the mandatory prefix of VMXON
-PREFIX_OPSIZE = 0x66     # operand-size override; here only VMCLEAR's mandatory prefix
+PREFIX_OPSIZE = 0x66     # operand-size override: the 'o16' rows, and VMCLEAR's mandatory prefix
 MAX_INSN_LEN = 15        # SDM Vol. 2A, 2.3.11
 
 # Condition codes in encoding order (SDM Vol. 2A, Appendix B.1.4.7, Table B-10).
@@ -67,19 +70,22 @@ MEM_SIZE_TEXT = {
     "Eb": "byte ptr ", "Ed": "dword ptr ", "Ew": "word ptr ", "Ewx": "word ptr ",
     "Ewd": "word ptr ", "M": "", "Mb": "byte ptr ", "Mq": "qword ptr ", "Mp": "ptr ",
     "Ob": "byte ptr ", "Od": "dword ptr ", "Xb": "byte ptr ", "Xd": "dword ptr ",
-    "Yb": "byte ptr ", "Yd": "dword ptr ",
+    "Yb": "byte ptr ", "Yd": "dword ptr ", "Ow": "word ptr ", "Xw": "word ptr ",
+    "Yw": "word ptr ",
 }
 # Size in bits a memory operand of this kind has (None: no size, e.g. LEA; 48: m16:32).
 MEM_BITS = {
     "Eb": 8, "Ed": 32, "Ew": 16, "Ewx": 16, "Ewd": 16, "M": None, "Mb": 8, "Mq": 64,
-    "Mp": 48, "Ob": 8, "Od": 32, "Xb": 8, "Xd": 32, "Yb": 8, "Yd": 32,
+    "Mp": 48, "Ob": 8, "Od": 32, "Xb": 8, "Xd": 32, "Yb": 8, "Yd": 32, "Ow": 16, "Xw": 16,
+    "Yw": 16,
 }
 MODRM_KINDS = frozenset(("Eb", "Ed", "Ew", "Ewx", "Ewd", "M", "Mb", "Mq", "Mp", "Rd",
-                         "Gb", "Gd", "Cd", "Dd", "Sw"))
+                         "Gb", "Gw", "Gd", "Cd", "Dd", "Sw"))
 RM_KINDS = frozenset(("Eb", "Ed", "Ew", "Ewx", "Ewd", "M", "Mb", "Mq", "Mp", "Rd"))
 MEM_ONLY_KINDS = frozenset(("M", "Mb", "Mq", "Mp"))
-IMM_KINDS = frozenset(("Ib", "Ibs", "Iw", "Id"))
-IMM_BYTES = {"Ib": 1, "Ibs": 1, "Iw": 2, "Id": 4, "Jb": 1, "Jd": 4, "Ob": 4, "Od": 4, "Ap": 6}
+IMM_KINDS = frozenset(("Ib", "Ibs", "Ibw", "Iw", "Id"))
+IMM_BYTES = {"Ib": 1, "Ibs": 1, "Ibw": 1, "Iw": 2, "Id": 4, "Jb": 1, "Jd": 4, "Ob": 4, "Ow": 4,
+             "Od": 4, "Ap": 6}
 
 
 @dataclass(frozen=True)
@@ -90,7 +96,8 @@ class Form:
     opcode   opcode bytes (for Z* operands: the +r base)
     ext      ModRM.reg opcode extension (/digit), or None
     ops      operand kinds in Intel (destination first) order
-    prefix   mandatory prefix byte (0xF3 VMXON, 0x66 VMCLEAR) or 0
+    prefix   prefix byte that is part of the encoding (0xF3 VMXON, 0x66 VMCLEAR and
+             every 16-bit operand-size row) or 0
     modrm    whole ModRM byte fixed by the opcode (0F 01 C1 VMCALL ...) or None
     flags    'rep'      F3 allowed, printed as "rep "
              'notrack'  a last segment prefix 3E makes this branch capstone's
@@ -100,6 +107,9 @@ class Form:
              'comma'    far pointer printed "sel, off" (capstone's lcall)
              'uimm'     Ibs printed as an unsigned dword (capstone's OR/AND/XOR)
              'no1mem'   memory form printed without ", 1" (capstone's RCL by 1)
+             'o16'      a 16-bit operand-size form: 66h selects it (SDM Vol. 2A, 2.1.1)
+             'wordop'   PUSH imm16: an immediate says nothing of the operand size, so
+                        the source writes ``push word 5`` (capstone prints no size)
     """
     names: tuple
     opcode: bytes
@@ -120,7 +130,7 @@ class Form:
 
     @property
     def plus_r(self) -> bool:
-        return any(k in ("Zb", "Zd") for k in self.ops)
+        return any(k in ("Zb", "Zw", "Zd") for k in self.ops)
 
     def __str__(self) -> str:
         text = " ".join(f"{b:02X}" for b in self.opcode)
@@ -146,6 +156,10 @@ def _f(names, opcode, ext, ops, prefix=0, modrm=None, flags=()):
 def _build() -> list:
     t = []
     add = t.append
+
+    def add16(names, opcode, ext, ops, flags=()):
+        """The 16-bit operand-size row of a form: 66h before the opcode."""
+        add(_f(names, opcode, ext, ops, prefix=PREFIX_OPSIZE, flags=("o16",) + tuple(flags)))
     # --- data movement (SDM Vol. 2B "MOV", "MOVZX", "MOVSX", "LEA", "XCHG") ---
     add(_f("mov", [0x88], None, ("Eb", "Gb")))
     add(_f("mov", [0x89], None, ("Ed", "Gd")))
@@ -161,6 +175,12 @@ def _build() -> list:
     add(_f("mov", [0xB8], None, ("Zd", "Id")))
     add(_f("mov", [0xC6], 0, ("Eb", "Ib")))
     add(_f("mov", [0xC7], 0, ("Ed", "Id")))
+    add16("mov", [0x89], None, ("Ew", "Gw"))
+    add16("mov", [0x8B], None, ("Gw", "Ew"))
+    add16("mov", [0xA1], None, ("ax", "Ow"))
+    add16("mov", [0xA3], None, ("Ow", "ax"))
+    add16("mov", [0xB8], None, ("Zw", "Iw"))
+    add16("mov", [0xC7], 0, ("Ew", "Iw"))
     add(_f("mov", [0x0F, 0x20], None, ("Rd", "Cd")))
     add(_f("mov", [0x0F, 0x22], None, ("Cd", "Rd")))
     add(_f("mov", [0x0F, 0x21], None, ("Rd", "Dd")))
@@ -169,7 +189,12 @@ def _build() -> list:
     add(_f("movzx", [0x0F, 0xB7], None, ("Gd", "Ew")))
     add(_f("movsx", [0x0F, 0xBE], None, ("Gd", "Eb")))
     add(_f("movsx", [0x0F, 0xBF], None, ("Gd", "Ew")))
+    add16("movzx", [0x0F, 0xB6], None, ("Gw", "Eb"))
+    add16("movzx", [0x0F, 0xB7], None, ("Gw", "Ew"))
+    add16("movsx", [0x0F, 0xBE], None, ("Gw", "Eb"))
+    add16("movsx", [0x0F, 0xBF], None, ("Gw", "Ew"))
     add(_f("lea", [0x8D], None, ("Gd", "M")))
+    add16("lea", [0x8D], None, ("Gw", "M"))
     add(_f("nop", [0x90], None, ()))              # before XCHG: 90 is NOP, not xchg eax,eax
     add(_f("xchg", [0x90], None, ("eax", "Zd"), flags=("asm",)))
     add(_f("xchg", [0x90], None, ("Zd", "eax")))
@@ -177,6 +202,11 @@ def _build() -> list:
     add(_f("xchg", [0x86], None, ("Eb", "Gb")))
     add(_f("xchg", [0x87], None, ("Gd", "Ed"), flags=("asm",)))
     add(_f("xchg", [0x87], None, ("Ed", "Gd")))
+    add16("nop", [0x90], None, ())                # 66 90 (xchg ax, ax) is capstone's nop
+    add16("xchg", [0x90], None, ("ax", "Zw"), flags=("asm",))
+    add16("xchg", [0x90], None, ("Zw", "ax"))
+    add16("xchg", [0x87], None, ("Gw", "Ew"), flags=("asm",))
+    add16("xchg", [0x87], None, ("Ew", "Gw"))
     # --- stack (SDM Vol. 2B "PUSH", "POP") ---
     add(_f("push", [0x50], None, ("Zd",)))
     add(_f("push", [0x6A], None, ("Ibs",)))
@@ -184,6 +214,12 @@ def _build() -> list:
     add(_f("push", [0xFF], 6, ("Ed",)))
     add(_f("pop", [0x58], None, ("Zd",)))
     add(_f("pop", [0x8F], 0, ("Ed",)))
+    add16("push", [0x50], None, ("Zw",))
+    add16("push", [0x6A], None, ("Ibw",), flags=("wordop",))
+    add16("push", [0x68], None, ("Iw",), flags=("wordop",))
+    add16("push", [0xFF], 6, ("Ew",))
+    add16("pop", [0x58], None, ("Zw",))
+    add16("pop", [0x8F], 0, ("Ew",))
     for opc, sreg in ((0x06, "es"), (0x0E, "cs"), (0x16, "ss"), (0x1E, "ds")):
         add(_f("push", [opc], None, (sreg,)))
         if sreg != "cs":                          # 0F is the two-byte escape, not POP CS
@@ -208,6 +244,14 @@ def _build() -> list:
         # capstone 5 prints the sign-extended imm8 of OR/AND/XOR as an unsigned dword
         add(_f(name, [0x83], n, ("Ed", "Ibs"), flags=("uimm",) if name in ("or", "and", "xor")
                else ()))
+        add16(name, [base + 1], None, ("Ew", "Gw"))
+        add16(name, [base + 3], None, ("Gw", "Ew"))
+        # 83 before 05: with a 16-bit operand both are 4 bytes for a small immediate, and
+        # NASM takes the sign-extended imm8 (capstone prints it unsigned like the dword)
+        add16(name, [0x83], n, ("Ew", "Ibw"), flags=("uimm",) if name in ("or", "and", "xor")
+              else ())
+        add16(name, [base + 5], None, ("ax", "Iw"))
+        add16(name, [0x81], n, ("Ew", "Iw"))
     add(_f("test", [0x84], None, ("Eb", "Gb")))
     add(_f("test", [0x85], None, ("Ed", "Gd")))
     add(_f("test", [0x84], None, ("Gb", "Eb"), flags=("asm",)))   # test r, r/m commutes
@@ -216,6 +260,10 @@ def _build() -> list:
     add(_f("test", [0xA9], None, ("eax", "Id")))
     add(_f("test", [0xF6], 0, ("Eb", "Ib")))
     add(_f("test", [0xF7], 0, ("Ed", "Id")))
+    add16("test", [0x85], None, ("Ew", "Gw"))
+    add16("test", [0x85], None, ("Gw", "Ew"), flags=("asm",))
+    add16("test", [0xA9], None, ("ax", "Iw"))
+    add16("test", [0xF7], 0, ("Ew", "Iw"))
     # --- unary group 3, INC/DEC group 4/5 ---
     add(_f("inc", [0x40], None, ("Zd",)))
     add(_f("dec", [0x48], None, ("Zd",)))
@@ -223,13 +271,22 @@ def _build() -> list:
     add(_f("dec", [0xFE], 1, ("Eb",)))
     add(_f("inc", [0xFF], 0, ("Ed",)))
     add(_f("dec", [0xFF], 1, ("Ed",)))
+    add16("inc", [0x40], None, ("Zw",))
+    add16("dec", [0x48], None, ("Zw",))
+    add16("inc", [0xFF], 0, ("Ew",))
+    add16("dec", [0xFF], 1, ("Ew",))
     for ext, name in ((2, "not"), (3, "neg"), (4, "mul"), (5, "imul"), (6, "div"), (7, "idiv")):
         add(_f(name, [0xF6], ext, ("Eb",)))
         add(_f(name, [0xF7], ext, ("Ed",)))
+        add16(name, [0xF7], ext, ("Ew",))
     add(_f("imul", [0x0F, 0xAF], None, ("Gd", "Ed")))
     add(_f("imul", [0x6B], None, ("Gd", "Ed", "Ibs")))
     add(_f("imul", [0x69], None, ("Gd", "Ed", "Id")))
+    add16("imul", [0x0F, 0xAF], None, ("Gw", "Ew"))
+    add16("imul", [0x6B], None, ("Gw", "Ew", "Ibw"))
+    add16("imul", [0x69], None, ("Gw", "Ew", "Iw"))
     add(_f("cdq", [0x99], None, ()))
+    add16("cwd", [0x99], None, ())
     # --- shifts and rotates, group 2 (/6 is the undocumented SAL alias: not in the subset) ---
     for ext, names in ((0, "rol"), (1, "ror"), (2, "rcl"), (3, "rcr"), (4, ("shl", "sal")),
                        (5, "shr"), (7, "sar")):
@@ -246,12 +303,18 @@ def _build() -> list:
         add(_f(names, [0xC1], ext, ("Ed", "Ib")))
         add(_f(names, [0xD2], ext, ("Eb", "cl")))
         add(_f(names, [0xD3], ext, ("Ed", "cl")))
+        add16(names, [0xD1], ext, ("Ew", "1"), flags=quirk)
+        if ext == 2:
+            add16(names, [0xD1], ext, ("Ew",), flags=("asm",))
+        add16(names, [0xC1], ext, ("Ew", "Ib"))
+        add16(names, [0xD3], ext, ("Ew", "cl"))
     # --- condition codes ---
     for cc, cnames in enumerate(CONDITIONS):
         add(_f(tuple("j" + c for c in cnames), [0x70 + cc], None, ("Jb",)))
         add(_f(tuple("j" + c for c in cnames), [0x0F, 0x80 + cc], None, ("Jd",)))
         add(_f(tuple("set" + c for c in cnames), [0x0F, 0x90 + cc], None, ("Eb",)))
         add(_f(tuple("cmov" + c for c in cnames), [0x0F, 0x40 + cc], None, ("Gd", "Ed")))
+        add16(tuple("cmov" + c for c in cnames), [0x0F, 0x40 + cc], None, ("Gw", "Ew"))
     # --- control transfer ---
     add(_f("jmp", [0xEB], None, ("Jb",), flags=("notrack",)))
     add(_f("jmp", [0xE9], None, ("Jd",), flags=("notrack",)))
@@ -277,6 +340,8 @@ def _build() -> list:
     add(_f("movsd", [0xA5], None, ("Yd", "Xd"), flags=("rep",)))
     add(_f("stosb", [0xAA], None, ("Yb", "al"), flags=("rep",)))
     add(_f("stosd", [0xAB], None, ("Yd", "eax"), flags=("rep",)))
+    add16("movsw", [0xA5], None, ("Yw", "Xw"), flags=("rep",))
+    add16("stosw", [0xAB], None, ("Yw", "ax"), flags=("rep",))
     # --- flags and processor control ---
     for opc, name in ((0xF8, "clc"), (0xF9, "stc"), (0xF5, "cmc"), (0xFC, "cld"), (0xFD, "std"),
                       (0xFA, "cli"), (0xFB, "sti"), (0xF4, "hlt")):
@@ -290,6 +355,10 @@ def _build() -> list:
     add(_f("out", [0xE7], None, ("Ib", "eax")))
     add(_f("out", [0xEE], None, ("dx", "al")))
     add(_f("out", [0xEF], None, ("dx", "eax")))
+    add16("in", [0xE5], None, ("ax", "Ib"))       # a 2-byte port access
+    add16("in", [0xED], None, ("ax", "dx"))
+    add16("out", [0xE7], None, ("Ib", "ax"))
+    add16("out", [0xEF], None, ("dx", "ax"))
     # --- system instructions (SDM Vol. 2, group 6 = 0F 00, group 7 = 0F 01) ---
     for opc, name in (((0x0F, 0x0B), "ud2"), ((0x0F, 0xA2), "cpuid"), ((0x0F, 0x31), "rdtsc"),
                       ((0x0F, 0x32), "rdmsr"), ((0x0F, 0x30), "wrmsr"), ((0x0F, 0x06), "clts"),

@@ -49,7 +49,7 @@ F_LEN = 3      # instruction length in bytes
 F_OPC = 4      # opcode: one-byte value, or 0x100 | second byte for 0F xx
 F_REG = 5      # ModRM reg field (or the register encoded in the opcode, e.g. B8+r)
 F_RM = 6       # ModRM r/m register when mod == 3, else -1 (memory operand)
-F_SIZE = 7     # operand size in bytes: 1 or 4 (2 for the few 16-bit-only operands)
+F_SIZE = 7     # operand size in bytes: 1, 2 (66h prefix, or a 16-bit-only operand) or 4
 F_BASE = 8     # base register slot, or ZERO
 F_INDEX = 9    # index register slot, or ZERO
 F_SCALE = 10   # index shift 0..3
@@ -269,6 +269,47 @@ _add([0x1B7, 0x1BF], OP_MOVZX, 1, IMM_NONE, 2)   # source r/m16
 _add([0x1C7], OP_VMX, 1, IMM_NONE, 4)
 
 
+# ---- the 66h operand-size prefix ---------------------------------------------------------
+# In a 32-bit code segment 66h selects the 16-bit operand size (SDM Vol. 2A, 2.1.1 group 3
+# and 3.1.1.1 "operand-size attribute"; Vol. 1, 3.6 and Table 3-4). It changes what the
+# opcode means only for the instructions whose operand size is "v" (and whose immediate is
+# "z": imm16 instead of imm32) in the SDM's opcode map (Vol. 2D, A.2.2). OPC_OSZ says, per
+# opcode, what hvsim does with it:
+OSZ_UD = 0     # #UD: byte-only forms (66h is reserved there, SDM Vol. 2A, 2.1.1), and forms
+#                hvsim leaves at 32 bits -- near branches with a 16-bit EIP (CALL/JMP/Jcc/
+#                RET/LOOP/JECXZ truncate EIP to 16 bits, SDM Vol. 2A "JMP" operation), far
+#                transfers and IRET (ptr16:16 / m16:16), PUSHF/POPF, segment-register moves
+#                and pushes, LAR/LSL and the system groups 6/7 (Vol. 2A, 3.1.1.1): the
+#                subset keeps those out, as before
+OSZ_16 = 1     # operand size 16; an imm8 or no immediate is unchanged
+OSZ_IZ = 2     # operand size 16 and the imm32 becomes an imm16 (SDM operand "Iz")
+OSZ_MANDATORY = 3  # 66h is part of the opcode (VMCLEAR = 66 0F C7 /6): size unchanged
+
+_OSZ_ROWS = (
+    # ALU r/m,reg and reg,r/m (01 03 09 0B ... 39 3B); AX,imm16 (05 0D ... 3D)
+    ([_r * 8 + 1 for _r in range(8)] + [_r * 8 + 3 for _r in range(8)], OSZ_16),
+    ([_r * 8 + 5 for _r in range(8)], OSZ_IZ),
+    (range(0x40, 0x60), OSZ_16),        # INC/DEC/PUSH/POP r16
+    ([0x68, 0x69], OSZ_IZ),             # PUSH imm16, IMUL r16, r/m16, imm16
+    ([0x6A, 0x6B], OSZ_16),             # PUSH imm8 (2 bytes pushed), IMUL r16, r/m16, imm8
+    ([0x81], OSZ_IZ),                   # group 1 r/m16, imm16
+    ([0x83, 0x85, 0x87, 0x89, 0x8B, 0x8D, 0x8F], OSZ_16),
+    (range(0x90, 0x98), OSZ_16),        # NOP (66 90 = XCHG AX, AX), XCHG AX, r16
+    ([0x99, 0xA1, 0xA3], OSZ_16),       # CWD; MOV AX, moffs (the moffs stays 32-bit)
+    ([0xA5, 0xAB], OSZ_16),             # MOVSW, STOSW (ESI/EDI step by 2)
+    ([0xA9], OSZ_IZ),                   # TEST AX, imm16
+    (range(0xB8, 0xC0), OSZ_IZ),        # MOV r16, imm16
+    ([0xC1, 0xD1, 0xD3], OSZ_16),       # group 2 r/m16
+    ([0xC7], OSZ_IZ),                   # MOV r/m16, imm16
+    ([0xE5, 0xE7, 0xED, 0xEF], OSZ_16),  # IN AX / OUT AX: a 2-byte port access
+    ([0xF7], OSZ_16),                   # group 3 (TEST's immediate follows the size)
+    ([0xFF], OSZ_16),                   # group 5 /0 /1 /6 only (checked in decode)
+    (range(0x140, 0x150), OSZ_16),      # CMOVcc r16, r/m16
+    ([0x1AF, 0x1B6, 0x1B7, 0x1BE, 0x1BF], OSZ_16),  # IMUL r16, r/m16; MOVZX/MOVSX r16
+    ([0x1C7], OSZ_MANDATORY),
+)
+
+
 def _tables():
     op = np.zeros(512, np.int64)
     modrm = np.zeros(512, np.int64)
@@ -281,10 +322,14 @@ def _tables():
         op[opc], modrm[opc], imm[opc], size[opc] = fam, m, i, s
     for opc in (0x1BE, 0x1BF):
         op[opc] = OP_MOVSX
-    return op, modrm, imm, size
+    osz = np.zeros(512, np.int64)
+    for opcodes, kind in _OSZ_ROWS:
+        for opc in opcodes:
+            osz[opc] = kind
+    return op, modrm, imm, size, osz
 
 
-OPC_OP, OPC_MODRM, OPC_IMM, OPC_SIZE = _tables()
+OPC_OP, OPC_MODRM, OPC_IMM, OPC_SIZE, OPC_OSZ = _tables()
 # segment-override prefix byte -> segment register (SDM Vol. 2A, 2.1.1, group 2)
 SEG_PREFIX = np.full(256, -1, np.int64)
 SEG_PREFIX[0x26], SEG_PREFIX[0x2E], SEG_PREFIX[0x36] = SREG_ES, SREG_CS, SREG_SS
@@ -404,6 +449,11 @@ def decode(mem, st, tlb, dc, row, lin, pa):
         k += 1
     op = OPC_OP[opc]
     size = OPC_SIZE[opc]
+    osz = OSZ_UD
+    if (pfx & PFX_OPSIZE) != 0:
+        osz = OPC_OSZ[opc]
+        if size == 4 and (osz == OSZ_16 or osz == OSZ_IZ):
+            size = 2
     reg = opc & 7
     rm = -1
     base = ZERO
@@ -470,7 +520,9 @@ def decode(mem, st, tlb, dc, row, lin, pa):
     if ik == IMM_GRP3:
         ik = IMM_NONE
         if reg == 0 or reg == 1:
-            ik = IMM_B if size == 1 else IMM_D
+            ik = IMM_B if size == 1 else IMM_W if size == 2 else IMM_D
+    elif ik == IMM_D and osz == OSZ_IZ:
+        ik = IMM_W
     if ik == IMM_B or ik == IMM_BS:
         if not _need(st, avail, k, lin):
             return 0
@@ -497,11 +549,24 @@ def decode(mem, st, tlb, dc, row, lin, pa):
     if k > MAX_INSN_LEN:
         raise_fault(st, 13, 0)
         return 0
-    # prefixes outside the subset make the instruction invalid (66 only for VMCLEAR)
+    # prefixes outside the subset make the instruction invalid (66 where OPC_OSZ allows it)
     if (pfx & PFX_BAD) != 0:
         op = OP_UD
-    elif (pfx & PFX_OPSIZE) != 0 and not (opc == 0x1C7 and reg == 6):
-        op = OP_UD
+    elif (pfx & PFX_OPSIZE) != 0:
+        if osz == OSZ_UD or (osz == OSZ_MANDATORY and reg != 6):
+            op = OP_UD
+        elif opc == 0xFF and reg != 0 and reg != 1 and reg != 6:
+            op = OP_UD          # CALL/JMP near r/m16 (16-bit EIP) and far m16:16: see OSZ_UD
+        elif op == OP_INC_R or op == OP_DEC_R or op == OP_PUSH_R or op == OP_POP_R:
+            # 66 40+r, 48+r, 50+r, 58+r do what FF /0, FF /1, FF /6 and 8F /0 do on the
+            # register r/m16 (mod = 11): decoded as those, the hot 32-bit handlers of
+            # 40-5F need no operand-size test
+            rm = reg
+            if op == OP_POP_R:
+                op, reg = OP_POP_E, 0
+            else:
+                reg = 0 if op == OP_INC_R else 1 if op == OP_DEC_R else 6
+                op = OP_GRP5
     dc[F_OP, row] = op
     dc[F_LEN, row] = k
     dc[F_OPC, row] = opc

@@ -56,7 +56,7 @@ def port_in(st, port, size):
     if dev == DEV_CONSOLE:
         return 0
     if dev == DEV_TIMER_PERIOD:
-        return st[TIMER_PERIOD] & (0xFF if size == 1 else MASK32)
+        return st[TIMER_PERIOD] & ((1 << (size << 3)) - 1)     # AL, AX or EAX
     if dev == DEV_TIMER_VECTOR:
         return st[TIMER_VECTOR]
     return -1

@@ -1,7 +1,11 @@
 """Handlers for the ordinary (non-system) instructions of the subset (jitted).
 
 One handler per instruction family, all with the signature
-``(mem, st, tlb, pg, dc, row)``; ``dc[:, row]`` is the decoded instruction. The run loop
+``(mem, st, tlb, pg, dc, row)``; ``dc[:, row]`` is the decoded instruction. Its operand
+size ``dc[F_SIZE, row]`` is 1, 4, or 2 after a 66h prefix (hvsim/cpu/decode.py, OPC_OSZ);
+a 16-bit result replaces only the low word of a register (SDM Vol. 1, 3.4.1.1). Handlers
+of a fixed 32-bit size test the size after their 32-bit form; INC/DEC/PUSH/POP r16 reach
+the r/m16 handlers instead (the decoder rewrites them), so 40-5F have no test at all. The run loop
 has already set ``st[EIP]`` to the next instruction; a branch overwrites it, a fault
 leaves it for the run loop to restore. A handler checks ``st[FAULT_PENDING]`` after
 every access that can fault and then returns without touching more state.
@@ -9,13 +13,13 @@ every access that can fault and then returns without touching more state.
 from hvsim._jit import njit
 from hvsim.cpu import alu
 from hvsim.cpu.decode import (F_OPC, F_REG, F_RM, F_SIZE, F_IMM, F_SEG, F_PFX, PFX_REP,
-                              PFX_REPNE)
+                              PFX_REPNE, PFX_OPSIZE)
 from hvsim.arch.flags import CF, PF, ZF, SF, OF, DF
 from hvsim.arch.layout import (MASK32, EAX, ECX, EDX, ESP, ESI, EDI, EIP, EFLAGS, FAULT_PENDING,
                               SEG_LIMIT, SREG_CS, SREG_ES, NO_RETIRE, INSN_EIP, ATTN)
 from hvsim.arch.fault import raise_fault
 from hvsim.cpu.operands import (get_reg, set_reg, ea, rm_read, rm_write, mem_read, mem_write,
-                                push, pop)
+                                push, pop, push_word, pop_word)
 from hvsim.arch.vectors import GP, UD
 
 REP_CHUNK = 4096   # iterations of a REP string instruction per step (keeps every run() bounded)
@@ -158,11 +162,12 @@ def op_xchg_eg(mem, st, tlb, pg, dc, row):      # 86 87
 
 
 @njit
-def op_xchg_ar(mem, st, tlb, pg, dc, row):      # 91-97: XCHG EAX, r32
+def op_xchg_ar(mem, st, tlb, pg, dc, row):      # 91-97: XCHG EAX, r32 (66: XCHG AX, r16)
     r = dc[F_REG, row]
-    t = st[r]
-    st[r] = st[EAX]
-    st[EAX] = t
+    size = dc[F_SIZE, row]
+    t = get_reg(st, r, size)
+    set_reg(st, r, size, get_reg(st, EAX, size))
+    set_reg(st, EAX, size, t)
 
 
 @njit
@@ -214,24 +219,28 @@ def op_movzx(mem, st, tlb, pg, dc, row):        # 0F B6 B7 (MOVZX), 0F BE BF (MO
         return
     if dc[F_OPC, row] >= 0x1BE:
         v = alu.sign_extend(v, size) & MASK32
-    st[dc[F_REG, row]] = v
+    if (dc[F_PFX, row] & PFX_OPSIZE) != 0:     # 66: MOVZX/MOVSX r16 (destination size 16)
+        set_reg(st, dc[F_REG, row], 2, v)
+    else:
+        st[dc[F_REG, row]] = v
 
 
 @njit
-def op_lea(mem, st, tlb, pg, dc, row):          # 8D: LEA r32, m
+def op_lea(mem, st, tlb, pg, dc, row):          # 8D: LEA r32, m (66: LEA r16, m)
     if dc[F_RM, row] >= 0:
         raise_fault(st, UD, -1)
         return
-    st[dc[F_REG, row]] = ea(st, dc, row)
+    # a 16-bit operand size keeps the low word of the 32-bit address (SDM Vol. 2A, LEA, Table 3-54)
+    set_reg(st, dc[F_REG, row], dc[F_SIZE, row], ea(st, dc, row))
 
 
 @njit
-def op_push_r(mem, st, tlb, pg, dc, row):       # 50+r (PUSH ESP pushes the old value)
+def op_push_r(mem, st, tlb, pg, dc, row):       # 50+r (PUSH ESP: the old ESP; 66 50+r: FF /6)
     push(mem, st, tlb, pg, st[dc[F_REG, row]])
 
 
 @njit
-def op_pop_r(mem, st, tlb, pg, dc, row):        # 58+r (POP ESP: ESP = value read)
+def op_pop_r(mem, st, tlb, pg, dc, row):        # 58+r (POP ESP: ESP = value read; 66 58+r: 8F /0)
     v = pop(mem, st, tlb, pg)
     if st[FAULT_PENDING] != 0:
         return
@@ -241,33 +250,40 @@ def op_pop_r(mem, st, tlb, pg, dc, row):        # 58+r (POP ESP: ESP = value rea
 
 @njit
 def op_push_i(mem, st, tlb, pg, dc, row):       # 68 id, 6A ib (sign-extended)
-    push(mem, st, tlb, pg, dc[F_IMM, row])
+    if dc[F_SIZE, row] == 4:
+        push(mem, st, tlb, pg, dc[F_IMM, row])
+    else:                                       # 66 68 iw, 66 6A ib: a word is pushed
+        push_word(mem, st, tlb, pg, dc[F_IMM, row])
 
 
 @njit
-def op_pop_e(mem, st, tlb, pg, dc, row):        # 8F /0: POP r/m32
+def op_pop_e(mem, st, tlb, pg, dc, row):        # 8F /0: POP r/m32 (66: POP r/m16)
     if dc[F_REG, row] != 0:
         raise_fault(st, UD, -1)
         return
-    v = pop(mem, st, tlb, pg)
+    size = dc[F_SIZE, row]
+    if size == 4:
+        v = pop(mem, st, tlb, pg)
+    else:
+        v = pop_word(mem, st, tlb, pg)
     if st[FAULT_PENDING] != 0:
         return
     # SDM POP: an ESP-based destination address is computed after ESP is incremented
     old = st[ESP]
-    st[ESP] = (old + 4) & MASK32
-    rm_write(mem, st, tlb, pg, dc, row, 4, v)
+    st[ESP] = (old + size) & MASK32
+    rm_write(mem, st, tlb, pg, dc, row, size, v)
     if st[FAULT_PENDING] != 0:
         st[ESP] = old
 
 
 @njit
-def op_inc_r(mem, st, tlb, pg, dc, row):        # 40+r
+def op_inc_r(mem, st, tlb, pg, dc, row):        # 40+r (66 40+r is decoded as 66 FF /0)
     r = dc[F_REG, row]
     st[r] = alu.inc(st, st[r], 4)
 
 
 @njit
-def op_dec_r(mem, st, tlb, pg, dc, row):        # 48+r
+def op_dec_r(mem, st, tlb, pg, dc, row):        # 48+r (66 48+r is decoded as 66 FF /1)
     r = dc[F_REG, row]
     st[r] = alu.dec(st, st[r], 4)
 
@@ -317,20 +333,23 @@ def op_grp3(mem, st, tlb, pg, dc, row):         # F6 F7: TEST NOT NEG MUL IMUL D
 
 
 @njit
-def op_imul2(mem, st, tlb, pg, dc, row):        # 0F AF: IMUL r32, r/m32
-    b = rm_read(mem, st, tlb, pg, dc, row, 4)
+def op_imul2(mem, st, tlb, pg, dc, row):        # 0F AF: IMUL r32, r/m32 (66: r16, r/m16)
+    size = dc[F_SIZE, row]
+    b = rm_read(mem, st, tlb, pg, dc, row, size)
     if st[FAULT_PENDING] != 0:
         return
     reg = dc[F_REG, row]
-    st[reg] = alu.imul2(st, st[reg], b, 4)
+    set_reg(st, reg, size, alu.imul2(st, get_reg(st, reg, size), b, size))
 
 
 @njit
-def op_imul3(mem, st, tlb, pg, dc, row):        # 69 id, 6B ib: IMUL r32, r/m32, imm
-    b = rm_read(mem, st, tlb, pg, dc, row, 4)
+def op_imul3(mem, st, tlb, pg, dc, row):        # 69 id, 6B ib: IMUL r32, r/m32, imm (66: iw, ib)
+    size = dc[F_SIZE, row]
+    b = rm_read(mem, st, tlb, pg, dc, row, size)
     if st[FAULT_PENDING] != 0:
         return
-    st[dc[F_REG, row]] = alu.imul2(st, b, dc[F_IMM, row], 4)
+    imm = dc[F_IMM, row] & alu.mask_of(size)
+    set_reg(st, dc[F_REG, row], size, alu.imul2(st, b, imm, size))
 
 
 @njit
@@ -354,8 +373,11 @@ def op_grp2(mem, st, tlb, pg, dc, row):         # C0 C1 ib, D0 D1 (by 1), D2 D3 
 
 
 @njit
-def op_cdq(mem, st, tlb, pg, dc, row):          # 99
-    st[EDX] = MASK32 if (st[EAX] & 0x80000000) != 0 else 0
+def op_cdq(mem, st, tlb, pg, dc, row):          # 99 CDQ: EDX = sign of EAX; 66 99 CWD: DX
+    if dc[F_SIZE, row] == 4:
+        st[EDX] = MASK32 if (st[EAX] & 0x80000000) != 0 else 0
+    else:
+        set_reg(st, EDX, 2, 0xFFFF if (st[EAX] & 0x8000) != 0 else 0)
 
 
 @njit
@@ -365,12 +387,13 @@ def op_setcc(mem, st, tlb, pg, dc, row):        # 0F 90-9F: SETcc r/m8
 
 
 @njit
-def op_cmov(mem, st, tlb, pg, dc, row):         # 0F 40-4F: CMOVcc r32, r/m32
-    v = rm_read(mem, st, tlb, pg, dc, row, 4)   # the source is read whatever the condition
+def op_cmov(mem, st, tlb, pg, dc, row):         # 0F 40-4F: CMOVcc r32, r/m32 (66: r16, r/m16)
+    size = dc[F_SIZE, row]
+    v = rm_read(mem, st, tlb, pg, dc, row, size)   # the source is read whatever the condition
     if st[FAULT_PENDING] != 0:
         return
     if cond(st[EFLAGS], dc[F_OPC, row] & 0xF):
-        st[dc[F_REG, row]] = v
+        set_reg(st, dc[F_REG, row], size, v)
 
 
 @njit
@@ -441,7 +464,7 @@ def op_flagop(mem, st, tlb, pg, dc, row):       # F5 CMC, F8 CLC, F9 STC, FC CLD
 
 
 @njit
-def op_string(mem, st, tlb, pg, dc, row):       # A4 MOVSB, A5 MOVSD, AA STOSB, AB STOSD (REP)
+def op_string(mem, st, tlb, pg, dc, row):       # A4 MOVSB, A5 MOVSD/W, AA STOSB, AB STOSD/W (REP)
     """One string instruction, or up to REP_CHUNK iterations of its REP form.
 
     ECX/ESI/EDI are committed after each iteration, so a fault in the middle leaves the

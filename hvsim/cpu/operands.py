@@ -117,3 +117,21 @@ def push(mem, st, tlb, pg, value):
 def pop(mem, st, tlb, pg):
     """Read the dword at SS:ESP. The caller adds 4 to ESP once its own work succeeded."""
     return mem_read(mem, st, tlb, pg, SREG_SS, st[ESP], 4)
+
+
+# The 16-bit operand size (66h) pushes and pops a word: ESP moves by 2 (SDM Vol. 2B, PUSH
+# and POP; the stack's address size stays 32, SS being a 32-bit segment). Not inlined:
+# rare, and the hot 32-bit handlers stay the size they were.
+@njit
+def push_word(mem, st, tlb, pg, value):
+    """PUSH the low word of ``value`` on SS:ESP; ESP changes only if the write succeeded."""
+    esp = (st[ESP] - 2) & MASK32
+    mem_write(mem, st, tlb, pg, SREG_SS, esp, 2, value & 0xFFFF)
+    if st[FAULT_PENDING] == 0:
+        st[ESP] = esp
+
+
+@njit
+def pop_word(mem, st, tlb, pg):
+    """Read the word at SS:ESP. The caller adds 2 to ESP once its own work succeeded."""
+    return mem_read(mem, st, tlb, pg, SREG_SS, st[ESP], 2)

@@ -33,7 +33,7 @@ from hvsim.arch.layout import (
 from hvsim.arch.counters import C_IO_IN, C_IO_OUT, C_IO_EXIT, C_HLT, C_CR3_WRITE, C_SWINT
 from hvsim.arch.fault import raise_fault
 from hvsim.cpu.operands import (get_reg, set_reg, ea, rm_read, rm_write, mem_read, mem_write,
-                                push, pop, to_lin)
+                                push, pop, to_lin, push_word)
 from hvsim.cpu.execute import jump
 from hvsim.mmu.paging import tlb_flush, tlb_invlpg
 from hvsim.rings.segments import load_sreg, update_flat
@@ -204,7 +204,7 @@ def _io_denied(mem, st, tlb, pg, port, size):
 
 
 @njit
-def op_in(mem, st, tlb, pg, dc, row):           # E4 E5 (port imm8), EC ED (port DX)
+def op_in(mem, st, tlb, pg, dc, row):           # E4 E5 (port imm8), EC ED (port DX); 66: AX
     size = dc[F_SIZE, row]
     port = dc[F_IMM, row] if dc[F_OPC, row] <= 0xE5 else st[EDX] & 0xFFFF
     if _io_denied(mem, st, tlb, pg, port, size):
@@ -220,7 +220,7 @@ def op_in(mem, st, tlb, pg, dc, row):           # E4 E5 (port imm8), EC ED (port
 
 
 @njit
-def op_out(mem, st, tlb, pg, dc, row):          # E6 E7 (port imm8), EE EF (port DX)
+def op_out(mem, st, tlb, pg, dc, row):          # E6 E7 (port imm8), EE EF (port DX); 66: AX
     size = dc[F_SIZE, row]
     port = dc[F_IMM, row] if dc[F_OPC, row] <= 0xE7 else st[EDX] & 0xFFFF
     if _io_denied(mem, st, tlb, pg, port, size):
@@ -311,13 +311,14 @@ def op_grp5(mem, st, tlb, pg, dc, row):         # FF: INC DEC CALL CALLF JMP JMP
             far_jmp(mem, st, tlb, pg, sel, target)
         st[ATTN] = 1
         return
-    v = rm_read(mem, st, tlb, pg, dc, row, 4)
+    size = dc[F_SIZE, row]                       # 2 after 66h: only /0 /1 /6 decode so
+    v = rm_read(mem, st, tlb, pg, dc, row, size)
     if st[FAULT_PENDING] != 0:
         return
     if d == 0 or d == 1:
         saved = st[EFLAGS]
-        r = alu.inc(st, v, 4) if d == 0 else alu.dec(st, v, 4)
-        rm_write(mem, st, tlb, pg, dc, row, 4, r)
+        r = alu.inc(st, v, size) if d == 0 else alu.dec(st, v, size)
+        rm_write(mem, st, tlb, pg, dc, row, size, r)
         if st[FAULT_PENDING] != 0:
             st[EFLAGS] = saved
     elif d == 2:
@@ -330,8 +331,10 @@ def op_grp5(mem, st, tlb, pg, dc, row):         # FF: INC DEC CALL CALLF JMP JMP
             st[EIP] = ret
     elif d == 4:
         jump(st, v)
-    else:
+    elif size == 4:
         push(mem, st, tlb, pg, v)
+    else:
+        push_word(mem, st, tlb, pg, v)
 
 
 @njit

@@ -13,7 +13,7 @@ ADD/OR/ADC/SBB/AND/SUB/XOR/CMP register-register, register-immediate and
 register-memory; TEST register-register; INC/DEC r32; MOV register-register,
 register-immediate, load and store; LEA; NOP; PUSH/POP r32; and, as the last
 instruction, Jcc, JMP rel, CALL rel, RET and LOOP. A block stops before the first
-other instruction, so the interpreter runs it.
+other instruction, so the interpreter runs it -- among them every 16-bit (66h) form.
 
 Exactness. The code keeps what the interpreter would: registers, EFLAGS (the same
 formulas as hvsim/cpu/alu.py: SDM Vol. 2, "Flags Affected" of each instruction), EIP,
