@@ -160,6 +160,8 @@ def _operand_text(insn: "Instruction", form, kind: str) -> Optional[str]:
         return MEM_SIZE_TEXT[kind] + seg + address_text(m.base, m.index, 1 << m.scale, disp)
     if kind in ("Gb", "Zb"):
         return REG8[insn.reg]
+    if kind in ("Gw", "Zw"):
+        return REG16[insn.reg]
     if kind in ("Gd", "Zd"):
         return REG32[insn.reg]
     if kind == "Cd":
@@ -172,15 +174,18 @@ def _operand_text(insn: "Instruction", form, kind: str) -> Optional[str]:
         return fmt_num(insn.imm)
     if kind == "Ibs":
         return fmt_num(insn.imm if "uimm" in form.flags else _signed32(insn.imm))
+    if kind == "Ibw":                            # imm8 sign-extended to the 16-bit size
+        v = insn.imm & 0xFFFF
+        return fmt_num(v if "uimm" in form.flags else v - 0x10000 if v & 0x8000 else v)
     if kind in ("Jb", "Jd"):
         return fmt_num((insn.address + insn.length + insn.imm) & L.MASK32)
-    if kind in ("Ob", "Od"):
+    if kind in ("Ob", "Ow", "Od"):
         return MEM_SIZE_TEXT[kind] + seg + f"[{fmt_num(insn.imm)}]"
     if kind == "Ap":
         return f"{fmt_num(insn.imm2)}{', ' if 'comma' in form.flags else ':'}{fmt_num(insn.imm)}"
-    if kind in ("Xb", "Xd"):
+    if kind in ("Xb", "Xw", "Xd"):
         return MEM_SIZE_TEXT[kind] + seg + "[esi]"
-    if kind in ("Yb", "Yd"):
+    if kind in ("Yb", "Yw", "Yd"):
         return MEM_SIZE_TEXT[kind] + "es:[edi]"
     if kind == "1" and "no1mem" in form.flags and insn.rm is None:
         return None

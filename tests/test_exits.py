@@ -28,7 +28,9 @@ TRAPPING = [
     ("mov cr0, ecx", "exception"), ("lmsw ax", "exception"), ("wrmsr", "exception"),
     ("rdmsr", "exception"), ("clts", "exception"), ("invlpg [esi + 0x10]", "exception"),
     ("int 0x80", "exception"), ("ltr ax", "exception"), ("lldt [ebx]", "exception"),
-    ("iretd", None),
+    ("iretd", None), ("out dx, ax", "exception"), ("in ax, 0x60", "exception"),
+    ("mov dr7, eax", "exception"), ("mov esi, dr6", "exception"), ("invd", "exception"),
+    ("wbinvd", "exception"),
 ]
 
 
