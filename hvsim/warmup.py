@@ -181,16 +181,17 @@ def _argument_types():
 
 def kernel_plan():
     """``[(name, dispatcher, argument types)]``: every kernel that is compiled on its own
-    (not marked ``inline="always"``), except ``run`` itself, in the order the helper
-    compiles them -- the kernel table's entries in the order of ``table.SLOTS`` (the
-    order a program meets them), then the other kernels from the last module to the
-    first."""
-    from numba import types
+    (not marked ``inline="always"``) besides ``run`` and the kernel table's entries, from
+    the last module to the first. (The table's entries are compiled with their C wrappers,
+    hvsim/cpu/table.py, in the order of ``table.SLOTS``: :func:`compile_plan` does those
+    first.)"""
     from numba.core.registry import CPUDispatcher
+    from numba import types
     from hvsim._jit import _PACKAGE, kernel_sources
     from hvsim.cpu import run as run_module
     from hvsim.cpu import table
     types_by_name = _argument_types()
+    in_table = {table.kernel_of(s)[0] for s in table.SLOTS}
     found = {}
     for path in kernel_sources():
         rel = path.relative_to(_PACKAGE.parent).with_suffix("")
@@ -198,31 +199,22 @@ def kernel_plan():
         for name, obj in vars(module).items():
             if (isinstance(obj, CPUDispatcher) and obj.py_func.__module__ == module.__name__
                     and obj.targetoptions.get("inline", "never") != "always"
-                    and obj is not run_module.run):
+                    and obj is not run_module.run and obj not in in_table):
                 params = inspect.signature(obj.py_func).parameters
                 sig = tuple(types_by_name.get(p, types.int64) for p in params)
                 found[f"{module.__name__}.{name}"] = (obj, sig)
-    first = []
-    for slot in table.SLOTS:
-        fn, sig = table.kernel_of(slot)
-        name = f"{fn.py_func.__module__}.{fn.py_func.__name__}"
-        if name not in first:
-            first.append(name)
-            found[name] = (fn, sig)
-    others = [n for n in reversed(list(found)) if n not in first]
-    return [(n, *found[n]) for n in first + others]
+    return [(n, *found[n]) for n in reversed(list(found))]
 
 
 def compile_plan() -> None:
-    """The helper's work: compile (into the disk cache) every kernel of :func:`kernel_plan`
-    -- the kernel table's entries with their C wrappers (hvsim/cpu/table.py) first."""
+    """The helper's work: compile (into the disk cache) the kernel table's entries with
+    their C wrappers, in the order a program meets them (hvsim/cpu/table.py), then every
+    other kernel of :func:`kernel_plan`."""
     from hvsim.cpu import table
     for slot in table.SLOTS:
         table.ensure(slot)
-    done = {table.kernel_of(s)[0] for s in table.SLOTS}
     for _name, dispatcher, sig in kernel_plan():
-        if dispatcher not in done:
-            dispatcher.compile(sig)
+        dispatcher.compile(sig)
 
 
 def start_compile_helper():

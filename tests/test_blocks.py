@@ -105,6 +105,7 @@ def make(prog, blocks, paging=False, tlb=(16, 4), cpl=0):
 def state(m):
     st = m._st.copy()
     st[L.CFG_BLOCK_HOT] = 0
+    st[L.INSN_ROW] = 0          # the interpreter's scratch: a block leaves it as it was
     return st, m._tlb.copy(), m._pg.copy(), np.asarray(m._raw_mem).copy(), m._dc[:F_BLK].copy()
 
 

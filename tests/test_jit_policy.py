@@ -211,17 +211,22 @@ def _cached_signatures(dispatcher):
 def test_the_compile_helper_plans_what_the_run_loop_compiles_with_the_same_types():
     """Every kernel in numba's cache (`make test` warmed it) is in the helper's plan with
     the argument types numba compiled it for, and the plan holds nothing else but three
-    kernels that only tests call: so the helper's work is not wasted."""
+    kernels that only tests call: so the helper's work is not wasted. The kernel table's
+    entries are not in it: the helper compiles them first, with their C wrappers, and
+    each wrapper is cached."""
     from numba.core.registry import CPUDispatcher
     from hvsim.warmup import kernel_plan
+    from hvsim.cpu import table
     import hvsim.cpu.run as R
     plan = kernel_plan()
     names = [n for n, _, _ in plan]
     assert len(names) == len(set(names)) and "hvsim.cpu.run.run" not in names
     assert _cached_signatures(R.run)                  # the cache is warm
+    in_table = {table.kernel_of(s)[0] for s in table.SLOTS}
+    assert all(table.cached(fn) is True for fn in in_table)
     never_cached = []
     for name, dispatcher, sig in plan:
-        assert isinstance(dispatcher, CPUDispatcher)
+        assert isinstance(dispatcher, CPUDispatcher) and dispatcher not in in_table
         assert dispatcher.targetoptions.get("inline") != "always", name
         cached = _cached_signatures(dispatcher)
         if cached:
@@ -230,14 +235,7 @@ def test_the_compile_helper_plans_what_the_run_loop_compiles_with_the_same_types
             never_cached.append(name.rsplit(".", 1)[1])
     # only tests call these (and compile them when they run first): the rest is cached
     assert set(never_cached) <= {"big_stack", "pop32", "push32"}
-    # the kernel table's entries come first, in the order a program meets them
-    from hvsim.cpu import table
-    first = [f"{fn.py_func.__module__}.{fn.py_func.__name__}"
-             for fn in dict.fromkeys(table.kernel_of(s)[0] for s in table.SLOTS)]
-    assert names[:len(first)] == first
-    assert first[:2] == ["hvsim.cpu.execute.op_mov_ri", "hvsim.cpu.execute.op_alu_eg"]
-    assert first[-1] == "hvsim.rings.interrupts.deliver"
-    assert len(plan) > 150
+    assert len(plan) > 80
 
 
 def test_the_helper_process_fills_an_empty_cache_and_stops_when_asked(tmp_path, monkeypatch):
@@ -253,13 +251,14 @@ def test_the_helper_process_fills_an_empty_cache_and_stops_when_asked(tmp_path, 
     # where numba files the kernels of *this* hvsim's cpu/ (the helper imports the same)
     from numba.core.caching import _CacheLocator
     cpu = tmp_path / _CacheLocator.get_suitable_cache_subpath(str(J._PACKAGE / "cpu" / "x.py"))
-    deadline = time.monotonic() + 120               # op_mov_ri is the plan's first kernel
-    while not list(cpu.glob("execute.op_mov_ri-*.nbi")) and time.monotonic() < deadline:
+    deadline = time.monotonic() + 120               # op_mov_ri is the table's first entry
+    # the first entry's C wrapper (named after the table module, hvsim/cpu/table.py)
+    while not list(cpu.glob("table.c_op_mov_ri-*.nbi")) and time.monotonic() < deadline:
         assert helper.poll() is None
         time.sleep(0.2)
     stop_compile_helper(helper)
     assert helper.returncode is not None
-    assert list(cpu.glob("execute.op_mov_ri-*.nbc"))   # compiled, written to this cache
+    assert list(cpu.glob("table.c_op_mov_ri-*.nbc"))   # compiled, written to this cache
 
 
 def test_the_ssa_pass_gives_numbas_own_ir():
@@ -377,6 +376,8 @@ with warnings.catch_warnings(record=True) as caught:
     @numba.njit(cache=False)
     def user(n):
         return sum([i for i in range(n)])
+    from hvsim.warmup import warmup
+    warmup()                                # every kernel, with numba's own code
     print(ev.kind, m.cpu.eax, user(5))
 print(sorted(C.status().items()))
 print(len([w for w in caught if "correction" in str(w.message)]),
@@ -385,16 +386,17 @@ print(len([w for w in caught if "correction" in str(w.message)]),
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2700)
 def test_with_every_correction_broken_hvsim_still_imports_compiles_and_runs(tmp_path):
     """A numba upgrade that breaks every correction: each is switched off with one
-    warning, the kernels compile with stock numba (slower) and give the same result, and a
-    user's @njit compiles. (Slow: a cold compile of the README example's kernels.)"""
+    warning, every kernel compiles with stock numba (slower: a cold `hvsim warmup` in one
+    process) and gives the same result, and a user's @njit compiles."""
     import os
     import subprocess
     import sys
     env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path), HVSIM_COMPILE_HELPER="0")
     out = subprocess.run([sys.executable, "-c", _BROKEN_CORRECTIONS], env=env,
-                         capture_output=True, text=True, timeout=1200)
+                         capture_output=True, text=True, timeout=2400)
     assert out.returncode == 0, out.stderr[-3000:]
     lines = out.stdout.strip().splitlines()
     assert lines[0] == "halt 55 10"

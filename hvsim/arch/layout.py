@@ -143,7 +143,9 @@ SHUTDOWN = 123     # 1 after a triple fault: the CPU stays shut down until reset
 NO_RETIRE = 121    # set by a handler whose step did not finish the instruction (REP chunk)
 RESUME_ROW = 122   # dc row of the instruction a kernel request stopped before, -1 none (table.py)
 STEP_TRAP = 120    # 1: a single-step #DB (TF) trap held back by an I/O exit, taken first by the next run()
-INSN_ROW = 125     # dc row of the instruction being executed (for the exit's instruction information)
+INSN_ROW = 125     # dc row of the instruction the interpreter is executing, read only when that
+                   # instruction exits (its instruction information); blocks never exit, so
+                   # they leave it as it was
 
 # --- exception routing: one slot per vector (0..255) -------------------------------------
 ROUTE = 128          # st[ROUTE + v]: 0 = deliver through the guest IDT, 1 = exit to host
