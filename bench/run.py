@@ -28,9 +28,10 @@ What is measured, each in this process unless said otherwise:
 (h) warm start: a fresh process imports hvsim and runs a tiny program (cache warm).
 
 Beside (a)-(c), the same loop in a plain pure-Python interpreter (bench/baseline.py, same
-assembly text) and the interpreter alone (``Machine(blocks=False)``); beside (a) and (b),
-Unicorn and QEMU user mode (``qemu-i386``, bench/elf.py) running the same machine-code
-bytes.
+assembly text), the interpreter alone (``Machine(blocks=False)``) and Unicorn running the
+same machine-code bytes (with the same page tables for (c)); beside (a) and (b), QEMU
+user mode (``qemu-i386``, bench/elf.py) running the same loop bytes as a Linux process;
+beside (f), Unicorn calling a Python hook on every OUT.
 
 The method, the same for every rate and every engine: a rate is the **median of K
 samples** (K = ``--samples``, default 7), each sample at least ``--min-seconds`` (0.5 s)
@@ -105,6 +106,7 @@ top:
     out 0x80, al
     dec ecx
     jnz top
+done:
     hlt
 """
 
@@ -290,16 +292,47 @@ def _identity_map_bytearray(mem, pd_pa, nbytes):
     return identity_map_4k(view, pd_pa, nbytes)
 
 
-def unicorn_loop(template, n):
-    """The same machine-code bytes in Unicorn (QEMU's TCG JIT), from entry to the HLT;
-    returns (instructions, seconds of ``emu_start``)."""
+def unicorn_machine(template, n, paging=False):
+    """A Unicorn CPU (QEMU's TCG JIT as a library) holding the same machine-code bytes as
+    hvsim runs, in 32-bit protected mode; with ``paging``, the same identity map as hvsim's
+    row (c) (hvsim.warmup.identity_map_4k), CR3 pointing at it and CR0.PG set."""
     from unicorn import UC_ARCH_X86, UC_MODE_32, Uc
-    from unicorn.x86_const import UC_X86_REG_ECX, UC_X86_REG_EIP
+    from unicorn.x86_const import UC_X86_REG_CR0, UC_X86_REG_CR3
     from hvsim import assemble
     prog = assemble(template.format(n=n))
     uc = Uc(UC_ARCH_X86, UC_MODE_32)
     uc.mem_map(0, 16 << 20)
+    if paging:
+        import numpy as np
+        from hvsim.warmup import identity_map_4k
+        memory = np.zeros(16 << 20, np.uint8)
+        cr3 = identity_map_4k(memory, 0x800000, 8 << 20)
+        uc.mem_write(0, memory.tobytes())
+        uc.reg_write(UC_X86_REG_CR3, cr3)
+        uc.reg_write(UC_X86_REG_CR0, uc.reg_read(UC_X86_REG_CR0) | CR0_PG)
     uc.mem_write(prog.origin, bytes(prog.code))
+    return uc, prog
+
+
+CR0_PG = 1 << 31       # SDM Vol. 3A, 2.5
+
+
+def unicorn_paging_check():
+    """Raise unless Unicorn really translates through the page tables once CR0.PG is set:
+    a load above the identity-mapped 8 MiB must fault."""
+    from unicorn import UcError
+    uc, prog = unicorn_machine("    mov eax, [0xA00000]\ndone:\n    hlt\n", 0, paging=True)
+    try:
+        uc.emu_start(prog.entry, prog.labels["done"])
+    except UcError:
+        return
+    raise RuntimeError("Unicorn did not fault on an unmapped page: paging is not on")
+
+
+def unicorn_loop(template, n, paging=False):
+    """The loop in Unicorn from its entry to ``done``; returns the seconds of ``emu_start``."""
+    from unicorn.x86_const import UC_X86_REG_ECX, UC_X86_REG_EIP
+    uc, prog = unicorn_machine(template, n, paging)
     t0 = time.perf_counter()
     uc.emu_start(prog.entry, prog.labels["done"])
     dt = time.perf_counter() - t0
@@ -307,6 +340,25 @@ def unicorn_loop(template, n):
     if ecx != 0 or eip != prog.labels["done"]:      # the loop really ran to its end
         raise RuntimeError(f"Unicorn stopped early: ecx={ecx:#x} eip={eip:#x}")
     return dt
+
+
+def unicorn_out_hooks(n):
+    """Row (f) in Unicorn: every ``out 0x80, al`` calls a Python hook (UC_HOOK_INSN on
+    OUT), which returns to the guest; returns (hook calls, seconds of ``emu_start``)."""
+    from unicorn import UC_HOOK_INSN
+    from unicorn.x86_const import UC_X86_INS_OUT
+    uc, prog = unicorn_machine(IO_LOOP, n)
+    calls = [0]
+
+    def on_out(uc, port, size, value, user_data):   # the monitor's handler: nothing to emulate
+        calls[0] += 1
+    uc.hook_add(UC_HOOK_INSN, on_out, None, 1, 0, UC_X86_INS_OUT)
+    t0 = time.perf_counter()
+    uc.emu_start(prog.entry, prog.labels["done"])
+    dt = time.perf_counter() - t0
+    if calls[0] != n:
+        raise RuntimeError(f"expected {n} OUT hooks, got {calls[0]}")
+    return n, dt
 
 
 QEMU = "qemu-i386"
@@ -447,7 +499,7 @@ def measure(args, min_seconds, samples):
         except Exception as e:                                          # report, don't hide
             failed[key] = _err(e)
 
-    def loop_probes(key, template, per_iter, fixed, paging=False, unicorn=True, qemu=None):
+    def loop_probes(key, template, per_iter, fixed, paging=False, qemu=None):
         def hv():
             hvsim_loop(template, 1000, paging=paging)                 # compile / load cache
             n = 20_000
@@ -464,8 +516,10 @@ def measure(args, min_seconds, samples):
             return Probe(lambda k: python_loop(template, k, paging=paging), 200)
 
         def uc():
+            if paging:
+                unicorn_paging_check()
             return Probe(lambda k: (per_iter * k + fixed - 1,          # HLT is not executed
-                                    unicorn_loop(template, k)), 20_000)
+                                    unicorn_loop(template, k, paging)), 20_000)
 
         def qe():
             if qemu_version() is None:
@@ -474,8 +528,7 @@ def measure(args, min_seconds, samples):
         probe((key, "hvsim"), hv)
         probe((key, "interp"), interp)
         probe((key, "python"), py)
-        if unicorn:
-            probe((key, "unicorn"), uc)
+        probe((key, "unicorn"), uc)
         if qemu is not None:
             probe((key, "qemu"), qe)
 
@@ -483,7 +536,7 @@ def measure(args, min_seconds, samples):
     # ALU loop: EAX = N + (N-1) + ... + 1; mixed loop: EAX = [data] (0) + ECX (1)
     loop_probes("alu", ALU_LOOP, ALU_PER_ITER, ALU_FIXED, qemu=lambda n: (n * (n + 1) // 2) & 0xFF)
     loop_probes("mixed", MIXED_LOOP, MIXED_PER_ITER, MIXED_FIXED, qemu=lambda n: 1)
-    loop_probes("paging", MIXED_LOOP, MIXED_PER_ITER, MIXED_FIXED, paging=True, unicorn=False)
+    loop_probes("paging", MIXED_LOOP, MIXED_PER_ITER, MIXED_FIXED, paging=True)
 
     def sys_probe():                   # (d) INT 0x80 system calls, ring 3 <-> ring 0
         def sys_run(k):
@@ -529,6 +582,7 @@ def measure(args, min_seconds, samples):
         traps(1000)
         return Probe(traps, 20_000)
     probe(("traps", "hvsim"), trap_probe)
+    probe(("traps", "unicorn"), lambda: Probe(unicorn_out_hooks, 20_000))
 
     def roundtrip_probe():             # (i) structured exit round trip to a Python monitor
         from hvsim import Machine, assemble
@@ -642,7 +696,7 @@ def measure(args, min_seconds, samples):
                     extra=[calls], baselines=False))
     rows.append(row("step", "(e) Machine.step() calls/s", TARGETS["step"], baselines=False))
     rows.append(row("traps", "(f) trap-to-Python round trips/s (OUT to an unclaimed port)",
-                    TARGETS["traps"], baselines=False))
+                    TARGETS["traps"]))
     rows.append(row("roundtrips", "(i) structured exit round trips/s to a Python monitor "
                     f"(CLI in ring {GUEST_RING} -> #GP(0) -> skip -> run)",
                     TARGETS["roundtrips"], baselines=False))
@@ -798,7 +852,10 @@ def markdown(header, table, info, args):
            "assembly text, with fewer checks than hvsim (no decoding, no segment or privilege "
            "checks, only the flags the loops test);",
            "- **Unicorn**: the same machine-code bytes in Unicorn (QEMU's TCG as a library), "
-           "timed around `emu_start` from the entry to `done`;",
+           "timed around `emu_start` from the entry to `done`; for (c) with the same identity "
+           "map as hvsim's, CR3 and CR0.PG set (a self-check first makes sure a load from an "
+           "unmapped page faults); for (f), a Python hook on OUT (`UC_HOOK_INSN`) that "
+           "returns to the guest, the nearest thing Unicorn has to an exit to Python;",
            "- **QEMU user**: `qemu-i386` (Debian's qemu-user package) running the same loop "
            "bytes as a static i386 Linux executable that bench/elf.py writes by hand (an ELF "
            "header and one read/write/execute PT_LOAD segment, the code assembled by hvsim at "
@@ -838,8 +895,8 @@ def markdown(header, table, info, args):
             "- (d) a ring 3 loop `mov eax, 1 ; int 0x80 ; dec ecx ; jnz` whose ring 0 handler is "
             "`add edi, eax ; iret` (IDT gate DPL 3, TSS stack switch; exceptions=\"guest\")",
             "- (e) `Machine.step()` on the ALU loop",
-            "- (f) `out 0x80, al` in a loop: each OUT exits `run()` as an 'io' event and Python "
-            "calls `run()` again",
+            "- (f) `" + _one_line(IO_LOOP) + "`: each OUT exits `run()` as an 'io' event and "
+            "Python calls `run()` again; in Unicorn each OUT calls a Python hook that returns",
             "- (i) `" + _one_line(GP_LOOP) + f"` in ring {GUEST_RING} with IOPL 0 "
             "(hvsim.rings.setup's flat GDT and TSS), `m.route(13, \"host\")`: each CLI raises "
             "#GP(0) and leaves `run()` as an 'exception' event; the Python handler checks the "
