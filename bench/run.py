@@ -209,9 +209,9 @@ def write_system_tables(memory, labels):
 # ---------------------------------------------------------------------------------------
 # The sampling method (module docstring): every rate is a Probe, sampled in rounds
 
-SAMPLES = 7              # samples per rate (K)
-MIN_SAMPLE_S = 0.5       # guest work per sample, at least
-CALIBRATION_MARGIN = 1.3 # calibrate for this much more, so few samples need running again
+SAMPLES = 7               # samples per rate (K)
+MIN_SAMPLE_S = 0.5        # guest work per sample, at least
+CALIBRATION_MARGIN = 1.3  # calibrate for this much more, so few samples need running again
 QUICK_SAMPLES, QUICK_MIN_SAMPLE_S = 3, 0.05
 
 
@@ -242,7 +242,8 @@ class Probe:
             if dt >= min_seconds or self.n >= self.limit:
                 break
             self.reruns += 1           # too short: this sample does not count; go longer
-            self.n = min(self.limit, int(self.n * min_seconds * CALIBRATION_MARGIN / max(dt, 1e-4)) + 1)
+            grow = min_seconds * CALIBRATION_MARGIN / max(dt, 1e-4)
+            self.n = min(self.limit, int(self.n * grow) + 1)
         self.rates.append(units / dt)
         self.seconds.append(dt)
 
@@ -524,7 +525,8 @@ def measure(args, min_seconds, samples):
         def qe():
             if qemu_version() is None:
                 return QEMU_MISSING
-            return Probe(QemuLoop(key, template, per_iter, qemu, args.tmp).sample, 100_000)
+            return Probe(QemuLoop(key, template, per_iter, qemu, args.tmp).sample, 100_000,
+                         limit=2**31 - 1)                  # 2n must fit in ECX
         probe((key, "hvsim"), hv)
         probe((key, "interp"), interp)
         probe((key, "python"), py)
@@ -755,7 +757,8 @@ def fresh_process_rows(quick=False):
                            capture_output=True, timeout=600)
             times.append(time.perf_counter() - t0)
         warm = min(times)
-        warm_note = "best of 3 fresh processes (" + ", ".join(f"{t:.2f}" for t in times) + " s), wall time"
+        warm_note = ("best of 3 fresh processes (" + ", ".join(f"{t:.2f}" for t in times)
+                     + " s), wall time")
     except Exception as e:
         warm, warm_note = _err(e), "wall time"
     rows.append({"name": "(h) warm start: fresh process, import hvsim + tiny program",
@@ -840,7 +843,8 @@ def markdown(header, table, info, args):
            f"Each rate is the **median of {args.samples} samples**, each sample at least "
            f"{args.min_seconds:g} s of guest work (a calibration run sizes the iteration count; "
            "a sample that still comes out shorter is run again, longer, and the note counts "
-           "those). The table gives the median, the min–max of the samples and the best one; "
+           "those: dropping a short, hence fast, sample can only make a rate look slower). "
+           "The table gives the median, the min–max of the samples and the best one; "
            "\"vs target\" judges the median, never the best. The samples are taken in rounds "
            "that go through every rate in turn, hvsim's and the baselines' alike, so a burst of "
            "other work on this shared machine (see the load average) hits a sample of each row "
