@@ -539,6 +539,7 @@ def measure(args, min_seconds, samples):
     loop_probes("alu", ALU_LOOP, ALU_PER_ITER, ALU_FIXED, qemu=lambda n: (n * (n + 1) // 2) & 0xFF)
     loop_probes("mixed", MIXED_LOOP, MIXED_PER_ITER, MIXED_FIXED, qemu=lambda n: 1)
     loop_probes("paging", MIXED_LOOP, MIXED_PER_ITER, MIXED_FIXED, paging=True)
+    failed[("paging", "qemu")] = "n/a — user mode has no guest page tables"
 
     def sys_probe():                   # (d) INT 0x80 system calls, ring 3 <-> ring 0
         def sys_run(k):
@@ -585,6 +586,7 @@ def measure(args, min_seconds, samples):
         return Probe(traps, 20_000)
     probe(("traps", "hvsim"), trap_probe)
     probe(("traps", "unicorn"), lambda: Probe(unicorn_out_hooks, 20_000))
+    failed[("traps", "qemu")] = "n/a — no hook to Python"
 
     def roundtrip_probe():             # (i) structured exit round trip to a Python monitor
         from hvsim import Machine, assemble
