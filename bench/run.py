@@ -457,7 +457,7 @@ def fmt_rate(x):
     if isinstance(x, str):
         return x
     for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if x >= scale:
+        if x >= scale * 0.9995:        # 999.6 M/s reads 1 G/s (3 digits), not 1e+03 M/s
             return f"{x / scale:.3g} {unit}/s"
     return f"{x:.3g} /s"
 
