@@ -678,8 +678,16 @@ def measure(args, min_seconds, samples):
         s = f"{len(p.rates)} samples of {min(p.seconds):.2f}-{max(p.seconds):.2f} s"
         return s + (f" (short samples run again, longer: {p.reruns})" if p.reruns else "")
 
+    def qemu_note(key):
+        p = probes.get((key, "qemu"))
+        if p is None:
+            return ""
+        return (f"QEMU user: each sample is the whole `qemu-i386` process at 2N iterations "
+                f"minus at N = {p.n:,} (start-up and translation cancel), exit status checked")
+
     def row(key, name, target=None, extra=(), baselines=True):
-        notes_ = [notes.get(key, "")] + list(extra) + [sampling_note((key, "hvsim"))]
+        notes_ = ([notes.get(key, "")] + list(extra) + [sampling_note((key, "hvsim")),
+                  qemu_note(key)])
         return {"name": name, "value": result((key, "hvsim")), "target": target,
                 "seconds": False,
                 "baselines": {b: result((key, b)) for b in BASELINES} if baselines else {},
