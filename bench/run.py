@@ -13,19 +13,19 @@ What is measured, each in this process unless said otherwise:
 (e) ``Machine.step()`` calls/s;
 (f) trap-to-Python round trips/s: a loop doing ``out 0x80, al`` to a port no device
     claims; every OUT leaves ``run()`` as an 'io' event and Python resumes the guest;
-(i) structured exit round trips/s to a Python monitor: a ring 1 loop whose ``cli``
-    raises #GP(0) (IOPL 0), routed to the host; the handler reads the event, skips the
-    instruction (``ev.insn.length`` when events carry the decoded instruction, else
-    ``ev.length``) and calls ``run()`` again;
-(j) the trap-and-emulate teaching kernel under its monitor (lesson 02), guest
-    instructions/s as the machine counts them;
 (g) cold compile to a first result: a fresh process with NUMBA_CACHE_DIR pointed at an
     empty folder runs the README's example (wall time of the whole process, best of
     three, each on its own empty cache: numba compiles the run loop and the handlers
     that program meets, hvsim/cpu/table.py, while a helper process compiles handlers on
     the second core); then every kernel: ``hvsim warmup`` in a fresh process on another
     empty cache;
-(h) warm start: a fresh process imports hvsim and runs a tiny program (cache warm).
+(h) warm start: a fresh process imports hvsim and runs a tiny program (cache warm);
+(i) structured exit round trips/s to a Python monitor: a ring 1 loop whose ``cli``
+    raises #GP(0) (IOPL 0), routed to the host; the handler reads the event, skips the
+    instruction (``ev.insn.length`` when events carry the decoded instruction, else
+    ``ev.length``) and calls ``run()`` again;
+(j) the trap-and-emulate teaching kernel under its monitor (lesson 02), guest
+    instructions/s as the machine counts them.
 
 Beside (a)-(c), the same loop in a plain pure-Python interpreter (bench/baseline.py, same
 assembly text), the interpreter alone (``Machine(blocks=False)``) and Unicorn running the
@@ -913,17 +913,6 @@ def markdown(header, table, info, args):
             "- (e) `Machine.step()` on the ALU loop",
             "- (f) `" + _one_line(IO_LOOP) + "`: each OUT exits `run()` as an 'io' event and "
             "Python calls `run()` again; in Unicorn each OUT calls a Python hook that returns",
-            "- (i) `" + _one_line(GP_LOOP) + f"` in ring {GUEST_RING} with IOPL 0 "
-            "(hvsim.rings.setup's flat GDT and TSS), `m.route(13, \"host\")`: each CLI raises "
-            "#GP(0) and leaves `run()` as an 'exception' event; the Python handler checks the "
-            "kind and vector, sets `m.cpu.eip = ev.eip + length` (`ev.insn.length` when the "
-            "event carries the decoded instruction, else `ev.length`: the note says which) "
-            "and calls `m.run()` again. A round trip is one such exit, handled and resumed",
-            "- (j) `TrapAndEmulate(program=teaching_kernel())` (lesson 02's kernel in ring 1, "
-            "its user program in ring 3, every trap handled by the Python monitor), booted, "
-            "then `mon.run(N)`; the rate counts the instructions the machine retired "
-            "(`machine.counters[\"instructions\"]`: the instructions the monitor emulates "
-            "after a trap are not among them) per second of `mon.run`",
             "- (g) the README's example (`mov ecx, 10 ; again: add eax, ecx ; loop again ; hlt`, "
             "then a check of EAX) as `python -c` with `NUMBA_CACHE_DIR` set to an empty folder, "
             f"best of {COLD_RUNS} (each on its own empty folder): "
@@ -933,6 +922,18 @@ def markdown(header, table, info, args):
             "compiles everything, on another empty folder",
             "- (h) `python -c \"import hvsim; ...run a two-instruction program\"` with the cache "
             "warm, best of 3",
+            "- (i) `" + _one_line(GP_LOOP) + f"` in ring {GUEST_RING} with IOPL 0 "
+            "(hvsim.rings.setup's flat GDT and TSS), `m.route(13, \"host\")`: each CLI raises "
+            "#GP(0) and leaves `run()` as an 'exception' event; the Python handler checks the "
+            "kind and vector, sets `m.cpu.eip = ev.eip + length` (`ev.insn.length` when the "
+            "event carries the decoded instruction, else `ev.length`: the note says which) "
+            "and calls `m.run()` again. A round trip is one such exit, handled and resumed",
+            "- (j) `TrapAndEmulate(program=teaching_kernel())` (from hvsim.monitors, or "
+            "hvsim.rings.monitor in checkouts from before the move; lesson 02's kernel in ring 1, "
+            "its user program in ring 3, every trap handled by the Python monitor), booted, "
+            "then `mon.run(N)`; the rate counts the instructions the machine retired "
+            "(`machine.counters[\"instructions\"]`: the instructions the monitor emulates "
+            "after a trap are not among them) per second of `mon.run`",
             ""]
     return "\n".join(out)
 
