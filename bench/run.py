@@ -1,6 +1,7 @@
 """hvsim speed measurements: prints a table and writes BENCHMARKS.md (Python; not jitted).
 
-    python bench/run.py [--quick] [--no-write] [--seconds S]
+    python bench/run.py [--samples K] [--min-seconds S] [--no-write]
+    python bench/run.py --quick            # smoke run: short samples, never written
 
 What is measured, each in this process unless said otherwise:
 
@@ -18,15 +19,28 @@ What is measured, each in this process unless said otherwise:
     that program meets, hvsim/cpu/table.py, while a helper process compiles handlers on
     the second core); then every kernel: ``hvsim warmup`` in a fresh process on another
     empty cache;
-(h) warm start: a fresh process imports hvsim and runs a tiny program (cache warm).
+(h) warm start: a fresh process imports hvsim and runs a tiny program (cache warm);
+(i) structured exit round trips/s to a Python monitor: a ring 1 loop whose ``cli``
+    raises #GP(0) (IOPL 0), routed to the host; the handler reads the event, skips the
+    instruction (``ev.insn.length`` when events carry the decoded instruction, else
+    ``ev.length``) and calls ``run()`` again;
+(j) the trap-and-emulate teaching kernel under its monitor (lesson 02), guest
+    instructions/s as the machine counts them.
 
-Beside (a)-(c), the same loop's speed in a plain pure-Python interpreter
-(bench/baseline.py, same assembly text) and, for (a) and (b), in Unicorn running the
-same machine-code bytes. Each rate is the best of many short runs (``--seconds``
-split into ``SAMPLES`` runs), taken in rounds that go through every row in turn: on a
-shared virtual machine the host's other work comes in bursts, and the best short run
-is the steadiest estimate of what the code can do; hvsim's median is printed beside
-it. Targets are printed beside the results; nothing here asserts a timing.
+Beside (a)-(c), the same loop in a plain pure-Python interpreter (bench/baseline.py, same
+assembly text), the interpreter alone (``Machine(blocks=False)``) and Unicorn running the
+same machine-code bytes (with the same page tables for (c)); beside (a) and (b), QEMU
+user mode (``qemu-i386``, bench/elf.py) running the same loop bytes as a Linux process;
+beside (f), Unicorn calling a Python hook on every OUT.
+
+The method, the same for every rate and every engine: a rate is the **median of K
+samples** (K = ``--samples``, default 7), each sample at least ``--min-seconds`` (0.5 s)
+of guest work: a calibration run sizes each sample's iteration count, and a sample that
+still comes out shorter is run again, longer. The table gives the median, the min-max
+and the best. Samples are taken in rounds that go through every rate in turn, so a burst
+of other work on this shared machine hits a sample of each row rather than every sample
+of one row. A row whose *median* misses its target says "below target". Nothing here
+asserts a timing.
 """
 from __future__ import annotations
 
@@ -92,6 +106,7 @@ top:
     out 0x80, al
     dec ecx
     jnz top
+done:
     hlt
 """
 
@@ -132,6 +147,20 @@ sys_handler:
 exit_handler:
     hlt
 """
+# (i): run in ring 1 with IOPL 0, where CLI raises #GP(0) (SDM Vol. 2A, CLI "Operation");
+# the HLT at `done` raises #GP(0) too (CPL > 0) and ends the loop
+GP_LOOP = """
+    mov ecx, {n}
+top:
+    cli
+    dec ecx
+    jnz top
+done:
+    hlt
+"""
+GP_VECTOR = 13        # #GP (SDM Vol. 3A, Table 6-1)
+GUEST_RING = 1        # where a deprivileged guest kernel runs
+
 COLD_RUNS = 3   # row (g): fresh processes on empty caches, as row (h) takes the best of 3
 
 # the README's example as row (g) runs it in a fresh process
@@ -148,7 +177,7 @@ SYSCALL_PER_ITER = 6    # user: mov, int, dec, jnz; kernel: add, iret
 
 TARGETS = {
     "alu": 2e8, "mixed": 1.5e8, "paging": 1e8, "step": 2e5, "traps": 3e5,
-    "cold": 10.0, "warm": 1.5,
+    "roundtrips": 4e5, "cold": 10.0, "warm": 1.0,
 }
 
 
@@ -178,24 +207,53 @@ def write_system_tables(memory, labels):
 
 
 # ---------------------------------------------------------------------------------------
-# Measurement helpers
+# The sampling method (module docstring): every rate is a Probe, sampled in rounds
 
-SAMPLES = 15   # runs per rate (one with --quick)
-
-
-def median_note(rates):
-    """'median X over N runs' for a note column (empty for a single run)."""
-    if len(rates) < 2:
-        return ""
-    return f"median {fmt_rate(rates[len(rates) // 2])} over {len(rates)} runs"
+SAMPLES = 7               # samples per rate (K)
+MIN_SAMPLE_S = 0.5        # guest work per sample, at least
+CALIBRATION_MARGIN = 1.3  # calibrate for this much more, so few samples need running again
+QUICK_SAMPLES, QUICK_MIN_SAMPLE_S = 3, 0.05
 
 
-def calibrated(make_run, per_iter, seconds, start=20_000, limit=10**9):
-    """Pick an iteration count whose run takes about `seconds`, from a short probe."""
-    units, dt = make_run(start)
-    rate = units / max(dt, 1e-6)
-    n = int(seconds * rate / per_iter)
-    return max(start, min(n, limit))
+class Probe:
+    """One rate: ``sample(n) -> (units, seconds)`` does n iterations of guest work and
+    says how many units (instructions, round trips) it did in how many seconds of it.
+
+    :meth:`calibrate` picks the n for which a sample lasts the minimum (with a margin);
+    :meth:`take` takes one sample, running it again with a larger n if it came out short.
+    """
+
+    def __init__(self, sample, start, limit=2**32 - 1):
+        self.sample, self.n, self.limit = sample, start, limit
+        self.rates, self.seconds, self.reruns = [], [], 0
+
+    def calibrate(self, min_seconds):
+        goal = min_seconds * CALIBRATION_MARGIN
+        while True:
+            _, dt = self.sample(self.n)
+            if dt >= goal or self.n >= self.limit:
+                return
+            grow = goal / max(dt, 1e-4) * 1.1
+            self.n = min(self.limit, int(self.n * min(max(grow, 1.5), 100)))
+
+    def take(self, min_seconds):
+        while True:
+            units, dt = self.sample(self.n)
+            if dt >= min_seconds or self.n >= self.limit:
+                break
+            self.reruns += 1           # too short: this sample does not count; go longer
+            grow = min_seconds * CALIBRATION_MARGIN / max(dt, 1e-4)
+            self.n = min(self.limit, int(self.n * grow) + 1)
+        self.rates.append(units / dt)
+        self.seconds.append(dt)
+
+
+def stats(rates):
+    """(median, min, max, best) of a list of rates; the best of a rate is its max."""
+    r = sorted(rates)
+    k = len(r)
+    median = r[k // 2] if k % 2 else (r[k // 2 - 1] + r[k // 2]) / 2
+    return median, r[0], r[-1], r[-1]
 
 
 def hvsim_loop(template, n, *, paging=False, exceptions="host", setup=None, blocks=True):
@@ -235,22 +293,119 @@ def _identity_map_bytearray(mem, pd_pa, nbytes):
     return identity_map_4k(view, pd_pa, nbytes)
 
 
-def unicorn_loop(template, n):
-    """The same machine-code bytes in Unicorn (QEMU's TCG JIT), from entry to the HLT."""
+def unicorn_machine(template, n, paging=False):
+    """A Unicorn CPU (QEMU's TCG JIT as a library) holding the same machine-code bytes as
+    hvsim runs, in 32-bit protected mode; with ``paging``, the same identity map as hvsim's
+    row (c) (hvsim.warmup.identity_map_4k), CR3 pointing at it and CR0.PG set."""
     from unicorn import UC_ARCH_X86, UC_MODE_32, Uc
+    from unicorn.x86_const import UC_X86_REG_CR0, UC_X86_REG_CR3
     from hvsim import assemble
     prog = assemble(template.format(n=n))
     uc = Uc(UC_ARCH_X86, UC_MODE_32)
     uc.mem_map(0, 16 << 20)
+    if paging:
+        import numpy as np
+        from hvsim.warmup import identity_map_4k
+        memory = np.zeros(16 << 20, np.uint8)
+        cr3 = identity_map_4k(memory, 0x800000, 8 << 20)
+        uc.mem_write(0, memory.tobytes())
+        uc.reg_write(UC_X86_REG_CR3, cr3)
+        uc.reg_write(UC_X86_REG_CR0, uc.reg_read(UC_X86_REG_CR0) | CR0_PG)
     uc.mem_write(prog.origin, bytes(prog.code))
+    return uc, prog
+
+
+CR0_PG = 1 << 31       # SDM Vol. 3A, 2.5
+
+
+def unicorn_paging_check():
+    """Raise unless Unicorn really translates through the page tables once CR0.PG is set:
+    a load above the identity-mapped 8 MiB must fault."""
+    from unicorn import UcError
+    uc, prog = unicorn_machine("    mov eax, [0xA00000]\ndone:\n    hlt\n", 0, paging=True)
+    try:
+        uc.emu_start(prog.entry, prog.labels["done"])
+    except UcError:
+        return
+    raise RuntimeError("Unicorn did not fault on an unmapped page: paging is not on")
+
+
+def unicorn_loop(template, n, paging=False):
+    """The loop in Unicorn from its entry to ``done``; returns the seconds of ``emu_start``."""
+    from unicorn.x86_const import UC_X86_REG_ECX, UC_X86_REG_EIP
+    uc, prog = unicorn_machine(template, n, paging)
     t0 = time.perf_counter()
     uc.emu_start(prog.entry, prog.labels["done"])
     dt = time.perf_counter() - t0
-    from unicorn.x86_const import UC_X86_REG_ECX, UC_X86_REG_EIP
     ecx, eip = uc.reg_read(UC_X86_REG_ECX), uc.reg_read(UC_X86_REG_EIP)
     if ecx != 0 or eip != prog.labels["done"]:      # the loop really ran to its end
         raise RuntimeError(f"Unicorn stopped early: ecx={ecx:#x} eip={eip:#x}")
-    return uc, dt
+    return dt
+
+
+def unicorn_out_hooks(n):
+    """Row (f) in Unicorn: every ``out 0x80, al`` calls a Python hook (UC_HOOK_INSN on
+    OUT), which returns to the guest; returns (hook calls, seconds of ``emu_start``)."""
+    from unicorn import UC_HOOK_INSN
+    from unicorn.x86_const import UC_X86_INS_OUT
+    uc, prog = unicorn_machine(IO_LOOP, n)
+    calls = [0]
+
+    def on_out(uc, port, size, value, user_data):   # the monitor's handler: nothing to emulate
+        calls[0] += 1
+    uc.hook_add(UC_HOOK_INSN, on_out, None, 1, 0, UC_X86_INS_OUT)
+    t0 = time.perf_counter()
+    uc.emu_start(prog.entry, prog.labels["done"])
+    dt = time.perf_counter() - t0
+    if calls[0] != n:
+        raise RuntimeError(f"expected {n} OUT hooks, got {calls[0]}")
+    return n, dt
+
+
+QEMU = "qemu-i386"
+QEMU_MISSING = "n/a — install Debian's qemu-user package (`apt-get install qemu-user`)"
+
+
+def qemu_version():
+    """qemu-i386's version line, or None when it is not installed."""
+    import shutil
+    if shutil.which(QEMU) is None:
+        return None
+    out = subprocess.run([QEMU, "--version"], capture_output=True, text=True, timeout=60)
+    return (out.stdout.strip().splitlines() or ["unknown"])[0]
+
+
+class QemuLoop:
+    """The same loop as a static i386 Linux executable (bench/elf.py) under QEMU user
+    mode. ``sample(n)`` times the whole ``qemu-i386 prog`` process for n and for 2n
+    iterations and returns the difference: QEMU's start-up, the ELF loading and the
+    translation of the loop (the same in both runs) cancel out, what is left is n
+    iterations of the loop. The exit status (AL at ``done``) is checked against
+    ``status(n)``, so a run that stopped early would be noticed."""
+
+    def __init__(self, name, template, per_iter, status, folder):
+        self.template, self.per_iter, self.status = template, per_iter, status
+        self.folder = Path(folder) / name                   # one folder per loop
+        self.folder.mkdir(exist_ok=True)
+
+    def _run(self, n):
+        import elf
+        path = self.folder / f"loop-{n}"
+        if not path.exists():
+            path.write_bytes(elf.loop_executable(self.template, n))
+            path.chmod(0o755)
+        t0 = time.perf_counter()
+        out = subprocess.run([QEMU, str(path)], capture_output=True, timeout=600)
+        dt = time.perf_counter() - t0
+        if out.returncode != self.status(n):
+            raise RuntimeError(f"{QEMU} exited with {out.returncode}, expected {self.status(n)} "
+                               f"({out.stderr.decode(errors='replace').strip()[:200]})")
+        return dt
+
+    def sample(self, n):
+        t1 = self._run(n)
+        t2 = self._run(2 * n)
+        return self.per_iter * n, t2 - t1
 
 
 def _err(e):
@@ -292,6 +447,7 @@ def machine_info():
         info["unicorn"] = unicorn.__version__
     except Exception:
         info["unicorn"] = "not installed"
+    info["qemu user"] = qemu_version() or QEMU_MISSING
     return info
 
 
@@ -301,7 +457,7 @@ def fmt_rate(x):
     if isinstance(x, str):
         return x
     for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if x >= scale:
+        if x >= scale * 0.9995:        # 999.6 M/s reads 1 G/s (3 digits), not 1e+03 M/s
             return f"{x / scale:.3g} {unit}/s"
     return f"{x:.3g} /s"
 
@@ -313,88 +469,106 @@ def fmt_seconds(x):
 # ---------------------------------------------------------------------------------------
 # The rows
 
-def measure(args):
-    rows = []   # (name, hvsim, target, python, unicorn, verdict, note)
-    repeats = 1 if args.quick else SAMPLES
-    secs = args.seconds / repeats          # each run; the repeats share --seconds
-    # Every rate below is a probe: a calibrated run, called once per round. The rounds
-    # go through all probes in turn, so a burst of load on the host hits a few runs of
-    # each row rather than every run of one row.
-    probes, notes = {}, {}
+# which rate of which row: (row, engine); engines "hvsim", "interp" (Machine(blocks=False)),
+# "python", "unicorn", "qemu"
+BASELINES = ("python", "unicorn", "qemu")
+
+
+def import_trap_and_emulate():
+    """The trap-and-emulate monitor class, wherever this checkout keeps it."""
+    # the monitor is moving from hvsim/rings/monitor.py to hvsim/monitors/: either path works
+    try:
+        from hvsim.monitors import TrapAndEmulate
+    except ImportError:
+        from hvsim.rings.monitor import TrapAndEmulate
+    return TrapAndEmulate
+
+
+def measure(args, min_seconds, samples):
+    """Every row, as dicts: name, value (stats tuple, seconds, or an error string),
+    target, baselines {engine: stats or text}, note."""
+    probes, notes, failed = {}, {}, {}
 
     def probe(key, make):
         try:
-            probes[key] = make()
+            p = make()
+            if isinstance(p, str):            # a baseline that cannot run here says why
+                failed[key] = p
+                return
+            p.calibrate(min_seconds)
+            probes[key] = p
         except Exception as e:                                          # report, don't hide
-            probes[key] = _err(e)
+            failed[key] = _err(e)
 
-    def loop_probes(key, template, per_iter, fixed, paging=False, with_unicorn=True):
+    def loop_probes(key, template, per_iter, fixed, paging=False, qemu=None):
         def hv():
             hvsim_loop(template, 1000, paging=paging)                 # compile / load cache
-            n = calibrated(lambda k: hvsim_loop(template, k, paging=paging), per_iter, secs)
-            expected = per_iter * n + fixed
+            n = 20_000
             executed, _ = hvsim_loop(template, n, paging=paging)
+            expected = per_iter * n + fixed
             if executed not in (expected, expected - 1):               # HLT counted or not
                 notes[key] = f"counted {executed} instructions, expected {expected}"
-            return lambda: hvsim_loop(template, n, paging=paging)
+            return Probe(lambda k: hvsim_loop(template, k, paging=paging), n)
 
         def interp():                 # the same loop with translated blocks off
-            n = calibrated(lambda k: hvsim_loop(template, k, paging=paging, blocks=False),
-                           per_iter, secs)
-            return lambda: hvsim_loop(template, n, paging=paging, blocks=False)
+            return Probe(lambda k: hvsim_loop(template, k, paging=paging, blocks=False), 20_000)
 
         def py():
-            pn = calibrated(lambda k: python_loop(template, k, paging=paging), per_iter,
-                            min(secs, 0.5), start=200)
-            return lambda: python_loop(template, pn, paging=paging)
+            return Probe(lambda k: python_loop(template, k, paging=paging), 200)
 
         def uc():
-            def one(k):
-                _, dt = unicorn_loop(template, k)
-                return per_iter * k + fixed - 1, dt                   # HLT is not executed
-            un = calibrated(one, per_iter, secs)
-            return lambda: one(un)
+            if paging:
+                unicorn_paging_check()
+            return Probe(lambda k: (per_iter * k + fixed - 1,          # HLT is not executed
+                                    unicorn_loop(template, k, paging)), 20_000)
+
+        def qe():
+            if qemu_version() is None:
+                return QEMU_MISSING
+            return Probe(QemuLoop(key, template, per_iter, qemu, args.tmp).sample, 100_000,
+                         limit=2**31 - 1)                  # 2n must fit in ECX
         probe((key, "hvsim"), hv)
         probe((key, "interp"), interp)
         probe((key, "python"), py)
-        if with_unicorn:
-            probe((key, "unicorn"), uc)
+        probe((key, "unicorn"), uc)
+        if qemu is not None:
+            probe((key, "qemu"), qe)
 
-    loop_probes("alu", ALU_LOOP, ALU_PER_ITER, ALU_FIXED)
-    loop_probes("mixed", MIXED_LOOP, MIXED_PER_ITER, MIXED_FIXED)
-    loop_probes("paging", MIXED_LOOP, MIXED_PER_ITER, MIXED_FIXED, paging=True,
-                with_unicorn=False)
+    # the exit status of the QEMU executable is AL at `done` (bench/elf.py):
+    # ALU loop: EAX = N + (N-1) + ... + 1; mixed loop: EAX = [data] (0) + ECX (1)
+    loop_probes("alu", ALU_LOOP, ALU_PER_ITER, ALU_FIXED, qemu=lambda n: (n * (n + 1) // 2) & 0xFF)
+    loop_probes("mixed", MIXED_LOOP, MIXED_PER_ITER, MIXED_FIXED, qemu=lambda n: 1)
+    loop_probes("paging", MIXED_LOOP, MIXED_PER_ITER, MIXED_FIXED, paging=True)
+    failed[("paging", "qemu")] = "n/a — user mode has no guest page tables"
 
     def sys_probe():                   # (d) INT 0x80 system calls, ring 3 <-> ring 0
         def sys_run(k):
             return hvsim_loop(SYSCALL_LOOP, k, exceptions="guest",
                               setup=lambda m, p: write_system_tables(m.memory, p.labels))
         sys_run(100)
-        n = calibrated(sys_run, SYSCALL_PER_ITER, secs, start=2000)
-        return lambda: sys_run(n)
+        return Probe(sys_run, 2000)
     probe(("sys", "hvsim"), sys_probe)
 
     def step_probe():                  # (e) Machine.step()
         from hvsim import Machine, assemble
         m = Machine()
-        m.load(assemble(ALU_LOOP.format(n=10**9)))
+        m.load(assemble(ALU_LOOP.format(n=2**32 - 1)))
         for _ in range(1000):
             m.step()
-        k = 20_000
 
-        def steps():
+        def steps(k):
+            step = m.step
             t0 = time.perf_counter()
             for _ in range(k):
-                m.step()
+                step()
             return k, time.perf_counter() - t0
-        return steps
+        return Probe(steps, 20_000, limit=10**8)
     probe(("step", "hvsim"), step_probe)
 
     def trap_probe():                  # (f) trap to Python and back
         from hvsim import Machine, assemble
-        k = 20_000
 
-        def traps():
+        def traps(k):
             m = Machine()
             m.load(assemble(IO_LOOP.format(n=k)))
             count = 0
@@ -408,51 +582,147 @@ def measure(args):
             if ev.kind != "halt" or count != k:
                 raise RuntimeError(f"expected {k} io exits then halt, got {count} then {ev.kind!r}")
             return count, dt
-        traps()
-        return traps
+        traps(1000)
+        return Probe(traps, 20_000)
     probe(("traps", "hvsim"), trap_probe)
+    probe(("traps", "unicorn"), lambda: Probe(unicorn_out_hooks, 20_000))
+    failed[("traps", "qemu")] = "n/a — no hook to Python"
 
-    rates = {key: [] for key, fn in probes.items() if callable(fn)}
-    for _ in range(repeats):
-        for key in list(rates):
+    def roundtrip_probe():             # (i) structured exit round trip to a Python monitor
+        from hvsim import Machine, assemble
+        from hvsim.arch.flags import FIXED1
+        from hvsim.rings.setup import install
+
+        def skip_by_insn(m, ev):        # the decoded instruction the exit carries
+            m.cpu.eip = ev.eip + ev.insn.length
+
+        def skip_by_length(m, ev):      # the exit's instruction length
+            m.cpu.eip = ev.eip + ev.length
+
+        def machine(k):
+            prog = assemble(GP_LOOP.format(n=k))
+            m = Machine(memory=1 << 20)
+            tables = install(m)
+            m.route(GP_VECTOR, "host")
+            m.load(prog)
+            tables.enter(m, GUEST_RING, m.cpu.eip, tables.stack_top(GUEST_RING))
+            m.cpu.eflags = FIXED1                      # IOPL 0, IF 0
+            return m, prog.labels["done"]
+
+        m, _ = machine(1)
+        first = m.run()
+        if first.kind != "exception" or first.vector != GP_VECTOR or first.error_code != 0:
+            raise RuntimeError(f"expected #GP(0) from CLI in ring {GUEST_RING}, got {first}")
+        by_insn = getattr(first, "insn", None) is not None
+        skip = skip_by_insn if by_insn else skip_by_length
+        length = first.insn.length if by_insn else first.length
+        if length != 1:
+            raise RuntimeError(f"CLI is 1 byte, the exit says {length}")
+        notes["roundtrips"] = ("the handler skipped the instruction with `ev.insn.length` "
+                               "(the decoded instruction the exit carries)" if by_insn else
+                               "the handler skipped the instruction with `ev.length` "
+                               "(this commit's events carry no `ev.insn`)")
+
+        def roundtrips(k):
+            m, done = machine(k)
+            count = 0
+            t0 = time.perf_counter()
+            while True:
+                ev = m.run()
+                if ev.kind != "exception" or ev.vector != GP_VECTOR or ev.eip == done:
+                    break
+                skip(m, ev)
+                count += 1
+            dt = time.perf_counter() - t0
+            if ev.eip != done or count != k:
+                raise RuntimeError(f"expected {k} #GP exits then the HLT's, got {count} then {ev}")
+            return count, dt
+        roundtrips(1000)
+        return Probe(roundtrips, 20_000)
+    probe(("roundtrips", "hvsim"), roundtrip_probe)
+
+    def kernel_probe():                # (j) the teaching kernel under trap-and-emulate
+        from hvsim.guests import teaching_kernel
+        mon = import_trap_and_emulate()(program=teaching_kernel())
+        mon.run(50_000)                                # boot, to the user program's loop
+
+        def run(k):
+            before = int(mon.machine.counters["instructions"])
+            t0 = time.perf_counter()
+            ev = mon.run(k)
+            dt = time.perf_counter() - t0
+            if ev.kind != "budget":
+                raise RuntimeError(f"the teaching kernel stopped: {ev}")
+            return int(mon.machine.counters["instructions"]) - before, dt
+        return Probe(run, 50_000, limit=10**12)
+    probe(("kernel", "hvsim"), kernel_probe)
+
+    # the rounds: every probe once per round, in turn
+    for _ in range(samples):
+        for key in list(probes):
             try:
-                units, seconds = probes[key]()
-                rates[key].append(units / seconds if seconds > 0 else 0.0)
+                probes[key].take(min_seconds)
             except Exception as e:
-                probes[key] = _err(e)
-                del rates[key]
+                failed[key] = _err(e)
+                del probes[key]
 
-    def best(key):
-        if key not in probes:
-            return None
-        return max(rates[key]) if key in rates else probes[key]
+    def result(key):
+        if key in probes:
+            return stats(probes[key].rates)
+        return failed.get(key)
 
-    def note(key, *extra):
-        parts = [notes.get(key[0], "")] + list(extra)
-        if key in rates:
-            parts.append(median_note(sorted(rates[key])))
-        return "; ".join(x for x in parts if x)
+    def sampling_note(key):
+        p = probes.get(key)
+        if p is None:
+            return ""
+        s = f"{len(p.rates)} samples of {min(p.seconds):.2f}-{max(p.seconds):.2f} s"
+        return s + (f" (short samples run again, longer: {p.reruns})" if p.reruns else "")
 
+    def qemu_note(key):
+        p = probes.get((key, "qemu"))
+        if p is None:
+            return ""
+        return (f"QEMU user: each sample is the whole `qemu-i386` process at 2N iterations "
+                f"minus at N = {p.n:,} (start-up and translation cancel), exit status checked")
+
+    def row(key, name, target=None, extra=(), baselines=True):
+        notes_ = ([notes.get(key, "")] + list(extra) + [sampling_note((key, "hvsim")),
+                  qemu_note(key)])
+        return {"name": name, "value": result((key, "hvsim")), "target": target,
+                "seconds": False,
+                "baselines": {b: result((key, b)) for b in BASELINES} if baselines else {},
+                "note": "; ".join(x for x in notes_ if x)}
+
+    rows = []
     for key, name in (("alu", "(a) ALU loop, instr/s"),
                       ("mixed", "(b) mixed loop (load/store, push/pop, call/ret), instr/s"),
                       ("paging", "(c) mixed loop, paging + TLB on, instr/s")):
-        alone = best((key, "interp"))
-        alone = (f"interpreter alone (`Machine(blocks=False)`): {fmt_rate(alone)}"
-                 if isinstance(alone, float) else f"interpreter alone: {alone}")
-        rows.append((name, best((key, "hvsim")), TARGETS[key], best((key, "python")),
-                     best((key, "unicorn")), note((key, "hvsim"), alone)))
-    sys_rate = best(("sys", "hvsim"))
-    calls = (f"= {sys_rate / SYSCALL_PER_ITER:.3g} system calls/s ({SYSCALL_PER_ITER} instr "
-             "each round trip)") if isinstance(sys_rate, float) else ""
-    rows.append(("(d) INT 0x80 system-call loop ring 3 <-> 0, instr/s", sys_rate, None, None,
-                 None, note(("sys", "hvsim"), calls)))
-    rows.append(("(e) Machine.step() calls/s", best(("step", "hvsim")), TARGETS["step"], None,
-                 None, note(("step", "hvsim"))))
-    rows.append(("(f) trap-to-Python round trips/s (OUT to an unclaimed port)",
-                 best(("traps", "hvsim")), TARGETS["traps"], None, None,
-                 note(("traps", "hvsim"))))
+        alone = result((key, "interp"))
+        alone = (f"interpreter alone (`Machine(blocks=False)`): median {fmt_stats(alone)}"
+                 if isinstance(alone, tuple) else f"interpreter alone: {alone}")
+        rows.append(row(key, name, TARGETS[key], [alone]))
+    sys_rate = result(("sys", "hvsim"))
+    calls = (f"median {sys_rate[0] / SYSCALL_PER_ITER:.3g} system calls/s ({SYSCALL_PER_ITER} "
+             "instr each round trip)") if isinstance(sys_rate, tuple) else ""
+    rows.append(row("sys", "(d) INT 0x80 system-call loop ring 3 <-> 0, instr/s",
+                    extra=[calls], baselines=False))
+    rows.append(row("step", "(e) Machine.step() calls/s", TARGETS["step"], baselines=False))
+    rows.append(row("traps", "(f) trap-to-Python round trips/s (OUT to an unclaimed port)",
+                    TARGETS["traps"]))
+    rows.append(row("roundtrips", "(i) structured exit round trips/s to a Python monitor "
+                    f"(CLI in ring {GUEST_RING} -> #GP(0) -> skip -> run)",
+                    TARGETS["roundtrips"], baselines=False))
+    rows.append(row("kernel", "(j) teaching kernel under the trap-and-emulate monitor, "
+                    "guest instr/s", baselines=False))
+    # the 1-minute load average once the rounds are done counts this process's own work too
+    args.load_after_rounds = " / ".join(f"{x:.2f}" for x in os.getloadavg())
+    # fresh processes last (they compile on both cores); in the table, (g) and (h) in order
+    return rows[:6] + fresh_process_rows(quick=args.quick) + rows[6:]
 
-    # (g) cold compile, (h) warm start: fresh processes
+
+def fresh_process_rows(quick=False):
+    """(g) cold compile and (h) warm start: wall time of fresh processes (--quick: one
+    cold process and no ``hvsim warmup`` on an empty cache, the slowest part)."""
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
 
@@ -467,58 +737,87 @@ def measure(args):
                 raise RuntimeError(out.stderr.strip().splitlines()[-1] if out.stderr else "failed")
             return dt, sum(1 for _ in Path(cache).rglob("*.nbc"))
 
+    runs = 1 if quick else COLD_RUNS
     try:
-        firsts = [cold_process(["-c", README_EXAMPLE]) for _ in range(COLD_RUNS)]
+        firsts = [cold_process(["-c", README_EXAMPLE]) for _ in range(runs)]
         first, n_first = min(firsts)
-        every, n_every = cold_process(["-m", "hvsim", "warmup"])
-        cold_note = (f"best of {COLD_RUNS} fresh processes, each on its own empty cache ("
+        cold_note = (f"best of {runs} fresh processes, each on its own empty cache ("
                      + ", ".join(f"{t:.2f}" for t, _ in firsts) + f" s), wall time; "
-                     f"{n_first} compiled functions cached by its end, the helper's included. "
-                     f"Every kernel, `hvsim warmup` on an empty cache: {every:.1f} s "
-                     f"({n_every} functions)")
+                     f"{n_first} compiled functions cached by its end, the helper's included. ")
+        if quick:
+            cold_note += "Every kernel (`hvsim warmup` on an empty cache): not run with --quick"
+        else:
+            every, n_every = cold_process(["-m", "hvsim", "warmup"])
+            cold_note += (f"Every kernel, `hvsim warmup` on an empty cache: {every:.1f} s "
+                          f"({n_every} functions)")
     except Exception as e:
         first = _err(e)
         cold_note = "wall time of the whole process"
-    rows.append(("(g) cold compile to a first result: fresh process, empty cache, the "
-                 "README's example", first, TARGETS["cold"], None, None, cold_note))
+    rows = [{"name": "(g) cold compile to a first result: fresh process, empty cache, the "
+             "README's example", "value": first, "target": TARGETS["cold"], "seconds": True,
+             "baselines": {}, "note": cold_note}]
 
     tiny = ("import hvsim\nfrom hvsim import Machine, assemble\nm = Machine()\n"
             "m.load(assemble('mov eax, 7\\nhlt\\n'))\nassert m.run().kind == 'halt'\n")
     try:
         subprocess.run([sys.executable, "-m", "hvsim", "warmup"], env=env, check=True,
                        capture_output=True, timeout=1800)   # make sure the default cache is warm
-        best = None
+        times = []
         for _ in range(3):
             t0 = time.perf_counter()
             subprocess.run([sys.executable, "-c", tiny], env=env, check=True,
                            capture_output=True, timeout=600)
-            dt = time.perf_counter() - t0
-            best = dt if best is None else min(best, dt)
-        warm = best
+            times.append(time.perf_counter() - t0)
+        warm = min(times)
+        warm_note = ("best of 3 fresh processes (" + ", ".join(f"{t:.2f}" for t in times)
+                     + " s), wall time")
     except Exception as e:
-        warm = _err(e)
-    rows.append(("(h) warm start: fresh process, import hvsim + tiny program", warm,
-                 TARGETS["warm"], None, None, "best of 3, wall time"))
+        warm, warm_note = _err(e), "wall time"
+    rows.append({"name": "(h) warm start: fresh process, import hvsim + tiny program",
+                 "value": warm, "target": TARGETS["warm"], "seconds": True, "baselines": {},
+                 "note": warm_note})
     return rows
 
 
-def verdict(value, target, seconds):
-    if not isinstance(value, (int, float)) or target is None:
+def fmt_stats(x):
+    """'median (min–max)' of a stats tuple; text (an error, 'n/a ...') as it is."""
+    if x is None or isinstance(x, str):
+        return x or ""
+    median, lo, hi, _ = x
+    return f"{fmt_rate(median)} ({fmt_rate(lo)}–{fmt_rate(hi)})"
+
+
+def verdict(row):
+    value, target = row["value"], row["target"]
+    if target is None or isinstance(value, str) or value is None:
         return ""
-    ok = value <= target if seconds else value >= target
-    return "meets target" if ok else "below target"
+    if row["seconds"]:
+        return "meets target" if value <= target else "below target"
+    median, _, _, best = value
+    if median >= target:
+        return "meets target"
+    return "below target (best meets it)" if best >= target else "below target"
+
+
+HEADER = ["measurement", "hvsim median", "min–max", "best", "target", "vs target (median)",
+          "pure Python", "Unicorn", "QEMU user", "note"]
 
 
 def render(rows):
-    header = ["measurement", "hvsim", "target", "pure Python", "Unicorn", "vs target", "note"]
     table = []
-    for name, value, target, py, uni, note in rows:
-        seconds = name.startswith(("(g)", "(h)"))
-        f = fmt_seconds if seconds else fmt_rate
-        tgt = "" if target is None else (f"<= {target:g} s" if seconds else f">= {fmt_rate(target)}")
-        table.append([name, f(value), tgt, "" if seconds else fmt_rate(py),
-                      "" if seconds else fmt_rate(uni), verdict(value, target, seconds), note])
-    return header, table
+    for r in rows:
+        v, t = r["value"], r["target"]
+        if r["seconds"]:
+            cells = [fmt_seconds(v), "", "", "" if t is None else f"<= {t:g} s"]
+        elif isinstance(v, tuple):
+            median, lo, hi, best = v
+            cells = [fmt_rate(median), f"{fmt_rate(lo)}–{fmt_rate(hi)}", fmt_rate(best),
+                     "" if t is None else f">= {fmt_rate(t)}"]
+        else:
+            cells = [fmt_rate(v), "", "", "" if t is None else f">= {fmt_rate(t)}"]
+        base = [fmt_stats(r["baselines"].get(b)) for b in BASELINES]
+        table.append([r["name"]] + cells + [verdict(r)] + base + [r["note"]])
+    return HEADER, table
 
 
 def print_table(header, table):
@@ -551,18 +850,46 @@ def _one_line(template):
 def markdown(header, table, info, args):
     out = ["# hvsim benchmarks", "",
            "Measured by `make bench` (`python bench/run.py`); every number below comes from one "
-           "run on the machine described here. Rates are the best of "
-           f"{1 if args.quick else SAMPLES} runs sharing about {args.seconds:g} s, taken in "
-           "rounds through all rows; on a shared virtual machine the host's other work comes "
-           "in bursts, so the note gives hvsim's median as well. "
-           "\"pure Python\" is bench/baseline.py (a dict-dispatch interpreter of the same "
-           "assembly text, with fewer checks than hvsim); \"Unicorn\" runs the same machine-code "
-           "bytes in Unicorn (QEMU's TCG). Targets are the project's goals, not guarantees.", "",
+           "run on the machine described here, the baselines included.", "",
+           "## Method", "",
+           f"Each rate is the **median of {args.samples} samples**, each sample at least "
+           f"{args.min_seconds:g} s of guest work (a calibration run sizes the iteration count; "
+           "a sample that still comes out shorter is run again, longer, and the note counts "
+           "those: dropping a short, hence fast, sample can only make a rate look slower). "
+           "The table gives the median, the min–max of the samples and the best one; "
+           "\"vs target\" judges the median, never the best. The samples are taken in rounds "
+           "that go through every rate in turn, hvsim's and the baselines' alike, so a burst of "
+           "other work on this shared machine (see the load average) hits a sample of each row "
+           "rather than every sample of one row. The baselines' cells read median (min–max). "
+           "Rows (g) and (h) time whole fresh processes: best of three, all three listed. "
+           "Targets are the project's goals, not guarantees; nothing asserts a timing.", "",
+           "Baselines, measured in the same run by the same method:", "",
+           "- **pure Python**: bench/baseline.py, a dict-dispatch interpreter of the same "
+           "assembly text, with fewer checks than hvsim (no decoding, no segment or privilege "
+           "checks, only the flags the loops test);",
+           "- **Unicorn**: the same machine-code bytes in Unicorn (QEMU's TCG as a library), "
+           "timed around `emu_start` from the entry to `done`; for (c) with the same identity "
+           "map as hvsim's, CR3 and CR0.PG set (a self-check first makes sure a load from an "
+           "unmapped page faults); for (f), a Python hook on OUT (`UC_HOOK_INSN`) that "
+           "returns to the guest, the nearest thing Unicorn has to an exit to Python;",
+           "- **QEMU user**: `qemu-i386` (Debian's qemu-user package) running the same loop "
+           "bytes as a static i386 Linux executable that bench/elf.py writes by hand (an ELF "
+           "header and one read/write/execute PT_LOAD segment, the code assembled by hvsim at "
+           "the address it is loaded at, zeroed memory after it). `hlt` at `done` becomes the "
+           "Linux exit call (`mov ebx, eax ; mov eax, 1 ; int 0x80`), and the mixed loop's "
+           "`mov esp, 0x90000` / `mov ebx, 0x80000` point at the top and the start of the "
+           "zeroed memory (a page away from the code, so QEMU's self-modifying-code watch is "
+           "not triggered); the loop body is the same bytes. A sample times the whole process "
+           "for N and for 2N iterations and takes the difference, which removes QEMU's start-up, "
+           "the loading and the translation of the loop: what is left is N iterations, at "
+           "least the minimum sample time. The exit status (AL at `done`) is checked, so a run "
+           "that stopped early is an error, not a fast sample.", "",
            "## Machine", ""]
     # (the load average at the end would count this benchmark's own work)
     if _busy_at_start(info):
         out[-2:-2] = ["**Note:** the machine was busy when this ran (see the load average "
-                      "below); rerun `make bench` on an idle machine for steadier figures.", ""]
+                      "below): other engineers' work shares its two cores, so every row, "
+                      "hvsim's and the baselines', ran slower than on an idle machine.", ""]
     for k, v in info.items():
         out.append(f"- **{k}**: {v}")
     out += ["", "## Results", "",
@@ -570,19 +897,22 @@ def markdown(header, table, info, args):
             "|" + "|".join("---" for _ in header) + "|"]
     for r in table:
         out.append("| " + " | ".join(str(c).replace("|", "\\|") for c in r) + " |")
-    out += ["", "## What each row runs", "",
+    below = [r[0] for r in table if r[5].startswith("below target")]
+    out += ["", "Below target by the median in this run: "
+            + ("; ".join(below) if below else "none") + ".", ""]
+    out += ["## What each row runs", "",
             "- (a) `" + _one_line(ALU_LOOP) + "`",
             "- (b), (c) `" + _one_line(MIXED_LOOP) + "`;"
             " (c) identity-maps the first 8 MiB with 4 KiB pages and sets CR3 and CR0.PG",
             "- (a)-(c) run as a default `Machine()` does: the interpreter until a loop entry has "
             "been reached 256 times, then the blocks hvsim/cpu/translate.py compiled for it "
             "(the loop `top` to `call`, `leaf`, `pop` to `jnz`); the note gives the same loop "
-            "with `Machine(blocks=False)`, the interpreter alone",
+            "with `Machine(blocks=False)`, the interpreter alone, sampled the same way",
             "- (d) a ring 3 loop `mov eax, 1 ; int 0x80 ; dec ecx ; jnz` whose ring 0 handler is "
             "`add edi, eax ; iret` (IDT gate DPL 3, TSS stack switch; exceptions=\"guest\")",
             "- (e) `Machine.step()` on the ALU loop",
-            "- (f) `out 0x80, al` in a loop: each OUT exits `run()` as an 'io' event and Python "
-            "calls `run()` again",
+            "- (f) `" + _one_line(IO_LOOP) + "`: each OUT exits `run()` as an 'io' event and "
+            "Python calls `run()` again; in Unicorn each OUT calls a Python hook that returns",
             "- (g) the README's example (`mov ecx, 10 ; again: add eax, ecx ; loop again ; hlt`, "
             "then a check of EAX) as `python -c` with `NUMBA_CACHE_DIR` set to an empty folder, "
             f"best of {COLD_RUNS} (each on its own empty folder): "
@@ -590,26 +920,64 @@ def markdown(header, table, info, args):
             "meets them (hvsim/cpu/table.py); on two or more cores a helper process compiles "
             "handlers alongside (hvsim/warmup.py). The note gives `python -m hvsim warmup`, which "
             "compiles everything, on another empty folder",
-            "- (h) `python -c \"import hvsim; ...run a two-instruction program\"` with the cache warm",
+            "- (h) `python -c \"import hvsim; ...run a two-instruction program\"` with the cache "
+            "warm, best of 3",
+            "- (i) `" + _one_line(GP_LOOP) + f"` in ring {GUEST_RING} with IOPL 0 "
+            "(hvsim.rings.setup's flat GDT and TSS), `m.route(13, \"host\")`: each CLI raises "
+            "#GP(0) and leaves `run()` as an 'exception' event; the Python handler checks the "
+            "kind and vector, sets `m.cpu.eip = ev.eip + length` (`ev.insn.length` when the "
+            "event carries the decoded instruction, else `ev.length`: the note says which) "
+            "and calls `m.run()` again. A round trip is one such exit, handled and resumed",
+            "- (j) `TrapAndEmulate(program=teaching_kernel())` (from hvsim.monitors, or "
+            "hvsim.rings.monitor in checkouts from before the move; lesson 02's kernel in ring 1, "
+            "its user program in ring 3, every trap handled by the Python monitor), booted, "
+            "then `mon.run(N)`; the rate counts the instructions the machine retired "
+            "(`machine.counters[\"instructions\"]`: the instructions the monitor emulates "
+            "after a trap are not among them) per second of `mon.run`",
             ""]
     return "\n".join(out)
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="one repeat, short runs")
-    parser.add_argument("--seconds", type=float, default=None,
-                        help="time each rate gets, shared by its runs (default 1.0, or 0.3 with --quick)")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"smoke run: {QUICK_SAMPLES} samples of {QUICK_MIN_SAMPLE_S:g} s; "
+                             "not a measurement, never written to BENCHMARKS.md")
+    parser.add_argument("--samples", type=int, default=None,
+                        help=f"samples per rate, at least 5 (default {SAMPLES})")
+    parser.add_argument("--min-seconds", type=float, default=None,
+                        help=f"guest work per sample, at least 0.5 s (default {MIN_SAMPLE_S:g})")
     parser.add_argument("--no-write", action="store_true", help="print only; do not write BENCHMARKS.md")
     args = parser.parse_args(argv)
-    if args.seconds is None:
-        args.seconds = 0.3 if args.quick else 1.0
+    if args.quick:
+        args.samples = args.samples or QUICK_SAMPLES
+        args.min_seconds = args.min_seconds or QUICK_MIN_SAMPLE_S
+        args.no_write = True
+    else:
+        args.samples = args.samples or SAMPLES
+        args.min_seconds = args.min_seconds or MIN_SAMPLE_S
+        if args.samples < 5 or args.min_seconds < 0.5:
+            parser.error("a measurement takes at least 5 samples of at least 0.5 s "
+                         "(--quick for a smoke run)")
     info = machine_info()
     print("hvsim benchmarks on " + ", ".join(f"{k} {v}" for k, v in info.items()))
-    rows = measure(args)
+    if args.quick:
+        print(f"QUICK SMOKE RUN: {args.samples} samples of >= {args.min_seconds:g} s each; "
+              "not a measurement (BENCHMARKS.md is not written)")
+    else:
+        print(f"method: median of {args.samples} samples of >= {args.min_seconds:g} s of guest "
+              "work each, in rounds through every rate")
+    with tempfile.TemporaryDirectory(prefix="hvsim-bench-elf-") as tmp:
+        args.tmp = tmp
+        rows = measure(args, args.min_seconds, args.samples)
+    info["load average after the rate rounds (counts this benchmark's own process)"] = \
+        args.load_after_rounds
+    print(f"load average after the rate rounds: {args.load_after_rounds}")
     header, table = render(rows)
     print()
     print_table(header, table)
+    if args.quick:
+        print("\n(QUICK SMOKE RUN: short samples; not a measurement)")
     if not args.no_write:
         path = ROOT / "BENCHMARKS.md"
         path.write_text(markdown(header, table, info, args))
