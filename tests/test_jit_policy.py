@@ -64,11 +64,17 @@ def test_a_stale_stamp_drops_hvsims_kernels_from_a_numba_cache_dir_and_nothing_e
     J._invalidate_stale_cache()
     assert [p.name for d in ours for p in d.iterdir()] == []
     assert sorted(p.name for p in theirs.iterdir()) == ["k.f-1.py311.1.nbc", "k.f-1.py311.nbi"]
-    assert (tmp_path / J._STAMP_NAME).read_text() == J.sources_hash()
+    assert (tmp_path / J._STAMP_NAME).read_text().split("\n") == [J.sources_hash(), J._quick_stamp()]
     for d in ours:                                   # a current stamp keeps what is cached
         (d / "k.f-1.py311.nbi").write_bytes(b"i")
     J._invalidate_stale_cache()
     assert all((d / "k.f-1.py311.nbi").exists() for d in ours)
+    # a stamp whose quick line is out of date but whose hash still holds keeps them too
+    stamp = tmp_path / J._STAMP_NAME
+    stamp.write_text(J.sources_hash() + "\nan older quick stamp")
+    J._invalidate_stale_cache()
+    assert all((d / "k.f-1.py311.nbi").exists() for d in ours)
+    assert stamp.read_text().split("\n")[1] == J._quick_stamp()
 
 
 def test_a_constant_argument_does_not_compile_a_kernel_once_per_value():
