@@ -171,3 +171,21 @@ def test_repo2docker_builds_from_binder_with_python_311_postbuild_and_start():
     assert '--file "binder/environment.yml"' in plan           # binder/ wins over the root file
     assert "RUN ./binder/postBuild" in plan
     assert 'R2D_ENTRYPOINT="${REPO_DIR}/binder/start"' in plan
+
+
+def test_make_test_slow_and_test_numba_next_are_separate_from_make_test():
+    """The slow tier runs the slow-marked tests and the long fuzz/differential runs; the
+    numba-next target tries the newest numba in a throw-away venv; neither is in make test."""
+    if shutil.which("make") is None:
+        pytest.skip("make not available")
+    slow = subprocess.run(["make", "-n", "test-slow"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60).stdout
+    assert "-m pytest -q --long -m slow" in slow
+    assert "HVSIM_LONG=1" in slow and "tests/test_fuzz.py tests/test_differential.py" in slow
+    nxt = subprocess.run(["make", "-n", "test-numba-next"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=60).stdout
+    assert ".venv-numba-next/bin/python -m pip install --quiet --upgrade numba llvmlite" in nxt
+    assert "NUMBA_CACHE_DIR=" in nxt and "tests/test_jit_policy.py" in nxt
+    plain = subprocess.run(["make", "-n", "test"], cwd=ROOT, capture_output=True, text=True,
+                           timeout=60).stdout
+    assert "numba-next" not in plain and "--long" not in plain
