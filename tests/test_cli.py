@@ -98,3 +98,43 @@ def test_int_literal_accepts_hex_and_size_suffixes():
     assert _int_literal("1_000") == 1000
     with pytest.raises(ValueError):
         _int_literal("ten")
+
+
+KERNEL = """\
+start:
+    mov eax, 'K'
+    out 0xe9, al
+    cli
+    sti
+    hlt
+"""
+
+
+def test_run_under_the_trap_and_emulate_monitor_prints_its_counts_and_log(tmp_path):
+    """The kernel runs in ring 1: OUT, CLI, STI and HLT each trap and are emulated (4
+    traps), the console is the monitor's, and HLT with no timer halts the guest (status 0)."""
+    src = tmp_path / "kernel.s"
+    src.write_text(KERNEL)
+    out = hvsim("run", "--monitor", "trap-and-emulate", "--trace", src)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[:3] == ["--- console ---", "K", "---------------"]
+    assert lines[3].startswith("monitor: trap-and-emulate, guest halted (guest HLT with no timer")
+    assert "cpl=1" in lines and "  traps     4" in lines and "  emulated  4" in lines
+    log = lines[lines.index("--- monitor log (4 entries, oldest first) ---") + 1:]
+    assert [l.split("'")[1] for l in log] == ["out 0xe9, al", "cli", "sti", "hlt"]
+    assert log[1].endswith("emulated CLI: virtual IF 0→0")
+
+
+def test_run_natively_and_bad_monitor_options(tmp_path):
+    src = tmp_path / "sum.s"
+    src.write_text(SUM_PROGRAM)
+    out = hvsim("run", "--monitor", "native", src)
+    assert out.returncode == 0 and "eax=0x00000037 (55)" in out.stdout.splitlines()
+    assert out.stdout.splitlines()[0] == "monitor: native, guest halted"
+    bad = hvsim("run", "--monitor", "trap-and-emulate", "--exceptions", "guest", src)
+    assert bad.returncode == 2 and "--exceptions is for the bare machine" in bad.stderr
+    bad = hvsim("run", "--monitor", "trap-and-emulate", "--timer", "100", src)
+    assert bad.returncode == 2 and "programs its own (virtual) timer" in bad.stderr
+    bad = hvsim("run", "--monitor", "vmware", src)
+    assert bad.returncode == 2 and "invalid choice: 'vmware'" in bad.stderr

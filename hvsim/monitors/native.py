@@ -38,20 +38,33 @@ class Native(Monitor):
             raise TypeError(f"machine must be an hvsim Machine, got {type(machine).__name__}")
         self.machine = machine
         self.log: list = []
+        self._state = "running"
         if program is not None:
             machine.load(program)
 
     def run(self, max_steps: int = 1_000_000) -> Event:
-        return self.machine.run(self._check_budget(max_steps))
+        return self._seen(self.machine.run(self._check_budget(max_steps)))
 
     def step(self) -> Optional[Event]:
-        return self.machine.step()
+        return self._seen(self.machine.step())
+
+    def _seen(self, ev: Optional[Event]) -> Optional[Event]:
+        if ev is not None:
+            # HLT with nothing to wake the CPU, or a triple fault: the guest is done
+            self._state = {"halt": "halted", "shutdown": "killed"}.get(ev.kind, "running")
+        return ev
+
+    @property
+    def state(self) -> str:
+        """'running', 'halted' (HLT with nothing to wake it) or 'killed' (triple fault)."""
+        return self._state
 
     def snapshot(self):
-        return self.machine.snapshot()
+        return self.machine.snapshot(), self._state
 
     def restore(self, snap) -> None:
-        self.machine.restore(snap)
+        self.machine.restore(snap[0])
+        self._state = snap[1]
 
     @property
     def stats(self) -> dict:
