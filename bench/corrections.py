@@ -65,7 +65,7 @@ def section(results: list, commit: str) -> str:
     lines = [SECTION, "",
              "What each correction of numba's internals buys (bench/corrections.py, whose "
              "docstring gives the method): a cold `hvsim warmup` -- every kernel -- in one "
-             "process on an empty cache, per configuration; CPU seconds of that process "
+             "process on an empty cache, one process (one sample) per configuration; CPU seconds of that process "
              "(user + system), the wall time and the load average at its start beside them. "
              f"Measured at {commit}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.", "",
              "| configuration | CPU s | vs all on | wall s | load at start |",
