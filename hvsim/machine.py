@@ -844,21 +844,21 @@ class Machine:
         # round trip is dominated by Python, and numpy scalar reads cost ~0.1 us each
         x = self._st[L.EXIT_INFO:L.EXIT_INFO + L.EXIT_INFO_SIZE].tolist()
         insn = from_exit_info(x) if x[_X_INSN] else None
+        # positional arguments, in Event's field order: a keyword costs more per exit
         if kind == EXIT_EXCEPTION or kind == EXIT_INTERRUPT:
             v, err = x[_X_VECTOR], x[_X_ERROR]
             ev = Event(_LABELS[kind], x[_X_EIP], x[_X_CPL], x[_X_STEPS], v,
                        None if err < 0 else err, _SOURCES[x[_X_SOURCE]],
-                       x[_X_ADDR] if v == 14 else None, length=x[_X_LEN], insn=insn,
-                       _machine=self)
+                       x[_X_ADDR] if v == 14 else None, None, None, None, None, x[_X_LEN],
+                       insn, self)
         elif kind == EXIT_IO:
             out = not x[_X_DIR]
-            ev = Event(_LABELS[kind], x[_X_EIP], x[_X_CPL], x[_X_STEPS], port=x[_X_PORT],
-                       size=x[_X_SIZE], direction="out" if out else "in",
-                       value=x[_X_VALUE] if out else None, length=x[_X_LEN], insn=insn,
-                       _machine=self)
+            ev = Event(_LABELS[kind], x[_X_EIP], x[_X_CPL], x[_X_STEPS], None, None, None, None,
+                       x[_X_PORT], x[_X_SIZE], "out" if out else "in",
+                       x[_X_VALUE] if out else None, x[_X_LEN], insn, self)
         else:
-            ev = Event(_LABELS[kind], x[_X_EIP], x[_X_CPL], x[_X_STEPS], length=x[_X_LEN],
-                       insn=insn, _machine=self)
+            ev = Event(_LABELS[kind], x[_X_EIP], x[_X_CPL], x[_X_STEPS], None, None, None, None,
+                       None, None, None, None, x[_X_LEN], insn, self)
             if kind == EXIT_BUS_ERROR:
                 ev.address = x[_X_ADDR]
             elif kind == EXIT_INTERNAL_ERROR:
