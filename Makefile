@@ -65,6 +65,7 @@ test-numba-next:
 	$(NEXT)/bin/python -m pip install --quiet --upgrade pip
 	$(NEXT)/bin/python -m pip install --quiet --upgrade numba llvmlite numpy pytest pytest-timeout
 	$(NEXT)/bin/python -c 'import numba, llvmlite; print("numba", numba.__version__, "llvmlite", llvmlite.__version__)'
+	NUMBA_CACHE_DIR=$(CURDIR)/$(NEXT)/numba-cache PYTHONPATH=$(CURDIR) $(NEXT)/bin/python -m hvsim warmup
 	NUMBA_CACHE_DIR=$(CURDIR)/$(NEXT)/numba-cache PYTHONPATH=$(CURDIR) \
 	  $(NEXT)/bin/python -m pytest -q --long -p no:cacheprovider tests/test_jit_policy.py tests/test_kernel_table.py
 
