@@ -492,3 +492,13 @@ def test_budget_ends_are_not_trace_events_and_trace_since_reads_what_is_new():
     assert m.trace_since(m.trace_head) == []
     with pytest.raises(ValueError, match="head"):
         m.trace_since(-1)
+
+
+def test_the_timer_device_keeps_its_vector_when_the_guest_writes_an_exception_vector():
+    """Vectors 0-31 are the processor's exceptions (SDM Vol. 3A, 6.2): OUT to the timer's
+    vector port with one of them is dropped, as Machine.set_timer refuses them; 32-255 take."""
+    m = Machine(memory=1 << 20)
+    m.load(assemble("mov al, 28\nout 0x41, al\nin al, 0x41\nmov bl, al\n"
+                    "mov al, 0x33\nout 0x41, al\nin al, 0x41\nhlt"))
+    assert m.run().kind == "halt"
+    assert m.cpu.ebx & 0xFF == 0x20 and m.cpu.eax & 0xFF == 0x33

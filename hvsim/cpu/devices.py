@@ -7,7 +7,8 @@ Devices:
 * console  -- OUT writes the low byte into the console buffer (the guest's printf);
               IN reads 0. Default port 0xE9, the debug console of Bochs and QEMU.
 * timer    -- a programmable interval timer measured in retired instructions:
-              OUT dword to port+0 sets the period (0 stops it), OUT to port+1 the vector;
+              OUT dword to port+0 sets the period (0 stops it), OUT to port+1 the vector
+              (32-255; a write of an exception vector is dropped);
               IN from port+0 reads the period. Default ports 0x40/0x41.
 """
 from hvsim._jit import njit
@@ -21,6 +22,7 @@ DEV_TIMER_VECTOR = 3
 
 CONSOLE_PORT = 0xE9
 TIMER_PORT = 0x40
+FIRST_INTERRUPT_VECTOR = 32   # below: exception vectors (SDM Vol. 3A, 6.2, Table 6-1)
 
 
 @njit
@@ -44,7 +46,10 @@ def port_out(st, port, size, value):
         st[ATTN] = 1
         return 1
     if dev == DEV_TIMER_VECTOR:
-        st[TIMER_VECTOR] = value & 0xFF
+        # vectors 0-31 are the processor's exceptions (SDM Vol. 3A, 6.2): the timer, like
+        # Machine.set_timer, raises only 32-255, and a write of another vector is dropped
+        if value & 0xFF >= FIRST_INTERRUPT_VECTOR:
+            st[TIMER_VECTOR] = value & 0xFF
         return 1
     return 0
 
