@@ -475,12 +475,8 @@ BASELINES = ("python", "unicorn", "qemu")
 
 
 def import_trap_and_emulate():
-    """The trap-and-emulate monitor class, wherever this checkout keeps it."""
-    # the monitor is moving from hvsim/rings/monitor.py to hvsim/monitors/: either path works
-    try:
-        from hvsim.monitors import TrapAndEmulate
-    except ImportError:
-        from hvsim.rings.monitor import TrapAndEmulate
+    """The trap-and-emulate monitor class (hvsim/monitors/trap_and_emulate.py)."""
+    from hvsim.monitors import TrapAndEmulate
     return TrapAndEmulate
 
 
@@ -928,8 +924,8 @@ def markdown(header, table, info, args):
             "kind and vector, sets `m.cpu.eip = ev.eip + length` (`ev.insn.length` when the "
             "event carries the decoded instruction, else `ev.length`: the note says which) "
             "and calls `m.run()` again. A round trip is one such exit, handled and resumed",
-            "- (j) `TrapAndEmulate(program=teaching_kernel())` (from hvsim.monitors, or "
-            "hvsim.rings.monitor in checkouts from before the move; lesson 02's kernel in ring 1, "
+            "- (j) `TrapAndEmulate(program=teaching_kernel())` (hvsim.monitors; "
+            "lesson 02's kernel in ring 1, "
             "its user program in ring 3, every trap handled by the Python monitor), booted, "
             "then `mon.run(N)`; the rate counts the instructions the machine retired "
             "(`machine.counters[\"instructions\"]`: the instructions the monitor emulates "
