@@ -36,8 +36,8 @@ import functools
 from typing import NamedTuple, Optional
 
 from hvsim.arch import layout as L
-from hvsim.asm.disassembler import address_text, fmt_num
-from hvsim.asm.table import (CREG, DECODE_INDEX, DREG, MEM_ONLY_KINDS, MEM_SIZE_TEXT, REG8, REG16,
+from hvsim.asm.disassembler import address_text, fmt_num, select_form
+from hvsim.asm.table import (CREG, DECODE_INDEX, DREG, MEM_SIZE_TEXT, REG8, REG16,
                              REG32, RM_KINDS, SREG)
 from hvsim.cpu.decode import OPC_MODRM
 
@@ -123,24 +123,17 @@ def _reg_name(n: int, size: int) -> str:
 
 @functools.lru_cache(maxsize=4096)
 def _form(opc: int, reg: int, rm: Optional[int], prefixes: int):
-    """The form of hvsim/asm/table.py that the decoded fields name, or None."""
+    """The form of hvsim/asm/table.py that the decoded fields name, or None: the
+    disassembler's own choice (:func:`hvsim.asm.disassembler.select_form`), given the
+    ModRM byte the fields stand for (any mod other than 11b for a memory operand)."""
     key = bytes([opc]) if opc < 0x100 else bytes([0x0F, opc & 0xFF])
-    modrm = None if rm is None else 0xC0 | (reg << 3) | rm
-    for f in DECODE_INDEX.get(key, ()):
-        if f.modrm is not None:
-            if f.modrm == modrm:
-                return f
-            continue
-        if f.ext is not None and f.ext != reg:
-            continue
-        if rm is not None and any(k in MEM_ONLY_KINDS for k in f.ops):
-            continue
-        if (f.prefix == 0x66) != bool(prefixes & PFX_OPSIZE) and f.prefix != 0xF3:
-            continue
-        if f.prefix == 0xF3 and not prefixes & PFX_REP:
-            continue
-        return f
-    return None
+    forms = DECODE_INDEX.get(key, ())
+    modrm = (reg << 3) | (0xC0 | rm if rm is not None else 0)
+    opsize = bool(prefixes & PFX_OPSIZE)
+    form = select_form(forms, modrm, bool(prefixes & PFX_REP), opsize)
+    if form is None and prefixes & PFX_REP:      # a REP the instruction ignores
+        form = select_form(forms, modrm, False, opsize)
+    return form
 
 
 def _signed32(v: int) -> int:

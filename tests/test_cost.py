@@ -25,6 +25,7 @@ from hvsim.cost import (CATEGORIES, EVENTS, PROFILES, ALL, REFERENCES, Cost, Usa
 from hvsim.lessons import l03_paging as l03
 from hvsim.rings.setup import install
 from hvsim.viz import overhead_bars
+from test_viz import _syscall_machine      # the same ring 3 -> 0 system-call program
 
 # the category of each event, written out here rather than read from hvsim.cost
 BY_HAND = {
@@ -116,31 +117,6 @@ def test_real_loop_run_costs_its_instructions_and_nothing_else():
         assert bd.total == n * p["instruction"].cycles
         assert bd["guest instructions"] == bd.total and bd["instruction"].count == n
         assert bd["instruction"].how == 'counters["instructions"]'
-
-
-SYSCALLS = """
-user:
-    mov eax, 1
-    mov ebx, 2
-    int 0x80            ; ring 3 -> ring 0 through the IDT
-    add eax, ebx
-    int 0x80
-    hlt                 ; privileged in ring 3: #GP, routed to the host
-handler:
-    mov ecx, 5
-    iret
-"""
-
-
-def _syscall_machine():
-    m = Machine(memory=1 << 20, exceptions="guest")
-    t = install(m)
-    prog = assemble(SYSCALLS, origin=0x1000)
-    m.load(prog)
-    t.gate(m, 0x80, prog.labels["handler"], dpl=3)
-    t.enter(m, 3, prog.labels["user"])
-    m.route(13, "host")
-    return m
 
 
 def test_system_calls_through_the_idt_are_charged_and_the_routed_gp_is_not():

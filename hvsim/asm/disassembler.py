@@ -120,6 +120,31 @@ def address_text(base, index, scale, disp) -> str:
     return f"[{text}]"
 
 
+def select_form(forms, modrm, rep: bool, opsize: bool):
+    """The form among ``forms`` (one opcode's, table order) that a ModRM byte (None if the
+    opcode has none) and the REP / operand-size prefixes select, or None."""
+    for cand in forms:
+        if cand.modrm is not None:
+            if modrm != cand.modrm:
+                continue
+        elif cand.ext is not None and (modrm >> 3) & 7 != cand.ext:
+            continue
+        if modrm is not None and modrm >> 6 == 3 and cand.modrm is None and any(
+                k in T.MEM_ONLY_KINDS for k in cand.ops):
+            continue
+        if cand.prefix == T.PREFIX_REP:
+            if not rep or opsize:
+                continue
+        elif cand.prefix == T.PREFIX_OPSIZE:
+            if not opsize or (rep and "rep" not in cand.flags):
+                continue
+        else:
+            if opsize or (rep and "rep" not in cand.flags):
+                continue
+        return cand
+    return None
+
+
 def _bad(code, offset: int, address: int) -> Instruction:
     return Instruction(address, 1, bytes(code[offset:offset + 1]), "(bad)", "")
 
@@ -151,27 +176,7 @@ def _decode(code, offset: int, address: int):
     if not forms:
         return None
     modrm = cur.u(1) if forms[0].has_modrm else None
-    form = None
-    for cand in forms:
-        if cand.modrm is not None:
-            if modrm != cand.modrm:
-                continue
-        elif cand.ext is not None and (modrm >> 3) & 7 != cand.ext:
-            continue
-        if modrm is not None and modrm >> 6 == 3 and cand.modrm is None and any(
-                k in T.MEM_ONLY_KINDS for k in cand.ops):
-            continue
-        if cand.prefix == T.PREFIX_REP:
-            if not rep or opsize:
-                continue
-        elif cand.prefix == T.PREFIX_OPSIZE:
-            if not opsize or (rep and "rep" not in cand.flags):
-                continue
-        else:
-            if opsize or (rep and "rep" not in cand.flags):
-                continue
-        form = cand
-        break
+    form = select_form(forms, modrm, rep, opsize)
     if form is None:
         return None
     if seg == "ds" and "notrack" in form.flags:

@@ -121,20 +121,26 @@ def kernel_of(slot):
 KTAB = np.zeros(TABLE_SIZE, np.int64)
 _BY_ADDRESS = {}      # NUMBA_DISABLE_JIT=1: "addresses" are keys into this
 _WRAPPERS = {}        # kernel -> its compiled C wrapper (numba.cfunc)
-_INLINED = {}         # kernel -> the same kernel, inlined where it is called (its wrapper)
+_WRAPPER_FUNCTIONS = {}   # kernel -> its wrapper as a Python function (compiled into _WRAPPERS)
 
 
 def wrapper_function(fn):
     """The plain Python function that :func:`ensure` compiles as kernel ``fn``'s C
-    wrapper: it calls the kernel on arrays viewed from (pointer, length) pairs."""
+    wrapper: it calls the kernel on arrays viewed from (pointer, length) pairs. Made once
+    per kernel (:func:`cached` asks for it on every kernel request of a cold compile)."""
+    wrapper = _WRAPPER_FUNCTIONS.get(fn)
+    if wrapper is None:
+        wrapper = _WRAPPER_FUNCTIONS[fn] = _make_wrapper_function(fn)
+    return wrapper
+
+
+def _make_wrapper_function(fn):
     kind = "deliver" if fn is interrupts.deliver else "handler"
     name = "c_" + fn.py_func.__name__
     # The kernel is inlined into its wrapper (numba inlines it in its own IR): one call per
     # instruction, not two, and the reference counts of the arrays carray makes are
     # pruned within the one function. (carray needs numba's runtime on in the wrapper.)
-    inlined = _INLINED.get(fn)
-    if inlined is None:
-        inlined = _INLINED[fn] = njit(fn.py_func, inline="always")
+    inlined = njit(fn.py_func, inline="always")
     # __name__: numba's disk cache finds the wrapper's globals again through its module
     namespace = {"__name__": __name__, "carray": carray, "DC_SHAPE": DC_SHAPE,
                  "STATUS_OK": STATUS_OK, "kernel": inlined}

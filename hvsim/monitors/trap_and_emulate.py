@@ -602,10 +602,10 @@ class TrapAndEmulate(Monitor):
         """The guest's own exception or software interrupt: reflect it."""
         software = ev.source == "software"
         vcpl = virtual_cpl(ev.cpl)
-        if software and gate(self.machine, self.vcpu, ev.vector).dpl < vcpl:
+        dpl = gate(self.machine, self.vcpu, ev.vector).dpl if software else 0
+        if software and dpl < vcpl:
             # INT n through a gate of DPL < CPL: #GP(n*8+2), EIP on the INT (SDM Vol. 3A,
             # 6.12.1.1) -- how a kernel keeps user programs off its other vectors
-            dpl = gate(self.machine, self.vcpu, ev.vector).dpl
             error = ev.vector * GATE_SIZE + ERR_IDT
             target = self._reflect(GP, error, ev.eip)
             self.reflected[vector_name(GP)] += 1
