@@ -19,7 +19,8 @@ What is measured, each in this process unless said otherwise:
     that program meets, hvsim/cpu/table.py, while a helper process compiles handlers on
     the second core); then every kernel: ``hvsim warmup`` in a fresh process on another
     empty cache;
-(h) warm start: a fresh process imports hvsim and runs a tiny program (cache warm);
+(h) warm start: a fresh process imports hvsim and runs a tiny program (cache warm),
+    the median of 15, beside the same with hvsim/_gc.py's freeze turned off;
 (i) structured exit round trips/s to a Python monitor: a ring 1 loop whose ``cli``
     raises #GP(0) (IOPL 0), routed to the host; the handler reads the event, skips the
     instruction (``ev.insn.length`` when events carry the decoded instruction, else
@@ -48,6 +49,7 @@ import argparse
 import datetime
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -161,7 +163,8 @@ done:
 GP_VECTOR = 13        # #GP (SDM Vol. 3A, Table 6-1)
 GUEST_RING = 1        # where a deprivileged guest kernel runs
 
-COLD_RUNS = 3   # row (g): fresh processes on empty caches, as row (h) takes the best of 3
+COLD_RUNS = 3   # row (g): fresh processes on empty caches (best of three: each takes ~10 s)
+WARM_RUNS = 15  # row (h): fresh processes on the warm cache, the median taken
 
 # the README's example as row (g) runs it in a fresh process
 README_EXAMPLE = "\n".join([
@@ -755,18 +758,27 @@ def fresh_process_rows(quick=False):
 
     tiny = ("import hvsim\nfrom hvsim import Machine, assemble\nm = Machine()\n"
             "m.load(assemble('mov eax, 7\\nhlt\\n'))\nassert m.run().kind == 'halt'\n")
+    def warm_start(extra_env):
+        """Wall seconds of one fresh process running the tiny program on the warm cache."""
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-c", tiny], env=dict(env, **extra_env), check=True,
+                       capture_output=True, timeout=600)
+        return time.perf_counter() - t0
+
     try:
         subprocess.run([sys.executable, "-m", "hvsim", "warmup"], env=env, check=True,
                        capture_output=True, timeout=1800)   # make sure the default cache is warm
-        times = []
-        for _ in range(3):
-            t0 = time.perf_counter()
-            subprocess.run([sys.executable, "-c", tiny], env=env, check=True,
-                           capture_output=True, timeout=600)
-            times.append(time.perf_counter() - t0)
-        warm = min(times)
-        warm_note = ("best of 3 fresh processes (" + ", ".join(f"{t:.2f}" for t in times)
-                     + " s), wall time")
+        frozen, unfrozen = [], []
+        for _ in range(WARM_RUNS):
+            frozen.append(warm_start({}))
+            unfrozen.append(warm_start({"HVSIM_GC_FREEZE": "0"}))
+        warm = statistics.median(frozen)
+        warm_note = (f"median of {WARM_RUNS} fresh processes (min–max {min(frozen):.2f}–"
+                     f"{max(frozen):.2f} s), wall time, package bytecode written by `hvsim "
+                     f"warmup`; the same with HVSIM_GC_FREEZE=0 (hvsim/_gc.py: the import "
+                     f"objects left to the collector), alternated with it: median "
+                     f"{statistics.median(unfrozen):.2f} s ({min(unfrozen):.2f}–"
+                     f"{max(unfrozen):.2f})")
     except Exception as e:
         warm, warm_note = _err(e), "wall time"
     rows.append({"name": "(h) warm start: fresh process, import hvsim + tiny program",

@@ -9,8 +9,12 @@
 The machine (hvsim/cpu, rings, mmu) is jitted with numba; everything here is its
 Python face. See DESIGN.md in the project for the architecture.
 """
-from hvsim.asm import assemble, disassemble, Program, AsmError
-from hvsim.machine import Machine, Event, Snapshot, TraceEntry
+from hvsim import _gc
+
+with _gc.paused():          # numba's import makes ~110k objects: see hvsim/_gc.py
+    from hvsim.asm import assemble, disassemble, Program, AsmError
+    from hvsim.machine import Machine, Event, Snapshot, TraceEntry
+_gc.freeze_startup()
 
 __all__ = ["Machine", "Event", "Snapshot", "TraceEntry", "assemble", "disassemble", "Program",
            "AsmError"]

@@ -26,6 +26,8 @@ from hvsim.cpu.translate import translate as _translate
 
 _ENTRY = None
 _HELPER = None      # the cold-compile helper process this process started, if any
+_KTAB = _table.KTAB                  # the kernel table (one array, filled in place)
+_BLOCK_REQUEST = L.BLOCK_REQUEST
 
 FIRST_COMPILE_NOTICE = (
     "hvsim: compiling the machine's kernels for their first use on this machine (about "
@@ -89,11 +91,11 @@ def run(mem, st, tlb, dc, pg, budget: int) -> int:
     (translate its block) or a kernel is missing from the table (compile it), then the
     loop goes on with the rest of the budget.
     """
-    entry = _kernel_entry()
-    ktab = _table.KTAB
+    entry = _ENTRY or _kernel_entry()
+    ktab = _KTAB
     kind = entry(mem, st, tlb, dc, pg, budget, ktab)
-    if kind != EXIT_TRANSLATE and st[L.BLOCK_REQUEST] < 0:
-        return int(kind)
+    if kind != EXIT_TRANSLATE and st[_BLOCK_REQUEST] < 0:
+        return kind
     steps = 0
     while True:
         row = int(st[L.BLOCK_REQUEST])

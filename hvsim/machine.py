@@ -213,6 +213,10 @@ class CPU:
         object.__setattr__(self, "_m", machine)
 
     def __setattr__(self, name, value):
+        setter = _CPU_SETTERS.get(name)       # a register: its property's setter, directly
+        if setter is not None:
+            setter(self, value)
+            return
         if not hasattr(type(self), name):
             raise AttributeError(f"the CPU has no register {name!r}")
         object.__setattr__(self, name, value)
@@ -341,15 +345,15 @@ for _n in (0, 1, 2, 3, 6, 7):
 CPU.tsc = _reg_property(L.TSC, "TSC (64-bit; counts retired instructions)", "tsc", (1 << 63) - 1)
 
 
-def _eip_set(self, v):
+def _eip_set(self, v, _eip=L.EIP, _attn=L.ATTN, _halted=L.HALTED):
     st = self._m._st
     if type(v) is not int or not 0 <= v <= 0xFFFFFFFF:      # fast path: a plain int
         v = _check_int("eip", v, 0, 0xFFFFFFFF)
-    st[L.EIP] = v
-    st[L.ATTN] = 1
+    st[_eip] = v
+    st[_attn] = 1
     # the host moved EIP (load(), a monitor skipping an instruction): a CPU sitting in
     # HLT would otherwise stay asleep and never fetch there
-    st[L.HALTED] = 0
+    st[_halted] = 0
 
 
 CPU.eip = property(lambda self: self._get(L.EIP), _eip_set,
@@ -408,6 +412,9 @@ def _tr_set(self, selector):
 CPU.tr = property(lambda self: self._get(L.TR_SEL), _tr_set,
                   doc="TR selector; writing it loads the TSS descriptor as LTR does")
 CPU.ldtr = property(lambda self: self._get(L.LDTR_SEL), doc="LDTR selector (load it with LLDT)")
+# every writable register, for CPU.__setattr__ (a monitor sets EIP on every exit it handles)
+_CPU_SETTERS = {name: attr.fset for name, attr in vars(CPU).items()
+                if isinstance(attr, property) and attr.fset is not None}
 
 
 class Counters:
@@ -528,6 +535,8 @@ class Machine:
         self._mem = np.zeros(memory, np.uint8).view(GuestMemory)
         self._mem._on_write = self._flush_decoded
         self._st = np.zeros(L.ST_SIZE, np.int64)
+        # the exit-info block, a view made once (the state array is never replaced)
+        self._exit_info = self._st[L.EXIT_INFO:L.EXIT_INFO + L.EXIT_INFO_SIZE]
         self._tlb = np.zeros(sets * ways * L.TLB_FIELDS, np.int64)
         self._dc = np.zeros(L.DC_SHAPE, np.int64)
         self._pg = np.zeros(memory >> 12, np.int64)
@@ -842,7 +851,7 @@ class Machine:
     def _event(self, kind: int) -> Event:
         # one read of the whole exit-info block (contiguous, hvsim/arch/layout.py): a trap
         # round trip is dominated by Python, and numpy scalar reads cost ~0.1 us each
-        x = self._st[L.EXIT_INFO:L.EXIT_INFO + L.EXIT_INFO_SIZE].tolist()
+        x = self._exit_info.tolist()
         insn = from_exit_info(x) if x[_X_INSN] else None
         # positional arguments, in Event's field order: a keyword costs more per exit
         if kind == EXIT_EXCEPTION or kind == EXIT_INTERRUPT:
