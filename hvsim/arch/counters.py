@@ -31,6 +31,12 @@ C_FAULT_DELIVERY = 61  # exceptions delivered through the guest IDT
 C_DOUBLE_FAULT = 62
 C_TRIPLE_FAULT = 63
 C_EXIT_KIND = 64       # 64..79: host exits by kind (hvsim/arch/exits.py)
+C_VMEXIT = 80          # 80..143: VM exits by basic exit reason (hvsim/arch/vmx.py ExitReason)
+C_VMENTRY = 144        # VM entries that reached non-root operation
+C_VMENTRY_FAIL = 145   # VM entries that failed: VMfail (7, 8, ...) or an exit with bit 31 set
+C_EPT_WALKS = 146      # EPT walks (one per guest-physical address translated on a TLB miss)
+C_EPT_WALK_REFS = 147  # memory references made by EPT walks
+C_VMX_INSN = 148       # VMX instructions executed in root operation
 C_INT_VEC = 256        # 256..511: events delivered through the guest IDT, by vector
 
 # Python-side names for the counters with a single slot (the face builds the view from this).
@@ -60,4 +66,9 @@ NAMES = {
     "exceptions_delivered": C_FAULT_DELIVERY,
     "double_faults": C_DOUBLE_FAULT,
     "triple_faults": C_TRIPLE_FAULT,
+    "vm_entries": C_VMENTRY,
+    "vm_entry_failures": C_VMENTRY_FAIL,
+    "ept_walks": C_EPT_WALKS,
+    "ept_walk_refs": C_EPT_WALK_REFS,
+    "vmx_instructions": C_VMX_INSN,
 }

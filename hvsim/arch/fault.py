@@ -8,7 +8,8 @@ Only the first fault of an instruction is kept.
 """
 from hvsim._jit import njit
 from hvsim.arch.layout import (FAULT_PENDING, FAULT_VECTOR, FAULT_ERROR, FAULT_ADDR,
-                              FAULT_EXCEPTION, FAULT_BUS, FAULT_SHUTDOWN, FAULT_INTERNAL, ATTN)
+                              FAULT_EXCEPTION, FAULT_BUS, FAULT_SHUTDOWN, FAULT_INTERNAL,
+                              FAULT_VMEXIT, ATTN)
 
 NO_ERROR_CODE = -1
 
@@ -61,3 +62,18 @@ def raise_internal(st, entry):
     st[FAULT_VECTOR] = entry
     st[FAULT_ERROR] = -1
     st[ATTN] = 1
+
+
+@njit
+def raise_vmexit(st, reason, qualification):
+    """Record a VM exit (VMX non-root operation; hvsim/vtx): basic exit ``reason``
+    (hvsim/arch/vmx.py ExitReason) and its exit qualification. Exits are fault-like
+    (SDM Vol. 3C, 26.1): the instruction has no effect, and the run loop restarts it
+    from the host's point of view -- the guest's EIP saved in the VMCS is the
+    instruction's. Fields beyond these two (guest-linear and guest-physical address,
+    interruption information) are written into the VMCS cache by the caller first."""
+    if st[FAULT_PENDING] == 0:
+        st[FAULT_PENDING] = FAULT_VMEXIT
+        st[FAULT_VECTOR] = reason
+        st[FAULT_ERROR] = qualification
+        st[ATTN] = 1

@@ -93,7 +93,7 @@ IRQ_PENDING = 62   # vector of a pending external interrupt, or -1
 TIMER_PERIOD = 63  # retired instructions between timer interrupts; 0 = timer off
 TIMER_NEXT = 64    # value of TSC at which the next timer interrupt is raised
 TIMER_VECTOR = 65  # vector the timer raises on the interrupt line
-VMX_ON = 66        # 1 in VMX operation (VT-x comes later; 0 makes VMX instructions #UD)
+VMX_ON = 66        # 1 in VMX operation (after VMXON; SDM Vol. 3C, 24.3), 0 outside it
 FLAT = 67          # 1: DS/ES/SS accesses need no segment or alignment check (rings/segments.py update_flat)
 DOUBLE_FAULTING = 68  # 1 while delivering #DF (a fault now is a triple fault)
 DELIVERING = 69    # vector being delivered (-1 if none): a fault now is a contributory test
@@ -103,6 +103,24 @@ VIRTUALIZABLE = 72 # 1 = "virtualizable x86": sensitive-unprivileged insns #GP a
 FETCH_LIN_PAGE = 73   # linear page (lin >> 12) of the last instruction fetch, -1 = none
 FETCH_PHYS_PAGE = 74  # its physical frame; valid until any TLB flush / CR0 / CR3 / CR4 write
 FETCH_CPL = 75        # CPL used for that translation (U/S check depends on it)
+
+# --- VMX operation (hvsim/vtx; SDM Vol. 3C, chapters 24-31) -----------------------------
+VMX_NONROOT = 88   # 1 in VMX non-root operation (a guest of a VMM), 0 in root or outside VMX
+VMXON_PTR = 89     # physical address of the VMXON region (valid while VMX_ON)
+VMCS_PTR = 90      # the current-VMCS pointer; VMCS_PTR_NONE when there is none
+VMCS_PTR_NONE = -1 # FFFFFFFF_FFFFFFFFH in the SDM's words (an int64 slot holds it as -1)
+VMX_PYTHON_HOST = 91   # 1: a VM exit leaves run() (EXIT_VMEXIT) once host state is loaded,
+                       # for a VMM written in Python (hvsim/vtx/host.py); 0: the CPU goes on
+                       # at HOST_RIP, for a VMM written in guest code
+VMX_ENTRY_REQUEST = 92 # set by the Python VMM: run() makes a VM entry first (1 VMLAUNCH, 2 VMRESUME)
+VMX_EPT = 93       # 1 while in non-root operation with "enable EPT" (the MMU's 2D walk)
+VMX_INTR_WINDOW = 94   # 1 while in non-root operation with "interrupt-window exiting"
+VMCS_LAUNCH_STATE = 95 # launch state of the current VMCS (hvsim/arch/vmcs.py LAUNCH_*)
+VMX_ENTRY_CHECK = 96   # the last failed VM-entry check (hvsim/vtx/checks.py), 0 = none
+VMX_ENTRY_VALUE = 97   # the value that check found
+VMX_VECTORING_INFO = 98    # an event whose delivery a VM exit interrupted (IDT-vectoring
+VMX_VECTORING_ERROR = 99   # information format, SDM Vol. 3C 25.9.3) and its error code;
+                           # 0 = none: the next VM exit moves them into the VMCS
 
 # --- a pending fault, raised by a kernel and consumed by the run loop --------------------
 FAULT_PENDING = 80  # 0 none, 1 architectural exception, 2 bus error (outside memory), 3 shutdown, 4 internal
@@ -115,6 +133,8 @@ FAULT_EXCEPTION = 1
 FAULT_BUS = 2
 FAULT_SHUTDOWN = 3
 FAULT_INTERNAL = 4  # a kernel reached through the kernel table did not complete (table.py)
+FAULT_VMEXIT = 5    # a VM exit (hvsim/vtx): FAULT_VECTOR = basic exit reason, FAULT_ERROR =
+                    # exit qualification; the other exit fields are already in the VMCS cache
 
 # a fault met while pre-fetching the bytes of an instruction on the next page: raised only
 # if the decoder really needs those bytes (hvsim/cpu/decode.py)

@@ -12,13 +12,13 @@ fault, or one chunk of a REP string instruction), so no guest can hang the host.
 from hvsim._jit import njit
 from hvsim.cpu import decode as D
 from hvsim.cpu.blocks import call_block, F_BLK, F_HOT, BLOCK_NONE, BLOCK_NEVER, ATTN_BLOCK
-from hvsim.cpu.table import call_handler, call_deliver, K_DELIVER, STATUS_OK
+from hvsim.cpu.table import call_handler, call_deliver, K_DELIVER, K_VMEXIT, K_VMENTRY, STATUS_OK
 from hvsim.arch.counters import (C_INSN, C_INSN_RING, C_EXC, C_EXITS, C_EXIT_KIND, C_IRQ,
                                 C_TIMER, C_TLB_HIT)
 from hvsim.arch.cr import CR0_PG
 from hvsim.arch.exits import (EXIT_NONE, EXIT_HALT, EXIT_EXCEPTION, EXIT_BUDGET, EXIT_SHUTDOWN, EXIT_IO,
                              EXIT_BUS_ERROR, EXIT_BREAKPOINT, EXIT_INTERRUPT, EXIT_TRANSLATE,
-                             EXIT_INTERNAL_ERROR)
+                             EXIT_INTERNAL_ERROR, EXIT_VMEXIT)
 from hvsim.arch.fault import raise_fault, raise_bus_error, raise_internal
 from hvsim.arch.flags import IF, TF
 from hvsim.arch.layout import (
@@ -33,12 +33,30 @@ from hvsim.arch.layout import (
     EXIT_OPSIZE, EXIT_BASE, EXIT_INDEX, EXIT_SCALE, EXIT_DISP, EXIT_IMM, EXIT_IMM2, EXIT_SEG,
     EXIT_PFX, EXIT_EA, EXIT_LINEAR,
 )
-from hvsim.arch.layout import DR6, BLOCKING_BY_MOV_SS
+from hvsim.arch.layout import DR6, BLOCKING_BY_MOV_SS, BLOCKING_BY_STI
+from hvsim.arch.layout import (FAULT_VMEXIT, VMX_NONROOT, VMX_PYTHON_HOST, VMX_ENTRY_REQUEST,
+                              VMX_INTR_WINDOW, VMCS_CACHE)
+from hvsim.arch import vmcs as _V
+from hvsim.arch import vmx as _X
+from hvsim.arch.fault import raise_vmexit
+from hvsim.rings.interrupts import leaves_guest
 from hvsim.arch.dr import DR6_BS
 from hvsim.mmu.paging import translate
 from hvsim.arch.pte import ACC_FETCH, ACC_USER
 from hvsim.rings.interrupts import trace_record, EV_FAULT, EV_TRAP, EV_EXTERNAL
 from hvsim.arch.vectors import GP, DB, PF
+
+# VMX non-root operation (hvsim/vtx): the VMCS fields the run loop reads
+_PIN_CONTROLS = VMCS_CACHE + _V.slot("PIN_BASED_VM_EXEC_CONTROL")
+_EXIT_CONTROLS = VMCS_CACHE + _V.slot("VM_EXIT_CONTROLS")
+_EXIT_INTR_INFO = VMCS_CACHE + _V.slot("VM_EXIT_INTR_INFO")
+_EXIT_INTR_ERROR = VMCS_CACHE + _V.slot("VM_EXIT_INTR_ERROR_CODE")
+_R_EXCEPTION = int(_X.ExitReason.EXCEPTION_NMI)
+_R_EXTERNAL = int(_X.ExitReason.EXTERNAL_INTERRUPT)
+_R_TRIPLE_FAULT = int(_X.ExitReason.TRIPLE_FAULT)
+_R_INTERRUPT_WINDOW = int(_X.ExitReason.INTERRUPT_WINDOW)
+_HARDWARE_EXCEPTION = _X.INTR_INFO_VALID | (_X.INTR_TYPE_HARDWARE_EXCEPTION << _X.INTR_INFO_TYPE_SHIFT)
+_SOFTWARE_EXCEPTION = _X.INTR_INFO_VALID | (_X.INTR_TYPE_SOFTWARE_EXCEPTION << _X.INTR_INFO_TYPE_SHIFT)
 
 # EXIT_SOURCE values: what kind of event an 'exception' exit is
 SRC_FAULT = 0
@@ -196,26 +214,65 @@ def _exit(st, dc, kind, steps):
 
 
 @njit(inline="always")
-def delivery_waits(st, ktab, vector):
-    """Whether delivering ``vector`` through the guest IDT must wait for the kernel
-    table's K_DELIVER entry (hvsim/cpu/table.py); if so the request is made."""
-    if st[ROUTE + vector] == ROUTE_HOST or ktab[K_DELIVER] != 0:
+def delivery_waits(st, ktab, vector, error):
+    """Whether delivering ``vector`` through the guest IDT (or, when it leaves the guest
+    in VMX non-root operation, the VM exit) must wait for the kernel table's K_DELIVER
+    (K_VMEXIT) entry (hvsim/cpu/table.py); if so the request is made."""
+    if leaves_guest(st, vector, error):
+        if st[VMX_NONROOT] == 0 or ktab[K_VMEXIT] != 0:
+            return False
+        st[KERNEL_REQUEST] = K_VMEXIT
+        return True
+    if ktab[K_DELIVER] != 0:
         return False
     st[KERNEL_REQUEST] = K_DELIVER
     return True
 
 
 @njit
-def handle_fault(mem, st, tlb, pg, ktab):
+def _vm_exit(mem, st, tlb, pg, dc, ktab):
+    """Complete the pending VM exit through the kernel table (K_VMEXIT): EXIT_VMEXIT for a
+    VMM written in Python, EXIT_NONE when the CPU goes on at HOST_RIP in root operation,
+    EXIT_TRANSLATE while the entry is still empty (the exit stays pending)."""
+    if ktab[K_VMEXIT] == 0:
+        st[KERNEL_REQUEST] = K_VMEXIT
+        return EXIT_TRANSLATE
+    reason = st[FAULT_VECTOR]
+    st[EIP] = st[INSN_EIP]                # fault-like: the guest's RIP is the instruction's
+    if call_handler(ktab[K_VMEXIT], mem, st, tlb, pg, dc, 0) != STATUS_OK:
+        raise_internal(st, K_VMEXIT)
+        return EXIT_NONE
+    if st[VMX_PYTHON_HOST] != 0:
+        st[EXIT_VECTOR] = reason
+        st[EXIT_ERROR] = -1
+        st[EXIT_EIP] = st[EIP]
+        st[EXIT_LEN] = 0
+        return EXIT_VMEXIT
+    return EXIT_NONE
+
+
+@njit
+def handle_fault(mem, st, tlb, pg, dc, ktab):
     """Turn the pending fault into guest delivery or a host exit kind (EXIT_NONE = delivered).
 
     EXIT_TRANSLATE: delivery through the guest IDT needs the kernel table's K_DELIVER
     entry, still empty; the fault stays pending, untouched, for the next run() call.
+    In VMX non-root operation a triple fault, and an exception the exception bitmap
+    selects, become VM exits (reasons 2 and 0, SDM Vol. 3C 25.6.3 and 26.2).
     """
     while st[FAULT_PENDING] != 0:
         kind = st[FAULT_PENDING]
-        if kind == FAULT_EXCEPTION and delivery_waits(st, ktab, st[FAULT_VECTOR]):
+        if kind == FAULT_EXCEPTION and delivery_waits(st, ktab, st[FAULT_VECTOR], st[FAULT_ERROR]):
             return EXIT_TRANSLATE
+        if kind == FAULT_VMEXIT:
+            k = _vm_exit(mem, st, tlb, pg, dc, ktab)
+            if k != EXIT_NONE:
+                return k
+            continue
+        if kind == FAULT_SHUTDOWN and st[VMX_NONROOT] != 0:
+            st[FAULT_PENDING] = 0
+            raise_vmexit(st, _R_TRIPLE_FAULT, 0)
+            continue
         st[FAULT_PENDING] = 0
         if kind == FAULT_BUS:
             st[EIP] = st[INSN_EIP]
@@ -247,6 +304,19 @@ def handle_fault(mem, st, tlb, pg, ktab):
             st[EIP] = st[INSN_EIP]            # faults restart the instruction
         if v < 32:
             st[COUNTERS + C_EXC + v] += 1
+        if st[VMX_NONROOT] != 0 and leaves_guest(st, v, err):
+            # a VM exit instead of delivery; CR2 is not loaded (SDM Vol. 3C, 26.2 note)
+            if src == SRC_TRAP:
+                st[INSN_EIP] = st[EIP]        # a trap's exit saves the next instruction's EIP
+            info = (_SOFTWARE_EXCEPTION if src == SRC_SOFTWARE else _HARDWARE_EXCEPTION) | v
+            if err >= 0:
+                info |= _X.INTR_INFO_DELIVER_ERROR_CODE
+                st[_EXIT_INTR_ERROR] = err
+            st[_EXIT_INTR_INFO] = info
+            if src != SRC_SOFTWARE:
+                st[INSN_LEN] = 0              # only software exceptions report a length
+            raise_vmexit(st, _R_EXCEPTION, st[FAULT_ADDR] if v == PF else 0)
+            continue
         if v == PF:
             st[CR2] = st[FAULT_ADDR]          # SDM 4.7: CR2 is loaded when #PF occurs
         if st[ROUTE + v] == ROUTE_HOST:
@@ -265,6 +335,33 @@ def handle_fault(mem, st, tlb, pg, ktab):
 
 
 @njit
+def _nonroot_events(mem, st, tlb, pg, dc, ktab):
+    """Between two guest instructions in VMX non-root operation: an open interrupt window
+    with "interrupt-window exiting" (exit 7), a pending external interrupt with "external-
+    interrupt exiting" (exit 1; with "acknowledge interrupt on exit" the vector goes into
+    the VM-exit interruption information and leaves the line, else it stays pending).
+    EXIT_NONE when neither applies (or the CPU went on in root operation)."""
+    blocked = (st[INT_SHADOW] & (BLOCKING_BY_STI | BLOCKING_BY_MOV_SS)) != 0
+    if st[VMX_INTR_WINDOW] != 0 and (st[EFLAGS] & IF) != 0 and not blocked:
+        st[INSN_EIP] = st[EIP]
+        st[INSN_LEN] = 0
+        raise_vmexit(st, _R_INTERRUPT_WINDOW, 0)
+        return handle_fault(mem, st, tlb, pg, dc, ktab)
+    if st[IRQ_PENDING] >= 0 and not blocked and \
+            (st[_PIN_CONTROLS] & _X.PIN_EXTERNAL_INTERRUPT_EXITING) != 0:
+        st[INSN_EIP] = st[EIP]
+        st[INSN_LEN] = 0
+        if (st[_EXIT_CONTROLS] & _X.EXIT_ACK_INTERRUPT_ON_EXIT) != 0:
+            st[_EXIT_INTR_INFO] = _X.INTR_INFO_VALID | st[IRQ_PENDING]   # type 0: external
+            st[IRQ_PENDING] = -1
+        else:
+            st[_EXIT_INTR_INFO] = 0
+        raise_vmexit(st, _R_EXTERNAL, 0)
+        return handle_fault(mem, st, tlb, pg, dc, ktab)
+    return EXIT_NONE
+
+
+@njit
 def run(mem, st, tlb, dc, pg, budget, ktab):
     """Run until an exit; at most ``budget`` steps. Returns the exit kind.
 
@@ -278,9 +375,22 @@ def run(mem, st, tlb, dc, pg, budget, ktab):
     first = True
     resume = st[RESUME_ROW]                   # an instruction stopped by a kernel request
     st[RESUME_ROW] = -1
+    if st[VMX_ENTRY_REQUEST] != 0:
+        # a VMM written in Python enters its guest (hvsim/vtx/host.py): VMLAUNCH/VMRESUME
+        if ktab[K_VMENTRY] == 0:
+            st[KERNEL_REQUEST] = K_VMENTRY
+            return _exit(st, dc, EXIT_TRANSLATE, steps)
+        if call_handler(ktab[K_VMENTRY], mem, st, tlb, pg, dc, 0) != STATUS_OK:
+            raise_internal(st, K_VMENTRY)
+        if st[VMX_NONROOT] == 0 and st[FAULT_PENDING] == 0:
+            # VMfail (the instruction fell through) or a failed entry (host state loaded)
+            st[EXIT_VECTOR] = -1
+            st[EXIT_ERROR] = -1
+            st[EXIT_EIP] = st[EIP]
+            return _exit(st, dc, EXIT_VMEXIT, steps)
     if st[FAULT_PENDING] != 0:
         # a fault whose delivery stopped for a kernel request: delivered first
-        k = handle_fault(mem, st, tlb, pg, ktab)
+        k = handle_fault(mem, st, tlb, pg, dc, ktab)
         if k != EXIT_NONE:
             return _exit(st, dc, k, steps)
         first = False                         # EIP moved to the handler: its breakpoint counts
@@ -291,7 +401,7 @@ def run(mem, st, tlb, dc, pg, budget, ktab):
         st[EXIT_SOURCE] = SRC_TRAP
         st[DR6] |= DR6_BS
         raise_fault(st, DB, -1)
-        k = handle_fault(mem, st, tlb, pg, ktab)
+        k = handle_fault(mem, st, tlb, pg, dc, ktab)
         if k != EXIT_NONE:
             return _exit(st, dc, k, steps)
         first = False                         # EIP moved to the handler: its breakpoint counts
@@ -308,10 +418,16 @@ def run(mem, st, tlb, dc, pg, budget, ktab):
             if nxt <= st[TSC]:
                 nxt = st[TSC] + period
             st[TIMER_NEXT] = nxt
+        # -- VMX non-root: the interrupt window, and external-interrupt exiting, which
+        #    RFLAGS.IF does not block (SDM Vol. 3C, 25.6.1, 26.3 and 26.7.5)
+        if st[VMX_NONROOT] != 0:
+            k = _nonroot_events(mem, st, tlb, pg, dc, ktab)
+            if k != EXIT_NONE:
+                return _exit(st, dc, k, steps)
         # -- an external interrupt is taken between instructions when IF=1 and no shadow
         if st[IRQ_PENDING] >= 0 and (st[EFLAGS] & IF) != 0 and st[INT_SHADOW] == 0:
             v = st[IRQ_PENDING]
-            if delivery_waits(st, ktab, v):     # taken when run() is called again
+            if delivery_waits(st, ktab, v, -1):     # taken when run() is called again
                 return _exit(st, dc, EXIT_TRANSLATE, steps)
             st[IRQ_PENDING] = -1
             st[HALTED] = 0
@@ -328,7 +444,7 @@ def run(mem, st, tlb, dc, pg, budget, ktab):
             if call_deliver(ktab[K_DELIVER], mem, st, tlb, pg, v, -1, EV_EXTERNAL) != STATUS_OK:
                 raise_internal(st, K_DELIVER)
             if st[FAULT_PENDING] != 0:
-                k = handle_fault(mem, st, tlb, pg, ktab)
+                k = handle_fault(mem, st, tlb, pg, dc, ktab)
                 if k != EXIT_NONE:
                     return _exit(st, dc, k, steps)
         if st[HALTED] != 0:
@@ -390,7 +506,7 @@ def run(mem, st, tlb, dc, pg, budget, ktab):
             if st[KERNEL_REQUEST] >= 0:        # the instruction did not start (table.py)
                 return _exit(st, dc, EXIT_TRANSLATE, steps)
             if st[FAULT_PENDING] != 0:
-                k = handle_fault(mem, st, tlb, pg, ktab)
+                k = handle_fault(mem, st, tlb, pg, dc, ktab)
                 if k != EXIT_NONE:
                     return _exit(st, dc, k, steps)
                 break
@@ -411,7 +527,7 @@ def run(mem, st, tlb, dc, pg, budget, ktab):
                 st[EXIT_SOURCE] = SRC_TRAP
                 st[DR6] |= DR6_BS
                 raise_fault(st, DB, -1)
-                k = handle_fault(mem, st, tlb, pg, ktab)
+                k = handle_fault(mem, st, tlb, pg, dc, ktab)
                 if k != EXIT_NONE:
                     return _exit(st, dc, k, steps)
                 break

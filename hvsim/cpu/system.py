@@ -10,6 +10,8 @@ unprivileged instructions (Robin & Irvine, USENIX Security 2000) raise #GP(0) ab
 ring 0 instead of quietly reading or ignoring privileged state, as Popek and
 Goldberg's theorem 1 requires.
 """
+import numpy as np
+
 from hvsim._jit import njit
 from hvsim.cpu import alu
 from hvsim.arch.cr import (CR0_PE, CR0_PG, CR0_WP, CR0_TS, CR0_ET, CR0_MP, CR0_EM, CR4_PAE,
@@ -37,10 +39,15 @@ from hvsim.cpu.operands import (get_reg, set_reg, ea, rm_read, rm_write, mem_rea
 from hvsim.cpu.execute import jump
 from hvsim.mmu.paging import tlb_flush, tlb_invlpg
 from hvsim.rings.segments import load_sreg, update_flat
-from hvsim.rings.interrupts import deliver, EV_SOFTWARE
+from hvsim.rings.interrupts import deliver, leaves_guest, EV_SOFTWARE
 from hvsim.rings.transfers import far_jmp, far_call, far_ret, iret
 from hvsim.rings.sysinsn import lar, lsl, verr, verw, ltr, lldt, io_permitted
 from hvsim.arch.vectors import GP, UD, BP, DB, OF as VEC_OF
+from hvsim.arch import vmx as VMX
+from hvsim.arch.layout import VMX_ON, VMX_NONROOT
+from hvsim.arch.vmcs import CAPABILITY_MSRS
+from hvsim.cpu.vmxinsn import vmx_group7, instruction_info as vmx_instruction_memory_info
+from hvsim.vtx import nonroot as NR
 
 # ---- model-specific registers (SDM Vol. 4, Table 2-2) ---------------------------------
 MSR_TSC = 0x10
@@ -69,7 +76,12 @@ CPUID_EDX_CMOV = 1 << 15
 CPUID_FEATURES_EDX = CPUID_EDX_DE | CPUID_EDX_PSE | CPUID_EDX_TSC | CPUID_EDX_MSR | CPUID_EDX_PGE | CPUID_EDX_CMOV
 # EDX bit 1 (VME) stays 0 although CR4.PVI works: that flag also promises the virtual-8086
 # mode enhancements (CR4.VME), which hvsim refuses (hvsim/arch/cr.py)
-CPUID_FEATURES_ECX = 0   # bit 5 (VMX) is reported once VT-x is modelled
+CPUID_FEATURES_ECX = VMX.CPUID_ECX_VMX    # VT-x (hvsim/vtx)
+
+# the VMX capability MSRs 480H-490H (SDM Vol. 3C, Appendix A), read-only; 64-bit values
+# (bit 63 may be set) kept as int64 bit patterns
+_VMX_MSRS = np.array([CAPABILITY_MSRS[m] for m in range(VMX.MSR_VMX_FIRST, VMX.MSR_VMX_LAST + 1)],
+                     np.uint64).view(np.int64)
 
 # CR0 bits software may set (the rest are reserved: #GP(0)); ET is hard-wired to 1.
 CR0_WRITABLE = CR0_PE | CR0_MP | CR0_EM | CR0_TS | CR0_ET | CR0_NE | CR0_WP | CR0_AM | CR0_NW | CR0_CD | CR0_PG
@@ -170,6 +182,9 @@ def op_sti(mem, st, tlb, pg, dc, row):          # FB: STI; interrupts wait one i
 def op_hlt(mem, st, tlb, pg, dc, row):          # F4: privileged
     if _priv(st):
         return
+    if st[VMX_NONROOT] != 0 and NR.primary(st, VMX.CPU_HLT_EXITING):
+        NR.exit_for_instruction(st, NR.HLT, 0, -1, 0)
+        return
     st[HALTED] = 1
     st[COUNTERS + C_HLT] += 1
     st[ATTN] = 1
@@ -209,6 +224,11 @@ def op_in(mem, st, tlb, pg, dc, row):           # E4 E5 (port imm8), EC ED (port
     port = dc[F_IMM, row] if dc[F_OPC, row] <= 0xE5 else st[EDX] & 0xFFFF
     if _io_denied(mem, st, tlb, pg, port, size):
         return
+    if st[VMX_NONROOT] != 0 and NR.io_exits(mem, st, port, size):
+        NR.exit_for_instruction(st, NR.IO_INSTRUCTION,
+                                NR.io_qualification(port, size, True, dc[F_OPC, row] <= 0xE5),
+                                -1, 0)
+        return
     st[COUNTERS + C_IO_IN] += 1
     value = port_in(st, port, size)
     if value < 0:
@@ -225,6 +245,11 @@ def op_out(mem, st, tlb, pg, dc, row):          # E6 E7 (port imm8), EE EF (port
     port = dc[F_IMM, row] if dc[F_OPC, row] <= 0xE7 else st[EDX] & 0xFFFF
     if _io_denied(mem, st, tlb, pg, port, size):
         return
+    if st[VMX_NONROOT] != 0 and NR.io_exits(mem, st, port, size):
+        NR.exit_for_instruction(st, NR.IO_INSTRUCTION,
+                                NR.io_qualification(port, size, False, dc[F_OPC, row] <= 0xE7),
+                                -1, 0)
+        return
     st[COUNTERS + C_IO_OUT] += 1
     value = get_reg(st, EAX, size)
     if port_out(st, port, size, value) == 0:
@@ -232,11 +257,19 @@ def op_out(mem, st, tlb, pg, dc, row):          # E6 E7 (port imm8), EE EF (port
 
 
 @njit
-def _soft_int(mem, st, tlb, pg, vector):
-    """INT n / INT3: through the guest IDT, or -- if the vector is routed to the host --
-    an 'exception' exit of source 'software' with EIP left on the INT instruction."""
+def _soft_int(mem, st, tlb, pg, vector, exception):
+    """INT n / INT3 / INTO: through the guest IDT, or -- if the vector is routed to the
+    host -- an 'exception' exit of source 'software' with EIP left on the instruction.
+    In VMX non-root operation INT n never exits; INT3 and INTO (``exception``: software
+    exceptions) exit when their vector's bit is set in the exception bitmap, with
+    interruption type 6 and the instruction's length (SDM Vol. 3C, 25.6.3, 28.2.2)."""
     st[COUNTERS + C_SWINT] += 1
-    if st[ROUTE + vector] == ROUTE_HOST:
+    if st[VMX_NONROOT] != 0:
+        if exception and leaves_guest(st, vector, -1):
+            NR.exit_for_event(st, NR.EXCEPTION_NMI, VMX.INTR_INFO_VALID | vector | (
+                VMX.INTR_TYPE_SOFTWARE_EXCEPTION << VMX.INTR_INFO_TYPE_SHIFT), -1)
+            return
+    elif st[ROUTE + vector] == ROUTE_HOST:
         st[EXIT_SOURCE] = 2
         raise_fault(st, vector, -1)
         return
@@ -246,12 +279,12 @@ def _soft_int(mem, st, tlb, pg, vector):
 
 @njit
 def op_int(mem, st, tlb, pg, dc, row):          # CD ib: INT n (trap: pushes the next EIP)
-    _soft_int(mem, st, tlb, pg, dc[F_IMM, row])
+    _soft_int(mem, st, tlb, pg, dc[F_IMM, row], False)
 
 
 @njit
 def op_int3(mem, st, tlb, pg, dc, row):         # CC: INT3, vector 3 with the INT n DPL check
-    _soft_int(mem, st, tlb, pg, BP)
+    _soft_int(mem, st, tlb, pg, BP, True)
 
 
 @njit
@@ -259,7 +292,7 @@ def op_into(mem, st, tlb, pg, dc, row):         # CE: INTO, #OF (vector 4) as a 
     # SDM Vol. 2A INT n/INTO/INT3/INT1: with OF = 0 nothing happens; with OF = 1 it is a
     # software interrupt 4, with INT n's gate-DPL check, pushing the next EIP
     if (st[EFLAGS] & FLAG_OF) != 0:
-        _soft_int(mem, st, tlb, pg, VEC_OF)
+        _soft_int(mem, st, tlb, pg, VEC_OF, True)
 
 
 @njit
@@ -448,6 +481,9 @@ def _write_cr0(mem, st, tlb, value):
     if (value & CR0_NW) != 0 and (value & CR0_CD) == 0:
         raise_fault(st, GP, 0)
         return
+    if st[VMX_ON] != 0 and (value & VMX.CR0_FIXED0) != VMX.CR0_FIXED0:
+        raise_fault(st, GP, 0)                   # SDM Vol. 3C, 24.8: fixed in VMX operation
+        return
     value |= CR0_ET
     old = st[CR0]
     st[CR0] = value
@@ -459,6 +495,28 @@ def _write_cr0(mem, st, tlb, value):
 
 
 @njit
+def _lmsw(mem, st, tlb, src, gpr, memory):
+    """LMSW (SDM Vol. 2A LMSW): loads PE MP EM TS, cannot clear PE. In non-root
+    operation it exits when a host-owned bit among PE MP EM TS would differ from the
+    read shadow (with PE: only a 0 -> 1 change), and leaves host-owned bits alone
+    otherwise (SDM Vol. 3C, 26.1.3 and 26.3)."""
+    cr0 = st[CR0]
+    if st[VMX_NONROOT] != 0:
+        mask, shadow = NR.cr_mask_shadow(st, 0)
+        owned = mask & 0xF
+        if ((src ^ shadow) & owned & 0xE) != 0 or \
+                ((owned & CR0_PE) != 0 and (shadow & CR0_PE) == 0 and (src & CR0_PE) != 0):
+            qual = NR.cr_qualification(0, VMX.CR_ACCESS_LMSW, gpr) | \
+                ((src & 0xFFFF) << VMX.CR_QUAL_LMSW_SOURCE_SHIFT)
+            if memory:
+                qual |= VMX.CR_QUAL_LMSW_MEMORY
+            NR.exit_for_instruction(st, NR.CR_ACCESS, qual, -1, 0)
+            return
+        src = (src & ~owned) | (cr0 & owned)
+    _write_cr0(mem, st, tlb, (cr0 & ~0xE) | (src & 0xF) | (cr0 & CR0_PE))
+
+
+@njit
 def op_grp7(mem, st, tlb, pg, dc, row):         # 0F 01: SGDT SIDT LGDT LIDT SMSW LMSW INVLPG (+VMX)
     d = dc[F_REG, row]
     rm = dc[F_RM, row]
@@ -467,19 +525,29 @@ def op_grp7(mem, st, tlb, pg, dc, row):         # 0F 01: SGDT SIDT LGDT LIDT SMS
         if d == 4:
             if _sensitive(st):
                 return
-            st[rm] = st[CR0]                     # SMSW r32: P6 and later store all of CR0
+            v = st[CR0]                          # SMSW r32: P6 and later store all of CR0
+            if st[VMX_NONROOT] != 0:
+                v = NR.cr_read(st, 0, v)         # host-owned bits from the read shadow
+            st[rm] = v
             return
         if d == 6:
             if _priv(st):
                 return
-            # LMSW loads PE MP EM TS only and cannot clear PE (SDM LMSW)
-            v = (st[CR0] & ~0xE) | (st[rm] & 0xF) | (st[CR0] & CR0_PE)
-            _write_cr0(mem, st, tlb, v)
+            _lmsw(mem, st, tlb, st[rm] & 0xFFFF, rm, False)
             return
-        raise_fault(st, UD, -1)                  # VMX forms: #UD outside VMX operation
+        if d == 0:                               # C1-C4: VMCALL VMLAUNCH VMRESUME VMXOFF
+            vmx_group7(mem, st, tlb, pg, dc, row, rm)
+            return
+        raise_fault(st, UD, -1)
         return
     off = ea(st, dc, row)
     seg = dc[F_SEG, row]
+    if d <= 3 and st[VMX_NONROOT] != 0 and NR.secondary(st, VMX.SEC_DESCRIPTOR_TABLE_EXITING) \
+            and (d <= 1 or st[CPL] == 0):         # LGDT/LIDT at CPL > 0: #GP(0) first
+        # instruction information (Table 28-10): bits 29:28 = 0 SGDT, 1 SIDT, 2 LGDT, 3 LIDT
+        NR.exit_for_instruction(st, NR.GDTR_IDTR_ACCESS, dc[F_DISP, row], -1,
+                                vmx_instruction_memory_info(dc, row) | (d << 28))
+        return
     if d == 0 or d == 1:                          # SGDT / SIDT: store limit16, base32
         if _sensitive(st):
             return
@@ -507,19 +575,25 @@ def op_grp7(mem, st, tlb, pg, dc, row):         # 0F 01: SGDT SIDT LGDT LIDT SMS
     elif d == 4:                                  # SMSW m16
         if _sensitive(st):
             return
-        mem_write(mem, st, tlb, pg, seg, off, 2, st[CR0] & 0xFFFF)
+        v = st[CR0]
+        if st[VMX_NONROOT] != 0:
+            v = NR.cr_read(st, 0, v)
+        mem_write(mem, st, tlb, pg, seg, off, 2, v & 0xFFFF)
     elif d == 6:                                  # LMSW m16
         if _priv(st):
             return
         v = mem_read(mem, st, tlb, pg, seg, off, 2)
         if st[FAULT_PENDING] != 0:
             return
-        _write_cr0(mem, st, tlb, (st[CR0] & ~0xE) | (v & 0xF) | (st[CR0] & CR0_PE))
+        _lmsw(mem, st, tlb, v, 0, True)
     elif d == 7:                                  # INVLPG m
         if _priv(st):
             return
         lin = to_lin(st, seg, off, 1, 0)
         if st[FAULT_PENDING] != 0:
+            return
+        if st[VMX_NONROOT] != 0 and NR.primary(st, VMX.CPU_INVLPG_EXITING):
+            NR.exit_for_instruction(st, NR.INVLPG, lin, lin, 0)
             return
         tlb_invlpg(st, tlb, lin)
     else:
@@ -545,6 +619,15 @@ def op_lar_lsl(mem, st, tlb, pg, dc, row):      # 0F 02 LAR r32, r/m16 ; 0F 03 L
 def op_clts(mem, st, tlb, pg, dc, row):         # 0F 06: privileged
     if _priv(st):
         return
+    if st[VMX_NONROOT] != 0:
+        # SDM Vol. 3C 26.1.3: exits if TS is set in both the CR0 mask and read shadow;
+        # with TS owned and the shadow's TS clear, CR0.TS is left alone (26.3)
+        mask, shadow = NR.cr_mask_shadow(st, 0)
+        if (mask & CR0_TS) != 0:
+            if (shadow & CR0_TS) != 0:
+                NR.exit_for_instruction(st, NR.CR_ACCESS,
+                                        NR.cr_qualification(0, VMX.CR_ACCESS_CLTS, 0), -1, 0)
+            return
     st[CR0] &= ~CR0_TS
 
 
@@ -558,9 +641,21 @@ def op_mov_cr(mem, st, tlb, pg, dc, row):       # 0F 20 (MOV r32, CRn), 0F 22 (M
         raise_fault(st, UD, -1)
         return
     if dc[F_OPC, row] == 0x120:
-        st[r] = st[CR0] if n == 0 else st[CR0 + n - 1]     # CR2, CR3, CR4 follow CR0
+        v = st[CR0] if n == 0 else st[CR0 + n - 1]     # CR2, CR3, CR4 follow CR0
+        if st[VMX_NONROOT] != 0:
+            if n == 3 and NR.primary(st, VMX.CPU_CR3_STORE_EXITING):
+                NR.exit_for_instruction(st, NR.CR_ACCESS, NR.cr_qualification(
+                    3, VMX.CR_ACCESS_MOV_FROM_CR, r), -1, 0)
+                return
+            if n == 0 or n == 4:
+                v = NR.cr_read(st, n, v)
+        st[r] = v
         return
     v = st[r]
+    if st[VMX_NONROOT] != 0 and NR.cr_write_exits(st, n, v):
+        NR.exit_for_instruction(st, NR.CR_ACCESS, NR.cr_qualification(
+            n, VMX.CR_ACCESS_MOV_TO_CR, r), -1, 0)
+        return
     if n == 0:
         _write_cr0(mem, st, tlb, v)
     elif n == 2:
@@ -573,6 +668,9 @@ def op_mov_cr(mem, st, tlb, pg, dc, row):       # 0F 20 (MOV r32, CRn), 0F 22 (M
     else:
         if (v & ~CR4_SUPPORTED & MASK32) != 0 or (v & CR4_PAE) != 0:
             raise_fault(st, GP, 0)
+            return
+        if st[VMX_ON] != 0 and (v & VMX.CR4_FIXED0) != VMX.CR4_FIXED0:
+            raise_fault(st, GP, 0)          # CR4.VMXE cannot be cleared in VMX operation
             return
         old = st[CR4]
         st[CR4] = v
@@ -594,6 +692,13 @@ def op_mov_dr(mem, st, tlb, pg, dc, row):       # 0F 21 (MOV r32, DRn), 0F 23 (M
     back, and no instruction, data or I/O breakpoint ever fires.
     """
     if _priv(st):
+        return
+    if st[VMX_NONROOT] != 0 and NR.primary(st, VMX.CPU_MOV_DR_EXITING):
+        # Table 28-4: 2:0 DR number, bit 4 = MOV from DR, 11:8 the general register
+        qual = dc[F_REG, row] | (dc[F_RM, row] << VMX.DR_QUAL_GPR_SHIFT)
+        if dc[F_OPC, row] == 0x121:
+            qual |= VMX.DR_QUAL_FROM_DR
+        NR.exit_for_instruction(st, NR.DR_ACCESS, qual, -1, 0)
         return
     if (st[DR7] & DR7_GD) != 0:
         st[DR6] |= DR6_BD
@@ -622,8 +727,15 @@ def op_mov_dr(mem, st, tlb, pg, dc, row):       # 0F 21 (MOV r32, DRn), 0F 23 (M
 def op_invd_wbinvd(mem, st, tlb, pg, dc, row):  # 0F 08 INVD, 0F 09 WBINVD: privileged
     # SDM Vol. 2A INVD, Vol. 2C WBINVD: #GP(0) at CPL > 0. hvsim models no caches (every
     # access reaches the one memory array), so at CPL 0 there is nothing to invalidate or
-    # write back: both retire as no-ops. (Under VT-x, INVD always exits.)
-    _priv(st)
+    # write back: both retire as no-ops. Under VT-x INVD always exits, WBINVD when
+    # "WBINVD exiting" is set (SDM Vol. 3C, 26.1.2 and 26.1.3).
+    if _priv(st):
+        return
+    if st[VMX_NONROOT] != 0:
+        if dc[F_OPC, row] == 0x108:
+            NR.exit_for_instruction(st, NR.INVD, 0, -1, 0)
+        elif NR.secondary(st, VMX.SEC_WBINVD_EXITING):
+            NR.exit_for_instruction(st, NR.WBINVD, 0, -1, 0)
 
 
 @njit
@@ -647,6 +759,15 @@ def _msr_slot(ecx):
 def op_rdmsr(mem, st, tlb, pg, dc, row):        # 0F 32: privileged; unknown MSR -> #GP(0)
     if _priv(st):
         return
+    if st[VMX_NONROOT] != 0 and NR.msr_exits(mem, st, st[ECX], False):
+        NR.exit_for_instruction(st, NR.RDMSR, 0, -1, 0)
+        return
+    msr = st[ECX]
+    if VMX.MSR_VMX_FIRST <= msr <= VMX.MSR_VMX_LAST:
+        v = _VMX_MSRS[msr - VMX.MSR_VMX_FIRST]
+        st[EAX] = v & MASK32
+        st[EDX] = (v >> 32) & MASK32
+        return
     s = _msr_slot(st[ECX])
     if s < 0:
         raise_fault(st, GP, 0)
@@ -660,6 +781,9 @@ def op_rdmsr(mem, st, tlb, pg, dc, row):        # 0F 32: privileged; unknown MSR
 def op_wrmsr(mem, st, tlb, pg, dc, row):        # 0F 30
     if _priv(st):
         return
+    if st[VMX_NONROOT] != 0 and NR.msr_exits(mem, st, st[ECX], True):
+        NR.exit_for_instruction(st, NR.WRMSR, 0, -1, 0)
+        return
     s = _msr_slot(st[ECX])
     if s < 0:
         raise_fault(st, GP, 0)
@@ -671,6 +795,13 @@ def op_wrmsr(mem, st, tlb, pg, dc, row):        # 0F 30
         st[TSC] = v
     elif s == MSR_SYSENTER_CS_SLOT or s == MSR_SYSENTER_ESP_SLOT or s == MSR_SYSENTER_EIP_SLOT:
         st[s] = v & MASK32
+    elif s == MSR_FEATURE_CONTROL_SLOT:
+        # SDM Vol. 3C, 24.7: once the lock bit is set, WRMSR to it is #GP(0) until reset
+        if (st[s] & VMX.FEATURE_CONTROL_LOCK) != 0:
+            raise_fault(st, GP, 0)
+            return
+        st[s] = v & (VMX.FEATURE_CONTROL_LOCK | VMX.FEATURE_CONTROL_VMX_INSIDE_SMX
+                     | VMX.FEATURE_CONTROL_VMX_OUTSIDE_SMX)
     else:
         st[s] = v
 
@@ -680,12 +811,18 @@ def op_rdtsc(mem, st, tlb, pg, dc, row):        # 0F 31: #GP(0) if CR4.TSD and C
     if (st[CR4] & CR4_TSD) != 0 and st[CPL] != 0:
         raise_fault(st, GP, 0)
         return
+    if st[VMX_NONROOT] != 0 and NR.primary(st, VMX.CPU_RDTSC_EXITING):
+        NR.exit_for_instruction(st, NR.RDTSC, 0, -1, 0)
+        return
     st[EAX] = st[TSC] & MASK32
     st[EDX] = (st[TSC] >> 32) & MASK32
 
 
 @njit
 def op_cpuid(mem, st, tlb, pg, dc, row):        # 0F A2
+    if st[VMX_NONROOT] != 0:                     # CPUID always exits (SDM Vol. 3C, 26.1.2)
+        NR.exit_for_instruction(st, NR.CPUID, 0, -1, 0)
+        return
     leaf = st[EAX]
     if leaf == 0:
         st[EAX] = CPUID_MAX_LEAF
@@ -698,13 +835,6 @@ def op_cpuid(mem, st, tlb, pg, dc, row):        # 0F A2
         st[EBX] = 0
         st[ECX] = CPUID_FEATURES_ECX
         st[EDX] = CPUID_FEATURES_EDX
-
-
-@njit
-def op_vmx(mem, st, tlb, pg, dc, row):          # 0F 78 VMREAD, 0F 79 VMWRITE, 0F C7 /6 VMXON/VMCLEAR/VMPTRLD
-    # Outside VMX operation (and with CR4.VMXE clear) every VMX instruction is #UD
-    # (SDM Vol. 3C, 30.3); VMX semantics arrive with hvsim/vtx.
-    raise_fault(st, UD, -1)
 
 
 @njit

@@ -12,7 +12,9 @@ process:
 * ``ktab[op]`` for op = ``hvsim.cpu.decode.OP_*``: the handler of that family
   (``HANDLERS`` below, the one dispatch table), signature ``(mem, st, tlb, pg, dc, row)``;
 * ``ktab[K_DELIVER]``: :func:`hvsim.rings.interrupts.deliver`, for exceptions and
-  external interrupts delivered through the guest IDT.
+  external interrupts delivered through the guest IDT;
+* ``ktab[K_VMEXIT]`` and ``ktab[K_VMENTRY]`` (handler signature, ``row`` unused): the
+  VM exit (hvsim/vtx/exit.py) and the VM entry a Python VMM asks for (hvsim/vtx/entry.py).
 
 An empty entry (0) makes the run loop stop *before* the instruction or event that
 needs it, with nothing of it done: it names the entry in ``st[KERNEL_REQUEST]`` and
@@ -44,6 +46,9 @@ from hvsim._jit import njit
 from hvsim.cpu import decode as D
 from hvsim.cpu import execute as X
 from hvsim.cpu import system as S
+from hvsim.cpu import vmxinsn as VI
+from hvsim.vtx.exit import vm_exit
+from hvsim.vtx.entry import entry_request
 from hvsim.arch.layout import DC_SHAPE
 from hvsim.rings import interrupts
 
@@ -72,13 +77,18 @@ HANDLERS = {
     D.OP_CMOV: X.op_cmov, D.OP_SETCC: X.op_setcc, D.OP_LAR: S.op_lar_lsl,
     D.OP_LSL: S.op_lar_lsl, D.OP_CLTS: S.op_clts, D.OP_WRMSR: S.op_wrmsr,
     D.OP_RDMSR: S.op_rdmsr, D.OP_RDTSC: S.op_rdtsc, D.OP_CPUID: S.op_cpuid,
-    D.OP_VMX: S.op_vmx, D.OP_UD: S.op_ud, D.OP_UD2: S.op_ud, D.OP_INTO: S.op_into,
+    D.OP_VMX: VI.op_vmx, D.OP_UD: S.op_ud, D.OP_UD2: S.op_ud, D.OP_INTO: S.op_into,
     D.OP_MOV_DR: S.op_mov_dr, D.OP_INVD: S.op_invd_wbinvd,
 }
 
 K_DELIVER = max(v for k, v in vars(D).items() if k.startswith("OP_")) + 1
-TABLE_SIZE = K_DELIVER + 1
-SLOTS = tuple(HANDLERS) + (K_DELIVER,)      # every entry with a kernel (OP_NOP has none)
+K_VMEXIT = K_DELIVER + 1       # hvsim/vtx/exit.py vm_exit: a pending VM exit completed
+K_VMENTRY = K_DELIVER + 2      # hvsim/vtx/entry.py entry_request: the Python VMM's entry
+TABLE_SIZE = K_VMENTRY + 1
+# every entry with a kernel (OP_NOP has none)
+SLOTS = tuple(HANDLERS) + (K_DELIVER, K_VMEXIT, K_VMENTRY)
+# the entries with the handler signature that are not instruction handlers
+_EVENT_HANDLERS = {K_VMEXIT: vm_exit, K_VMENTRY: entry_request}
 
 _I64 = types.Array(types.int64, 1, "C")
 _MEM = types.Array(types.uint8, 1, "C")
@@ -113,6 +123,8 @@ def kernel_of(slot):
     """``(dispatcher, argument types)`` of table entry ``slot``."""
     if slot == K_DELIVER:
         return interrupts.deliver, DELIVER_SIG
+    if slot in _EVENT_HANDLERS:
+        return _EVENT_HANDLERS[slot], HANDLER_SIG
     return HANDLERS[slot], HANDLER_SIG
 
 

@@ -22,12 +22,14 @@ from hvsim.arch.counters import (C_PRIV_SWITCH, C_INT_VEC, C_DOUBLE_FAULT, C_TRI
                                 C_FAULT_DELIVERY, C_EXC)
 from hvsim.arch.fault import raise_fault, raise_shutdown
 from hvsim.arch.flags import IF, TF, NT, RF, VM
+from hvsim.arch import vmcs as _V
 from hvsim.arch.layout import (MASK32, ESP, EIP, EFLAGS, CPL, CR2, TSC, COUNTERS,
                               FAULT_PENDING, FAULT_VECTOR, FAULT_ERROR, FAULT_ADDR,
                               FAULT_EXCEPTION, DELIVERING, DOUBLE_FAULTING, HALTED, INSN_EIP,
                               IDTR_BASE, IDTR_LIMIT, TR_SEL, TR_BASE, TR_LIMIT, TR_AR,
                               SEG_SEL, SEG_BASE, SEG_LIMIT, SEG_AR, SREG_CS, SREG_SS,
-                              AR_UNUSABLE, ROUTE, ROUTE_HOST,
+                              AR_UNUSABLE, ROUTE, ROUTE_HOST, VMX_NONROOT, VMCS_CACHE,
+                              VMX_VECTORING_INFO, VMX_VECTORING_ERROR,
                               TRACE_HEAD, TRACE_BUF, TRACE_FIELDS, TRACE_CAP)
 from hvsim.mmu.paging import read_lin
 from hvsim.arch.pte import ACC_READ
@@ -265,6 +267,53 @@ def deliver_once(mem, st, tlb, pg, vector, error, kind, ext):
     update_flat(st)
 
 
+_EXCEPTION_BITMAP = VMCS_CACHE + _V.slot("EXCEPTION_BITMAP")
+_PFEC_MASK = VMCS_CACHE + _V.slot("PAGE_FAULT_ERROR_CODE_MASK")
+_PFEC_MATCH = VMCS_CACHE + _V.slot("PAGE_FAULT_ERROR_CODE_MATCH")
+
+
+@njit(inline="always")
+def leaves_guest(st, vector, error):
+    """Whether exception ``vector`` (error code ``error``) leaves the guest instead of
+    being delivered through its IDT. Outside VMX non-root operation: the host monitor's
+    routing, ``st[ROUTE + vector]`` (Machine.route). In non-root operation: a VM exit
+    when the vector's bit is set in the exception bitmap -- for #PF, when the bit equals
+    ``(error & PFEC_MASK) == PFEC_MATCH`` (SDM Vol. 3C, 25.6.3) -- and the caller turns it
+    into exit reason 0."""
+    if st[VMX_NONROOT] != 0:
+        if vector >= 32:
+            return False
+        hit = (st[_EXCEPTION_BITMAP] >> vector) & 1
+        if vector == VEC_PF:
+            match = 1 if (error & st[_PFEC_MASK]) == st[_PFEC_MATCH] else 0
+            return hit == match
+        return hit != 0
+    return st[ROUTE + vector] == ROUTE_HOST
+
+
+# IDT-vectoring information (SDM Vol. 3C, 25.9.3, Table 25-18): valid, type, vector
+_INFO_VALID = 1 << 31
+_INFO_ERROR_VALID = 1 << 11
+_TYPE_EXTERNAL, _TYPE_HARDWARE_EXCEPTION, _TYPE_SOFTWARE_INTERRUPT = 0, 3, 4
+
+
+@njit
+def _vectoring(st, vector, error, kind):
+    """A VM exit is about to interrupt the delivery of (vector, error, kind): keep it
+    for the exit's IDT-vectoring fields, so the VMM can inject it again."""
+    if kind == EV_EXTERNAL:
+        t = _TYPE_EXTERNAL
+    elif kind == EV_SOFTWARE:
+        t = _TYPE_SOFTWARE_INTERRUPT
+    else:
+        t = _TYPE_HARDWARE_EXCEPTION
+    info = _INFO_VALID | (t << 8) | vector
+    if t == _TYPE_HARDWARE_EXCEPTION and error >= 0:
+        info |= _INFO_ERROR_VALID
+        st[VMX_VECTORING_ERROR] = error
+    st[VMX_VECTORING_INFO] = info
+
+
 @njit
 def _end_delivery(st):
     st[DELIVERING] = -1
@@ -332,7 +381,9 @@ def deliver(mem, st, tlb, pg, vector, error, kind):
             raise_fault(st, VEC_DF, 0)
         if knd == EV_SOFTWARE:
             st[EIP] = st[INSN_EIP]
-        if st[ROUTE + v2] == ROUTE_HOST:
+        if leaves_guest(st, v2, e2):
+            if st[VMX_NONROOT] != 0:
+                _vectoring(st, vec, err, knd)
             _end_delivery(st)
             return
         st[COUNTERS + C_EXC + v2] += 1
