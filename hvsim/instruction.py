@@ -14,7 +14,8 @@ disassembles text.
 VM-exit instruction-information, as hvsim lays its fields out (compare SDM Table 28-9)::
 
     mnemonic  capstone's name for the form (hvsim/asm/table.py)   'lidt', 'out', 'cli'
-    opcode    0xNN, or 0x100 | second byte for 0F NN             0x101
+    opcode    0xNN, 0x100 | second byte for 0F NN,               0x101
+              or 0x200 | third byte for 0F 38 NN                 0x280 (INVEPT)
     size      operand size in bytes                              1, 2, 4
     reg       ModRM.reg: register number or /digit               3 (LIDT is 0F 01 /3)
     rm        ModRM.rm register when mod = 11b, else None
@@ -126,7 +127,8 @@ def _form(opc: int, reg: int, rm: Optional[int], prefixes: int):
     """The form of hvsim/asm/table.py that the decoded fields name, or None: the
     disassembler's own choice (:func:`hvsim.asm.disassembler.select_form`), given the
     ModRM byte the fields stand for (any mod other than 11b for a memory operand)."""
-    key = bytes([opc]) if opc < 0x100 else bytes([0x0F, opc & 0xFF])
+    key = (bytes([opc]) if opc < 0x100 else bytes([0x0F, opc & 0xFF]) if opc < 0x200
+           else bytes([0x0F, 0x38, opc & 0xFF]))
     forms = DECODE_INDEX.get(key, ())
     modrm = (reg << 3) | (0xC0 | rm if rm is not None else 0)
     opsize = bool(prefixes & PFX_OPSIZE)

@@ -101,6 +101,9 @@ def _cases():
           "mov gs, edx"]
     c += ["vmxon [eax]", "vmclear [ebx+8]", "vmptrld [0x1000]", "vmread eax, ecx",
           "vmread [eax], edx", "vmwrite ecx, eax", "vmwrite esi, [ebp-8]"]
+    c += ["vmptrst [eax]", "vmptrst qword [esp+4]", "vmptrst [0x2000]", "vmptrst [fs:ebx]",
+          "invept eax, [ebx]", "invept ecx, oword [esp+0x10]", "invept edi, [0x3000]",
+          "invept edx, [gs:eax+ecx*8-0x80]", "invvpid eax, [ebx]", "invvpid esi, [ebp-8]"]
     c += ["xchg ecx, edx", "xchg [eax], ecx", "xchg al, cl", "xchg [ebx], dh"]
     c += ["mov eax, [fs:eax]", "mov [gs:ebx+4], ecx", "add byte [ss:esp], 1",
           "mov eax, dword ptr es:[ecx]", "fs mov eax, [eax]", "mov ecx, [cs:0x1234]",
@@ -252,6 +255,49 @@ def test_16_bit_operand_encodings(line, hexbytes):
     assert assemble(line, origin=0).code.hex() == hexbytes
 
 
+# VMPTRST = NP 0F C7 /7 m64; INVEPT = 66 0F 38 80 /r and INVVPID = 66 0F 38 81 /r, r32 (the
+# type) in ModRM.reg and the m128 descriptor in r/m (SDM Vol. 2C, "VMPTRST", "INVEPT",
+# "INVVPID"), written out by hand: 66h, then the three-byte opcode, then ModRM/SIB/disp.
+SDM_BYTES_VMX = {
+    "vmptrst [eax]": "0fc738",                          # ModRM 00 111 000
+    "vmptrst qword [ebx+8]": "0fc77b08",                # 01 111 011, disp8
+    "vmptrst [0x1000]": "0fc73d00100000",               # 00 111 101, disp32
+    "vmptrst [esp]": "0fc73c24",                        # SIB 00 100 100
+    "invept eax, [ebx]": "660f388003",                  # 00 000 011
+    "invept ecx, oword [esp+0x10]": "660f38804c2410",   # 01 001 100, SIB 24, disp8
+    "invept edx, xmmword ptr [0x2000]": "660f38801500200000",
+    "invept eax, [fs:ebx]": "64660f388003",             # segment prefix, then 66h
+    "invvpid eax, [ebx]": "660f388103",
+    "invvpid edi, [ebp-8]": "660f38817df8",             # 01 111 101, disp8 -8
+}
+
+
+@pytest.mark.parametrize("line,hexbytes", sorted(SDM_BYTES_VMX.items()))
+def test_vmptrst_invept_invvpid_encodings(line, hexbytes):
+    code = assemble(line, origin=0).code
+    assert code.hex() == hexbytes
+    mine = disassemble_one(code, 0, 0)
+    ref = _cs(code, 0)
+    assert (mine.size, mine.mnemonic, mine.op_str) == (ref.size, ref.mnemonic, ref.op_str)
+
+
+@pytest.mark.parametrize("hexbytes,why", [
+    ("0fc7f8", "0F C7 /7 mod=11: RDSEED, not VMPTRST"),
+    ("f30fc7f8", "F3 0F C7 /7 mod=11: RDPID"),
+    ("660fc738", "66 0F C7 /7: 66h is VMCLEAR's (/6) only"),
+    ("0f388003", "0F 38 80 without its mandatory 66h"),
+    ("0f388103", "0F 38 81 without its mandatory 66h"),
+    ("660f3880c3", "INVEPT with a register descriptor"),
+    ("660f3881c3", "INVVPID with a register descriptor"),
+    ("660f388203", "66 0F 38 82 (INVPCID): another 0F 38 opcode, outside the subset"),
+    ("0f3800c1", "0F 38 00 (PSHUFB): outside the subset"),
+    ("f3660f388003", "F3 as well as 66h on INVEPT"),
+])
+def test_vmx_forms_outside_the_table_are_bad(hexbytes, why):
+    insn = disassemble_one(bytes.fromhex(hexbytes), 0, 0)
+    assert insn.bad and insn.size == 1, why
+
+
 @pytest.mark.skipif(shutil.which("nasm") is None, reason="nasm not installed")
 def test_same_bytes_as_nasm(tmp_path):
     lines = [ln for ln in CASES if "ptr" not in ln and ln not in ("mov edx, cs",)]
@@ -281,10 +327,12 @@ def _capstone_in_subset(insn) -> bool:
     if any(f"cr{n}" in insn.op_str for n in (1, 5, 6, 7)):
         return False
     opcode = b[k:k + 2] if b[k] == 0x0F else b[k:k + 1]
+    if opcode == b"\x0f\x38":                 # three-byte map (INVEPT, INVVPID)
+        opcode = b[k:k + 3]
     forms = T.DECODE_INDEX.get(opcode)
     if not forms:
         return False
-    if 0x66 in pf:                  # only the 16-bit rows (and VMCLEAR) take 66h
+    if 0x66 in pf:                  # only the 16-bit rows (and VMCLEAR, INVEPT, INVVPID) take 66h
         forms = [f for f in forms if f.prefix == 0x66]
     if forms and forms[0].has_modrm:
         reg = (b[k + len(opcode)] >> 3) & 7

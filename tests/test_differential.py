@@ -1360,8 +1360,8 @@ NOT_USER_LEVEL = {
     # privileged or system state (rings, descriptor tables, control registers, MSRs, VMX)
     "hlt", "cli", "sti", "clts", "lgdt", "lidt", "sgdt", "sidt", "smsw", "lmsw", "invlpg",
     "sldt", "str", "lldt", "ltr", "verr", "verw", "lar", "lsl", "rdmsr", "wrmsr", "vmxon",
-    "vmclear", "vmptrld", "vmxoff", "vmcall", "vmlaunch", "vmresume", "vmread", "vmwrite",
-    "invd", "wbinvd",
+    "vmclear", "vmptrld", "vmptrst", "vmxoff", "vmcall", "vmlaunch", "vmresume", "vmread",
+    "vmwrite", "invept", "invvpid", "invd", "wbinvd",
     # port I/O (IOPL/bitmap checked, tested in tests/test_rings.py) and far transfers,
     # interrupts and segment loads (descriptor-table semantics, tests/test_rings.py)
     "in", "out", "ljmp", "lcall", "retf", "int3", "int", "iretd",

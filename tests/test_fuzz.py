@@ -57,7 +57,7 @@ FLAT_CODE0, FLAT_DATA0, FLAT_CODE3, FLAT_DATA3, TSS_SEL = 0x08, 0x10, 0x1B, 0x23
 SEG_PREFIXES = [0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65]
 ALL_PREFIXES = SEG_PREFIXES + [0xF3, 0xF2, 0x66, 0xF0, 0x67]
 DECODED_FORMS = [f for f in FORMS if "asm" not in f.flags]
-KNOWN_OPCODES = sorted(int(o) for o in range(512) if D.OPC_OP[o] != D.OP_UD)
+KNOWN_OPCODES = sorted(int(o) for o in range(len(D.OPC_OP)) if D.OPC_OP[o] != D.OP_UD)
 WILD = [0, 1, 3, 0xFFF, 0x1000, 0xFFC, MEM - 1, MEM - 2, MEM - 4, MEM, MEM + 1, 0x7FFFFFFF,
         0x80000000, 0xFFFFFFFF, 0xFFFFFFFC, 0xFFFFF000, 0x00400000, 0xC0000000, 0xBFF8, 0xE800]
 
@@ -159,7 +159,8 @@ def gen_biased(rng, n):
             out += bytes(ALL_PREFIXES[int(i)] for i in rng.integers(0, len(ALL_PREFIXES), int(rng.integers(1, 17))))
         elif r < 0.55:
             opc = KNOWN_OPCODES[int(rng.integers(len(KNOWN_OPCODES)))]
-            out += bytes([0x0F, opc & 0xFF]) if opc >= 0x100 else bytes([opc])
+            out += (bytes([opc]) if opc < 0x100 else bytes([0x0F, opc & 0xFF]) if opc < 0x200
+                    else bytes([0x0F, 0x38, opc & 0xFF]))      # 0x2xx: 0F 38 xx
             if rng.random() < 0.7:
                 out += _modrm_tail(rng, int(rng.integers(4)), int(rng.integers(8)))
             out += rng.bytes(int(rng.integers(0, 5)))

@@ -208,7 +208,7 @@ def test_the_assembler_table_and_the_decoder_agree_on_where_66h_selects_16_bits(
             opc = f.opcode[-1] + r
             key = 0x100 | opc if len(f.opcode) == 2 else opc
             from_table.setdefault(key, set()).add("Iw" in f.ops)
-    from_decoder = {o for o in range(512) if D.OPC_OSZ[o] in (D.OSZ_16, D.OSZ_IZ)}
+    from_decoder = {o for o in range(len(D.OPC_OSZ)) if D.OPC_OSZ[o] in (D.OSZ_16, D.OSZ_IZ)}
     assert set(from_table) == from_decoder
     for key, imm16 in from_table.items():
         if D.OPC_IMM[key] == D.IMM_GRP3:

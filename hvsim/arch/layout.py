@@ -214,7 +214,7 @@ EXIT_STEPS = EXIT_INFO + 11    # instructions retired by this run() call
 EXIT_SOURCE = EXIT_INFO + 12   # for EXIT_EXCEPTION: 0 fault, 1 trap, 2 software INT n, 3 external
 EXIT_INSN = EXIT_INFO + 13     # 1: the fields below describe the instruction that exited, 0: none
 EXIT_OP = EXIT_INFO + 14       # handler family (hvsim/cpu/decode.py OP_*)
-EXIT_OPC = EXIT_INFO + 15      # opcode: one byte, or 0x100 | second byte for 0F xx
+EXIT_OPC = EXIT_INFO + 15      # opcode: one byte, 0x100 | 2nd byte (0F xx), 0x200 | 3rd (0F 38 xx)
 EXIT_REG = EXIT_INFO + 16      # ModRM.reg (register number or /digit), or the +r register
 EXIT_RM = EXIT_INFO + 17       # ModRM.rm register when mod = 11b, else -1 (memory operand)
 EXIT_OPSIZE = EXIT_INFO + 18   # operand size in bytes

@@ -64,7 +64,8 @@ for _n in range(8):
     REGISTERS[f"cr{_n}"] = ("cr", _n)
     REGISTERS[f"dr{_n}"] = ("dr", _n)
 
-SIZE_WORDS = {"byte": 8, "word": 16, "dword": 32, "qword": 64, "fword": 48, "far": 48}
+SIZE_WORDS = {"byte": 8, "word": 16, "dword": 32, "qword": 64, "fword": 48, "far": 48,
+              "oword": 128, "xmmword": 128}     # NASM's and capstone's word for m128
 DIST_WORDS = ("short", "near")
 DATA_UNITS = {"db": 1, "dw": 2, "dd": 4}
 UNSUPPORTED_PREFIXES = {"lock": "LOCK", "repne": "REPNE (F2)", "repnz": "REPNE (F2)",
@@ -79,6 +80,7 @@ KIND_TEXT = {
     "Ew": "a 16-bit register or word memory operand", "Ewx": "a register or word memory operand",
     "Ewd": "a register or word memory operand", "M": "a memory operand",
     "Mb": "a memory operand", "Mq": "a qword memory operand",
+    "Mdq": "a 128-bit (oword) memory operand",
     "Mp": "a far memory operand (far [..])", "Rd": "a 32-bit register",
     "Gb": "an 8-bit register", "Gd": "a 32-bit register", "Zb": "an 8-bit register",
     "Zd": "a 32-bit register", "Gw": "a 16-bit register", "Zw": "a 16-bit register",
@@ -715,7 +717,7 @@ def _match(kind: str, op) -> bool:
             return op.cls == "sreg"
         return kind == op.name
     if isinstance(op, Mem):
-        if kind in ("Eb", "Ed", "Ew", "Ewx", "Ewd", "Mb", "Mq"):
+        if kind in ("Eb", "Ed", "Ew", "Ewx", "Ewd", "Mb", "Mq", "Mdq"):
             return op.size in (None, T.MEM_BITS[kind])
         if kind == "M":
             return op.size != 48

@@ -8,11 +8,12 @@ Bytes that do not start a subset instruction decode as a one-byte
 ``Instruction`` whose mnemonic is ``"(bad)"`` and whose op_str is empty, and
 decoding goes on at the next byte; nothing here raises on guest bytes.  Outside
 the subset are, among others: the 0x67 prefix, 0x66 where the table has no 16-bit
-operand-size row ('o16': e.g. byte forms, branches, system forms) and is not
-VMCLEAR's mandatory 66, F2 and LOCK, F3 on anything but MOVS/STOS (and VMXON), CR1 and
-CR5-CR7, segment-register fields 6 and 7, and a last segment prefix 3E on a near
-JMP/CALL (CET's NOTRACK).  Segment prefixes on instructions without a memory
-operand are accepted and ignored, as the processor and capstone do.
+operand-size row ('o16': e.g. byte forms, branches, system forms) and is not the
+mandatory 66 of VMCLEAR, INVEPT or INVVPID (the last two are bad without it), F2
+and LOCK, F3 on anything but MOVS/STOS (and VMXON), CR1 and CR5-CR7,
+segment-register fields 6 and 7, and a last segment prefix 3E on a near JMP/CALL
+(CET's NOTRACK).  Segment prefixes on instructions without a memory operand are
+accepted and ignored, as the processor and capstone do.
 """
 from __future__ import annotations
 
@@ -172,6 +173,8 @@ def _decode(code, offset: int, address: int):
         else:
             break
     opcode = bytes([byte]) if byte != 0x0F else bytes([byte, cur.u(1)])
+    if opcode == b"\x0f\x38":                    # the three-byte map (INVEPT, INVVPID)
+        opcode += bytes([cur.u(1)])
     forms = T.DECODE_INDEX.get(opcode)
     if not forms:
         return None

@@ -14,7 +14,9 @@ operand size, which carry the 66h prefix and the flag 'o16'; SDM Vol. 2A, 3.1.1.
                                Ewx r/m16 whose register form also accepts r32 in source,
                                Ewd "r32/m16" (register printed as r32: SLDT, STR, SMSW,
                                MOV r/m,Sreg, LAR/LSL source)
-    M*  ModRM memory only      M (no size: LEA, LGDT...), Mb, Mq (m64), Mp (m16:32)
+    M*  ModRM memory only      M (no size: LEA, LGDT...), Mb, Mq (m64), Mp (m16:32),
+                               Mdq (m128, the SDM's "dq": INVEPT/INVVPID's descriptor;
+                               capstone prints "xmmword ptr", NASM writes "oword")
     Rd  ModRM r/m register     mod bits ignored (MOV to/from CRn, SDM Vol. 2B "MOV")
     G*  ModRM reg field        Gb r8, Gw r16, Gd r32
     Cd  ModRM reg = CRn        Sw  ModRM reg = segment register
@@ -28,6 +30,9 @@ operand size, which carry the 66h prefix and the flag 'o16'; SDM Vol. 2A, 3.1.1.
     Ap  ptr16:32               direct far pointer (EA, 9A)
     X*/Y*  string operands     X = [esi] (segment overridable), Y = es:[edi]
     fixed                      al ax eax cl dx 1 es cs ss ds fs gs
+
+Opcodes are one byte, 0F and a second byte, or -- for INVEPT and INVVPID only --
+0F 38 and a third byte (the three-byte map, SDM Vol. 2D, A.3).
 
 ModRM byte (SDM Vol. 2A, Table 2-2) and SIB byte (Table 2-3):
 
@@ -54,7 +59,8 @@ DREG = tuple(f"dr{n}" for n in range(8))              # DR4/DR5: aliases of DR6/
 SEG_PREFIX = {0x26: "es", 0x2E: "cs", 0x36: "ss", 0x3E: "ds", 0x64: "fs", 0x65: "gs"}
 SEG_PREFIX_BYTE = {name: byte for byte, name in SEG_PREFIX.items()}
 PREFIX_REP = 0xF3        # REP/REPE; also the mandatory prefix of VMXON
-PREFIX_OPSIZE = 0x66     # operand-size override: the 'o16' rows, and VMCLEAR's mandatory prefix
+PREFIX_OPSIZE = 0x66     # operand-size override: the 'o16' rows, and the mandatory prefix of
+#                          VMCLEAR, INVEPT and INVVPID
 MAX_INSN_LEN = 15        # SDM Vol. 2A, 2.3.11
 
 # Condition codes in encoding order (SDM Vol. 2A, Appendix B.1.4.7, Table B-10).
@@ -71,18 +77,18 @@ MEM_SIZE_TEXT = {
     "Ewd": "word ptr ", "M": "", "Mb": "byte ptr ", "Mq": "qword ptr ", "Mp": "ptr ",
     "Ob": "byte ptr ", "Od": "dword ptr ", "Xb": "byte ptr ", "Xd": "dword ptr ",
     "Yb": "byte ptr ", "Yd": "dword ptr ", "Ow": "word ptr ", "Xw": "word ptr ",
-    "Yw": "word ptr ",
+    "Yw": "word ptr ", "Mdq": "xmmword ptr ",
 }
 # Size in bits a memory operand of this kind has (None: no size, e.g. LEA; 48: m16:32).
 MEM_BITS = {
     "Eb": 8, "Ed": 32, "Ew": 16, "Ewx": 16, "Ewd": 16, "M": None, "Mb": 8, "Mq": 64,
     "Mp": 48, "Ob": 8, "Od": 32, "Xb": 8, "Xd": 32, "Yb": 8, "Yd": 32, "Ow": 16, "Xw": 16,
-    "Yw": 16,
+    "Yw": 16, "Mdq": 128,
 }
-MODRM_KINDS = frozenset(("Eb", "Ed", "Ew", "Ewx", "Ewd", "M", "Mb", "Mq", "Mp", "Rd",
+MODRM_KINDS = frozenset(("Eb", "Ed", "Ew", "Ewx", "Ewd", "M", "Mb", "Mq", "Mdq", "Mp", "Rd",
                          "Gb", "Gw", "Gd", "Cd", "Dd", "Sw"))
-RM_KINDS = frozenset(("Eb", "Ed", "Ew", "Ewx", "Ewd", "M", "Mb", "Mq", "Mp", "Rd"))
-MEM_ONLY_KINDS = frozenset(("M", "Mb", "Mq", "Mp"))
+RM_KINDS = frozenset(("Eb", "Ed", "Ew", "Ewx", "Ewd", "M", "Mb", "Mq", "Mdq", "Mp", "Rd"))
+MEM_ONLY_KINDS = frozenset(("M", "Mb", "Mq", "Mdq", "Mp"))
 IMM_KINDS = frozenset(("Ib", "Ibs", "Ibw", "Iw", "Id"))
 IMM_BYTES = {"Ib": 1, "Ibs": 1, "Ibw": 1, "Iw": 2, "Id": 4, "Jb": 1, "Jd": 4, "Ob": 4, "Ow": 4,
              "Od": 4, "Ap": 6}
@@ -93,11 +99,11 @@ class Form:
     """One encoding of one instruction.
 
     names    mnemonic as capstone prints it, then assembler-only aliases
-    opcode   opcode bytes (for Z* operands: the +r base)
+    opcode   opcode bytes (for Z* operands: the +r base): 1, 2 (0F xx) or 3 (0F 38 xx)
     ext      ModRM.reg opcode extension (/digit), or None
     ops      operand kinds in Intel (destination first) order
-    prefix   prefix byte that is part of the encoding (0xF3 VMXON, 0x66 VMCLEAR and
-             every 16-bit operand-size row) or 0
+    prefix   prefix byte that is part of the encoding (0xF3 VMXON, 0x66 VMCLEAR, INVEPT,
+             INVVPID and every 16-bit operand-size row) or 0
     modrm    whole ModRM byte fixed by the opcode (0F 01 C1 VMCALL ...) or None
     flags    'rep'      F3 allowed, printed as "rep "
              'notrack'  a last segment prefix 3E makes this branch capstone's
@@ -383,6 +389,12 @@ def _build() -> list:
     add(_f("vmxon", [0x0F, 0xC7], 6, ("Mq",), prefix=PREFIX_REP))
     add(_f("vmclear", [0x0F, 0xC7], 6, ("Mq",), prefix=PREFIX_OPSIZE))
     add(_f("vmptrld", [0x0F, 0xC7], 6, ("Mq",)))
+    add(_f("vmptrst", [0x0F, 0xC7], 7, ("Mq",)))           # mod = 11: RDSEED/RDPID, outside
+    # INVEPT/INVVPID r32, m128: ModRM.reg is the type, r/m the 128-bit descriptor (SDM Vol.
+    # 2C "INVEPT", "INVVPID"); 66h is mandatory. hvsim models no VPID, so its CPU is to
+    # make INVVPID #UD; the assembler and disassembler know it all the same.
+    add(_f("invept", [0x0F, 0x38, 0x80], None, ("Gd", "Mdq"), prefix=PREFIX_OPSIZE))
+    add(_f("invvpid", [0x0F, 0x38, 0x81], None, ("Gd", "Mdq"), prefix=PREFIX_OPSIZE))
     add(_f("vmxoff", [0x0F, 0x01], None, (), modrm=0xC4))
     add(_f("vmcall", [0x0F, 0x01], None, (), modrm=0xC1))
     add(_f("vmlaunch", [0x0F, 0x01], None, (), modrm=0xC2))

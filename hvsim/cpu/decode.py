@@ -1,9 +1,10 @@
 """Instruction decoding and the pre-decoded instruction cache (jitted kernels + one Python table).
 
 The opcode table below is the single description of the subset's one- and two-byte
-opcodes for the CPU: for each opcode it gives the handler family (``OP_*``), whether
-a ModRM byte follows, what immediate follows and the operand size. It is turned into
-four small numpy arrays that numba freezes into the compiled decoder.
+opcodes (and its two three-byte ones, 0F 38 80/81) for the CPU: for each opcode it gives
+the handler family (``OP_*``), whether a ModRM byte follows, what immediate follows and
+the operand size. It is turned into four small numpy arrays that numba freezes into the
+compiled decoder.
 
 Decoded instructions are cached by *physical* address in ``dc``: entry ``row`` is the
 column ``dc[:, row]``, one slot per field ``F_*``. The array is field-major so that
@@ -18,7 +19,7 @@ and never cached.
 
 Instruction format (SDM Vol. 2A, 2.1, Figure 2-1)::
 
-    [prefixes] opcode(1-2) [ModRM] [SIB] [disp 0/1/4] [imm 0/1/2/4/6]
+    [prefixes] opcode(1-3) [ModRM] [SIB] [disp 0/1/4] [imm 0/1/2/4/6]
 
     ModRM:  7  6 | 5  4  3 | 2  1  0        SIB:  7  6 | 5  4  3 | 2  1  0
            mod   |  reg    |  r/m                scale  |  index  |  base
@@ -46,7 +47,7 @@ F_TAG = 0      # physical address of the first byte (-1: empty)
 F_GEN = 1      # generation of that frame at decode time
 F_OP = 2       # handler family, OP_*
 F_LEN = 3      # instruction length in bytes
-F_OPC = 4      # opcode: one-byte value, or 0x100 | second byte for 0F xx
+F_OPC = 4      # opcode: one-byte value, 0x100 | second byte for 0F xx, 0x200 | third for 0F 38 xx
 F_REG = 5      # ModRM reg field (or the register encoded in the opcode, e.g. B8+r)
 F_RM = 6       # ModRM r/m register when mod == 3, else -1 (memory operand)
 F_SIZE = 7     # operand size in bytes: 1, 2 (66h prefix, or a 16-bit-only operand) or 4
@@ -136,7 +137,9 @@ OP_SETCC = 64      # 0F 90-9F
 OP_IMUL2 = 65      # 0F AF
 OP_MOVZX = 66      # 0F B6 B7
 OP_MOVSX = 67      # 0F BE BF
-OP_VMX = 68        # 0F 78 79 C7 (and the VMX forms of 0F 01, decoded in group 7)
+OP_VMX = 68        # 0F 78 79, 0F C7 /6 /7 m64, 66 0F 38 80 81 (and the VMX forms of 0F 01,
+#                    decoded in group 7); the decoder has already made the register forms,
+#                    0F C7 /0-/5 and a 0F 38 80/81 without its 66h #UD (OP_UD), see decode()
 OP_UD2 = 69        # 0F 0B
 OP_INTO = 70       # CE
 OP_MOV_DR = 71     # 0F 21, 0F 23
@@ -152,8 +155,13 @@ IMM_D = 4      # imm32 (also rel32, moffs32)
 IMM_PTR = 5    # ptr16:32: offset32 then selector16
 IMM_GRP3 = 6   # F6/F7: an immediate only for /0 (TEST); its size follows the operand size
 
-#: (opcodes, family, has ModRM, immediate kind, operand size). Two-byte opcodes are 0x100 | byte.
+#: (opcodes, family, has ModRM, immediate kind, operand size). Two-byte opcodes (0F xx)
+#: are 0x100 | xx; three-byte opcodes of the 0F 38 map (SDM Vol. 2D, A.3, the three-byte
+#: opcode map whose first two bytes are 0F 38) are 0x200 | third byte: INVEPT (66 0F 38 80)
+#: is 0x280, INVVPID 0x281, and every other 0x2xx is OP_UD. The 0F 3A map is not in the
+#: subset: 0F 3A stays the (undefined, #UD) two-byte opcode 0x13A.
 TABLE = []
+N_OPCODES = 0x300
 
 
 def _add(opcodes, op, modrm, imm, size):
@@ -266,7 +274,9 @@ _add([0x1A2], OP_CPUID, 0, IMM_NONE, 4)
 _add([0x1AF], OP_IMUL2, 1, IMM_NONE, 4)
 _add([0x1B6, 0x1BE], OP_MOVZX, 1, IMM_NONE, 1)   # source r/m8
 _add([0x1B7, 0x1BF], OP_MOVZX, 1, IMM_NONE, 2)   # source r/m16
-_add([0x1C7], OP_VMX, 1, IMM_NONE, 4)
+_add([0x1C7], OP_VMX, 1, IMM_NONE, 4)                # /6 VMPTRLD VMCLEAR VMXON, /7 VMPTRST
+# three-byte opcodes (0F 38 xx): every other one is OP_UD
+_add([0x280, 0x281], OP_VMX, 1, IMM_NONE, 4)         # 66 0F 38 80 INVEPT, 81 INVVPID r32, m128
 
 
 # ---- the 66h operand-size prefix ---------------------------------------------------------
@@ -284,6 +294,9 @@ OSZ_UD = 0     # #UD: byte-only forms (66h is reserved there, SDM Vol. 2A, 2.1.1
 OSZ_16 = 1     # operand size 16; an imm8 or no immediate is unchanged
 OSZ_IZ = 2     # operand size 16 and the imm32 becomes an imm16 (SDM operand "Iz")
 OSZ_MANDATORY = 3  # 66h is part of the opcode (VMCLEAR = 66 0F C7 /6): size unchanged
+OSZ_REQUIRED = 4   # 66h is part of the opcode and the only prefix the opcode exists with
+#                    (INVEPT = 66 0F 38 80, INVVPID = 66 0F 38 81; SDM Vol. 2C, INVEPT):
+#                    size unchanged; without 66h, or with F2/F3, the opcode is #UD
 
 _OSZ_ROWS = (
     # ALU r/m,reg and reg,r/m (01 03 09 0B ... 39 3B); AX,imm16 (05 0D ... 3D)
@@ -307,14 +320,15 @@ _OSZ_ROWS = (
     (range(0x140, 0x150), OSZ_16),      # CMOVcc r16, r/m16
     ([0x1AF, 0x1B6, 0x1B7, 0x1BE, 0x1BF], OSZ_16),  # IMUL r16, r/m16; MOVZX/MOVSX r16
     ([0x1C7], OSZ_MANDATORY),
+    ([0x280, 0x281], OSZ_REQUIRED),
 )
 
 
 def _tables():
-    op = np.zeros(512, np.int64)
-    modrm = np.zeros(512, np.int64)
-    imm = np.zeros(512, np.int64)
-    size = np.full(512, 4, np.int64)
+    op = np.zeros(N_OPCODES, np.int64)
+    modrm = np.zeros(N_OPCODES, np.int64)
+    imm = np.zeros(N_OPCODES, np.int64)
+    size = np.full(N_OPCODES, 4, np.int64)
     seen = set()
     for opc, fam, m, i, s in TABLE:
         assert opc not in seen, hex(opc)
@@ -322,7 +336,7 @@ def _tables():
         op[opc], modrm[opc], imm[opc], size[opc] = fam, m, i, s
     for opc in (0x1BE, 0x1BF):
         op[opc] = OP_MOVSX
-    osz = np.zeros(512, np.int64)
+    osz = np.zeros(N_OPCODES, np.int64)
     for opcodes, kind in _OSZ_ROWS:
         for opc in opcodes:
             osz[opc] = kind
@@ -447,6 +461,11 @@ def decode(mem, st, tlb, dc, row, lin, pa):
             return 0
         opc = 0x100 | dc[k, BYTES_ROW]
         k += 1
+        if opc == 0x138:                                # 0F 38: the three-byte map
+            if not _need(st, avail, k, lin):
+                return 0
+            opc = 0x200 | dc[k, BYTES_ROW]
+            k += 1
     op = OPC_OP[opc]
     size = OPC_SIZE[opc]
     osz = OSZ_UD
@@ -567,6 +586,22 @@ def decode(mem, st, tlb, dc, row, lin, pa):
             else:
                 reg = 0 if op == OP_INC_R else 1 if op == OP_DEC_R else 6
                 op = OP_GRP5
+    if op == OP_VMX and (opc == 0x1C7 or opc >= 0x200):
+        # Decided here, not in op_vmx: the VMX handler sees only VMX instructions.
+        # 0F C7 /6 (VMPTRLD, 66 VMCLEAR, F3 VMXON), 0F C7 /7 (VMPTRST) and 66 0F 38 80/81
+        # (INVEPT, INVVPID) take a memory operand only: their register forms are #UD, and
+        # that check comes before the VM-exit one (SDM Vol. 2C, each instruction's
+        # "Operation": "IF (register operand) ... THEN #UD"); mod = 11 of 0F C7 /6 /7 is
+        # RDRAND/RDSEED/RDPID, and 0F C7 /0-/5 (CMPXCHG8B, XRSTORS, XSAVEC, XSAVES) are
+        # not VMX either -- all outside the subset. The two 0F 38 opcodes exist only with
+        # 66h as their mandatory prefix: without it (0F 38 80 is no instruction in 32-bit
+        # mode), or with F2/F3 as well, #UD (capstone decodes none of those either).
+        # (66h on 0F C7 /7 is #UD above, OSZ_MANDATORY; F3/F2 on a 0F C7 memory form are
+        # left to the handler, which tells VMXON from VMPTRLD by F3 anyway.)
+        if rm >= 0 or (opc == 0x1C7 and reg < 6):
+            op = OP_UD
+        elif opc >= 0x200 and (pfx & (PFX_OPSIZE | PFX_REP | PFX_REPNE)) != PFX_OPSIZE:
+            op = OP_UD
     dc[F_OP, row] = op
     dc[F_LEN, row] = k
     dc[F_OPC, row] = opc
