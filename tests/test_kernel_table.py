@@ -182,7 +182,10 @@ def test_the_table_names_a_handler_for_every_family_but_nop():
     from hvsim.cpu import decode as D
     ops = {v for k, v in vars(D).items() if k.startswith("OP_")}
     assert set(table.HANDLERS) == ops - {OP_NOP}
-    assert table.K_DELIVER == max(ops) + 1 and table.TABLE_SIZE == table.K_DELIVER + 1
+    assert table.K_DELIVER == max(ops) + 1
+    # then the VM exit and the Python VMM's VM entry (hvsim/vtx), with the handler signature
+    assert (table.K_VMEXIT, table.K_VMENTRY) == (table.K_DELIVER + 1, table.K_DELIVER + 2)
+    assert table.TABLE_SIZE == table.K_VMENTRY + 1
     table.ensure_all()
     filled = np.flatnonzero(table.KTAB)
     assert sorted(filled.tolist()) == sorted(set(table.SLOTS))
@@ -190,7 +193,8 @@ def test_the_table_names_a_handler_for_every_family_but_nop():
     assert table.KTAB[D.OP_LAR] == table.KTAB[D.OP_LSL]
     assert table.KTAB[D.OP_MOVZX] == table.KTAB[D.OP_MOVSX]
     assert table.KTAB[D.OP_UD] == table.KTAB[D.OP_UD2]
-    assert len(set(table.KTAB[filled].tolist())) == len(set(map(id, table.HANDLERS.values()))) + 1
+    # one address per distinct handler, plus deliver, vm_exit and entry_request
+    assert len(set(table.KTAB[filled].tolist())) == len(set(map(id, table.HANDLERS.values()))) + 3
 
 
 def test_a_kernel_that_fails_to_compile_leaves_the_machine_able_to_run_again(requests, monkeypatch):

@@ -12,7 +12,7 @@ import hvsim.arch.layout as L
 
 # constants of layout.py that are not slots: values, bit masks, sizes, counts
 NOT_A_SLOT = re.compile(r"^(MASK32|SREG_\w+|AR_\w+|BLOCKING_BY_\w+|FAULT_(NONE|EXCEPTION|BUS|"
-                        r"SHUTDOWN|INTERNAL)|ROUTE_(GUEST|HOST)|PG_\w+|N_\w+|DC_\w+|TLB_FIELDS|"
+                        r"SHUTDOWN|INTERNAL|VMEXIT)|VMCS_PTR_NONE|ROUTE_(GUEST|HOST)|PG_\w+|N_\w+|DC_\w+|TLB_FIELDS|"
                         r"TRACE_FIELDS|\w+_CAP|(ST|EXIT_INFO|VMCS_CACHE|GUEST_CONTEXT)_SIZE)$")
 # slots that start a region of several, and the region's length
 REGIONS = {

@@ -34,7 +34,7 @@ from hvsim.arch.layout import (
     EXIT_PFX, EXIT_EA, EXIT_LINEAR,
 )
 from hvsim.arch.layout import DR6, BLOCKING_BY_MOV_SS, BLOCKING_BY_STI
-from hvsim.arch.layout import (FAULT_VMEXIT, VMX_NONROOT, VMX_PYTHON_HOST, VMX_ENTRY_REQUEST,
+from hvsim.arch.layout import (FAULT_VMEXIT, FAULT_SHUTDOWN, VMX_NONROOT, VMX_PYTHON_HOST, VMX_ENTRY_REQUEST,
                               VMX_INTR_WINDOW, VMCS_CACHE)
 from hvsim.arch import vmcs as _V
 from hvsim.arch import vmx as _X

@@ -18,7 +18,7 @@ from hvsim.arch.cr import (CR0_PE, CR0_PG, CR0_WP, CR0_TS, CR0_ET, CR0_MP, CR0_E
                           CR4_PSE, CR4_PGE, CR4_SUPPORTED, CR4_TSD, CR0_CD, CR0_NW, CR0_NE,
                           CR0_AM, CR4_PVI, CR4_DE)
 from hvsim.arch.dr import DR6_BD, DR6_FIXED1, DR6_WRITABLE, DR7_GD, DR7_FIXED1, DR7_WRITABLE
-from hvsim.cpu.decode import F_OPC, F_REG, F_RM, F_SIZE, F_IMM, F_IMM2, F_SEG
+from hvsim.cpu.decode import F_OPC, F_REG, F_RM, F_SIZE, F_IMM, F_IMM2, F_SEG, F_DISP
 from hvsim.cpu.devices import port_in, port_out
 from hvsim.arch.exits import EXIT_IO
 from hvsim.arch.flags import (IF, IOPL_MASK, IOPL_SHIFT, POPF_WRITABLE, RF, VM, FIXED1, VIF, VIP,
@@ -226,7 +226,7 @@ def op_in(mem, st, tlb, pg, dc, row):           # E4 E5 (port imm8), EC ED (port
         return
     if st[VMX_NONROOT] != 0 and NR.io_exits(mem, st, port, size):
         NR.exit_for_instruction(st, NR.IO_INSTRUCTION,
-                                NR.io_qualification(port, size, True, dc[F_OPC, row] <= 0xE5),
+                                NR.io_qualification(port, size, 1, 1 if dc[F_OPC, row] <= 0xE5 else 0),
                                 -1, 0)
         return
     st[COUNTERS + C_IO_IN] += 1
@@ -247,7 +247,7 @@ def op_out(mem, st, tlb, pg, dc, row):          # E6 E7 (port imm8), EE EF (port
         return
     if st[VMX_NONROOT] != 0 and NR.io_exits(mem, st, port, size):
         NR.exit_for_instruction(st, NR.IO_INSTRUCTION,
-                                NR.io_qualification(port, size, False, dc[F_OPC, row] <= 0xE7),
+                                NR.io_qualification(port, size, 0, 1 if dc[F_OPC, row] <= 0xE7 else 0),
                                 -1, 0)
         return
     st[COUNTERS + C_IO_OUT] += 1
@@ -265,7 +265,7 @@ def _soft_int(mem, st, tlb, pg, vector, exception):
     interruption type 6 and the instruction's length (SDM Vol. 3C, 25.6.3, 28.2.2)."""
     st[COUNTERS + C_SWINT] += 1
     if st[VMX_NONROOT] != 0:
-        if exception and leaves_guest(st, vector, -1):
+        if exception != 0 and leaves_guest(st, vector, -1):
             NR.exit_for_event(st, NR.EXCEPTION_NMI, VMX.INTR_INFO_VALID | vector | (
                 VMX.INTR_TYPE_SOFTWARE_EXCEPTION << VMX.INTR_INFO_TYPE_SHIFT), -1)
             return
@@ -279,12 +279,12 @@ def _soft_int(mem, st, tlb, pg, vector, exception):
 
 @njit
 def op_int(mem, st, tlb, pg, dc, row):          # CD ib: INT n (trap: pushes the next EIP)
-    _soft_int(mem, st, tlb, pg, dc[F_IMM, row], False)
+    _soft_int(mem, st, tlb, pg, dc[F_IMM, row], 0)
 
 
 @njit
 def op_int3(mem, st, tlb, pg, dc, row):         # CC: INT3, vector 3 with the INT n DPL check
-    _soft_int(mem, st, tlb, pg, BP, True)
+    _soft_int(mem, st, tlb, pg, BP, 1)
 
 
 @njit
@@ -292,7 +292,7 @@ def op_into(mem, st, tlb, pg, dc, row):         # CE: INTO, #OF (vector 4) as a 
     # SDM Vol. 2A INT n/INTO/INT3/INT1: with OF = 0 nothing happens; with OF = 1 it is a
     # software interrupt 4, with INT n's gate-DPL check, pushing the next EIP
     if (st[EFLAGS] & FLAG_OF) != 0:
-        _soft_int(mem, st, tlb, pg, VEC_OF, True)
+        _soft_int(mem, st, tlb, pg, VEC_OF, 1)
 
 
 @njit
@@ -508,7 +508,7 @@ def _lmsw(mem, st, tlb, src, gpr, memory):
                 ((owned & CR0_PE) != 0 and (shadow & CR0_PE) == 0 and (src & CR0_PE) != 0):
             qual = NR.cr_qualification(0, VMX.CR_ACCESS_LMSW, gpr) | \
                 ((src & 0xFFFF) << VMX.CR_QUAL_LMSW_SOURCE_SHIFT)
-            if memory:
+            if memory != 0:
                 qual |= VMX.CR_QUAL_LMSW_MEMORY
             NR.exit_for_instruction(st, NR.CR_ACCESS, qual, -1, 0)
             return
@@ -533,7 +533,7 @@ def op_grp7(mem, st, tlb, pg, dc, row):         # 0F 01: SGDT SIDT LGDT LIDT SMS
         if d == 6:
             if _priv(st):
                 return
-            _lmsw(mem, st, tlb, st[rm] & 0xFFFF, rm, False)
+            _lmsw(mem, st, tlb, st[rm] & 0xFFFF, rm, 0)
             return
         if d == 0:                               # C1-C4: VMCALL VMLAUNCH VMRESUME VMXOFF
             vmx_group7(mem, st, tlb, pg, dc, row, rm)
@@ -585,7 +585,7 @@ def op_grp7(mem, st, tlb, pg, dc, row):         # 0F 01: SGDT SIDT LGDT LIDT SMS
         v = mem_read(mem, st, tlb, pg, seg, off, 2)
         if st[FAULT_PENDING] != 0:
             return
-        _lmsw(mem, st, tlb, v, 0, True)
+        _lmsw(mem, st, tlb, v, 0, 1)
     elif d == 7:                                  # INVLPG m
         if _priv(st):
             return
@@ -759,7 +759,7 @@ def _msr_slot(ecx):
 def op_rdmsr(mem, st, tlb, pg, dc, row):        # 0F 32: privileged; unknown MSR -> #GP(0)
     if _priv(st):
         return
-    if st[VMX_NONROOT] != 0 and NR.msr_exits(mem, st, st[ECX], False):
+    if st[VMX_NONROOT] != 0 and NR.msr_exits(mem, st, st[ECX], 0):
         NR.exit_for_instruction(st, NR.RDMSR, 0, -1, 0)
         return
     msr = st[ECX]
@@ -781,7 +781,7 @@ def op_rdmsr(mem, st, tlb, pg, dc, row):        # 0F 32: privileged; unknown MSR
 def op_wrmsr(mem, st, tlb, pg, dc, row):        # 0F 30
     if _priv(st):
         return
-    if st[VMX_NONROOT] != 0 and NR.msr_exits(mem, st, st[ECX], True):
+    if st[VMX_NONROOT] != 0 and NR.msr_exits(mem, st, st[ECX], 1):
         NR.exit_for_instruction(st, NR.WRMSR, 0, -1, 0)
         return
     s = _msr_slot(st[ECX])

@@ -21,13 +21,14 @@ from hvsim.arch.cr import CR4_VMXE
 from hvsim.arch.fault import raise_fault
 from hvsim.arch.layout import (CR0, CR4, CPL, EFLAGS, FAULT_PENDING, VMX_ON, VMX_NONROOT,
                               VMX_PYTHON_HOST, MSR_FEATURE_CONTROL_SLOT, EXIT_KIND, ATTN,
-                              ZERO, MASK32)
+                              ZERO, MASK32, FETCH_LIN_PAGE)
 from hvsim.arch.exits import EXIT_VMEXIT
 from hvsim.arch.flags import VM as FLAG_VM
 from hvsim.arch.vectors import GP, UD
 from hvsim.cpu.decode import F_OPC, F_REG, F_RM, F_PFX, F_DISP, F_BASE, F_INDEX, F_SCALE, \
     F_SEG, PFX_REP, PFX_OPSIZE
 from hvsim.cpu.operands import ea, mem_read, mem_write
+from hvsim.mmu.paging import tlb_flush
 from hvsim.vtx import instructions as I
 from hvsim.vtx.entry import vm_entry, FAILED_AS_EXIT
 from hvsim.vtx.nonroot import exit_for_instruction
@@ -37,7 +38,8 @@ R_VMCALL, R_VMCLEAR, R_VMLAUNCH, R_VMPTRLD = (int(_R.VMCALL), int(_R.VMCLEAR),
                                               int(_R.VMLAUNCH), int(_R.VMPTRLD))
 R_VMPTRST, R_VMREAD, R_VMRESUME, R_VMWRITE = (int(_R.VMPTRST), int(_R.VMREAD),
                                               int(_R.VMRESUME), int(_R.VMWRITE))
-R_VMXOFF, R_VMXON = int(_R.VMXOFF), int(_R.VMXON)
+R_VMXOFF, R_VMXON, R_INVEPT = int(_R.VMXOFF), int(_R.VMXON), int(_R.INVEPT)
+_E_INVALID_OPERAND = int(X.VmInstructionError.INVALID_INVEPT_INVVPID_OPERAND)
 _FEATURE_CONTROL_NEEDED = X.FEATURE_CONTROL_LOCK | X.FEATURE_CONTROL_VMX_OUTSIDE_SMX
 _ADDRESS_SIZE_32 = 1 << 7          # instruction information bits 9:7 = 1: 32-bit addressing
 _INFO_REGISTER = 1 << 10           # bit 10: the r/m operand is a register
@@ -122,7 +124,28 @@ def _vmxon(mem, st, tlb, pg, dc, row):
 
 
 @njit
-def op_vmx(mem, st, tlb, pg, dc, row):   # 0F 78 VMREAD, 0F 79 VMWRITE, 0F C7 /6 /7
+def _invept(mem, st, tlb, pg, dc, row):
+    """INVEPT (SDM Vol. 3C, 31.3 "INVEPT"): the type in the register operand, a 128-bit
+    descriptor in memory (bits 63:0 the EPTP). Types 1 (single-context) and 2 (all
+    contexts) are supported (IA32_VMX_EPT_VPID_CAP bits 25 and 26); any other is
+    VMfailValid(28). hvsim's TLB does not tag entries by EPTP, so both types flush it."""
+    if _checks(st, dc, row, R_INVEPT):
+        return
+    kind = st[dc[F_REG, row]]
+    off = ea(st, dc, row)
+    mem_read(mem, st, tlb, pg, dc[F_SEG, row], off, 4)           # the descriptor is read:
+    if st[FAULT_PENDING] != 0:                                     # its faults come first
+        return
+    if kind != X.INVEPT_SINGLE_CONTEXT and kind != X.INVEPT_ALL_CONTEXT:
+        I.vm_fail(st, _E_INVALID_OPERAND)
+        return
+    tlb_flush(st, tlb, 0)
+    st[FETCH_LIN_PAGE] = -1
+    I.vm_succeed(st)
+
+
+@njit
+def op_vmx(mem, st, tlb, pg, dc, row):   # 0F 78 VMREAD, 0F 79 VMWRITE, 0F C7 /6 /7, INVEPT
     opc = dc[F_OPC, row]
     rm = dc[F_RM, row]
     if opc == 0x178 or opc == 0x179:
@@ -148,6 +171,12 @@ def op_vmx(mem, st, tlb, pg, dc, row):   # 0F 78 VMREAD, 0F 79 VMWRITE, 0F C7 /6
             if st[FAULT_PENDING] != 0:
                 return
         I.vmwrite(st, encoding, value)
+        return
+    if opc == 0x280:                                  # 66 0F 38 80: INVEPT r32, m128
+        _invept(mem, st, tlb, pg, dc, row)
+        return
+    if opc != 0x1C7:                                  # INVVPID: VPID is not supported
+        raise_fault(st, UD, -1)
         return
     # 0F C7: memory forms only (mod = 11 is another instruction, outside the subset)
     d = dc[F_REG, row]

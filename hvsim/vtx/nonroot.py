@@ -84,16 +84,16 @@ def io_exits(mem, st, port, size):
 def io_qualification(port, size, is_in, immediate):
     """Exit qualification of an I/O exit (Table 28-5)."""
     q = (size - 1) | (port << X.IO_QUAL_PORT_SHIFT)
-    if is_in:
+    if is_in != 0:
         q |= X.IO_QUAL_IN
-    if immediate:
+    if immediate != 0:
         q |= X.IO_QUAL_IMMEDIATE
     return q
 
 
 @njit
 def msr_exits(mem, st, msr, write):
-    """Whether RDMSR (``write`` False) / WRMSR of ``msr`` exits (25.6.9)."""
+    """Whether RDMSR (``write`` 0) / WRMSR (1) of ``msr`` exits (25.6.9)."""
     if not primary(st, X.CPU_USE_MSR_BITMAPS):
         return True
     if 0 <= msr <= 0x1FFF:
@@ -104,7 +104,7 @@ def msr_exits(mem, st, msr, write):
         bit = msr - 0xC0000000
     else:
         return True
-    if write:
+    if write != 0:
         off += 2048
     return _bit_set(mem, st, st[MSR_BITMAP] + off, bit)
 

@@ -15,6 +15,7 @@ import numpy as np
 
 from hvsim._jit import njit
 from hvsim.arch import vmcs as V
+from hvsim.arch import vmx as X
 from hvsim.arch.layout import CFG_MEM_SIZE, VMCS_CACHE, VMCS_LAUNCH_STATE, MASK32
 from hvsim.mmu.paging import write_phys
 
@@ -25,6 +26,7 @@ _N_SLOTS = V.N_SLOTS
 _W16, _W64 = V.W16, V.W64
 _T_EXIT_INFO = V.T_EXIT_INFO
 _REGION_FIELDS, _REGION_HIGH = V.REGION_FIELDS, V.REGION_HIGH
+_REGION_SIZE = X.VMCS_REGION_SIZE
 
 
 @njit
@@ -87,7 +89,7 @@ def write_field(st, slot, encoding, value):
 @njit
 def region_in_memory(st, pa):
     """Whether a 4 KiB region at ``pa`` lies inside physical memory."""
-    return 0 <= pa and pa + V.VMCS_REGION_SIZE <= st[CFG_MEM_SIZE]
+    return 0 <= pa and pa + _REGION_SIZE <= st[CFG_MEM_SIZE]
 
 
 @njit
