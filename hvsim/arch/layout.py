@@ -110,7 +110,7 @@ VMXON_PTR = 89     # physical address of the VMXON region (valid while VMX_ON)
 VMCS_PTR = 90      # the current-VMCS pointer; VMCS_PTR_NONE when there is none
 VMCS_PTR_NONE = -1 # FFFFFFFF_FFFFFFFFH in the SDM's words (an int64 slot holds it as -1)
 VMX_PYTHON_HOST = 91   # 1: a VM exit leaves run() (EXIT_VMEXIT) once host state is loaded,
-                       # for a VMM written in Python (hvsim/vtx/host.py); 0: the CPU goes on
+                       # for a VMM written in Python (hvsim/monitors/kvm.py); 0: the CPU goes on
                        # at HOST_RIP, for a VMM written in guest code
 VMX_ENTRY_REQUEST = 92 # set by the Python VMM: run() makes a VM entry first (1 VMLAUNCH, 2 VMRESUME)
 VMX_EPT = 93       # 1 while in non-root operation with "enable EPT" (the MMU's 2D walk)

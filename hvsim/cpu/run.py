@@ -319,7 +319,7 @@ def handle_fault(mem, st, tlb, pg, dc, ktab):
             continue
         if v == PF:
             st[CR2] = st[FAULT_ADDR]          # SDM 4.7: CR2 is loaded when #PF occurs
-        if st[ROUTE + v] == ROUTE_HOST:
+        if st[VMX_NONROOT] == 0 and st[ROUTE + v] == ROUTE_HOST:   # (non-root: the bitmap)
             st[EXIT_VECTOR] = v
             st[EXIT_ERROR] = err
             st[EXIT_EIP] = st[INSN_EIP] if src != SRC_TRAP else st[EIP]
@@ -376,7 +376,7 @@ def run(mem, st, tlb, dc, pg, budget, ktab):
     resume = st[RESUME_ROW]                   # an instruction stopped by a kernel request
     st[RESUME_ROW] = -1
     if st[VMX_ENTRY_REQUEST] != 0:
-        # a VMM written in Python enters its guest (hvsim/vtx/host.py): VMLAUNCH/VMRESUME
+        # a VMM written in Python enters its guest (hvsim/monitors/kvm.py): VMLAUNCH/VMRESUME
         if ktab[K_VMENTRY] == 0:
             st[KERNEL_REQUEST] = K_VMENTRY
             return _exit(st, dc, EXIT_TRANSLATE, steps)
@@ -433,7 +433,7 @@ def run(mem, st, tlb, dc, pg, budget, ktab):
             st[HALTED] = 0
             st[INSN_EIP] = st[EIP]
             st[INSN_LEN] = 0
-            if st[ROUTE + v] == ROUTE_HOST:
+            if st[VMX_NONROOT] == 0 and st[ROUTE + v] == ROUTE_HOST:
                 st[EXIT_VECTOR] = v
                 st[EXIT_ERROR] = -1
                 st[EXIT_EIP] = st[EIP]

@@ -5,7 +5,8 @@
 * shared parts: :mod:`~hvsim.monitors.vcpu` (the virtual CPU),
   :mod:`~hvsim.monitors.devices` (virtual console and timer),
   :mod:`~hvsim.monitors.reflect` (delivery through the guest's virtual IDT);
-* the techniques: :class:`Native` (no monitor), :class:`TrapAndEmulate`.
+* the techniques: :class:`Native` (no monitor), :class:`TrapAndEmulate`, :class:`Vtx`
+  (VT-x: the KVM-shaped VMM of :mod:`hvsim.monitors.kvm`).
 
 ``MONITORS`` maps the names ``hvsim run --monitor NAME`` knows to their classes.
 """
@@ -13,8 +14,9 @@ from hvsim.monitors.base import Kill, LogEntry, Monitor, MonitorEvent, STATS
 from hvsim.monitors.native import Native
 from hvsim.monitors.trap_and_emulate import TrapAndEmulate, GUEST_RING
 from hvsim.monitors.vcpu import VirtualCPU
+from hvsim.monitors.kvm import Vtx
 
-MONITORS = {cls.name: cls for cls in (Native, TrapAndEmulate)}
+MONITORS = {cls.name: cls for cls in (Native, TrapAndEmulate, Vtx)}
 
 __all__ = ["Monitor", "MonitorEvent", "LogEntry", "Kill", "STATS", "Native", "TrapAndEmulate",
-           "VirtualCPU", "GUEST_RING", "MONITORS"]
+           "VirtualCPU", "GUEST_RING", "MONITORS", "Vtx"]

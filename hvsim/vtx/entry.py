@@ -2,7 +2,7 @@
 
 :func:`vm_entry` is what the instruction does once its handler has made the checks that
 come first (#UD, a VM exit in non-root operation, #GP(0) at CPL > 0; SDM Vol. 3C 31.3)
--- and what the Python VMM's ``vcpu.run()`` asks the run loop to do (hvsim/vtx/host.py):
+-- and what the Python VMM's ``vcpu.run()`` asks the run loop to do (hvsim/monitors/kvm.py):
 
 1. basic checks (27.1): no current VMCS -> VMfailInvalid; blocking by MOV SS ->
    VMfailValid(26); VMLAUNCH of a launched VMCS -> 4, VMRESUME of a clear one -> 5;

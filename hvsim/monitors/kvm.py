@@ -1,0 +1,757 @@
+"""A KVM-shaped VMM written in Python, on hvsim's VT-x (the monitor layer; not jitted).
+
+KVM's split (OLS 2007; Linux ``arch/x86/kvm/vmx/vmx.c``; ``include/uapi/linux/kvm.h``),
+on one hvsim machine:
+
+* the *hardware*: the machine's VMX root and non-root operation, the VMCS, VM entry and
+  exit (hvsim/vtx kernels) -- exactly what a guest-written hypervisor gets too;
+* the *kernel* part, :class:`VCPU`: ``run()`` enters the guest (VMLAUNCH, then VMRESUME)
+  and handles the exits KVM handles without leaving the kernel -- CPUID, control-register
+  accesses, external interrupts (the host timer), the interrupt window, HLT while a timer
+  runs (the vCPU blocks until the next tick) -- each counted by exit reason;
+* the *user-space* part (QEMU's place): what ``run()`` returns, shaped like
+  ``struct kvm_run`` -- port I/O (``io``: direction, size, port, data), HLT with no
+  timer, a triple fault (``shutdown``), a failed entry (``fail_entry`` with the hardware
+  reason), VMCALL (``hypercall``); :class:`Devices` models the console and the timer
+  there, as QEMU's device models would.
+
+Memory. The machine's memory is the guest's RAM (guest-physical address = the machine's
+physical address: without EPT, VT-x gives no other) followed by a host area the VMM
+keeps for itself: the VMXON and VMCS regions, the I/O and MSR bitmaps, the host's GDT,
+TSS and page directory, and the identity page table that lets a guest run "with paging
+off" although VMX non-root operation requires CR0.PG = 1 (no unrestricted guest): the
+real CR0.PG is 1, the CR0 guest/host mask owns PG, and the read shadow tells the guest
+it is 0 -- KVM's ``ept_identity_map`` trick, needed on every VT-x before Westmere. Until
+hvsim has EPT, a guest can reach the host area with physical addresses: this is the
+isolation that shadow paging or EPT provides, and the lessons say so.
+
+Registers. VT-x saves no general registers: after an exit EAX..EDI are still the
+guest's, in the CPU (the VMM's assembly would save them; this one runs no code), while
+the guest's ESP, EIP and EFLAGS are in the VMCS. :attr:`VCPU.regs` reads them where
+they are.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+from typing import Optional
+
+from hvsim.arch import layout as L
+from hvsim.arch import vmcs as V
+from hvsim.arch import vmx as X
+from hvsim.arch.cr import CR0_PE, CR0_NE, CR0_PG, CR0_ET, CR4_VMXE
+from hvsim.arch.flags import FIXED1, IF
+from hvsim.arch.pte import PTE_P, PTE_RW, PTE_US
+from hvsim.machine import Event, Machine
+from hvsim.monitors.base import LogEntry, Monitor, MonitorEvent, STATS
+from hvsim.rings.setup import install
+from hvsim.vtx import checks as K
+
+__all__ = ["VM", "VCPU", "Vmcs", "KvmRun", "Devices", "KVM_EXIT"]
+
+# struct kvm_run's exit reasons (include/uapi/linux/kvm.h)
+KVM_EXIT = {"unknown": 0, "exception": 1, "io": 2, "hypercall": 3, "debug": 4, "hlt": 5,
+            "mmio": 6, "irq_window_open": 7, "shutdown": 8, "fail_entry": 9, "intr": 10,
+            "internal_error": 17}
+KVM_EXIT_IO_IN, KVM_EXIT_IO_OUT = 0, 1
+_ER = X.ExitReason
+
+PAGE = 4096
+HOST_AREA_PAGES = 24            # see VM.__init__ for the layout
+HOST_TIMER_VECTOR = 0x20        # the host's own timer, taken as external-interrupt exits
+CONSOLE_PORT = 0xE9
+TIMER_PERIOD_PORT = 0x40
+TIMER_VECTOR_PORT = 0x41
+FLOATING_BUS = 0xFFFFFFFF
+
+
+class Vmcs:
+    """The current VMCS of a machine, field by SDM name: ``vmcs["GUEST_RIP"]``.
+
+    Reading and writing go to the processor's copy (as VMREAD and VMWRITE do), with
+    VMWRITE's rules: an unknown name is a KeyError naming the nearest ones, a read-only
+    (VM-exit information) field refuses a write, and a value must fit the field's width
+    (natural width is 32 bits on IA-32). ``vmcs.get_high(name)`` and the 64-bit fields'
+    full values are available as ints."""
+
+    def __init__(self, machine: Machine):
+        self._st = machine._st
+
+    @staticmethod
+    def _encoding(name: str) -> int:
+        try:
+            return V.FIELDS[name]
+        except KeyError:
+            import difflib
+            close = difflib.get_close_matches(str(name), V.FIELDS, n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise KeyError(f"no VMCS field named {name!r}{hint}") from None
+
+    def __getitem__(self, name: str) -> int:
+        enc = self._encoding(name)
+        v = int(self._st[L.VMCS_CACHE + V.slot_of(enc)])
+        return v & ((1 << V.WIDTH_BITS[V.width_of(enc)]) - 1)
+
+    def __setitem__(self, name: str, value: int) -> None:
+        enc = self._encoding(name)
+        if V.type_of(enc) == V.T_EXIT_INFO:
+            raise ValueError(f"{name} is a VM-exit information field: read-only (VMWRITE "
+                             f"would fail with VM-instruction error 13)")
+        bits = V.WIDTH_BITS[V.width_of(enc)]
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 1 << bits:
+            raise ValueError(f"{name} is a {bits}-bit field; {value!r} does not fit")
+        if bits == 64 and value >= 1 << 63:
+            value -= 1 << 64                     # the int64 slot holds the bit pattern
+        self._st[L.VMCS_CACHE + V.slot_of(enc)] = value
+
+    def __contains__(self, name) -> bool:
+        return name in V.FIELDS
+
+    def items(self):
+        return ((name, self[name]) for name in V.FIELDS)
+
+
+@dataclasses.dataclass
+class IoExit:
+    direction: int          # KVM_EXIT_IO_IN (0) or KVM_EXIT_IO_OUT (1)
+    size: int               # bytes
+    port: int
+    count: int
+    data: int               # OUT: the value written; IN: the answer, set by the caller
+
+
+@dataclasses.dataclass
+class KvmRun:
+    """What ``VCPU.run()`` returns: ``struct kvm_run``'s exit part, with hvsim's extras
+    (the VMX exit that caused it, and words for a failed entry)."""
+    exit_reason: int
+    hardware_exit_reason: int = 0        # the VMX basic exit reason (or full, for fail_entry)
+    io: Optional[IoExit] = None
+    hypercall_nr: Optional[int] = None
+    hypercall_args: tuple = ()
+    fail_entry_reason: Optional[int] = None
+    fail_entry_explanation: str = ""
+    internal_suberror: Optional[int] = None
+    ready_for_interrupt_injection: bool = False
+    if_flag: bool = False
+
+    @property
+    def name(self) -> str:
+        return next(k for k, v in KVM_EXIT.items() if v == self.exit_reason)
+
+    def __str__(self):
+        s = f"KVM_EXIT_{self.name.upper()}"
+        if self.io is not None:
+            d = "OUT" if self.io.direction == KVM_EXIT_IO_OUT else "IN"
+            s += f" {d} port {self.io.port:#x} size {self.io.size}"
+        if self.fail_entry_reason is not None:
+            s += f" hardware_entry_failure_reason={self.fail_entry_reason:#x}"
+            if self.fail_entry_explanation:
+                s += f": {self.fail_entry_explanation}"
+        return s
+
+
+class Devices:
+    """User-space device models (QEMU's side): the console (port E9h) and the timer
+    (ports 40h period, 41h vector), as the other monitors' virtual devices."""
+
+    def __init__(self):
+        self.console = ""
+        self.timer_period = 0
+        self.timer_vector = HOST_TIMER_VECTOR
+
+    def out(self, port: int, size: int, value: int) -> str:
+        if port == CONSOLE_PORT:
+            self.console += chr(value & 0xFF)
+            return f"console {chr(value & 0xFF)!r}"
+        if port == TIMER_PERIOD_PORT:
+            self.timer_period = value
+            return f"timer period {value}" if value else "timer stopped"
+        if port == TIMER_VECTOR_PORT:
+            if value & 0xFF < 32:
+                raise ValueError(f"the guest programs its timer with vector {value & 0xFF}, "
+                                 "an exception vector")
+            self.timer_vector = value & 0xFF
+            return f"timer vector {self.timer_vector:#x}"
+        return f"port {port:#x} has no device, {value:#x} dropped"
+
+    def in_(self, port: int) -> int:
+        if port == TIMER_PERIOD_PORT:
+            return self.timer_period
+        if port == TIMER_VECTOR_PORT:
+            return self.timer_vector
+        return 0 if port == CONSOLE_PORT else FLOATING_BUS
+
+
+# the host's bootstrap: enter VMX root operation and make the VMCS current (the rest of
+# the VMCS is written from Python, as VMWRITEs would)
+_BOOTSTRAP = """
+    mov ecx, 0x3a           ; IA32_FEATURE_CONTROL: lock | enable VMX outside SMX
+    mov eax, 5
+    xor edx, edx
+    wrmsr
+    vmxon [{ptrs}]
+    vmclear [{ptrs} + 8]
+    vmptrld [{ptrs} + 8]
+    hlt
+"""
+
+
+class VM:
+    """A virtual machine: guest RAM and one vCPU on an hvsim machine (KVM_CREATE_VM,
+    KVM_SET_USER_MEMORY_REGION and KVM_CREATE_VCPU in one).
+
+    Host area, right after the guest's RAM (page offsets): 0 VMXON region, 1 VMCS region,
+    2-3 I/O bitmaps A and B, 4 MSR bitmap, 5 the host page directory (4 MiB pages),
+    6 the guest's identity page directory, 7-14 its page tables (up to 32 MiB of RAM),
+    15 host GDT, TSS and bootstrap code, 16-23 the host IDT and stack."""
+
+    def __init__(self, memory: Optional[int] = None, *, machine: Optional[Machine] = None):
+        """``memory``: the guest's RAM in bytes (a machine is made with the host area
+        after it); or ``machine``: a fresh machine whose top HOST_AREA_PAGES pages become
+        the host area and the rest the guest's RAM."""
+        host_bytes = HOST_AREA_PAGES * PAGE
+        if machine is not None:
+            if memory is not None:
+                raise ValueError("give the guest's memory size or a machine, not both")
+            if not isinstance(machine, Machine):
+                raise TypeError(f"machine must be an hvsim Machine, got {type(machine).__name__}")
+            memory = len(machine.memory) - host_bytes
+        elif memory is None:
+            memory = 1 << 20
+        if isinstance(memory, bool) or not isinstance(memory, int) or memory < 64 * 1024 \
+                or memory % PAGE or memory > 32 << 20:
+            raise ValueError(f"guest memory must be a multiple of 4 KiB between 64 KiB and "
+                             f"32 MiB (the machine holds it and a {host_bytes // 1024} KiB "
+                             f"host area), got {memory!r}")
+        self.memory_size = memory
+        self.host_base = memory
+        self.machine = machine if machine is not None else Machine(memory=memory + host_bytes)
+        self.vcpu: Optional[VCPU] = None
+
+    def page(self, n: int) -> int:
+        """Host-physical address of host-area page ``n``."""
+        return self.host_base + n * PAGE
+
+    def create_vcpu(self) -> "VCPU":
+        if self.vcpu is not None:
+            raise RuntimeError("this VM has its vCPU already (hvsim models one per VM)")
+        self.vcpu = VCPU(self)
+        return self.vcpu
+
+
+class VCPU:
+    """The vCPU: its VMCS, its registers, and ``run()`` (KVM_RUN)."""
+
+    def __init__(self, vm: VM):
+        self.vm = vm
+        self.machine = m = vm.machine
+        self.vmcs = Vmcs(m)
+        self.devices = Devices()
+        self.exits = collections.Counter()        # every VM exit, by reason name
+        self.in_kernel = collections.Counter()    # exits handled here, by reason name
+        self.to_user = collections.Counter()      # exits returned to the caller, by KVM name
+        self.log: list = []                       # LogEntry per exit handled here
+        self.injected = 0
+        self.launched = False
+        self._tick_pending = False
+        self._guest_cr3 = 0
+        self._guest_cr0_view = CR0_PE | CR0_ET
+        self._enter_root()
+
+    # ---- setting up ---------------------------------------------------------------------
+    def _enter_root(self):
+        """Build the host area and run the bootstrap: the machine ends in VMX root
+        operation at CPL 0 with the VMCS current."""
+        vm, m = self.vm, self.machine
+        # the guest's tables first (into its RAM): a flat ring-0 start, as a bare machine,
+        # with the stacks at the top of the guest's RAM (not of the machine's)
+        from hvsim.rings.setup import STACK_SPACING
+        top = vm.memory_size
+        self.guest_tables = dataclasses.replace(
+            install(m, ring0_stack=top, ring1_stack=top - STACK_SPACING,
+                    ring2_stack=top - 2 * STACK_SPACING), memory_size=top)
+        self._guest_start = self._cpu_state()
+        # the host's own GDT/TSS/IDT in the host area, paging on with 4 MiB identity pages
+        host = install(m, gdt=vm.page(15), tss=vm.page(15) + 0x100, idt=vm.page(16))
+        pd = vm.page(5)
+        pde = bytearray()
+        for i in range(PAGE // 4):
+            pde += ((i << 22) | 0x83).to_bytes(4, "little")     # P, RW, PS: 4 MiB
+        m.write_physical(pd, bytes(pde))
+        for region in (vm.page(0), vm.page(1)):
+            m.write_physical(region, X.VMCS_REVISION_ID.to_bytes(4, "little"))
+        ptrs = vm.page(15) + 0x200
+        m.write_physical(ptrs, vm.page(0).to_bytes(8, "little") + vm.page(1).to_bytes(8, "little"))
+        from hvsim.asm import assemble
+        boot = assemble(_BOOTSTRAP.format(ptrs=ptrs), origin=vm.page(15) + 0x300)
+        m.write_physical(boot.origin, boot.code)
+        m.cpu.cr3 = pd
+        m.cpu.cr4 = int(m.cpu.cr4) | CR4_VMXE | (1 << 4)                 # VMXE, PSE
+        m.cpu.cr0 = int(m.cpu.cr0) | CR0_PE | CR0_NE | CR0_PG
+        host.enter(m, 0, boot.origin, vm.page(24))
+        ev = m.run(max_steps=100)
+        if ev.kind != "halt" or m._st[L.VMCS_PTR] != vm.page(1):
+            raise RuntimeError(f"the VMM's bootstrap did not reach VMX root operation: {ev}")
+        self._host_fields(host)
+        self._guest_fields()
+        self._controls()
+        m._st[L.VMX_PYTHON_HOST] = 1
+
+    def _cpu_state(self) -> dict:
+        st = self.machine._st
+        return {k: int(st[getattr(L, k)]) for k in (
+            "GDTR_BASE", "GDTR_LIMIT", "IDTR_BASE", "IDTR_LIMIT", "TR_SEL", "TR_BASE",
+            "TR_LIMIT", "TR_AR")}
+
+    def _host_fields(self, host):
+        m, v = self.machine, self.vmcs
+        v["HOST_CR0"] = int(m.cpu.cr0)
+        v["HOST_CR3"] = int(m.cpu.cr3)
+        v["HOST_CR4"] = int(m.cpu.cr4)
+        for s in ("ES", "SS", "DS", "FS", "GS"):
+            v[f"HOST_{s}_SELECTOR"] = host.data(0)
+        v["HOST_CS_SELECTOR"] = host.code(0)
+        v["HOST_TR_SELECTOR"] = host.tss_selector
+        v["HOST_TR_BASE"] = int(m._st[L.TR_BASE])
+        v["HOST_GDTR_BASE"] = int(m._st[L.GDTR_BASE])
+        v["HOST_IDTR_BASE"] = int(m._st[L.IDTR_BASE])
+        v["HOST_RSP"] = self.vm.page(24)
+        v["HOST_RIP"] = self.vm.page(15) + 0x300        # never run: exits leave run()
+
+    def _guest_fields(self):
+        """A flat ring-0 guest on its own GDT/IDT/TSS, "paging off" as the guest sees it."""
+        v, g, t = self.vmcs, self._guest_start, self.guest_tables
+        flat = L.AR_S | L.AR_P | L.AR_DB | L.AR_G
+        for i, s in enumerate(("ES", "CS", "SS", "DS", "FS", "GS")):
+            v[f"GUEST_{s}_SELECTOR"] = t.code(0) if s == "CS" else t.data(0)
+            v[f"GUEST_{s}_BASE"] = 0
+            v[f"GUEST_{s}_LIMIT"] = 0xFFFFFFFF
+            v[f"GUEST_{s}_AR_BYTES"] = (0xB if s == "CS" else 0x3) | flat
+        v["GUEST_TR_SELECTOR"] = g["TR_SEL"]
+        v["GUEST_TR_BASE"] = g["TR_BASE"]
+        v["GUEST_TR_LIMIT"] = g["TR_LIMIT"]
+        v["GUEST_TR_AR_BYTES"] = 11 | L.AR_P                    # busy 32-bit TSS
+        v["GUEST_LDTR_AR_BYTES"] = L.AR_UNUSABLE
+        v["GUEST_GDTR_BASE"], v["GUEST_GDTR_LIMIT"] = g["GDTR_BASE"], g["GDTR_LIMIT"]
+        v["GUEST_IDTR_BASE"], v["GUEST_IDTR_LIMIT"] = g["IDTR_BASE"], g["IDTR_LIMIT"]
+        v["GUEST_DR7"] = 0x400
+        v["GUEST_RFLAGS"] = FIXED1
+        v["VMCS_LINK_POINTER"] = (1 << 64) - 1
+        # the identity page table of the guest's "paging off": PDEs -> page tables
+        m, vm = self.machine, self.vm
+        pd, pts = vm.page(6), vm.page(7)
+        n_pt = (vm.memory_size + (4 << 20) - 1) >> 22
+        m.write_physical(pd, b"".join(((pts + i * PAGE) | PTE_P | PTE_RW | PTE_US).to_bytes(4, "little")
+                                      for i in range(n_pt)))
+        frames = vm.memory_size // PAGE
+        m.write_physical(pts, b"".join(((f << 12) | PTE_P | PTE_RW | PTE_US).to_bytes(4, "little")
+                                       for f in range(frames)))
+        v["GUEST_CR0"] = CR0_PE | CR0_NE | CR0_PG | CR0_ET
+        v["GUEST_CR3"] = pd
+        v["GUEST_CR4"] = CR4_VMXE
+        # the guest sees CR0.PG = 0 and CR4.VMXE = 0; NE and PG are the host's
+        v["CR0_GUEST_HOST_MASK"] = CR0_PG | CR0_NE
+        v["CR0_READ_SHADOW"] = self._guest_cr0_view
+        v["CR4_GUEST_HOST_MASK"] = CR4_VMXE
+        v["CR4_READ_SHADOW"] = 0
+
+    def _controls(self):
+        v = self.vmcs
+        v["PIN_BASED_VM_EXEC_CONTROL"] = X.PIN_DEFAULT1 | X.PIN_EXTERNAL_INTERRUPT_EXITING
+        # while the guest's paging is off, its CR3 is the host's business (KVM does the same)
+        v["CPU_BASED_VM_EXEC_CONTROL"] = (X.CPU_TRUE_ALLOWED0 | X.CPU_HLT_EXITING
+                                          | X.CPU_UNCONDITIONAL_IO_EXITING
+                                          | X.CPU_CR3_LOAD_EXITING | X.CPU_CR3_STORE_EXITING)
+        v["VM_EXIT_CONTROLS"] = X.EXIT_TRUE_ALLOWED0 | X.EXIT_ACK_INTERRUPT_ON_EXIT
+        v["VM_ENTRY_CONTROLS"] = X.ENTRY_TRUE_ALLOWED0
+
+    # ---- the guest's registers (KVM_GET_REGS / KVM_SET_REGS) ------------------------------
+    @property
+    def regs(self) -> dict:
+        cpu = self.machine.cpu
+        r = {n: int(getattr(cpu, n)) for n in ("eax", "ecx", "edx", "ebx", "ebp", "esi", "edi")}
+        r.update(esp=self.vmcs["GUEST_RSP"], eip=self.vmcs["GUEST_RIP"],
+                 eflags=self.vmcs["GUEST_RFLAGS"])
+        return r
+
+    def set_regs(self, **regs) -> None:
+        for name, value in regs.items():
+            if name in ("esp", "eip", "eflags"):
+                field = {"esp": "GUEST_RSP", "eip": "GUEST_RIP", "eflags": "GUEST_RFLAGS"}[name]
+                self.vmcs[field] = value
+            elif name in ("eax", "ecx", "edx", "ebx", "ebp", "esi", "edi"):
+                setattr(self.machine.cpu, name, value)
+            else:
+                raise KeyError(f"no guest register {name!r}")
+
+    def load(self, program, esp: int = 0x80000) -> None:
+        """Put ``program`` in guest RAM and start the guest at its entry point."""
+        end = program.origin + len(program.code)
+        if program.origin < 0 or end > self.vm.memory_size:
+            raise ValueError(f"the program [{program.origin:#x}, {end:#x}) does not fit the "
+                             f"guest's {self.vm.memory_size:#x} bytes of RAM")
+        self.machine.write_physical(program.origin, program.code)
+        self.set_regs(eip=program.entry, esp=esp)
+
+    @property
+    def console(self) -> str:
+        return self.devices.console
+
+    # ---- KVM_RUN ------------------------------------------------------------------------
+    def run(self, max_steps: int = 1_000_000) -> KvmRun:
+        """Enter the guest and run it until an exit that user space must see, or until
+        ``max_steps`` machine steps have passed (then KVM_EXIT_INTR, as a signal would)."""
+        if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
+            raise ValueError(f"max_steps must be a positive int, got {max_steps!r}")
+        m = self.machine
+        used = 0
+        while used < max_steps:
+            m._st[L.VMX_ENTRY_REQUEST] = 2 if self.launched else 1
+            ev = m.run(max_steps=max_steps - used)
+            used += max(ev.steps, 1)
+            if ev.kind == "budget":
+                m._st[L.VMX_ENTRY_REQUEST] = 0
+                return KvmRun(KVM_EXIT["intr"])
+            if ev.kind != "vmexit":
+                return KvmRun(KVM_EXIT["internal_error"], internal_suberror=1)
+            out = self._exit()
+            if out is not None:
+                return out
+        return KvmRun(KVM_EXIT["intr"])
+
+    def _exit(self) -> Optional[KvmRun]:
+        """Handle one VM exit: None to go back into the guest, else what user space gets."""
+        m, v = self.machine, self.vmcs
+        if m._st[L.EXIT_VECTOR] < 0:
+            # the entry itself failed: VMfailInvalid/VMfailValid(n) (the instruction fell
+            # through), or a guest-state failure (an exit with bit 31 set)
+            full = v["VM_EXIT_REASON"]
+            n = int(m._st[L.VMX_ENTRY_CHECK])
+            if n and K.outcome_of(n) == K.GUEST:
+                return self._fail_entry(full)
+            return self._fail_entry(v["VM_INSTRUCTION_ERROR"])
+        self.launched = True
+        full = v["VM_EXIT_REASON"]
+        reason = full & 0xFFFF
+        name = _ER(reason).name if reason in _ER._value2member_map_ else str(reason)
+        self.exits[name] += 1
+        handler = _HANDLERS.get(reason)
+        if handler is None:
+            self.to_user["unknown"] += 1
+            return KvmRun(KVM_EXIT["unknown"], hardware_exit_reason=full)
+        result = handler(self)
+        if result is None:
+            self.in_kernel[name] += 1
+        else:
+            self.to_user[result.name] += 1
+        self._prepare_injection()
+        return result
+
+    def _fail_entry(self, hardware_reason: int) -> KvmRun:
+        n = int(self.machine._st[L.VMX_ENTRY_CHECK])
+        text = K.explain(n, int(self.machine._st[L.VMX_ENTRY_VALUE])) if n else ""
+        self.to_user["fail_entry"] += 1
+        return KvmRun(KVM_EXIT["fail_entry"], hardware_exit_reason=hardware_reason,
+                      fail_entry_reason=hardware_reason, fail_entry_explanation=text)
+
+    def _skip(self) -> None:
+        self.vmcs["GUEST_RIP"] = (self.vmcs["GUEST_RIP"] + self.vmcs["VM_EXIT_INSTRUCTION_LEN"]) \
+            & 0xFFFFFFFF
+
+    def _note(self, reason: str, what: str) -> None:
+        """One exit handled, in the monitors' log format (hvsim.monitors.base.LogEntry)."""
+        v = self.vmcs
+        r = _ER[reason]
+        info = v["VM_EXIT_INTR_INFO"]
+        vector = info & 0xFF if r in (_ER.EXCEPTION_NMI, _ER.EXTERNAL_INTERRUPT) and \
+            info & X.INTR_INFO_VALID else None
+        self.log.append(LogEntry("vm_exit", f"VM exit {int(r)} {r.name}", vector, None,
+                                 v["GUEST_RIP"], (v["GUEST_SS_AR_BYTES"] >> 5) & 3, None,
+                                 f"qualification {v['EXIT_QUALIFICATION']:#x}: {what}",
+                                 int(self.machine.cpu.tsc)))
+
+    # ---- interrupts: the host timer becomes the guest's tick -----------------------------
+    def _prepare_injection(self) -> None:
+        """Before re-entry: inject the pending tick when the guest can take it, else ask
+        for an exit when it can (interrupt-window exiting), as KVM's inject_pending_event."""
+        if not self._tick_pending:
+            return
+        v = self.vmcs
+        open_ = (v["GUEST_RFLAGS"] & IF) and not (v["GUEST_INTERRUPTIBILITY_INFO"] & 3)
+        cpu = v["CPU_BASED_VM_EXEC_CONTROL"]
+        if open_:
+            v["VM_ENTRY_INTR_INFO_FIELD"] = X.INTR_INFO_VALID | self.devices.timer_vector
+            v["GUEST_ACTIVITY_STATE"] = X.ACTIVITY_ACTIVE        # the tick wakes HLT
+            v["CPU_BASED_VM_EXEC_CONTROL"] = cpu & ~X.CPU_INTERRUPT_WINDOW_EXITING
+            self._tick_pending = False
+            self.injected += 1
+        else:
+            v["CPU_BASED_VM_EXEC_CONTROL"] = cpu | X.CPU_INTERRUPT_WINDOW_EXITING
+
+    def _start_timer(self, period: int) -> None:
+        self.machine.set_timer((period, HOST_TIMER_VECTOR) if period else None)
+
+
+# ---- the exits handled in the "kernel" (KVM's kvm_vmx_exit_handlers) --------------------
+def _cpuid(vc: VCPU) -> None:
+    """CPUID, answered as the machine would, without the VMX feature (KVM hides it from
+    guests unless nested virtualization is on)."""
+    from hvsim.cpu import system as S
+    cpu = vc.machine.cpu
+    if cpu.eax == 0:
+        cpu.eax, cpu.ebx, cpu.edx, cpu.ecx = (S.CPUID_MAX_LEAF, S.CPUID_VENDOR_EBX,
+                                              S.CPUID_VENDOR_EDX, S.CPUID_VENDOR_ECX)
+    else:
+        cpu.eax, cpu.ebx, cpu.edx = S.CPUID_SIGNATURE, 0, S.CPUID_FEATURES_EDX
+        cpu.ecx = S.CPUID_FEATURES_ECX & ~X.CPUID_ECX_VMX
+    vc._skip()
+    vc._note("CPUID", f"leaf {cpu.eax:#x} answered in the kernel")
+
+
+def _gpr(vc: VCPU, n: int) -> int:
+    if n == 4:
+        return vc.vmcs["GUEST_RSP"]
+    return int(getattr(vc.machine.cpu, ("eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi")[n]))
+
+
+def _set_gpr(vc: VCPU, n: int, value: int) -> None:
+    if n == 4:
+        vc.vmcs["GUEST_RSP"] = value
+    else:
+        setattr(vc.machine.cpu, ("eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi")[n], value)
+
+
+def _cr_access(vc: VCPU) -> Optional[KvmRun]:
+    """MOV to/from CR0 and CR3 while the host owns them (Table 28-3 qualification)."""
+    v = vc.vmcs
+    q = v["EXIT_QUALIFICATION"]
+    n, access, gpr = q & 0xF, (q >> 4) & 3, (q >> 8) & 0xF
+    if n == 3 and access == X.CR_ACCESS_MOV_FROM_CR:
+        _set_gpr(vc, gpr, vc._guest_cr3)
+        what = "MOV from CR3: the guest's own value"
+    elif n == 3 and access == X.CR_ACCESS_MOV_TO_CR:
+        vc._guest_cr3 = _gpr(vc, gpr)
+        if vc._guest_cr0_view & CR0_PG:
+            v["GUEST_CR3"] = vc._guest_cr3
+        what = f"MOV to CR3 {vc._guest_cr3:#x} recorded"
+    elif n == 0 and access == X.CR_ACCESS_MOV_TO_CR:
+        value = _gpr(vc, gpr)
+        if value & CR0_PG and not value & CR0_PE:
+            return KvmRun(KVM_EXIT["internal_error"], internal_suberror=1)
+        vc._guest_cr0_view = value | CR0_ET
+        v["CR0_READ_SHADOW"] = vc._guest_cr0_view & (CR0_PG | CR0_NE)
+        v["GUEST_CR0"] = (value | CR0_PE | CR0_NE | CR0_PG | CR0_ET) & 0xFFFFFFFF
+        cpu = v["CPU_BASED_VM_EXEC_CONTROL"]
+        if value & CR0_PG:       # the guest's own tables from now on; its CR3 is its own
+            v["GUEST_CR3"] = vc._guest_cr3
+            cpu &= ~(X.CPU_CR3_LOAD_EXITING | X.CPU_CR3_STORE_EXITING)
+        else:
+            v["GUEST_CR3"] = vc.vm.page(6)
+            cpu |= X.CPU_CR3_LOAD_EXITING | X.CPU_CR3_STORE_EXITING
+        v["CPU_BASED_VM_EXEC_CONTROL"] = cpu
+        what = f"MOV to CR0 {value:#x}: paging {'on' if value & CR0_PG else 'off'} for the guest"
+    else:
+        return KvmRun(KVM_EXIT["internal_error"], internal_suberror=1,
+                      hardware_exit_reason=_ER.CR_ACCESS)
+    vc._skip()
+    vc._note("CR_ACCESS", what)
+    return None
+
+
+def _io(vc: VCPU) -> Optional[KvmRun]:
+    """Port I/O: the console and the timer are user-space devices (returned as
+    KVM_EXIT_IO after the device model ran, so the caller sees every access)."""
+    v = vc.vmcs
+    q = v["EXIT_QUALIFICATION"]
+    size, is_in, port = (q & 7) + 1, bool(q & X.IO_QUAL_IN), q >> X.IO_QUAL_PORT_SHIFT
+    cpu = vc.machine.cpu
+    mask = (1 << (8 * size)) - 1
+    if is_in:
+        data = vc.devices.in_(port) & mask
+        cpu.eax = (int(cpu.eax) & ~mask & 0xFFFFFFFF) | data
+        what = f"IN port {port:#x}: {data:#x}"
+    else:
+        data = int(cpu.eax) & mask
+        what = vc.devices.out(port, size, data)
+        if port == TIMER_PERIOD_PORT:
+            vc._start_timer(data)
+    vc._skip()
+    vc._note("IO_INSTRUCTION", what)
+    return KvmRun(KVM_EXIT["io"], hardware_exit_reason=_ER.IO_INSTRUCTION,
+                  io=IoExit(KVM_EXIT_IO_IN if is_in else KVM_EXIT_IO_OUT, size, port, 1, data))
+
+
+def _external_interrupt(vc: VCPU) -> None:
+    vector = vc.vmcs["VM_EXIT_INTR_INFO"] & 0xFF
+    if vector == HOST_TIMER_VECTOR and vc.devices.timer_period:
+        vc._tick_pending = True
+        vc._note("EXTERNAL_INTERRUPT", "host timer: a tick for the guest")
+    else:
+        vc._note("EXTERNAL_INTERRUPT", f"vector {vector:#x} dropped")
+
+
+def _interrupt_window(vc: VCPU) -> None:
+    vc._note("INTERRUPT_WINDOW", "the guest can take its tick now")
+
+
+def _hlt(vc: VCPU) -> Optional[KvmRun]:
+    """HLT: with a timer running the vCPU blocks until the next tick (time passes), as
+    with KVM's in-kernel LAPIC; with none, user space is told (KVM_EXIT_HLT)."""
+    vc._skip()
+    if not vc.devices.timer_period:
+        vc._note("HLT", "no timer: to user space")
+        return KvmRun(KVM_EXIT["hlt"], hardware_exit_reason=_ER.HLT)
+    m = vc.machine
+    nxt = int(m._st[L.TIMER_NEXT])
+    if m.cpu.tsc < nxt:
+        m.cpu.tsc = nxt
+    vc._tick_pending = True
+    m._st[L.TIMER_NEXT] = nxt + vc.devices.timer_period
+    vc._note("HLT", "blocked until the next tick")
+    return None
+
+
+def _vmcall(vc: VCPU) -> KvmRun:
+    cpu = vc.machine.cpu
+    vc._skip()
+    return KvmRun(KVM_EXIT["hypercall"], hardware_exit_reason=_ER.VMCALL,
+                  hypercall_nr=int(cpu.eax),
+                  hypercall_args=tuple(int(getattr(cpu, r)) for r in ("ebx", "ecx", "edx", "esi")))
+
+
+def _triple_fault(vc: VCPU) -> KvmRun:
+    return KvmRun(KVM_EXIT["shutdown"], hardware_exit_reason=_ER.TRIPLE_FAULT)
+
+
+def _exception(vc: VCPU) -> KvmRun:
+    return KvmRun(KVM_EXIT["exception"], hardware_exit_reason=_ER.EXCEPTION_NMI)
+
+
+_HANDLERS = {
+    int(_ER.CPUID): _cpuid, int(_ER.CR_ACCESS): _cr_access, int(_ER.IO_INSTRUCTION): _io,
+    int(_ER.EXTERNAL_INTERRUPT): _external_interrupt,
+    int(_ER.INTERRUPT_WINDOW): _interrupt_window, int(_ER.HLT): _hlt,
+    int(_ER.VMCALL): _vmcall, int(_ER.TRIPLE_FAULT): _triple_fault,
+    int(_ER.EXCEPTION_NMI): _exception,
+}
+
+
+class GuestRegisters:
+    """The guest's registers where VT-x leaves them (the monitors' ``vcpu`` view)."""
+
+    def __init__(self, vcpu: VCPU):
+        self._vc = vcpu
+
+    def __getattr__(self, name):
+        regs = self._vc.regs
+        if name in regs:
+            return regs[name]
+        if name == "IF":
+            return int(bool(regs["eflags"] & IF))
+        if name == "cpl":
+            return (self._vc.vmcs["GUEST_SS_AR_BYTES"] >> 5) & 3
+        raise AttributeError(f"the guest has no register {name!r}")
+
+
+class Vtx(Monitor):
+    """The VT-x technique on the monitor protocol: a guest kernel run in VMX non-root
+    ring 0 by the KVM-shaped VMM above, its console and timer in the VMM's device models.
+
+    machine : a fresh Machine; its top pages become the VMM's host area (default: 1 MiB
+              of guest RAM).
+    program : booted with :meth:`boot`.
+    """
+    name = "vtx"
+
+    def __init__(self, machine: Optional[Machine] = None, program=None):
+        self.vm = VM(machine=machine) if machine is not None else VM()
+        self.machine = self.vm.machine
+        self.kvm = self.vm.create_vcpu()
+        self._state = "running"
+        self._final: Optional[MonitorEvent] = None
+        if program is not None:
+            self.boot(program)
+
+    @property
+    def log(self) -> list:
+        return self.kvm.log
+
+    def boot(self, program, esp: Optional[int] = None) -> None:
+        """Load ``program`` into guest RAM and enter it in ring 0 (IF = 0), its stack at
+        the ring-0 stack of the guest's TSS (hvsim/rings/setup.py layout)."""
+        t = self.kvm.guest_tables
+        self.kvm.load(program, esp=t.stack_top(0) if esp is None else esp)
+        self.kvm.set_regs(eflags=FIXED1)
+
+    def run(self, max_steps: int = 1_000_000) -> Event:
+        max_steps = self._check_budget(max_steps)
+        m = self.machine
+        start = int(m.counters["instructions"])
+        while self._state == "running":
+            left = max_steps - (int(m.counters["instructions"]) - start)
+            if left < 1:
+                break
+            out = self.kvm.run(left)
+            if out.name == "io":              # the device model has run: back into the guest
+                continue
+            if out.name == "intr":            # the budget
+                break
+            return self._stopped(out)
+        if self._state != "running":
+            return self._final
+        return MonitorEvent("budget", self.kvm.regs["eip"], self.vcpu.cpl,
+                            int(m.counters["instructions"]) - start,
+                            reason=f"{max_steps} steps done")
+
+    def _stopped(self, out: KvmRun) -> MonitorEvent:
+        regs = self.kvm.regs
+        kind, state = {"hlt": ("halt", "halted"),
+                       "shutdown": ("shutdown", "killed")}.get(out.name, ("killed", "killed"))
+        reason = str(out)
+        self._state = state
+        self._final = MonitorEvent(kind, regs["eip"], self.vcpu.cpl, 0, reason=reason)
+        return self._final
+
+    def step(self) -> Optional[Event]:
+        return self.run(1) if self._state == "running" else self._final
+
+    def snapshot(self):
+        k, d = self.kvm, self.kvm.devices
+        return (self.machine.snapshot(), self._state, self._final, k.launched, k._tick_pending,
+                k._guest_cr3, k._guest_cr0_view, (d.console, d.timer_period, d.timer_vector),
+                len(k.log), k.injected, collections.Counter(k.exits),
+                collections.Counter(k.in_kernel), collections.Counter(k.to_user))
+
+    def restore(self, snap) -> None:
+        k = self.kvm
+        (machine, self._state, self._final, k.launched, k._tick_pending, k._guest_cr3,
+         k._guest_cr0_view, devices, n_log, k.injected, k.exits, k.in_kernel, k.to_user) = snap
+        self.machine.restore(machine)
+        k.devices.console, k.devices.timer_period, k.devices.timer_vector = devices
+        del k.log[n_log:]
+
+    @property
+    def state(self) -> str:
+        return self._state
+
+    @property
+    def stats(self) -> dict:
+        k = self.kvm
+        d = dict.fromkeys(STATS, 0)
+        exits = sum(k.exits.values())
+        d.update(traps=exits, vm_exits=exits, injected=k.injected,
+                 emulated=sum(n for r, n in k.exits.items()
+                              if r in ("CPUID", "CR_ACCESS", "IO_INSTRUCTION")))
+        return d
+
+    @property
+    def vcpu(self) -> GuestRegisters:
+        return GuestRegisters(self.kvm)
+
+    @property
+    def console(self) -> str:
+        return self.kvm.console
+
+    def __repr__(self):
+        return f"<Vtx {self.state}, {sum(self.kvm.exits.values())} VM exits>"

@@ -1,0 +1,172 @@
+"""The KVM-shaped VMM in Python (hvsim/monitors/kvm.py) on hvsim's VT-x."""
+import pytest
+
+from hvsim import assemble
+from hvsim.arch import vmx as X
+from hvsim.arch import layout as L
+from hvsim.guests import teaching_kernel
+from hvsim.monitors import MONITORS, TrapAndEmulate, Vtx
+from hvsim.monitors.kvm import VM, KVM_EXIT, KVM_EXIT_IO_OUT, HOST_AREA_PAGES, PAGE
+
+RING0_KERNEL = {"KCODE": 0x08}         # the teaching kernel's gates name ring 0's code
+
+
+def _vcpu(src, memory=1 << 20):
+    vm = VM(memory=memory)
+    vc = vm.create_vcpu()
+    vc.load(assemble(src, origin=0x1000))
+    return vm, vc
+
+
+def test_io_goes_to_user_space_shaped_like_kvm_run():
+    # struct kvm_run io: direction KVM_EXIT_IO_OUT = 1, size in bytes, port, data
+    vm, vc = _vcpu("mov al, 0x68\nout 0xe9, al\nhlt\n")
+    r = vc.run()
+    assert r.exit_reason == KVM_EXIT["io"] == 2
+    assert (r.io.direction, r.io.size, r.io.port, r.io.data) == (KVM_EXIT_IO_OUT, 1, 0xE9, 0x68)
+    assert r.hardware_exit_reason == X.ExitReason.IO_INSTRUCTION
+    assert vc.console == "h"
+    assert vc.regs["eip"] == 0x1000 + 2 + 2        # past the OUT (the VMM skipped it)
+    r = vc.run()
+    assert r.exit_reason == KVM_EXIT["hlt"]         # no timer: HLT goes to user space
+
+
+def test_cpuid_is_answered_in_the_kernel_without_vmx():
+    # KVM hides VMX from its guests (no nested virtualization): CPUID.1:ECX bit 5 clear
+    vm, vc = _vcpu("mov eax, 1\ncpuid\nhlt\n")
+    r = vc.run()
+    assert r.exit_reason == KVM_EXIT["hlt"]
+    assert vc.regs["ecx"] & X.CPUID_ECX_VMX == 0
+    assert vc.exits["CPUID"] == 1 and vc.in_kernel["CPUID"] == 1
+    assert vc.regs["eax"] == (6 << 8) | (0xF << 4)  # the machine's signature (family 6)
+
+
+def test_the_guest_sees_paging_off_although_non_root_needs_cr0_pg():
+    # SDM 27.3.1.1: without unrestricted guest, GUEST_CR0.PG must be 1; the CR0 read
+    # shadow shows the guest its own view (25.6.6), MOV from CR0 with no exit (26.3)
+    vm, vc = _vcpu("mov eax, cr0\nmov ebx, cr4\nhlt\n")
+    vc.run()
+    assert vc.regs["eax"] & (1 << 31) == 0 and vc.regs["eax"] & 1 == 1
+    assert vc.regs["ebx"] & (1 << 13) == 0           # CR4.VMXE hidden too
+    assert vc.vmcs["GUEST_CR0"] & (1 << 31)          # the real CR0 has PG
+    assert "CR_ACCESS" not in vc.exits
+
+
+def test_the_guest_turning_paging_on_gets_its_own_tables():
+    # linear 0x400000 -> physical 0x5000 in the guest's own page table; the VMM sees
+    # MOV to CR3 (CR3-load exiting while the guest's paging is off) and MOV to CR0 (PG
+    # owned by the host), and from then on the guest's CR3 is the real one
+    src = """
+        mov dword [0x5000], 0x1234abcd
+        mov dword [0x20000], 0x21003     ; PDE 0 -> page table at 0x21000 (P, RW)
+        mov dword [0x20004], 0x22003     ; PDE 1 -> page table at 0x22000 (4-8 MiB)
+        mov ecx, 0
+    ident:
+        mov eax, ecx
+        shl eax, 12
+        or eax, 3
+        mov [0x21000 + ecx*4], eax
+        inc ecx
+        cmp ecx, 256
+        jne ident
+        mov dword [0x22000], 0x5003      ; linear 0x400000 -> physical 0x5000
+        mov eax, 0x20000
+        mov cr3, eax
+        mov eax, cr0
+        or eax, 0x80000000
+        mov cr0, eax
+        mov esi, [0x400000]
+        mov edi, cr3
+        hlt
+    """
+    vm, vc = _vcpu(src)
+    r = vc.run()
+    assert r.exit_reason == KVM_EXIT["hlt"]
+    assert vc.regs["esi"] == 0x1234ABCD
+    assert vc.regs["edi"] == 0x20000                 # MOV from CR3: the guest's own value
+    assert vc.vmcs["GUEST_CR3"] == 0x20000
+    assert vc.exits["CR_ACCESS"] == 2                # the CR3 load and the CR0 write
+    assert vc.vmcs["CPU_BASED_VM_EXEC_CONTROL"] & X.CPU_CR3_LOAD_EXITING == 0
+
+
+def test_a_broken_guest_state_is_fail_entry_with_the_reason_and_words():
+    # KVM_EXIT_FAIL_ENTRY: hardware_entry_failure_reason = 0x80000021 (SDM 27.8)
+    vm, vc = _vcpu("hlt\n")
+    vc.vmcs["GUEST_TR_AR_BYTES"] = 9 | L.AR_P
+    r = vc.run()
+    assert r.exit_reason == KVM_EXIT["fail_entry"] == 9
+    assert r.fail_entry_reason == 0x80000021
+    assert r.fail_entry_explanation.startswith("GUEST_TR_AR_BYTES: TR type must be 3 or 11")
+
+
+def test_a_broken_host_state_is_fail_entry_with_error_8():
+    vm, vc = _vcpu("hlt\n")
+    vc.vmcs["HOST_TR_SELECTOR"] = 0
+    r = vc.run()
+    assert r.exit_reason == KVM_EXIT["fail_entry"] and r.fail_entry_reason == 8
+    assert "HOST_TR_SELECTOR: must not be 0000H" in r.fail_entry_explanation
+
+
+def test_vmcs_fields_by_name_refuse_what_vmwrite_would():
+    vm, vc = _vcpu("hlt\n")
+    with pytest.raises(KeyError, match="GUEST_RIP"):
+        vc.vmcs["GUEST_RIPP"] = 1
+    with pytest.raises(ValueError, match="error 13"):
+        vc.vmcs["VM_EXIT_REASON"] = 1
+    with pytest.raises(ValueError, match="16-bit"):
+        vc.vmcs["GUEST_CS_SELECTOR"] = 0x10000
+    vc.vmcs["VMCS_LINK_POINTER"] = (1 << 64) - 1     # 64-bit fields hold 64 bits
+    assert vc.vmcs["VMCS_LINK_POINTER"] == (1 << 64) - 1
+
+
+def test_the_host_area_is_carved_from_a_given_machine():
+    from hvsim import Machine
+    m = Machine(memory=(1 << 20) + HOST_AREA_PAGES * PAGE)
+    vm = VM(machine=m)
+    assert vm.memory_size == 1 << 20 and vm.machine is m
+    with pytest.raises(ValueError, match="64 KiB"):
+        VM(memory=4096)
+
+
+def _ticks(mon, **constants):
+    a = teaching_kernel(**constants).labels["ticks"]
+    return int.from_bytes(bytes(mon.machine.memory[a:a + 4]), "little")
+
+
+def test_the_teaching_kernel_runs_under_vt_x_with_its_ticks_flowing():
+    # the kernel that freezes under trap-and-emulate (POPF in ring 1 keeps IF) runs
+    # unmodified in non-root ring 0: POPF runs natively, ticks are injected
+    vtx = Vtx(program=teaching_kernel(**RING0_KERNEL))
+    vtx.run(200_000)
+    tae = TrapAndEmulate(program=teaching_kernel())
+    tae.run(200_000)
+    assert vtx.console.startswith("kernel up\nhello from ring 3")
+    assert _ticks(vtx, **RING0_KERNEL) > 100
+    assert _ticks(tae) < 10                          # frozen (lesson 02)
+    k = vtx.kvm
+    assert k.injected > 100 and k.exits["EXTERNAL_INTERRUPT"] >= k.injected - k.exits["HLT"]
+    assert vtx.stats["vm_exits"] == sum(k.exits.values())
+    assert all(e.what == "vm_exit" for e in vtx.log)
+
+
+def test_the_vtx_monitor_snapshot_restores_exactly():
+    mon = Vtx(program=teaching_kernel(**RING0_KERNEL))
+    mon.run(20_000)
+    snap = mon.snapshot()
+    mon.run(30_000)
+    after = (mon.console, _ticks(mon, **RING0_KERNEL), mon.kvm.regs, len(mon.log))
+    mon.restore(snap)
+    mon.run(30_000)
+    assert (mon.console, _ticks(mon, **RING0_KERNEL), mon.kvm.regs, len(mon.log)) == after
+
+
+def test_the_cli_knows_the_vtx_monitor(tmp_path, capsys):
+    from hvsim.cli import main
+    assert MONITORS["vtx"] is Vtx
+    f = tmp_path / "g.s"
+    f.write_text("mov al, 0x6f\nout 0xe9, al\nmov al, 0x6b\nout 0xe9, al\nhlt\n")
+    rc = main(["run", str(f), "--monitor", "vtx"])
+    out = capsys.readouterr().out
+    assert "--- console ---\nok\n" in out
+    assert "monitor: vtx, guest halted" in out
+    assert "vm_exits" in out and rc == 0
