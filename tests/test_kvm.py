@@ -170,3 +170,19 @@ def test_the_cli_knows_the_vtx_monitor(tmp_path, capsys):
     assert "--- console ---\nok\n" in out
     assert "monitor: vtx, guest halted" in out
     assert "vm_exits" in out and rc == 0
+
+
+def test_an_intercepted_exception_is_counted_and_given_back_to_the_guest():
+    # the user program's deliberate divide error (#DE, vector 0): with bit 0 in the
+    # exception bitmap it exits (SDM 25.6.3) and the VMM re-injects it (27.6): the guest
+    # handles it as it would natively, and its ticks keep flowing
+    plain = Vtx(program=teaching_kernel(**RING0_KERNEL))
+    plain.run(100_000)
+    watched = Vtx(program=teaching_kernel(**RING0_KERNEL))
+    watched.kvm.vmcs["EXCEPTION_BITMAP"] = 1 << 0
+    watched.run(100_000)
+    assert watched.kvm.exits["EXCEPTION_NMI"] == 1 and "EXCEPTION_NMI" not in plain.kvm.exits
+    assert watched.console == plain.console
+    entry = next(e for e in watched.log if e.trap.endswith("EXCEPTION_NMI"))
+    assert entry.vector == 0 and "re-injected" in entry.action
+    assert _ticks(watched, **RING0_KERNEL) > 30
