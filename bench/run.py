@@ -26,7 +26,13 @@ What is measured, each in this process unless said otherwise:
     instruction (``ev.insn.length`` when events carry the decoded instruction, else
     ``ev.length``) and calls ``run()`` again;
 (j) the trap-and-emulate teaching kernel under its monitor (lesson 02), guest
-    instructions/s as the machine counts them.
+    instructions/s as the machine counts them;
+(k) VM exit round trips/s to the Python VMM (hvsim/monitors/kvm.py): a guest loop of
+    CPUIDs in non-root ring 0, each a VM exit answered "in the kernel" and resumed;
+(l) VM exit + VMRESUME round trips/s inside the machine: the same loop under the
+    hypervisor written in assembly (hvsim/guests/vmm.s), whose exit handler emulates
+    CPUID in root ring 0 -- no Python between exits;
+(m) the teaching kernel under the VT-x monitor, guest instructions/s.
 
 Beside (a)-(c), the same loop in a plain pure-Python interpreter (bench/baseline.py, same
 assembly text), the interpreter alone (``Machine(blocks=False)``) and Unicorn running the
@@ -180,8 +186,12 @@ SYSCALL_PER_ITER = 6    # user: mov, int, dec, jnz; kernel: add, iret
 
 TARGETS = {
     "alu": 2e8, "mixed": 1.5e8, "paging": 1e8, "step": 2e5, "traps": 3e5,
-    "roundtrips": 4e5, "cold": 10.0, "warm": 1.0,
+    "roundtrips": 4e5, "cold": 10.0, "warm": 1.0, "vmexit_python": 3e5, "vmexit_asm": 1e6,
 }
+# (k)/(l): a guest that makes CPUID exits in a loop (ESI counts them down; CPUID
+# clobbers EAX, EBX, ECX, EDX) and then ends; VMCALL for the assembly VMM, HLT for the
+# Python one (with HLT exiting and no timer, KVM_EXIT_HLT)
+CPUID_LOOP = "mov esi, {n}\nagain:\nxor eax, eax\ncpuid\ndec esi\njnz again\n{end}\n"
 
 
 # ---------------------------------------------------------------------------------------
@@ -656,6 +666,60 @@ def measure(args, min_seconds, samples):
         return Probe(run, 50_000, limit=10**12)
     probe(("kernel", "hvsim"), kernel_probe)
 
+    def vmexit_python_probe():         # (k) VM exit round trips to the Python VMM
+        from hvsim import assemble
+        from hvsim.monitors.kvm import VM
+
+        def exits(k):
+            vm = VM()
+            vc = vm.create_vcpu()
+            vc.load(assemble(CPUID_LOOP.format(n=k, end="hlt"), origin=0x1000))
+            t0 = time.perf_counter()
+            r = vc.run(10**9)
+            dt = time.perf_counter() - t0
+            if r.name != "hlt" or vc.exits["CPUID"] != k:
+                raise RuntimeError(f"expected {k} CPUID exits then HLT, got {dict(vc.exits)}, {r}")
+            return k, dt
+        exits(1000)
+        return Probe(exits, 20_000)
+    probe(("vmexit_python", "hvsim"), vmexit_python_probe)
+
+    def vmexit_asm_probe():            # (l) VM exit + VMRESUME inside the machine
+        from hvsim import Machine
+        from hvsim.guests import hypervisor
+
+        def exits(k):
+            vmm, guest = hypervisor(CPUID_LOOP.format(n=k, end="vmcall"))
+            m = Machine(memory=4 << 20)
+            m.load(vmm)
+            m.write_physical(guest.origin, guest.code)
+            t0 = time.perf_counter()
+            ev = m.run(max_steps=10**12)
+            dt = time.perf_counter() - t0
+            if ev.kind != "halt" or m.cpu.esi != 0xE817 or m.counters["vm_entries"] != k + 1:
+                raise RuntimeError(f"the assembly VMM stopped early: {ev}, ESI={m.cpu.esi:#x}")
+            return k, dt
+        exits(1000)
+        return Probe(exits, 50_000, limit=10**9)
+    probe(("vmexit_asm", "hvsim"), vmexit_asm_probe)
+
+    def vtx_kernel_probe():            # (m) the teaching kernel under the VT-x monitor
+        from hvsim.guests import teaching_kernel
+        from hvsim.monitors.kvm import Vtx
+        mon = Vtx(program=teaching_kernel(KCODE=0x08))
+        mon.run(50_000)
+
+        def run(k):
+            before = int(mon.machine.counters["instructions"])
+            t0 = time.perf_counter()
+            ev = mon.run(k)
+            dt = time.perf_counter() - t0
+            if ev.kind != "budget":
+                raise RuntimeError(f"the teaching kernel stopped under VT-x: {ev}")
+            return int(mon.machine.counters["instructions"]) - before, dt
+        return Probe(run, 50_000, limit=10**12)
+    probe(("vtx_kernel", "hvsim"), vtx_kernel_probe)
+
     # the rounds: every probe once per round, in turn
     for _ in range(samples):
         for key in list(probes):
@@ -713,6 +777,14 @@ def measure(args, min_seconds, samples):
                     TARGETS["roundtrips"], baselines=False))
     rows.append(row("kernel", "(j) teaching kernel under the trap-and-emulate monitor, "
                     "guest instr/s", baselines=False))
+    rows.append(row("vmexit_python", "(k) VM exit round trips/s to the Python VMM (CPUID "
+                    "in non-root -> exit 10 -> answered in the kernel -> VMRESUME)",
+                    TARGETS["vmexit_python"], baselines=False))
+    rows.append(row("vmexit_asm", "(l) VM exit + VMRESUME round trips/s inside the machine "
+                    "(the assembly VMM, hvsim/guests/vmm.s, emulating CPUID)",
+                    TARGETS["vmexit_asm"], baselines=False))
+    rows.append(row("vtx_kernel", "(m) teaching kernel under the VT-x monitor, guest "
+                    "instr/s", baselines=False))
     # the 1-minute load average once the rounds are done counts this process's own work too
     args.load_after_rounds = " / ".join(f"{x:.2f}" for x in os.getloadavg())
     # fresh processes last (they compile on both cores); in the table, (g) and (h) in order

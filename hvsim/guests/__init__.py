@@ -5,6 +5,9 @@
   ``pushf; cli; ...; popf`` is where x86 fails Popek and Goldberg's theorem 1.
 * ``user.s``   -- the ring-3 program the kernel starts: INT 0x80 system calls, a
   deliberate divide error, then work and system calls for ever.
+* ``vmm.s``    -- a hypervisor in assembly (SimpleVisor-style): paging, VMXON, VMCLEAR,
+  VMPTRLD, VMWRITE, VMLAUNCH; its exit handler emulates CPUID and resumes, and a VMCALL
+  from the guest stops it. :func:`hypervisor` assembles it with a guest.
 
 hvsim's assembler has no ``%include``: a guest is linked by concatenation, so the user
 program sees the kernel's ``equ`` constants (system call numbers, selectors).
@@ -17,10 +20,10 @@ from __future__ import annotations
 
 from importlib import resources
 
-__all__ = ["source", "teaching_kernel", "GUESTS"]
+__all__ = ["source", "teaching_kernel", "hypervisor", "GUESTS"]
 
 #: the guest sources in this package, by name
-GUESTS = ("kernel", "user")
+GUESTS = ("kernel", "user", "vmm")
 
 
 def source(name: str) -> str:
@@ -46,3 +49,23 @@ def teaching_kernel(user: str | None = None, origin: int = 0x1000, **constants):
             raise ValueError(f"the guest has no equ constant {name!r}")
         lines[hits[0]] = f"{name:<12}equ {value}"
     return assemble("\n".join(lines) + "\n", origin=origin)
+
+
+def hypervisor(guest: str):
+    """``(vmm, guest)``: vmm.s assembled at 1000H and ``guest`` (assembly source) at
+    vmm.s's GUEST address. Load the first with ``Machine.load`` (4 MiB of memory covers
+    both) and write the second's code at its origin; running the machine runs the
+    hypervisor, which launches the guest. It halts with ESI = E817H when the guest made
+    a VMCALL (EBX = 18), BADH on an exit it does not handle (EBX = the reason), FA11H
+    when a VMX instruction failed (EBP = the VM-instruction error)."""
+    from hvsim.asm import assemble
+    vmm = assemble(source("vmm"), origin=0x1000)
+    return vmm, assemble(guest, origin=_equ(source("vmm"), "GUEST"))
+
+
+def _equ(text: str, name: str) -> int:
+    for line in text.splitlines():
+        words = line.split(";")[0].split()
+        if words[:2] == [name, "equ"]:
+            return int(words[2], 0)
+    raise ValueError(f"no equ {name!r}")

@@ -37,6 +37,7 @@ import dataclasses
 from typing import Optional
 
 from hvsim.arch import layout as L
+from hvsim.arch.exits import EXIT_BUDGET, EXIT_VMEXIT
 from hvsim.arch import vmcs as V
 from hvsim.arch import vmx as X
 from hvsim.arch.cr import CR0_PE, CR0_NE, CR0_PG, CR0_ET, CR4_VMXE
@@ -65,6 +66,22 @@ TIMER_VECTOR_PORT = 0x41
 FLOATING_BUS = 0xFFFFFFFF
 
 
+# field name -> (state-array index, mask of its width): the one lookup a read makes
+_READ = {name: (L.VMCS_CACHE + V.slot_of(enc), (1 << V.WIDTH_BITS[V.width_of(enc)]) - 1)
+         for name, enc in V.FIELDS.items()}
+
+
+def _idx(name: str) -> int:
+    return L.VMCS_CACHE + V.slot(name)
+
+
+# the fields the exit path reads on every exit, as state-array indices
+_I_REASON, _I_QUAL, _I_INSN_LEN = _idx("VM_EXIT_REASON"), _idx("EXIT_QUALIFICATION"), \
+    _idx("VM_EXIT_INSTRUCTION_LEN")
+_I_RIP, _I_RSP, _I_RFLAGS = _idx("GUEST_RIP"), _idx("GUEST_RSP"), _idx("GUEST_RFLAGS")
+_I_SS_AR, _I_INTR_INFO = _idx("GUEST_SS_AR_BYTES"), _idx("VM_EXIT_INTR_INFO")
+
+
 class Vmcs:
     """The current VMCS of a machine, field by SDM name: ``vmcs["GUEST_RIP"]``.
 
@@ -77,6 +94,14 @@ class Vmcs:
     def __init__(self, machine: Machine):
         self._st = machine._st
 
+    def __getitem__(self, name: str) -> int:
+        try:
+            index, mask = _READ[name]
+        except KeyError:
+            self._encoding(name)                 # raises the KeyError that names neighbours
+            raise
+        return int(self._st[index]) & mask
+
     @staticmethod
     def _encoding(name: str) -> int:
         try:
@@ -86,11 +111,6 @@ class Vmcs:
             close = difflib.get_close_matches(str(name), V.FIELDS, n=3)
             hint = f"; did you mean {', '.join(close)}?" if close else ""
             raise KeyError(f"no VMCS field named {name!r}{hint}") from None
-
-    def __getitem__(self, name: str) -> int:
-        enc = self._encoding(name)
-        v = int(self._st[L.VMCS_CACHE + V.slot_of(enc)])
-        return v & ((1 << V.WIDTH_BITS[V.width_of(enc)]) - 1)
 
     def __setitem__(self, name: str, value: int) -> None:
         enc = self._encoding(name)
@@ -251,7 +271,8 @@ class VCPU:
         self.exits = collections.Counter()        # every VM exit, by reason name
         self.in_kernel = collections.Counter()    # exits handled here, by reason name
         self.to_user = collections.Counter()      # exits returned to the caller, by KVM name
-        self.log: list = []                       # LogEntry per exit handled here
+        self._raw_log: list = []                  # per exit handled: the facts, as a tuple
+        self._log: list = []                      # ... made into LogEntry when read
         self.injected = 0
         self.launched = False
         self._tick_pending = False
@@ -405,16 +426,19 @@ class VCPU:
         if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
             raise ValueError(f"max_steps must be a positive int, got {max_steps!r}")
         m = self.machine
+        st = m._st
         used = 0
         while used < max_steps:
-            m._st[L.VMX_ENTRY_REQUEST] = 2 if self.launched else 1
-            ev = m.run(max_steps=max_steps - used)
-            used += max(ev.steps, 1)
-            if ev.kind == "budget":
-                m._st[L.VMX_ENTRY_REQUEST] = 0
+            st[L.VMX_ENTRY_REQUEST] = 2 if self.launched else 1
+            kind = m._run(max_steps - used)        # Machine.run without building an Event
+            used += max(int(st[L.EXIT_STEPS]), 1)
+            if kind == EXIT_BUDGET:
+                st[L.VMX_ENTRY_REQUEST] = 0
                 return KvmRun(KVM_EXIT["intr"])
-            if ev.kind != "vmexit":
-                return KvmRun(KVM_EXIT["internal_error"], internal_suberror=1)
+            if kind != EXIT_VMEXIT:
+                self.to_user["internal_error"] += 1
+                return KvmRun(KVM_EXIT["internal_error"], internal_suberror=1,
+                              hardware_exit_reason=int(kind))
             out = self._exit()
             if out is not None:
                 return out
@@ -432,9 +456,9 @@ class VCPU:
                 return self._fail_entry(full)
             return self._fail_entry(v["VM_INSTRUCTION_ERROR"])
         self.launched = True
-        full = v["VM_EXIT_REASON"]
+        full = int(m._st[_I_REASON]) & 0xFFFFFFFF
         reason = full & 0xFFFF
-        name = _ER(reason).name if reason in _ER._value2member_map_ else str(reason)
+        name = _NAMES.get(reason) or str(reason)
         self.exits[name] += 1
         handler = _HANDLERS.get(reason)
         if handler is None:
@@ -456,20 +480,31 @@ class VCPU:
                       fail_entry_reason=hardware_reason, fail_entry_explanation=text)
 
     def _skip(self) -> None:
-        self.vmcs["GUEST_RIP"] = (self.vmcs["GUEST_RIP"] + self.vmcs["VM_EXIT_INSTRUCTION_LEN"]) \
-            & 0xFFFFFFFF
+        """GUEST_RIP += VM-exit instruction length (the instruction was emulated)."""
+        st = self.machine._st
+        st[_I_RIP] = (st[_I_RIP] + st[_I_INSN_LEN]) & 0xFFFFFFFF
 
-    def _note(self, reason: str, what: str) -> None:
-        """One exit handled, in the monitors' log format (hvsim.monitors.base.LogEntry)."""
-        v = self.vmcs
-        r = _ER[reason]
-        info = v["VM_EXIT_INTR_INFO"]
-        vector = info & 0xFF if r in (_ER.EXCEPTION_NMI, _ER.EXTERNAL_INTERRUPT) and \
-            info & X.INTR_INFO_VALID else None
-        self.log.append(LogEntry("vm_exit", f"VM exit {int(r)} {r.name}", vector, None,
-                                 v["GUEST_RIP"], (v["GUEST_SS_AR_BYTES"] >> 5) & 3, None,
-                                 f"qualification {v['EXIT_QUALIFICATION']:#x}: {what}",
-                                 int(self.machine.cpu.tsc)))
+    def _note(self, reason: str, what: str, *args) -> None:
+        """One exit handled: its facts now (a tuple: an exit costs microseconds), the
+        monitors' LogEntry (hvsim.monitors.base) only when :attr:`log` is read; ``what``
+        is a format string for ``args``."""
+        st = self.machine._st
+        self._raw_log.append((reason, int(st[_I_INTR_INFO]), int(st[_I_RIP]),
+                              int(st[_I_SS_AR]), int(st[_I_QUAL]), int(st[L.TSC]), what, args))
+
+    @property
+    def log(self) -> list:
+        """Every exit handled here, oldest first, as hvsim.monitors.base.LogEntry."""
+        raw, log = self._raw_log, self._log
+        del log[len(raw):]
+        for reason, info, rip, ss_ar, qual, tsc, what, args in raw[len(log):]:
+            r = _ER[reason]
+            vector = info & 0xFF if r in (_ER.EXCEPTION_NMI, _ER.EXTERNAL_INTERRUPT) and \
+                info & X.INTR_INFO_VALID else None
+            log.append(LogEntry("vm_exit", _TRAPS[r], vector, None, rip, (ss_ar >> 5) & 3, None,
+                                f"qualification {qual & 0xFFFFFFFF:#x}: "
+                                + (what.format(*args) if args else what), tsc))
+        return log
 
     # ---- interrupts: the host timer becomes the guest's tick -----------------------------
     def _prepare_injection(self) -> None:
@@ -498,17 +533,12 @@ class VCPU:
 # ---- the exits handled in the "kernel" (KVM's kvm_vmx_exit_handlers) --------------------
 def _cpuid(vc: VCPU) -> None:
     """CPUID, answered as the machine would, without the VMX feature (KVM hides it from
-    guests unless nested virtualization is on)."""
-    from hvsim.cpu import system as S
-    cpu = vc.machine.cpu
-    if cpu.eax == 0:
-        cpu.eax, cpu.ebx, cpu.edx, cpu.ecx = (S.CPUID_MAX_LEAF, S.CPUID_VENDOR_EBX,
-                                              S.CPUID_VENDOR_EDX, S.CPUID_VENDOR_ECX)
-    else:
-        cpu.eax, cpu.ebx, cpu.edx = S.CPUID_SIGNATURE, 0, S.CPUID_FEATURES_EDX
-        cpu.ecx = S.CPUID_FEATURES_ECX & ~X.CPUID_ECX_VMX
+    guests unless nested virtualization is on). The guest's registers are the CPU's."""
+    st = vc.machine._st
+    leaf = int(st[L.EAX])
+    st[L.EAX], st[L.EBX], st[L.ECX], st[L.EDX] = _CPUID_LEAF0 if leaf == 0 else _CPUID_LEAF1
     vc._skip()
-    vc._note("CPUID", f"leaf {cpu.eax:#x} answered in the kernel")
+    vc._note("CPUID", "leaf {:#x} answered in the kernel", leaf)
 
 
 def _gpr(vc: VCPU, n: int) -> int:
@@ -590,7 +620,7 @@ def _external_interrupt(vc: VCPU) -> None:
         vc._tick_pending = True
         vc._note("EXTERNAL_INTERRUPT", "host timer: a tick for the guest")
     else:
-        vc._note("EXTERNAL_INTERRUPT", f"vector {vector:#x} dropped")
+        vc._note("EXTERNAL_INTERRUPT", "vector {:#x} dropped", vector)
 
 
 def _interrupt_window(vc: VCPU) -> None:
@@ -638,8 +668,21 @@ def _exception(vc: VCPU) -> None:
         v["VM_ENTRY_EXCEPTION_ERROR_CODE"] = v["VM_EXIT_INTR_ERROR_CODE"]
     if (info >> 8) & 7 == X.INTR_TYPE_SOFTWARE_EXCEPTION:
         v["VM_ENTRY_INSTRUCTION_LEN"] = v["VM_EXIT_INSTRUCTION_LEN"]
-    vc._note("EXCEPTION_NMI", f"vector {info & 0xFF} re-injected into the guest")
+    vc._note("EXCEPTION_NMI", "vector {} re-injected into the guest", info & 0xFF)
 
+
+def _cpuid_answers():
+    from hvsim.cpu import system as S
+    return ((S.CPUID_MAX_LEAF, S.CPUID_VENDOR_EBX, S.CPUID_VENDOR_ECX, S.CPUID_VENDOR_EDX),
+            (S.CPUID_SIGNATURE, 0, S.CPUID_FEATURES_ECX & ~X.CPUID_ECX_VMX,
+             S.CPUID_FEATURES_EDX))
+
+
+# (EAX, EBX, ECX, EDX) of leaf 0 and of leaf 1 (every other leaf answers as leaf 1, the
+# highest: SDM Vol. 2A, CPUID)
+_CPUID_LEAF0, _CPUID_LEAF1 = _cpuid_answers()
+_NAMES = {int(r): r.name for r in _ER}
+_TRAPS = {r: f"VM exit {int(r)} {r.name}" for r in _ER}
 
 _HANDLERS = {
     int(_ER.CPUID): _cpuid, int(_ER.CR_ACCESS): _cr_access, int(_ER.IO_INSTRUCTION): _io,
@@ -733,7 +776,7 @@ class Vtx(Monitor):
         k, d = self.kvm, self.kvm.devices
         return (self.machine.snapshot(), self._state, self._final, k.launched, k._tick_pending,
                 k._guest_cr3, k._guest_cr0_view, (d.console, d.timer_period, d.timer_vector),
-                len(k.log), k.injected, collections.Counter(k.exits),
+                len(k._raw_log), k.injected, collections.Counter(k.exits),
                 collections.Counter(k.in_kernel), collections.Counter(k.to_user))
 
     def restore(self, snap) -> None:
@@ -742,7 +785,8 @@ class Vtx(Monitor):
          k._guest_cr0_view, devices, n_log, k.injected, k.exits, k.in_kernel, k.to_user) = snap
         self.machine.restore(machine)
         k.devices.console, k.devices.timer_period, k.devices.timer_vector = devices
-        del k.log[n_log:]
+        del k._raw_log[n_log:]
+        del k._log[n_log:]
 
     @property
     def state(self) -> str:
