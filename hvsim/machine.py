@@ -171,9 +171,25 @@ class Event:
         return s
 
 
+# trace-record kinds (hvsim/rings/interrupts.py, hvsim/cpu/run.py): 2 delivered through
+# the guest IDT, 3 a host exit, 4 a VM entry, 5 a VM exit (ring -1 is VMX root operation)
+_TRACE_KINDS = {2: "delivered", 3: "exit", 4: "vm_entry", 5: "vm_exit"}
+
+
+def exit_reason_name(reason: int) -> str:
+    """'VM exit 10 (CPUID)': a basic exit reason in words (SDM Vol. 3C, Appendix C)."""
+    from hvsim.arch.vmx import ExitReason
+    try:
+        return f"VM exit {reason} ({ExitReason(reason).name})"
+    except ValueError:
+        return f"VM exit {reason}"
+
+
 @dataclasses.dataclass(frozen=True)
 class TraceEntry:
-    """One recorded event: delivered through the IDT (kind 'delivered') or a host exit."""
+    """One recorded event: delivered through the IDT (kind 'delivered'), a host exit
+    ('exit'), a VM entry ('vm_entry') or a VM exit ('vm_exit'); ring -1 in ``cpl_from`` /
+    ``cpl_to`` is VMX root operation."""
     kind: str
     vector: int
     error_code: Optional[int]
@@ -186,6 +202,10 @@ class TraceEntry:
     def name(self) -> str:
         if self.kind == "delivered":
             return vector_name(self.vector)
+        if self.kind == "vm_exit":
+            return exit_reason_name(self.vector)
+        if self.kind == "vm_entry":
+            return "VM entry (VMLAUNCH)" if self.vector == 1 else "VM entry (VMRESUME)"
         return ExitKind(self.vector).label
 
     def __str__(self):
@@ -652,7 +672,7 @@ class Machine:
         for i in range(first, now):
             base = L.TRACE_BUF + (i % L.TRACE_CAP) * L.TRACE_FIELDS
             kind, vec, err, eip, cf, ct, tsc, _ = (int(x) for x in st[base:base + L.TRACE_FIELDS])
-            out.append(TraceEntry("delivered" if kind == 2 else "exit", vec,
+            out.append(TraceEntry(_TRACE_KINDS.get(kind, "exit"), vec,
                                   None if err < 0 else err, eip, cf, ct, tsc))
         return out
 

@@ -186,3 +186,13 @@ def test_an_intercepted_exception_is_counted_and_given_back_to_the_guest():
     entry = next(e for e in watched.log if e.trap.endswith("EXCEPTION_NMI"))
     assert entry.vector == 0 and "re-injected" in entry.action
     assert _ticks(watched, **RING0_KERNEL) > 30
+
+
+def test_the_log_names_the_exiting_instruction():
+    # exits are fault-like (SDM Vol. 3C, 26.1): the log keeps the RIP of the instruction
+    # that exited, not the one after it the VMM moved to
+    mon = Vtx(program=teaching_kernel(**RING0_KERNEL))
+    mon.run(2000)
+    first = mon.log[0]
+    assert first.trap == "VM exit 30 IO_INSTRUCTION" and "timer period 150" in first.action
+    assert mon.machine.memory[first.eip] == 0xE7          # OUT imm8, EAX (SDM Vol. 2B, OUT)

@@ -375,6 +375,8 @@ def run(mem, st, tlb, dc, pg, budget, ktab):
     first = True
     resume = st[RESUME_ROW]                   # an instruction stopped by a kernel request
     st[RESUME_ROW] = -1
+    if st[VMX_ENTRY_REQUEST] != 0 and st[VMX_NONROOT] != 0:
+        st[VMX_ENTRY_REQUEST] = 0             # already in the guest: nothing to enter
     if st[VMX_ENTRY_REQUEST] != 0:
         # a VMM written in Python enters its guest (hvsim/monitors/kvm.py): VMLAUNCH/VMRESUME
         if ktab[K_VMENTRY] == 0:

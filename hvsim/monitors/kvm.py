@@ -275,6 +275,7 @@ class VCPU:
         self._log: list = []                      # ... made into LogEntry when read
         self.injected = 0
         self.launched = False
+        self._exit_rip = 0
         self._tick_pending = False
         self._guest_cr3 = 0
         self._guest_cr0_view = CR0_PE | CR0_ET
@@ -429,7 +430,8 @@ class VCPU:
         st = m._st
         used = 0
         while used < max_steps:
-            st[L.VMX_ENTRY_REQUEST] = 2 if self.launched else 1
+            if not st[L.VMX_NONROOT]:          # (a budget may have ended the last run in the guest)
+                st[L.VMX_ENTRY_REQUEST] = 2 if self.launched else 1
             kind = m._run(max_steps - used)        # Machine.run without building an Event
             used += max(int(st[L.EXIT_STEPS]), 1)
             if kind == EXIT_BUDGET:
@@ -456,6 +458,7 @@ class VCPU:
                 return self._fail_entry(full)
             return self._fail_entry(v["VM_INSTRUCTION_ERROR"])
         self.launched = True
+        self._exit_rip = int(m._st[_I_RIP])     # the exiting instruction's (handlers skip it)
         full = int(m._st[_I_REASON]) & 0xFFFFFFFF
         reason = full & 0xFFFF
         name = _NAMES.get(reason) or str(reason)
@@ -489,7 +492,7 @@ class VCPU:
         monitors' LogEntry (hvsim.monitors.base) only when :attr:`log` is read; ``what``
         is a format string for ``args``."""
         st = self.machine._st
-        self._raw_log.append((reason, int(st[_I_INTR_INFO]), int(st[_I_RIP]),
+        self._raw_log.append((reason, int(st[_I_INTR_INFO]), self._exit_rip,
                               int(st[_I_SS_AR]), int(st[_I_QUAL]), int(st[L.TSC]), what, args))
 
     @property
@@ -770,7 +773,12 @@ class Vtx(Monitor):
         return self._final
 
     def step(self) -> Optional[Event]:
-        return self.run(1) if self._state == "running" else self._final
+        """One machine step (a guest instruction, or a VM exit the VMM handled); the event
+        that stopped the guest, or None."""
+        if self._state != "running":
+            return self._final
+        ev = self.run(1)
+        return None if ev.kind == "budget" else ev
 
     def snapshot(self):
         k, d = self.kvm, self.kvm.devices

@@ -47,6 +47,9 @@ EV_SOFTWARE = 2   # INT n / INT3 / INTO: gate DPL checked against CPL, never an 
 EV_EXTERNAL = 3   # an interrupt from a device (the timer): never an error code
 
 TRACE_KIND_EVENT = 2   # trace entry kind: an event delivered through the guest IDT
+TRACE_KIND_VMENTRY = 4 # a VM entry into non-root operation (hvsim/vtx/entry.py)
+TRACE_KIND_VMEXIT = 5  # a VM exit (vector = basic exit reason; cpl_to = -1: VMX root)
+TRACE_ROOT = -1        # the "ring" of VMX root operation in trace entries: ring -1
 
 VEC_DF = 8
 VEC_TS = 10

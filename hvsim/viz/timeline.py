@@ -27,7 +27,9 @@ import numpy as np
 from hvsim.arch import layout as L
 from hvsim.arch.counters import C_INSN
 from hvsim.viz._common import axes, LIT, EDGE, FAULT
-from hvsim.viz.rings import RING_NAMES
+from hvsim.viz.rings import RING_NAMES, VMX_ROOT
+
+_VMX_COLOUR = "#4a78b5"      # VM exits and entries: the crossings of ring -1
 
 MAX_STEPS = 1_000_000        # a recording is for looking at: about 2 s of stepping
 
@@ -39,7 +41,8 @@ class Recording:
     Samples (one per step, plus sample 0 = the state before the first step):
 
     * ``retired``: instructions retired since the recording started (int64);
-    * ``cpl``: the CPL after that step (int8);
+    * ``cpl``: the CPL after that step (int8); -1 while the CPU is in VMX root operation
+      (ring -1: a hypervisor runs);
     * ``eip``: EIP after that step (int64).
 
     A step that takes a fault retires nothing, so two samples can share a ``retired``
@@ -105,27 +108,33 @@ def record(target, steps: int = 1000,
         raise TypeError("on_event must be a function (machine, event) -> bool")
     st = m._st
     insn0 = int(st[L.COUNTERS + C_INSN])
-    retired, cpl, eip = [0], [int(st[L.CPL])], [int(st[L.EIP])]
+
+    def ring():                          # VMX root operation is drawn as ring -1
+        if st[L.VMX_ON] and not st[L.VMX_NONROOT]:
+            return VMX_ROOT
+        return item(i_cpl)
+    item = st.item                       # st.item(i): a Python int, faster than int(st[i])
+    i_insn, i_head, i_cpl, i_eip = L.COUNTERS + C_INSN, L.TRACE_HEAD, L.CPL, L.EIP
+    retired, cpl, eip = [0], [ring()], [int(st[L.EIP])]
     mk_at, mk_from, mk_to, mk_names, mk_kinds = [], [], [], [], []
     final = None
     head = m.trace_head
-    step, item = m.step, st.item          # st.item(i): a Python int, faster than int(st[i])
-    i_insn, i_head, i_cpl, i_eip = L.COUNTERS + C_INSN, L.TRACE_HEAD, L.CPL, L.EIP
+    step = m.step
     for _ in range(int(steps)):
         ev = step()
         now = item(i_insn) - insn0
         new_head = item(i_head)
         if new_head != head:             # something was recorded: deliveries are markers
             for t in m.trace_since(head):
-                if t.kind == "delivered":
+                if t.kind in ("delivered", "vm_exit", "vm_entry"):
                     mk_at.append(now)
                     mk_from.append(t.cpl_from)
                     mk_to.append(t.cpl_to)
                     mk_names.append(t.name)
-                    mk_kinds.append("delivered")
+                    mk_kinds.append(t.kind)
         head = new_head
         retired.append(now)
-        cpl.append(item(i_cpl))
+        cpl.append(ring())
         eip.append(item(i_eip))
         if ev is not None:
             mk_at.append(now)
@@ -138,7 +147,7 @@ def record(target, steps: int = 1000,
                 break
             head = m.trace_head            # the handler may have run the machine
             # (the handler may also have moved EIP or changed rings)
-            cpl[-1], eip[-1] = int(st[L.CPL]), int(st[L.EIP])
+            cpl[-1], eip[-1] = ring(), int(st[L.EIP])
     return Recording(np.array(retired, np.int64), np.array(cpl, np.int8),
                      np.array(eip, np.int64), np.array(mk_at, np.int64),
                      np.array(mk_from, np.int8), np.array(mk_to, np.int8),
@@ -161,8 +170,11 @@ def timeline(rec: Recording, ax=None, *, title: Optional[str] = None, names: boo
             label="CPL")
     kinds = np.array(rec.marker_kinds, dtype=object)
     delivered = kinds == "delivered"
+    vmx = (kinds == "vm_exit") | (kinds == "vm_entry")
     for sel, gid, marker, colour, label in ((delivered, "delivered", "v", LIT, "delivered (IDT)"),
-                                            (~delivered, "host", "s", FAULT, "host event")):
+                                            (vmx, "vmx", "D", _VMX_COLOUR, "VM exit / entry"),
+                                            (~delivered & ~vmx, "host", "s", FAULT,
+                                             "host event")):
         if len(kinds) and sel.any():
             ax.plot(rec.marker_at[sel], rec.marker_cpl_to[sel], linestyle="none", marker=marker,
                     markersize=9, color=colour, markeredgecolor="black", gid=gid, label=label,
@@ -172,7 +184,8 @@ def timeline(rec: Recording, ax=None, *, title: Optional[str] = None, names: boo
                                                rec.marker_names)):
             ax.annotate(name, (int(at), int(to)), xytext=(4, 8 + 10 * (i % 2)),
                         textcoords="offset points", fontsize=8, gid=f"event {i}")
-    rings = sorted(set(range(4)) | set(int(c) for c in rec.cpl))
+    rings = sorted(set(range(4)) | set(int(c) for c in rec.cpl)
+                   | set(int(c) for c in rec.marker_cpl_to))
     ax.set_yticks(rings)
     ax.set_yticklabels([f"ring {r} ({RING_NAMES[r].split(chr(10))[0]})" for r in rings])
     ax.set_ylim(max(rings) + 0.6, min(rings) - 0.8)     # inverted: ring 0 at the top

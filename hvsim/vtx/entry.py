@@ -27,10 +27,11 @@ from hvsim.arch.flags import IF, VM as FLAG_VM
 from hvsim.arch.layout import (
     VMCS_CACHE, VMCS_PTR, VMCS_PTR_NONE, VMCS_LAUNCH_STATE, VMX_NONROOT, VMX_EPT,
     VMX_INTR_WINDOW, VMX_ENTRY_CHECK, VMX_ENTRY_VALUE, INT_SHADOW, BLOCKING_BY_MOV_SS,
-    EIP, COUNTERS, CFG_MEM_SIZE, AR_UNUSABLE, AR_S, AR_P, AR_G, AR_DPL_SHIFT,
+    EIP, CPL, COUNTERS, CFG_MEM_SIZE, AR_UNUSABLE, AR_S, AR_P, AR_G, AR_DPL_SHIFT,
     VMX_VECTORING_INFO, SREG_CS, SREG_SS, MASK32, INSN_EIP, INSN_LEN, VMX_ENTRY_REQUEST,
 )
-from hvsim.rings.interrupts import deliver, EV_FAULT, EV_SOFTWARE, EV_EXTERNAL
+from hvsim.rings.interrupts import (deliver, trace_record, EV_FAULT, EV_SOFTWARE, EV_EXTERNAL,
+                                   TRACE_KIND_VMENTRY, TRACE_ROOT)
 from hvsim.vtx import checks as K
 from hvsim.vtx.instructions import vm_fail_invalid, vm_fail_valid, vm_succeed
 from hvsim.vtx.state import load_guest, load_host, G_CR0, G_CR4, G_RFLAGS, G_SEL0, \
@@ -385,6 +386,7 @@ def vm_entry(mem, st, tlb, pg, launch):
     st[VMX_INTR_WINDOW] = 1 if (st[CPU] & X.CPU_INTERRUPT_WINDOW_EXITING) != 0 else 0
     st[VMX_VECTORING_INFO] = 0
     st[COUNTERS + C_VMENTRY] += 1
+    trace_record(st, TRACE_KIND_VMENTRY, launch, -1, st[EIP], TRACE_ROOT, st[CPL], 0)
     _inject(mem, st, tlb, pg)
     return ENTERED
 

@@ -23,8 +23,9 @@ from hvsim.arch import vmx as X
 from hvsim.arch.counters import C_VMEXIT
 from hvsim.arch.layout import (VMCS_CACHE, VMX_NONROOT, VMX_EPT, VMX_INTR_WINDOW,
                               VMX_VECTORING_INFO, VMX_VECTORING_ERROR, FAULT_PENDING,
-                              FAULT_VECTOR, FAULT_ERROR, INSN_LEN, COUNTERS, MASK32)
-from hvsim.vtx.state import save_guest, load_host
+                              FAULT_VECTOR, FAULT_ERROR, INSN_LEN, COUNTERS, MASK32, CPL)
+from hvsim.rings.interrupts import trace_record, TRACE_KIND_VMEXIT, TRACE_ROOT
+from hvsim.vtx.state import save_guest, load_host, G_RIP
 
 
 def _f(name):
@@ -66,4 +67,6 @@ def vm_exit(mem, st, tlb, pg, dc, row):
     st[VMX_INTR_WINDOW] = 0
     if 0 <= reason < _N_REASONS:
         st[COUNTERS + C_VMEXIT + reason] += 1
+    trace_record(st, TRACE_KIND_VMEXIT, reason, st[EXIT_QUAL], st[G_RIP], st[CPL], TRACE_ROOT,
+                 0)
     load_host(st, tlb)

@@ -57,6 +57,23 @@ KNOWN_STARTS_CAP = 4096
 HOST = "host/monitor (ring 0)"
 
 
+def vmx_mode(machine):
+    """None outside VMX operation, 'root' (ring -1: the hypervisor runs) or 'non-root'."""
+    st = machine._st
+    if not st[L.VMX_ON]:
+        return None
+    return "non-root" if st[L.VMX_NONROOT] else "root"
+
+
+def _ring_line(machine) -> str:
+    mode = vmx_mode(machine)
+    if mode == "root":
+        return "ring: -1 (VMX root operation: the hypervisor, CPL 0)"
+    cpl = machine.cpu.cpl
+    extra = ", VMX non-root: a guest of a hypervisor" if mode == "non-root" else ""
+    return f"ring: CPL {cpl} ({R.RING_NAMES[cpl]}{extra})"
+
+
 def floating_bus(event) -> int:
     """The default answer to an unclaimed IN: all ones, as an empty ISA bus reads."""
     return (1 << (8 * event.size)) - 1
@@ -259,11 +276,18 @@ class StepperController:
         delivered = 0
         if head != self._trace_head:
             for t in self.machine.trace_since(self._trace_head):
-                if t.kind != "delivered":
-                    continue
-                self._log(R.TrapRecord(self.position, t.name, t.vector, t.error_code,
-                                       t.eip, t.cpl_from, t.cpl_to, f"guest ring {t.cpl_to} (IDT)"))
-                delivered += 1
+                if t.kind == "delivered":
+                    self._log(R.TrapRecord(self.position, t.name, t.vector, t.error_code,
+                                           t.eip, t.cpl_from, t.cpl_to,
+                                           f"guest ring {t.cpl_to} (IDT)"))
+                    delivered += 1
+                elif t.kind == "vm_exit":           # to ring -1: the hypervisor's exit handler
+                    self._log(R.TrapRecord(self.position, t.name, t.vector, t.error_code, t.eip,
+                                           t.cpl_from, -1, "hypervisor (ring -1, VMX root)"))
+                    delivered += 1
+                elif t.kind == "vm_entry":          # from ring -1 into the guest
+                    self._log(R.TrapRecord(self.position, t.name, None, None, t.eip, -1,
+                                           t.cpl_to, f"guest ring {t.cpl_to} (VMX non-root)"))
             self._trace_head = head
         from_monitor = 0
         if self._has_log:
@@ -514,7 +538,7 @@ class StepperController:
         regs = R.read_registers(m)
         cpl = m.cpu.cpl
         return View(self.position, cpl, self.disassembly(), R.registers_html(regs, self.changed),
-                    R.flags_html(regs["eflags"], cpl), R.rings_svg(cpl),
+                    R.flags_html(regs["eflags"], cpl), R.rings_svg(cpl, vmx_mode(m)),
                     R.traplog_html(self.trap_log), R.console_html(self.console), self.status())
 
     def render_text(self) -> str:
@@ -524,7 +548,7 @@ class StepperController:
         out = [self.status(), ""]
         out += [line.label() for line in self.disassembly() if line.address is not None]
         out += ["", R.registers_text(regs, self.changed), R.flags_text(regs["eflags"], m.cpu.cpl),
-                f"ring: CPL {m.cpu.cpl} ({R.RING_NAMES[m.cpu.cpl]})", "", "trap log:"]
+                _ring_line(m), "", "trap log:"]
         out += ["  " + r.text() for r in self.trap_log[-20:]] or ["  (none)"]
         out += ["", "console:", self.console]
         return "\n".join(out)

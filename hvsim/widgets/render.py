@@ -113,34 +113,59 @@ _LIT = "#f29d38"
 _UNLIT = ("#eef1f5", "#dde3ea")
 
 
-def rings_svg(cpl: int) -> str:
+VMX_MODES = (None, "root", "non-root")
+
+
+def rings_svg(cpl: int, vmx: str | None = None) -> str:
     """Concentric rings 3 (outside) .. 0, the current privilege level lit.
 
-    The dashed circle in the middle is ring -1, VMX root operation, where a hardware
-    hypervisor runs below the guest's ring 0 (lessons to come); it is never lit here.
+    The circle in the middle is ring -1, VMX root operation (SDM Vol. 3C, 24.3), where a
+    hardware hypervisor runs below its guest's ring 0. ``vmx``: None outside VMX
+    operation (ring -1 dashed, unlit), 'root' (ring -1 lit: the hypervisor runs; the
+    data-vmx attribute says so too) or 'non-root' (the guest's CPL lit, ring -1 drawn
+    solid: a hypervisor is under it).
     """
+    if vmx not in VMX_MODES:
+        raise ValueError(f"vmx must be one of {VMX_MODES}, got {vmx!r}")
     cx = cy = 110
-    parts = [f'<svg data-cpl="{cpl}" class="hvsim-ringsvg" xmlns="http://www.w3.org/2000/svg" '
+    root = vmx == "root"
+    parts = [f'<svg data-cpl="{cpl}" data-vmx="{vmx or "off"}" class="hvsim-ringsvg" '
+             f'xmlns="http://www.w3.org/2000/svg" '
              f'width="220" height="290" viewBox="0 0 220 290" role="img" '
-             f'aria-label="current privilege level: ring {cpl}">']
+             f'aria-label="current privilege level: ' +
+             ("ring -1, VMX root operation" if root else f"ring {cpl}") + '">']
     for ring in (3, 2, 1, 0):
-        lit = ring == cpl
+        lit = ring == cpl and not root
         fill = _LIT if lit else _UNLIT[ring % 2]
         cls = "hvsim-ring hvsim-lit" if lit else "hvsim-ring"
         parts.append(f'<circle data-ring="{ring}" class="{cls}" cx="{cx}" cy="{cy}" '
                      f'r="{_RING_RADIUS[ring]}" fill="{fill}" stroke="#7a8796" stroke-width="1.5"/>')
     for ring in (3, 2, 1, 0):
         y = cy - _RING_RADIUS[ring] + 15
-        weight = "bold" if ring == cpl else "normal"
+        weight = "bold" if ring == cpl and not root else "normal"
         parts.append(f'<text x="{cx}" y="{y}" text-anchor="middle" font-size="12" '
                      f'font-family="sans-serif" font-weight="{weight}">{ring}</text>')
-    parts.append(f'<circle data-ring="-1" class="hvsim-ring hvsim-future" cx="{cx}" cy="{cy}" r="13" '
-                 f'fill="white" stroke="#7a8796" stroke-dasharray="4 3" stroke-width="1.5"/>')
+    if vmx is None:
+        parts.append(f'<circle data-ring="-1" class="hvsim-ring hvsim-future" cx="{cx}" '
+                     f'cy="{cy}" r="13" fill="white" stroke="#7a8796" stroke-dasharray="4 3" '
+                     f'stroke-width="1.5"/>')
+    else:
+        cls = "hvsim-ring hvsim-lit" if root else "hvsim-ring"
+        parts.append(f'<circle data-ring="-1" class="{cls}" cx="{cx}" cy="{cy}" r="13" '
+                     f'fill="{_LIT if root else "white"}" stroke="#7a8796" stroke-width="1.5"/>')
     parts.append(f'<text x="{cx}" y="{cy + 4}" text-anchor="middle" font-size="10" '
-                 f'font-family="sans-serif" fill="#7a8796">-1</text>')
+                 f'font-family="sans-serif" fill="{"#222" if root else "#7a8796"}"'
+                 f'{" font-weight=" + chr(34) + "bold" + chr(34) if root else ""}>-1</text>')
     # the legend goes under the rings, so the picture stays narrow beside the registers
-    legend = [f"CPL = {cpl}: {RING_NAMES[cpl]}", "dashed: ring -1, VMX root,",
-              "where a hardware hypervisor runs", "(lessons to come)"]
+    if root:
+        legend = ["ring -1: VMX root operation", "the hypervisor runs (CPL 0)",
+                  "below its guest's rings", "(Intel VT-x)"]
+    elif vmx == "non-root":
+        legend = [f"CPL = {cpl}: {RING_NAMES[cpl]}", "of a guest: VMX non-root,",
+                  "a hypervisor in ring -1", "under it (Intel VT-x)"]
+    else:
+        legend = [f"CPL = {cpl}: {RING_NAMES[cpl]}", "dashed: ring -1, VMX root,",
+                  "where a hardware hypervisor", "runs (lesson 04)"]
     for i, line in enumerate(legend):
         weight = "bold" if i == 0 else "normal"
         colour = "#222" if i == 0 else "#7a8796"
