@@ -196,3 +196,75 @@ def test_the_log_names_the_exiting_instruction():
     first = mon.log[0]
     assert first.trap == "VM exit 30 IO_INSTRUCTION" and "timer period 150" in first.action
     assert mon.machine.memory[first.eip] == 0xE7          # OUT imm8, EAX (SDM Vol. 2B, OUT)
+
+
+def test_the_block_device_in_user_space_stores_and_returns_sectors():
+    src = """
+        mov dx, 0x1f2
+        mov eax, 3
+        out dx, eax                 ; sector 3
+        mov dx, 0x1f0
+        mov ecx, 128
+    fill:
+        mov eax, ecx
+        out dx, eax                 ; 128 dwords: 128, 127, ..., 1
+        loop fill
+        mov dx, 0x1f7
+        mov al, 0x30
+        out dx, al                  ; write the buffer to sector 3
+        mov dx, 0x1f2
+        mov eax, 3
+        out dx, eax
+        mov dx, 0x1f7
+        mov al, 0x20
+        out dx, al                  ; read sector 3 back
+        mov dx, 0x1f0
+        in eax, dx
+        mov esi, eax                ; the first dword: 128
+        in eax, dx
+        mov edi, eax                ; the second: 127
+        mov dx, 0x1f2
+        mov eax, 999
+        out dx, eax
+        mov dx, 0x1f7
+        mov al, 0x20
+        out dx, al                  ; past the end of a 64-sector disk
+        in al, dx
+        movzx ebp, al
+        hlt
+    """
+    vm, vc = _vcpu(src)
+    ios = 0
+    while (r := vc.run()).name == "io":
+        ios += 1
+    assert r.name == "hlt"
+    disk = vc.devices.disk
+    assert disk.disk[3 * 512:3 * 512 + 8] == (128).to_bytes(4, "little") + (127).to_bytes(4, "little")
+    assert (vc.regs["esi"], vc.regs["edi"], vc.regs["ebp"]) == (128, 127, 0x41)
+    assert disk.writes == 1 and disk.reads == 1
+    # every IN and OUT above: sector, 128 data, write, sector, read, 2 data, sector, read, status
+    assert ios == vc.to_user["io"] == 1 + 128 + 1 + 1 + 1 + 2 + 1 + 1 + 1
+
+
+def test_an_interrupted_event_is_injected_again():
+    # a made-up exit: the exit interrupted the delivery of external interrupt 0x20
+    # (IDT-vectoring information valid, SDM Vol. 3C 28.2.4); with nothing else queued the
+    # VMM puts it in the VM-entry interruption-information field for the next entry
+    vm, vc = _vcpu("hlt\n")
+    st = vm.machine._st
+    from hvsim.arch import vmcs as V
+    st[L.VMCS_CACHE + V.slot("IDT_VECTORING_INFO_FIELD")] = X.INTR_INFO_VALID | 0x20
+    vc._complete_interrupted_event()
+    assert vc.vmcs["VM_ENTRY_INTR_INFO_FIELD"] == X.INTR_INFO_VALID | 0x20
+    assert vc.reinjected == 1
+    # a #GP (with its error code) is given back with the code
+    vc.vmcs["VM_ENTRY_INTR_INFO_FIELD"] = 0
+    st[L.VMCS_CACHE + V.slot("IDT_VECTORING_INFO_FIELD")] = (
+        X.INTR_INFO_VALID | (3 << 8) | X.INTR_INFO_DELIVER_ERROR_CODE | 13)
+    st[L.VMCS_CACHE + V.slot("IDT_VECTORING_ERROR_CODE")] = 0x18
+    vc._complete_interrupted_event()
+    assert vc.vmcs["VM_ENTRY_EXCEPTION_ERROR_CODE"] == 0x18
+    # an event the handler queued itself goes first: nothing is overwritten
+    vc.vmcs["VM_ENTRY_INTR_INFO_FIELD"] = X.INTR_INFO_VALID | 0x21
+    vc._complete_interrupted_event()
+    assert vc.vmcs["VM_ENTRY_INTR_INFO_FIELD"] == X.INTR_INFO_VALID | 0x21 and vc.reinjected == 2

@@ -171,16 +171,80 @@ class KvmRun:
         return s
 
 
+class BlockDevice:
+    """A small disk behind port I/O, modelled in user space as QEMU models its disks
+    (hvsim's own register set, not an ATA controller): OUT dword to 1F2h selects a
+    sector; OUT byte 20h to 1F7h reads it into the 512-byte buffer, 30h writes the buffer
+    to it; 1F0h moves the buffer a dword at a time (IN and OUT, the index advancing);
+    IN byte from 1F7h is the status: 40h ready, 01h error (a sector out of range)."""
+    SECTOR = 512
+    DATA, SECTOR_PORT, COMMAND = 0x1F0, 0x1F2, 0x1F7
+    READ, WRITE = 0x20, 0x30
+    READY, ERROR = 0x40, 0x01
+
+    def __init__(self, sectors: int = 64):
+        if isinstance(sectors, bool) or not isinstance(sectors, int) or not 1 <= sectors <= 1 << 16:
+            raise ValueError(f"sectors must be 1..65536, got {sectors!r}")
+        self.disk = bytearray(sectors * self.SECTOR)
+        self.sector = 0
+        self.buffer = bytearray(self.SECTOR)
+        self.index = 0
+        self.status = self.READY
+        self.reads = self.writes = 0
+
+    def ports(self):
+        return (self.DATA, self.SECTOR_PORT, self.COMMAND)
+
+    def out(self, port: int, value: int) -> str:
+        if port == self.SECTOR_PORT:
+            self.sector, self.index = value, 0
+            return f"disk: sector {value}"
+        if port == self.DATA:
+            self.buffer[self.index:self.index + 4] = (value & 0xFFFFFFFF).to_bytes(4, "little")
+            self.index = (self.index + 4) % self.SECTOR
+            return "disk: buffer dword written"
+        if port == self.COMMAND:
+            at = self.sector * self.SECTOR
+            if at + self.SECTOR > len(self.disk):
+                self.status = self.READY | self.ERROR
+                return f"disk: sector {self.sector} is past the disk's end"
+            if value == self.READ:
+                self.buffer[:] = self.disk[at:at + self.SECTOR]
+                self.reads += 1
+            elif value == self.WRITE:
+                self.disk[at:at + self.SECTOR] = self.buffer
+                self.writes += 1
+            else:
+                self.status = self.READY | self.ERROR
+                return f"disk: unknown command {value:#x}"
+            self.index, self.status = 0, self.READY
+            return f"disk: sector {self.sector} {'read' if value == self.READ else 'written'}"
+        return ""
+
+    def in_(self, port: int) -> int:
+        if port == self.DATA:
+            v = int.from_bytes(self.buffer[self.index:self.index + 4], "little")
+            self.index = (self.index + 4) % self.SECTOR
+            return v
+        if port == self.COMMAND:
+            return self.status
+        return self.sector
+
+
 class Devices:
-    """User-space device models (QEMU's side): the console (port E9h) and the timer
-    (ports 40h period, 41h vector), as the other monitors' virtual devices."""
+    """User-space device models (QEMU's side): the console (port E9h), the timer (ports
+    40h period, 41h vector), as the other monitors' virtual devices, and a small disk
+    (:class:`BlockDevice`, ports 1F0h-1F7h)."""
 
     def __init__(self):
         self.console = ""
         self.timer_period = 0
         self.timer_vector = HOST_TIMER_VECTOR
+        self.disk = BlockDevice()
 
     def out(self, port: int, size: int, value: int) -> str:
+        if port in self.disk.ports():
+            return self.disk.out(port, value)
         if port == CONSOLE_PORT:
             self.console += chr(value & 0xFF)
             return f"console {chr(value & 0xFF)!r}"
@@ -196,6 +260,8 @@ class Devices:
         return f"port {port:#x} has no device, {value:#x} dropped"
 
     def in_(self, port: int) -> int:
+        if port in self.disk.ports():
+            return self.disk.in_(port)
         if port == TIMER_PERIOD_PORT:
             return self.timer_period
         if port == TIMER_VECTOR_PORT:
@@ -274,6 +340,7 @@ class VCPU:
         self._raw_log: list = []                  # per exit handled: the facts, as a tuple
         self._log: list = []                      # ... made into LogEntry when read
         self.injected = 0
+        self.reinjected = 0                       # events an exit interrupted, delivered again
         self.launched = False
         self._exit_rip = 0
         self._tick_pending = False
@@ -472,8 +539,25 @@ class VCPU:
             self.in_kernel[name] += 1
         else:
             self.to_user[result.name] += 1
+        self._complete_interrupted_event()
         self._prepare_injection()
         return result
+
+    def _complete_interrupted_event(self) -> None:
+        """An exit that interrupted the delivery of an event (IDT-vectoring information
+        valid, SDM Vol. 3C 28.2.4) must not lose it: inject it again on the next entry,
+        unless a handler already queued an event (KVM's vmx_complete_interrupts)."""
+        v = self.vmcs
+        info = v["IDT_VECTORING_INFO_FIELD"]
+        if not info & X.INTR_INFO_VALID or v["VM_ENTRY_INTR_INFO_FIELD"] & X.INTR_INFO_VALID:
+            return
+        v["VM_ENTRY_INTR_INFO_FIELD"] = info & ~X.INTR_INFO_NMI_UNBLOCKING
+        if info & X.INTR_INFO_DELIVER_ERROR_CODE:
+            v["VM_ENTRY_EXCEPTION_ERROR_CODE"] = v["IDT_VECTORING_ERROR_CODE"]
+        if (info >> 8) & 7 in (X.INTR_TYPE_SOFTWARE_INTERRUPT, X.INTR_TYPE_SOFTWARE_EXCEPTION,
+                               X.INTR_TYPE_PRIVILEGED_SOFTWARE_EXCEPTION):
+            v["VM_ENTRY_INSTRUCTION_LEN"] = v["VM_EXIT_INSTRUCTION_LEN"]
+        self.reinjected += 1
 
     def _fail_entry(self, hardware_reason: int) -> KvmRun:
         n = int(self.machine._st[L.VMX_ENTRY_CHECK])
