@@ -603,6 +603,7 @@ class Machine:
         st[L.TR_AR] = L.AR_UNUSABLE
         st[L.IRQ_PENDING] = -1
         st[L.DELIVERING] = -1
+        st[L.VMCS_PTR] = L.VMCS_PTR_NONE     # no current VMCS (SDM Vol. 3C, 24.11.1)
         st[L.FETCH_LIN_PAGE] = -1
         st[L.TIMER_VECTOR] = DEFAULT_TIMER_VECTOR
         st[L.FLAT] = 1

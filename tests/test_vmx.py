@@ -346,3 +346,10 @@ def test_vmresume_continues_after_the_exit():
     m.run()
     assert m.cpu.ebx == X.ExitReason.VMCALL and m.cpu.esi == 0xE817
     assert vmcs(m, "GUEST_RIP") == GUEST_CODE + 2
+
+
+def test_a_fresh_machine_has_no_current_vmcs():
+    # VMPTRST before any VMPTRLD stores FFFFFFFF_FFFFFFFFH (SDM Vol. 3C, 31.3 VMPTRST:
+    # the current-VMCS pointer after VMXON is FFFFFFFF_FFFFFFFFH; before it, none either)
+    m = Machine()
+    assert m._st[L.VMCS_PTR] == L.VMCS_PTR_NONE
