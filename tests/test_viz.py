@@ -33,7 +33,10 @@ def _close_figures():
 
 
 def test_doctest():
+    import hvsim.viz.walk2d
     assert doctest.testmod(hvsim.viz).failed == 0
+    r = doctest.testmod(hvsim.viz.walk2d)
+    assert r.attempted > 0 and r.failed == 0
 
 
 # ------------------------------------------------------------------ ring diagram
