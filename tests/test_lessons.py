@@ -132,7 +132,11 @@ def _l04():
 def test_lesson04_the_kernel_that_freezes_under_trap_and_emulate_ticks_under_vtx():
     # the same kernel and steps: POPF keeps IF at CPL 1 (lesson 02), restores it in
     # non-root ring 0; ticks are injected (SDM Vol. 3C, 27.6)
+    from hvsim.guests import teaching_kernel
     l04 = _l04()
+    # guest_dword reads both runs by the same labels: KCODE moves no other label
+    ring0, ring1 = teaching_kernel(KCODE=0x08).labels, teaching_kernel().labels
+    assert ring0.pop("KCODE") == 0x08 and ring1.pop("KCODE") == 0x19 and ring0 == ring1
     vtx = l04.run_guest("vt-x", 30_000)
     tae = l04.run_guest("trap-and-emulate", 30_000)
     assert l04.guest_dword(vtx, "ticks") > 100 and l04.guest_dword(tae, "ticks") < 10
