@@ -1,4 +1,5 @@
 """hvsim.lessons.Exercise: seeded problems, answers checked, malformed answers explained."""
+import collections
 import doctest
 
 import pytest
@@ -120,3 +121,193 @@ def test_lesson02_native_run_does_the_same_work_without_a_monitor_and_the_cost_t
     table = l02.cost_table(runs, "nehalem").splitlines()
     total = cost.breakdown(nat, "nehalem").total
     assert table[1].split()[1:4] == [str(calls), str(ticks), f"{total:,.0f}"]
+
+
+# ---- lesson 04: ring -1 ------------------------------------------------------------------------
+def _l04():
+    from hvsim.lessons import l04_ring_minus_one as l04
+    return l04
+
+
+def test_lesson04_the_kernel_that_freezes_under_trap_and_emulate_ticks_under_vtx():
+    # the same kernel and steps: POPF keeps IF at CPL 1 (lesson 02), restores it in
+    # non-root ring 0; ticks are injected (SDM Vol. 3C, 27.6)
+    from hvsim.guests import teaching_kernel
+    l04 = _l04()
+    # guest_dword reads both runs by the same labels: KCODE moves no other label
+    ring0, ring1 = teaching_kernel(KCODE=0x08).labels, teaching_kernel().labels
+    assert ring0.pop("KCODE") == 0x08 and ring1.pop("KCODE") == 0x19 and ring0 == ring1
+    vtx = l04.run_guest("vt-x", 30_000)
+    tae = l04.run_guest("trap-and-emulate", 30_000)
+    assert l04.guest_dword(vtx, "ticks") > 100 and l04.guest_dword(tae, "ticks") < 10
+    assert vtx.kvm.injected == l04.guest_dword(vtx, "ticks")      # every tick was injected
+    assert vtx.console == tae.console == "kernel up\nhello from ring 3\n"
+    curves = l04.tick_curves(steps=30_000, samples=3)
+    (tae_pts, vtx_pts) = (curves[l04.TECHNIQUES[t]] for t in ("trap-and-emulate", "vt-x"))
+    assert vtx_pts[-1][1] > 100 and tae_pts[-1][1] < 10
+    assert [x for x, _ in vtx_pts] == sorted(x for x, _ in vtx_pts)
+    assert 29_000 <= vtx_pts[-1][0] <= 30_000      # guest instructions, not the VMM's bootstrap
+    with pytest.raises(ValueError, match="'trap-and-emulate', 'vt-x'"):
+        l04.run_guest("binary translation")
+    with pytest.raises(ValueError, match="steps"):
+        l04.run_guest("vt-x", 0)
+    with pytest.raises(ValueError, match="samples"):
+        l04.tick_curves(steps=10, samples=20)
+
+
+def test_lesson04_exit_rows_count_by_sdm_reason_and_split_kernel_from_user_space():
+    from hvsim.arch.vmx import ExitReason
+    l04 = _l04()
+    vtx = l04.run_guest("vt-x", 30_000)
+    rows = {r["name"]: r for r in l04.exit_rows(vtx)}
+    assert all(r["reason"] == ExitReason[name] for name, r in rows.items())
+    assert [r["reason"] for r in l04.exit_rows(vtx)] == sorted(r["reason"] for r in rows.values())
+    # every OUT of the kernel exits (unconditional I/O exiting): one per console byte and
+    # the timer's period; all of them go to user space, as KVM_EXIT_IO
+    io = rows["IO_INSTRUCTION"]
+    assert io["exits"] == len(vtx.console) + 1 == io["to_user"] == vtx.kvm.to_user["io"]
+    assert io["where"] == "user space" and "I/O" in io["why"]
+    ext = rows["EXTERNAL_INTERRUPT"]
+    assert ext["where"] == "kernel" and ext["to_user"] == 0 and ext["exits"] > 100
+    split = l04.kvm_split(vtx)
+    assert split["exits"] == sum(r["exits"] for r in rows.values()) == vtx.stats["vm_exits"]
+    assert split["to_user"] == io["exits"] and split["kvm_exits"] == {"KVM_EXIT_IO": io["exits"]}
+    assert 'style="color:#b3261e;">user space' in l04.exit_table(l04.exit_rows(vtx))
+    with pytest.raises(TypeError, match="Vtx monitor"):
+        l04.exit_rows(l04.run_guest("trap-and-emulate", 100))
+
+
+def test_lesson04_each_flipped_control_moves_exactly_its_counts():
+    l04 = _l04()
+    runs = l04.flip_runs(steps=30_000)
+    base, nohlt, de, io = (runs[k].kvm for k in l04.FLIPS)
+    # HLT exiting off: the one HLT (SYS_SLEEP) no longer exits; the timer's external-
+    # interrupt exit wakes the guest from its non-root HLT instead
+    assert base.exits["HLT"] == 1 and nohlt.exits["HLT"] == 0
+    assert nohlt.exits["EXTERNAL_INTERRUPT"] == base.exits["EXTERNAL_INTERRUPT"] + 1
+    # #DE in the exception bitmap: the user program's one divide error, re-injected
+    assert de.exits["EXCEPTION_NMI"] == 1 and "EXCEPTION_NMI" not in base.exits
+    assert sum(de.exits.values()) == sum(base.exits.values()) + 1
+    # I/O bitmaps with the timer ports: only the timer's OUT exits; the console bypasses
+    # the VMM and lands on the machine's own port E9h
+    assert io.exits["IO_INSTRUCTION"] == 1
+    assert l04.consoles(io) == {"the VMM's device model": "",
+                                "the machine's port E9h": base.console}
+    ticks = {label: l04.guest_dword(mon, "ticks") for label, mon in runs.items()}
+    assert len(set(ticks.values())) == 1 and min(ticks.values()) > 100   # the guest sees no difference
+    table = l04.flip_table(runs)
+    assert table.count('color:#b3261e;font-weight:bold;') == 4     # the four changed counts
+    with pytest.raises(TypeError, match="function of the vCPU"):
+        l04.flip_runs(100, {"bad": 3})
+
+
+def test_lesson04_io_bitmaps_are_written_bit_per_port_into_the_vmms_pages():
+    # SDM Vol. 3C, 25.6.4: A covers 0000h-7FFFh, B 8000h-FFFFh, one bit per port
+    from hvsim.arch import vmx as X
+    from hvsim.monitors.kvm import VM
+    l04 = _l04()
+    vm = VM(memory=1 << 16)
+    vc = vm.create_vcpu()
+    l04.use_io_bitmaps(vc, [0x40, 0x41, 0x8001, 0xFFFF])
+    mem = vm.machine.memory
+    a, b = vm.page(2), vm.page(3)
+    assert (vc.vmcs["IO_BITMAP_A"], vc.vmcs["IO_BITMAP_B"]) == (a, b)
+    assert mem[a + 8] == 0b11 and mem[b] == 0b10 and mem[b + 0xFFF] == 0x80
+    assert int(mem[a:a + 4096].sum()) + int(mem[b:b + 4096].sum()) == 0b11 + 0b10 + 0x80
+    cpu = vc.vmcs["CPU_BASED_VM_EXEC_CONTROL"]
+    assert cpu & X.CPU_USE_IO_BITMAPS and not cpu & X.CPU_UNCONDITIONAL_IO_EXITING
+    with pytest.raises(ValueError, match="ports must be integers"):
+        l04.use_io_bitmaps(vc, [0x10000])
+    with pytest.raises(TypeError, match="list of integers"):
+        l04.use_io_bitmaps(vc, 0x40)
+    with pytest.raises(ValueError, match="vectors"):
+        l04.intercept_exceptions(vc, [32])
+    with pytest.raises(TypeError, match="kvm VCPU"):
+        l04.hlt_exiting_off("vcpu")
+
+
+def test_lesson04_cr3_load_exiting_until_the_guest_turns_paging_on():
+    # SDM Vol. 3C, 26.1.3; the VMM clears CR3-load exiting once the guest's CR3 is real
+    l04 = _l04()
+    rows = l04.cr3_phases(before=3, after=5)
+    assert [r["cr3_loads"] for r in rows] == [3, 1, 5]
+    assert [r["cr_exits"] for r in rows] == [3, 2, 0]           # + the MOV to CR0 (PG owned)
+    assert [r["cr3_load_exiting"] for r in rows] == [True, False, False]
+    assert [r["cr_exits"] for r in l04.cr3_phases(0, 0)] == [0, 2, 0]
+    with pytest.raises(ValueError, match="before must be an integer"):
+        l04.cr3_phases(before=-1)
+
+
+def test_lesson04_failed_entries_are_7_8_and_33_and_name_their_fields():
+    # SDM Vol. 3C, 27.2 (VMfailValid 7, 8) and 27.8 (exit 33 with bit 31)
+    l04 = _l04()
+    rows = l04.failure_rows()
+    assert [r["reason"] for r in rows] == [7, 8, 0x80000021]
+    assert [r["area"] for r in rows] == ["control", "host state", "guest state"]
+    assert all(r["kvm_exit"] == "KVM_EXIT_FAIL_ENTRY" for r in rows)
+    for r in rows:
+        assert r["explanation"].startswith(r["field"] + ":")
+    assert "at most 4" in rows[0]["explanation"] and "VMfailValid(7)" in rows[0]["how"]
+    assert "0000H" in rows[1]["explanation"] and "VMfailValid(8)" in rows[1]["how"]
+    assert "type 9" in rows[2]["explanation"] and "VM exit 33" in rows[2]["how"]
+    r = l04.failed_entry("GUEST_RFLAGS", 0)
+    assert r.fail_entry_reason == 0x80000021 and r.fail_entry_explanation.startswith("GUEST_RFLAGS")
+    with pytest.raises(KeyError, match="CR3_TARGET_COUNT"):
+        l04.failed_entry("CR3_TARGET_CONT", 5)
+    with pytest.raises(ValueError, match="32-bit field"):
+        l04.failed_entry("CR3_TARGET_COUNT", 1 << 40)
+
+
+def test_lesson04_smsw_reads_the_shadow_under_vtx_without_an_exit():
+    # SDM Vol. 3C, 25.6.6 / 26.3: owned bits read from the read shadow, others from CR0;
+    # under trap-and-emulate SMSW reads the real CR0 (Robin & Irvine 2000)
+    from hvsim.arch.cr import CR0_PG
+    l04 = _l04()
+    d = l04.smsw_demo()
+    v, t = d["vt-x"], d["trap-and-emulate"]
+    assert v["smsw"] == (v["real_cr0"] & ~v["mask"]) | (v["shadow"] & v["mask"])
+    assert v["smsw"] == v["mov_from_cr0"] == 0x39 and v["real_cr0"] & CR0_PG
+    assert v["exits"] == v["exits_without_smsw"] == {"CR_ACCESS": 1, "HLT": 1}
+    assert t["smsw"] == t["real_cr0"] != t["virtual_cr0"] == t["mov_from_cr0"] == 0x39
+    assert t["traps"] == t["traps_without_smsw"]
+    assert l04.smsw_table(d).count("#b3261e") == 1               # one wrong answer: T&E's
+
+
+def test_lesson04_exit_costs_are_count_times_the_profiles_cost():
+    from hvsim import cost
+    l04 = _l04()
+    vtx = l04.run_guest("vt-x", 20_000)
+    rows = l04.exit_cost_rows(vtx)
+    assert [r["profile"] for r in rows] == [p.name for p in cost.ALL]
+    for r, p in zip(rows, cost.ALL):
+        assert r["exits"] == vtx.stats["vm_exits"] > 0
+        assert r["exit_cycles"] == r["exits"] * p["vm_exit"].cycles
+        assert r["estimate"] == p["vm_exit"].estimate
+        assert r["total"] == cost.breakdown(vtx, p).total
+    assert [r["estimate"] for r in rows] == [True, True, False, True]   # Nehalem's is measured
+    table = l04.exit_cost_table(rows).splitlines()
+    assert table[3].split()[0] == "nehalem" and "*" not in table[3].split()[2]
+    with pytest.raises(TypeError, match="vm_exits"):
+        l04.exit_cost_rows("vtx")
+
+
+def test_lesson04_exercise_answer_equals_an_independent_count():
+    # by the SDM's rules (Vol. 3C, 26.1): CPUID always exits; OUT exits unless the I/O
+    # bitmaps leave its port out (only 80h is in); MOV to/from CR3 exit (CR3-load/-store
+    # exiting while the guest's paging is off); MOV from CR0, SMSW, PUSHF/POPF never do;
+    # the final HLT does (HLT exiting)
+    l04 = _l04()
+    for seed in range(6):
+        ex = l04.exit_exercise(seed)
+        n = collections.Counter(ex.params["sequence"])
+        io_unconditional = ex.params["io"] == "unconditional"
+        count = (n["cpuid"] + n["out_post"] + (n["out_console"] if io_unconditional else 0)
+                 + n["load_cr3"] + n["store_cr3"] + 1)
+        assert ex.expected == count, (seed, ex.params)
+        assert ex.check(str(count)).ok and not ex.check(count + 1).ok
+        assert f"**{count}**" in ex.solution_text()
+    assert len({tuple(l04.exit_exercise(s).params["sequence"]) for s in range(6)}) == 6
+    with pytest.raises(ValueError, match="no snippet 'rdtsc'"):
+        l04.exercise_guest(["rdtsc"])
+    with pytest.raises(ValueError, match="io must be one of"):
+        l04.count_exits(["cpuid"], io="bitmap 0xe9")

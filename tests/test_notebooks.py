@@ -11,12 +11,13 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
-LESSONS = ["00_index", "01_rings_and_traps", "02_the_x86_hole", "03_paging_and_tlb"]
+LESSONS = ["00_index", "01_rings_and_traps", "02_the_x86_hole", "03_paging_and_tlb",
+           "04_ring_minus_one"]
 CELL_TIMEOUT = 300        # seconds; a cold numba cache is warmed by `make test` first
 
 
-def test_the_four_lessons_exist():
-    assert [p.stem for p in NOTEBOOKS][:4] == LESSONS
+def test_the_lessons_exist_in_order():
+    assert [p.stem for p in NOTEBOOKS][:len(LESSONS)] == LESSONS
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
@@ -94,6 +95,8 @@ def test_index_links_every_lesson(executed):
     ("01_rings_and_traps", "viz.timeline("), ("02_the_x86_hole", "viz.ring_diagram("),
     ("02_the_x86_hole", "viz.overhead_bars("),
     ("03_paging_and_tlb", "page_walk("),
+    ("04_ring_minus_one", "plot_ticks("), ("04_ring_minus_one", "viz.overhead_bars("),
+    ("04_ring_minus_one", "viz.walk_2d("),
 ])
 def test_lesson_draws_its_pictures(executed, name, picture):
     """The hvsim.viz pictures the lesson calls come out as images."""

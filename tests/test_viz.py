@@ -33,7 +33,10 @@ def _close_figures():
 
 
 def test_doctest():
+    import hvsim.viz.walk2d
     assert doctest.testmod(hvsim.viz).failed == 0
+    r = doctest.testmod(hvsim.viz.walk2d)
+    assert r.attempted > 0 and r.failed == 0
 
 
 # ------------------------------------------------------------------ ring diagram
@@ -412,3 +415,38 @@ def test_lesson_tlb_exercise_matches_its_worked_solution(seed):
     assert ex.expected == (p["n"] + 1 if fits else p["n"] * p["rounds"] + 1)
     assert f"**{ex.expected}**" in ex.solution_text()
     assert ex.check(str(ex.expected)).ok and not ex.check([1, 2]).ok
+
+
+# ------------------------------------------------------------------ 2D walk (nested paging)
+@pytest.mark.parametrize("n, m, refs", [(2, 4, 14), (4, 4, 24), (3, 4, 19), (1, 1, 3)])
+def test_two_dimensional_walk_counts_bhargavas_references(n, m, refs):
+    # Bhargava et al., ASPLOS 2008: n*m + n + m = (n+1)(m+1) - 1 references per TLB miss
+    assert hvsim.viz.reference_count(n, m) == refs == n * m + n + m
+
+
+def test_two_dimensional_walk_order_is_nested_walk_then_guest_entry():
+    from hvsim.viz import walk_order
+    refs = walk_order(2, 4)
+    assert [r.step for r in refs] == list(range(1, 15))
+    # rows gCR3, PDE, data: 4 EPT references (root first) then the guest entry read
+    assert [(r.row, r.column, r.kind) for r in refs[:5]] == \
+        [(0, 0, "nested"), (0, 1, "nested"), (0, 2, "nested"), (0, 3, "nested"), (0, 4, "guest")]
+    assert [r.label for r in refs if r.kind == "guest"] == ["guest PDE", "guest PTE"]
+    assert [r.label for r in refs[10:]] == ["EPT PML4E for the data", "EPT PDPTE for the data",
+                                            "EPT PDE for the data", "EPT PTE for the data"]
+    with pytest.raises(ValueError, match="guest_levels must be an integer 1..5"):
+        walk_order(0, 4)
+    with pytest.raises(ValueError, match="ept_levels"):
+        walk_order(2, True)
+
+
+def test_walk_2d_draws_one_numbered_cell_per_reference():
+    ax = hvsim.viz.walk_2d(2, 4)
+    cells = {p.get_gid(): p for p in ax.patches if (p.get_gid() or "").startswith("ref|")}
+    assert sorted(int(g.split("|")[1]) for g in cells) == list(range(1, 15))
+    numbers = [t.get_text() for t in ax.texts if t.get_text().isdigit()]
+    assert sorted(map(int, numbers)) == list(range(1, 15))
+    # guest entries (steps 5 and 10) sit in the last column, the data cell unnumbered
+    assert cells["ref|5"].get_x() > cells["ref|4"].get_x()
+    assert any(p.get_gid() == "data" for p in ax.patches)
+    assert "14 references" in ax.get_title()

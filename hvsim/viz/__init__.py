@@ -12,7 +12,9 @@ on, so a notebook can add to it and a test can inspect what was drawn.
 * :func:`overhead_bars` -- cycles by category (hvsim.cost breakdowns), stacked, several
   runs and CPU generations side by side, estimated costs hatched;
 * :func:`page_walk_graph` and :func:`page_walk` -- one 32-bit page walk
-  (CR3 -> PDE -> PTE -> page) as a networkx graph, with the TLB's view of that page.
+  (CR3 -> PDE -> PTE -> page) as a networkx graph, with the TLB's view of that page;
+* :func:`walk_order`, :func:`reference_count` and :func:`walk_2d` -- the two-dimensional
+  walk of nested paging (guest tables x EPT levels) as a numbered grid of references.
 
 >>> import matplotlib
 >>> matplotlib.use("Agg")
@@ -25,6 +27,8 @@ from hvsim.viz.timeline import Recording, record, timeline
 from hvsim.viz.counters import counter_bars
 from hvsim.viz.overhead import overhead_bars
 from hvsim.viz.pagewalk import page_walk_graph, page_walk
+from hvsim.viz.walk2d import walk_order, reference_count, walk_2d
 
 __all__ = ["ring_diagram", "RING_NAMES", "Recording", "record", "timeline", "counter_bars",
-           "overhead_bars", "page_walk_graph", "page_walk"]
+           "overhead_bars", "page_walk_graph", "page_walk", "walk_order", "reference_count",
+           "walk_2d"]
