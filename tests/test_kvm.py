@@ -268,3 +268,15 @@ def test_an_interrupted_event_is_injected_again():
     vc.vmcs["VM_ENTRY_INTR_INFO_FIELD"] = X.INTR_INFO_VALID | 0x21
     vc._complete_interrupted_event()
     assert vc.vmcs["VM_ENTRY_INTR_INFO_FIELD"] == X.INTR_INFO_VALID | 0x21 and vc.reinjected == 2
+
+
+def test_a_mov_to_cr0_without_an_exit_keeps_the_bits_the_host_owns():
+    # the guest reads CR0 (PG and NE from the shadow: 0) and writes it back: the owned
+    # bits equal the shadow's, so no exit (SDM Vol. 3C, 26.1.3), and the write leaves the
+    # real PG and NE set (26.3) -- the guest keeps running, with paging still on for real
+    vm, vc = _vcpu("mov eax, cr0\nmov cr0, eax\nmov ebx, cr0\nhlt\n")
+    r = vc.run()
+    assert r.exit_reason == KVM_EXIT["hlt"]
+    assert "CR_ACCESS" not in vc.exits
+    assert vc.vmcs["GUEST_CR0"] & 0x80000020 == 0x80000020
+    assert vc.regs["ebx"] & 0x80000020 == 0          # what the guest sees: still off

@@ -652,10 +652,14 @@ def op_mov_cr(mem, st, tlb, pg, dc, row):       # 0F 20 (MOV r32, CRn), 0F 22 (M
         st[r] = v
         return
     v = st[r]
-    if st[VMX_NONROOT] != 0 and NR.cr_write_exits(st, n, v):
-        NR.exit_for_instruction(st, NR.CR_ACCESS, NR.cr_qualification(
-            n, VMX.CR_ACCESS_MOV_TO_CR, r), -1, 0)
-        return
+    if st[VMX_NONROOT] != 0:
+        if NR.cr_write_exits(st, n, v):
+            NR.exit_for_instruction(st, NR.CR_ACCESS, NR.cr_qualification(
+                n, VMX.CR_ACCESS_MOV_TO_CR, r), -1, 0)
+            return
+        if n == 0 or n == 4:
+            # no exit: the bits the host owns keep their real values (SDM Vol. 3C, 26.3)
+            v = NR.cr_write_value(st, n, v, st[CR0] if n == 0 else st[CR4])
     if n == 0:
         _write_cr0(mem, st, tlb, v)
     elif n == 2:

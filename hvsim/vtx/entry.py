@@ -22,7 +22,7 @@ and ``st[VMX_ENTRY_VALUE]`` (hvsim.vtx.checks.explain turns them into words).
 from hvsim._jit import njit
 from hvsim.arch import vmcs as V
 from hvsim.arch import vmx as X
-from hvsim.arch.counters import C_VMENTRY, C_VMENTRY_FAIL, C_VMX_INSN
+from hvsim.arch.counters import C_VMENTRY, C_VMENTRY_FAIL, C_VMX_INSN, C_IRQ
 from hvsim.arch.flags import IF, VM as FLAG_VM
 from hvsim.arch.layout import (
     VMCS_CACHE, VMCS_PTR, VMCS_PTR_NONE, VMCS_LAUNCH_STATE, VMX_NONROOT, VMX_EPT,
@@ -315,6 +315,7 @@ def _inject(mem, st, tlb, pg):
     t = (info >> 8) & 7
     err = st[ENTRY_ERROR_CODE] & 0xFFFF if (info & X.INTR_INFO_DELIVER_ERROR_CODE) != 0 else -1
     if t == X.INTR_TYPE_EXTERNAL:
+        st[COUNTERS + C_IRQ] += 1     # an external interrupt delivered through the guest IDT
         deliver(mem, st, tlb, pg, v, -1, EV_EXTERNAL)
     elif t == X.INTR_TYPE_HARDWARE_EXCEPTION:
         deliver(mem, st, tlb, pg, v, err, EV_FAULT)

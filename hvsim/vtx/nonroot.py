@@ -143,6 +143,14 @@ def cr_read(st, n, real):
 
 
 @njit
+def cr_write_value(st, n, value, real):
+    """What a MOV to CR0/CR4 that does not exit writes: the guest's value for the bits it
+    owns, the real register's for the bits the host owns (26.3)."""
+    mask, shadow = cr_mask_shadow(st, n)
+    return (value & ~mask) | (real & mask)
+
+
+@njit
 def cr_qualification(n, access, gpr):
     """Exit qualification of a control-register access (Table 28-3)."""
     return n | (access << X.CR_QUAL_TYPE_SHIFT) | (gpr << X.CR_QUAL_GPR_SHIFT)

@@ -118,7 +118,8 @@ def save_guest(st):
 
 @njit
 def _after_mode_change(st, tlb):
-    # no VPID: every VM entry and exit invalidates the linear mappings (SDM 28.3.3.1)
+    # no VPID: every VM entry and exit invalidates the linear mappings (SDM Vol. 3C,
+    # 29.4.3.1 in the 082US edition)
     tlb_flush(st, tlb, 0)
     st[FETCH_LIN_PAGE] = -1
     update_flat(st)
