@@ -208,6 +208,7 @@ class VmxRun:
     hv: object                # the VMM's assembled Program (labels)
     guest: object             # the guest's assembled Program
     t: object                 # hvsim.rings.setup.SystemTables
+    prog: object = None       # the last root() program
 
     @property
     def exited(self) -> bool:
@@ -254,8 +255,14 @@ class VmxRun:
         prog = assemble(src, origin=SCRATCH)
         self.m.write_physical(SCRATCH, prog.code)
         self.m.cpu.eip = SCRATCH
+        self.prog = prog
         self.ev = self.m.run(max_steps=budget)
         return self.ev
+
+    def words(self, label: str, n: int) -> list:
+        """``n`` dwords at a label of the last root() program."""
+        raw = self.m.read_linear(self.prog.labels[label], 4 * n)
+        return [int.from_bytes(raw[4 * i:4 * i + 4], "little") for i in range(n)]
 
     def resume(self, fields: Optional[dict] = None, advance: bool = True, budget: int = 100_000):
         """VMRESUME after the last exit: RIP += the VM-exit instruction length (unless
