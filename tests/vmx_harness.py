@@ -126,10 +126,11 @@ table: times 512 dd 0
 """
 
 
-def vmx_machine():
+def vmx_machine(**machine):
     """A protected-mode machine with paging, CR0.NE and CR4.VMXE, ready for VMXON (the
-    VMXON region and VMCS A and B carry hvsim's revision identifier)."""
-    m = Machine(memory=MEM)
+    VMXON region and VMCS A and B carry hvsim's revision identifier); ``machine`` goes
+    to Machine() (tlb, blocks, decode_cache)."""
+    m = Machine(memory=MEM, **machine)
     t = install(m)
     enable_paging(m, identity_map_4k(m.memory, PD, MEM))
     m.cpu.cr0 = int(m.cpu.cr0) | CR0_NE
@@ -288,15 +289,15 @@ def gate(m, idt: int, vector: int, handler: int, selector: int, *, kind="interru
 def vmx_run(guest_src: str, fields: Optional[dict] = None, *, guest_ring: int = 0,
             budget: int = 100_000, drop=(), entry: str = "vmlaunch",
             gprs: Optional[dict] = None, guest_origin: int = GUEST_CODE,
-            setup: Optional[Callable] = None, timer=None) -> VmxRun:
+            setup: Optional[Callable] = None, timer=None, machine=None) -> VmxRun:
     """Assemble ``guest_src`` at ``guest_origin`` and run it under the VMM with a valid
     VMCS, updated by ``fields`` (a value None removes a field: it is never written, so
     it keeps the 0 VMCLEAR left) and without the fields named in ``drop``. ``entry``
     replaces the VMLAUNCH line (e.g. "mov ax, ss\\nmov ss, ax\\nvmlaunch"); ``gprs`` are
     the guest's general registers at entry (by name; ESP comes from GUEST_RSP);
     ``setup(m, t, hv, guest)`` runs before the machine does (bitmaps, IDT gates);
-    ``timer`` goes to Machine.set_timer."""
-    m, t = vmx_machine()
+    ``timer`` goes to Machine.set_timer; ``machine`` (a dict) to Machine()."""
+    m, t = vmx_machine(**(machine or {}))
     hv = assemble(HYPERVISOR.replace("@ENTRY@", entry), origin=HOST_CODE)
     m.load(hv)
     guest = assemble(guest_src, origin=guest_origin)
