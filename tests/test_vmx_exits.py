@@ -839,6 +839,29 @@ def test_injected_software_interrupt_checks_the_gate_dpl():
     assert r.vmcs("GUEST_CS_SELECTOR") == CODE0                # in the ring-0 handler
 
 
+@pytest.mark.xfail(strict=True, reason=(
+    "SDM Vol. 3C 27.6.1: 'If the VM entry is vectoring, there is no blocking by STI or by "
+    "MOV SS following the VM entry, regardless of the contents of the interruptibility-"
+    "state field'. hvsim/vtx/state.py load_guest sets st[INT_SHADOW] from the field and "
+    "hvsim/vtx/entry.py _inject delivers the event without clearing it, so the blocking "
+    "outlives the injection into the handler's first instruction"))
+def test_a_vectoring_entry_leaves_no_mov_ss_blocking():
+    # #UD injected through a trap gate (IF stays 1) with MOV-SS blocking in the VMCS and
+    # interrupt-window exiting: the window is open at the handler's first instruction
+    guest = "main:\nnop\ncpuid\nhandler:\nmov edi, 6\nnop\ncpuid\n"
+
+    def setup(m, t, hv, g):
+        route_to_guest(m, t, hv, g)
+        gate(m, GUEST_IDT, UD, g.labels["handler"], CODE0, kind="trap")
+    r = vmx_run(guest, {**IDT, **WINDOW, "VM_ENTRY_INTR_INFO_FIELD": hw_exception(UD),
+                        "GUEST_RFLAGS": FIXED1 | IF,
+                        "GUEST_INTERRUPTIBILITY_INFO": X.INTERRUPTIBILITY_MOV_SS},
+                setup=setup)
+    assert r.reason == R.INTERRUPT_WINDOW
+    assert r.vmcs("GUEST_RIP") == r.guest.labels["handler"]
+    assert r.exit_gprs()["edi"] == 0
+
+
 # ---- IDT-vectoring information: an exit during event delivery (25.9.3, 28.2.3) ------------
 VECTORING = {**IDT, "EXCEPTION_BITMAP": 1 << PF}
 
