@@ -19,11 +19,11 @@ from hvsim.arch import layout as L
 from hvsim.arch import vmcs as V
 from hvsim.arch import vmx as X
 from hvsim.arch.cr import CR0_PE, CR0_ET, CR0_NE, CR0_PG, CR0_WP, CR4_VMXE, CR4_PSE
-from hvsim.arch.flags import CF, PF, AF, ZF, SF, OF, ARITH, FIXED1, IF, VM
+from hvsim.arch.flags import CF, ZF, ARITH, FIXED1, IF, VM
 from hvsim.rings.setup import SystemTables
 from hvsim.vtx import checks as K
 
-from vmx_harness import (vmx_run, segment_ar, EXITED, FELL, IO_BITMAP_A, IO_BITMAP_B,
+from vmx_harness import (vmx_run, segment_ar, FELL, IO_BITMAP_A, IO_BITMAP_B,
                          MSR_BITMAP, EPT_PML4, MEM, GUEST_CODE)
 
 GUEST = "mov edi, 0x5a5a5a5a\ncpuid\n"

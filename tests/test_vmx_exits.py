@@ -18,16 +18,15 @@ the CPUID". Not jitted.
 """
 import pytest
 
-from hvsim import assemble
 from hvsim.arch import layout as L
 from hvsim.arch import vmx as X
 from hvsim.arch.cr import CR0_PE, CR0_MP, CR0_TS, CR0_ET, CR0_NE, CR0_PG, CR4_VMXE, CR4_TSD
 from hvsim.arch.flags import FIXED1, IF, OF
-from hvsim.arch.vectors import DE, BP, UD, DF, GP, PF
+from hvsim.arch.vectors import BP, UD, DF, GP, PF
 from hvsim.rings.setup import SystemTables
 
 from vmx_harness import (vmx_run, gate, GUEST_CODE, GUEST_IDT, GUEST_DATA, GUEST_STACK, PD,
-                         IO_BITMAP_A, IO_BITMAP_B, MSR_BITMAP, EXITED)
+                         IO_BITMAP_A, IO_BITMAP_B, MSR_BITMAP)
 
 R = X.ExitReason
 CODE0, CODE3 = SystemTables.code(0), SystemTables.code(3)
@@ -446,7 +445,7 @@ def test_lmsw_register_form_leaves_qualification_bits_11_8_clear():
     "operand stores that operand's linear address in the guest-linear-address field; "
     "hvsim/cpu/system.py _lmsw calls NR.exit_for_instruction with linear = -1"))
 def test_lmsw_memory_form_reports_the_guest_linear_address():
-    r = vmx_run(at_end(f"mov word [fs:0x10], 0x9\nlmsw [fs:0x10]"),
+    r = vmx_run(at_end("mov word [fs:0x10], 0x9\nlmsw [fs:0x10]"),
                 {**LMSW_OWNED, "GUEST_FS_BASE": GUEST_DATA})
     expect_exit(r, R.CR_ACCESS)
     assert r.vmcs("GUEST_LINEAR_ADDRESS") == GUEST_DATA + 0x10
