@@ -53,7 +53,8 @@ test: warmup
 # the differential tests with ten times as many cases (HVSIM_LONG=1).
 test-slow: warmup
 	$(VPY) -m pytest -q --long -m slow
-	HVSIM_LONG=1 $(VPY) -m pytest -q tests/test_fuzz.py tests/test_differential.py
+	HVSIM_LONG=1 $(VPY) -m pytest -q tests/test_fuzz.py tests/test_differential.py \
+	    tests/test_vmx_fuzz.py tests/test_vmx_differential.py
 
 # hvsim pins numba and llvmlite (pyproject.toml); this tries the newest release of both
 # in a venv of its own, with a numba cache of its own, and runs the tests of the numba

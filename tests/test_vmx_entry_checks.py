@@ -296,6 +296,17 @@ CASES = {
         ({"GUEST_INTERRUPTIBILITY_INFO": X.INTERRUPTIBILITY_STI, "GUEST_RFLAGS": RFLAGS_IF,
           "VM_ENTRY_INTR_INFO_FIELD": INJ_EXT_40}, "27.3.1.5", 1),
     ],
+    K.GUEST_HLT_BLOCKING: [
+        ({"GUEST_ACTIVITY_STATE": X.ACTIVITY_HLT, "GUEST_RFLAGS": RFLAGS_IF,
+          "GUEST_INTERRUPTIBILITY_INFO": X.INTERRUPTIBILITY_STI}, "27.3.1.5", 1),
+        ({"GUEST_ACTIVITY_STATE": X.ACTIVITY_HLT,
+          "GUEST_INTERRUPTIBILITY_INFO": X.INTERRUPTIBILITY_MOV_SS}, "27.3.1.5", 2),
+    ],
+    K.GUEST_HLT_INJECTION: [
+        ({"GUEST_ACTIVITY_STATE": X.ACTIVITY_HLT,
+          "VM_ENTRY_INTR_INFO_FIELD": X.INTR_INFO_VALID | (3 << 8) | 6}, "27.3.1.5",
+         X.INTR_INFO_VALID | (3 << 8) | 6),
+    ],
     K.GUEST_PENDING_DBG: [
         ({"GUEST_PENDING_DBG_EXCEPTIONS": 1 << 4}, "27.3.1.5", 1 << 4),
         ({"GUEST_PENDING_DBG_EXCEPTIONS": 1 << 13}, "27.3.1.5", 1 << 13),
@@ -482,33 +493,18 @@ def test_a_failed_guest_state_entry_leaves_the_vmcs_clear():
 
 
 # ---- deviations found: the documented order, and rules the table lacks -------------------
-@pytest.mark.xfail(strict=True, reason=(
-    "hvsim/vtx/checks.py documents its order as the table's (314 SS.DPL = SS.RPL before "
-    "315 SS reserved bits/granularity), but hvsim/vtx/entry.py check_guest tests 315 "
-    "inside the 'SS usable' block, before 314: with both broken it reports 315"))
 def test_ss_checks_follow_the_documented_order():
     r = vmx_run(GUEST, {"GUEST_SS_AR_BYTES": _ar(DATA_AR, dpl=1, set=1 << 9),
                         "GUEST_CS_AR_BYTES": _ar(CS_AR, dpl=1)})
     assert r.m._st[L.VMX_ENTRY_CHECK] == K.GUEST_SS_DPL
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "SDM Vol. 3C 27.3.1.5: 'The activity-state field must indicate the active state if "
-    "the interruptibility-state field indicates blocking by either MOV-SS or by STI'; no "
-    "row of hvsim/vtx/checks.py TABLE (nor hvsim/vtx/entry.py check_guest) makes this "
-    "check, so the entry succeeds and the guest sleeps"))
 def test_hlt_activity_with_sti_blocking_fails_the_entry():
     r = vmx_run(GUEST, {"GUEST_ACTIVITY_STATE": X.ACTIVITY_HLT, "GUEST_RFLAGS": RFLAGS_IF,
                         "GUEST_INTERRUPTIBILITY_INFO": X.INTERRUPTIBILITY_STI}, budget=5000)
     assert r.exited and r.reason == 0x80000021 and r.qualification == 0
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "SDM Vol. 3C 27.3.1.5: in the HLT activity state the only events that may be injected "
-    "are external interrupts, NMIs, hardware exceptions 1 (#DB) and 18 (#MC) and the "
-    "pending MTF; hvsim/vtx/entry.py check_guest does not check the injected event "
-    "against the activity state, so injecting #UD into a halted guest enters (and ends "
-    "in a triple fault, exit 2, through the host's empty IDT)"))
 def test_hlt_activity_refuses_to_inject_a_hardware_exception():
     r = vmx_run(GUEST, {"GUEST_ACTIVITY_STATE": X.ACTIVITY_HLT,
                         "VM_ENTRY_INTR_INFO_FIELD": X.INTR_INFO_VALID | (3 << 8) | 6})

@@ -369,11 +369,6 @@ def test_mov_to_cr0_of_a_guest_owned_bit_does_not_exit():
     assert r.vmcs("GUEST_CR0") == CR0_GUEST | CR0_MP
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "SDM Vol. 3C 26.3: a MOV to CR0 that does not exit 'leaves unmodified any bit in CR0 "
-    "corresponding to a bit set in the CR0 guest/host mask'. hvsim/cpu/system.py "
-    "op_mov_cr (the non-exiting path, `_write_cr0(mem, st, tlb, v)`) writes the guest's "
-    "whole value, so the shadow's TS lands in the real CR0"))
 def test_mov_to_cr0_that_does_not_exit_keeps_host_owned_bits():
     # the guest reads TS = 1 (shadow) and writes it back: equal to the shadow, no exit,
     # and the real TS (0) must stay 0
@@ -383,12 +378,6 @@ def test_mov_to_cr0_that_does_not_exit_keeps_host_owned_bits():
     assert r.vmcs("GUEST_CR0") == CR0_GUEST
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "SDM Vol. 3C 26.3: MOV to CR4 that does not exit leaves host-owned bits unmodified, "
-    "and #GP only for guest-owned bits set to values VMX operation forbids. With VMXE "
-    "owned and shadowed as 0 (how a VMM hides VMX), writing back the CR4 the guest read "
-    "must neither exit nor fault; hvsim/cpu/system.py op_mov_cr writes the whole value "
-    "and raises #GP(0) for VMXE = 0 ('CR4.VMXE cannot be cleared in VMX operation')"))
 def test_mov_to_cr4_that_does_not_exit_keeps_a_hidden_vmxe():
     r = vmx_run(at_end("mov eax, cr4\nmov cr4, eax"),
                 {"CR4_GUEST_HOST_MASK": CR4_VMXE, "CR4_READ_SHADOW": 0, **GP_EXIT})
@@ -430,20 +419,12 @@ def test_lmsw_exit_qualification(src, qual):
     assert r.qualification & LMSW_DEFINED == qual
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "SDM Vol. 3C Table 28-3: exit-qualification bits 11:8 are 'For CLTS and LMSW, cleared "
-    "to 0'; hvsim/cpu/system.py op_grp7 passes LMSW's register number to _lmsw, which "
-    "puts it there through NR.cr_qualification(0, CR_ACCESS_LMSW, gpr)"))
 def test_lmsw_register_form_leaves_qualification_bits_11_8_clear():
     r = vmx_run(at_end("mov bx, 0x9\nlmsw bx"), LMSW_OWNED)
     expect_exit(r, R.CR_ACCESS)
     assert r.qualification & 0xF00 == 0
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "SDM Vol. 3C 28.2.1 (guest-linear address): a VM exit due to LMSW with a memory "
-    "operand stores that operand's linear address in the guest-linear-address field; "
-    "hvsim/cpu/system.py _lmsw calls NR.exit_for_instruction with linear = -1"))
 def test_lmsw_memory_form_reports_the_guest_linear_address():
     r = vmx_run(at_end("mov word [fs:0x10], 0x9\nlmsw [fs:0x10]"),
                 {**LMSW_OWNED, "GUEST_FS_BASE": GUEST_DATA})
@@ -488,21 +469,12 @@ def test_gdtr_idtr_access_exits(src, identity, qual, base):
     assert r.vmcs("VMX_INSTRUCTION_INFO") & mask == spec
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "SDM Vol. 3C 28.2.5, 'Format ... as Used for LIDT, LGDT, SIDT, or SGDT': bit 11 is "
-    "the operand size (1: 32-bit); hvsim/cpu/system.py op_grp7 builds the field from "
-    "vmx_instruction_memory_info(dc, row) | (d << 28), which never sets bit 11"))
 def test_gdtr_idtr_access_reports_a_32_bit_operand_size():
     r = vmx_run(at_end(f"sgdt [{GUEST_DATA:#x}]"), DT)
     expect_exit(r, R.GDTR_IDTR_ACCESS)
     assert r.vmcs("VMX_INSTRUCTION_INFO") & (1 << 11)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "SDM Vol. 3C 26.1.3: 'LLDT, LTR, SLDT, and STR cause VM exits if the descriptor-table "
-    "exiting VM-execution control is 1' (reason 47, LDTR/TR access); hvsim/cpu/system.py "
-    "op_grp6 has no VMX non-root hook, although hvsim/vtx/nonroot.py exports "
-    "LDTR_TR_ACCESS for it"))
 @pytest.mark.parametrize("src, identity", [("sldt ax", 0), ("str ax", 1), ("lldt ax", 2),
                                            ("ltr ax", 3)])
 def test_ldtr_tr_access_exits(src, identity):
@@ -534,19 +506,11 @@ def test_dr7_is_loaded_and_saved_with_the_debug_controls():
     assert int(r.m.cpu.dr7) == 0x400                    # 28.5.1: DR7 = 400H after an exit
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "SDM Vol. 3C 27.3.2.1: DR7 is loaded from the guest-state area only if the 'load "
-    "debug controls' VM-entry control is 1 (hvsim's TRUE entry controls let it be 0); "
-    "hvsim/vtx/state.py load_guest loads GUEST_DR7 unconditionally"))
 def test_dr7_is_not_loaded_without_load_debug_controls():
     r = vmx_run("mov edi, dr7\ncpuid\n", {"GUEST_DR7": 0x403})
     assert r.exit_gprs()["edi"] == 0x400                # the host's DR7 (its reset value)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "SDM Vol. 3C 28.3.1: DR7 is saved into the guest-state area only if the 'save debug "
-    "controls' VM-exit control is 1 (hvsim's TRUE exit controls let it be 0); "
-    "hvsim/vtx/state.py save_guest saves DR7 unconditionally"))
 def test_dr7_is_not_saved_without_save_debug_controls():
     r = vmx_run("mov eax, 0x401\nmov dr7, eax\ncpuid\n", {
         "GUEST_DR7": 0x403,
@@ -634,14 +598,6 @@ def test_triple_fault_exits_with_reason_2():
     assert r.vmcs("VM_EXIT_INTR_ERROR_CODE") == 0
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "SDM Vol. 3C 25.6.3: an exception whose exception-bitmap bit is 0 'is delivered "
-    "normally through the guest IDT'. hvsim/cpu/run.py handle_fault checks the machine's "
-    "own routing (st[ROUTE + v], Machine(exceptions='host'), the default) after the "
-    "bitmap, so the #UD leaves run() as a host 'exception' event -- while "
-    "hvsim/rings/interrupts.py deliver() ignores that routing for faults nested in the "
-    "same guest's deliveries (leaves_guest looks only at the bitmap in non-root "
-    "operation): the two paths disagree"))
 def test_an_exception_outside_the_bitmap_goes_to_the_guest_idt_whatever_the_routing():
     guest = "ud2\nhandler:\nmov edi, 6\ncpuid\n"
 
@@ -700,12 +656,6 @@ def test_external_interrupt_without_exiting_waits_for_if():
     assert r.m._st[L.IRQ_PENDING] == 0x40 and not r.exited
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "SDM Vol. 3C 26.7.1/28.1: with 'external-interrupt exiting' RFLAGS.IF does not block "
-    "external interrupts, and an unblocked event that causes a VM exit ends the HLT "
-    "state. hvsim/cpu/run.py run(): a halted CPU lets time pass to the timer only when "
-    "RFLAGS.IF = 1 (`if period > 0 and (st[EFLAGS] & IF) != 0`), so a guest at CLI; HLT "
-    "never reaches its timer tick and run() returns 'halt'"))
 def test_external_interrupt_exiting_wakes_a_guest_halted_with_if_0():
     r = vmx_run("cli\nhlt\nafter:\nnop\n", {**EXT, **ACK}, timer=TIMER, budget=20_000)
     assert r.exited and r.reason == R.EXTERNAL_INTERRUPT
@@ -838,12 +788,6 @@ def test_injected_software_interrupt_checks_the_gate_dpl():
     assert r.vmcs("GUEST_CS_SELECTOR") == CODE0                # in the ring-0 handler
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "SDM Vol. 3C 27.6.1: 'If the VM entry is vectoring, there is no blocking by STI or by "
-    "MOV SS following the VM entry, regardless of the contents of the interruptibility-"
-    "state field'. hvsim/vtx/state.py load_guest sets st[INT_SHADOW] from the field and "
-    "hvsim/vtx/entry.py _inject delivers the event without clearing it, so the blocking "
-    "outlives the injection into the handler's first instruction"))
 def test_a_vectoring_entry_leaves_no_mov_ss_blocking():
     # #UD injected through a trap gate (IF stays 1) with MOV-SS blocking in the VMCS and
     # interrupt-window exiting: the window is open at the handler's first instruction
@@ -914,33 +858,17 @@ def test_the_vmm_reinjects_the_vectoring_event_after_fixing_the_fault():
     assert stack(r, 1) == [r.guest.labels["main"]]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "SDM Vol. 3C 28.2.4: the VM-exit instruction length is saved 'for VM exits due to "
-    "faults encountered during delivery of a software interrupt, privileged software "
-    "exception, or software exception'; hvsim/cpu/run.py handle_fault sets "
-    "st[INSN_LEN] = 0 for every exception exit whose source is not SRC_SOFTWARE, and a "
-    "fault nested in INT n's delivery has source SRC_FAULT"))
 def test_a_fault_delivering_int_n_reports_its_instruction_length():
     r = vmx_run("int 0x40\n", VECTORING, setup=unmapped_idt())
     assert r.vmcs("IDT_VECTORING_INFO_FIELD") == 0x80000440
     assert r.length == 2
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "SDM Vol. 3C Table 25-18: the IDT-vectoring type of INT3/INTO is 6 (software "
-    "exception), of INT n 4; hvsim/cpu/system.py _soft_int delivers INT3 as EV_SOFTWARE "
-    "and hvsim/rings/interrupts.py _vectoring maps every EV_SOFTWARE to type 4"))
 def test_a_fault_delivering_int3_reports_a_software_exception():
     r = vmx_run("int3\n", VECTORING, setup=unmapped_idt())
     assert r.vmcs("IDT_VECTORING_INFO_FIELD") == info(X.INTR_TYPE_SOFTWARE_EXCEPTION, BP)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "SDM Vol. 3C 28.1: 'If an event causes a VM exit directly, it does not update "
-    "architectural state ... A page fault does not update CR2'. The #PF met while "
-    "delivering another event causes the exit directly, but hvsim/rings/interrupts.py "
-    "deliver() loads CR2 for a nested #PF (`if cls2 == CLASS_PAGE_FAULT: st[CR2] = ...`) "
-    "before asking leaves_guest whether it exits"))
 def test_a_page_fault_during_delivery_that_exits_leaves_cr2_alone():
     r = vmx_run("ud2\n", VECTORING, setup=unmapped_idt())
     assert r.reason == R.EXCEPTION_NMI and r.vmcs("IDT_VECTORING_INFO_FIELD") == 0x80000306

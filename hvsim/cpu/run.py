@@ -34,7 +34,7 @@ from hvsim.arch.layout import (
     EXIT_PFX, EXIT_EA, EXIT_LINEAR,
 )
 from hvsim.arch.layout import DR6, BLOCKING_BY_MOV_SS, BLOCKING_BY_STI
-from hvsim.arch.layout import (FAULT_VMEXIT, FAULT_SHUTDOWN, VMX_NONROOT, VMX_PYTHON_HOST, VMX_ENTRY_REQUEST,
+from hvsim.arch.layout import (FAULT_VMEXIT, FAULT_SHUTDOWN, VMX_VECTORING_INFO, VMX_NONROOT, VMX_PYTHON_HOST, VMX_ENTRY_REQUEST,
                               VMX_INTR_WINDOW, VMCS_CACHE)
 from hvsim.arch import vmcs as _V
 from hvsim.arch import vmx as _X
@@ -229,6 +229,15 @@ def delivery_waits(st, ktab, vector, error):
     return True
 
 
+@njit(inline="always")
+def _delivering_software_event(st):
+    """Whether the exit interrupted the delivery of INT n, INT3/INTO or INT1 (IDT-vectoring
+    type 4, 6 or 5): the exit then reports that instruction's length (SDM Vol. 3C 28.2.4)."""
+    info = st[VMX_VECTORING_INFO]
+    t = (info >> 8) & 7
+    return (info & _X.INTR_INFO_VALID) != 0 and (t == 4 or t == 5 or t == 6)
+
+
 @njit
 def _vm_exit(mem, st, tlb, pg, dc, ktab):
     """Complete the pending VM exit through the kernel table (K_VMEXIT): EXIT_VMEXIT for a
@@ -313,8 +322,8 @@ def handle_fault(mem, st, tlb, pg, dc, ktab):
                 info |= _X.INTR_INFO_DELIVER_ERROR_CODE
                 st[_EXIT_INTR_ERROR] = err
             st[_EXIT_INTR_INFO] = info
-            if src != SRC_SOFTWARE:
-                st[INSN_LEN] = 0              # only software exceptions report a length
+            if src != SRC_SOFTWARE and not _delivering_software_event(st):
+                st[INSN_LEN] = 0              # only software events report a length (28.2.4)
             raise_vmexit(st, _R_EXCEPTION, st[FAULT_ADDR] if v == PF else 0)
             continue
         if v == PF:
@@ -450,7 +459,12 @@ def run(mem, st, tlb, dc, pg, budget, ktab):
                 if k != EXIT_NONE:
                     return _exit(st, dc, k, steps)
         if st[HALTED] != 0:
-            if period > 0 and (st[EFLAGS] & IF) != 0:
+            # a sleeping CPU waits for the timer when an interrupt can wake it: IF = 1, or
+            # in non-root operation "external-interrupt exiting", which IF does not block
+            # (SDM Vol. 3C, 26.3) and whose exit ends the HLT state
+            wakes = (st[EFLAGS] & IF) != 0 or (st[VMX_NONROOT] != 0 and (
+                st[_PIN_CONTROLS] & _X.PIN_EXTERNAL_INTERRUPT_EXITING) != 0)
+            if period > 0 and wakes:
                 # asleep until the timer fires: time passes without instructions
                 if st[TSC] < st[TIMER_NEXT]:
                     st[TSC] = st[TIMER_NEXT]

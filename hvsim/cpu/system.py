@@ -25,7 +25,7 @@ from hvsim.arch.flags import (IF, IOPL_MASK, IOPL_SHIFT, POPF_WRITABLE, RF, VM, 
                               OF as FLAG_OF)
 from hvsim.arch.layout import (
     MASK32, EAX, ECX, EDX, EBX, ESP, EIP, EFLAGS, CR0, CR2, CR3, CR4, CPL, TSC, FAULT_PENDING,
-    SEG_SEL, SREG_SS, SREG_CS, GDTR_BASE, GDTR_LIMIT, IDTR_BASE, IDTR_LIMIT, LDTR_SEL, TR_SEL,
+    SEG_SEL, SEG_BASE, SREG_SS, SREG_CS, GDTR_BASE, GDTR_LIMIT, IDTR_BASE, IDTR_LIMIT, LDTR_SEL, TR_SEL,
     HALTED, INT_SHADOW, BLOCKING_BY_STI, BLOCKING_BY_MOV_SS, ATTN, VIRTUALIZABLE, COUNTERS,
     INSN_EIP, INSN_LEN, DR0, DR6, DR7,
     EXIT_KIND, EXIT_PORT, EXIT_SIZE, EXIT_DIR, EXIT_VALUE, EXIT_EIP, EXIT_LEN, EXIT_CPL,
@@ -77,6 +77,8 @@ CPUID_FEATURES_EDX = CPUID_EDX_DE | CPUID_EDX_PSE | CPUID_EDX_TSC | CPUID_EDX_MS
 # EDX bit 1 (VME) stays 0 although CR4.PVI works: that flag also promises the virtual-8086
 # mode enhancements (CR4.VME), which hvsim refuses (hvsim/arch/cr.py)
 CPUID_FEATURES_ECX = VMX.CPUID_ECX_VMX    # VT-x (hvsim/vtx)
+
+_INFO_OPSIZE_32 = 1 << 11     # VM-exit instruction information bit 11: 32-bit operand size
 
 # the VMX capability MSRs 480H-490H (SDM Vol. 3C, Appendix A), read-only; 64-bit values
 # (bit 63 may be set) kept as int64 bit patterns
@@ -439,10 +441,23 @@ def op_pop_sreg(mem, st, tlb, pg, dc, row):
 
 
 @njit
+def _ldtr_tr_exit(st, dc, row):
+    """Descriptor-table exiting for SLDT/STR/LLDT/LTR (SDM Vol. 3C, 26.1.3): exit 47,
+    the qualification the memory operand's displacement, the instruction information
+    with bits 29:28 = 0 SLDT, 1 STR, 2 LLDT, 3 LTR (ModRM.reg). True if it exited."""
+    if st[VMX_NONROOT] == 0 or not NR.secondary(st, VMX.SEC_DESCRIPTOR_TABLE_EXITING):
+        return False
+    NR.exit_for_instruction(st, NR.LDTR_TR_ACCESS,
+                            dc[F_DISP, row] if dc[F_RM, row] < 0 else 0, -1,
+                            vmx_instruction_memory_info(dc, row))
+    return True
+
+
+@njit
 def op_grp6(mem, st, tlb, pg, dc, row):         # 0F 00: SLDT STR LLDT LTR VERR VERW
     d = dc[F_REG, row]
     if d == 0 or d == 1:                          # SLDT, STR: unprivileged, sensitive
-        if _sensitive(st):
+        if _sensitive(st) or _ldtr_tr_exit(st, dc, row):
             return
         sel = st[LDTR_SEL] if d == 0 else st[TR_SEL]
         if dc[F_RM, row] >= 0:
@@ -453,6 +468,8 @@ def op_grp6(mem, st, tlb, pg, dc, row):         # 0F 00: SLDT STR LLDT LTR VERR 
     if d > 5:
         raise_fault(st, UD, -1)
         return
+    if (d == 2 or d == 3) and st[CPL] == 0 and _ldtr_tr_exit(st, dc, row):
+        return                                    # (at CPL > 0, #GP(0) comes first)
     sel = rm_read(mem, st, tlb, pg, dc, row, 2)
     if st[FAULT_PENDING] != 0:
         return
@@ -495,22 +512,24 @@ def _write_cr0(mem, st, tlb, value):
 
 
 @njit
-def _lmsw(mem, st, tlb, src, gpr, memory):
+def _lmsw(mem, st, tlb, src, linear):
     """LMSW (SDM Vol. 2A LMSW): loads PE MP EM TS, cannot clear PE. In non-root
     operation it exits when a host-owned bit among PE MP EM TS would differ from the
     read shadow (with PE: only a 0 -> 1 change), and leaves host-owned bits alone
-    otherwise (SDM Vol. 3C, 26.1.3 and 26.3)."""
+    otherwise (SDM Vol. 3C, 26.1.3 and 26.3). ``linear``: the memory operand's linear
+    address (the exit's guest-linear address), -1 for the register form."""
     cr0 = st[CR0]
     if st[VMX_NONROOT] != 0:
         mask, shadow = NR.cr_mask_shadow(st, 0)
         owned = mask & 0xF
         if ((src ^ shadow) & owned & 0xE) != 0 or \
                 ((owned & CR0_PE) != 0 and (shadow & CR0_PE) == 0 and (src & CR0_PE) != 0):
-            qual = NR.cr_qualification(0, VMX.CR_ACCESS_LMSW, gpr) | \
+            # Table 28-3: bits 11:8 (the GPR) are 0 for LMSW; the source in 31:16
+            qual = NR.cr_qualification(0, VMX.CR_ACCESS_LMSW, 0) | \
                 ((src & 0xFFFF) << VMX.CR_QUAL_LMSW_SOURCE_SHIFT)
-            if memory != 0:
+            if linear >= 0:
                 qual |= VMX.CR_QUAL_LMSW_MEMORY
-            NR.exit_for_instruction(st, NR.CR_ACCESS, qual, -1, 0)
+            NR.exit_for_instruction(st, NR.CR_ACCESS, qual, linear, 0)
             return
         src = (src & ~owned) | (cr0 & owned)
     _write_cr0(mem, st, tlb, (cr0 & ~0xE) | (src & 0xF) | (cr0 & CR0_PE))
@@ -533,7 +552,7 @@ def op_grp7(mem, st, tlb, pg, dc, row):         # 0F 01: SGDT SIDT LGDT LIDT SMS
         if d == 6:
             if _priv(st):
                 return
-            _lmsw(mem, st, tlb, st[rm] & 0xFFFF, rm, 0)
+            _lmsw(mem, st, tlb, st[rm] & 0xFFFF, -1)
             return
         if d == 0:                               # C1-C4: VMCALL VMLAUNCH VMRESUME VMXOFF
             vmx_group7(mem, st, tlb, pg, dc, row, rm)
@@ -544,9 +563,10 @@ def op_grp7(mem, st, tlb, pg, dc, row):         # 0F 01: SGDT SIDT LGDT LIDT SMS
     seg = dc[F_SEG, row]
     if d <= 3 and st[VMX_NONROOT] != 0 and NR.secondary(st, VMX.SEC_DESCRIPTOR_TABLE_EXITING) \
             and (d <= 1 or st[CPL] == 0):         # LGDT/LIDT at CPL > 0: #GP(0) first
-        # instruction information (Table 28-10): bits 29:28 = 0 SGDT, 1 SIDT, 2 LGDT, 3 LIDT
+        # instruction information (28.2.5): bit 11 operand size (1: 32-bit), bits 29:28 =
+        # 0 SGDT, 1 SIDT, 2 LGDT, 3 LIDT (ModRM.reg, which instruction_info puts there)
         NR.exit_for_instruction(st, NR.GDTR_IDTR_ACCESS, dc[F_DISP, row], -1,
-                                vmx_instruction_memory_info(dc, row) | (d << 28))
+                                vmx_instruction_memory_info(dc, row) | _INFO_OPSIZE_32)
         return
     if d == 0 or d == 1:                          # SGDT / SIDT: store limit16, base32
         if _sensitive(st):
@@ -585,7 +605,7 @@ def op_grp7(mem, st, tlb, pg, dc, row):         # 0F 01: SGDT SIDT LGDT LIDT SMS
         v = mem_read(mem, st, tlb, pg, seg, off, 2)
         if st[FAULT_PENDING] != 0:
             return
-        _lmsw(mem, st, tlb, v, 0, 1)
+        _lmsw(mem, st, tlb, v, (st[SEG_BASE + seg] + off) & MASK32)
     elif d == 7:                                  # INVLPG m
         if _priv(st):
             return

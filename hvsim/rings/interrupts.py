@@ -25,7 +25,7 @@ from hvsim.arch.flags import IF, TF, NT, RF, VM
 from hvsim.arch import vmcs as _V
 from hvsim.arch.layout import (MASK32, ESP, EIP, EFLAGS, CPL, CR2, TSC, COUNTERS,
                               FAULT_PENDING, FAULT_VECTOR, FAULT_ERROR, FAULT_ADDR,
-                              FAULT_EXCEPTION, DELIVERING, DOUBLE_FAULTING, HALTED, INSN_EIP,
+                              FAULT_EXCEPTION, DELIVERING, DOUBLE_FAULTING, HALTED, INSN_EIP, INSN_LEN,
                               IDTR_BASE, IDTR_LIMIT, TR_SEL, TR_BASE, TR_LIMIT, TR_AR,
                               SEG_SEL, SEG_BASE, SEG_LIMIT, SEG_AR, SREG_CS, SREG_SS,
                               AR_UNUSABLE, ROUTE, ROUTE_HOST, VMX_NONROOT, VMCS_CACHE,
@@ -298,6 +298,7 @@ def leaves_guest(st, vector, error):
 _INFO_VALID = 1 << 31
 _INFO_ERROR_VALID = 1 << 11
 _TYPE_EXTERNAL, _TYPE_HARDWARE_EXCEPTION, _TYPE_SOFTWARE_INTERRUPT = 0, 3, 4
+_TYPE_SOFTWARE_EXCEPTION = 6
 
 
 @njit
@@ -307,7 +308,10 @@ def _vectoring(st, vector, error, kind):
     if kind == EV_EXTERNAL:
         t = _TYPE_EXTERNAL
     elif kind == EV_SOFTWARE:
-        t = _TYPE_SOFTWARE_INTERRUPT
+        # INT3 (CC) and INTO (CE) are one byte, INT n (CD ib) two: the first two are
+        # software exceptions (type 6), INT n a software interrupt (type 4)
+        t = _TYPE_SOFTWARE_EXCEPTION if (vector == 3 or vector == 4) and st[INSN_LEN] == 1 \
+            else _TYPE_SOFTWARE_INTERRUPT
     else:
         t = _TYPE_HARDWARE_EXCEPTION
     info = _INFO_VALID | (t << 8) | vector
@@ -371,6 +375,15 @@ def deliver(mem, st, tlb, pg, vector, error, kind):
         v2 = st[FAULT_VECTOR]
         e2 = st[FAULT_ERROR]
         cls2 = event_class(v2, EV_FAULT)
+        if st[VMX_NONROOT] != 0 and leaves_guest(st, v2, e2):
+            # the fault itself exits (its bit in the exception bitmap): no #DF is formed
+            # and, as for any event that causes a VM exit directly, CR2 is not loaded
+            # (SDM Vol. 3C, 28.1); the event being delivered goes to IDT-vectoring
+            if knd == EV_SOFTWARE:
+                st[EIP] = st[INSN_EIP]
+            _vectoring(st, vec, err, knd)
+            _end_delivery(st)
+            return
         if cls2 == CLASS_PAGE_FAULT:
             st[CR2] = st[FAULT_ADDR]        # CR2 names the latest page fault, even one
             #                                 that turns into #DF (as Bochs and QEMU do)

@@ -151,6 +151,11 @@ TABLE = (
      "blocking by STI requires RFLAGS.IF = 1"),
     (329, GUEST, "GUEST_INTERRUPTIBILITY_INFO",
      "blocking by STI and by MOV SS must be 0 when an external interrupt is injected"),
+    (332, GUEST, "GUEST_ACTIVITY_STATE",
+     "must be 0 (active) when the interruptibility state has blocking by STI or by MOV SS"),
+    (333, GUEST, "VM_ENTRY_INTR_INFO_FIELD",
+     "into the HLT activity state only an external interrupt, an NMI, #DB (1), #MC (18) "
+     "or an MTF event may be injected"),
     (330, GUEST, "GUEST_PENDING_DBG_EXCEPTIONS",
      "reserved bits (31:15, 13, 11:4) must be 0"),
     (331, GUEST, "VMCS_LINK_POINTER",
@@ -182,6 +187,7 @@ GUEST_GDTR_LIMIT, GUEST_IDTR_LIMIT = 323, 324
 GUEST_ACTIVITY, GUEST_ACTIVITY_HLT_DPL = 325, 326
 GUEST_INTERRUPTIBILITY, GUEST_STI_IF, GUEST_INJECT_BLOCKED = 327, 328, 329
 GUEST_PENDING_DBG = 330
+GUEST_HLT_BLOCKING, GUEST_HLT_INJECTION = 332, 333
 GUEST_LINK_POINTER = 331
 
 

@@ -251,14 +251,16 @@ def check_guest(st):
     if (cs_ar & _AR_RESERVED) != 0 or (cs_ar & AR_UNUSABLE) != 0 or \
             _granularity_bad(cs_ar, st[G_LIMIT0 + SREG_CS]):
         return _fail(st, K.GUEST_CS_RESERVED, cs_ar)
-    if (ss_ar & AR_UNUSABLE) == 0:
+    ss_usable = (ss_ar & AR_UNUSABLE) == 0
+    if ss_usable:
         st_ = ss_ar & 0xF
         if (st_ != 3 and st_ != 7) or (ss_ar & AR_S) == 0 or (ss_ar & AR_P) == 0:
             return _fail(st, K.GUEST_SS_TYPE, ss_ar)
-        if (ss_ar & _AR_RESERVED) != 0 or _granularity_bad(ss_ar, st[G_LIMIT0 + SREG_SS]):
-            return _fail(st, K.GUEST_SS_RESERVED, ss_ar)
     if ss_dpl != (ss_sel & 3):
         return _fail(st, K.GUEST_SS_DPL, ss_ar)
+    if ss_usable and ((ss_ar & _AR_RESERVED) != 0 or
+                      _granularity_bad(ss_ar, st[G_LIMIT0 + SREG_SS])):
+        return _fail(st, K.GUEST_SS_RESERVED, ss_ar)
     for sreg, check in ((3, K.GUEST_DS_AR), (0, K.GUEST_ES_AR), (4, K.GUEST_FS_AR),
                         (5, K.GUEST_GS_AR)):
         ar = st[G_AR0 + sreg]
@@ -293,6 +295,14 @@ def check_guest(st):
         return _fail(st, K.GUEST_STI_IF, intr)
     if inject_ext and blocking != 0:
         return _fail(st, K.GUEST_INJECT_BLOCKED, intr)
+    if act == X.ACTIVITY_HLT and blocking != 0:
+        return _fail(st, K.GUEST_HLT_BLOCKING, intr)
+    if act == X.ACTIVITY_HLT and (info & X.INTR_INFO_VALID) != 0:
+        t, v = (info >> 8) & 7, info & 0xFF
+        if not (t == X.INTR_TYPE_EXTERNAL or t == X.INTR_TYPE_NMI or
+                (t == X.INTR_TYPE_HARDWARE_EXCEPTION and (v == 1 or v == 18)) or
+                t == X.INTR_TYPE_OTHER):
+            return _fail(st, K.GUEST_HLT_INJECTION, info)
     if (st[G_PENDING_DBG] & _PENDING_DBG_RESERVED) != 0:
         return _fail(st, K.GUEST_PENDING_DBG, st[G_PENDING_DBG])
     if st[LINK_POINTER] != -1:       # FFFFFFFF_FFFFFFFFH in a signed slot
@@ -311,7 +321,8 @@ def _inject(mem, st, tlb, pg):
     info = st[ENTRY_INTR_INFO]
     if (info & X.INTR_INFO_VALID) == 0:
         return
-    v = info & 0xFF
+    st[INT_SHADOW] = 0                # no blocking by STI or MOV SS after a vectoring entry
+    v = info & 0xFF                   # (27.6.1)
     t = (info >> 8) & 7
     err = st[ENTRY_ERROR_CODE] & 0xFFFF if (info & X.INTR_INFO_DELIVER_ERROR_CODE) != 0 else -1
     if t == X.INTR_TYPE_EXTERNAL:

@@ -49,6 +49,7 @@ G_SYSENTER_CS, G_SYSENTER_ESP, G_SYSENTER_EIP = (
     _f("GUEST_SYSENTER_CS"), _f("GUEST_SYSENTER_ESP"), _f("GUEST_SYSENTER_EIP"))
 G_INTERRUPTIBILITY, G_ACTIVITY = _f("GUEST_INTERRUPTIBILITY_INFO"), _f("GUEST_ACTIVITY_STATE")
 G_PENDING_DBG = _f("GUEST_PENDING_DBG_EXCEPTIONS")
+EXIT_CTLS, ENTRY_CTLS = _f("VM_EXIT_CONTROLS"), _f("VM_ENTRY_CONTROLS")
 
 H_SEL0 = _f("HOST_ES_SELECTOR")            # ES CS SS DS FS GS, then TR
 H_TR_SEL = _f("HOST_TR_SELECTOR")
@@ -104,7 +105,8 @@ def save_guest(st):
     st[G_CR0] = st[CR0]
     st[G_CR3] = st[CR3]
     st[G_CR4] = st[CR4]
-    st[G_DR7] = st[DR7]
+    if (st[EXIT_CTLS] & X.EXIT_SAVE_DEBUG_CONTROLS) != 0:     # 28.3.1
+        st[G_DR7] = st[DR7]
     st[G_RSP] = st[ESP]
     st[G_RIP] = st[EIP]
     st[G_RFLAGS] = st[EFLAGS]
@@ -149,7 +151,8 @@ def load_guest(st, tlb):
     st[CR0] = (st[G_CR0] & MASK32) | CR0_ET
     st[CR3] = st[G_CR3] & MASK32
     st[CR4] = st[G_CR4] & MASK32
-    st[DR7] = st[G_DR7] & MASK32
+    if (st[ENTRY_CTLS] & X.ENTRY_LOAD_DEBUG_CONTROLS) != 0:   # 27.3.2.1
+        st[DR7] = st[G_DR7] & MASK32
     st[ESP] = st[G_RSP] & MASK32
     st[EIP] = st[G_RIP] & MASK32
     st[EFLAGS] = st[G_RFLAGS] & MASK32
