@@ -80,6 +80,7 @@ _I_REASON, _I_QUAL, _I_INSN_LEN = _idx("VM_EXIT_REASON"), _idx("EXIT_QUALIFICATI
     _idx("VM_EXIT_INSTRUCTION_LEN")
 _I_RIP, _I_RSP, _I_RFLAGS = _idx("GUEST_RIP"), _idx("GUEST_RSP"), _idx("GUEST_RFLAGS")
 _I_SS_AR, _I_INTR_INFO = _idx("GUEST_SS_AR_BYTES"), _idx("VM_EXIT_INTR_INFO")
+_I_IDT_VECTORING = _idx("IDT_VECTORING_INFO_FIELD")
 
 
 class Vmcs:
@@ -500,7 +501,7 @@ class VCPU:
             if not st[L.VMX_NONROOT]:          # (a budget may have ended the last run in the guest)
                 st[L.VMX_ENTRY_REQUEST] = 2 if self.launched else 1
             kind = m._run(max_steps - used)        # Machine.run without building an Event
-            used += max(int(st[L.EXIT_STEPS]), 1)
+            used += max(st.item(L.EXIT_STEPS), 1)
             if kind == EXIT_BUDGET:
                 st[L.VMX_ENTRY_REQUEST] = 0
                 return KvmRun(KVM_EXIT["intr"])
@@ -525,8 +526,9 @@ class VCPU:
                 return self._fail_entry(full)
             return self._fail_entry(v["VM_INSTRUCTION_ERROR"])
         self.launched = True
-        self._exit_rip = int(m._st[_I_RIP])     # the exiting instruction's (handlers skip it)
-        full = int(m._st[_I_REASON]) & 0xFFFFFFFF
+        item = m._st.item                        # a Python int, cheaper than int(st[i])
+        self._exit_rip = item(_I_RIP)            # the exiting instruction's (handlers skip it)
+        full = item(_I_REASON) & 0xFFFFFFFF
         reason = full & 0xFFFF
         name = _NAMES.get(reason) or str(reason)
         self.exits[name] += 1
@@ -547,9 +549,11 @@ class VCPU:
         """An exit that interrupted the delivery of an event (IDT-vectoring information
         valid, SDM Vol. 3C 28.2.4) must not lose it: inject it again on the next entry,
         unless a handler already queued an event (KVM's vmx_complete_interrupts)."""
+        if not self.machine._st.item(_I_IDT_VECTORING) & X.INTR_INFO_VALID:
+            return                               # (the common case: one read)
         v = self.vmcs
         info = v["IDT_VECTORING_INFO_FIELD"]
-        if not info & X.INTR_INFO_VALID or v["VM_ENTRY_INTR_INFO_FIELD"] & X.INTR_INFO_VALID:
+        if v["VM_ENTRY_INTR_INFO_FIELD"] & X.INTR_INFO_VALID:
             return
         v["VM_ENTRY_INTR_INFO_FIELD"] = info & ~X.INTR_INFO_NMI_UNBLOCKING
         if info & X.INTR_INFO_DELIVER_ERROR_CODE:
@@ -576,8 +580,9 @@ class VCPU:
         monitors' LogEntry (hvsim.monitors.base) only when :attr:`log` is read; ``what``
         is a format string for ``args``."""
         st = self.machine._st
-        self._raw_log.append((reason, int(st[_I_INTR_INFO]), self._exit_rip,
-                              int(st[_I_SS_AR]), int(st[_I_QUAL]), int(st[L.TSC]), what, args))
+        item = st.item
+        self._raw_log.append((reason, item(_I_INTR_INFO), self._exit_rip, item(_I_SS_AR),
+                              item(_I_QUAL), item(L.TSC), what, args))
 
     @property
     def log(self) -> list:
@@ -622,7 +627,7 @@ def _cpuid(vc: VCPU) -> None:
     """CPUID, answered as the machine would, without the VMX feature (KVM hides it from
     guests unless nested virtualization is on). The guest's registers are the CPU's."""
     st = vc.machine._st
-    leaf = int(st[L.EAX])
+    leaf = st.item(L.EAX)
     st[L.EAX], st[L.EBX], st[L.ECX], st[L.EDX] = _CPUID_LEAF0 if leaf == 0 else _CPUID_LEAF1
     vc._skip()
     vc._note("CPUID", "leaf {:#x} answered in the kernel", leaf)
