@@ -42,13 +42,14 @@ import numpy as np
 from hvsim._jit import njit, inline_in
 from hvsim.arch.layout import (CR0, CR3, CR4, COUNTERS, CFG_MEM_SIZE, CFG_TLB_SETS,
                               CFG_TLB_WAYS, CFG_TLB_ENABLED, FAULT_PENDING, MASK32,
-                              TLB_FIELDS, PG_CODE, PG_GEN_ONE)
-from hvsim.arch.counters import C_TLB_HIT, C_TLB_MISS, C_PAGE_WALKS, C_WALK_REFS, C_SMC
+                              TLB_FIELDS)
+from hvsim.arch.counters import C_TLB_HIT, C_TLB_MISS, C_PAGE_WALKS, C_WALK_REFS
 from hvsim.arch.cr import CR0_PG, CR0_WP, CR3_PD_MASK, CR4_PSE, CR4_PGE
 from hvsim.arch.fault import raise_page_fault, raise_bus_error
 from hvsim.arch.pte import (PTE_P, PTE_RW, PTE_US, PTE_A, PTE_D, PTE_PS, PTE_G,
                            PTE_FRAME, PDE_FRAME_4M, PFEC_P, PFEC_W, PFEC_U, PFEC_RSVD,
                            ACC_WRITE, ACC_USER)
+from hvsim.mmu.frames import smc_check as _smc_check
 from hvsim.mmu.tlb import (tlb_fill, tlb_drop_page, tlb_flush, tlb_invlpg,  # noqa: F401
                            TLB_TAG, TLB_FRAME, TLB_FLAGS, TLB_LRU, TLBF_D, TLBF_LARGE)
 
@@ -84,15 +85,6 @@ def read_phys(mem, st, pa, size):
     for i in range(size):
         v |= np.int64(mem[pa + i]) << (8 * i)
     return v
-
-
-@njit(_nrt=False)
-def _smc_check(st, pg, f):
-    # A decoded instruction was cached from frame f: bump its generation so the
-    # decode cache sees its entries are stale (layout.py, PG_*).
-    if f < pg.shape[0] and (pg[f] & PG_CODE) != 0:
-        pg[f] = (pg[f] & ~PG_CODE) + PG_GEN_ONE
-        st[COUNTERS + C_SMC] += 1
 
 
 @njit(_nrt=False, inline=_INTO_ACCESS)
