@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from hvsim import Machine, assemble
+from hvsim.machine import GuestMemoryError
 from hvsim.arch import layout as L
 from hvsim.arch import vmcs as V
 from hvsim.arch import vmx as X
@@ -967,3 +968,101 @@ def test_invept_after_changing_an_entry_makes_the_new_mapping_visible():
     assert read32(m, RESULT + 4) == 0x1111          # stale: the TLB still maps HPA DATA
     assert read32(m, RESULT + 8) == 0x2222          # after INVEPT: HPA NEW
     assert read32(m, hv.labels["handled"]) & 0x41 == 0   # INVEPT: VMsucceed (CF = ZF = 0)
+
+
+# ---------------------------------------------------------------- the face (plain Python)
+def test_face_walk_ept_matches_naive_and_writes_nothing():
+    from hvsim.mmu import walk_ept as face_walk_ept
+    rng = random.Random(11)
+    box = Box()
+    ept = box.ept
+    pt = ept.entry(0x200000, 3)
+    for j in range(512):
+        ept.put(pt + 8 * j, _random_ept_entry(rng, 0, "4k"))
+    pd_entry = ept.entry(0, 2)
+    seen = set()
+    for _ in range(2000):
+        if rng.random() < 0.2:
+            ept.put(pd_entry, _random_ept_entry(rng, 0, "2m"))
+            gpa = rng.randrange(2 << 20)
+        else:
+            gpa = 0x200000 + rng.randrange(2 << 20)
+        before = bytes(box.mem)
+        e = face_walk_ept(box.mem, ept.eptp(ad=True), gpa)
+        assert bytes(box.mem) == before                         # read only, even with A/D on
+        w = naive_ept(bytearray(before), len(before), ept.eptp(), gpa, Q_READ, 0, 1)
+        if w.exit is not None and w.exit[0] == "misconfig":
+            assert e.fault == "misconfig" and e.why, hex(gpa)
+        elif w.exit is not None:                                # not present, or no R
+            assert e.fault == "not-present" or not e.readable, hex(gpa)
+        else:
+            assert (e.fault, e.hpa, e.rights, e.refs) == (None, w.hpa, w.rights, w.refs)
+        seen.add(e.fault)
+    assert seen == {None, "not-present", "misconfig"}
+
+
+@pytest.mark.parametrize("ad", [False, True], ids=["ad-off", "ad-on"])
+def test_machine_guest_memory_access_under_ept_matches_naive(ad):
+    """Machine.read_linear / write_linear's translation (the face's 2-D walk) gives what
+    the CPU would: host-physical address, #PF, EPT violation with its qualification and
+    GPA, misconfiguration, and the same A/D flags of both dimensions (naive_2d)."""
+    seen = set()
+    for seed in range(4):
+        rng = random.Random(100 + seed)
+        box = Box()
+        pages = _random_world(rng, box, ad)
+        m = Machine(memory=len(box.mem))
+        m._raw_mem[:] = box.mem
+        st = m._st
+        for slot in (L.CR0, L.CR3, L.CR4, L.VMX_NONROOT, L.VMX_EPT):
+            st[slot] = box.st[slot]
+        st[L.VMCS_CACHE + V.slot("EPT_POINTER")] = box.field("EPT_POINTER")
+        ref = bytearray(box.mem.tobytes())
+        cr0, cr3, cr4 = (int(box.st[r]) for r in (L.CR0, L.CR3, L.CR4))
+        for _ in range(600):
+            lin = rng.choice(pages) | rng.randrange(PAGE)
+            write, user = rng.random() < 0.4, rng.random() < 0.3
+            try:
+                got = m._translate_page(lin, write, user)
+            except GuestMemoryError as e:
+                got = {"page_fault": ("pf", e.error_code), "bus_error": ("bus",),
+                       "ept_violation": ("violation", e.error_code, e.address),
+                       "ept_misconfig": ("misconfig", e.address)}[e.kind]
+            acc = (ACC_WRITE if write else 0) | (ACC_USER if user else 0)
+            w = naive_2d(ref, len(ref), cr0, cr3, cr4, box.field("EPT_POINTER"), lin, acc)
+            if w.hpa is not None:
+                want = w.hpa
+            elif w.exit is not None:
+                want = w.exit[:3] if w.exit[0] == "violation" else w.exit
+            elif w.pf is not None:
+                want = ("pf", w.pf)
+            else:
+                want = ("bus",)
+            assert got == want, (seed, hex(lin), write, user)
+            seen.add(want[0] if isinstance(want, tuple) else "ok")
+        assert bytes(m._raw_mem) == bytes(ref), seed
+    assert seen >= {"ok", "pf", "violation", "misconfig"}, seen
+
+
+def test_read_linear_and_the_code_view_go_through_ept():
+    # stopped by its budget inside the guest (non-root), the machine's face reads the
+    # guest's memory as the guest sees it: the remapped page's host frame
+    from hvsim.widgets.render import read_code
+    REMAP = 0x3C0000
+
+    def build(e):
+        e.identity(MEM)
+        e.map_4k(DATA, REMAP)
+        e.map_4k(GUEST_CODE, 0x3D0000)                 # the code too: GPA != HPA
+
+    def setup(m, hv):
+        m.write_physical(REMAP, b"EPT!")
+        m.write_physical(0x3D0000, m.memory[GUEST_CODE:GUEST_CODE + 16].tobytes())
+    guest = "top:\n    jmp top\n"
+    m, ev, t, hv = ept_run(guest, build, setup=setup, budget=500)
+    assert ev.kind == "budget" and m._st[L.VMX_NONROOT] == 1
+    assert m.read_linear(DATA, 4) == b"EPT!"
+    assert read_code(m, GUEST_CODE, 2) == assemble(guest, origin=GUEST_CODE).code
+    m.write_linear(DATA + 4, b"ok")
+    assert bytes(m.memory[REMAP + 4:REMAP + 6]) == b"ok"
+    assert bytes(m.memory[DATA + 4:DATA + 6]) == b"\0\0"
