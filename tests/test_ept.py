@@ -706,6 +706,26 @@ def test_not_present_entry_is_a_violation_with_the_qualification(guest, qual, gp
     assert read32(m, DATA + 0x10) == 0                           # the write did not happen
 
 
+def test_fetch_crossing_into_a_not_present_page_exits_at_the_instruction():
+    # a 5-byte MOV at 0x200FFD: its last two bytes are on the next page, which EPT does
+    # not map. The fetch of those bytes is the access (bit 2, bit 8 = datum), the GPA the
+    # next page's first byte, and RIP the instruction's start (fault-like, SDM 26.1)
+    at = GUEST_CODE + PAGE - 3
+
+    def setup(m, hv):
+        m.write_physical(at, bytes([0xB8, 1, 2, 3, 4]))        # mov eax, 0x04030201
+    m, ev, t, hv = ept_run(f"jmp {at:#x}\n", _not_present(GUEST_CODE + PAGE), setup=setup)
+    assert exited(m, VIOLATION) == Q_X | Q_GLA | Q_FINAL
+    assert vmcs(m, "GUEST_PHYSICAL_ADDRESS") == GUEST_CODE + PAGE
+    assert vmcs(m, "GUEST_LINEAR_ADDRESS") == GUEST_CODE + PAGE
+    assert vmcs(m, "GUEST_RIP") == at
+    # a 3-byte instruction ending at the page's end does not touch the next page
+    def setup3(m, hv):
+        m.write_physical(at, bytes([0x0F, 0xA2, 0x90]))        # cpuid; nop
+    m, ev, t, hv = ept_run(f"jmp {at:#x}\n", _not_present(GUEST_CODE + PAGE), setup=setup3)
+    exited(m, X.ExitReason.CPUID)
+
+
 @pytest.mark.parametrize("rights, guest, qual", [
     # bits 5:3 are the AND of R/W/X over the four entries (the leaf's here): 29.3.3.2
     (EPT_R | EPT_X, f"mov dword [{DATA:#x}], 1\n", Q_W | Q_RD | Q_EX),
