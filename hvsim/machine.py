@@ -38,6 +38,9 @@ from hvsim.instruction import Instruction, from_exit_info
 from hvsim.arch.cr import CR0_PE, CR0_ET, CR0_PG, CR0_WP
 from hvsim.arch.dr import DR6_INIT, DR7_INIT
 from hvsim.arch.pte import PTE_A, PTE_D
+from hvsim.arch import vmx as _X
+from hvsim.arch.ept import EPT_R, EPT_W, EPT_A, EPT_D, EPTP_AD
+from hvsim.arch.vmcs import slot as _vmcs_slot
 from hvsim.arch.vectors import vector_name
 
 DEFAULT_MEMORY = 16 << 20
@@ -70,12 +73,26 @@ _X_PORT, _X_SIZE, _X_DIR, _X_VALUE = (s - L.EXIT_INFO for s in (
     L.EXIT_PORT, L.EXIT_SIZE, L.EXIT_DIR, L.EXIT_VALUE))
 
 
+_EPTP_SLOT = _vmcs_slot("EPT_POINTER")
+
+
+def _set_ept_flags(raw, e, write):
+    """EPT accessed flags on the entries of walk ``e``, dirty on its leaf for a write
+    (SDM Vol. 3C 29.3.5; bits 8 and 9: byte 1 of each entry)."""
+    last = len(e.entries) - 1
+    for j, (_, addr, _) in enumerate(e.entries):
+        raw[addr + 1] |= (EPT_A | (EPT_D if write and j == last else 0)) >> 8
+
+
 class GuestMemoryError(ValueError):
     """A guest-memory access from the host that the guest's own access would fault on.
 
     ``kind``: 'page_fault' (``error_code`` is the #PF error code, SDM Vol. 3A 4.7, and
     ``address`` the linear address, what CR2 would hold) or 'bus_error' (``address`` is
-    physical and outside memory, or a page table is).
+    physical and outside memory, or a page table is). For a guest in VMX non-root
+    operation with EPT also 'ept_violation' (``error_code`` is the exit qualification
+    the processor would report, SDM Vol. 3C Table 28-7, and ``address`` the guest-
+    physical address) or 'ept_misconfig' (``address`` guest-physical).
     """
 
     def __init__(self, kind: str, address: int, error_code: Optional[int], message: str):
@@ -759,30 +776,72 @@ class Machine:
         """Physical address of linear ``lin`` for one access, as the CPU's page walk
         would give it (SDM Vol. 3A, 4.3 and 4.8): the accessed flag of both entries and,
         for a write, the dirty flag of the last one are set; a walk that fails raises
-        the #PF the CPU would raise (or a bus error for a table outside memory)."""
+        the #PF the CPU would raise (or a bus error for a table outside memory).
+
+        In VMX non-root operation with EPT the address returned is host-physical, and
+        the rules are the core's (hvsim/mmu/ept.py, in its order): the guest's entries
+        and the datum go through EPT, an access EPT refuses raises the EPT violation or
+        misconfiguration the CPU would exit with, the guest's A/D-flag writes need EPT's
+        W, and with EPTP bit 6 the EPT accessed and dirty flags are set."""
         from hvsim.mmu import walk
         st = self._st
         cr0 = int(st[L.CR0])
         if not cr0 & CR0_PG:
             return lin
-        w = walk(self._mem, int(st[L.CR3]), int(st[L.CR4]), lin)
+        eptp = int(st[L.VMCS_CACHE + _EPTP_SLOT]) if st[L.VMX_EPT] else None
+        w = walk(self._mem, int(st[L.CR3]), int(st[L.CR4]), lin, eptp=eptp)
+        raw = self._raw_mem
+        ept_ad = eptp is not None and bool(eptp & EPTP_AD)
+        if ept_ad:
+            # 29.3.5, as the core sets them: every EPT walk of a guest entry that
+            # succeeded (accessed as a write: A on its entries, D on its leaf)
+            for e in (w.ept[:-1] if w.pa is not None else w.ept):
+                if e.fault is None and e.rights & (EPT_R | EPT_W) == EPT_R | EPT_W:
+                    _set_ept_flags(raw, e, True)
         if w.fault == "bus-error":
             raise GuestMemoryError("bus_error", lin, None,
                                    f"the page walk of {lin:#010x} reads outside memory")
+        if w.fault in ("ept-violation", "ept-misconfig"):
+            gpa = w.pde_addr if w.fault_level == "PDE" else w.pte_addr
+            kind = w.fault.replace("-", "_")
+            raise GuestMemoryError(kind, gpa, w.ept_violation(),
+                                   f"linear address {lin:#010x}: {w.fault} on the guest "
+                                   f"{w.fault_level} at guest-physical {gpa:#010x}")
         error = w.error_code(write=write, user=user, wp=bool(cr0 & CR0_WP))
         if error is not None:
             why = w.fault or ("a supervisor page" if user and not w.user else "a read-only page")
             raise GuestMemoryError("page_fault", lin, error,
                                    f"linear address {lin:#010x}: #PF({error:#x}), {why}")
-        raw = self._raw_mem
-        for addr, bit in ((w.pde_addr, PTE_A), (w.pte_addr, PTE_A)):
-            if addr is not None and not raw[addr] & bit:
-                raw[addr] |= bit
-        if write and not w.large and not raw[w.pte_addr] & PTE_D:
-            raw[w.pte_addr] |= PTE_D
-        elif write and w.large and not raw[w.pde_addr] & PTE_D:
-            raw[w.pde_addr] |= PTE_D
-        return w.pa
+        final_addr, final_hpa = (w.pde_addr, w.pde_hpa) if w.large else (w.pte_addr, w.pte_hpa)
+        updates = [(a, h, PTE_A) for a, h in ((w.pde_addr, w.pde_hpa), (w.pte_addr, w.pte_hpa))
+                   if a is not None]
+        if write:
+            updates.append((final_addr, final_hpa, PTE_D))
+        updates = [(a, h, bit) for a, h, bit in updates if not raw[h] & bit]
+        if eptp is not None:
+            rights = {w.pde_addr: w.ept[0].rights}
+            if w.pte_addr is not None:
+                rights[w.pte_addr] = w.ept[1].rights
+            for a, _, _ in updates:                  # A/D writes are data writes (29.3.3.2)
+                if not rights[a] & EPT_W:
+                    raise GuestMemoryError(
+                        "ept_violation", a, _X.EPT_QUAL_WRITE | rights[a] << 3
+                        | _X.EPT_QUAL_LINEAR_VALID, f"linear address {lin:#010x}: EPT "
+                        f"does not let the processor set A/D in the guest entry at {a:#010x}")
+            if w.ept_misconfigured:
+                raise GuestMemoryError("ept_misconfig", w.pa, None,
+                                       f"linear address {lin:#010x}: EPT misconfiguration "
+                                       f"for guest-physical {w.pa:#010x}: {w.ept[-1].why}")
+            q = w.ept_violation(write=write)
+            if q is not None:
+                raise GuestMemoryError("ept_violation", w.pa, q,
+                                       f"linear address {lin:#010x}: EPT violation at "
+                                       f"guest-physical {w.pa:#010x} (qualification {q:#x})")
+        for _, hpa, bit in updates:
+            raw[hpa] |= bit
+        if ept_ad:
+            _set_ept_flags(raw, w.ept[-1], write)         # the datum's walk
+        return w.hpa
 
     def _chunks(self, lin: int, n: int, write: bool, user: bool):
         """(physical address, length) pieces of ``n`` bytes at ``lin``, one per page."""

@@ -27,7 +27,8 @@ may be):
 * memory operands need ``st[FLAT]`` (flat, writable DS/ES/SS, no alignment checking:
   hvsim/rings/segments.py update_flat); with paging on, the access must
   stay in one page and hit the TLB with the rights it needs (a write needs D = 1, as
-  in hvsim/mmu/paging.py); the physical bytes must lie inside memory;
+  in hvsim/mmu/paging.py; a read must not be one that EPT forbids); the physical
+  bytes must lie inside memory;
 * a write must not touch a frame holding decoded code (``PG_CODE``);
 * a branch target must lie within the CS limit;
 * with paging on and no TLB model, every fetch walks: no block runs.
@@ -51,7 +52,7 @@ from hvsim.arch.layout import (EAX, ECX, ESP, EIP, EFLAGS, CR0, CPL, SEG_LIMIT, 
                               ZERO, CFG_MEM_SIZE, CFG_TLB_SETS, CFG_TLB_WAYS, CFG_TLB_ENABLED,
                               PG_CODE, TLB_FIELDS, DC_ENTRIES)
 from hvsim.arch.pte import PTE_RW, PTE_US, PTE_D
-from hvsim.mmu.tlb import TLB_TAG, TLB_FRAME, TLB_FLAGS, TLB_LRU
+from hvsim.mmu.tlb import TLB_TAG, TLB_FRAME, TLB_FLAGS, TLB_LRU, TLBF_EPT_NR
 
 MAX_INSNS = 64        # instructions per block at most
 PAGE = 4096
@@ -352,7 +353,9 @@ class _Emitter:
         return pa, e
 
     def denied(self, flags, write):
-        """paging._denied, plus a write through an entry whose cached D is 0."""
+        """paging._denied, plus a write through an entry whose cached D is 0, plus a read
+        through a combined EPT translation whose EPT rights forbid reads (TLBF_EPT_NR;
+        EPT forbidding writes clears D instead: hvsim/mmu/tlb.py)."""
         b = self.b
 
         def clear(bit):
@@ -361,7 +364,7 @@ class _Emitter:
             rw_needed = b.or_(self.user, self.wp)
             no = b.or_(b.and_(self.user, clear(PTE_US)), b.and_(rw_needed, clear(PTE_RW)))
             return b.or_(no, clear(PTE_D))
-        return b.and_(self.user, clear(PTE_US))
+        return b.or_(b.and_(self.user, clear(PTE_US)), b.not_(clear(TLBF_EPT_NR)))
 
     def touch(self, k, e):
         """With paging, the data access's TLB hit (after its fetch hit) and LRU stamp."""

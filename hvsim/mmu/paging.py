@@ -31,6 +31,14 @@ nothing then). Model choices where the SDM leaves room:
 * An access that crosses a page boundary translates the first page, then the second
   (CR2 = first byte of the page that faults). A crossing write changes no byte unless
   both pages translate and both parts are inside memory.
+* In VMX non-root operation with EPT (``st[VMX_EPT]``) the walk is two-dimensional:
+  CR3 and the guest's entries hold guest-physical addresses, each translated by an
+  EPT walk (hvsim/mmu/ept.py, which documents the order of the checks and the EPT
+  choices), and so is the final address. The TLB caches the combined translation,
+  guest-linear -> host-physical, with the rights of both: guest rights in RW/US, EPT
+  rights as TLBF_EPT_NR / TLBF_EPT_NX and a cleared D when EPT forbids writes (tlb.py).
+  C_WALK_REFS counts the guest's own PDE/PTE reads, C_EPT_WALKS and C_EPT_WALK_REFS the
+  EPT walks and their entry reads; C_TLB_MISS == C_PAGE_WALKS still holds.
 
 Speed: every kernel here is compiled with ``_nrt=False`` (none allocates an array).
 With numba's reference counting on, each call that passes arrays does atomic
@@ -42,15 +50,18 @@ import numpy as np
 from hvsim._jit import njit, inline_in
 from hvsim.arch.layout import (CR0, CR3, CR4, COUNTERS, CFG_MEM_SIZE, CFG_TLB_SETS,
                               CFG_TLB_WAYS, CFG_TLB_ENABLED, FAULT_PENDING, MASK32,
-                              TLB_FIELDS, PG_CODE, PG_GEN_ONE)
-from hvsim.arch.counters import C_TLB_HIT, C_TLB_MISS, C_PAGE_WALKS, C_WALK_REFS, C_SMC
+                              TLB_FIELDS, VMX_EPT)
+from hvsim.arch.counters import C_TLB_HIT, C_TLB_MISS, C_PAGE_WALKS, C_WALK_REFS
 from hvsim.arch.cr import CR0_PG, CR0_WP, CR3_PD_MASK, CR4_PSE, CR4_PGE
 from hvsim.arch.fault import raise_page_fault, raise_bus_error
 from hvsim.arch.pte import (PTE_P, PTE_RW, PTE_US, PTE_A, PTE_D, PTE_PS, PTE_G,
                            PTE_FRAME, PDE_FRAME_4M, PFEC_P, PFEC_W, PFEC_U, PFEC_RSVD,
-                           ACC_WRITE, ACC_USER)
+                           ACC_WRITE, ACC_USER, ACC_FETCH)
+from hvsim.mmu.ept import ept_guest_entry, ept_guest_entry_update, ept_datum
+from hvsim.mmu.frames import smc_check as _smc_check
 from hvsim.mmu.tlb import (tlb_fill, tlb_drop_page, tlb_flush, tlb_invlpg,  # noqa: F401
-                           TLB_TAG, TLB_FRAME, TLB_FLAGS, TLB_LRU, TLBF_D, TLBF_LARGE)
+                           TLB_TAG, TLB_FRAME, TLB_FLAGS, TLB_LRU, TLBF_D, TLBF_LARGE,
+                           TLBF_EPT_NR)
 
 PAGE_SIZE = 0x1000
 PAGE_OFFSET = 0xFFF
@@ -71,7 +82,8 @@ __all__ = ["translate", "translate_pg", "read_lin", "write_lin", "read_phys",
 # ---------------------------------------------------------------- physical access
 @njit(_nrt=False, inline=_INTO_ACCESS)
 def read_phys(mem, st, pa, size):
-    """Little-endian read of ``size`` bytes at guest-physical ``pa`` (bus error outside)."""
+    """Little-endian read of ``size`` bytes at physical ``pa`` of the machine's memory
+    (host-physical under EPT); a bus error outside it."""
     if pa < 0 or pa + size > st[CFG_MEM_SIZE]:
         raise_bus_error(st, pa)
         return 0
@@ -86,18 +98,10 @@ def read_phys(mem, st, pa, size):
     return v
 
 
-@njit(_nrt=False)
-def _smc_check(st, pg, f):
-    # A decoded instruction was cached from frame f: bump its generation so the
-    # decode cache sees its entries are stale (layout.py, PG_*).
-    if f < pg.shape[0] and (pg[f] & PG_CODE) != 0:
-        pg[f] = (pg[f] & ~PG_CODE) + PG_GEN_ONE
-        st[COUNTERS + C_SMC] += 1
-
-
 @njit(_nrt=False, inline=_INTO_ACCESS)
 def write_phys(mem, st, pg, pa, size, value):
-    """Little-endian write of ``size`` bytes at guest-physical ``pa`` (bus error outside)."""
+    """Little-endian write of ``size`` bytes at physical ``pa`` of the machine's memory
+    (host-physical under EPT); a bus error outside it."""
     if pa < 0 or pa + size > st[CFG_MEM_SIZE]:
         raise_bus_error(st, pa)
         return
@@ -148,6 +152,11 @@ def _walk(mem, st, pg, lin, acc, cr0):
         +-----------+------------+------------+
         | PDE index |      offset (22 bits)   |     4 MiB page (CR4.PSE and PDE.PS)
         +-----------+-------------------------+
+
+    In VMX non-root operation with EPT (``st[VMX_EPT]``), CR3 and the entries hold
+    guest-physical addresses: each entry's address and the final one go through
+    hvsim/mmu/ept.py (the 2-D walk; the order of its checks is documented there), and
+    the result is host-physical. ``*_pa`` are then guest-physical, ``*_hpa`` host.
     """
     st[COUNTERS + C_PAGE_WALKS] += 1
     write = acc & ACC_WRITE
@@ -157,9 +166,16 @@ def _walk(mem, st, pg, lin, acc, cr0):
     if (acc & ACC_USER) != 0:
         err |= PFEC_U
     cr4 = st[CR4]
+    ept = st[VMX_EPT]
 
     pde_pa = (st[CR3] & CR3_PD_MASK) | ((lin >> 22) << 2)
-    pde = _read_entry(mem, st, pde_pa)
+    pde_hpa = pde_pa
+    pde_ept = 0
+    if ept != 0:
+        pde_hpa, pde_ept = ept_guest_entry(mem, st, pg, pde_pa, lin)
+        if st[FAULT_PENDING] != 0:
+            return 0, 0
+    pde = _read_entry(mem, st, pde_hpa)
     if st[FAULT_PENDING] != 0:
         return 0, 0
     if (pde & PTE_P) == 0:
@@ -178,15 +194,30 @@ def _walk(mem, st, pg, lin, acc, cr0):
         new = pde | PTE_A
         if write != 0:
             new |= PTE_D
-        if new != pde:
-            _set_entry_flags(mem, st, pg, pde_pa, new)
+        pa = (pde & PDE_FRAME_4M) | (lin & LARGE_OFFSET)
         flags = rights | (new & PTE_D) | TLBF_LARGE
+        if ept != 0:
+            if new != pde:
+                ept_guest_entry_update(st, pde_pa, lin, pde_ept)
+                if st[FAULT_PENDING] != 0:
+                    return 0, 0
+            pa, flags = ept_datum(mem, st, pg, pa, lin, acc, flags)
+            if st[FAULT_PENDING] != 0:
+                return 0, 0
+        if new != pde:
+            _set_entry_flags(mem, st, pg, pde_hpa, new)
         if (cr4 & CR4_PGE) != 0:
             flags |= pde & PTE_G
-        return (pde & PDE_FRAME_4M) | (lin & LARGE_OFFSET), flags
+        return pa, flags
 
     pte_pa = (pde & PTE_FRAME) | (((lin >> 12) & 0x3FF) << 2)
-    pte = _read_entry(mem, st, pte_pa)
+    pte_hpa = pte_pa
+    pte_ept = 0
+    if ept != 0:
+        pte_hpa, pte_ept = ept_guest_entry(mem, st, pg, pte_pa, lin)
+        if st[FAULT_PENDING] != 0:
+            return 0, 0
+    pte = _read_entry(mem, st, pte_hpa)
     if st[FAULT_PENDING] != 0:
         return 0, 0
     if (pte & PTE_P) == 0:
@@ -196,17 +227,28 @@ def _walk(mem, st, pg, lin, acc, cr0):
     if _denied(rights, acc, cr0):
         raise_page_fault(st, lin, err | PFEC_P)
         return 0, 0
-    if (pde & PTE_A) == 0:
-        _set_entry_flags(mem, st, pg, pde_pa, pde | PTE_A)
     new = pte | PTE_A
     if write != 0:
         new |= PTE_D
-    if new != pte:
-        _set_entry_flags(mem, st, pg, pte_pa, new)
+    pa = (pte & PTE_FRAME) | (lin & PAGE_OFFSET)
     flags = rights | (new & PTE_D)
+    if ept != 0:
+        if (pde & PTE_A) == 0:
+            ept_guest_entry_update(st, pde_pa, lin, pde_ept)
+        if new != pte and st[FAULT_PENDING] == 0:
+            ept_guest_entry_update(st, pte_pa, lin, pte_ept)
+        if st[FAULT_PENDING] != 0:
+            return 0, 0
+        pa, flags = ept_datum(mem, st, pg, pa, lin, acc, flags)
+        if st[FAULT_PENDING] != 0:
+            return 0, 0
+    if (pde & PTE_A) == 0:
+        _set_entry_flags(mem, st, pg, pde_hpa, pde | PTE_A)
+    if new != pte:
+        _set_entry_flags(mem, st, pg, pte_hpa, new)
     if (cr4 & CR4_PGE) != 0:
         flags |= pte & PTE_G
-    return (pte & PTE_FRAME) | (lin & PAGE_OFFSET), flags
+    return pa, flags
 
 
 # ---------------------------------------------------------------- translation
@@ -217,8 +259,10 @@ def _walk(mem, st, pg, lin, acc, cr0):
 def _tlb_hit(st, tlb, lin, acc):
     """pa if the TLB holds ``lin``'s page with rights that serve ``acc``; -1 otherwise.
 
-    An entry that cannot serve the access (rights, or a write while its cached D is 0)
-    is no hit: the access walks, so the TLB never faults where the tables would not.
+    An entry that cannot serve the access (rights, or a write while its cached D is 0,
+    or, for a combined EPT translation, a read or fetch that EPT forbids: TLBF_EPT_NR,
+    and TLBF_EPT_NX one bit up, picked by ACC_FETCH = 4) is no hit: the access walks,
+    so the TLB never faults where the tables would not.
     """
     vpn = lin >> 12
     ways = st[CFG_TLB_WAYS]
@@ -228,7 +272,8 @@ def _tlb_hit(st, tlb, lin, acc):
         if tlb[e + TLB_TAG] == tag:
             flags = tlb[e + TLB_FLAGS]
             if _denied(flags, acc, st[CR0]) or ((acc & ACC_WRITE) != 0
-                                                and (flags & TLBF_D) == 0):
+                                                and (flags & TLBF_D) == 0) \
+                    or (flags & (TLBF_EPT_NR << ((acc & ACC_FETCH) >> 2))) != 0:
                 return -1
             st[COUNTERS + C_TLB_HIT] += 1
             tlb[e + TLB_LRU] = st[COUNTERS + C_TLB_HIT] + st[COUNTERS + C_TLB_MISS]
@@ -256,7 +301,8 @@ def _translate_miss(mem, st, tlb, pg, lin, acc):
 
 @njit(_nrt=False)
 def translate_pg(mem, st, tlb, pg, lin, acc):
-    """Linear -> physical for an access of kind ``acc`` (ACC_* bits); 0 if it faults."""
+    """Linear -> physical for an access of kind ``acc`` (ACC_* bits); 0 if it faults.
+    Under EPT the result is host-physical and the fault may be a VM exit (48, 49)."""
     lin &= MASK32
     if (st[CR0] & CR0_PG) == 0:
         return lin

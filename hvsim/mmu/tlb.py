@@ -9,11 +9,18 @@ One entry::
 
     word 0  TLB_TAG    linear page number (lin >> 12) + 1; 0 = invalid way
     word 1  TLB_FRAME  physical frame number (pa >> 12) of that 4 KiB linear page
+                       (host-physical in VMX non-root operation with EPT)
     word 2  TLB_FLAGS  TLBF_* bits below (same positions as in a PTE):
                        bit 1 RW, bit 2 US  - rights combined over PDE and PTE (SDM 4.6)
                        bit 6 D             - dirty flag of the final entry when cached
                        bit 7 LARGE         - the translation came from a 4 MiB PDE
                        bit 8 G             - global (only set when CR4.PGE was 1)
+                       bit 9 EPT_NR        - EPT forbids reads of the page (VMX non-root
+                                             with EPT: the entry caches the combined
+                                             guest-linear -> host-physical translation)
+                       bit 10 EPT_NX       - EPT forbids instruction fetches from it
+                       (EPT forbidding writes, or an EPT dirty flag still to be set,
+                       clears D instead: a write then walks, as for a clean page)
     word 3  TLB_LRU    stamp of last use: st[COUNTERS+C_TLB_HIT] + st[COUNTERS+C_TLB_MISS]
                        just after that access was counted (so it grows by one per
                        translation; no extra state slot). If the face ever resets the
@@ -48,6 +55,10 @@ TLBF_US = PTE_US
 TLBF_D = PTE_D
 TLBF_LARGE = PTE_PS
 TLBF_G = PTE_G
+# hvsim's own bits (ignored bits 9-10 of a PTE): EPT rights of a combined translation
+# (hvsim/mmu/ept.py ept_datum); a fetch asks bit 10, any other access bit 9
+TLBF_EPT_NR = 1 << 9
+TLBF_EPT_NX = 1 << 10
 
 # 4 MiB page = 2**10 linear 4 KiB pages
 _LARGE_SHIFT = 10

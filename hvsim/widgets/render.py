@@ -24,6 +24,8 @@ import numpy as np
 
 from hvsim.asm import disassemble, disassemble_one
 from hvsim.arch.flags import Flag, IOPL_MASK, IOPL_SHIFT
+from hvsim.arch import layout as L
+from hvsim.arch.vmcs import slot as vmcs_slot
 from hvsim.mmu import walk
 
 BACK_BYTES = 48          # how far before EIP the backward decoder looks
@@ -250,14 +252,17 @@ class DisasmLine:
 
 
 def _translate(m, lin: int) -> Optional[int]:
-    """Guest-physical address of a linear one, or None if unmapped / outside memory."""
+    """Physical address of a linear one in the machine's memory, or None if unmapped /
+    outside memory (a guest under EPT: through its tables, then EPT's)."""
     cpu = m.cpu
     pa = lin
     if cpu.cr0 & CR0_PG:
-        w = walk(m.memory, cpu.cr3, cpu.cr4, lin)
-        if w.fault is not None:
+        st = m._st
+        eptp = int(st[L.VMCS_CACHE + vmcs_slot("EPT_POINTER")]) if st[L.VMX_EPT] else None
+        w = walk(m.memory, cpu.cr3, cpu.cr4, lin, eptp=eptp)
+        if w.fault is not None or w.hpa is None:
             return None
-        pa = w.pa
+        pa = w.hpa
     return pa if 0 <= pa < len(m.memory) else None
 
 
