@@ -280,3 +280,42 @@ def test_a_mov_to_cr0_without_an_exit_keeps_the_bits_the_host_owns():
     assert "CR_ACCESS" not in vc.exits
     assert vc.vmcs["GUEST_CR0"] & 0x80000020 == 0x80000020
     assert vc.regs["ebx"] & 0x80000020 == 0          # what the guest sees: still off
+
+
+@pytest.mark.parametrize("memory", [1 << 20, 2 << 20, 3 << 20])
+def test_with_ept_the_guest_runs_and_cannot_reach_the_host_area(memory):
+    # SDM Vol. 3C 29.3: with "enable EPT" every guest-physical address goes through the
+    # EPT the VMM wrote: the guest's RAM is there, the VMCS region (host page 1) is not --
+    # a store to it is an EPT violation (exit 48), which KVM reports as MMIO
+    vm = VM(memory=memory, ept=True)
+    vc = vm.create_vcpu()
+    vmcs_region = vm.page(1)
+    src = (f"mov dword [0x5000], 0x11223344\nmov eax, [0x5000]\nmov ebx, cr0\n"
+           f"mov dword [{vmcs_region:#x}], 0xdead\nhlt\n")
+    vc.load(assemble(src, origin=0x1000))
+    before = bytes(vm.machine.memory[vmcs_region:vmcs_region + 4096])
+    r = vc.run()
+    assert r.name == "mmio" and r.mmio_phys_addr == vmcs_region and r.mmio_is_write
+    assert r.hardware_exit_reason == X.ExitReason.EPT_VIOLATION
+    assert vc.regs["eax"] == 0x11223344 and vc.regs["ebx"] & (1 << 31) == 0
+    assert bytes(vm.machine.memory[vmcs_region:vmcs_region + 4096]) == before
+    assert vm.machine.counters["ept_walks"] > 0
+
+
+def test_without_ept_the_guest_can_write_the_vmm_s_own_structures():
+    # the same store without EPT: guest-physical is host-physical, and the VMCS region
+    # is just memory -- the isolation that shadow paging or EPT has to provide
+    vm = VM(memory=1 << 20)
+    vc = vm.create_vcpu()
+    vc.load(assemble(f"mov dword [{vm.page(1):#x}], 0xdead\nhlt\n", origin=0x1000))
+    assert vc.run().name == "hlt"
+    assert bytes(vm.machine.memory[vm.page(1):vm.page(1) + 4]) == (0xDEAD).to_bytes(4, "little")
+
+
+def test_the_teaching_kernel_runs_under_vt_x_with_ept():
+    mon = Vtx(program=teaching_kernel(**RING0_KERNEL), ept=True)
+    mon.run(100_000)
+    assert mon.vm.ept and mon.kvm.vmcs["SECONDARY_VM_EXEC_CONTROL"] & X.SEC_ENABLE_EPT
+    assert mon.console.startswith("kernel up\nhello from ring 3")
+    assert _ticks(mon, **RING0_KERNEL) > 50
+    assert mon.machine.counters["ept_walks"] > 0

@@ -153,6 +153,8 @@ class KvmRun:
     fail_entry_reason: Optional[int] = None
     fail_entry_explanation: str = ""
     internal_suberror: Optional[int] = None
+    mmio_phys_addr: Optional[int] = None
+    mmio_is_write: bool = False
     ready_for_interrupt_injection: bool = False
     if_flag: bool = False
 
@@ -165,6 +167,8 @@ class KvmRun:
         if self.io is not None:
             d = "OUT" if self.io.direction == KVM_EXIT_IO_OUT else "IN"
             s += f" {d} port {self.io.port:#x} size {self.io.size}"
+        if self.mmio_phys_addr is not None:
+            s += f" {'write' if self.mmio_is_write else 'read'} at {self.mmio_phys_addr:#x}"
         if self.fail_entry_reason is not None:
             s += f" hardware_entry_failure_reason={self.fail_entry_reason:#x}"
             if self.fail_entry_explanation:
@@ -291,9 +295,11 @@ class VM:
     Host area, right after the guest's RAM (page offsets): 0 VMXON region, 1 VMCS region,
     2-3 I/O bitmaps A and B, 4 MSR bitmap, 5 the host page directory (4 MiB pages),
     6 the guest's identity page directory, 7-14 its page tables (up to 32 MiB of RAM),
-    15 host GDT, TSS and bootstrap code, 16-23 the host IDT and stack."""
+    15 host GDT, TSS and bootstrap code, 16 the host IDT, 17-21 the EPT (with
+    ``ept=True``), 22-23 the host stack."""
 
-    def __init__(self, memory: Optional[int] = None, *, machine: Optional[Machine] = None):
+    def __init__(self, memory: Optional[int] = None, *, machine: Optional[Machine] = None,
+                 ept: bool = False):
         """``memory``: the guest's RAM in bytes (a machine is made with the host area
         after it); or ``machine``: a fresh machine whose top HOST_AREA_PAGES pages become
         the host area and the rest the guest's RAM."""
@@ -314,7 +320,47 @@ class VM:
         self.memory_size = memory
         self.host_base = memory
         self.machine = machine if machine is not None else Machine(memory=memory + host_bytes)
+        if not isinstance(ept, bool):
+            raise TypeError(f"ept must be True or False, got {ept!r}")
+        self.ept = ept
         self.vcpu: Optional[VCPU] = None
+
+    def ept_tables(self) -> int:
+        """Write the EPT (SDM Vol. 3C, 29.3) that maps the guest-physical space: the
+        guest's RAM at the same host-physical addresses (2 MiB leaves where a whole 2 MiB
+        region is RAM, 4 KiB ones around its end) and the identity page table the VMM
+        keeps for the guest's "paging off" (host pages 6-14); nothing else -- the VMXON
+        and VMCS regions, the bitmaps and the host's own tables are out of the guest's
+        reach, an access there is an EPT violation. Returns the EPTP (write-back, 4-level
+        walk). Tables in host pages 17 (PML4), 18 (PDPT), 19 (PD), 20-21 (PTs)."""
+        from hvsim.arch import ept as E
+        m = self.machine
+        pml4, pdpt, pd, pts = self.page(17), self.page(18), self.page(19), self.page(20)
+        leaf = E.EPT_RWX | (X.MEMTYPE_WB << E.EPT_MEMTYPE_SHIFT)
+        m.write_physical(pml4, (pdpt | E.EPT_RWX).to_bytes(8, "little"))
+        m.write_physical(pdpt, (pd | E.EPT_RWX).to_bytes(8, "little"))
+        mapped = set(range(self.memory_size // PAGE)) | {(self.page(n)) // PAGE
+                                                        for n in range(6, 15)}
+        last = max(mapped)
+        n_pt = 0
+        for region in range(last // 512 + 1):             # 2 MiB regions (512 pages)
+            frames = [f for f in range(region * 512, region * 512 + 512) if f in mapped]
+            if not frames:
+                continue
+            if len(frames) == 512:
+                pde = (region << 21) | leaf | E.EPT_LARGE
+            else:
+                if n_pt == 2:
+                    raise ValueError("the guest's RAM ends where the EPT needs a third page "
+                                     "table: choose a memory size away from a 2 MiB boundary")
+                pt = pts + n_pt * PAGE
+                n_pt += 1
+                m.write_physical(pt, b"".join(
+                    ((f << 12) | leaf if f in mapped else 0).to_bytes(8, "little")
+                    for f in range(region * 512, region * 512 + 512)))
+                pde = pt | E.EPT_RWX
+            m.write_physical(pd + 8 * region, pde.to_bytes(8, "little"))
+        return pml4 | E.EPTP_WALK_LENGTH_4 | X.MEMTYPE_WB
 
     def page(self, n: int) -> int:
         """Host-physical address of host-area page ``n``."""
@@ -434,7 +480,10 @@ class VCPU:
         n_pt = (vm.memory_size + (4 << 20) - 1) >> 22
         m.write_physical(pd, b"".join(((pts + i * PAGE) | PTE_P | PTE_RW | PTE_US).to_bytes(4, "little")
                                       for i in range(n_pt)))
-        frames = vm.memory_size // PAGE
+        # every address below the tables' 4 MiB boundary, RAM or not, maps to itself:
+        # "paging off" means linear = physical; what is behind a physical address is
+        # the EPT's business (with EPT) or anybody's (without: the host area included)
+        frames = n_pt * 1024
         m.write_physical(pts, b"".join(((f << 12) | PTE_P | PTE_RW | PTE_US).to_bytes(4, "little")
                                        for f in range(frames)))
         v["GUEST_CR0"] = CR0_PE | CR0_NE | CR0_PG | CR0_ET
@@ -448,11 +497,16 @@ class VCPU:
 
     def _controls(self):
         v = self.vmcs
+        if self.vm.ept:
+            v["EPT_POINTER"] = self.vm.ept_tables()
+            v["SECONDARY_VM_EXEC_CONTROL"] = X.SEC_ENABLE_EPT
         v["PIN_BASED_VM_EXEC_CONTROL"] = X.PIN_DEFAULT1 | X.PIN_EXTERNAL_INTERRUPT_EXITING
         # while the guest's paging is off, its CR3 is the host's business (KVM does the same)
         v["CPU_BASED_VM_EXEC_CONTROL"] = (X.CPU_TRUE_ALLOWED0 | X.CPU_HLT_EXITING
                                           | X.CPU_UNCONDITIONAL_IO_EXITING
-                                          | X.CPU_CR3_LOAD_EXITING | X.CPU_CR3_STORE_EXITING)
+                                          | X.CPU_CR3_LOAD_EXITING | X.CPU_CR3_STORE_EXITING
+                                          | (X.CPU_ACTIVATE_SECONDARY_CONTROLS
+                                             if self.vm.ept else 0))
         v["VM_EXIT_CONTROLS"] = X.EXIT_TRUE_ALLOWED0 | X.EXIT_ACK_INTERRUPT_ON_EXIT
         v["VM_ENTRY_CONTROLS"] = X.ENTRY_TRUE_ALLOWED0
 
@@ -744,6 +798,18 @@ def _vmcall(vc: VCPU) -> KvmRun:
                   hypercall_args=tuple(int(getattr(cpu, r)) for r in ("ebx", "ecx", "edx", "esi")))
 
 
+def _ept_violation(vc: VCPU) -> KvmRun:
+    """A guest-physical address the EPT does not map: memory the guest does not have,
+    which KVM hands to user space as MMIO (KVM_EXIT_MMIO with the address and the
+    direction). hvsim has no MMIO devices yet and does not emulate the instruction to
+    find the data and its length, so ``len`` is 0 and the guest cannot go on."""
+    v = vc.vmcs
+    q = v["EXIT_QUALIFICATION"]
+    return KvmRun(KVM_EXIT["mmio"], hardware_exit_reason=_ER.EPT_VIOLATION,
+                  mmio_phys_addr=v["GUEST_PHYSICAL_ADDRESS"],
+                  mmio_is_write=bool(q & X.EPT_QUAL_WRITE))
+
+
 def _triple_fault(vc: VCPU) -> KvmRun:
     return KvmRun(KVM_EXIT["shutdown"], hardware_exit_reason=_ER.TRIPLE_FAULT)
 
@@ -781,7 +847,7 @@ _HANDLERS = {
     int(_ER.EXTERNAL_INTERRUPT): _external_interrupt,
     int(_ER.INTERRUPT_WINDOW): _interrupt_window, int(_ER.HLT): _hlt,
     int(_ER.VMCALL): _vmcall, int(_ER.TRIPLE_FAULT): _triple_fault,
-    int(_ER.EXCEPTION_NMI): _exception,
+    int(_ER.EXCEPTION_NMI): _exception, int(_ER.EPT_VIOLATION): _ept_violation,
 }
 
 
@@ -809,11 +875,12 @@ class Vtx(Monitor):
     machine : a fresh Machine; its top pages become the VMM's host area (default: 1 MiB
               of guest RAM).
     program : booted with :meth:`boot`.
+    ept     : give the guest an EPT (nested paging: its RAM and nothing of the VMM's).
     """
     name = "vtx"
 
-    def __init__(self, machine: Optional[Machine] = None, program=None):
-        self.vm = VM(machine=machine) if machine is not None else VM()
+    def __init__(self, machine: Optional[Machine] = None, program=None, *, ept: bool = False):
+        self.vm = VM(machine=machine, ept=ept) if machine is not None else VM(ept=ept)
         self.machine = self.vm.machine
         self.kvm = self.vm.create_vcpu()
         self._state = "running"
