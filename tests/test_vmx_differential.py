@@ -32,7 +32,7 @@ from hvsim import Machine, assemble
 from hvsim.arch import vmx as X
 
 import test_differential as D
-from vmx_harness import vmx_run, MEM
+from vmx_harness import vmx_run, MEM, EPT_PML4
 
 LONG = os.environ.get("HVSIM_LONG", "") not in ("", "0")
 N_STRAIGHT = 150 * (10 if LONG else 1)
@@ -71,16 +71,39 @@ def native(prog, g, data, stack):
                 stack=mem[D.STACK:D.STACK + D.STACK_SIZE].tobytes())
 
 
-def as_guest(src, prog, g, data, stack):
+# an identity EPT over the machine's 4 MiB, two 2 MiB leaves (SDM Vol. 3C 29.3.2: R, W, X,
+# memory type 6 in bits 5:3, bit 7 = 2 MiB page), in the harness's EPT area
+EPT_PDPT, EPT_PD = EPT_PML4 + 0x1000, EPT_PML4 + 0x2000
+EPT_TABLE_RWX = 0x7
+EPT_LEAF_2M = 0x7 | (6 << 3) | (1 << 7)
+EPTP = EPT_PML4 | (3 << 3) | 6                   # 4-level walk, write-back
+EPT_FIELDS = {"CPU_BASED_VM_EXEC_CONTROL": X.CPU_TRUE_ALLOWED0 | X.CPU_ACTIVATE_SECONDARY_CONTROLS,
+              "SECONDARY_VM_EXEC_CONTROL": X.SEC_ENABLE_EPT, "EPT_POINTER": EPTP}
+
+
+def write_identity_ept(m):
+    m.write_physical(EPT_PML4, (EPT_PDPT | EPT_TABLE_RWX).to_bytes(8, "little"))
+    m.write_physical(EPT_PDPT, (EPT_PD | EPT_TABLE_RWX).to_bytes(8, "little"))
+    m.write_physical(EPT_PD, b"".join(((i << 21) | EPT_LEAF_2M).to_bytes(8, "little")
+                                      for i in range(MEM >> 21)))
+
+
+def as_guest(src, prog, g, data, stack, ept=False):
     def setup(m, t, hv, guest):
         m.write_physical(D.CODE, padded(prog))
         m.write_physical(D.DATA, data)
         m.write_physical(D.STACK, stack)
+        if ept:
+            write_identity_ept(m)
 
     gprs = {n: v for n, v in zip(REG32, g.regs) if n != "esp"}
-    r = vmx_run(src, {"GUEST_RSP": g.regs[D.ESP], "GUEST_RFLAGS": g.eflags},
-                gprs=gprs, guest_origin=prog.origin, setup=setup,
+    fields = {"GUEST_RSP": g.regs[D.ESP], "GUEST_RFLAGS": g.eflags}
+    if ept:
+        fields.update(EPT_FIELDS)
+    r = vmx_run(src, fields, gprs=gprs, guest_origin=prog.origin, setup=setup,
                 budget=D.MAX_STEPS + 10_000)
+    if ept and r.m.counters["ept_walks"] == 0:
+        raise AssertionError("the EPT run made no EPT walk: EPT was not on")
     regs = r.exit_gprs()
     mem = r.m.memory
     return dict(exited=r.exited, reason=r.reason, eip=r.vmcs("GUEST_RIP"),
@@ -112,21 +135,25 @@ def differences(prog, g, n, v):
     return diffs
 
 
-def compare(seed, kind):
+def compare(seed, kind, ept=False):
     src, prog, g = D.generate(seed, kind)
     src, prog = with_cpuid(src, prog.origin)
     data, stack = D.initial_memory(seed)
     diffs = differences(prog, g, native(prog, g, data, stack),
-                        as_guest(src, prog, g, data, stack))
+                        as_guest(src, prog, g, data, stack, ept))
     if diffs:
-        return f"--- {kind} seed {seed}: " + "; ".join(diffs) + "\n" + src
+        return f"--- {kind} seed {seed}{' (EPT)' if ept else ''}: " + "; ".join(diffs) + \
+            "\n" + src
     return None
 
 
+@pytest.mark.parametrize("ept", [False, True], ids=["paging", "ept"])
 @pytest.mark.parametrize("kind, n, first", [("straight", N_STRAIGHT, 0),
                                             ("looping", N_LOOPING, 100_000)])
-def test_guest_runs_like_the_bare_machine(kind, n, first):
-    failures = [f for f in (compare(s, kind) for s in range(first, first + n)) if f]
+def test_guest_runs_like_the_bare_machine(kind, n, first, ept):
+    # without EPT, and with an identity EPT under the guest's page tables (the guest's
+    # physical addresses are then translated a second time, SDM Vol. 3C 29.3)
+    failures = [f for f in (compare(s, kind, ept) for s in range(first, first + n)) if f]
     assert not failures, f"{len(failures)} of {n} differ:\n" + "\n".join(failures[:3])
 
 
