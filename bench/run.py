@@ -653,9 +653,8 @@ def measure(args, min_seconds, samples):
         return Probe(roundtrips, 20_000)
     probe(("roundtrips", "hvsim"), roundtrip_probe)
 
-    def kernel_probe():                # (j) the teaching kernel under trap-and-emulate
-        from hvsim.guests import teaching_kernel
-        mon = import_trap_and_emulate()(program=teaching_kernel())
+    def teaching_kernel_rate(mon, technique):
+        """Guest instructions/s of the teaching kernel under ``mon``, past its boot."""
         mon.run(50_000)                                # boot, to the user program's loop
 
         def run(k):
@@ -664,9 +663,14 @@ def measure(args, min_seconds, samples):
             ev = mon.run(k)
             dt = time.perf_counter() - t0
             if ev.kind != "budget":
-                raise RuntimeError(f"the teaching kernel stopped: {ev}")
+                raise RuntimeError(f"the teaching kernel stopped under {technique}: {ev}")
             return int(mon.machine.counters["instructions"]) - before, dt
         return Probe(run, 50_000, limit=10**12)
+
+    def kernel_probe():                # (j) the teaching kernel under trap-and-emulate
+        from hvsim.guests import teaching_kernel
+        return teaching_kernel_rate(import_trap_and_emulate()(program=teaching_kernel()),
+                                    "trap-and-emulate")
     probe(("kernel", "hvsim"), kernel_probe)
 
     def vmexit_python_probe():         # (k) VM exit round trips to the Python VMM
@@ -709,18 +713,7 @@ def measure(args, min_seconds, samples):
     def vtx_kernel_probe():            # (m) the teaching kernel under the VT-x monitor
         from hvsim.guests import teaching_kernel
         from hvsim.monitors.kvm import Vtx
-        mon = Vtx(program=teaching_kernel(KCODE=0x08))
-        mon.run(50_000)
-
-        def run(k):
-            before = int(mon.machine.counters["instructions"])
-            t0 = time.perf_counter()
-            ev = mon.run(k)
-            dt = time.perf_counter() - t0
-            if ev.kind != "budget":
-                raise RuntimeError(f"the teaching kernel stopped under VT-x: {ev}")
-            return int(mon.machine.counters["instructions"]) - before, dt
-        return Probe(run, 50_000, limit=10**12)
+        return teaching_kernel_rate(Vtx(program=teaching_kernel(KCODE=0x08)), "VT-x")
     probe(("vtx_kernel", "hvsim"), vtx_kernel_probe)
 
     def ept_probe():                   # (n) the mixed loop as a VT-x guest with EPT

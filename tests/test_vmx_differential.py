@@ -7,7 +7,8 @@ Each runs twice:
 * natively, on a bare Machine (flat segments, no paging), from the generator's
   registers, EFLAGS, data and stack, to a host breakpoint on its last instruction;
 * as the guest of tests/vmx_harness.py's assembly VMM (VMX non-root operation, ring 0,
-  the host's GDT and identity page tables), from the same state -- the general
+  the host's GDT and identity page tables; once without EPT and once with an identity
+  EPT under those tables, SDM Vol. 3C 29.3), from the same state -- the general
   registers loaded by the VMM right before VMLAUNCH, ESP and EFLAGS through GUEST_RSP
   and GUEST_RFLAGS -- to that last instruction, a CPUID, which always exits (SDM
   Vol. 3C 26.1.2).
