@@ -54,7 +54,7 @@ test: warmup
 test-slow: warmup
 	$(VPY) -m pytest -q --long -m slow
 	HVSIM_LONG=1 $(VPY) -m pytest -q tests/test_fuzz.py tests/test_differential.py \
-	    tests/test_vmx_fuzz.py tests/test_vmx_differential.py
+	    tests/test_vmx_fuzz.py tests/test_vmx_differential.py tests/test_ept_isolation.py
 
 # hvsim pins numba and llvmlite (pyproject.toml); this tries the newest release of both
 # in a venv of its own, with a numba cache of its own, and runs the tests of the numba
