@@ -11,141 +11,23 @@ from hvsim import Machine, assemble
 from hvsim.arch import vmx as X
 from hvsim.arch import vmcs as V
 from hvsim.arch import layout as L
-from hvsim.arch.cr import CR0_NE, CR4_VMXE
 from hvsim.arch.flags import CF, ZF, FIXED1
-from hvsim.rings.setup import install
 from hvsim.vtx import checks as K
-from hvsim.warmup import enable_paging, identity_map_4k
 
-MEM = 4 << 20
-VMXON_REGION = 0x100000
-VMCS_REGION = 0x101000
-GUEST_CODE = 0x200000
-GUEST_STACK = 0x280000
-HOST_STACK = 0x9000
-PD = 0x300000
-
-HYPERVISOR = """
-    mov ecx, 0x3a            ; IA32_FEATURE_CONTROL: lock | VMX outside SMX
-    mov eax, 5
-    xor edx, edx
-    wrmsr
-    vmxon [vmxon_ptr]
-    vmclear [vmcs_ptr]
-    vmptrld [vmcs_ptr]
-    mov esi, table
-next:
-    mov eax, [esi]
-    cmp eax, 0xffffffff
-    je launch
-    mov ebx, [esi+4]
-    vmwrite eax, ebx
-    add esi, 8
-    jmp next
-launch:
-    vmlaunch
-    pushfd                   ; the entry fell through: flags and the error number
-    pop edi
-    mov eax, 0x4400
-    vmread ebp, eax
-    mov esi, 0xfa11
-    hlt
-host_rip:
-    mov eax, 0x4402
-    vmread ebx, eax          ; exit reason
-    mov eax, 0x6400
-    vmread ecx, eax          ; exit qualification
-    mov eax, 0x440c
-    vmread edx, eax          ; VM-exit instruction length
-    mov esi, 0xe817
-    hlt
-vmxon_ptr: dd 0x100000, 0
-vmcs_ptr: dd 0x101000, 0
-table: times 256 dd 0
-"""
-
-
-def _host_fields(m, t, host_rip):
-    cs, ds = t.code(0), t.data(0)
-    return {
-        "HOST_CR0": int(m.cpu.cr0), "HOST_CR3": int(m.cpu.cr3), "HOST_CR4": int(m.cpu.cr4),
-        "HOST_CS_SELECTOR": cs, "HOST_SS_SELECTOR": ds, "HOST_DS_SELECTOR": ds,
-        "HOST_ES_SELECTOR": ds, "HOST_FS_SELECTOR": ds, "HOST_GS_SELECTOR": ds,
-        "HOST_TR_SELECTOR": t.tss_selector, "HOST_TR_BASE": int(m._st[L.TR_BASE]),
-        "HOST_GDTR_BASE": int(m._st[L.GDTR_BASE]), "HOST_IDTR_BASE": int(m._st[L.IDTR_BASE]),
-        "HOST_RSP": HOST_STACK, "HOST_RIP": host_rip,
-    }
-
-
-def _guest_fields(m, t, ring=0):
-    """The guest runs on the host's own GDT and page tables, in ``ring``."""
-    st = m._st
-    f = {}
-    sels = {0: t.data(ring), 1: t.code(ring), 2: t.data(ring), 3: t.data(ring),
-            4: t.data(ring), 5: t.data(ring)}
-    for i, name in enumerate(("ES", "CS", "SS", "DS", "FS", "GS")):
-        f[f"GUEST_{name}_SELECTOR"] = sels[i]
-        f[f"GUEST_{name}_BASE"] = 0
-        f[f"GUEST_{name}_LIMIT"] = 0xFFFFFFFF
-        ar = (0xB if i == 1 else 0x3) | L.AR_S | (ring << L.AR_DPL_SHIFT) | L.AR_P | L.AR_DB | L.AR_G
-        f[f"GUEST_{name}_AR_BYTES"] = ar
-    f.update({
-        "GUEST_TR_SELECTOR": t.tss_selector, "GUEST_TR_BASE": int(st[L.TR_BASE]),
-        "GUEST_TR_LIMIT": int(st[L.TR_LIMIT]), "GUEST_TR_AR_BYTES": 11 | L.AR_P,
-        "GUEST_LDTR_AR_BYTES": L.AR_UNUSABLE,
-        "GUEST_GDTR_BASE": int(st[L.GDTR_BASE]), "GUEST_GDTR_LIMIT": int(st[L.GDTR_LIMIT]),
-        "GUEST_IDTR_BASE": int(st[L.IDTR_BASE]), "GUEST_IDTR_LIMIT": int(st[L.IDTR_LIMIT]),
-        "GUEST_CR0": int(m.cpu.cr0), "GUEST_CR3": int(m.cpu.cr3), "GUEST_CR4": int(m.cpu.cr4),
-        "GUEST_DR7": 0x400, "GUEST_RSP": GUEST_STACK, "GUEST_RIP": GUEST_CODE,
-        "GUEST_RFLAGS": FIXED1, "VMCS_LINK_POINTER": 0xFFFFFFFF,
-        "VMCS_LINK_POINTER_HIGH": 0xFFFFFFFF,
-    })
-    return f
-
-
-def _controls(**extra):
-    f = {"PIN_BASED_VM_EXEC_CONTROL": X.PIN_DEFAULT1,
-         "CPU_BASED_VM_EXEC_CONTROL": X.CPU_TRUE_ALLOWED0,
-         "VM_EXIT_CONTROLS": X.EXIT_TRUE_ALLOWED0,
-         "VM_ENTRY_CONTROLS": X.ENTRY_TRUE_ALLOWED0}
-    f.update(extra)
-    return f
+import vmx_harness as H
+from vmx_harness import GUEST_CODE
 
 
 def vmx_run(guest_src, fields=None, guest_ring=0, budget=100_000, drop=()):
-    """Run the assembly hypervisor with ``guest_src`` as its guest; the machine after it
-    halts (EBX reason, ECX qualification, EDX length at an exit; EDI flags, EBP error
-    number when the entry fell through)."""
-    m = Machine(memory=MEM)
-    t = install(m)
-    enable_paging(m, identity_map_4k(m.memory, PD, MEM))
-    m.cpu.cr0 = int(m.cpu.cr0) | CR0_NE
-    m.cpu.cr4 = int(m.cpu.cr4) | CR4_VMXE
-    hv = assemble(HYPERVISOR)
-    m.load(hv)
-    m.cpu.esp = HOST_STACK
-    guest = assemble(guest_src, origin=GUEST_CODE)
-    m.write_physical(GUEST_CODE, guest.code)
-    for region in (VMXON_REGION, VMCS_REGION):
-        m.write_physical(region, X.VMCS_REVISION_ID.to_bytes(4, "little"))
-    all_fields = _host_fields(m, t, hv.labels["host_rip"])
-    all_fields.update(_guest_fields(m, t, guest_ring))
-    all_fields.update(_controls())
-    all_fields.update(fields or {})
-    for name in drop:
-        all_fields.pop(name)
-    table = bytearray()
-    for name, value in all_fields.items():
-        enc = V.FIELDS[name[:-5]] | 1 if name.endswith("_HIGH") else V.FIELDS[name]
-        table += enc.to_bytes(4, "little") + (value & 0xFFFFFFFF).to_bytes(4, "little")
-    table += (0xFFFFFFFF).to_bytes(4, "little")
-    m.write_physical(hv.labels["table"], bytes(table))
-    ev = m.run(max_steps=budget)
-    return m, ev, guest
+    """Run tests/vmx_harness.py's assembly VMM with ``guest_src`` as its guest:
+    (machine, event, guest program) once it halts -- EBX reason, ECX qualification, EDX
+    length at an exit; EDI flags, EBP error number when the entry fell through."""
+    r = H.vmx_run(guest_src, fields, guest_ring=guest_ring, budget=budget, drop=drop)
+    return r.m, r.ev, r.guest
 
 
 def vmcs(m, name):
-    return int(m._st[L.VMCS_CACHE + V.slot(name)])
+    return int(m._st[V.state_index(name)])
 
 
 def test_cpuid_exits_unconditionally_with_the_instructions_rip_and_length():
@@ -220,15 +102,15 @@ def test_privilege_fault_beats_the_exit():
 def test_smsw_reads_the_cr0_read_shadow_without_an_exit():
     # SDM 25.6.6 / 26.3: bits owned by the host read from the shadow; the Robin-Irvine
     # hole (SMSW at any CPL) is closed with no exit at all
-    m, ev, g = vmx_run("smsw eax\nmov edi, eax\ncpuid\n", {
+    r = H.vmx_run("smsw eax\nmov edi, eax\ncpuid\n", {
         "CR0_GUEST_HOST_MASK": 0x1, "CR0_READ_SHADOW": 0x0})
-    assert m.cpu.ebx == X.ExitReason.CPUID                 # the first exit is CPUID's
-    assert vmcs(m, "GUEST_RIP") == GUEST_CODE + 3 + 2       # after SMSW (3) and MOV (2)
-    # EDI (which the host code leaves alone) holds what SMSW gave the guest: PE from the
-    # shadow (0), every other bit from the real CR0 (P6 and later store all of CR0)
-    real = vmcs(m, "GUEST_CR0")
+    assert r.reason == X.ExitReason.CPUID                   # the first exit is CPUID's
+    assert r.vmcs("GUEST_RIP") == GUEST_CODE + 3 + 2        # after SMSW (3) and MOV (2)
+    # the guest's EDI, as HOST_RIP stored it, holds what SMSW gave the guest: PE from
+    # the shadow (0), every other bit from the real CR0 (P6 and later store all of CR0)
+    real = r.vmcs("GUEST_CR0")
     assert real & 1 == 1
-    assert m.cpu.edi == real & ~1
+    assert r.exit_gprs()["edi"] == real & ~1
 
 
 def test_mov_to_cr0_of_an_owned_bit_exits_with_the_qualification():

@@ -233,14 +233,14 @@ class VmxRun:
 
     def vmcs(self, name: str) -> int:
         """A field of the current VMCS as VMREAD (32-bit operand size) returns it."""
-        v = int(self.m._st[L.VMCS_CACHE + V.slot(name)])
+        v = int(self.m._st[V.state_index(name)])
         if name.endswith("_HIGH"):
             return (v >> 32) & 0xFFFFFFFF
         enc = V.FIELDS[name]
         return v & (0xFFFF if V.width_of(enc) == V.W16 else 0xFFFFFFFF)
 
     def vmcs64(self, name: str) -> int:
-        return int(self.m._st[L.VMCS_CACHE + V.slot(name)]) & 0xFFFFFFFFFFFFFFFF
+        return int(self.m._st[V.state_index(name)]) & 0xFFFFFFFFFFFFFFFF
 
     def exit_gprs(self) -> dict:
         """The guest's general registers at the VM exit, as HOST_RIP stored them; ESP is

@@ -114,7 +114,7 @@ VMX_PYTHON_HOST = 91   # 1: a VM exit leaves run() (EXIT_VMEXIT) once host state
                        # at HOST_RIP, for a VMM written in guest code
 VMX_ENTRY_REQUEST = 92 # set by the Python VMM: run() makes a VM entry first (1 VMLAUNCH, 2 VMRESUME)
 VMX_EPT = 93       # 1 while in non-root operation with "enable EPT" (the MMU's 2D walk)
-VMX_INTR_WINDOW = 94   # 1 while in non-root operation with "interrupt-window exiting"
+# (slot 94 is free)
 VMCS_LAUNCH_STATE = 95 # launch state of the current VMCS (hvsim/arch/vmcs.py LAUNCH_*)
 VMX_ENTRY_CHECK = 96   # the last failed VM-entry check (hvsim/vtx/checks.py), 0 = none
 VMX_ENTRY_VALUE = 97   # the value that check found

@@ -20,6 +20,7 @@ the high halves of the 64-bit fields at ``16 + 2048 + 4 * (slot - 128)``: 2576 b
 the 4096 IA32_VMX_BASIC reports.
 """
 from hvsim.arch import vmx as X
+from hvsim.arch.layout import VMCS_CACHE
 
 # widths and types (bits 14:13 and 11:10)
 W16, W64, W32, WNAT = 0, 1, 2, 3
@@ -150,6 +151,11 @@ CAPABILITY_MSRS[X.MSR_IA32_VMX_VMCS_ENUM] = VMCS_ENUM
 
 def slot(name: str) -> int:
     return slot_of(FIELDS[name])
+
+
+def state_index(name: str) -> int:
+    """Where the current VMCS's field ``name`` lives in the state array: st[state_index]."""
+    return VMCS_CACHE + slot(name)
 
 
 # slots of the fields the kernels use, by name (module-level ints: numba folds them)

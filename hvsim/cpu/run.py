@@ -35,7 +35,7 @@ from hvsim.arch.layout import (
 )
 from hvsim.arch.layout import DR6, BLOCKING_BY_MOV_SS, BLOCKING_BY_STI
 from hvsim.arch.layout import (FAULT_VMEXIT, FAULT_SHUTDOWN, VMX_VECTORING_INFO, VMX_NONROOT, VMX_PYTHON_HOST, VMX_ENTRY_REQUEST,
-                              VMX_INTR_WINDOW, VMCS_CACHE)
+                              )
 from hvsim.arch import vmcs as _V
 from hvsim.arch import vmx as _X
 from hvsim.arch.fault import raise_vmexit
@@ -47,10 +47,11 @@ from hvsim.rings.interrupts import trace_record, EV_FAULT, EV_TRAP, EV_EXTERNAL
 from hvsim.arch.vectors import GP, DB, PF
 
 # VMX non-root operation (hvsim/vtx): the VMCS fields the run loop reads
-_PIN_CONTROLS = VMCS_CACHE + _V.slot("PIN_BASED_VM_EXEC_CONTROL")
-_EXIT_CONTROLS = VMCS_CACHE + _V.slot("VM_EXIT_CONTROLS")
-_EXIT_INTR_INFO = VMCS_CACHE + _V.slot("VM_EXIT_INTR_INFO")
-_EXIT_INTR_ERROR = VMCS_CACHE + _V.slot("VM_EXIT_INTR_ERROR_CODE")
+_PIN_CONTROLS = _V.state_index("PIN_BASED_VM_EXEC_CONTROL")
+_CPU_CONTROLS = _V.state_index("CPU_BASED_VM_EXEC_CONTROL")
+_EXIT_CONTROLS = _V.state_index("VM_EXIT_CONTROLS")
+_EXIT_INTR_INFO = _V.state_index("VM_EXIT_INTR_INFO")
+_EXIT_INTR_ERROR = _V.state_index("VM_EXIT_INTR_ERROR_CODE")
 _R_EXCEPTION = int(_X.ExitReason.EXCEPTION_NMI)
 _R_EXTERNAL = int(_X.ExitReason.EXTERNAL_INTERRUPT)
 _R_TRIPLE_FAULT = int(_X.ExitReason.TRIPLE_FAULT)
@@ -351,7 +352,8 @@ def _nonroot_events(mem, st, tlb, pg, dc, ktab):
     the VM-exit interruption information and leaves the line, else it stays pending).
     EXIT_NONE when neither applies (or the CPU went on in root operation)."""
     blocked = (st[INT_SHADOW] & (BLOCKING_BY_STI | BLOCKING_BY_MOV_SS)) != 0
-    if st[VMX_INTR_WINDOW] != 0 and (st[EFLAGS] & IF) != 0 and not blocked:
+    if (st[_CPU_CONTROLS] & _X.CPU_INTERRUPT_WINDOW_EXITING) != 0 and \
+            (st[EFLAGS] & IF) != 0 and not blocked:
         st[INSN_EIP] = st[EIP]
         st[INSN_LEN] = 0
         raise_vmexit(st, _R_INTERRUPT_WINDOW, 0)

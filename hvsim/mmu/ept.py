@@ -70,7 +70,7 @@ from hvsim.arch.ept import (EPTP_AD, EPTP_PML4_MASK, EPT_R, EPT_W, EPT_X, EPT_RW
                            EPT_SHIFT_PD, EPT_SHIFT_PT, EPT_MEMTYPE_RESERVED, EPT_ACC_READ,
                            EPT_ACC_WRITE, EPT_ACC_FETCH)
 from hvsim.arch.fault import raise_vmexit, raise_bus_error
-from hvsim.arch.layout import VMCS_CACHE, COUNTERS, CFG_MEM_SIZE, FAULT_PENDING, MASK32
+from hvsim.arch.layout import COUNTERS, CFG_MEM_SIZE, FAULT_PENDING, MASK32
 from hvsim.arch.pte import ACC_WRITE, ACC_FETCH
 from hvsim.mmu.frames import smc_check
 from hvsim.mmu.tlb import TLBF_D, TLBF_EPT_NR, TLBF_EPT_NX
@@ -78,9 +78,9 @@ from hvsim.mmu.tlb import TLBF_D, TLBF_EPT_NR, TLBF_EPT_NX
 __all__ = ["walk_ept", "ept_guest_entry", "ept_guest_entry_update", "ept_datum",
            "ept_violation", "ept_misconfig"]
 
-_EPTP = VMCS_CACHE + V.slot("EPT_POINTER")
-_GPA = VMCS_CACHE + V.slot("GUEST_PHYSICAL_ADDRESS")
-_GLA = VMCS_CACHE + V.slot("GUEST_LINEAR_ADDRESS")
+_EPTP = V.state_index("EPT_POINTER")
+_GPA = V.state_index("GUEST_PHYSICAL_ADDRESS")
+_GLA = V.state_index("GUEST_LINEAR_ADDRESS")
 _EPT_VIOLATION = int(X.ExitReason.EPT_VIOLATION)
 _EPT_MISCONFIG = int(X.ExitReason.EPT_MISCONFIG)
 

@@ -71,8 +71,7 @@ _READ = {name: (L.VMCS_CACHE + V.slot_of(enc), (1 << V.WIDTH_BITS[V.width_of(enc
          for name, enc in V.FIELDS.items()}
 
 
-def _idx(name: str) -> int:
-    return L.VMCS_CACHE + V.slot(name)
+_idx = V.state_index
 
 
 # the fields the exit path reads on every exit, as state-array indices

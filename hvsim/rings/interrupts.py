@@ -28,7 +28,7 @@ from hvsim.arch.layout import (MASK32, ESP, EIP, EFLAGS, CPL, CR2, TSC, COUNTERS
                               FAULT_EXCEPTION, DELIVERING, DOUBLE_FAULTING, HALTED, INSN_EIP, INSN_LEN,
                               IDTR_BASE, IDTR_LIMIT, TR_SEL, TR_BASE, TR_LIMIT, TR_AR,
                               SEG_SEL, SEG_BASE, SEG_LIMIT, SEG_AR, SREG_CS, SREG_SS,
-                              AR_UNUSABLE, ROUTE, ROUTE_HOST, VMX_NONROOT, VMCS_CACHE,
+                              AR_UNUSABLE, ROUTE, ROUTE_HOST, VMX_NONROOT,
                               VMX_VECTORING_INFO, VMX_VECTORING_ERROR,
                               TRACE_HEAD, TRACE_BUF, TRACE_FIELDS, TRACE_CAP)
 from hvsim.mmu.paging import read_lin
@@ -270,9 +270,9 @@ def deliver_once(mem, st, tlb, pg, vector, error, kind, ext):
     update_flat(st)
 
 
-_EXCEPTION_BITMAP = VMCS_CACHE + _V.slot("EXCEPTION_BITMAP")
-_PFEC_MASK = VMCS_CACHE + _V.slot("PAGE_FAULT_ERROR_CODE_MASK")
-_PFEC_MATCH = VMCS_CACHE + _V.slot("PAGE_FAULT_ERROR_CODE_MATCH")
+_EXCEPTION_BITMAP = _V.state_index("EXCEPTION_BITMAP")
+_PFEC_MASK = _V.state_index("PAGE_FAULT_ERROR_CODE_MASK")
+_PFEC_MATCH = _V.state_index("PAGE_FAULT_ERROR_CODE_MATCH")
 
 
 @njit(inline="always")

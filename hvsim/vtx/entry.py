@@ -25,8 +25,8 @@ from hvsim.arch import vmx as X
 from hvsim.arch.counters import C_VMENTRY, C_VMENTRY_FAIL, C_VMX_INSN, C_IRQ
 from hvsim.arch.flags import IF, VM as FLAG_VM
 from hvsim.arch.layout import (
-    VMCS_CACHE, VMCS_PTR, VMCS_PTR_NONE, VMCS_LAUNCH_STATE, VMX_NONROOT, VMX_EPT,
-    VMX_INTR_WINDOW, VMX_ENTRY_CHECK, VMX_ENTRY_VALUE, INT_SHADOW, BLOCKING_BY_MOV_SS,
+    VMCS_PTR, VMCS_PTR_NONE, VMCS_LAUNCH_STATE, VMX_NONROOT, VMX_EPT,
+    VMX_ENTRY_CHECK, VMX_ENTRY_VALUE, INT_SHADOW, BLOCKING_BY_MOV_SS,
     EIP, CPL, COUNTERS, CFG_MEM_SIZE, AR_UNUSABLE, AR_S, AR_P, AR_G, AR_DPL_SHIFT,
     VMX_VECTORING_INFO, SREG_CS, SREG_SS, MASK32, INSN_EIP, INSN_LEN, VMX_ENTRY_REQUEST,
 )
@@ -40,8 +40,7 @@ from hvsim.vtx.state import load_guest, load_host, G_CR0, G_CR4, G_RFLAGS, G_SEL
     H_SEL0, H_TR_SEL
 
 
-def _f(name):
-    return VMCS_CACHE + V.slot(name)
+_f = V.state_index
 
 
 PIN, CPU, SEC = (_f("PIN_BASED_VM_EXEC_CONTROL"), _f("CPU_BASED_VM_EXEC_CONTROL"),
@@ -395,7 +394,6 @@ def vm_entry(mem, st, tlb, pg, launch):
     sec = st[SEC] if (st[CPU] & X.CPU_ACTIVATE_SECONDARY_CONTROLS) != 0 else 0
     st[VMX_NONROOT] = 1
     st[VMX_EPT] = 1 if (sec & X.SEC_ENABLE_EPT) != 0 else 0
-    st[VMX_INTR_WINDOW] = 1 if (st[CPU] & X.CPU_INTERRUPT_WINDOW_EXITING) != 0 else 0
     st[VMX_VECTORING_INFO] = 0
     st[COUNTERS + C_VMENTRY] += 1
     trace_record(st, TRACE_KIND_VMENTRY, launch, -1, st[EIP], TRACE_ROOT, st[CPL], 0)

@@ -21,15 +21,14 @@ from hvsim._jit import njit
 from hvsim.arch import vmcs as V
 from hvsim.arch import vmx as X
 from hvsim.arch.counters import C_VMEXIT
-from hvsim.arch.layout import (VMCS_CACHE, VMX_NONROOT, VMX_EPT, VMX_INTR_WINDOW,
+from hvsim.arch.layout import (VMX_NONROOT, VMX_EPT,
                               VMX_VECTORING_INFO, VMX_VECTORING_ERROR, FAULT_PENDING,
                               FAULT_VECTOR, FAULT_ERROR, INSN_LEN, COUNTERS, MASK32, CPL)
 from hvsim.rings.interrupts import trace_record, TRACE_KIND_VMEXIT, TRACE_ROOT
 from hvsim.vtx.state import save_guest, load_host, G_RIP
 
 
-def _f(name):
-    return VMCS_CACHE + V.slot(name)
+_f = V.state_index
 
 
 EXIT_REASON, EXIT_QUAL, EXIT_INSN_LEN = (_f("VM_EXIT_REASON"), _f("EXIT_QUALIFICATION"),
@@ -64,7 +63,6 @@ def vm_exit(mem, st, tlb, pg, dc, row):
     st[ENTRY_INTR_INFO] &= ~X.INTR_INFO_VALID
     st[VMX_NONROOT] = 0
     st[VMX_EPT] = 0
-    st[VMX_INTR_WINDOW] = 0
     if 0 <= reason < _N_REASONS:
         st[COUNTERS + C_VMEXIT + reason] += 1
     trace_record(st, TRACE_KIND_VMEXIT, reason, st[EXIT_QUAL], st[G_RIP], st[CPL], TRACE_ROOT,

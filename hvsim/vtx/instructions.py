@@ -15,12 +15,12 @@ from hvsim.arch import vmcs as V
 from hvsim.arch import vmx as X
 from hvsim.arch.counters import C_VMX_INSN
 from hvsim.arch.flags import ARITH, CF, ZF
-from hvsim.arch.layout import (EFLAGS, VMX_ON, VMXON_PTR, VMCS_PTR, VMCS_PTR_NONE, VMCS_CACHE,
+from hvsim.arch.layout import (EFLAGS, VMX_ON, VMXON_PTR, VMCS_PTR, VMCS_PTR_NONE,
                               VMCS_LAUNCH_STATE, COUNTERS)
 from hvsim.vtx.vmcs import (field_slot, read_only, read_field, write_field, region_in_memory,
                             read32, load_region, store_region, set_launch_state)
 
-_ERROR = VMCS_CACHE + V.slot("VM_INSTRUCTION_ERROR")
+_ERROR = V.state_index("VM_INSTRUCTION_ERROR")
 _PAGE_MASK = 0xFFF
 _PHYS_LIMIT = 1 << 32           # IA32_VMX_BASIC bit 48: physical addresses are 32 bits
 # VM-instruction error numbers as plain ints (Table 31-1)
@@ -66,6 +66,19 @@ def _bad_address(st, pa):
 
 
 @njit
+def _pointer_refused(st, pa, bad_address_error, vmxon_pointer_error):
+    """VMCLEAR's and VMPTRLD's first two checks on their VMCS pointer (31.3): an invalid
+    physical address, then the VMXON pointer. True (and VMfail(n)) if one fails."""
+    if _bad_address(st, pa):
+        vm_fail(st, bad_address_error)
+        return True
+    if pa == st[VMXON_PTR]:
+        vm_fail(st, vmxon_pointer_error)
+        return True
+    return False
+
+
+@njit
 def _revision_ok(mem, pa):
     rev = read32(mem, pa)
     return (rev & 0x7FFFFFFF) == X.VMCS_REVISION_ID and (rev & X.VMCS_SHADOW_INDICATOR) == 0
@@ -107,11 +120,7 @@ def vmxoff(mem, st, pg):
 @njit
 def vmclear(mem, st, pg, pa):
     st[COUNTERS + C_VMX_INSN] += 1
-    if _bad_address(st, pa):
-        vm_fail(st, _E_VMCLEAR_INVALID_ADDRESS)
-        return
-    if pa == st[VMXON_PTR]:
-        vm_fail(st, _E_VMCLEAR_VMXON_POINTER)
+    if _pointer_refused(st, pa, _E_VMCLEAR_INVALID_ADDRESS, _E_VMCLEAR_VMXON_POINTER):
         return
     if pa == st[VMCS_PTR]:
         st[VMCS_LAUNCH_STATE] = V.LAUNCH_CLEAR
@@ -125,11 +134,7 @@ def vmclear(mem, st, pg, pa):
 @njit
 def vmptrld(mem, st, pg, pa):
     st[COUNTERS + C_VMX_INSN] += 1
-    if _bad_address(st, pa):
-        vm_fail(st, _E_VMPTRLD_INVALID_ADDRESS)
-        return
-    if pa == st[VMXON_PTR]:
-        vm_fail(st, _E_VMPTRLD_VMXON_POINTER)
+    if _pointer_refused(st, pa, _E_VMPTRLD_INVALID_ADDRESS, _E_VMPTRLD_VMXON_POINTER):
         return
     if not _revision_ok(mem, pa):
         vm_fail(st, _E_VMPTRLD_INCORRECT_REVISION)

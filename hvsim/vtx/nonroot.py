@@ -26,13 +26,12 @@ from hvsim._jit import njit
 from hvsim.arch import vmcs as V
 from hvsim.arch import vmx as X
 from hvsim.arch.fault import raise_vmexit
-from hvsim.arch.layout import VMCS_CACHE, CFG_MEM_SIZE, MASK32
+from hvsim.arch.layout import CFG_MEM_SIZE, MASK32
 
 _ER = X.ExitReason
 
 
-def _f(name):
-    return VMCS_CACHE + V.slot(name)
+_f = V.state_index
 
 
 CPU, SEC = _f("CPU_BASED_VM_EXEC_CONTROL"), _f("SECONDARY_VM_EXEC_CONTROL")

@@ -21,16 +21,14 @@ from hvsim.arch.layout import (
     ESP, EIP, EFLAGS, CR0, CR3, CR4, CPL, DR7, SEG_SEL, SEG_BASE, SEG_LIMIT, SEG_AR,
     N_SREGS, SREG_CS, SREG_SS, SREG_FS, SREG_GS, GDTR_BASE, GDTR_LIMIT, IDTR_BASE, IDTR_LIMIT, LDTR_SEL,
     LDTR_BASE, LDTR_LIMIT, LDTR_AR, TR_SEL, TR_BASE, TR_LIMIT, TR_AR, HALTED, INT_SHADOW,
-    MSR_SYSENTER_CS_SLOT, MSR_SYSENTER_ESP_SLOT, MSR_SYSENTER_EIP_SLOT, VMCS_CACHE,
-    FETCH_LIN_PAGE, ATTN, AR_S, AR_P, AR_DB, AR_G, AR_UNUSABLE, AR_DPL_SHIFT, MASK32,
+    MSR_SYSENTER_CS_SLOT, MSR_SYSENTER_ESP_SLOT, MSR_SYSENTER_EIP_SLOT, FETCH_LIN_PAGE, ATTN, AR_S, AR_P, AR_DB, AR_G, AR_UNUSABLE, AR_DPL_SHIFT, MASK32,
     BLOCKING_BY_STI, BLOCKING_BY_MOV_SS,
 )
 from hvsim.mmu.paging import tlb_flush
 from hvsim.rings.segments import update_flat
 
 
-def _f(name):
-    return VMCS_CACHE + V.slot(name)
+_f = V.state_index
 
 
 # the six segment registers in hvsim's SREG order (ES CS SS DS FS GS) = the VMCS order
