@@ -70,6 +70,20 @@ except ImportError:                    # pragma: no cover -- a numba without it
     _CacheLocator = None
 
 _OPTIONS = dict(cache=True, nogil=True, boundscheck=False, error_model="numpy", _nrt=False)
+# No C-callable wrapper per kernel: numba makes one for every compiled function by
+# default, for taking its address (``dispatcher.address``); hvsim never takes a
+# kernel's address that way (the kernel table compiles its own ``numba.cfunc``
+# wrappers, hvsim/cpu/table.py), and the wrappers made each cached kernel's machine code
+# larger -- measured on the 2-core development machine, the MMU's translate compiled in
+# 2.3-2.4 s without them against 3.5 s with them, and the first result of the README's
+# example came 1 s sooner (BENCHMARKS.md). An option of numba's CPU target rather than
+# a documented one: used only when this numba still lists it.
+try:
+    from numba.core.cpu import CPUTargetOptions as _CPUTargetOptions
+    if hasattr(_CPUTargetOptions, "no_cfunc_wrapper"):
+        _OPTIONS["no_cfunc_wrapper"] = True
+except ImportError:                    # pragma: no cover -- a numba without it
+    pass
 _PACKAGE = pathlib.Path(__file__).resolve().parent
 _STAMP_NAME = ".hvsim-sources.sha256"
 

@@ -75,7 +75,8 @@ def _kernel_entry():
     if not run.signatures:
         if kernel_cache_present() is False:
             print(FIRST_COMPILE_NOTICE, file=sys.stderr, flush=True)
-            _start_compile_helper()
+            from hvsim.warmup import compile_run_loop_parts
+            compile_run_loop_parts(_start_compile_helper())
         st = np.zeros(L.ST_SIZE, np.int64)
         st[L.CFG_MEM_SIZE] = 4096
         run(np.zeros(4096, np.uint8), st, np.zeros(L.TLB_FIELDS, np.int64),

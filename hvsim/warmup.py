@@ -184,6 +184,14 @@ def warmup() -> float:
 # program meets them: when the first instructions ask for their handlers, the helper
 # has usually finished them, and the main process only loads them. The helper then
 # goes on through every other handler, so later first uses load too.
+#
+# The run loop's own compile is shared the same way. Its largest callee, the MMU's
+# translation (about a third of it), is what the helper compiles first, while the main
+# process compiles the loop's other callees (RUN_LOOP_MAIN) and then waits, if it must,
+# for the helper's translation to reach the cache before it compiles ``run`` itself.
+RUN_LOOP_HELPER = ("hvsim.mmu.paging.translate",)
+RUN_LOOP_MAIN = ("hvsim.cpu.run._exit", "hvsim.cpu.run.handle_fault",
+                 "hvsim.cpu.run._nonroot_events", "hvsim.cpu.decode.decode")
 
 def _argument_types():
     """numba type of each kernel parameter, by name: the run loop's six arrays, one
@@ -224,11 +232,53 @@ def kernel_plan():
     return [(n, *found[n]) for n in reversed(list(found))]
 
 
+def _named_kernels(names):
+    """``[(dispatcher, argument types)]`` of the kernels named ``module.function``,
+    typed as the run loop calls them (:func:`_argument_types`)."""
+    from numba import types
+    types_by_name = _argument_types()
+    out = []
+    for name in names:
+        module, _, fn = name.rpartition(".")
+        dispatcher = getattr(importlib.import_module(module), fn)
+        params = inspect.signature(dispatcher.py_func).parameters
+        out.append((dispatcher, tuple(types_by_name.get(p, types.int64) for p in params)))
+    return out
+
+
+def _in_disk_cache(dispatcher):
+    """Whether numba's disk cache holds a compiled version of ``dispatcher`` (False
+    when that cannot be told)."""
+    try:
+        return os.path.exists(dispatcher._cache._cache_file._index_path)
+    except AttributeError:
+        return False
+
+
+def compile_run_loop_parts(helper, timeout=20.0) -> None:
+    """The main process's share of a cold compile of the run loop (see above): compile
+    RUN_LOOP_MAIN, then wait while ``helper`` is alive and compiling RUN_LOOP_HELPER,
+    at most ``timeout`` seconds; whatever it has not cached by then, ``run``'s own
+    compile compiles here."""
+    if helper is None:
+        return
+    for dispatcher, sig in _named_kernels(RUN_LOOP_MAIN):
+        dispatcher.compile(sig)
+    deadline = time.monotonic() + timeout
+    for dispatcher, _ in _named_kernels(RUN_LOOP_HELPER):
+        while (not dispatcher.overloads and not _in_disk_cache(dispatcher)
+               and helper.poll() is None and time.monotonic() < deadline):
+            time.sleep(0.01)
+
+
 def compile_plan() -> None:
-    """The helper's work: compile (into the disk cache) the kernel table's entries with
-    their C wrappers, in the order a program meets them (hvsim/cpu/table.py), then every
-    other kernel of :func:`kernel_plan`."""
+    """The helper's work: compile (into the disk cache) the run loop's RUN_LOOP_HELPER
+    kernels, then the kernel table's entries with their C wrappers, in the order a
+    program meets them (hvsim/cpu/table.py), then every other kernel of
+    :func:`kernel_plan`."""
     from hvsim.cpu import table
+    for dispatcher, sig in _named_kernels(RUN_LOOP_HELPER):
+        dispatcher.compile(sig)
     for slot in table.SLOTS:
         table.ensure(slot)
     for _name, dispatcher, sig in kernel_plan():

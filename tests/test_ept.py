@@ -31,6 +31,7 @@ from hvsim.arch.cr import CR0_PE, CR0_PG, CR0_WP, CR0_NE, CR4_PSE, CR4_VMXE
 from hvsim.arch.ept import (EPT_R, EPT_W, EPT_X, EPT_RWX, EPT_LARGE, EPT_A, EPT_D,
                            EPTP_AD, EPTP_WALK_LENGTH_4, EPT_MT_WB)
 from hvsim.arch.flags import FIXED1
+from hvsim.cpu import table
 from hvsim.arch.pte import PTE_P, PTE_RW, PTE_US, PTE_A, PTE_D, PTE_PS, ACC_READ, ACC_WRITE, \
     ACC_USER, ACC_FETCH
 from hvsim.mmu.ept import walk_ept
@@ -124,6 +125,9 @@ class Box:
         st[L.CR4] = CR4_PSE if pse else 0
         st[L.VMX_NONROOT] = 1
         st[L.VMX_EPT] = 1
+        # the walk calls the EPT walker by the address run() would copy there
+        table.ensure(table.K_EPT)
+        st[L.EPT_WALKER] = table.KTAB[table.K_EPT]
         self.ept = EptTables(self.mem, 0x380000)
 
     def set_eptp(self, eptp):
@@ -446,6 +450,26 @@ def test_ept_table_outside_memory_is_a_bus_error_not_an_exit():
     assert box.tr(0x150010) == 0xFFFFF010
     got = read_lin(box.mem, box.st, box.tlb, box.pg, 0x150010, 4, ACC_READ)
     assert box.outcome(got) == ("bus", 0xFFFFF010)
+
+
+def test_a_walk_with_no_ept_walker_ends_in_an_internal_error_naming_its_entry():
+    # hvsim/mmu/ept.py: the 2-D walk calls the EPT walker by the address in
+    # st[EPT_WALKER]; without one (a state used outside run(), which copies it there)
+    # the walk stops with the table entry named, and writes nothing
+    box = Box()
+    guest_identity(box)
+    box.ept.identity(4 << 20)
+    box.set_eptp(box.ept.eptp(ad=True))
+    box.st[L.EPT_WALKER] = 0
+    before = box.mem.copy()
+    translate_pg(box.mem, box.st, box.tlb, box.pg, 0x250ABC, ACC_WRITE)
+    assert (box.st[L.FAULT_PENDING], box.st[L.FAULT_VECTOR]) == (L.FAULT_INTERNAL, L.KTAB_EPT)
+    assert np.array_equal(box.mem, before) and box.refs() == 0
+    # with the walker, the same walk goes through (and sets the A/D flags it should)
+    box.st[L.FAULT_PENDING] = 0
+    box.st[L.EPT_WALKER] = table.KTAB[table.K_EPT]
+    assert box.tr(0x250ABC, ACC_WRITE) == 0x250ABC and box.refs() == 14
+    assert not np.array_equal(box.mem, before)
 
 
 # ---------------------------------------------------------------- the machine: the VMM

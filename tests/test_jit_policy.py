@@ -198,6 +198,8 @@ def test_the_first_call_prints_the_notice_and_starts_the_helper_exactly_when_the
     import hvsim.warmup as W
     calls = []
     monkeypatch.setattr(W, "start_compile_helper", lambda: calls.append("start") or "helper")
+    # this process compiles its share of the run loop beside the helper
+    monkeypatch.setattr(W, "compile_run_loop_parts", lambda h: calls.append(("share", h)))
     # the helper goes on after the run loop is compiled: it is stopped at exit
     monkeypatch.setattr(M.atexit, "register", lambda fn, h: calls.append((fn.__name__, h)))
     for present, printed in ((False, True), (True, False), (None, False)):
@@ -207,7 +209,8 @@ def test_the_first_call_prints_the_notice_and_starts_the_helper_exactly_when_the
         monkeypatch.setattr(M, "kernel_cache_present", lambda: present)
         assert M._kernel_entry() == "compiled entry"
         assert (M.FIRST_COMPILE_NOTICE in capsys.readouterr().err) is printed, present
-        assert calls == (["start", ("stop_compile_helper", "helper")] if printed else []), present
+        assert calls == (["start", ("stop_compile_helper", "helper"), ("share", "helper")]
+                         if printed else []), present
 
 
 def _cached_signatures(dispatcher):
@@ -242,6 +245,24 @@ def test_the_compile_helper_plans_what_the_run_loop_compiles_with_the_same_types
     # only tests call these (and compile them when they run first): the rest is cached
     assert set(never_cached) <= {"big_stack", "pop32", "push32"}
     assert len(plan) > 80
+
+
+def test_the_run_loops_compile_is_split_between_the_two_processes_without_overlap():
+    """The helper's first kernels and this process's are different ones, each typed as
+    the run loop calls it: the run loop's compile then finds them, cached or in memory,
+    and the cache holds one version of each -- a second would be a wasted compile."""
+    import hvsim.warmup as W
+    from hvsim.warmup import _named_kernels, RUN_LOOP_HELPER, RUN_LOOP_MAIN
+    import hvsim.cpu.run as R
+    helper, main = _named_kernels(RUN_LOOP_HELPER), _named_kernels(RUN_LOOP_MAIN)
+    assert not {id(d) for d, _ in helper} & {id(d) for d, _ in main}
+    for dispatcher, sig in helper + main:
+        assert _cached_signatures(dispatcher) == {sig}, dispatcher.py_func.__qualname__
+        # reached from the run loop: named in run.py's module or what it imports
+        assert dispatcher.py_func.__module__ in ("hvsim.cpu.run", "hvsim.cpu.decode",
+                                                 "hvsim.mmu.paging")
+    assert _cached_signatures(R.run)
+    assert W.compile_run_loop_parts(None) is None       # no helper: nothing shared
 
 
 def test_the_helper_process_fills_an_empty_cache_and_stops_when_asked(tmp_path, monkeypatch):

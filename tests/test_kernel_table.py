@@ -62,14 +62,23 @@ def run_twins(full, lazy, rng, spy, budget=400_000, breakpoints=()):
         table.KTAB[:] = 0
         el = lazy.run(n)
         assert ef == el, f"events differ: {ef} vs {el}"
-        sf, sl = full._st, lazy._st
+        sf, sl = _guest_state(full), _guest_state(lazy)
         assert np.array_equal(sf, sl), f"st differs at {np.flatnonzero(sf != sl).tolist()} after {ef}"
         steps += n
         if ef.kind not in ("budget", "breakpoint") or steps > budget:
             break
-    for name, x, y in zip(("st", "tlb", "pg", "mem", "dc"), state(full), state(lazy)):
+    assert np.array_equal(_guest_state(full), _guest_state(lazy))
+    for name, x, y in list(zip(("st", "tlb", "pg", "mem", "dc"), state(full), state(lazy)))[1:]:
         assert np.array_equal(x, y), f"{name} differs at the end"
     return ef
+
+
+def _guest_state(m):
+    """The state array but for st[EPT_WALKER]: the EPT walker's address in this process,
+    which run() copies from the kernel table at every call (0 while that entry is empty)."""
+    st = m._st.copy()
+    st[L.EPT_WALKER] = 0
+    return st
 
 
 @pytest.mark.parametrize("name", sorted(p.stem for p in GUESTS.glob("*.s") if p.stem != "lib"))
@@ -182,10 +191,12 @@ def test_the_table_names_a_handler_for_every_family_but_nop():
     from hvsim.cpu import decode as D
     ops = {v for k, v in vars(D).items() if k.startswith("OP_")}
     assert set(table.HANDLERS) == ops - {OP_NOP}
-    assert table.K_DELIVER == max(ops) + 1
-    # then the VM exit and the Python VMM's VM entry (hvsim/vtx), with the handler signature
-    assert (table.K_VMEXIT, table.K_VMENTRY) == (table.K_DELIVER + 1, table.K_DELIVER + 2)
-    assert table.TABLE_SIZE == table.K_VMENTRY + 1
+    assert max(ops) < table.K_DELIVER
+    # then the VM exit and the Python VMM's VM entry (hvsim/vtx), with the handler
+    # signature, and the EPT walker
+    assert (table.K_VMEXIT, table.K_VMENTRY, table.K_EPT) == tuple(table.K_DELIVER + i
+                                                                   for i in (1, 2, 3))
+    assert table.TABLE_SIZE == table.K_EPT + 1
     table.ensure_all()
     filled = np.flatnonzero(table.KTAB)
     assert sorted(filled.tolist()) == sorted(set(table.SLOTS))
@@ -193,8 +204,8 @@ def test_the_table_names_a_handler_for_every_family_but_nop():
     assert table.KTAB[D.OP_LAR] == table.KTAB[D.OP_LSL]
     assert table.KTAB[D.OP_MOVZX] == table.KTAB[D.OP_MOVSX]
     assert table.KTAB[D.OP_UD] == table.KTAB[D.OP_UD2]
-    # one address per distinct handler, plus deliver, vm_exit and entry_request
-    assert len(set(table.KTAB[filled].tolist())) == len(set(map(id, table.HANDLERS.values()))) + 3
+    # one address per distinct handler, plus deliver, vm_exit, entry_request and ept_hook
+    assert len(set(table.KTAB[filled].tolist())) == len(set(map(id, table.HANDLERS.values()))) + 4
 
 
 def test_a_kernel_that_fails_to_compile_leaves_the_machine_able_to_run_again(requests, monkeypatch):
@@ -284,3 +295,30 @@ def test_a_handler_that_does_not_return_its_status_ends_the_run_in_an_internal_e
     assert (ev.kind, ev.vector, ev.eip) == ("internal_error", D.OP_CPUID, m.cpu.eip)
     assert m.cpu.eip == 0x1005 and m.counters["instructions"] == 1   # the MOV only
     assert m.counters.exits == {"internal_error": 1}
+
+
+def test_a_state_restored_in_a_guest_with_ept_asks_for_the_ept_walker_first(requests):
+    """The EPT walker is called in the middle of an instruction, so it cannot wait for a
+    request there: it comes with the entries that can turn EPT on (VMLAUNCH/VMRESUME,
+    the Python VMM's entry), and run() asks for it before anything else when the state
+    is already in a guest with EPT -- a snapshot restored in a fresh process."""
+    from test_ept import ept_run, GUEST_WORK
+    spy, seen = requests
+    m, ev, _, _ = ept_run(GUEST_WORK, budget=1)
+    while ev.kind == "budget" and not m._st[L.VMX_NONROOT]:
+        ev = m.run(max_steps=20)
+    ev = m.run(max_steps=20)                             # stopped inside the guest
+    assert ev.kind == "budget" and m._st[L.VMX_NONROOT] == 1 and m._st[L.VMX_EPT] == 1
+    snap = m.snapshot()
+    full = m.run(max_steps=200_000)
+    spy.machine = m
+    m.restore(snap)
+    table.KTAB[table.K_EPT] = 0
+    lazy = m.run(max_steps=200_000)
+    assert seen[0] == (table.K_EPT, "?") and lazy == full
+    assert table.KTAB[table.K_EPT] == spy.full[table.K_EPT]
+    # the entries of VMLAUNCH/VMRESUME and of the Python VMM's entry bring it along
+    for slot in (D.OP_VMX, table.K_VMENTRY):
+        table.KTAB[:] = 0
+        table.ensure(slot)
+        assert sorted(np.flatnonzero(table.KTAB).tolist()) == sorted((slot, table.K_EPT))

@@ -13,7 +13,7 @@ import hvsim.arch.layout as L
 # constants of layout.py that are not slots: values, bit masks, sizes, counts
 NOT_A_SLOT = re.compile(r"^(MASK32|SREG_\w+|AR_\w+|BLOCKING_BY_\w+|FAULT_(NONE|EXCEPTION|BUS|"
                         r"SHUTDOWN|INTERNAL|VMEXIT)|VMCS_PTR_NONE|ROUTE_(GUEST|HOST)|PG_\w+|N_\w+|DC_\w+|TLB_FIELDS|"
-                        r"TRACE_FIELDS|\w+_CAP|(ST|EXIT_INFO|VMCS_CACHE|GUEST_CONTEXT)_SIZE)$")
+                        r"TRACE_FIELDS|KTAB_\w+|\w+_CAP|(ST|EXIT_INFO|VMCS_CACHE|GUEST_CONTEXT)_SIZE)$")
 # slots that start a region of several, and the region's length
 REGIONS = {
     "SEG_SEL": L.N_SREGS, "SEG_BASE": L.N_SREGS, "SEG_LIMIT": L.N_SREGS, "SEG_AR": L.N_SREGS,

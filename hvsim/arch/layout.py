@@ -114,13 +114,25 @@ VMX_PYTHON_HOST = 91   # 1: a VM exit leaves run() (EXIT_VMEXIT) once host state
                        # at HOST_RIP, for a VMM written in guest code
 VMX_ENTRY_REQUEST = 92 # set by the Python VMM: run() makes a VM entry first (1 VMLAUNCH, 2 VMRESUME)
 VMX_EPT = 93       # 1 while in non-root operation with "enable EPT" (the MMU's 2D walk)
-# (slot 94 is free)
+EPT_WALKER = 94    # address of the EPT walker in this process (the kernel table's KTAB_EPT),
+                   # copied there by every run() call: the 2-D walk calls it (hvsim/mmu/ept.py)
 VMCS_LAUNCH_STATE = 95 # launch state of the current VMCS (hvsim/arch/vmcs.py LAUNCH_*)
 VMX_ENTRY_CHECK = 96   # the last failed VM-entry check (hvsim/vtx/checks.py), 0 = none
 VMX_ENTRY_VALUE = 97   # the value that check found
 VMX_VECTORING_INFO = 98    # an event whose delivery a VM exit interrupted (IDT-vectoring
 VMX_VECTORING_ERROR = 99   # information format, SDM Vol. 3C 25.9.3) and its error code;
                            # 0 = none: the next VM exit moves them into the VMCS
+EPT_RESULT_PA = 100        # the EPT walker's two results (a C call returns only its status):
+EPT_RESULT_FLAGS = 101     # host-physical address, and EPT rights or TLB flags
+
+# --- the kernel table (hvsim/cpu/table.py): one address per entry. Entries below
+# KTAB_DELIVER are the instruction handlers by family (hvsim/cpu/decode.py OP_*); the
+# kernels of events follow at fixed numbers, so a kernel below the CPU can name its own.
+KTAB_DELIVER = 80      # interrupt and exception delivery (hvsim/rings/interrupts.py)
+KTAB_VMEXIT = 81       # a VM exit (hvsim/vtx/exit.py)
+KTAB_VMENTRY = 82      # the VM entry a VMM written in Python asks for (hvsim/vtx/entry.py)
+KTAB_EPT = 83          # the EPT walker (hvsim/mmu/ept.py)
+KTAB_SIZE = 84
 
 # --- a pending fault, raised by a kernel and consumed by the run loop --------------------
 FAULT_PENDING = 80  # 0 none, 1 architectural exception, 2 bus error (outside memory), 3 shutdown, 4 internal

@@ -12,7 +12,7 @@ fault, or one chunk of a REP string instruction), so no guest can hang the host.
 from hvsim._jit import njit
 from hvsim.cpu import decode as D
 from hvsim.cpu.blocks import call_block, F_BLK, F_HOT, BLOCK_NONE, BLOCK_NEVER, ATTN_BLOCK
-from hvsim.cpu.table import call_handler, call_deliver, K_DELIVER, K_VMEXIT, K_VMENTRY, STATUS_OK
+from hvsim.cpu.table import call_handler, call_deliver, K_DELIVER, K_VMEXIT, K_VMENTRY, K_EPT, STATUS_OK
 from hvsim.arch.counters import (C_INSN, C_INSN_RING, C_EXC, C_EXITS, C_EXIT_KIND, C_IRQ,
                                 C_TIMER, C_TLB_HIT)
 from hvsim.arch.cr import CR0_PG
@@ -34,8 +34,8 @@ from hvsim.arch.layout import (
     EXIT_PFX, EXIT_EA, EXIT_LINEAR,
 )
 from hvsim.arch.layout import DR6, BLOCKING_BY_MOV_SS, BLOCKING_BY_STI
-from hvsim.arch.layout import (FAULT_VMEXIT, FAULT_SHUTDOWN, VMX_VECTORING_INFO, VMX_NONROOT, VMX_PYTHON_HOST, VMX_ENTRY_REQUEST,
-                              )
+from hvsim.arch.layout import (FAULT_VMEXIT, FAULT_SHUTDOWN, VMX_VECTORING_INFO, VMX_NONROOT,
+                              VMX_PYTHON_HOST, VMX_ENTRY_REQUEST, VMX_EPT, EPT_WALKER)
 from hvsim.arch import vmcs as _V
 from hvsim.arch import vmx as _X
 from hvsim.arch.fault import raise_vmexit
@@ -386,6 +386,13 @@ def run(mem, st, tlb, dc, pg, budget, ktab):
     first = True
     resume = st[RESUME_ROW]                   # an instruction stopped by a kernel request
     st[RESUME_ROW] = -1
+    # the EPT walker of this process, for the MMU's 2-D walk (hvsim/mmu/ept.py); a state
+    # restored in a guest with EPT on needs it before anything else (table.py)
+    st[EPT_WALKER] = ktab[K_EPT]
+    if st[VMX_EPT] != 0 and ktab[K_EPT] == 0:
+        st[RESUME_ROW] = resume
+        st[KERNEL_REQUEST] = K_EPT
+        return _exit(st, dc, EXIT_TRANSLATE, steps)
     if st[VMX_ENTRY_REQUEST] != 0 and st[VMX_NONROOT] != 0:
         st[VMX_ENTRY_REQUEST] = 0             # already in the guest: nothing to enter
     if st[VMX_ENTRY_REQUEST] != 0:

@@ -14,7 +14,16 @@ process:
 * ``ktab[K_DELIVER]``: :func:`hvsim.rings.interrupts.deliver`, for exceptions and
   external interrupts delivered through the guest IDT;
 * ``ktab[K_VMEXIT]`` and ``ktab[K_VMENTRY]`` (handler signature, ``row`` unused): the
-  VM exit (hvsim/vtx/exit.py) and the VM entry a Python VMM asks for (hvsim/vtx/entry.py).
+  VM exit (hvsim/vtx/exit.py) and the VM entry a Python VMM asks for (hvsim/vtx/entry.py);
+* ``ktab[K_EPT]``: the EPT walker (hvsim/mmu/ept.py ``ept_hook``), which the MMU's 2-D
+  walk calls by the address the run loop copies into ``st[EPT_WALKER]``. It cannot stop
+  the loop with a request, being called in the middle of an instruction, so it is
+  filled before anything can turn EPT on: with the entries of VMLAUNCH/VMRESUME
+  (OP_VMX) and of the Python VMM's entry (:data:`COMPANIONS`); and ``run`` asks for it
+  before anything else when a restored state is already in a guest with EPT.
+
+The entries' numbers are in hvsim/arch/layout.py (KTAB_*): instruction families first,
+then the event kernels at fixed numbers.
 
 An empty entry (0) makes the run loop stop *before* the instruction or event that
 needs it, with nothing of it done: it names the entry in ``st[KERNEL_REQUEST]`` and
@@ -38,11 +47,12 @@ import time
 
 import numba
 import numpy as np
-from llvmlite import ir as llir
 from numba import carray, config, types
 from numba.extending import intrinsic
 
+from hvsim._ccall import BY_ADDRESS as _BY_ADDRESS, STATUS_OK, call_c as _call_c
 from hvsim._jit import njit
+from hvsim.arch import layout as L
 from hvsim.cpu import decode as D
 from hvsim.cpu import execute as X
 from hvsim.cpu import system as S
@@ -50,6 +60,7 @@ from hvsim.cpu import vmxinsn as VI
 from hvsim.vtx.exit import vm_exit
 from hvsim.vtx.entry import entry_request
 from hvsim.arch.layout import DC_SHAPE
+from hvsim.mmu.ept import ept_hook
 from hvsim.rings import interrupts
 
 # op -> handler: every OP_* of hvsim/cpu/decode.py except OP_NOP, which the run loop
@@ -81,27 +92,32 @@ HANDLERS = {
     D.OP_MOV_DR: S.op_mov_dr, D.OP_INVD: S.op_invd_wbinvd,
 }
 
-K_DELIVER = max(v for k, v in vars(D).items() if k.startswith("OP_")) + 1
-K_VMEXIT = K_DELIVER + 1       # hvsim/vtx/exit.py vm_exit: a pending VM exit completed
-K_VMENTRY = K_DELIVER + 2      # hvsim/vtx/entry.py entry_request: the Python VMM's entry
-TABLE_SIZE = K_VMENTRY + 1
+K_DELIVER = L.KTAB_DELIVER     # hvsim/rings/interrupts.py deliver
+K_VMEXIT = L.KTAB_VMEXIT       # hvsim/vtx/exit.py vm_exit: a pending VM exit completed
+K_VMENTRY = L.KTAB_VMENTRY     # hvsim/vtx/entry.py entry_request: the Python VMM's entry
+K_EPT = L.KTAB_EPT             # hvsim/mmu/ept.py ept_hook: the EPT walker
+TABLE_SIZE = L.KTAB_SIZE
+assert max(v for k, v in vars(D).items() if k.startswith("OP_")) < K_DELIVER
 # every entry with a kernel (OP_NOP has none)
-SLOTS = tuple(HANDLERS) + (K_DELIVER, K_VMEXIT, K_VMENTRY)
+SLOTS = tuple(HANDLERS) + (K_DELIVER, K_VMEXIT, K_VMENTRY, K_EPT)
 # the entries with the handler signature that are not instruction handlers
 _EVENT_HANDLERS = {K_VMEXIT: vm_exit, K_VMENTRY: entry_request}
+# entry -> the entries filled with it: a VM entry can turn EPT on (see above)
+COMPANIONS = {D.OP_VMX: (K_EPT,), K_VMENTRY: (K_EPT,)}
 
 _I64 = types.Array(types.int64, 1, "C")
 _MEM = types.Array(types.uint8, 1, "C")
 _DC = types.Array(types.int64, len(DC_SHAPE), "C")
 HANDLER_SIG = (_MEM, _I64, _I64, _I64, _DC, types.int64)
 DELIVER_SIG = (_MEM, _I64, _I64, _I64, types.int64, types.int64, types.int64)
+EPT_SIG = (_MEM, _I64, _I64) + (types.int64,) * 5
 
 # The C signatures of the wrappers: each array as (pointer, length); dc has a fixed shape.
 _P8, _P64, _N = types.CPointer(types.uint8), types.CPointer(types.int64), types.int64
 _ARRAYS_C = (_P8, _N, _P64, _N, _P64, _N, _P64, _N)               # mem, st, tlb, pg
 C_HANDLER_SIG = types.int32(*_ARRAYS_C, _P64, _N)                  # ..., dc, row
 C_DELIVER_SIG = types.int32(*_ARRAYS_C, _N, _N, _N)                # ..., vector, error, kind
-STATUS_OK = 0x4F4B           # what a wrapper returns once its kernel has returned ('OK')
+C_EPT_SIG = types.int32(_P8, _N, _P64, _N, _P64, _N, _N, _N, _N, _N, _N)   # mem, st, pg, ...
 _C_OPTIONS = dict(nopython=True, nogil=True, boundscheck=False, error_model="numpy")
 
 _WRAPPER_SOURCE = {
@@ -116,13 +132,22 @@ def {name}(mem_p, mem_n, st_p, st_n, tlb_p, tlb_n, pg_p, pg_n, vector, error, ki
     {kernel}(carray(mem_p, (mem_n,)), carray(st_p, (st_n,)), carray(tlb_p, (tlb_n,)),
              carray(pg_p, (pg_n,)), vector, error, kind)
     return STATUS_OK
+""",
+    "ept": """
+def {name}(mem_p, mem_n, st_p, st_n, pg_p, pg_n, what, gpa, lin, acc, flags):
+    {kernel}(carray(mem_p, (mem_n,)), carray(st_p, (st_n,)), carray(pg_p, (pg_n,)),
+             what, gpa, lin, acc, flags)
+    return STATUS_OK
 """}
+_C_SIGS = {"handler": C_HANDLER_SIG, "deliver": C_DELIVER_SIG, "ept": C_EPT_SIG}
 
 
 def kernel_of(slot):
     """``(dispatcher, argument types)`` of table entry ``slot``."""
     if slot == K_DELIVER:
         return interrupts.deliver, DELIVER_SIG
+    if slot == K_EPT:
+        return ept_hook, EPT_SIG
     if slot in _EVENT_HANDLERS:
         return _EVENT_HANDLERS[slot], HANDLER_SIG
     return HANDLERS[slot], HANDLER_SIG
@@ -131,7 +156,6 @@ def kernel_of(slot):
 # The table every machine of this process runs with: entries are only ever added, and
 # an address stays valid as long as numba keeps the compiled function (for good).
 KTAB = np.zeros(TABLE_SIZE, np.int64)
-_BY_ADDRESS = {}      # NUMBA_DISABLE_JIT=1: "addresses" are keys into this
 _WRAPPERS = {}        # kernel -> its compiled C wrapper (numba.cfunc)
 _WRAPPER_FUNCTIONS = {}   # kernel -> its wrapper as a Python function (compiled into _WRAPPERS)
 
@@ -146,8 +170,13 @@ def wrapper_function(fn):
     return wrapper
 
 
+def _kind(fn):
+    """Which wrapper kernel ``fn`` gets (a key of _WRAPPER_SOURCE)."""
+    return "deliver" if fn is interrupts.deliver else "ept" if fn is ept_hook else "handler"
+
+
 def _make_wrapper_function(fn):
-    kind = "deliver" if fn is interrupts.deliver else "handler"
+    kind = _kind(fn)
     name = "c_" + fn.py_func.__name__
     # The kernel is inlined into its wrapper (numba inlines it in its own IR): one call per
     # instruction, not two, and the reference counts of the arrays carray makes are
@@ -166,7 +195,9 @@ def _make_wrapper_function(fn):
 
 def ensure(slot):
     """Compile (or load from numba's disk cache) table entry ``slot``'s kernel and its C
-    wrapper, and fill the entry in."""
+    wrapper, and fill the entry in (its :data:`COMPANIONS` first)."""
+    for other in COMPANIONS.get(slot, ()):
+        ensure(other)
     if KTAB[slot] != 0:
         return
     fn, sig = kernel_of(slot)
@@ -177,9 +208,9 @@ def ensure(slot):
         c = _WRAPPERS.get(fn)
         if c is None:
             from hvsim._numba_corrections import compiling
-            c_sig = C_DELIVER_SIG if slot == K_DELIVER else C_HANDLER_SIG
             with compiling():
-                c = numba.cfunc(c_sig, cache=True, **_C_OPTIONS)(wrapper_function(fn))
+                c = numba.cfunc(_C_SIGS[_kind(fn)], cache=True, **_C_OPTIONS)(
+                    wrapper_function(fn))
             _WRAPPERS[fn] = c
         addr = c.address
         if not addr:
@@ -226,19 +257,6 @@ def ensure_all():
     """Fill every entry (``hvsim warmup``)."""
     for slot in SLOTS:
         ensure(slot)
-
-
-def _call_c(context, builder, addr, arrays, arraytys, tail):
-    """``int32 f(ptr, len, ptr, len, ..., tail...)`` at ``addr``: each array passed as its
-    data pointer and its element count, then the trailing int64 arguments."""
-    args = []
-    for ty, value in zip(arraytys, arrays):
-        ary = context.make_array(ty)(context, builder, value)
-        args += [ary.data, ary.nitems]
-    args += list(tail)
-    fnty = llir.FunctionType(llir.IntType(32), [a.type for a in args])
-    fn = builder.inttoptr(addr, fnty.as_pointer())
-    return builder.call(fn, args)
 
 
 if config.DISABLE_JIT:

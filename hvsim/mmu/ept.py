@@ -58,7 +58,10 @@ Model choices where the SDM leaves room (each documented where it is made):
 Every kernel here is compiled with ``_nrt=False`` (none allocates; see paging.py).
 """
 import numpy as np
+from numba import config, types
+from numba.extending import intrinsic
 
+from hvsim._ccall import BY_ADDRESS, STATUS_OK, call_c
 from hvsim._jit import njit
 from hvsim.arch import vmcs as V
 from hvsim.arch import vmx as X
@@ -70,13 +73,16 @@ from hvsim.arch.ept import (EPTP_AD, EPTP_PML4_MASK, EPT_R, EPT_W, EPT_X, EPT_RW
                            EPT_SHIFT_PD, EPT_SHIFT_PT, EPT_MEMTYPE_RESERVED, EPT_ACC_READ,
                            EPT_ACC_WRITE, EPT_ACC_FETCH)
 from hvsim.arch.fault import raise_vmexit, raise_bus_error
-from hvsim.arch.layout import COUNTERS, CFG_MEM_SIZE, FAULT_PENDING, MASK32
+from hvsim.arch.fault import raise_internal
+from hvsim.arch.layout import (COUNTERS, CFG_MEM_SIZE, FAULT_PENDING, MASK32, EPT_WALKER,
+                              EPT_RESULT_PA, EPT_RESULT_FLAGS, KTAB_EPT)
 from hvsim.arch.pte import ACC_WRITE, ACC_FETCH
 from hvsim.mmu.frames import smc_check
 from hvsim.mmu.tlb import TLBF_D, TLBF_EPT_NR, TLBF_EPT_NX
 
 __all__ = ["walk_ept", "ept_guest_entry", "ept_guest_entry_update", "ept_datum",
-           "ept_violation", "ept_misconfig"]
+           "ept_violation", "ept_misconfig", "ept_hook", "call_ept", "HOOK_GUEST_ENTRY",
+           "HOOK_DATUM"]
 
 _EPTP = V.state_index("EPT_POINTER")
 _GPA = V.state_index("GUEST_PHYSICAL_ADDRESS")
@@ -309,3 +315,56 @@ def ept_datum(mem, st, pg, gpa, lin, acc, flags):
     if (rights & EPT_W) == 0 or dirty == 0:
         flags &= ~TLBF_D
     return hpa, flags
+
+
+# ---------------------------------------------------------------- reached by address
+# The guest walk (paging.py) does not call the two hooks above directly: it calls
+# :func:`ept_hook` by address, through the kernel table's entry KTAB_EPT, which the run
+# loop copies into st[EPT_WALKER] at every call. So the 2-D walk is compiled apart, the
+# first time a VMM enters a guest (hvsim/cpu/table.py), and not into the run loop and
+# every handler that touches memory: about 2.4 s of the cold compile on the development
+# machine (BENCHMARKS.md), for a machine that may never leave VMX root operation.
+HOOK_GUEST_ENTRY = 0   # ept_guest_entry(gpa, lin)
+HOOK_DATUM = 1         # ept_datum(gpa, lin, acc, flags)
+
+
+@njit(_nrt=False)
+def ept_hook(mem, st, pg, what, gpa, lin, acc, flags):
+    """:func:`ept_guest_entry` (``what`` = HOOK_GUEST_ENTRY) or :func:`ept_datum`
+    (HOOK_DATUM), with its two results left in st[EPT_RESULT_PA] and
+    st[EPT_RESULT_FLAGS] (a C call returns one value: its status)."""
+    if what == HOOK_GUEST_ENTRY:
+        hpa, out = ept_guest_entry(mem, st, pg, gpa, lin)
+    else:
+        hpa, out = ept_datum(mem, st, pg, gpa, lin, acc, flags)
+    st[EPT_RESULT_PA] = hpa
+    st[EPT_RESULT_FLAGS] = out
+
+
+if config.DISABLE_JIT:
+    def call_ept(addr, mem, st, pg, what, gpa, lin, acc, flags):
+        BY_ADDRESS[addr](mem, st, pg, what, gpa, lin, acc, flags)
+        return STATUS_OK
+else:
+    @intrinsic
+    def call_ept(typingctx, addr, mem, st, pg, what, gpa, lin, acc, flags):
+        """``ept_hook(mem, st, pg, what, gpa, lin, acc, flags)`` through its C wrapper at
+        ``addr``; the wrapper's status (STATUS_OK when the kernel returned)."""
+        i64 = types.int64
+        sig = types.int32(i64, mem, st, pg, i64, i64, i64, i64, i64)
+
+        def codegen(context, builder, s, args):
+            return call_c(context, builder, args[0], args[1:4], s.args[1:4], args[4:])
+        return sig, codegen
+
+
+@njit(_nrt=False, inline="always")
+def ept_call(mem, st, pg, what, gpa, lin, acc, flags):
+    """(hpa, rights or TLB flags) from the EPT walker this process compiled; (-1, 0) with
+    a fault pending -- the walker's own (a VM exit, a bus error), or an internal error
+    naming KTAB_EPT when there is no walker or it did not return its status."""
+    addr = st[EPT_WALKER]
+    if addr == 0 or call_ept(addr, mem, st, pg, what, gpa, lin, acc, flags) != STATUS_OK:
+        raise_internal(st, KTAB_EPT)
+        return -1, 0
+    return st[EPT_RESULT_PA], st[EPT_RESULT_FLAGS]

@@ -57,7 +57,7 @@ from hvsim.arch.fault import raise_page_fault, raise_bus_error
 from hvsim.arch.pte import (PTE_P, PTE_RW, PTE_US, PTE_A, PTE_D, PTE_PS, PTE_G,
                            PTE_FRAME, PDE_FRAME_4M, PFEC_P, PFEC_W, PFEC_U, PFEC_RSVD,
                            ACC_WRITE, ACC_USER, ACC_FETCH)
-from hvsim.mmu.ept import ept_guest_entry, ept_guest_entry_update, ept_datum
+from hvsim.mmu.ept import ept_call, ept_guest_entry_update, HOOK_GUEST_ENTRY, HOOK_DATUM
 from hvsim.mmu.frames import smc_check as _smc_check
 from hvsim.mmu.tlb import (tlb_fill, tlb_drop_page, tlb_flush, tlb_invlpg,  # noqa: F401
                            TLB_TAG, TLB_FRAME, TLB_FLAGS, TLB_LRU, TLBF_D, TLBF_LARGE,
@@ -172,7 +172,7 @@ def _walk(mem, st, pg, lin, acc, cr0):
     pde_hpa = pde_pa
     pde_ept = 0
     if ept != 0:
-        pde_hpa, pde_ept = ept_guest_entry(mem, st, pg, pde_pa, lin)
+        pde_hpa, pde_ept = ept_call(mem, st, pg, HOOK_GUEST_ENTRY, pde_pa, lin, 0, 0)
         if st[FAULT_PENDING] != 0:
             return 0, 0
     pde = _read_entry(mem, st, pde_hpa)
@@ -201,7 +201,7 @@ def _walk(mem, st, pg, lin, acc, cr0):
                 ept_guest_entry_update(st, pde_pa, lin, pde_ept)
                 if st[FAULT_PENDING] != 0:
                     return 0, 0
-            pa, flags = ept_datum(mem, st, pg, pa, lin, acc, flags)
+            pa, flags = ept_call(mem, st, pg, HOOK_DATUM, pa, lin, acc, flags)
             if st[FAULT_PENDING] != 0:
                 return 0, 0
         if new != pde:
@@ -214,7 +214,7 @@ def _walk(mem, st, pg, lin, acc, cr0):
     pte_hpa = pte_pa
     pte_ept = 0
     if ept != 0:
-        pte_hpa, pte_ept = ept_guest_entry(mem, st, pg, pte_pa, lin)
+        pte_hpa, pte_ept = ept_call(mem, st, pg, HOOK_GUEST_ENTRY, pte_pa, lin, 0, 0)
         if st[FAULT_PENDING] != 0:
             return 0, 0
     pte = _read_entry(mem, st, pte_hpa)
@@ -239,7 +239,7 @@ def _walk(mem, st, pg, lin, acc, cr0):
             ept_guest_entry_update(st, pte_pa, lin, pte_ept)
         if st[FAULT_PENDING] != 0:
             return 0, 0
-        pa, flags = ept_datum(mem, st, pg, pa, lin, acc, flags)
+        pa, flags = ept_call(mem, st, pg, HOOK_DATUM, pa, lin, acc, flags)
         if st[FAULT_PENDING] != 0:
             return 0, 0
     if (pde & PTE_A) == 0:
