@@ -155,8 +155,9 @@ def _walk(mem, st, pg, lin, acc, cr0):
 
     In VMX non-root operation with EPT (``st[VMX_EPT]``), CR3 and the entries hold
     guest-physical addresses: each entry's address and the final one go through
-    hvsim/mmu/ept.py (the 2-D walk; the order of its checks is documented there), and
-    the result is host-physical. ``*_pa`` are then guest-physical, ``*_hpa`` host.
+    hvsim/mmu/ept.py (the 2-D walk, reached by address through ``ept_call``; the order
+    of its checks is documented there), and the result is host-physical. ``*_pa`` are
+    then guest-physical, ``*_hpa`` host.
     """
     st[COUNTERS + C_PAGE_WALKS] += 1
     write = acc & ACC_WRITE
