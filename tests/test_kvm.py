@@ -319,3 +319,96 @@ def test_the_teaching_kernel_runs_under_vt_x_with_ept():
     assert mon.console.startswith("kernel up\nhello from ring 3")
     assert _ticks(mon, **RING0_KERNEL) > 50
     assert mon.machine.counters["ept_walks"] > 0
+
+
+# ---- MMIO: an access the EPT does not map, emulated as KVM's emulator does -------------
+MMIO = 0x200000          # above the guest's 1 MiB of RAM and the host area: not in the EPT
+
+
+def _ept_vcpu(src):
+    vm = VM(memory=1 << 20, ept=True)
+    vc = vm.create_vcpu()
+    prog = assemble(src, origin=0x1000)
+    vc.load(prog)
+    return vm, vc, prog
+
+
+@pytest.mark.parametrize("insn, size, data", [
+    ("mov dword [MMIO], 0x11223344", 4, "44332211"),      # C7 /0 id
+    ("mov byte [MMIO + 3], 0xab", 1, "ab"),               # C6 /0 ib
+    ("mov [MMIO + 8], ecx", 4, "efbeadde"),               # 89 /r
+    ("mov [MMIO], ch", 1, "be"),                          # 88 /r: CH is ModRM reg 5
+    ("mov [MMIO + 2], cx", 2, "efbe"),                    # 66 89 /r
+    ("mov [MMIO + 4], eax", 4, "78563412"),               # A3 moffs32
+    ("mov [ebx + 0x10], dl", 1, "55"),                    # a base register
+])
+def test_an_mmio_store_is_done_and_handed_to_user_space_with_its_data(insn, size, data):
+    # KVM_EXIT_MMIO (include/uapi/linux/kvm.h: phys_addr, data[8], len, is_write): the
+    # store's address, bytes and length; the guest goes on after the instruction
+    src = (f"MMIO equ {MMIO:#x}\nmov eax, 0x12345678\nmov ecx, 0xdeadbeef\nmov edx, 0x55\n"
+           f"mov ebx, MMIO\n{insn}\nmov esi, 7\nhlt\n")
+    vm, vc, prog = _ept_vcpu(src)
+    r = vc.run()
+    assert (r.name, r.mmio_is_write, r.mmio_len, r.mmio_data.hex()) == ("mmio", True, size, data)
+    assert r.hardware_exit_reason == X.ExitReason.EPT_VIOLATION
+    offset = {"MMIO + 3": 3, "MMIO + 8": 8, "MMIO + 2": 2, "MMIO + 4": 4, "ebx + 0x10": 0x10}
+    assert r.mmio_phys_addr == MMIO + next((o for k, o in offset.items() if k in insn), 0)
+    r = vc.run()
+    assert r.name == "hlt" and vc.regs["esi"] == 7
+    assert vc.regs["eax"] == 0x12345678 and vc.regs["ecx"] == 0xDEADBEEF
+
+
+@pytest.mark.parametrize("insn, size, data, reg, expected", [
+    ("mov eax, [MMIO]", 4, "efbeadde", "eax", 0xDEADBEEF),      # A1 moffs32
+    ("mov ecx, [MMIO + 4]", 4, "01020304", "ecx", 0x04030201),  # 8B /r
+    ("mov cl, [MMIO]", 1, "7f", "ecx", 0x1111117F),             # 8A /r: the rest kept
+    ("mov ch, [MMIO]", 1, "7f", "ecx", 0x11117F11),             # CH: bits 15:8
+    ("mov cx, [MMIO]", 2, "3412", "ecx", 0x11111234),           # 66 8B /r
+    ("movzx ecx, byte [MMIO]", 1, "f0", "ecx", 0xF0),           # 0F B6
+    ("movsx ecx, byte [MMIO]", 1, "f0", "ecx", 0xFFFFFFF0),     # 0F BE: sign-extended
+    ("movsx ecx, word [MMIO]", 2, "0080", "ecx", 0xFFFF8000),   # 0F BF
+    ("movzx cx, byte [MMIO]", 1, "f0", "ecx", 0x111100F0),      # 66 0F B6: 16-bit destination
+])
+def test_an_mmio_load_takes_the_data_user_space_gives_on_the_next_run(insn, size, data, reg,
+                                                                     expected):
+    # KVM: user space fills kvm_run.mmio.data and calls KVM_RUN again; the kernel then
+    # completes the instruction (complete_emulated_mmio) and the guest goes on
+    src = f"MMIO equ {MMIO:#x}\nmov ecx, 0x11111111\n{insn}\nmov esi, 7\nhlt\n"
+    vm, vc, prog = _ept_vcpu(src)
+    r = vc.run()
+    assert (r.name, r.mmio_is_write, r.mmio_len, r.mmio_phys_addr) == (
+        "mmio", False, size, MMIO + (4 if "+ 4" in insn else 0))
+    r.mmio_data = bytes.fromhex(data)
+    r2 = vc.run()
+    assert r2.name == "hlt" and vc.regs[reg] == expected and vc.regs["esi"] == 7
+
+
+def test_an_mmio_load_with_no_data_reads_a_floating_bus_and_bad_data_is_refused():
+    vm, vc, _ = _ept_vcpu(f"mov ax, [{MMIO:#x}]\nhlt\n")
+    r = vc.run()
+    r.mmio_data = b"\x01"                              # one byte for a two-byte read
+    with pytest.raises(ValueError, match="2 bytes"):
+        vc.run()
+    assert vc.regs["eip"] == 0x1000                    # nothing done: still at the load
+    r.mmio_data = None
+    assert vc.run().name == "hlt" and vc.regs["eax"] & 0xFFFF == 0xFFFF
+
+
+def test_an_mmio_access_hvsim_does_not_emulate_is_an_emulation_failure():
+    # KVM_EXIT_INTERNAL_ERROR, suberror KVM_INTERNAL_ERROR_EMULATION (1): the guest
+    # stays at the instruction, which did nothing
+    vm, vc, prog = _ept_vcpu(f"mov eax, 5\nadd dword [{MMIO:#x}], eax\nhlt\n")
+    r = vc.run()
+    assert (r.name, r.internal_suberror, r.hardware_exit_reason) == (
+        "internal_error", 1, X.ExitReason.EPT_VIOLATION)
+    assert r.mmio_phys_addr == MMIO and vc.regs["eip"] == 0x1005
+    assert "not an access hvsim emulates" in vc.log[-1].action
+
+
+def test_a_fetch_from_mmio_is_no_load():
+    # a jump to an unmapped page is an EPT violation of the fetch (qualification bit 2):
+    # no instruction of the guest's own to emulate
+    vm, vc, prog = _ept_vcpu(f"jmp {MMIO:#x}\n")
+    r = vc.run()
+    assert (r.name, r.internal_suberror) == ("internal_error", 1)
+    assert r.mmio_phys_addr == MMIO and not r.mmio_is_write and vc.regs["eip"] == MMIO

@@ -56,6 +56,7 @@ _R_EXCEPTION = int(_X.ExitReason.EXCEPTION_NMI)
 _R_EXTERNAL = int(_X.ExitReason.EXTERNAL_INTERRUPT)
 _R_TRIPLE_FAULT = int(_X.ExitReason.TRIPLE_FAULT)
 _R_INTERRUPT_WINDOW = int(_X.ExitReason.INTERRUPT_WINDOW)
+_R_EPT_VIOLATION = int(_X.ExitReason.EPT_VIOLATION)
 _HARDWARE_EXCEPTION = _X.INTR_INFO_VALID | (_X.INTR_TYPE_HARDWARE_EXCEPTION << _X.INTR_INFO_TYPE_SHIFT)
 _SOFTWARE_EXCEPTION = _X.INTR_INFO_VALID | (_X.INTR_TYPE_SOFTWARE_EXCEPTION << _X.INTR_INFO_TYPE_SHIFT)
 
@@ -201,7 +202,8 @@ def _exit(st, dc, kind, steps):
         # again with the rest of the budget (Machine._run): not a guest event, so
         # nothing is counted or traced
         return kind
-    st[EXIT_INSN] = 0
+    if kind != EXIT_VMEXIT or st[EXIT_LEN] == 0:   # (else _vm_exit recorded it)
+        st[EXIT_INSN] = 0
     if st[EXIT_LEN] > 0 and (kind == EXIT_IO or kind == EXIT_HALT or (
             kind == EXIT_EXCEPTION and st[EXIT_SOURCE] != SRC_TRAP)):
         record_insn(st, dc)           # the instruction that exited, as the core decoded it
@@ -249,6 +251,15 @@ def _vm_exit(mem, st, tlb, pg, dc, ktab):
         return EXIT_TRANSLATE
     reason = st[FAULT_VECTOR]
     st[EIP] = st[INSN_EIP]                # fault-like: the guest's RIP is the instruction's
+    # An EPT violation made by an instruction's own access carries that instruction to a
+    # VMM written in Python, as the core decoded it, for one that emulates it (KVM decodes
+    # such an MMIO access itself); recorded while the guest's registers and segments are
+    # the CPU's. A fetch, or an event's delivery, has no instruction of its own (length 0).
+    length = 0
+    if reason == _R_EPT_VIOLATION and st[VMX_PYTHON_HOST] != 0:
+        length = st[INSN_LEN]
+        if length > 0:
+            record_insn(st, dc)
     if call_handler(ktab[K_VMEXIT], mem, st, tlb, pg, dc, 0) != STATUS_OK:
         raise_internal(st, K_VMEXIT)
         return EXIT_NONE
@@ -256,7 +267,7 @@ def _vm_exit(mem, st, tlb, pg, dc, ktab):
         st[EXIT_VECTOR] = reason
         st[EXIT_ERROR] = -1
         st[EXIT_EIP] = st[EIP]
-        st[EXIT_LEN] = 0
+        st[EXIT_LEN] = length
         return EXIT_VMEXIT
     return EXIT_NONE
 

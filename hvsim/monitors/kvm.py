@@ -21,9 +21,18 @@ keeps for itself: the VMXON and VMCS regions, the I/O and MSR bitmaps, the host'
 TSS and page directory, and the identity page table that lets a guest run "with paging
 off" although VMX non-root operation requires CR0.PG = 1 (no unrestricted guest): the
 real CR0.PG is 1, the CR0 guest/host mask owns PG, and the read shadow tells the guest
-it is 0 -- KVM's ``ept_identity_map`` trick, needed on every VT-x before Westmere. Until
-hvsim has EPT, a guest can reach the host area with physical addresses: this is the
-isolation that shadow paging or EPT provides, and the lessons say so.
+it is 0 -- KVM's ``ept_identity_map`` trick, needed on every VT-x before Westmere.
+Without EPT a guest can reach the host area with physical addresses: that is the
+isolation shadow paging or EPT provides, and the lessons say so. With ``VM(ept=True)``
+the EPT maps the guest's RAM only, and a guest access anywhere else is an EPT violation
+that KVM hands to user space as MMIO: ``KVM_EXIT_MMIO`` with the address, the length and,
+for a write, the data. As KVM's instruction emulator does, the VMM finishes the
+instruction itself: a store is complete when user space sees it; a load takes the data
+user space puts in ``mmio_data`` of the KvmRun it got, on the next ``run()``. hvsim
+emulates the MOV forms device drivers use (MOV to and from memory, MOV with an
+immediate, the moffs forms, MOVZX/MOVSX), from the decoded instruction the exit carries;
+anything else ends in ``KVM_EXIT_INTERNAL_ERROR`` with suberror 1 (emulation), as KVM's
+emulator reports an instruction it cannot do.
 
 Registers. VT-x saves no general registers: after an exit EAX..EDI are still the
 guest's, in the CPU (the VMM's assembly would save them; this one runs no code), while
@@ -36,6 +45,8 @@ import collections
 import dataclasses
 from typing import Optional
 
+import numpy as np
+
 from hvsim.arch import layout as L
 from hvsim.arch.exits import EXIT_BUDGET, EXIT_VMEXIT
 from hvsim.arch import vmcs as V
@@ -43,6 +54,8 @@ from hvsim.arch import vmx as X
 from hvsim.arch.cr import CR0_PE, CR0_NE, CR0_PG, CR0_ET, CR4_VMXE
 from hvsim.arch.flags import FIXED1, IF
 from hvsim.arch.pte import PTE_P, PTE_RW, PTE_US
+from hvsim.cpu import decode as D
+from hvsim.instruction import PFX_OPSIZE, from_exit_info
 from hvsim.machine import Event, Machine
 from hvsim.monitors.base import LogEntry, Monitor, MonitorEvent, STATS
 from hvsim.rings.setup import install
@@ -50,6 +63,7 @@ from hvsim.vtx import checks as K
 
 __all__ = ["VM", "VCPU", "Vmcs", "KvmRun", "Devices", "KVM_EXIT"]
 
+KVM_INTERNAL_ERROR_EMULATION = 1     # kvm_run.internal.suberror (include/uapi/linux/kvm.h)
 # struct kvm_run's exit reasons (include/uapi/linux/kvm.h)
 KVM_EXIT = {"unknown": 0, "exception": 1, "io": 2, "hypercall": 3, "debug": 4, "hlt": 5,
             "mmio": 6, "irq_window_open": 7, "shutdown": 8, "fail_entry": 9, "intr": 10,
@@ -154,6 +168,8 @@ class KvmRun:
     internal_suberror: Optional[int] = None
     mmio_phys_addr: Optional[int] = None
     mmio_is_write: bool = False
+    mmio_len: int = 0                    # bytes of the access; 0: an access hvsim cannot emulate
+    mmio_data: Optional[bytes] = None    # a write's data; for a read, user space sets it
     ready_for_interrupt_injection: bool = False
     if_flag: bool = False
 
@@ -168,6 +184,10 @@ class KvmRun:
             s += f" {d} port {self.io.port:#x} size {self.io.size}"
         if self.mmio_phys_addr is not None:
             s += f" {'write' if self.mmio_is_write else 'read'} at {self.mmio_phys_addr:#x}"
+            if self.mmio_len:
+                s += f" len {self.mmio_len}"
+                if self.mmio_is_write:
+                    s += f" data {self.mmio_data.hex()}"
         if self.fail_entry_reason is not None:
             s += f" hardware_entry_failure_reason={self.fail_entry_reason:#x}"
             if self.fail_entry_explanation:
@@ -390,6 +410,7 @@ class VCPU:
         self.launched = False
         self._exit_rip = 0
         self._tick_pending = False
+        self._mmio_read = None     # (KvmRun, insn): a load from MMIO waiting for its data
         self._guest_cr3 = 0
         self._guest_cr0_view = CR0_PE | CR0_ET
         self._enter_root()
@@ -549,12 +570,17 @@ class VCPU:
             raise ValueError(f"max_steps must be a positive int, got {max_steps!r}")
         m = self.machine
         st = m._st
+        item = st.item                             # Python ints: cheaper than st[i]
+        run = m._run                               # Machine.run without building an Event
+        if self._mmio_read is not None:
+            _complete_mmio_read(self)
         used = 0
         while used < max_steps:
-            if not st[L.VMX_NONROOT]:          # (a budget may have ended the last run in the guest)
+            if not item(L.VMX_NONROOT):    # (a budget may have ended the last run in the guest)
                 st[L.VMX_ENTRY_REQUEST] = 2 if self.launched else 1
-            kind = m._run(max_steps - used)        # Machine.run without building an Event
-            used += max(st.item(L.EXIT_STEPS), 1)
+            kind = run(max_steps - used)
+            steps = item(L.EXIT_STEPS)
+            used += steps if steps > 0 else 1
             if kind == EXIT_BUDGET:
                 st[L.VMX_ENTRY_REQUEST] = 0
                 return KvmRun(KVM_EXIT["intr"])
@@ -570,7 +596,8 @@ class VCPU:
     def _exit(self) -> Optional[KvmRun]:
         """Handle one VM exit: None to go back into the guest, else what user space gets."""
         m, v = self.machine, self.vmcs
-        if m._st[L.EXIT_VECTOR] < 0:
+        item = m._st.item                        # a Python int, cheaper than int(st[i])
+        if item(L.EXIT_VECTOR) < 0:
             # the entry itself failed: VMfailInvalid/VMfailValid(n) (the instruction fell
             # through), or a guest-state failure (an exit with bit 31 set)
             full = v["VM_EXIT_REASON"]
@@ -579,7 +606,6 @@ class VCPU:
                 return self._fail_entry(full)
             return self._fail_entry(v["VM_INSTRUCTION_ERROR"])
         self.launched = True
-        item = m._st.item                        # a Python int, cheaper than int(st[i])
         self._exit_rip = item(_I_RIP)            # the exiting instruction's (handlers skip it)
         full = item(_I_REASON) & 0xFFFFFFFF
         reason = full & 0xFFFF
@@ -626,7 +652,13 @@ class VCPU:
     def _skip(self) -> None:
         """GUEST_RIP += VM-exit instruction length (the instruction was emulated)."""
         st = self.machine._st
-        st[_I_RIP] = (st[_I_RIP] + st[_I_INSN_LEN]) & 0xFFFFFFFF
+        st[_I_RIP] = (st.item(_I_RIP) + st.item(_I_INSN_LEN)) & 0xFFFFFFFF
+
+    def _skip_by(self, length: int) -> None:
+        """GUEST_RIP += ``length``: for an exit whose VM-exit instruction length is not
+        defined (an EPT violation, SDM Vol. 3C 28.2.5), the decoded instruction's."""
+        st = self.machine._st
+        st[_I_RIP] = (st.item(_I_RIP) + length) & 0xFFFFFFFF
 
     def _note(self, reason: str, what: str, *args) -> None:
         """One exit handled: its facts now (a tuple: an exit costs microseconds), the
@@ -681,7 +713,7 @@ def _cpuid(vc: VCPU) -> None:
     guests unless nested virtualization is on). The guest's registers are the CPU's."""
     st = vc.machine._st
     leaf = st.item(L.EAX)
-    st[L.EAX], st[L.EBX], st[L.ECX], st[L.EDX] = _CPUID_LEAF0 if leaf == 0 else _CPUID_LEAF1
+    st[L.EAX:L.EBX + 1] = _CPUID_LEAF0 if leaf == 0 else _CPUID_LEAF1    # EAX ECX EDX EBX
     vc._skip()
     vc._note("CPUID", "leaf {:#x} answered in the kernel", leaf)
 
@@ -797,16 +829,97 @@ def _vmcall(vc: VCPU) -> KvmRun:
                   hypercall_args=tuple(int(getattr(cpu, r)) for r in ("ebx", "ecx", "edx", "esi")))
 
 
+# The MOV forms emulated for an MMIO access (see the module docstring), by handler
+# family (hvsim/cpu/decode.py) and, for the moffs forms, opcode (SDM Vol. 2B, MOV)
+_MMIO_LOADS = {D.OP_MOV_GE, D.OP_MOVZX, D.OP_MOVSX}     # 8A 8B; 0F B6 B7; 0F BE BF
+_MMIO_STORES = {D.OP_MOV_EG, D.OP_MOV_EI}               # 88 89; C6 C7 /0
+_MOFFS_LOADS, _MOFFS_STORES = (0xA0, 0xA1), (0xA2, 0xA3)
+
+
 def _ept_violation(vc: VCPU) -> KvmRun:
     """A guest-physical address the EPT does not map: memory the guest does not have,
-    which KVM hands to user space as MMIO (KVM_EXIT_MMIO with the address and the
-    direction). hvsim has no MMIO devices yet and does not emulate the instruction to
-    find the data and its length, so ``len`` is 0 and the guest cannot go on."""
+    which KVM hands to user space as MMIO (KVM_EXIT_MMIO). A MOV of the guest's own
+    (the final translation of a data access, not during an event's delivery) is
+    emulated: a store is done here and its data returned; a load waits for its data
+    (``mmio_data``) until the next ``run()``. Anything else: KVM_EXIT_INTERNAL_ERROR,
+    suberror 1 (emulation failure), the guest stopped at the instruction."""
     v = vc.vmcs
     q = v["EXIT_QUALIFICATION"]
-    return KvmRun(KVM_EXIT["mmio"], hardware_exit_reason=_ER.EPT_VIOLATION,
-                  mmio_phys_addr=v["GUEST_PHYSICAL_ADDRESS"],
-                  mmio_is_write=bool(q & X.EPT_QUAL_WRITE))
+    gpa = v["GUEST_PHYSICAL_ADDRESS"]
+    write = bool(q & X.EPT_QUAL_WRITE)
+    m = vc.machine
+    insn = from_exit_info(m._exit_info.tolist())
+    own = (q & X.EPT_QUAL_FINAL_TRANSLATION and not q & X.EPT_QUAL_FETCH and insn is not None
+           and not v["IDT_VECTORING_INFO_FIELD"] & X.INTR_INFO_VALID)
+    moffs = insn.opcode in _MOFFS_LOADS + _MOFFS_STORES if own else False
+    if own and write and (insn.family in _MMIO_STORES or insn.opcode in _MOFFS_STORES):
+        size = insn.size
+        value = insn.imm if insn.family == D.OP_MOV_EI else _reg(vc, 0 if moffs else insn.reg,
+                                                                   size)
+        data = (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little")
+        vc._skip_by(insn.length)
+        vc._note("EPT_VIOLATION", "MMIO write of {} bytes at {:#x}: {}", size, gpa, data.hex())
+        return KvmRun(KVM_EXIT["mmio"], hardware_exit_reason=_ER.EPT_VIOLATION,
+                      mmio_phys_addr=gpa, mmio_is_write=True, mmio_len=size, mmio_data=data)
+    if own and not write and (insn.family in _MMIO_LOADS or insn.opcode in _MOFFS_LOADS):
+        run = KvmRun(KVM_EXIT["mmio"], hardware_exit_reason=_ER.EPT_VIOLATION,
+                     mmio_phys_addr=gpa, mmio_is_write=False, mmio_len=insn.size)
+        vc._mmio_read = (run, insn)
+        vc._note("EPT_VIOLATION", "MMIO read of {} bytes at {:#x}: to user space",
+                 insn.size, gpa)
+        return run
+    what = f"{'write' if write else 'read'} at {gpa:#x}" + (f" by {insn}" if insn else "")
+    vc._note("EPT_VIOLATION", "{}: not an access hvsim emulates", what)
+    return KvmRun(KVM_EXIT["internal_error"], hardware_exit_reason=_ER.EPT_VIOLATION,
+                  internal_suberror=KVM_INTERNAL_ERROR_EMULATION, mmio_phys_addr=gpa,
+                  mmio_is_write=write)
+
+
+def _complete_mmio_read(vc: VCPU) -> None:
+    """The second half of an MMIO load (KVM's complete_emulated_mmio): the data user
+    space left in the KvmRun it got goes into the destination register, zero- or
+    sign-extended for MOVZX/MOVSX, and the guest goes on after the instruction. No
+    data given reads as a floating bus (all ones)."""
+    run, insn = vc._mmio_read
+    vc._mmio_read = None
+    size = insn.size
+    data = run.mmio_data
+    if data is None:
+        value = FLOATING_BUS & ((1 << (8 * size)) - 1)
+    else:
+        if not isinstance(data, (bytes, bytearray)) or len(data) != size:
+            vc._mmio_read = (run, insn)
+            raise ValueError(f"mmio_data must be {size} bytes for this {size}-byte read, got "
+                             f"{data!r}")
+        value = int.from_bytes(data, "little")
+    if insn.family in (D.OP_MOVZX, D.OP_MOVSX):
+        if insn.opcode >= 0x1BE and value >> (8 * size - 1):      # MOVSX: sign-extend
+            value -= 1 << (8 * size)
+        dest = 2 if insn.prefixes & PFX_OPSIZE else 4
+        _set_reg(vc, insn.reg, dest, value & ((1 << (8 * dest)) - 1))
+    else:
+        _set_reg(vc, 0 if insn.opcode in _MOFFS_LOADS else insn.reg, size, value)
+    vc._skip_by(insn.length)
+
+
+def _reg(vc: VCPU, n: int, size: int) -> int:
+    """General register ``n`` at operand size ``size`` (1: AL..BH by ModRM numbering)."""
+    if size == 1:
+        return (_gpr(vc, n & 3) >> (8 if n >= 4 else 0)) & 0xFF
+    return _gpr(vc, n) & ((1 << (8 * size)) - 1)
+
+
+def _set_reg(vc: VCPU, n: int, size: int, value: int) -> None:
+    """Write general register ``n`` at operand size ``size``; the rest of it is kept."""
+    if size == 1:
+        shift = 8 if n >= 4 else 0
+        n &= 3
+        old = _gpr(vc, n)
+        _set_gpr(vc, n, (old & ~(0xFF << shift) & 0xFFFFFFFF) | ((value & 0xFF) << shift))
+    elif size == 2:
+        _set_gpr(vc, n, (_gpr(vc, n) & 0xFFFF0000) | (value & 0xFFFF))
+    else:
+        _set_gpr(vc, n, value & 0xFFFFFFFF)
 
 
 def _triple_fault(vc: VCPU) -> KvmRun:
@@ -830,13 +943,15 @@ def _exception(vc: VCPU) -> None:
 
 def _cpuid_answers():
     from hvsim.cpu import system as S
-    return ((S.CPUID_MAX_LEAF, S.CPUID_VENDOR_EBX, S.CPUID_VENDOR_ECX, S.CPUID_VENDOR_EDX),
-            (S.CPUID_SIGNATURE, 0, S.CPUID_FEATURES_ECX & ~X.CPUID_ECX_VMX,
-             S.CPUID_FEATURES_EDX))
+    assert (L.EAX, L.ECX, L.EDX, L.EBX) == (0, 1, 2, 3)
+    return (np.array((S.CPUID_MAX_LEAF, S.CPUID_VENDOR_ECX, S.CPUID_VENDOR_EDX,
+                      S.CPUID_VENDOR_EBX), np.int64),
+            np.array((S.CPUID_SIGNATURE, S.CPUID_FEATURES_ECX & ~X.CPUID_ECX_VMX,
+                      S.CPUID_FEATURES_EDX, 0), np.int64))
 
 
-# (EAX, EBX, ECX, EDX) of leaf 0 and of leaf 1 (every other leaf answers as leaf 1, the
-# highest: SDM Vol. 2A, CPUID)
+# (EAX, ECX, EDX, EBX) of leaf 0 and of leaf 1 -- the state array's order -- (every other
+# leaf answers as leaf 1, the highest: SDM Vol. 2A, CPUID)
 _CPUID_LEAF0, _CPUID_LEAF1 = _cpuid_answers()
 _NAMES = {int(r): r.name for r in _ER}
 _TRAPS = {r: f"VM exit {int(r)} {r.name}" for r in _ER}
@@ -940,12 +1055,13 @@ class Vtx(Monitor):
         return (self.machine.snapshot(), self._state, self._final, k.launched, k._tick_pending,
                 k._guest_cr3, k._guest_cr0_view, (d.console, d.timer_period, d.timer_vector),
                 len(k._raw_log), k.injected, collections.Counter(k.exits),
-                collections.Counter(k.in_kernel), collections.Counter(k.to_user))
+                collections.Counter(k.in_kernel), collections.Counter(k.to_user), k._mmio_read)
 
     def restore(self, snap) -> None:
         k = self.kvm
         (machine, self._state, self._final, k.launched, k._tick_pending, k._guest_cr3,
-         k._guest_cr0_view, devices, n_log, k.injected, k.exits, k.in_kernel, k.to_user) = snap
+         k._guest_cr0_view, devices, n_log, k.injected, k.exits, k.in_kernel, k.to_user,
+         k._mmio_read) = snap
         self.machine.restore(machine)
         k.devices.console, k.devices.timer_period, k.devices.timer_vector = devices
         del k._raw_log[n_log:]
