@@ -691,12 +691,12 @@ def measure(args, min_seconds, samples):
         return Probe(exits, 20_000)
     probe(("vmexit_python", "hvsim"), vmexit_python_probe)
 
-    def vmexit_asm_probe():            # (l) VM exit + VMRESUME inside the machine
+    def vmexit_asm_probe(**constants):  # (l) VM exit + VMRESUME inside the machine
         from hvsim import Machine
         from hvsim.guests import hypervisor
 
         def exits(k):
-            vmm, guest = hypervisor(CPUID_LOOP.format(n=k, end="vmcall"))
+            vmm, guest = hypervisor(CPUID_LOOP.format(n=k, end="vmcall"), **constants)
             m = Machine(memory=4 << 20)
             m.load(vmm)
             m.write_physical(guest.origin, guest.code)
@@ -709,6 +709,7 @@ def measure(args, min_seconds, samples):
         exits(1000)
         return Probe(exits, 50_000, limit=10**9)
     probe(("vmexit_asm", "hvsim"), vmexit_asm_probe)
+    probe(("vmexit_asm", "novpid"), lambda: vmexit_asm_probe(SECONDARY=0))
 
     def vtx_kernel_probe():            # (m) the teaching kernel under the VT-x monitor
         from hvsim.guests import teaching_kernel
@@ -796,9 +797,13 @@ def measure(args, min_seconds, samples):
     rows.append(row("vmexit_python", "(k) VM exit round trips/s to the Python VMM (CPUID "
                     "in non-root -> exit 10 -> answered in the kernel -> VMRESUME)",
                     TARGETS["vmexit_python"], baselines=False))
+    novpid = result(("vmexit_asm", "novpid"))
+    novpid = (f"the same VMM without VPIDs (`SECONDARY=0`: every exit and entry flushes "
+              f"the TLB): median {fmt_stats(novpid)}" if isinstance(novpid, tuple)
+              else f"without VPIDs: {novpid}" if novpid else "")
     rows.append(row("vmexit_asm", "(l) VM exit + VMRESUME round trips/s inside the machine "
-                    "(the assembly VMM, hvsim/guests/vmm.s, emulating CPUID)",
-                    TARGETS["vmexit_asm"], baselines=False))
+                    "(the assembly VMM, hvsim/guests/vmm.s, emulating CPUID; guest VPID 1)",
+                    TARGETS["vmexit_asm"], extra=[novpid], baselines=False))
     rows.append(row("vtx_kernel", "(m) teaching kernel under the VT-x monitor, guest "
                     "instr/s", baselines=False))
     ept, paging = result(("ept", "hvsim")), result(("paging", "hvsim"))
@@ -1019,10 +1024,11 @@ def markdown(header, table, info, args):
             f"best of {COLD_RUNS} (each on its own empty folder): "
             "numba compiles the run loop, and the handlers of the kernel table as the program "
             "meets them (hvsim/cpu/table.py); on two or more cores a helper process compiles "
-            "handlers alongside (hvsim/warmup.py). The note gives `python -m hvsim warmup`, which "
-            "compiles everything, on another empty folder",
+            "the MMU's translation, which the run loop calls, then the handlers, while this "
+            "process compiles the rest of the run loop (hvsim/warmup.py). The note gives "
+            "`python -m hvsim warmup`, which compiles everything, on another empty folder",
             "- (h) `python -c \"import hvsim; ...run a two-instruction program\"` with the cache "
-            "warm, best of 3",
+            f"warm, median of {WARM_RUNS} processes",
             "- (i) `" + _one_line(GP_LOOP) + f"` in ring {GUEST_RING} with IOPL 0 "
             "(hvsim.rings.setup's flat GDT and TSS), `m.route(13, \"host\")`: each CLI raises "
             "#GP(0) and leaves `run()` as an 'exception' event; the Python handler checks the "
@@ -1035,6 +1041,18 @@ def markdown(header, table, info, args):
             "then `mon.run(N)`; the rate counts the instructions the machine retired "
             "(`machine.counters[\"instructions\"]`: the instructions the monitor emulates "
             "after a trap are not among them) per second of `mon.run`",
+            "- (k) `" + _one_line(CPUID_LOOP.replace("{end}", "hlt")) + "` as the guest "
+            "of `hvsim.monitors.kvm.VM()` (guest VPID 1): each CPUID exits to the Python VMM, "
+            "which answers it in its 'kernel' and enters the guest again; a round trip is one "
+            "such exit",
+            "- (l) the same loop ending in VMCALL as the guest of hvsim/guests/vmm.s, which "
+            "handles each CPUID exit in guest assembly (VMREAD, CPUID, VMWRITE, VMRESUME) "
+            "without leaving `run()`",
+            "- (m) as (j), under `Vtx(program=teaching_kernel(KCODE=0x08))`: the kernel in "
+            "ring 0 of VMX non-root operation",
+            "- (n) (c)'s loop as the guest of `VM(ept=True)` (guest VPID 1), the whole run "
+            "timed: the TLB caches translations guest-linear -> host-physical, so only its "
+            "misses make 2-D walks",
             ""]
     return "\n".join(out)
 

@@ -291,6 +291,19 @@ def test_lesson04_exit_costs_are_count_times_the_profiles_cost():
         l04.exit_cost_rows("vtx")
 
 
+def test_lesson04_vpids_keep_the_tlb_across_exits():
+    # SDM Vol. 3C, 27.3.2.5 and 28.5.5: without "enable VPID" every VM entry and exit
+    # flushes VPID 0000H's mappings; with VPID 1 none does, and the guest walks less
+    l04 = _l04()
+    counts = l04.tlb_counts(l04.cost_runs(steps=20_000))
+    assert list(counts) == ["VT-x", "VT-x no VPID", "VT-x I/O bitmaps"]
+    tagged, flushing = counts["VT-x"], counts["VT-x no VPID"]
+    assert tagged["VM exits"] == flushing["VM exits"] > 100     # the same guest, the same exits
+    assert flushing["TLB flushes"] >= 2 * flushing["VM exits"]
+    assert tagged["TLB flushes"] < flushing["VM exits"] // 4
+    assert tagged["page walks"] < flushing["page walks"] // 2
+
+
 def test_lesson04_exercise_answer_equals_an_independent_count():
     # by the SDM's rules (Vol. 3C, 26.1): CPUID always exits; OUT exits unless the I/O
     # bitmaps leave its port out (only 80h is in); MOV to/from CR3 exit (CR3-load/-store

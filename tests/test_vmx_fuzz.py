@@ -107,6 +107,7 @@ def naive_rules(f):
     add((101, _ctl_bad(pin, X.PIN_TRUE_ALLOWED0, X.PIN_ALLOWED1)))
     add((102, _ctl_bad(cpu, X.CPU_TRUE_ALLOWED0, X.CPU_ALLOWED1)))
     add((103, _ctl_bad(sec, 0, X.SEC_ALLOWED1)))
+    add((122, sec & X.SEC_ENABLE_VPID and f["VIRTUAL_PROCESSOR_ID"] & 0xFFFF == 0))
     add((104, f["CR3_TARGET_COUNT"] > 4))
     io = cpu & X.CPU_USE_IO_BITMAPS
     add((105, io and _page_bad(f["IO_BITMAP_A"])))

@@ -22,7 +22,7 @@ from hvsim.arch import vmcs as V
 from hvsim.arch import vmx as X
 from hvsim.arch.cr import CR0_NE, CR0_PG, CR4_VMXE
 from hvsim.arch.flags import CF, PF, AF, ZF, SF, OF
-from hvsim.arch.vectors import GP, UD
+from hvsim.arch.vectors import GP, UD, PF as PAGE_FAULT
 
 from vmx_harness import (root_run, vmx_run, HOST_CODE, VMXON_REGION, VMCS_A, VMCS_B,
                          GUEST_CODE)
@@ -76,7 +76,8 @@ def test_vmxon_is_ud_with_cr4_vmxe_clear():
 
 @pytest.mark.parametrize("insn", ["vmclear [vmcs_a]", "vmptrld [vmcs_a]", "vmptrst [store]",
                                   "vmread eax, ebx", "vmwrite eax, ebx", "vmlaunch",
-                                  "vmresume", "vmxoff", "vmcall", "invept eax, [desc]"])
+                                  "vmresume", "vmxoff", "vmcall", "invept eax, [desc]",
+                                  "invvpid eax, [desc]"])
 def test_every_other_vmx_instruction_is_ud_outside_vmx_operation(insn):
     # each one's Operation: "IF (not in VMX operation) ... THEN #UD" -- CR4.VMXE is set
     m, ev, prog = run(insn)
@@ -312,12 +313,54 @@ def test_invept_types(kind, ok):
         assert m.cpu.edi & STATUS_ALL == CF
 
 
-def test_invvpid_is_ud_without_vpid_support():
-    # IA32_VMX_EPT_VPID_CAP bit 32 (INVVPID supported) is 0: #UD (SDM 31.3 INVVPID)
-    assert (X.VMX_EPT_VPID_CAP >> 32) & 1 == 0
-    m, ev, prog = run("vmxon [vmxon_ptr]\nvmptrld [vmcs_a]\nmov ecx, 1\nat:\n"
-                      "invvpid ecx, [desc]")
-    assert ev.kind == "exception" and ev.vector == UD and ev.eip == prog.labels["at"]
+# INVVPID descriptors (SDM 31.3 INVVPID): VPID in bits 15:0, 63:16 reserved, 127:64 the
+# linear address; (type, descriptor dwords, VMsucceed?)
+INVVPID_CASES = [
+    (0, (5, 0, 0x7000, 0), True),             # individual address
+    (1, (5, 0, 0, 0), True),                  # single context
+    (2, (0, 0, 0, 0), True),                  # all contexts: the VPID is not looked at
+    (3, (5, 0, 0, 0), True),                  # single context retaining globals
+    (4, (5, 0, 0, 0), False),                 # no such type
+    (0x80000001, (5, 0, 0, 0), False),
+    (1, (0, 0, 0, 0), False),                 # VPID 0000H for types 0, 1, 3
+    (0, (0, 0, 0x7000, 0), False),
+    (3, (0, 0, 0, 0), False),
+    (1, (5 | 0x10000, 0, 0, 0), False),       # reserved bits 63:16
+    (1, (5, 1, 0, 0), False),
+    (0, (5, 0, 0x7000, 1), False),            # not a 32-bit linear address
+]
+
+
+@pytest.mark.parametrize("kind, desc, ok", INVVPID_CASES)
+def test_invvpid_types_and_descriptors(kind, desc, ok):
+    # every INVVPID type is supported (IA32_VMX_EPT_VPID_CAP bits 32, 40-43); a bad type
+    # or descriptor is VMfailValid(28), or VMfailInvalid with no current VMCS
+    assert all(X.VMX_EPT_VPID_CAP >> b & 1 for b in (32, 40, 41, 42, 43))
+    words = "\n".join(f"mov dword [desc + {4 * i}], {w:#x}" for i, w in enumerate(desc))
+    m, ev, prog = run(f"vmxon [vmxon_ptr]\nvmptrld [vmcs_a]\n{words}\nmov ecx, {kind:#x}\n"
+                      f"push 0x8d5\npopfd\ninvvpid ecx, [desc]\n{STATUS}")
+    assert ev.kind == "halt"
+    if ok:
+        assert m.cpu.edi & STATUS_ALL == 0
+    else:
+        assert m.cpu.edi & STATUS_ALL == ZF
+        assert m.cpu.ebp == E.INVALID_INVEPT_INVVPID_OPERAND == 28
+        m, ev, prog = run(f"vmxon [vmxon_ptr]\n{words}\nmov ecx, {kind:#x}\n"
+                          f"invvpid ecx, [desc]\n{STATUS}")
+        assert m.cpu.edi & STATUS_ALL == CF
+
+
+def test_invvpid_checks_the_type_before_it_reads_the_descriptor():
+    # SDM 31.3 INVVPID, Operation: "IF ... processor does not support INVVPID_TYPE THEN
+    # VMfail(...) ELSE INVVPID_DESC <- value of memory operand": an unsupported type
+    # fails even with a descriptor no page maps; a supported one faults on it (#PF: the
+    # harness maps 4 MiB)
+    m, ev, prog = run("vmxon [vmxon_ptr]\nvmptrld [vmcs_a]\nmov ecx, 7\n"
+                      "mov ebx, 0xfffffff8\ninvvpid ecx, [ebx]\n" + STATUS)
+    assert ev.kind == "halt" and m.cpu.ebp == 28
+    m, ev, prog = run("vmxon [vmxon_ptr]\nvmptrld [vmcs_a]\nmov ecx, 1\n"
+                      "mov ebx, 0xfffffff8\nat:\ninvvpid ecx, [ebx]\n" + STATUS)
+    assert ev.kind == "exception" and ev.vector == PAGE_FAULT and ev.eip == prog.labels["at"]
 
 
 def test_vmx_instructions_at_cpl_3_in_root_are_gp0():
@@ -386,6 +429,8 @@ NONROOT = [
     # INVEPT (Format ... for INVEPT, INVPCID, and INVVPID): 10 cleared, Reg2 = the type
     ("invept eax, [ebx+0x40]", X.ExitReason.INVEPT, 0x40,
      _memory("ds", base="ebx") + [(10, 10, 0), (31, 28, REG["eax"])]),
+    ("invvpid ecx, [esi+0x10]", X.ExitReason.INVVPID, 0x10,
+     _memory("ds", base="esi") + [(10, 10, 0), (31, 28, REG["ecx"])]),
     # no operand: qualification 0 (the instruction-information field is undefined)
     ("vmlaunch", X.ExitReason.VMLAUNCH, 0, None),
     ("vmresume", X.ExitReason.VMRESUME, 0, None),
@@ -414,14 +459,6 @@ def test_vmx_instructions_exit_in_non_root_operation(insn, reason, qual, spec, r
         mask, value = _bits(spec)
         info = r.vmcs("VMX_INSTRUCTION_INFO")
         assert info & mask == value, f"{info:#010x} & {mask:#010x} != {value:#010x}"
-
-
-def test_invvpid_in_non_root_is_ud_not_an_exit():
-    # #UD (no INVVPID support) has priority over the VM exit (26.1.1): with #UD in the
-    # exception bitmap the exit is reason 0, vector 6
-    r = vmx_run("invvpid eax, [0x2000]\n", {"EXCEPTION_BITMAP": 1 << UD})
-    assert r.reason == X.ExitReason.EXCEPTION_NMI
-    assert r.vmcs("VM_EXIT_INTR_INFO") == X.INTR_INFO_VALID | (3 << 8) | UD
 
 
 # ---- the VMCS outlives VMCLEAR and VMPTRLD of another one (SDM 25.1, 25.11) --------------

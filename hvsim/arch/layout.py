@@ -103,6 +103,10 @@ VIRTUALIZABLE = 72 # 1 = "virtualizable x86": sensitive-unprivileged insns #GP a
 FETCH_LIN_PAGE = 73   # linear page (lin >> 12) of the last instruction fetch, -1 = none
 FETCH_PHYS_PAGE = 74  # its physical frame; valid until any TLB flush / CR0 / CR3 / CR4 write
 FETCH_CPL = 75        # CPL used for that translation (U/S check depends on it)
+VPID = 76             # the current VPID, which tags the TLB's entries (SDM Vol. 3C, 29.1):
+                      # 0 in root operation and in a guest without "enable VPID"
+VPID_CONTEXT = 77     # VPID, "enable EPT" and EPTP of the last VM entry that used a VPID
+                      # (hvsim/vtx/state.py): entries made under another EPTP are dropped
 
 # --- VMX operation (hvsim/vtx; SDM Vol. 3C, chapters 24-31) -----------------------------
 VMX_NONROOT = 88   # 1 in VMX non-root operation (a guest of a VMM), 0 in root or outside VMX

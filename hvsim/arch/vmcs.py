@@ -38,7 +38,7 @@ LAUNCH_LAUNCHED = 1
 
 #: every field hvsim's VT-x implements, by SDM name (Appendix B)
 FIELDS = {
-    # 16-bit control (B.1.1); VPID exists as a field although "enable VPID" cannot be set
+    # 16-bit control (B.1.1): the VPID, used with "enable VPID"
     "VIRTUAL_PROCESSOR_ID": 0x0000,
     # 16-bit guest state (B.1.2)
     "GUEST_ES_SELECTOR": 0x0800, "GUEST_CS_SELECTOR": 0x0802, "GUEST_SS_SELECTOR": 0x0804,

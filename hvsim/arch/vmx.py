@@ -8,7 +8,7 @@ Linux ``arch/x86/include/asm/vmx.h`` / ``uapi/asm/vmx.h`` and Bochs ``cpu/vmx.h`
 **The processor hvsim models.** A Nehalem-class IA-32 VT-x: VMX root and non-root
 operation, the TRUE capability MSRs (IA32_VMX_BASIC bit 55 = 1, so CR3-load/-store
 exiting and INVLPG exiting may be 0, as on every CPU with EPT), secondary controls with
-EPT and descriptor-table exiting, no VPID, no unrestricted guest, no IA-32e mode (hvsim is
+EPT, VPID and descriptor-table exiting, no unrestricted guest, no IA-32e mode (hvsim is
 a 32-bit processor: natural-width VMCS fields are 32 bits, and IA32_VMX_BASIC bit 48 says
 physical addresses are limited to 32 bits), no NMIs, no APIC virtualization, no
 preemption timer, no MSR-load/-store areas (IA32_VMX_MISC reports a maximum of 512 MSRs
@@ -128,7 +128,7 @@ CPU_ALLOWED1 = (CPU_DEFAULT1 | CPU_INTERRUPT_WINDOW_EXITING | CPU_USE_TSC_OFFSET
                 | CPU_CR3_LOAD_EXITING | CPU_CR3_STORE_EXITING | CPU_MOV_DR_EXITING
                 | CPU_UNCONDITIONAL_IO_EXITING | CPU_USE_IO_BITMAPS | CPU_USE_MSR_BITMAPS
                 | CPU_ACTIVATE_SECONDARY_CONTROLS)
-SEC_ALLOWED1 = SEC_ENABLE_EPT | SEC_DESCRIPTOR_TABLE_EXITING | SEC_WBINVD_EXITING
+SEC_ALLOWED1 = SEC_ENABLE_EPT | SEC_DESCRIPTOR_TABLE_EXITING | SEC_ENABLE_VPID | SEC_WBINVD_EXITING
 EXIT_ALLOWED1 = EXIT_DEFAULT1 | EXIT_ACK_INTERRUPT_ON_EXIT
 ENTRY_ALLOWED1 = ENTRY_DEFAULT1
 # TRUE MSRs (bit 55 of IA32_VMX_BASIC): the default1 bits hvsim lets be 0
@@ -160,12 +160,27 @@ EPT_CAP_INVEPT = 1 << 20
 EPT_CAP_AD_FLAGS = 1 << 21
 EPT_CAP_INVEPT_SINGLE_CONTEXT = 1 << 25
 EPT_CAP_INVEPT_ALL_CONTEXT = 1 << 26
+# bits 63:32 are the VPID capabilities (Linux reads them as vmx_capability.vpid)
+VPID_CAP_INVVPID = 1 << 32
+VPID_CAP_INVVPID_INDIVIDUAL_ADDRESS = 1 << 40
+VPID_CAP_INVVPID_SINGLE_CONTEXT = 1 << 41
+VPID_CAP_INVVPID_ALL_CONTEXT = 1 << 42
+VPID_CAP_INVVPID_SINGLE_CONTEXT_RETAINING_GLOBALS = 1 << 43
 VMX_EPT_VPID_CAP = (EPT_CAP_EXECUTE_ONLY | EPT_CAP_WALK_LENGTH_4 | EPT_CAP_MEMTYPE_UC
                     | EPT_CAP_MEMTYPE_WB | EPT_CAP_2MB_PAGES | EPT_CAP_INVEPT
                     | EPT_CAP_AD_FLAGS | EPT_CAP_INVEPT_SINGLE_CONTEXT
-                    | EPT_CAP_INVEPT_ALL_CONTEXT)
+                    | EPT_CAP_INVEPT_ALL_CONTEXT | VPID_CAP_INVVPID
+                    | VPID_CAP_INVVPID_INDIVIDUAL_ADDRESS | VPID_CAP_INVVPID_SINGLE_CONTEXT
+                    | VPID_CAP_INVVPID_ALL_CONTEXT
+                    | VPID_CAP_INVVPID_SINGLE_CONTEXT_RETAINING_GLOBALS)
 INVEPT_SINGLE_CONTEXT = 1
 INVEPT_ALL_CONTEXT = 2
+# INVVPID types (SDM Vol. 3C, 31.3 "INVVPID"; 29.4.3.1)
+INVVPID_INDIVIDUAL_ADDRESS = 0
+INVVPID_SINGLE_CONTEXT = 1
+INVVPID_ALL_CONTEXT = 2
+INVVPID_SINGLE_CONTEXT_RETAINING_GLOBALS = 3
+VPID_MASK = 0xFFFF                   # the VPID is a 16-bit VMCS field (0x0000)
 
 # ---- VM-instruction error numbers (SDM Vol. 3C, 31.4, Table 31-1) -----------------------
 class VmInstructionError(enum.IntEnum):

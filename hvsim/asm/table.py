@@ -391,8 +391,7 @@ def _build() -> list:
     add(_f("vmptrld", [0x0F, 0xC7], 6, ("Mq",)))
     add(_f("vmptrst", [0x0F, 0xC7], 7, ("Mq",)))           # mod = 11: RDSEED/RDPID, outside
     # INVEPT/INVVPID r32, m128: ModRM.reg is the type, r/m the 128-bit descriptor (SDM Vol.
-    # 2C "INVEPT", "INVVPID"); 66h is mandatory. hvsim models no VPID, so its CPU is to
-    # make INVVPID #UD; the assembler and disassembler know it all the same.
+    # 2C "INVEPT", "INVVPID"); 66h is mandatory.
     add(_f("invept", [0x0F, 0x38, 0x80], None, ("Gd", "Mdq"), prefix=PREFIX_OPSIZE))
     add(_f("invvpid", [0x0F, 0x38, 0x81], None, ("Gd", "Mdq"), prefix=PREFIX_OPSIZE))
     add(_f("vmxoff", [0x0F, 0x01], None, (), modrm=0xC4))

@@ -50,9 +50,9 @@ from hvsim.arch.flags import CF, PF, AF, ZF, SF, OF, ARITH
 from hvsim.arch.layout import (EAX, ECX, ESP, EIP, EFLAGS, CR0, CPL, SEG_LIMIT, SREG_CS, SREG_DS,
                               SREG_SS, SREG_ES, FLAT, INSN_EIP, INSN_LEN, COUNTERS, MASK32,
                               ZERO, CFG_MEM_SIZE, CFG_TLB_SETS, CFG_TLB_WAYS, CFG_TLB_ENABLED,
-                              PG_CODE, TLB_FIELDS, DC_ENTRIES)
+                              PG_CODE, TLB_FIELDS, DC_ENTRIES, VPID)
 from hvsim.arch.pte import PTE_RW, PTE_US, PTE_D
-from hvsim.mmu.tlb import TLB_TAG, TLB_FRAME, TLB_FLAGS, TLB_LRU, TLBF_EPT_NR
+from hvsim.mmu.tlb import TLB_TAG, TLB_FRAME, TLB_FLAGS, TLB_LRU, TLBF_EPT_NR, TAG_VPID_SHIFT
 
 MAX_INSNS = 64        # instructions per block at most
 PAGE = 4096
@@ -312,7 +312,7 @@ class _Emitter:
         self.side_exit(k, b.icmp_signed(">", b.add(b.and_(lin, _c(PAGE - 1)), _c(4)), _c(PAGE)))
         vpn = b.lshr(lin, _c(12))
         first = b.mul(b.mul(b.and_(vpn, b.sub(self.sets, _c(1))), self.ways), _c(TLB_FIELDS))
-        tag = b.add(vpn, _c(1))
+        tag = b.add(vpn, self.tag_base)          # hvsim/mmu/tlb.py tlb_tag
         pre = b.block
         head, probe, nxt, found = (self.block(f"tlb{k}"), self.block(f"probe{k}"),
                                    self.block(f"next{k}"), self.block(f"hit{k}"))
@@ -410,6 +410,8 @@ class _Emitter:
         self.user = b.icmp_signed("==", self.ld(CPL), _c(3))
         self.wp = self.is_set(cr0, CR0_WP)
         self.sets, self.ways = self.ld(CFG_TLB_SETS), self.ld(CFG_TLB_WAYS)
+        # a tag is the linear page + 1 + the VPID's bits (no block changes the VPID)
+        self.tag_base = b.add(b.shl(self.ld(VPID), _c(TAG_VPID_SHIFT)), _c(1))
         entry_bb = b.block
         head, self.out_bb = self.block("head"), self.block("out")
         b.position_at_end(self.out_bb)

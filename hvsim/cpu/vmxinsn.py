@@ -1,7 +1,7 @@
 """The VMX instructions as the CPU decodes and checks them (jitted).
 
-``op_vmx`` handles 0F 78 VMREAD, 0F 79 VMWRITE and 0F C7 /6 /7 (VMPTRLD, VMCLEAR with
-66, VMXON with F3; VMPTRST); ``vmx_group7`` the register forms of 0F 01: C1 VMCALL, C2
+``op_vmx`` handles 0F 78 VMREAD, 0F 79 VMWRITE, 0F C7 /6 /7 (VMPTRLD, VMCLEAR with
+66, VMXON with F3; VMPTRST) and 66 0F 38 80/81 (INVEPT, INVVPID); ``vmx_group7`` the register forms of 0F 01: C1 VMCALL, C2
 VMLAUNCH, C3 VMRESUME, C4 VMXOFF. Each makes the checks its SDM "Operation" makes before
 anything else (SDM Vol. 3C, 31.3), in that order:
 
@@ -28,7 +28,7 @@ from hvsim.arch.vectors import GP, UD
 from hvsim.cpu.decode import F_OPC, F_REG, F_RM, F_PFX, F_DISP, F_BASE, F_INDEX, F_SCALE, \
     F_SEG, PFX_REP, PFX_OPSIZE
 from hvsim.cpu.operands import ea, mem_read, mem_write
-from hvsim.mmu.paging import tlb_flush
+from hvsim.mmu.tlb import tlb_flush_vpid, tlb_invlpg_vpid
 from hvsim.vtx import instructions as I
 from hvsim.vtx.entry import vm_entry, FAILED_AS_EXIT
 from hvsim.vtx.nonroot import exit_for_instruction
@@ -39,6 +39,7 @@ R_VMCALL, R_VMCLEAR, R_VMLAUNCH, R_VMPTRLD = (int(_R.VMCALL), int(_R.VMCLEAR),
 R_VMPTRST, R_VMREAD, R_VMRESUME, R_VMWRITE = (int(_R.VMPTRST), int(_R.VMREAD),
                                               int(_R.VMRESUME), int(_R.VMWRITE))
 R_VMXOFF, R_VMXON, R_INVEPT = int(_R.VMXOFF), int(_R.VMXON), int(_R.INVEPT)
+R_INVVPID = int(_R.INVVPID)
 _E_INVALID_OPERAND = int(X.VmInstructionError.INVALID_INVEPT_INVVPID_OPERAND)
 _FEATURE_CONTROL_NEEDED = X.FEATURE_CONTROL_LOCK | X.FEATURE_CONTROL_VMX_OUTSIDE_SMX
 _ADDRESS_SIZE_32 = 1 << 7          # instruction information bits 9:7 = 1: 32-bit addressing
@@ -128,7 +129,9 @@ def _invept(mem, st, tlb, pg, dc, row):
     """INVEPT (SDM Vol. 3C, 31.3 "INVEPT"): the type in the register operand, a 128-bit
     descriptor in memory (bits 63:0 the EPTP). Types 1 (single-context) and 2 (all
     contexts) are supported (IA32_VMX_EPT_VPID_CAP bits 25 and 26); any other is
-    VMfailValid(28). hvsim's TLB does not tag entries by EPTP, so both types flush it."""
+    VMfailValid(28). hvsim's TLB does not tag entries by EPTP, so both types drop every
+    guest's entries (every VPID but 0000H, whose entries are flushed at each VM exit
+    and entry anyway when a guest runs with it)."""
     if _checks(st, dc, row, R_INVEPT):
         return
     kind = st[dc[F_REG, row]]
@@ -139,8 +142,55 @@ def _invept(mem, st, tlb, pg, dc, row):
     if kind != X.INVEPT_SINGLE_CONTEXT and kind != X.INVEPT_ALL_CONTEXT:
         I.vm_fail(st, _E_INVALID_OPERAND)
         return
-    tlb_flush(st, tlb, 0)
+    tlb_flush_vpid(st, tlb, -1, 0)
     st[FETCH_LIN_PAGE] = -1
+    I.vm_succeed(st)
+
+
+@njit
+def _invvpid(mem, st, tlb, pg, dc, row):
+    """INVVPID (SDM Vol. 3C, 31.3 "INVVPID"): the type in the register operand, a 128-bit
+    descriptor in memory -- bits 15:0 the VPID, 63:16 reserved (must be 0), 127:64 a
+    linear address. All four types are supported (IA32_VMX_EPT_VPID_CAP bits 40-43):
+    0 individual address, 1 single context, 2 all contexts (every VPID but 0000H),
+    3 single context retaining globals. As the SDM's Operation orders it: an unsupported
+    type fails before the descriptor is read; then reserved bits set, or VPID 0000H for
+    types 0, 1 and 3, are VMfailValid(28). An IA-32 processor's linear addresses are 32
+    bits: a type-0 address with bits 63:32 set is not one (VMfailValid(28), as the SDM
+    says for a non-canonical one)."""
+    if _checks(st, dc, row, R_INVVPID):
+        return
+    kind = st[dc[F_REG, row]]
+    if kind < X.INVVPID_INDIVIDUAL_ADDRESS or kind > X.INVVPID_SINGLE_CONTEXT_RETAINING_GLOBALS:
+        I.vm_fail(st, _E_INVALID_OPERAND)
+        return
+    off = ea(st, dc, row)
+    seg = dc[F_SEG, row]
+    lo = mem_read(mem, st, tlb, pg, seg, off, 4)
+    if st[FAULT_PENDING] != 0:
+        return
+    hi = mem_read(mem, st, tlb, pg, seg, (off + 4) & MASK32, 4)
+    if st[FAULT_PENDING] != 0:
+        return
+    lin = mem_read(mem, st, tlb, pg, seg, (off + 8) & MASK32, 4)
+    if st[FAULT_PENDING] != 0:
+        return
+    lin_hi = mem_read(mem, st, tlb, pg, seg, (off + 12) & MASK32, 4)
+    if st[FAULT_PENDING] != 0:
+        return
+    vpid = lo & X.VPID_MASK
+    if (lo >> 16) != 0 or hi != 0 or (kind != X.INVVPID_ALL_CONTEXT and vpid == 0) or \
+            (kind == X.INVVPID_INDIVIDUAL_ADDRESS and lin_hi != 0):
+        I.vm_fail(st, _E_INVALID_OPERAND)
+        return
+    if kind == X.INVVPID_INDIVIDUAL_ADDRESS:
+        tlb_invlpg_vpid(st, tlb, vpid, lin)
+    elif kind == X.INVVPID_SINGLE_CONTEXT:
+        tlb_flush_vpid(st, tlb, vpid, 0)
+    elif kind == X.INVVPID_ALL_CONTEXT:
+        tlb_flush_vpid(st, tlb, -1, 0)
+    else:
+        tlb_flush_vpid(st, tlb, vpid, 1)
     I.vm_succeed(st)
 
 
@@ -175,8 +225,8 @@ def op_vmx(mem, st, tlb, pg, dc, row):   # 0F 78 VMREAD, 0F 79 VMWRITE, 0F C7 /6
     if opc == 0x280:                                  # 66 0F 38 80: INVEPT r32, m128
         _invept(mem, st, tlb, pg, dc, row)
         return
-    if opc != 0x1C7:                                  # INVVPID: VPID is not supported
-        raise_fault(st, UD, -1)
+    if opc == 0x281:                                  # 66 0F 38 81: INVVPID r32, m128
+        _invvpid(mem, st, tlb, pg, dc, row)
         return
     # 0F C7: memory forms only (mod = 11 is another instruction, outside the subset)
     d = dc[F_REG, row]

@@ -39,6 +39,11 @@ def teaching_kernel(user: str | None = None, origin: int = 0x1000, **constants):
     ``equ`` values by name (e.g. ``PERIOD=300``, ``WORK=100``), so lessons can vary them."""
     from hvsim.asm import assemble
     text = source("kernel") + "\n" + (source("user") if user is None else user)
+    return assemble(_with_constants(text, constants), origin=origin)
+
+
+def _with_constants(text: str, constants: dict) -> str:
+    """``text`` with the ``equ`` values named in ``constants`` replaced."""
     lines = text.splitlines()
     for name, value in constants.items():
         if not isinstance(value, int) or isinstance(value, bool):
@@ -48,18 +53,20 @@ def teaching_kernel(user: str | None = None, origin: int = 0x1000, **constants):
         if not hits:
             raise ValueError(f"the guest has no equ constant {name!r}")
         lines[hits[0]] = f"{name:<12}equ {value}"
-    return assemble("\n".join(lines) + "\n", origin=origin)
+    return "\n".join(lines) + "\n"
 
 
-def hypervisor(guest: str):
+def hypervisor(guest: str, **constants):
     """``(vmm, guest)``: vmm.s assembled at 1000H and ``guest`` (assembly source) at
     vmm.s's GUEST address. Load the first with ``Machine.load`` (4 MiB of memory covers
     both) and write the second's code at its origin; running the machine runs the
     hypervisor, which launches the guest. It halts with ESI = E817H when the guest made
     a VMCALL (EBX = 18), BADH on an exit it does not handle (EBX = the reason), FA11H
-    when a VMX instruction failed (EBP = the VM-instruction error)."""
+    when a VMX instruction failed (EBP = the VM-instruction error). ``constants``
+    override vmm.s's ``equ`` values by name: ``SECONDARY=0`` runs the guest without a
+    VPID (every VM exit and entry then flushes the TLB)."""
     from hvsim.asm import assemble
-    vmm = assemble(source("vmm"), origin=0x1000)
+    vmm = assemble(_with_constants(source("vmm"), constants), origin=0x1000)
     return vmm, assemble(guest, origin=_equ(source("vmm"), "GUEST"))
 
 

@@ -21,6 +21,7 @@ HSTACK      equ 0xF000          ; host stack top (HOST_RSP: fresh at every exit)
 GUEST       equ 0x100000        ; the guest's code
 GSTACK      equ 0x180000        ; the guest's stack top
 REVISION    equ 0x1D            ; IA32_VMX_BASIC bits 30:0 (hvsim/arch/vmx.py)
+SECONDARY   equ 0x20            ; secondary controls: enable VPID (bit 5); 0 turns VPIDs off
 KCODE       equ 0x08
 KDATA       equ 0x10
 KTSS        equ 0x18
@@ -182,6 +183,10 @@ fields:
     dd 0x681A, 0x400,  0x681C, GSTACK, 0x681E, GUEST, 0x6820, 2         ; DR7 RSP RIP RFLAGS
     dd 0x2800, 0xFFFFFFFF, 0x2801, 0xFFFFFFFF                           ; VMCS link pointer
     dd 0x4000, 0x16                     ; pin-based: the default1 bits only
-    dd 0x4002, 0x04006172               ; primary: TRUE allowed-0 (no CR3 exiting)
+    dd 0x4002, 0x84006172               ; primary: TRUE allowed-0 (no CR3 exiting), and
+                                        ; bit 31, activate secondary controls
+    dd 0x401E, SECONDARY                ; secondary: enable VPID, as SimpleVisor does,
+    dd 0x0000, 1                        ; VPID 1 -- the TLB keeps the guest's and the
+                                        ; host's translations across exits and entries
     dd 0x400C, 0x00036DFB, 0x4012, 0x000011FB   ; exit, entry: TRUE allowed-0
     dd 0xFFFFFFFF

@@ -22,7 +22,7 @@ KVM-shaped VMM (hvsim/monitors/kvm.py). Every table and curve here comes from a 
    2000), answered from the CR0 read shadow without an exit (SDM Vol. 3C, 25.6.6, 26.3):
    :func:`smsw_demo`, beside the same guest under trap-and-emulate;
 6. the cost of the counted exits on four CPU generations (hvsim.cost profiles):
-   :func:`cost_runs`, :func:`exit_cost_rows`;
+   :func:`cost_runs`, :func:`tlb_counts`, :func:`exit_cost_rows`;
 7. the two-dimensional walk of nested paging (:func:`hvsim.viz.walk_2d`);
 8. :func:`exit_exercise`: how many VM exits does a small guest cause under given
    controls? The answer is computed by running it.
@@ -48,7 +48,7 @@ __all__ = ["TECHNIQUES", "run_guest", "guest_dword", "tick_curves", "plot_ticks"
            "EXIT_CAUSES", "exit_rows", "exit_table", "kvm_split", "hlt_exiting_off",
            "intercept_exceptions", "use_io_bitmaps", "FLIPS", "flip_runs", "flip_table",
            "consoles", "cr3_phases", "cr3_table", "FAILURES", "failed_entry", "failure_rows",
-           "failure_table", "SMSW_GUEST", "smsw_demo", "smsw_table", "cost_runs",
+           "failure_table", "SMSW_GUEST", "smsw_demo", "smsw_table", "cost_runs", "tlb_counts",
            "exit_cost_rows", "exit_cost_table", "cost_table", "exit_exercise", "exercise_guest",
            "count_exits"]
 
@@ -81,11 +81,12 @@ def _vcpu_of(x) -> VCPU:
 
 
 # ---- 1. the same kernel, two techniques -----------------------------------------------------
-def _vtx_kernel(**constants) -> Vtx:
-    """The teaching kernel booted (not run) under the VT-x monitor. Its gates name ring 0's
-    code selector of the guest's GDT (the VMM's hvsim.rings.setup layout): the kernel
-    runs in ring 0 of VMX non-root operation, unmodified otherwise."""
-    mon = Vtx()
+def _vtx_kernel(vpid: bool = True, **constants) -> Vtx:
+    """The teaching kernel booted (not run) under the VT-x monitor (``vpid``: with VPID 1,
+    as KVM runs its guests). Its gates name ring 0's code selector of the guest's GDT (the
+    VMM's hvsim.rings.setup layout): the kernel runs in ring 0 of VMX non-root operation,
+    unmodified otherwise."""
+    mon = Vtx(vpid=vpid)
     constants.setdefault("KCODE", mon.kvm.guest_tables.code(0))
     mon.boot(teaching_kernel(**constants))
     return mon
@@ -553,15 +554,29 @@ def smsw_table(demo: dict) -> _HTML:
 def cost_runs(steps: int = 50_000) -> dict:
     """{label: monitor}: the teaching kernel for ``steps`` steps under trap-and-emulate on
     lesson 02's virtualizable x86 (correct, every sensitive instruction a trap), under
-    VT-x with KVM's controls, and under VT-x with I/O bitmaps trapping the timer ports
-    only. The labels are split on two lines for the bar chart's axis."""
+    VT-x with KVM's controls, the same without VPIDs (the TLB flushed at every exit and
+    entry, as on VT-x before Nehalem), and under VT-x with I/O bitmaps trapping the timer
+    ports only. The labels are split on two lines for the bar chart's axis."""
     steps = _steps(steps)
     io = _vtx_kernel()
     use_io_bitmaps(io)
     io.run(steps)
+    flushing = _vtx_kernel(vpid=False)
+    flushing.run(steps)
     return {"trap-and-emulate\nvirtualizable": l02.run_guest(True, steps),
             "VT-x": run_guest("vt-x", steps),
+            "VT-x\nno VPID": flushing,
             "VT-x\nI/O bitmaps": io}
+
+
+def tlb_counts(runs: dict) -> dict:
+    """{label: {VM exits, TLB flushes, page walks}} of the VT-x runs of :func:`cost_runs`
+    (labels on one line)."""
+    return {label.replace("\n", " "): {"VM exits": mon.stats["vm_exits"],
+                                       "TLB flushes": mon.machine.counters["tlb_flushes"],
+                                       "page walks": mon.machine.counters["page_walks"]}
+            for label, mon in runs.items() if "vm_exits" in mon.stats and
+            label.startswith("VT-x")}
 
 
 def exit_cost_rows(mon, profiles=None) -> list:

@@ -484,13 +484,15 @@ class TlbEntry:
     stamp: int         # LRU stamp (larger = used more recently)
     ept_no_read: bool = False    # a combined EPT translation whose EPT rights forbid
     ept_no_fetch: bool = False   # reads / instruction fetches (hvsim/mmu/tlb.py)
+    vpid: int = 0                # the VPID it serves (0: root operation, or no VPIDs)
 
 
 def tlb_contents(st, tlb):
     """The valid entries of the TLB, set by set (plain Python; for display)."""
     from hvsim.arch.layout import CFG_TLB_SETS, CFG_TLB_WAYS, TLB_FIELDS
     from hvsim.mmu.tlb import (TLB_TAG, TLB_FRAME, TLB_FLAGS, TLB_LRU, TLBF_US, TLBF_RW,
-                               TLBF_D, TLBF_LARGE, TLBF_G, TLBF_EPT_NR, TLBF_EPT_NX)
+                               TLBF_D, TLBF_LARGE, TLBF_G, TLBF_EPT_NR, TLBF_EPT_NX,
+                               TAG_VPID_SHIFT)
     sets, ways = int(st[CFG_TLB_SETS]), int(st[CFG_TLB_WAYS])
     out = []
     for s in range(sets):
@@ -500,8 +502,9 @@ def tlb_contents(st, tlb):
             if tag == 0:
                 continue
             fl = int(tlb[e + TLB_FLAGS])
-            out.append(TlbEntry(s, w, (tag - 1) << 12, int(tlb[e + TLB_FRAME]) << 12,
+            page, vpid = (tag - 1) & ((1 << TAG_VPID_SHIFT) - 1), (tag - 1) >> TAG_VPID_SHIFT
+            out.append(TlbEntry(s, w, page << 12, int(tlb[e + TLB_FRAME]) << 12,
                                 bool(fl & TLBF_US), bool(fl & TLBF_RW), bool(fl & TLBF_D),
                                 bool(fl & TLBF_LARGE), bool(fl & TLBF_G), int(tlb[e + TLB_LRU]),
-                                bool(fl & TLBF_EPT_NR), bool(fl & TLBF_EPT_NX)))
+                                bool(fl & TLBF_EPT_NR), bool(fl & TLBF_EPT_NX), vpid))
     return out

@@ -59,7 +59,7 @@ from hvsim.arch.pte import (PTE_P, PTE_RW, PTE_US, PTE_A, PTE_D, PTE_PS, PTE_G,
                            ACC_WRITE, ACC_USER, ACC_FETCH)
 from hvsim.mmu.ept import ept_call, ept_guest_entry_update, HOOK_GUEST_ENTRY, HOOK_DATUM
 from hvsim.mmu.frames import smc_check as _smc_check
-from hvsim.mmu.tlb import (tlb_fill, tlb_drop_page, tlb_flush, tlb_invlpg,  # noqa: F401
+from hvsim.mmu.tlb import (tlb_fill, tlb_drop_page, tlb_flush, tlb_invlpg, tlb_tag,  # noqa: F401
                            TLB_TAG, TLB_FRAME, TLB_FLAGS, TLB_LRU, TLBF_D, TLBF_LARGE,
                            TLBF_EPT_NR)
 
@@ -268,7 +268,7 @@ def _tlb_hit(st, tlb, lin, acc):
     vpn = lin >> 12
     ways = st[CFG_TLB_WAYS]
     e = (vpn & (st[CFG_TLB_SETS] - 1)) * ways * TLB_FIELDS
-    tag = vpn + 1
+    tag = tlb_tag(st, vpn)
     for _ in range(ways):
         if tlb[e + TLB_TAG] == tag:
             flags = tlb[e + TLB_FLAGS]

@@ -34,6 +34,10 @@ immediate, the moffs forms, MOVZX/MOVSX), from the decoded instruction the exit 
 anything else ends in ``KVM_EXIT_INTERNAL_ERROR`` with suberror 1 (emulation), as KVM's
 emulator reports an instruction it cannot do.
 
+TLB. Like KVM since 2008, the vCPU runs with a VPID of its own (VPID 1; ``VM(vpid=False)``
+turns it off): the TLB tags the guest's translations with it, so VM exits and entries
+do not flush them (SDM Vol. 3C, 29.1, 29.4).
+
 Registers. VT-x saves no general registers: after an exit EAX..EDI are still the
 guest's, in the CPU (the VMM's assembly would save them; this one runs no code), while
 the guest's ESP, EIP and EFLAGS are in the VMCS. :attr:`VCPU.regs` reads them where
@@ -318,10 +322,12 @@ class VM:
     ``ept=True``), 22-23 the host stack."""
 
     def __init__(self, memory: Optional[int] = None, *, machine: Optional[Machine] = None,
-                 ept: bool = False):
+                 ept: bool = False, vpid: bool = True):
         """``memory``: the guest's RAM in bytes (a machine is made with the host area
         after it); or ``machine``: a fresh machine whose top HOST_AREA_PAGES pages become
-        the host area and the rest the guest's RAM."""
+        the host area and the rest the guest's RAM. ``ept``: give the guest an EPT;
+        ``vpid``: tag its TLB entries with a VPID of its own (as KVM does by default),
+        else every VM exit and entry flushes the TLB."""
         host_bytes = HOST_AREA_PAGES * PAGE
         if machine is not None:
             if memory is not None:
@@ -339,9 +345,11 @@ class VM:
         self.memory_size = memory
         self.host_base = memory
         self.machine = machine if machine is not None else Machine(memory=memory + host_bytes)
-        if not isinstance(ept, bool):
-            raise TypeError(f"ept must be True or False, got {ept!r}")
+        for name, value in (("ept", ept), ("vpid", vpid)):
+            if not isinstance(value, bool):
+                raise TypeError(f"{name} must be True or False, got {value!r}")
         self.ept = ept
+        self.vpid = vpid
         self.vcpu: Optional[VCPU] = None
 
     def ept_tables(self) -> int:
@@ -517,16 +525,22 @@ class VCPU:
 
     def _controls(self):
         v = self.vmcs
+        sec = 0
         if self.vm.ept:
             v["EPT_POINTER"] = self.vm.ept_tables()
-            v["SECONDARY_VM_EXEC_CONTROL"] = X.SEC_ENABLE_EPT
+            sec |= X.SEC_ENABLE_EPT
+        if self.vm.vpid:
+            # KVM's enable_vpid (on by default since 2008): the vCPU's own VPID, so the
+            # TLB keeps its translations across exits (one VM, one vCPU: VPID 1)
+            v["VIRTUAL_PROCESSOR_ID"] = 1
+            sec |= X.SEC_ENABLE_VPID
+        v["SECONDARY_VM_EXEC_CONTROL"] = sec
         v["PIN_BASED_VM_EXEC_CONTROL"] = X.PIN_DEFAULT1 | X.PIN_EXTERNAL_INTERRUPT_EXITING
         # while the guest's paging is off, its CR3 is the host's business (KVM does the same)
         v["CPU_BASED_VM_EXEC_CONTROL"] = (X.CPU_TRUE_ALLOWED0 | X.CPU_HLT_EXITING
                                           | X.CPU_UNCONDITIONAL_IO_EXITING
                                           | X.CPU_CR3_LOAD_EXITING | X.CPU_CR3_STORE_EXITING
-                                          | (X.CPU_ACTIVATE_SECONDARY_CONTROLS
-                                             if self.vm.ept else 0))
+                                          | (X.CPU_ACTIVATE_SECONDARY_CONTROLS if sec else 0))
         v["VM_EXIT_CONTROLS"] = X.EXIT_TRUE_ALLOWED0 | X.EXIT_ACK_INTERRUPT_ON_EXIT
         v["VM_ENTRY_CONTROLS"] = X.ENTRY_TRUE_ALLOWED0
 
@@ -990,11 +1004,15 @@ class Vtx(Monitor):
               of guest RAM).
     program : booted with :meth:`boot`.
     ept     : give the guest an EPT (nested paging: its RAM and nothing of the VMM's).
+    vpid    : tag the guest's TLB entries with VPID 1 (KVM's default), so VM exits and
+              entries do not flush the TLB.
     """
     name = "vtx"
 
-    def __init__(self, machine: Optional[Machine] = None, program=None, *, ept: bool = False):
-        self.vm = VM(machine=machine, ept=ept) if machine is not None else VM(ept=ept)
+    def __init__(self, machine: Optional[Machine] = None, program=None, *, ept: bool = False,
+                 vpid: bool = True):
+        self.vm = VM(machine=machine, ept=ept, vpid=vpid) if machine is not None else \
+            VM(ept=ept, vpid=vpid)
         self.machine = self.vm.machine
         self.kvm = self.vm.create_vcpu()
         self._state = "running"

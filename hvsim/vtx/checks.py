@@ -31,7 +31,8 @@ TABLE = (
      "reserved bits must be as IA32_VMX_TRUE_PROCBASED_CTLS allows"),
     (103, CONTROLS, "SECONDARY_VM_EXEC_CONTROL",
      "with 'activate secondary controls' set, only bits IA32_VMX_PROCBASED_CTLS2 allows "
-     "may be 1 (hvsim: enable EPT, descriptor-table exiting, WBINVD exiting)"),
+     "may be 1 (hvsim: enable EPT, descriptor-table exiting, enable VPID, WBINVD exiting)"),
+    (122, CONTROLS, "VIRTUAL_PROCESSOR_ID", "with 'enable VPID', must not be 0000H"),
     (104, CONTROLS, "CR3_TARGET_COUNT", "must be at most 4"),
     (105, CONTROLS, "IO_BITMAP_A",
      "with 'use I/O bitmaps', must be 4 KiB aligned and inside physical memory"),
@@ -172,6 +173,7 @@ EXIT_RESERVED, EXIT_MSR_STORE, EXIT_MSR_LOAD = 111, 112, 113
 ENTRY_RESERVED, ENTRY_MSR_LOAD = 114, 115
 INJECT_RESERVED, INJECT_TYPE, INJECT_VECTOR, INJECT_ERROR_BIT = 116, 117, 118, 119
 INJECT_ERROR_CODE, INJECT_LENGTH = 120, 121
+VPID_ZERO = 122
 HOST_CR0, HOST_CR4 = 201, 202
 HOST_SEL_RPL_TI = 203           # + sreg index: ES 0, CS 1, SS 2, DS 3, FS 4, GS 5; TR 6
 HOST_CS_NULL, HOST_TR_NULL, HOST_SS_NULL = 210, 211, 212

@@ -22,9 +22,9 @@ from hvsim.arch.layout import (
     N_SREGS, SREG_CS, SREG_SS, SREG_FS, SREG_GS, GDTR_BASE, GDTR_LIMIT, IDTR_BASE, IDTR_LIMIT, LDTR_SEL,
     LDTR_BASE, LDTR_LIMIT, LDTR_AR, TR_SEL, TR_BASE, TR_LIMIT, TR_AR, HALTED, INT_SHADOW,
     MSR_SYSENTER_CS_SLOT, MSR_SYSENTER_ESP_SLOT, MSR_SYSENTER_EIP_SLOT, FETCH_LIN_PAGE, ATTN, AR_S, AR_P, AR_DB, AR_G, AR_UNUSABLE, AR_DPL_SHIFT, MASK32,
-    BLOCKING_BY_STI, BLOCKING_BY_MOV_SS,
+    BLOCKING_BY_STI, BLOCKING_BY_MOV_SS, VPID, VPID_CONTEXT,
 )
-from hvsim.mmu.paging import tlb_flush
+from hvsim.mmu.tlb import tlb_flush_vpid
 from hvsim.rings.segments import update_flat
 
 
@@ -48,6 +48,8 @@ G_SYSENTER_CS, G_SYSENTER_ESP, G_SYSENTER_EIP = (
 G_INTERRUPTIBILITY, G_ACTIVITY = _f("GUEST_INTERRUPTIBILITY_INFO"), _f("GUEST_ACTIVITY_STATE")
 G_PENDING_DBG = _f("GUEST_PENDING_DBG_EXCEPTIONS")
 EXIT_CTLS, ENTRY_CTLS = _f("VM_EXIT_CONTROLS"), _f("VM_ENTRY_CONTROLS")
+CPU_CTLS, SEC_CTLS = _f("CPU_BASED_VM_EXEC_CONTROL"), _f("SECONDARY_VM_EXEC_CONTROL")
+VIRTUAL_PROCESSOR_ID, EPT_POINTER = _f("VIRTUAL_PROCESSOR_ID"), _f("EPT_POINTER")
 
 H_SEL0 = _f("HOST_ES_SELECTOR")            # ES CS SS DS FS GS, then TR
 H_TR_SEL = _f("HOST_TR_SELECTOR")
@@ -117,13 +119,59 @@ def save_guest(st):
 
 
 @njit
-def _after_mode_change(st, tlb):
-    # no VPID: every VM entry and exit invalidates the linear mappings (SDM Vol. 3C,
-    # 29.4.3.1 in the 082US edition)
-    tlb_flush(st, tlb, 0)
-    st[FETCH_LIN_PAGE] = -1
+def secondary_controls(st):
+    """The secondary processor-based controls in force: 0 unless the primary ones
+    activate them (SDM Vol. 3C, 25.6.2)."""
+    if (st[CPU_CTLS] & X.CPU_ACTIVATE_SECONDARY_CONTROLS) == 0:
+        return 0
+    return st[SEC_CTLS]
+
+
+@njit
+def _after_mode_change(st):
+    st[FETCH_LIN_PAGE] = -1          # the one-entry fetch cache is not tagged
     update_flat(st)
     st[ATTN] = 1
+
+
+@njit
+def _enter_vpid(st, tlb, vpid):
+    """A VM entry runs the guest with VPID ``vpid``. With "enable VPID" 0 (``vpid`` 0) it
+    invalidates the linear and combined mappings of VPID 0000H (SDM Vol. 3C, 27.3.2.5 in
+    the 082US edition, 26.3.2.5 before); with it, nothing is invalidated -- mappings
+    survive the transitions, which is what VPIDs are for (29.4.3.3) -- but a guest's
+    cached mappings are kept only for the EPT they were made under (combined mappings
+    are associated with the EPTP, 29.4.1, and linear mappings with no EPT): an entry
+    under another one drops that VPID's entries first."""
+    if vpid == 0:
+        tlb_flush_vpid(st, tlb, 0, 0)
+    else:
+        context = vpid
+        if (secondary_controls(st) & X.SEC_ENABLE_EPT) != 0:
+            context |= ((st[EPT_POINTER] & MASK32) | 1) << 16
+        if st[VPID_CONTEXT] != context:
+            tlb_flush_vpid(st, tlb, vpid, 0)
+            st[VPID_CONTEXT] = context
+    st[VPID] = vpid
+
+
+@njit
+def _leave_vpid(st, tlb):
+    """A VM exit (or a failed entry) goes back to VPID 0000H, invalidating its mappings
+    when the guest ran with VPID 0000H too: "enable VPID" 0 (28.5.5 in the 082US
+    edition, 27.5.5 before)."""
+    if st[VPID] == 0:
+        tlb_flush_vpid(st, tlb, 0, 0)
+    st[VPID] = 0
+
+
+@njit
+def _vpid_of_guest(st):
+    """The VPID a VM entry gives the guest: the VMCS's when "enable VPID" is 1 (the entry
+    checks make it non-zero, 27.2.1.1), else 0000H."""
+    if (secondary_controls(st) & X.SEC_ENABLE_VPID) == 0:
+        return 0
+    return st[VIRTUAL_PROCESSOR_ID] & X.VPID_MASK
 
 
 @njit
@@ -160,7 +208,8 @@ def load_guest(st, tlb):
     st[INT_SHADOW] = st[G_INTERRUPTIBILITY] & (BLOCKING_BY_STI | BLOCKING_BY_MOV_SS)
     st[HALTED] = 1 if st[G_ACTIVITY] == X.ACTIVITY_HLT else 0
     st[CPL] = (st[SEG_AR + SREG_SS] >> AR_DPL_SHIFT) & 3     # CPL := SS.DPL (27.3.2.2)
-    _after_mode_change(st, tlb)
+    _enter_vpid(st, tlb, _vpid_of_guest(st))
+    _after_mode_change(st)
 
 
 @njit
@@ -204,4 +253,5 @@ def load_host(st, tlb):
     st[CPL] = 0
     st[INT_SHADOW] = 0
     st[HALTED] = 0
-    _after_mode_change(st, tlb)
+    _leave_vpid(st, tlb)
+    _after_mode_change(st)
