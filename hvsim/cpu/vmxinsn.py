@@ -86,10 +86,9 @@ def _checks(st, dc, row, reason):
 
 
 @njit
-def _read_m64(mem, st, tlb, pg, dc, row):
-    """The 64-bit memory operand (a physical address); -1 with a fault pending."""
-    off = ea(st, dc, row)
-    seg = dc[F_SEG, row]
+def _read_qword(mem, st, tlb, pg, seg, off):
+    """The 64 bits at ``seg``:``off`` (two dword reads, low first); -1 with a fault
+    pending."""
     lo = mem_read(mem, st, tlb, pg, seg, off, 4)
     if st[FAULT_PENDING] != 0:
         return -1
@@ -97,6 +96,12 @@ def _read_m64(mem, st, tlb, pg, dc, row):
     if st[FAULT_PENDING] != 0:
         return -1
     return lo | (hi << 32)
+
+
+@njit
+def _read_m64(mem, st, tlb, pg, dc, row):
+    """The 64-bit memory operand (a physical address); -1 with a fault pending."""
+    return _read_qword(mem, st, tlb, pg, dc[F_SEG, row], ea(st, dc, row))
 
 
 @njit
@@ -166,21 +171,15 @@ def _invvpid(mem, st, tlb, pg, dc, row):
         return
     off = ea(st, dc, row)
     seg = dc[F_SEG, row]
-    lo = mem_read(mem, st, tlb, pg, seg, off, 4)
+    head = _read_qword(mem, st, tlb, pg, seg, off)                   # VPID, reserved
     if st[FAULT_PENDING] != 0:
         return
-    hi = mem_read(mem, st, tlb, pg, seg, (off + 4) & MASK32, 4)
+    lin = _read_qword(mem, st, tlb, pg, seg, (off + 8) & MASK32)     # linear address
     if st[FAULT_PENDING] != 0:
         return
-    lin = mem_read(mem, st, tlb, pg, seg, (off + 8) & MASK32, 4)
-    if st[FAULT_PENDING] != 0:
-        return
-    lin_hi = mem_read(mem, st, tlb, pg, seg, (off + 12) & MASK32, 4)
-    if st[FAULT_PENDING] != 0:
-        return
-    vpid = lo & X.VPID_MASK
-    if (lo >> 16) != 0 or hi != 0 or (kind != X.INVVPID_ALL_CONTEXT and vpid == 0) or \
-            (kind == X.INVVPID_INDIVIDUAL_ADDRESS and lin_hi != 0):
+    vpid = head & X.VPID_MASK
+    if (head >> 16) != 0 or (kind != X.INVVPID_ALL_CONTEXT and vpid == 0) or \
+            (kind == X.INVVPID_INDIVIDUAL_ADDRESS and (lin >> 32) != 0):
         I.vm_fail(st, _E_INVALID_OPERAND)
         return
     if kind == X.INVVPID_INDIVIDUAL_ADDRESS:
