@@ -324,3 +324,19 @@ def test_lesson04_exercise_answer_equals_an_independent_count():
         l04.exercise_guest(["rdtsc"])
     with pytest.raises(ValueError, match="io must be one of"):
         l04.count_exits(["cpuid"], io="bitmap 0xe9")
+
+
+def test_lesson01_calls_cli_in_and_out_iopl_sensitive_and_names_the_io_bitmap():
+    # CLI/STI need CPL <= IOPL (SDM Vol. 2A "CLI"); IN/OUT too, unless the TSS's I/O
+    # permission bitmap lets the port through (SDM Vol. 1, 19.5.2): not "privileged"
+    import json
+    import re
+    from pathlib import Path
+    nb = json.loads((Path(__file__).parent.parent / "notebooks" / "01_rings_and_traps.ipynb")
+                    .read_text())
+    text = " ".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "markdown")
+    sentences = re.split(r"(?<=[.:;])\s", text)
+    for s in sentences:
+        if re.search(r"\b(CLI|IN|OUT)\b", s):
+            assert not re.search(r"\bprivileged\b", s) or "IOPL" in s, s
+    assert "IOPL-sensitive" in text and "I/O permission bitmap" in text

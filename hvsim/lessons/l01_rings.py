@@ -6,10 +6,10 @@ system tables come from :func:`hvsim.rings.setup.install` (flat code and data se
 for rings 0-3, an IDT, a TSS whose SS0:ESP0 is the kernel stack). A user program runs
 in ring 3; a ring-0 kernel of a few instructions owns two IDT gates:
 
-* vector 13, #GP: the CPU enters it when ring 3 tries a privileged instruction such as
-  CLI (CLI needs CPL <= IOPL, SDM Vol. 2A "CLI"). This kernel is lenient: it skips the
-  one-byte CLI and returns, so the program goes on (a real kernel would kill it; a
-  trap-and-emulate monitor, lesson 02, would *emulate* it);
+* vector 13, #GP: the CPU enters it when ring 3 tries an instruction it may not run,
+  such as CLI (IOPL-sensitive: CLI needs CPL <= IOPL, SDM Vol. 2A "CLI"). This kernel
+  is lenient: it skips the one-byte CLI and returns, so the program goes on (a real
+  kernel would kill it; a trap-and-emulate monitor, lesson 02, would *emulate* it);
 * vector 0x80, the system call: an interrupt gate with DPL 3, so ring 3 may reach it
   with ``INT 0x80``. EAX = 0 writes the character in BL to the console, EAX = 1 ends
   the program (HLT, in ring 0).
@@ -54,7 +54,7 @@ gp_handler:             ; #GP: the CPU pushed an error code above the return fra
 CLI_PROGRAM = """
 user:                   ; ring 3
     mov eax, 0x1234     ; an ordinary instruction: allowed in any ring
-    cli                 ; privileged: CPL 3 > IOPL 0, so #GP(0)
+    cli                 ; IOPL-sensitive: CPL 3 > IOPL 0, so #GP(0)
     mov ebx, 0x5678     ; the kernel skipped the CLI: we go on here
     mov eax, 1
     int 0x80            ; system call 1: exit
