@@ -1,9 +1,9 @@
 """The VMX instructions as the CPU decodes and checks them (jitted).
 
 ``op_vmx`` handles 0F 78 VMREAD, 0F 79 VMWRITE, 0F C7 /6 /7 (VMPTRLD, VMCLEAR with
-66, VMXON with F3; VMPTRST) and 66 0F 38 80/81 (INVEPT, INVVPID); ``vmx_group7`` the register forms of 0F 01: C1 VMCALL, C2
-VMLAUNCH, C3 VMRESUME, C4 VMXOFF. Each makes the checks its SDM "Operation" makes before
-anything else (SDM Vol. 3C, 31.3), in that order:
+66, VMXON with F3; VMPTRST) and 66 0F 38 80/81 (INVEPT, INVVPID); ``vmx_group7`` the
+register forms of 0F 01: C1 VMCALL, C2 VMLAUNCH, C3 VMRESUME, C4 VMXOFF. Each makes the
+checks its SDM "Operation" makes before anything else (SDM Vol. 3C, 31.3), in that order:
 
 1. #UD outside VMX operation (VMXON: with CR4.VMXE = 0), with a register operand where
    the instruction takes memory, or in virtual-8086 mode (never, here);
@@ -194,7 +194,7 @@ def _invvpid(mem, st, tlb, pg, dc, row):
 
 
 @njit
-def op_vmx(mem, st, tlb, pg, dc, row):   # 0F 78 VMREAD, 0F 79 VMWRITE, 0F C7 /6 /7, INVEPT
+def op_vmx(mem, st, tlb, pg, dc, row):   # 0F 78, 0F 79, 0F C7 /6 /7, INVEPT, INVVPID
     opc = dc[F_OPC, row]
     rm = dc[F_RM, row]
     if opc == 0x178 or opc == 0x179:

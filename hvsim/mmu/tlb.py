@@ -70,7 +70,7 @@ TLBF_EPT_NX = 1 << 10
 
 # 4 MiB page = 2**10 linear 4 KiB pages
 _LARGE_SHIFT = 10
-# the tag: linear page number + 1 in bits 19:0 (plus one carry), the VPID from bit 20 on
+# tag - 1 = VPID << 20 | linear page number (20 bits): 0 stays "invalid"
 TAG_VPID_SHIFT = 20
 _VPN_MASK = (1 << TAG_VPID_SHIFT) - 1
 
