@@ -340,3 +340,62 @@ def test_lesson01_calls_cli_in_and_out_iopl_sensitive_and_names_the_io_bitmap():
         if re.search(r"\b(CLI|IN|OUT)\b", s):
             assert not re.search(r"\bprivileged\b", s) or "IOPL" in s, s
     assert "IOPL-sensitive" in text and "I/O permission bitmap" in text
+
+
+def _all_exercises():
+    from hvsim.lessons import l00_index, l01_rings, l02_hole, l03_paging
+    l04 = _l04()
+    return [l00_index.loop_exercise(seed=7), l01_rings.esp0_exercise(seed=2024),
+            l01_rings.gp_error_code_exercise(seed=2024), l02_hole.exercise,
+            l03_paging.translation_exercise(seed=1), l03_paging.tlb_exercise(seed=4),
+            l04.exit_exercise(seed=4)]
+
+
+def test_every_exercise_has_a_title_not_an_internal_id():
+    import re
+    for ex in _all_exercises():
+        assert " " in ex.name and not re.match(r"^(l?0\d)-", ex.name), ex.name
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_each_worked_solution_gives_the_answer_check_accepts(seed):
+    for ex in _all_exercises():
+        ex = ex.with_seed(seed)
+        assert ex.check(ex.expected).ok, (ex.name, seed)
+        # the solution's bold figure is the answer (the last one: a question's figures
+        # may come first), in a form check() takes
+        assert ex.check(ex.solution_text().split("**")[-2]).ok, (ex.name, seed)
+
+
+@pytest.mark.parametrize("seed", [0, 2, 5])
+def test_lesson02s_worked_solution_adds_up_from_the_monitors_log(seed):
+    # the freeze value is the number of ticks injected before the first emulated CLI:
+    # the solution's figures are the log's, and they give the answer
+    from hvsim.lessons import l02_hole as l02
+    ex = l02.exercise.with_seed(seed)
+    f = l02.freeze_facts(**ex.params)
+    assert f["injected"] == f["ticks"] == ex.expected > 0 and f["pending_after"] > 0
+    text = ex.solution_text()
+    assert f"injected {f['injected']} ticks" in text and f"**{ex.expected}**" in text
+    assert str(f["first_cli"]) in text
+
+
+def test_the_code_in_the_worked_solutions_runs_when_pasted():
+    # every `from hvsim... import ...; expression` snippet of a solution runs in a fresh
+    # namespace (no name a notebook happened to import), and gives the answer where it
+    # is a count
+    import re
+    with_code = set()
+    for ex in _all_exercises():
+        snippets = re.findall(r"`(from hvsim[^`]*)`", ex.solution_text())
+        if snippets:
+            with_code.add(ex.name)
+        for snippet in snippets:
+            namespace = {}
+            head, _, expr = snippet.rpartition(";")
+            exec(head, namespace)
+            value = eval(expr.strip(), namespace)
+            if isinstance(value, int):
+                assert value == ex.expected, (ex.name, snippet)
+    assert with_code >= {"when the clock freezes", "TLB misses of a loop",
+                         "VM exits under given controls"}

@@ -188,27 +188,44 @@ def log_text(mon: TrapAndEmulate, start: int = 0, count: int = 25, contains: str
 
 
 # ---- the exercise ---------------------------------------------------------------------------
+def freeze_facts(PERIOD: int, WORK: int, steps: int = 40_000) -> dict:
+    """What the monitor's log says about the freeze, for a guest with these constants:
+    ``first_cli`` (the time stamp of the first CLI the monitor emulates), ``injected``
+    (timer ticks injected into the guest before it), ``pending_after`` (ticks that arrived
+    after it and stayed pending or were coalesced) and ``ticks`` (the kernel's counter at
+    the end of the run)."""
+    mon = run_guest(False, steps=steps, PERIOD=PERIOD, WORK=WORK)
+    log = list(mon.log)
+    first = next(e for e in log if e.insn is not None and e.insn.mnemonic == "cli")
+    return {"first_cli": first.tsc,
+            "injected": sum(1 for e in log if e.what == "injected" and e.tsc <= first.tsc),
+            "pending_after": sum(1 for e in log if e.what == "tick" and e.tsc > first.tsc),
+            "ticks": guest_dword(mon, "ticks", PERIOD=PERIOD, WORK=WORK)}
+
+
 def _freeze_point(p: dict) -> int:
-    mon = run_guest(False, steps=40_000, PERIOD=p["PERIOD"], WORK=p["WORK"])
-    return guest_dword(mon, "ticks", PERIOD=p["PERIOD"], WORK=p["WORK"])
+    return freeze_facts(p["PERIOD"], p["WORK"])["ticks"]
 
 
 def _solution(p: dict, answer) -> str:
-    return (f"Run the guest with `run_guest(PERIOD={p['PERIOD']}, WORK={p['WORK']})` and read "
-            f"`guest_dword(mon, 'ticks', PERIOD={p['PERIOD']}, WORK={p['WORK']})`: **{answer}**. "
-            "Why it stops there: every tick delivered before the first `cli` of `sys_ticks` "
-            "counts; that `cli` traps and the monitor sets the virtual IF to 0; the `popf` "
-            "that follows runs natively at CPL 1 > IOPL 0, where it silently keeps IF "
-            "(SDM Vol. 2B, POPF), so the monitor never sets the virtual IF back. "
-            "`log_text(mon, contains='CLI')` shows the first emulated CLI; every "
-            "timer entry after it says 'pending' or 'coalesced', none says 'injected'. "
-            "Roughly: boot and SYS_SLEEP take 2 ticks, then the work loop of "
-            f"{p['WORK']} LOOP iterations (~{2 * p['WORK']} instructions) lasts about "
-            f"{2 * p['WORK'] / p['PERIOD']:.1f} periods of {p['PERIOD']} instructions.")
+    f = freeze_facts(p["PERIOD"], p["WORK"])
+    args = f"PERIOD={p['PERIOD']}, WORK={p['WORK']}"
+    return (f"Every timer tick the monitor injects into the guest before its first `cli` is "
+            f"counted by the kernel's tick handler. That `cli` (in `sys_ticks`) traps, at "
+            f"time stamp {f['first_cli']}, and the monitor sets the virtual IF to 0; the "
+            f"`popf` that follows runs natively at CPL 1 > IOPL 0, where it silently keeps IF "
+            f"(SDM Vol. 2B, POPF), so the monitor never sets the virtual IF back. Before time "
+            f"{f['first_cli']} the monitor injected {f['injected']} ticks; the "
+            f"{f['pending_after']} that came after stayed pending or were coalesced. So the "
+            f"counter freezes at **{answer}**.\n\nCheck it: `from hvsim.lessons.l02_hole "
+            f"import freeze_facts; freeze_facts({args})`, or read the monitor's log yourself: "
+            f"`from hvsim.lessons.l02_hole import run_guest, log_text; "
+            f"print(log_text(run_guest(False, 40_000, {args}), contains='INT 0x20', "
+            f"count=100))`.")
 
 
 exercise = Exercise(
-    "l02-freeze", seed=2,
+    "when the clock freezes", seed=2,
     make=lambda rng: {"PERIOD": rng.choice(range(100, 325, 25)),
                       "WORK": rng.choice(range(200, 850, 50))},
     question=("The teaching kernel's timer period is **{PERIOD}** instructions and the user "

@@ -327,15 +327,15 @@ def _translation_solution(p, answer) -> str:
 
 def translation_exercise(seed: int = 0) -> Exercise:
     """Which physical address does a linear address map to, given seeded tables?"""
-    return Exercise("03-translate", seed, make=_translation_params,
+    return Exercise("translate a linear address", seed, make=_translation_params,
                     question=_translation_question, answer=_translation_answer,
                     solution=_translation_solution)
 
 
 def _tlb_params(rng) -> dict:
     sets, ways = rng.choice((4, 8, 16)), rng.choice((2, 4))
-    if rng.random() < 0.5:      # every set holds its pages: fewer than `ways` data pages each
-        n = rng.randrange(2, sets * (ways - 1) + 1)
+    if rng.random() < 0.5:      # every set holds its pages, and at least half the TLB is used
+        n = rng.randrange(max(2, sets * ways // 2), sets * (ways - 1) + 1)
     else:                       # every set is asked for more pages than it has ways
         n = rng.randrange(sets * (ways + 1), sets * (ways + 2))
     return {"sets": sets, "ways": ways, "entries": sets * ways, "n": n,
@@ -377,11 +377,12 @@ def _tlb_solution(p, answer) -> str:
                  f"one evicted just before, so *every* data access misses: {n} pages x "
                  f"{rounds} rounds = {n * rounds}, plus the code page: **{answer}**. One page "
                  f"more than the TLB holds does not cost a little: it costs everything.")
-    return text + (f"\n\nCheck it: `tlb_loop({n}, rounds={rounds}, tlb=({sets}, {ways}))"
+    return text + (f"\n\nCheck it: `from hvsim.lessons.l03_paging import tlb_loop; "
+                   f"tlb_loop({n}, rounds={rounds}, tlb=({sets}, {ways}))"
                    f".counters['tlb_misses']`.")
 
 
 def tlb_exercise(seed: int = 0) -> Exercise:
     """How many TLB misses does a loop over N pages count, for a seeded TLB geometry?"""
-    return Exercise("03-tlb-misses", seed, make=_tlb_params, question=_tlb_question,
+    return Exercise("TLB misses of a loop", seed, make=_tlb_params, question=_tlb_question,
                     answer=_tlb_answer, solution=_tlb_solution)

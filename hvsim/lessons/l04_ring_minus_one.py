@@ -721,12 +721,13 @@ def _exercise_solution(p: dict, answer) -> str:
     lines.append(f"* the final `hlt`: {sum(halt.values())} -- HLT exiting is on (reason 12); "
                  "with no timer programmed the VMM hands it to user space (KVM_EXIT_HLT).")
     lines.append(f"Total: **{answer}** (the snippets one by one add up to {total}). "
-                 f"`count_exits(ex.params['sequence'], {io!r})` gives the same run's counts "
-                 "by reason.")
+                 f"`from hvsim.lessons.l04_ring_minus_one import count_exits; "
+                 f"count_exits({seq!r}, {io!r})` gives the same run's counts by reason.")
     return "\n".join(lines)
 
 
 def exit_exercise(seed: int = 4) -> Exercise:
     """'How many VM exits does this guest cause with these controls?'"""
-    return Exercise("l04-exits", seed, make=_exercise_params, question=_exercise_question,
+    return Exercise("VM exits under given controls", seed, make=_exercise_params,
+                    question=_exercise_question,
                     answer=_exercise_answer, solution=_exercise_solution)
