@@ -399,3 +399,16 @@ def test_the_code_in_the_worked_solutions_runs_when_pasted():
                 assert value == ex.expected, (ex.name, snippet)
     assert with_code >= {"when the clock freezes", "TLB misses of a loop",
                          "VM exits under given controls"}
+
+
+def test_the_solution_button_shows_the_worked_solution_only_when_clicked():
+    from hvsim.lessons import l00_index
+    ex = l00_index.loop_exercise(seed=7)
+    box = ex.solution_button()
+    button, out = box.children
+    assert out.outputs == () and not button.disabled
+    button.click()
+    (shown,) = out.outputs
+    assert shown["data"]["text/markdown"] == ex.solution_text() and button.disabled
+    button.click()                                   # a second click adds nothing
+    assert len(out.outputs) == 1

@@ -73,16 +73,20 @@ def test_lesson_runs_top_to_bottom_without_errors(executed, name):
 @pytest.mark.parametrize("name", LESSONS)
 def test_lesson_has_a_seeded_exercise_checked_and_solvable(executed, name):
     """The student's placeholder answer gets a 'no answer yet' verdict, and the worked
-    solution is there to reveal."""
+    solution waits behind a button: Run All shows the button, not the solution."""
     nb = executed(name)
     cells = _code(nb)
     defs = [c for c in cells if "Exercise" in c.source or "exercise" in c.source]
     checks = [c for c in cells if ".check(" in c.source]
-    reveals = [c for c in cells if ".reveal()" in c.source]
-    assert defs and checks and reveals, f"{name}: no exercise / check / reveal cell"
+    buttons = [c for c in cells if ".solution_button()" in c.source]
+    assert defs and checks and buttons, f"{name}: no exercise / check / solution button"
+    assert not [c for c in cells if ".reveal()" in c.source], f"{name}: Run All reveals"
     verdicts = _text(checks[0].outputs)
     assert "hvsim-verdict" in verdicts and "no answer yet" in verdicts
-    assert len(_text(reveals[0].outputs).strip()) > 40
+    for c in buttons:
+        kinds = {k for o in c.outputs for k in o.get("data", {})}
+        assert "application/vnd.jupyter.widget-view+json" in kinds, f"{name}: {kinds}"
+        assert "text/markdown" not in kinds and "text/html" not in kinds
 
 
 def test_index_links_every_lesson(executed):

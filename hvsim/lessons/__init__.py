@@ -9,7 +9,11 @@ An exercise, in the manner of OSTEP's homework scripts (``-s seed`` makes a prob
 * ``question``: the text shown to the student (a format string over the parameters, or
   a function of them);
 * ``answer(params)``: the expected answer, *computed by running hvsim*, never typed in;
-* ``solution``: the worked solution, revealed on request.
+* ``solution``: the worked solution, revealed on request: ``solution_button()`` in a
+  notebook (a Run All shows the button, not the solution), ``reveal()`` elsewhere.
+
+The exercise's ``name`` is its title, as students see it; ``with_seed(n)`` gives another
+instance of the same problem.
 
 ``check()`` never raises on what a student types: ``None`` (not answered yet), text
 that is not a number, a number of the wrong size, a list of the wrong length -- each
@@ -136,6 +140,23 @@ class Exercise:
     def reveal(self):
         """The worked solution, rendered as Markdown in a notebook."""
         return _Markdown(self.solution_text())
+
+    def solution_button(self):
+        """A button that shows the worked solution when clicked (ipywidgets): a notebook's
+        Run All then reveals nothing by itself. The solution is worked out (the exercise
+        run) only on the click."""
+        import ipywidgets as W
+        from IPython.display import Markdown
+        button = W.Button(description="Show the worked solution", icon="eye",
+                          layout=W.Layout(width="auto"))
+        out = W.Output()
+
+        def show(_):
+            if not out.outputs:
+                out.append_display_data(Markdown(self.solution_text()))
+            button.disabled = True
+        button.on_click(show)
+        return W.VBox([button, out])
 
     def _repr_markdown_(self):
         return f"**Exercise {self.name}** (seed {self.seed})\n\n{self.question_text()}"
