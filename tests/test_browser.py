@@ -144,6 +144,33 @@ def _run_then_stop(page):
             "status": status.inner_text(), "steps_mid_run": mid, "steps_at_stop": steps()}
 
 
+# a lesson exercise's worked solution behind its button (hvsim.lessons.Exercise)
+SOLUTION_CELL = """from hvsim.lessons import l00_index
+solution = l00_index.loop_exercise(seed=7).solution_button()
+solution.add_class("hvsim-solution")
+solution"""
+
+
+def _click_for_the_solution(page):
+    """Add and run a cell with a solution button; (text before the click, after it)."""
+    page.evaluate("""async (source) => {
+        const app = window.jupyterapp;
+        const nb = app.shell.currentWidget.content;
+        nb.activeCellIndex = nb.widgets.length - 1;
+        await app.commands.execute('notebook:insert-cell-below');
+        nb.activeCell.model.sharedModel.setSource(source);
+        await app.commands.execute('notebook:run-cell');
+    }""", SOLUTION_CELL)
+    root = page.locator(".hvsim-solution").first
+    root.wait_for(state="visible", timeout=60_000)
+    before = root.inner_text()
+    root.locator("button").first.click()
+    page.wait_for_function(
+        "() => { const r = document.querySelector('.hvsim-solution');"
+        " return r && r.textContent.includes('1 + 46 + 1'); }", timeout=30_000)
+    return before, root.inner_text()
+
+
 def test_step_in_a_real_browser_updates_registers_ring_and_trap_log(tmp_path):
     chromium = _chromium()
     from playwright.sync_api import sync_playwright
@@ -220,6 +247,7 @@ def test_step_in_a_real_browser_updates_registers_ring_and_trap_log(tmp_path):
             widget.scroll_into_view_if_needed()
             widget.screenshot(path=str(ARTIFACTS / "browser-stepper.png"))
             run_stop = _run_then_stop(page)
+            solution_before, solution_after = _click_for_the_solution(page)
             (ARTIFACTS / "browser-stepper.json").write_text(json.dumps(
                 {"click_to_view_seconds": round(latency, 4),
                  "in_page_click_to_view_ms": [round(x, 1) for x in samples or []],
@@ -242,3 +270,6 @@ def test_step_in_a_real_browser_updates_registers_ring_and_trap_log(tmp_path):
     assert 0 < run_stop["steps_mid_run"] < run_stop["steps_at_stop"]
     assert lit_after_trap == "0"
     assert "#GP (general protection)" in traplog and "ring 0" in traplog
+    # an exercise's worked solution appears when its button is clicked, not before
+    assert "Show the worked solution" in solution_before and "1 + 46 + 1" not in solution_before
+    assert "1 + 46 + 1" in solution_after and "48" in solution_after
