@@ -189,3 +189,15 @@ def test_make_test_slow_and_test_numba_next_are_separate_from_make_test():
     plain = subprocess.run(["make", "-n", "test"], cwd=ROOT, capture_output=True, text=True,
                            timeout=60).stdout
     assert "numba-next" not in plain and "--long" not in plain
+
+
+def test_every_file_the_readme_names_is_in_the_repository():
+    # a reader follows `LICENSE`, `BENCHMARKS.md`, `hvsim/cpu/table.py`...: each must exist
+    import re
+    text = (ROOT / "README.md").read_text()
+    named = set(re.findall(r"`([\w./-]+\.(?:md|py|s|yml|toml|ipynb))`", text))
+    named |= set(re.findall(r"`((?:[\w-]+/)*LICENSE)`", text))
+    assert {"LICENSE", "notebooks/LICENSE", "BENCHMARKS.md"} <= named
+    missing = sorted(n for n in named if not (ROOT / n).exists()
+                     and not (ROOT / "hvsim" / n).exists() and not (ROOT / "notebooks" / n).exists())
+    assert not missing, f"the README names files that are not here: {missing}"
