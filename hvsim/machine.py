@@ -253,6 +253,7 @@ class CPU:
         setter = _CPU_SETTERS.get(name)       # a register: its property's setter, directly
         if setter is not None:
             setter(self, value)
+            self._m.generation += 1
             return
         if not hasattr(type(self), name):
             raise AttributeError(f"the CPU has no register {name!r}")
@@ -589,12 +590,17 @@ class Machine:
         self.breakpoints: set = set()
         self._bp_written = None
         self._raw_mem = self._mem.view(np.ndarray)
+        # bumped by everything that changes the machine from outside a kernel: runs,
+        # restores, register and memory writes from Python -- a view of the machine (a
+        # Stepper's controller) compares it with the value after its own last action
+        self.generation = 0
         self._reset_state()
         if timer is not None:
             self.set_timer(timer)
 
     # ---- state -------------------------------------------------------------------------
     def _reset_state(self):
+        self.generation += 1
         st = self._st
         st[:] = 0
         sets, ways, enabled = self._tlb_geometry
@@ -643,6 +649,7 @@ class Machine:
         self._reset_state()
 
     def _flush_decoded(self):
+        self.generation += 1              # (a write to guest memory from Python)
         self._dc[F_TAG, :] = -1
 
     def _flush_translations(self):
@@ -895,6 +902,7 @@ class Machine:
     def _write_frames(self, pa: int, data: bytes) -> None:
         if not data:
             return
+        self.generation += 1
         self._raw_mem[pa:pa + len(data)] = np.frombuffer(data, np.uint8)
         pg = self._pg
         for frame in range(pa >> 12, ((pa + len(data) - 1) >> 12) + 1):
@@ -916,6 +924,7 @@ class Machine:
         return self._event(kind)
 
     def _run(self, budget: int) -> int:
+        self.generation += 1
         st = self._st
         bps = self.breakpoints
         if bps != self._bp_written:
@@ -966,6 +975,7 @@ class Machine:
             raise TypeError(f"restore() takes a Snapshot, got {type(snap).__name__}")
         if snap.mem.shape != self._mem.shape or snap.tlb.shape != self._tlb.shape:
             raise ValueError("this snapshot was taken on a machine of another memory or TLB size")
+        self.generation += 1
         np.copyto(self._mem.view(np.ndarray), snap.mem)
         np.copyto(self._st, snap.st)
         np.copyto(self._tlb, snap.tlb)

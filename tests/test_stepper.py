@@ -245,6 +245,27 @@ def test_back_then_a_new_future():
     assert m.cpu.eax == 100 and c.position == 0
 
 
+def test_two_controllers_of_one_machine_stay_consistent():
+    # lesson 00 built a second controller on the machine its Stepper shows: the first
+    # one's Step then jumped, counting wrong. Now the first sees the change and rebases.
+    from hvsim.widgets.controller import OUTSIDE_CHANGE
+    m, _ = bare(SUM)
+    first, second = StepperController(m), StepperController(m)
+    second.step_n(3)
+    eip, eax = m.cpu.eip, m.cpu.eax
+    first.step()
+    assert first.message == OUTSIDE_CHANGE and first.position == 1
+    first.back()                                      # to where the other left it, not before
+    assert (m.cpu.eip, m.cpu.eax, first.position) == (eip, eax, 0)
+    first.step()
+    assert first.message == ""                        # its own steps are no outside change
+    m.cpu.eax = 100                                   # a cell writes a register...
+    second.step()                                     # ...and the second stepper notices too
+    assert second.message == OUTSIDE_CHANGE and second.position == 1
+    second.back()
+    assert m.cpu.eax == 100
+
+
 def test_reset_restores_the_construction_state():
     d = l01.cli_demo()
     m = d.machine

@@ -30,8 +30,11 @@ two) and old history thins out geometrically (going far back replays longer). Th
 snapshot taken at construction is never dropped: Reset restores it.
 
 The history is only valid while the controller is the only thing that changes the
-machine. After changing registers or memory from a notebook cell, call
-:meth:`StepperController.rebase`, which makes the present the new position 0.
+machine. Anything else that does -- another stepper on the same machine, a notebook
+cell that runs it or writes its registers or memory -- bumps ``Machine.generation``;
+the controller's next action sees it and rebases first (:meth:`StepperController.rebase`:
+the present becomes position 0), and its status line says so. Two views of one machine
+thus never show a history that did not happen.
 """
 from __future__ import annotations
 
@@ -55,6 +58,8 @@ TRAP_LOG_CAP = 2000
 KNOWN_STARTS_CAP = 4096
 
 HOST = "host/monitor (ring 0)"
+OUTSIDE_CHANGE = ("the machine was changed outside this stepper (by other code or another "
+                  "stepper) since its last action: its history starts again from there")
 
 
 def vmx_mode(machine):
@@ -225,6 +230,7 @@ class StepperController:
         self._regs = R.read_registers(self.machine)
         self.changed = frozenset()
         self._note_eip()
+        self._generation = self.machine.generation
 
     def _sync_sources(self):
         self._trace_head = self.machine.trace_head
@@ -361,10 +367,16 @@ class StepperController:
     def _begin(self):
         if self.running:
             raise RuntimeError("the machine is running: stop it first")
+        changed = self.machine.generation != self._generation
+        if changed:
+            # other code -- another stepper, a cell that ran or edited the machine -- moved
+            # it since this view's last action: its history no longer leads here
+            self.rebase()
         self._regs_before = self._regs
-        self.message = ""
+        self.message = OUTSIDE_CHANGE if changed else ""
 
     def _end(self, result: Optional[RunResult]):
+        self._generation = self.machine.generation
         self._regs = R.read_registers(self.machine)
         self.changed = frozenset(r for r, v in self._regs.items() if self._regs_before[r] != v)
         self.last_result = result
