@@ -206,7 +206,13 @@ def exit_reason_name(reason: int) -> str:
 class TraceEntry:
     """One recorded event: delivered through the IDT (kind 'delivered'), a host exit
     ('exit'), a VM entry ('vm_entry') or a VM exit ('vm_exit'); ring -1 in ``cpl_from`` /
-    ``cpl_to`` is VMX root operation."""
+    ``cpl_to`` is VMX root operation.
+
+    ``eip``: the instruction that caused the event (for a delivery: the faulting
+    instruction, the INT n, the instruction a trap followed; an external interrupt: where
+    it was taken; a VM exit: the guest RIP saved; a VM entry: where the guest starts).
+    ``return_eip``: for a delivery, the EIP the CPU pushed (IRET resumes there); None for
+    the other kinds, which push nothing."""
     kind: str
     vector: int
     error_code: Optional[int]
@@ -214,6 +220,7 @@ class TraceEntry:
     cpl_from: int
     cpl_to: int
     tsc: int
+    return_eip: Optional[int] = None
 
     @property
     def name(self) -> str:
@@ -226,7 +233,9 @@ class TraceEntry:
         return ExitKind(self.vector).label
 
     def __str__(self):
-        return f"[{self.tsc:>8}] {self.kind:9} {self.name:28} eip={self.eip:#010x} ring {self.cpl_from}->{self.cpl_to}"
+        ret = "" if self.return_eip is None else f" return={self.return_eip:#010x}"
+        return (f"[{self.tsc:>8}] {self.kind:9} {self.name:28} eip={self.eip:#010x}{ret} "
+                f"ring {self.cpl_from}->{self.cpl_to}")
 
 
 def _check_int(name, value, lo, hi):
@@ -696,9 +705,10 @@ class Machine:
         out = []
         for i in range(first, now):
             base = L.TRACE_BUF + (i % L.TRACE_CAP) * L.TRACE_FIELDS
-            kind, vec, err, eip, cf, ct, tsc, _ = (int(x) for x in st[base:base + L.TRACE_FIELDS])
-            out.append(TraceEntry(_TRACE_KINDS.get(kind, "exit"), vec,
-                                  None if err < 0 else err, eip, cf, ct, tsc))
+            kind, vec, err, eip, cf, ct, tsc, extra = (int(x) for x in st[base:base + L.TRACE_FIELDS])
+            name = _TRACE_KINDS.get(kind, "exit")
+            out.append(TraceEntry(name, vec, None if err < 0 else err, eip, cf, ct, tsc,
+                                  extra if name == "delivered" else None))
         return out
 
     # ---- configuration -------------------------------------------------------------------

@@ -282,7 +282,8 @@ def test_privilege_change_frame_on_tss_stack_interrupt_gate():
     assert m.ctr(C.C_PRIV_SWITCH) == 1 and m.ctr(C.C_INT_VEC + 13) == 1
     assert m.ctr(C.C_FAULT_DELIVERY) == 1
     t = L.TRACE_BUF
-    assert list(m.st[t:t + 8]) == [2, 13, 0x28, 0x4000, 3, 0, 77, 0]
+    # a fault: the instruction's EIP and the EIP pushed (the last field) are one
+    assert list(m.st[t:t + 8]) == [2, 13, 0x28, 0x4000, 3, 0, 77, 0x4000]
     assert m.st[L.TRACE_HEAD] == 1
 
 
@@ -290,6 +291,7 @@ def test_trap_gate_keeps_if_and_software_int_pushes_no_error_code():
     m = Machine(3)
     m.set_idt(0x80, make_gate("trap", K_CODE, 0x7000, dpl=3))
     m.st[L.EIP] = 0x4002
+    m.st[L.INSN_EIP] = 0x4000                            # the INT 0x80 (CD 80)
     m.k(deliver, 0x80, 1234, EV_SOFTWARE)                # error ignored for INT n
     assert m.fault is None
     assert m.st[L.ESP] == STACK0 - 20
@@ -297,6 +299,8 @@ def test_trap_gate_keeps_if_and_software_int_pushes_no_error_code():
                                         U_DATA | 3]
     assert m.st[L.EFLAGS] & F.IF and m.st[L.EIP] == 0x7000
     assert m.ctr(C.C_FAULT_DELIVERY) == 0 and m.ctr(C.C_INT_VEC + 0x80) == 1
+    t = L.TRACE_BUF                                      # the INT's EIP, then the pushed one
+    assert (m.st[t + 3], m.st[t + 7]) == (0x4000, 0x4002)
 
 
 def test_same_privilege_delivery_and_conforming_handler_keeps_cpl():

@@ -119,7 +119,7 @@ def test_ring_indicator_through_int_0x80_and_the_tss_stack_switch():
                      "ss": 0x43}
     (rec,) = c.trap_log
     assert (rec.name, rec.vector, rec.error_code, rec.eip, rec.ring_from, rec.ring_to, rec.step) == \
-        ("INT 0x80", 0x80, None, int_end, 3, 0, 3)
+        ("INT 0x80", 0x80, None, int_end - 2, 3, 0, 3)
     assert rec.handler == "guest ring 0 (IDT)"
     assert "INT 0x80" in c.view().traplog_html and "guest ring 0 (IDT)" in c.render_text()
 

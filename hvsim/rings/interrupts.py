@@ -70,7 +70,9 @@ MAX_NESTED = 8                       # attempts per deliver() call (see the loop
 
 @njit
 def trace_record(st, kind, vector, error, eip, cpl_from, cpl_to, extra):
-    """Append one entry to the trace ring buffer (layout.py TRACE_*), stamped with TSC."""
+    """Append one entry to the trace ring buffer (layout.py TRACE_*), stamped with TSC.
+    For TRACE_KIND_EVENT, ``eip`` is the instruction that caused the event and ``extra``
+    the EIP pushed; the other kinds leave ``extra`` 0."""
     i = TRACE_BUF + (st[TRACE_HEAD] % TRACE_CAP) * TRACE_FIELDS
     st[i] = kind
     st[i + 1] = vector
@@ -354,6 +356,9 @@ def deliver(mem, st, tlb, pg, vector, error, kind):
             st[CR2] = st[FAULT_ADDR]        # CR2 is loaded before the handler runs (4.7)
         cpl_from = st[CPL]
         eip = st[EIP]
+        # the EIP pushed names the faulting instruction for a fault, the next one for a
+        # trap or INT n (SDM Vol. 3A, 6.5, 6.6); the trace keeps the instruction as well
+        insn_eip = st[INSN_EIP] if knd == EV_TRAP or knd == EV_SOFTWARE else eip
         deliver_once(mem, st, tlb, pg, vec, err, knd, ext)
         pending = st[FAULT_PENDING]
         if pending == 0:
@@ -361,7 +366,7 @@ def deliver(mem, st, tlb, pg, vector, error, kind):
             if knd == EV_FAULT or knd == EV_TRAP:
                 st[COUNTERS + C_FAULT_DELIVERY] += 1
             st[HALTED] = 0
-            trace_record(st, TRACE_KIND_EVENT, vec, err, eip, cpl_from, st[CPL], 0)
+            trace_record(st, TRACE_KIND_EVENT, vec, err, insn_eip, cpl_from, st[CPL], eip)
             _end_delivery(st)
             return
         if pending != FAULT_EXCEPTION:      # bus error (or shutdown): the host's business
