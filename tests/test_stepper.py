@@ -120,6 +120,7 @@ def test_ring_indicator_through_int_0x80_and_the_tss_stack_switch():
     (rec,) = c.trap_log
     assert (rec.name, rec.vector, rec.error_code, rec.eip, rec.ring_from, rec.ring_to, rec.step) == \
         ("INT 0x80", 0x80, None, int_end - 2, 3, 0, 3)
+    assert rec.return_eip == int_end
     assert rec.handler == "guest ring 0 (IDT)"
     assert "INT 0x80" in c.view().traplog_html and "guest ring 0 (IDT)" in c.render_text()
 
@@ -140,6 +141,78 @@ def test_ring3_cli_takes_gp_through_the_guest_idt():
     assert r.reason == "trap" and c.trap_log[-1].name == "INT 0x80"
     assert d.machine.cpu.ebx == 0x5678          # CLI was skipped, the program went on
     assert c.run().event.kind == "halt"
+
+
+def trap_row(html, step):
+    """The cells of the trap log's row for ``step``, keyed by the table's headers."""
+    head = re.findall(r"<th>([^<]*)</th>", html)
+    row = re.search(rf'<tr class="hvsim-trap" data-step="{step}"[^>]*>(.*?)</tr>', html)
+    assert row, f"no trap log row for step {step}"
+    return dict(zip(head, re.findall(r"<td>(.*?)</td>", row.group(1))))
+
+
+# issue 17, defect 5: one meaning per column -- the instruction that caused the event,
+# and (a column of its own) the EIP the CPU pushed, where IRET resumes
+def test_trap_log_int_0x80_shows_the_int_and_the_return_eip_apart():
+    d = l01.syscall_demo()
+    c = StepperController(d.machine)
+    c.step_n(3)                                 # mov eax, 0 ; mov ebx, 'h' ; int 0x80
+    int_at = d.label("user") + 5 + 5
+    (rec,) = c.trap_log
+    assert (rec.name, rec.eip, rec.return_eip) == ("INT 0x80", int_at, int_at + 2)
+    cells = trap_row(c.view().traplog_html, rec.step)
+    assert cells["instruction EIP"] == f"{int_at:#010x}"
+    assert cells["return EIP"] == f"{int_at + 2:#010x}"
+    assert f"eip={int_at:#010x} return={int_at + 2:#010x}" in rec.text()
+    # the machine's trace says the same
+    (t,) = [t for t in d.machine.trace if t.kind == "delivered"]
+    assert (t.eip, t.return_eip) == (int_at, int_at + 2)
+
+
+def test_trap_log_gp_fault_returns_to_the_faulting_instruction():
+    d = l01.cli_demo()
+    c = StepperController(d.machine)
+    c.step_n(2)                                 # mov eax, 0x1234 ; cli -> #GP(0)
+    cli_at = d.label("user") + 5
+    (rec,) = c.trap_log
+    assert (rec.vector, rec.eip, rec.return_eip) == (13, cli_at, cli_at)
+    cells = trap_row(c.view().traplog_html, rec.step)
+    assert cells["instruction EIP"] == cells["return EIP"] == f"{cli_at:#010x}"
+
+
+SINGLE_STEP = """
+user:
+    pushfd
+    or dword [esp], 0x100   ; TF
+    popfd                   ; TF set: the trap follows the *next* instruction
+stepped:
+    mov eax, 7
+    jmp user
+db_handler:
+    hlt
+"""
+
+
+def test_trap_log_single_step_trap_returns_after_the_stepped_instruction():
+    d = l01.ring3_demo(SINGLE_STEP)
+    d.tables.gate(d.machine, 1, d.label("db_handler"))
+    c = StepperController(d.machine)
+    r = c.run_to_trap()
+    assert r.reason == "trap" and d.machine.cpu.eip == d.label("db_handler")
+    (rec,) = c.trap_log
+    stepped = d.label("stepped")
+    assert (rec.vector, rec.eip, rec.return_eip) == (1, stepped, stepped + 5)
+    cells = trap_row(c.view().traplog_html, rec.step)
+    assert (cells["instruction EIP"], cells["return EIP"]) == (f"{stepped:#010x}", f"{stepped + 5:#010x}")
+
+
+def test_trap_log_host_exits_push_no_return_eip():
+    d = l01.cli_demo(exceptions="host")
+    c = StepperController(d.machine)
+    c.run()
+    (rec,) = c.trap_log
+    assert rec.eip == d.label("user") + 5 and rec.return_eip is None
+    assert trap_row(c.view().traplog_html, rec.step)["return EIP"] == "&ndash;"
 
 
 def test_ring3_cli_with_exceptions_to_the_host():

@@ -285,7 +285,8 @@ class StepperController:
                 if t.kind == "delivered":
                     self._log(R.TrapRecord(self.position, t.name, t.vector, t.error_code,
                                            t.eip, t.cpl_from, t.cpl_to,
-                                           f"guest ring {t.cpl_to} (IDT)"))
+                                           f"guest ring {t.cpl_to} (IDT)",
+                                           return_eip=t.return_eip))
                     delivered += 1
                 elif t.kind == "vm_exit":           # to ring -1: the hypervisor's exit handler
                     self._log(R.TrapRecord(self.position, t.name, t.vector, t.error_code, t.eip,

@@ -184,9 +184,12 @@ class TrapRecord:
     """One row of the trap log.
 
     ``step``: the stepper position after which it was seen (1 = the first step).
-    ``eip``: for an event delivered through the guest IDT, the EIP the CPU saved (the
-    faulting instruction for a fault, the next one for INT n and traps); for an exit,
-    the EIP the event reports. ``handler``: who handled it, 'guest ring N (IDT)' or
+    ``eip``: the EIP of the instruction that caused it (the faulting instruction, the
+    INT n, the instruction a trap followed), or, for an event no instruction caused (an
+    external interrupt, a VM entry), the EIP where it was taken. ``return_eip``: the EIP
+    the CPU pushed for a delivery through the guest IDT, where the handler's IRET
+    resumes the guest; None when nothing was pushed (exits to the host or hypervisor,
+    monitor log entries). ``handler``: who handled it, 'guest ring N (IDT)' or
     'host/monitor (ring 0)'. ``action``: what the host or monitor did, if anything.
     """
     step: int
@@ -198,12 +201,14 @@ class TrapRecord:
     ring_to: Optional[int]
     handler: str
     action: str = ""
+    return_eip: Optional[int] = None
 
     def text(self) -> str:
         err = "-" if self.error_code is None else f"{self.error_code:#x}"
         rings = f"ring {self.ring_from}" + ("" if self.ring_to is None else f"->{self.ring_to}")
+        ret = "-" if self.return_eip is None else f"{self.return_eip:#010x}"
         s = (f"step {self.step:>6}  {self.name:28} err={err:6} eip={self.eip:#010x} "
-             f"{rings:10} handled by {self.handler}")
+             f"return={ret:10} {rings:10} handled by {self.handler}")
         return s + (f": {self.action}" if self.action else "")
 
 
@@ -211,16 +216,17 @@ def traplog_html(records, limit: int = 200) -> str:
     records = list(records)[-limit:]
     if not records:
         return '<div class="hvsim-traplog-empty" style="color:#888">trap log: no trap yet</div>'
-    head = ("<tr><th>step</th><th>event</th><th>error code</th><th>EIP</th><th>ring</th>"
-            "<th>handled by</th><th>action</th></tr>")
+    head = ("<tr><th>step</th><th>event</th><th>error code</th><th>instruction EIP</th>"
+            "<th>return EIP</th><th>ring</th><th>handled by</th><th>action</th></tr>")
     rows = []
     for r in reversed(records):           # newest first: the box scrolls, the top shows
         err = "&ndash;" if r.error_code is None else f"{r.error_code:#x}"
+        ret = "&ndash;" if r.return_eip is None else f"{r.return_eip:#010x}"
         rings = f"{r.ring_from}" + ("" if r.ring_to is None else f" &rarr; {r.ring_to}")
         vec = "" if r.vector is None else f' data-vector="{r.vector}"'
         rows.append(f'<tr class="hvsim-trap" data-step="{r.step}"{vec}><td>{r.step}</td>'
                     f"<td>{html.escape(r.name)}</td><td>{err}</td><td>{r.eip:#010x}</td>"
-                    f"<td>{rings}</td><td>{html.escape(r.handler)}</td>"
+                    f"<td>{ret}</td><td>{rings}</td><td>{html.escape(r.handler)}</td>"
                     f"<td>{html.escape(r.action)}</td></tr>")
     return ('<div style="max-height:14em;overflow-y:auto"><table style="font-family:monospace;'
             'font-size:90%">' + head + "".join(rows) + "</table></div>")
