@@ -141,6 +141,15 @@ def _assemble_file(path: str):
         raise _BadInput(f"{path}: {exc}") from None
 
 
+def _assemble_code(path: str):
+    """The assembled program of ``path``, which must have at least one byte of code."""
+    prog = _assemble_file(path)
+    if not prog.code:
+        raise _BadInput(f"{path}: the program is empty: it assembles to no code bytes "
+                        "(only comments, labels or blank lines?)")
+    return prog
+
+
 def _eflags_text(value: int) -> str:
     from hvsim.arch.flags import Flag, iopl
     names = [f.name for f in Flag if value & f.value]
@@ -201,7 +210,7 @@ def _print_trace(m, out) -> None:
 # --- commands -----------------------------------------------------------------------------
 
 def _cmd_run(args, out) -> int:
-    prog = _assemble_file(args.file)
+    prog = _assemble_code(args.file)
     if args.monitor != "none":
         return _run_monitor(args, prog, out)
     from hvsim import Machine
@@ -281,7 +290,7 @@ _ASM_SUFFIXES = (".s", ".S", ".asm")
 def _cmd_disasm(args, out) -> int:
     from hvsim import disassemble
     if args.file.endswith(_ASM_SUFFIXES):
-        prog = _assemble_file(args.file)
+        prog = _assemble_code(args.file)
         code = bytes(prog.code)
         origin = prog.origin if args.origin is None else args.origin
     else:
@@ -294,6 +303,8 @@ def _cmd_disasm(args, out) -> int:
             raise _BadInput(f"{args.file}: is a directory, not a file") from None
         except OSError as e:
             raise _BadInput(f"{args.file}: {e.strerror}") from None
+        if not code:
+            raise _BadInput(f"{args.file}: the file is empty: no bytes to disassemble")
         origin = 0 if args.origin is None else args.origin
     for insn in disassemble(code, origin):
         print(_insn_text(insn), file=out)

@@ -138,3 +138,24 @@ def test_run_natively_and_bad_monitor_options(tmp_path):
     assert bad.returncode == 2 and "programs its own (virtual) timer" in bad.stderr
     bad = hvsim("run", "--monitor", "vmware", src)
     assert bad.returncode == 2 and "invalid choice: 'vmware'" in bad.stderr
+
+
+@pytest.mark.parametrize("source", ["", "; only a comment\n\n", "start:\n"])
+def test_run_of_an_empty_program_exits_2_naming_the_file(tmp_path, source):
+    src = tmp_path / "empty.s"
+    src.write_text(source)
+    out = hvsim("run", src)
+    assert out.returncode == 2
+    assert f"{src}: the program is empty" in out.stderr
+    assert out.stdout == "" and "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("name, message", [("code.bin", "the file is empty"),
+                                           ("prog.s", "the program is empty")])
+def test_disasm_of_an_empty_file_exits_2(tmp_path, name, message):
+    path = tmp_path / name
+    path.write_bytes(b"")
+    out = hvsim("disasm", path)
+    assert out.returncode == 2
+    assert f"{path}: {message}" in out.stderr
+    assert out.stdout == "" and "Traceback" not in out.stderr
