@@ -32,6 +32,10 @@ EXIT_OTHER_EVENT = 1
 EXIT_BAD_INPUT = 2
 
 DEFAULT_MAX_STEPS = 10_000_000
+# Machine.__init__'s memory sizes (hvsim/machine.py), checked here to name them in full
+PAGE = 4096
+MIN_MEMORY = 64 << 10
+MAX_MEMORY = 1 << 30
 
 _REGISTERS = ("eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi")
 
@@ -60,6 +64,38 @@ def _positive_int(text: str) -> int:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
     return value
+
+
+def _size_text(n: int) -> str:
+    """``100000 bytes (0x186a0, 97.66 KiB)``: a size in decimal, hex and the largest unit."""
+    text = f"{n} bytes ({n:#x}"
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if abs(n) >= 1 << shift:
+            text += f", {n / (1 << shift):.4g} {unit}"
+            break
+    return text + ")"
+
+
+_MEMORY_RULE = (f"a multiple of {PAGE} bytes from {MIN_MEMORY} (64 KiB) "
+                f"to {MAX_MEMORY} (1 GiB)")
+
+
+def _memory_size(text: str) -> int:
+    try:
+        value = _int_literal(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a size in bytes such as 16M or 0x100000, got {text!r}") from None
+    if value < MIN_MEMORY:
+        wrong = "less than 64 KiB"
+    elif value > MAX_MEMORY:
+        wrong = "more than 1 GiB"
+    elif value % PAGE:
+        wrong = f"not a multiple of {PAGE}"
+    else:
+        return value
+    raise argparse.ArgumentTypeError(f"{_size_text(value)} is {wrong}: the memory size "
+                                     f"must be {_MEMORY_RULE}")
 
 
 def _address(text: str) -> int:
@@ -92,8 +128,9 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("file", metavar="FILE", help="assembly source (Intel syntax)")
     run.add_argument("--max-steps", type=_positive_int, default=DEFAULT_MAX_STEPS, metavar="N",
                      help=f"instruction budget (default {DEFAULT_MAX_STEPS:,})")
-    run.add_argument("--memory", type=_positive_int, default=None, metavar="BYTES",
-                     help="guest-physical memory size, e.g. 16M or 0x100000 (default: the Machine's)")
+    run.add_argument("--memory", type=_memory_size, default=None, metavar="BYTES",
+                     help="guest-physical memory size, e.g. 16M or 0x100000: "
+                     f"{_MEMORY_RULE} (default: the Machine's)")
     run.add_argument("--timer", type=_positive_int, default=None, metavar="N",
                      help="raise a timer interrupt every N instructions (default: no timer)")
     run.add_argument("--monitor", choices=("none",) + tuple(_monitor_names()), default="none",
@@ -226,12 +263,18 @@ def _cmd_run(args, out) -> int:
     try:
         m.load(prog)
     except ValueError as e:
-        raise _BadInput(f"{args.file}: cannot load the program: {e}") from None
+        raise _BadInput(_load_error(args.file, m, e)) from None
     ev = m.run(max_steps=args.max_steps)
     _print_machine(m, ev, out)
     if args.trace:
         _print_trace(m, out)
     return EXIT_HALT if ev.kind == "halt" else EXIT_OTHER_EVENT
+
+
+def _load_error(path, m, e) -> str:
+    """Why the program does not load into machine ``m``, with the memory size in full."""
+    return (f"{path}: cannot load the program into {_size_text(len(m.memory))} of memory "
+            f"(--memory): {e}")
 
 
 def _run_monitor(args, prog, out) -> int:
@@ -251,15 +294,21 @@ def _run_monitor(args, prog, out) -> int:
             kwargs["timer"] = args.timer
     try:
         m = Machine(**kwargs)
-        mon = MONITORS[args.monitor](machine=m) if args.monitor != "native" else Native(m)
     except ValueError as e:
         raise _BadInput(f"cannot build the machine: {e}") from None
+    try:
+        mon = MONITORS[args.monitor](machine=m) if args.monitor != "native" else Native(m)
+    except ValueError as e:           # its layout needs more (or less) memory
+        raise _BadInput(f"--memory {_size_text(kwargs['memory'])} does not suit the "
+                        f"{args.monitor} monitor: {e} (its default, 1 MiB, does)") from None
     try:
         if args.monitor == "native":
             m.load(prog)
         else:
             mon.boot(prog)
     except ValueError as e:
+        if args.monitor == "native":
+            raise _BadInput(_load_error(args.file, m, e)) from None
         raise _BadInput(f"{args.file}: cannot load the program: {e}") from None
     ev = mon.run(args.max_steps)
     console = mon.console

@@ -159,3 +159,43 @@ def test_disasm_of_an_empty_file_exits_2(tmp_path, name, message):
     assert out.returncode == 2
     assert f"{path}: {message}" in out.stderr
     assert out.stdout == "" and "Traceback" not in out.stderr
+
+
+RULE = "must be a multiple of 4096 bytes from 65536 (64 KiB) to 1073741824 (1 GiB)"
+
+
+@pytest.mark.parametrize("value, size, wrong", [
+    ("100000", "100000 bytes (0x186a0, 97.66 KiB)", "not a multiple of 4096"),
+    ("2G", "2147483648 bytes (0x80000000, 2 GiB)", "more than 1 GiB"),
+    ("1000", "1000 bytes (0x3e8)", "less than 64 KiB"),
+])
+def test_memory_errors_give_the_size_in_decimal_and_hex_and_what_is_allowed(tmp_path, value, size, wrong):
+    src = tmp_path / "sum.s"
+    src.write_text(SUM_PROGRAM)
+    out = hvsim("run", src, "--memory", value)
+    assert out.returncode == 2
+    assert f"argument --memory: {size} is {wrong}: the memory size {RULE}" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_memory_sizes_a_monitor_or_the_program_cannot_use_are_given_in_full(tmp_path):
+    src = tmp_path / "sum.s"
+    src.write_text(SUM_PROGRAM)
+    out = hvsim("run", "--monitor", "vtx", "--memory", "64K", src)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "--memory 65536 bytes (0x10000, 64 KiB) does not suit the vtx monitor" in out.stderr
+    assert "(its default, 1 MiB, does)" in out.stderr
+    high = tmp_path / "high.s"
+    high.write_text("    org 0x20000\n    hlt\n")
+    out = hvsim("run", "--memory", "64K", high)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "cannot load the program into 65536 bytes (0x10000, 64 KiB) of memory" in out.stderr
+
+
+def test_the_memory_limits_are_the_machines():
+    from hvsim import Machine
+    from hvsim.cli import MAX_MEMORY, MIN_MEMORY, PAGE
+    assert len(Machine(memory=MIN_MEMORY).memory) == MIN_MEMORY
+    for wrong in (MIN_MEMORY - PAGE, MAX_MEMORY + PAGE, MIN_MEMORY + PAGE // 2):
+        with pytest.raises(ValueError):
+            Machine(memory=wrong)
