@@ -32,6 +32,8 @@ EXIT_OTHER_EVENT = 1
 EXIT_BAD_INPUT = 2
 
 DEFAULT_MAX_STEPS = 10_000_000
+MAX_STEPS = 1 << 62                 # Machine.run's largest budget
+MAX_TIMER = 0xFFFFFFFF              # Machine.set_timer's longest period
 # Machine.__init__'s memory sizes (hvsim/machine.py), checked here to name them in full
 PAGE = 4096
 MIN_MEMORY = 64 << 10
@@ -56,14 +58,18 @@ def _int_literal(text: str) -> int:
     return int(s, 0) * scale
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = _int_literal(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+def _positive_int(top: int):
+    """An argument type for an integer from 1 to ``top``."""
+    def positive_int(text: str) -> int:
+        try:
+            value = _int_literal(text)
+        except ValueError:
+            value = 0
+        if not 1 <= value <= top:
+            raise argparse.ArgumentTypeError(
+                f"expected a positive integer up to {top:,}, got {text!r}")
+        return value
+    return positive_int
 
 
 def _size_text(n: int) -> str:
@@ -126,12 +132,12 @@ def _build_parser() -> argparse.ArgumentParser:
                          description="Assemble FILE, run it on a bare machine (32-bit protected "
                          "mode, flat segments, ring 0, paging off) and print the result.")
     run.add_argument("file", metavar="FILE", help="assembly source (Intel syntax)")
-    run.add_argument("--max-steps", type=_positive_int, default=DEFAULT_MAX_STEPS, metavar="N",
-                     help=f"instruction budget (default {DEFAULT_MAX_STEPS:,})")
+    run.add_argument("--max-steps", type=_positive_int(MAX_STEPS), default=DEFAULT_MAX_STEPS,
+                     metavar="N", help=f"instruction budget (default {DEFAULT_MAX_STEPS:,})")
     run.add_argument("--memory", type=_memory_size, default=None, metavar="BYTES",
                      help="guest-physical memory size, e.g. 16M or 0x100000: "
                      f"{_MEMORY_RULE} (default: the Machine's)")
-    run.add_argument("--timer", type=_positive_int, default=None, metavar="N",
+    run.add_argument("--timer", type=_positive_int(MAX_TIMER), default=None, metavar="N",
                      help="raise a timer interrupt every N instructions (default: no timer)")
     run.add_argument("--monitor", choices=("none",) + tuple(_monitor_names()), default="none",
                      help="run the program as a guest kernel under this technique's monitor "

@@ -161,6 +161,20 @@ def test_disasm_of_an_empty_file_exits_2(tmp_path, name, message):
     assert out.stdout == "" and "Traceback" not in out.stderr
 
 
+@pytest.mark.parametrize("option, value, top", [
+    ("--max-steps", "99999999999999999999", "4,611,686,018,427,387,904"),   # Machine.run: 2**62
+    ("--max-steps", "0x4000000000000001", "4,611,686,018,427,387,904"),
+    ("--timer", "0x100000000", "4,294,967,295"),                             # a 32-bit period
+])
+def test_integer_options_out_of_range_exit_2_with_the_range(tmp_path, option, value, top):
+    src = tmp_path / "sum.s"
+    src.write_text(SUM_PROGRAM)
+    out = hvsim("run", src, option, value)
+    assert out.returncode == 2
+    assert f"argument {option}: expected a positive integer up to {top}, got '{value}'" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
 RULE = "must be a multiple of 4096 bytes from 65536 (64 KiB) to 1073741824 (1 GiB)"
 
 
