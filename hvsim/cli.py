@@ -375,7 +375,12 @@ def _insn_text(insn) -> str:
 
 def _cmd_warmup(args, out) -> int:
     from hvsim.warmup import warmup
-    seconds = warmup()
+
+    def progress(line):
+        print(f"hvsim warmup: {line}", file=sys.stderr, flush=True)
+    print("hvsim warmup: compiling every kernel into numba's disk cache: a minute or two "
+          "from an empty cache, a few seconds from a full one", file=sys.stderr, flush=True)
+    seconds = warmup(progress)
     cache = os.environ.get("NUMBA_CACHE_DIR", "next to the sources (__pycache__)")
     print(f"hvsim warmup: kernels compiled/loaded in {seconds:.2f} s (numba cache: {cache})", file=out)
     return 0

@@ -213,3 +213,27 @@ def test_the_memory_limits_are_the_machines():
     for wrong in (MIN_MEMORY - PAGE, MAX_MEMORY + PAGE, MIN_MEMORY + PAGE // 2):
         with pytest.raises(ValueError):
             Machine(memory=wrong)
+
+
+def test_warmup_reports_its_progress_on_stderr():
+    """A line per stage and through the kernel table (on a full cache, just its last),
+    so a cold compile of a minute or more is not silent; the summary stays on stdout."""
+    from hvsim.cpu.table import SLOTS
+    out = hvsim("warmup")
+    assert out.returncode == 0, out.stderr
+    lines = out.stderr.splitlines()
+    assert lines[0].startswith("hvsim warmup: compiling every kernel into numba's disk cache")
+    assert any(l.startswith("hvsim warmup: the run loop is ready (") for l in lines)
+    assert f"hvsim warmup: kernels compiled: {len(SLOTS)} of {len(SLOTS)} (" in out.stderr
+    assert out.stdout.startswith("hvsim warmup: kernels compiled/loaded in ")
+    assert "Traceback" not in out.stderr
+
+
+def test_warmup_is_quiet_from_python_unless_asked(capsys):
+    from hvsim.warmup import warmup
+    warmup()
+    quiet = capsys.readouterr()
+    assert "kernels compiled" not in quiet.out + quiet.err
+    lines = []
+    warmup(progress=lines.append)
+    assert capsys.readouterr().err == "" and lines[-1].startswith("kernels compiled: ")
