@@ -32,6 +32,12 @@ EXIT_OTHER_EVENT = 1
 EXIT_BAD_INPUT = 2
 
 DEFAULT_MAX_STEPS = 10_000_000
+MAX_STEPS = 1 << 62                 # Machine.run's largest budget
+MAX_TIMER = 0xFFFFFFFF              # Machine.set_timer's longest period
+# Machine.__init__'s memory sizes (hvsim/machine.py), checked here to name them in full
+PAGE = 4096
+MIN_MEMORY = 64 << 10
+MAX_MEMORY = 1 << 30
 
 _REGISTERS = ("eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi")
 
@@ -52,14 +58,50 @@ def _int_literal(text: str) -> int:
     return int(s, 0) * scale
 
 
-def _positive_int(text: str) -> int:
+def _positive_int(top: int):
+    """An argument type for an integer from 1 to ``top``."""
+    def positive_int(text: str) -> int:
+        try:
+            value = _int_literal(text)
+        except ValueError:
+            value = 0
+        if not 1 <= value <= top:
+            raise argparse.ArgumentTypeError(
+                f"expected a positive integer up to {top:,}, got {text!r}")
+        return value
+    return positive_int
+
+
+def _size_text(n: int) -> str:
+    """``100000 bytes (0x186a0, 97.66 KiB)``: a size in decimal, hex and the largest unit."""
+    text = f"{n} bytes ({n:#x}"
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if abs(n) >= 1 << shift:
+            text += f", {n / (1 << shift):.4g} {unit}"
+            break
+    return text + ")"
+
+
+_MEMORY_RULE = (f"a multiple of {PAGE} bytes from {MIN_MEMORY} (64 KiB) "
+                f"to {MAX_MEMORY} (1 GiB)")
+
+
+def _memory_size(text: str) -> int:
     try:
         value = _int_literal(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+        raise argparse.ArgumentTypeError(
+            f"expected a size in bytes such as 16M or 0x100000, got {text!r}") from None
+    if value < MIN_MEMORY:
+        wrong = "less than 64 KiB"
+    elif value > MAX_MEMORY:
+        wrong = "more than 1 GiB"
+    elif value % PAGE:
+        wrong = f"not a multiple of {PAGE}"
+    else:
+        return value
+    raise argparse.ArgumentTypeError(f"{_size_text(value)} is {wrong}: the memory size "
+                                     f"must be {_MEMORY_RULE}")
 
 
 def _address(text: str) -> int:
@@ -90,11 +132,12 @@ def _build_parser() -> argparse.ArgumentParser:
                          description="Assemble FILE, run it on a bare machine (32-bit protected "
                          "mode, flat segments, ring 0, paging off) and print the result.")
     run.add_argument("file", metavar="FILE", help="assembly source (Intel syntax)")
-    run.add_argument("--max-steps", type=_positive_int, default=DEFAULT_MAX_STEPS, metavar="N",
-                     help=f"instruction budget (default {DEFAULT_MAX_STEPS:,})")
-    run.add_argument("--memory", type=_positive_int, default=None, metavar="BYTES",
-                     help="guest-physical memory size, e.g. 16M or 0x100000 (default: the Machine's)")
-    run.add_argument("--timer", type=_positive_int, default=None, metavar="N",
+    run.add_argument("--max-steps", type=_positive_int(MAX_STEPS), default=DEFAULT_MAX_STEPS,
+                     metavar="N", help=f"instruction budget (default {DEFAULT_MAX_STEPS:,})")
+    run.add_argument("--memory", type=_memory_size, default=None, metavar="BYTES",
+                     help="guest-physical memory size, e.g. 16M or 0x100000: "
+                     f"{_MEMORY_RULE} (default: the Machine's)")
+    run.add_argument("--timer", type=_positive_int(MAX_TIMER), default=None, metavar="N",
                      help="raise a timer interrupt every N instructions (default: no timer)")
     run.add_argument("--monitor", choices=("none",) + tuple(_monitor_names()), default="none",
                      help="run the program as a guest kernel under this technique's monitor "
@@ -139,6 +182,15 @@ def _assemble_file(path: str):
         return assemble(source)
     except AsmError as exc:           # its text names the line and column, with a caret
         raise _BadInput(f"{path}: {exc}") from None
+
+
+def _assemble_code(path: str):
+    """The assembled program of ``path``, which must have at least one byte of code."""
+    prog = _assemble_file(path)
+    if not prog.code:
+        raise _BadInput(f"{path}: the program is empty: it assembles to no code bytes "
+                        "(only comments, labels or blank lines?)")
+    return prog
 
 
 def _eflags_text(value: int) -> str:
@@ -201,7 +253,7 @@ def _print_trace(m, out) -> None:
 # --- commands -----------------------------------------------------------------------------
 
 def _cmd_run(args, out) -> int:
-    prog = _assemble_file(args.file)
+    prog = _assemble_code(args.file)
     if args.monitor != "none":
         return _run_monitor(args, prog, out)
     from hvsim import Machine
@@ -217,12 +269,18 @@ def _cmd_run(args, out) -> int:
     try:
         m.load(prog)
     except ValueError as e:
-        raise _BadInput(f"{args.file}: cannot load the program: {e}") from None
+        raise _BadInput(_load_error(args.file, m, e)) from None
     ev = m.run(max_steps=args.max_steps)
     _print_machine(m, ev, out)
     if args.trace:
         _print_trace(m, out)
     return EXIT_HALT if ev.kind == "halt" else EXIT_OTHER_EVENT
+
+
+def _load_error(path, m, e) -> str:
+    """Why the program does not load into machine ``m``, with the memory size in full."""
+    return (f"{path}: cannot load the program into {_size_text(len(m.memory))} of memory "
+            f"(--memory): {e}")
 
 
 def _run_monitor(args, prog, out) -> int:
@@ -242,15 +300,21 @@ def _run_monitor(args, prog, out) -> int:
             kwargs["timer"] = args.timer
     try:
         m = Machine(**kwargs)
-        mon = MONITORS[args.monitor](machine=m) if args.monitor != "native" else Native(m)
     except ValueError as e:
         raise _BadInput(f"cannot build the machine: {e}") from None
+    try:
+        mon = MONITORS[args.monitor](machine=m) if args.monitor != "native" else Native(m)
+    except ValueError as e:           # its layout needs more (or less) memory
+        raise _BadInput(f"--memory {_size_text(kwargs['memory'])} does not suit the "
+                        f"{args.monitor} monitor: {e} (its default, 1 MiB, does)") from None
     try:
         if args.monitor == "native":
             m.load(prog)
         else:
             mon.boot(prog)
     except ValueError as e:
+        if args.monitor == "native":
+            raise _BadInput(_load_error(args.file, m, e)) from None
         raise _BadInput(f"{args.file}: cannot load the program: {e}") from None
     ev = mon.run(args.max_steps)
     console = mon.console
@@ -281,7 +345,7 @@ _ASM_SUFFIXES = (".s", ".S", ".asm")
 def _cmd_disasm(args, out) -> int:
     from hvsim import disassemble
     if args.file.endswith(_ASM_SUFFIXES):
-        prog = _assemble_file(args.file)
+        prog = _assemble_code(args.file)
         code = bytes(prog.code)
         origin = prog.origin if args.origin is None else args.origin
     else:
@@ -294,6 +358,8 @@ def _cmd_disasm(args, out) -> int:
             raise _BadInput(f"{args.file}: is a directory, not a file") from None
         except OSError as e:
             raise _BadInput(f"{args.file}: {e.strerror}") from None
+        if not code:
+            raise _BadInput(f"{args.file}: the file is empty: no bytes to disassemble")
         origin = 0 if args.origin is None else args.origin
     for insn in disassemble(code, origin):
         print(_insn_text(insn), file=out)
@@ -309,7 +375,12 @@ def _insn_text(insn) -> str:
 
 def _cmd_warmup(args, out) -> int:
     from hvsim.warmup import warmup
-    seconds = warmup()
+
+    def progress(line):
+        print(f"hvsim warmup: {line}", file=sys.stderr, flush=True)
+    print("hvsim warmup: compiling every kernel into numba's disk cache: a minute or two "
+          "from an empty cache, a few seconds from a full one", file=sys.stderr, flush=True)
+    seconds = warmup(progress)
     cache = os.environ.get("NUMBA_CACHE_DIR", "next to the sources (__pycache__)")
     print(f"hvsim warmup: kernels compiled/loaded in {seconds:.2f} s (numba cache: {cache})", file=out)
     return 0

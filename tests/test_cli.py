@@ -138,3 +138,102 @@ def test_run_natively_and_bad_monitor_options(tmp_path):
     assert bad.returncode == 2 and "programs its own (virtual) timer" in bad.stderr
     bad = hvsim("run", "--monitor", "vmware", src)
     assert bad.returncode == 2 and "invalid choice: 'vmware'" in bad.stderr
+
+
+@pytest.mark.parametrize("source", ["", "; only a comment\n\n", "start:\n"])
+def test_run_of_an_empty_program_exits_2_naming_the_file(tmp_path, source):
+    src = tmp_path / "empty.s"
+    src.write_text(source)
+    out = hvsim("run", src)
+    assert out.returncode == 2
+    assert f"{src}: the program is empty" in out.stderr
+    assert out.stdout == "" and "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("name, message", [("code.bin", "the file is empty"),
+                                           ("prog.s", "the program is empty")])
+def test_disasm_of_an_empty_file_exits_2(tmp_path, name, message):
+    path = tmp_path / name
+    path.write_bytes(b"")
+    out = hvsim("disasm", path)
+    assert out.returncode == 2
+    assert f"{path}: {message}" in out.stderr
+    assert out.stdout == "" and "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("option, value, top", [
+    ("--max-steps", "99999999999999999999", "4,611,686,018,427,387,904"),   # Machine.run: 2**62
+    ("--max-steps", "0x4000000000000001", "4,611,686,018,427,387,904"),
+    ("--timer", "0x100000000", "4,294,967,295"),                             # a 32-bit period
+])
+def test_integer_options_out_of_range_exit_2_with_the_range(tmp_path, option, value, top):
+    src = tmp_path / "sum.s"
+    src.write_text(SUM_PROGRAM)
+    out = hvsim("run", src, option, value)
+    assert out.returncode == 2
+    assert f"argument {option}: expected a positive integer up to {top}, got '{value}'" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+RULE = "must be a multiple of 4096 bytes from 65536 (64 KiB) to 1073741824 (1 GiB)"
+
+
+@pytest.mark.parametrize("value, size, wrong", [
+    ("100000", "100000 bytes (0x186a0, 97.66 KiB)", "not a multiple of 4096"),
+    ("2G", "2147483648 bytes (0x80000000, 2 GiB)", "more than 1 GiB"),
+    ("1000", "1000 bytes (0x3e8)", "less than 64 KiB"),
+])
+def test_memory_errors_give_the_size_in_decimal_and_hex_and_what_is_allowed(tmp_path, value, size, wrong):
+    src = tmp_path / "sum.s"
+    src.write_text(SUM_PROGRAM)
+    out = hvsim("run", src, "--memory", value)
+    assert out.returncode == 2
+    assert f"argument --memory: {size} is {wrong}: the memory size {RULE}" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_memory_sizes_a_monitor_or_the_program_cannot_use_are_given_in_full(tmp_path):
+    src = tmp_path / "sum.s"
+    src.write_text(SUM_PROGRAM)
+    out = hvsim("run", "--monitor", "vtx", "--memory", "64K", src)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "--memory 65536 bytes (0x10000, 64 KiB) does not suit the vtx monitor" in out.stderr
+    assert "(its default, 1 MiB, does)" in out.stderr
+    high = tmp_path / "high.s"
+    high.write_text("    org 0x20000\n    hlt\n")
+    out = hvsim("run", "--memory", "64K", high)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "cannot load the program into 65536 bytes (0x10000, 64 KiB) of memory" in out.stderr
+
+
+def test_the_memory_limits_are_the_machines():
+    from hvsim import Machine
+    from hvsim.cli import MAX_MEMORY, MIN_MEMORY, PAGE
+    assert len(Machine(memory=MIN_MEMORY).memory) == MIN_MEMORY
+    for wrong in (MIN_MEMORY - PAGE, MAX_MEMORY + PAGE, MIN_MEMORY + PAGE // 2):
+        with pytest.raises(ValueError):
+            Machine(memory=wrong)
+
+
+def test_warmup_reports_its_progress_on_stderr():
+    """A line per stage and through the kernel table (on a full cache, just its last),
+    so a cold compile of a minute or more is not silent; the summary stays on stdout."""
+    from hvsim.cpu.table import SLOTS
+    out = hvsim("warmup")
+    assert out.returncode == 0, out.stderr
+    lines = out.stderr.splitlines()
+    assert lines[0].startswith("hvsim warmup: compiling every kernel into numba's disk cache")
+    assert any(l.startswith("hvsim warmup: the run loop is ready (") for l in lines)
+    assert f"hvsim warmup: kernels compiled: {len(SLOTS)} of {len(SLOTS)} (" in out.stderr
+    assert out.stdout.startswith("hvsim warmup: kernels compiled/loaded in ")
+    assert "Traceback" not in out.stderr
+
+
+def test_warmup_is_quiet_from_python_unless_asked(capsys):
+    from hvsim.warmup import warmup
+    warmup()
+    quiet = capsys.readouterr()
+    assert "kernels compiled" not in quiet.out + quiet.err
+    lines = []
+    warmup(progress=lines.append)
+    assert capsys.readouterr().err == "" and lines[-1].startswith("kernels compiled: ")
