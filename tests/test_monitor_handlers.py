@@ -200,6 +200,52 @@ def test_iretd_to_the_guest_user_ring_pops_eip_cs_eflags_esp_ss(mon):
         T.emulate_iretd(mon, gp("iretd", 0xCF, cpl=3))
 
 
+@handles("smsw")
+def test_smsw_stores_the_virtual_cr0(mon):
+    """SDM Vol. 2B, SMSW: a register gets CR0 (P6 and later: all 32 bits), memory its low
+    word; the guest's is the virtual one."""
+    mon.vcpu.cr0 = 0x8001003B
+    assert T.emulate_smsw(mon, gp("smsw", 0x101, length=3, reg=4, rm=3)) == \
+        "emulated SMSW: ebx = virtual CR0 0x8001003b"
+    assert mon.machine.cpu.ebx == 0x8001003B and mon.machine.cpu.eip == EIP + 3
+    mon.machine.write_linear(0x6000, b"\xaa" * 4)
+    T.emulate_smsw(mon, gp("smsw", 0x101, length=7, reg=4, mem=linear(0x6000), size=2))
+    assert mon.machine.read_linear(0x6000, 4) == b"\x3b\x00\xaa\xaa"
+
+
+@handles("push sreg")
+def test_push_cs_pushes_the_selector_with_the_virtual_rpl(mon):
+    """Ring compression: the guest kernel runs in ring 1 but must read RPL 0 (SDM Vol. 3A,
+    3.4.2: CS bits 1:0 are the CPL); the selector is pushed zero-extended to 32 bits."""
+    cpu = mon.machine.cpu
+    assert cpu.cs & 3 == T.GUEST_RING
+    esp = cpu.esp
+    text = T.emulate_push_sreg(mon, gp("push", 0x0E))
+    assert text == f"emulated PUSH CS: pushed {cpu.cs & ~3:#x} (really {cpu.cs:#x})"
+    assert cpu.esp == esp - 4 and mon.machine.read_linear(cpu.esp, 4) == \
+        struct.pack("<I", cpu.cs & ~3)
+    cpu.gs = 0                                          # a null selector reads as it is
+    T.emulate_push_sreg(mon, gp("push", 0x1A8, length=2))                 # 0F A8: PUSH GS
+    assert mon.machine.read_linear(cpu.esp, 4) == struct.pack("<I", 0)
+    assert T.virtual_selector(0x23) == 0x23 and T.virtual_selector(0x19) == 0x18
+
+
+@handles("mov from sreg")
+def test_mov_from_cs_gives_the_virtual_rpl_in_a_register_or_memory(mon):
+    """SDM Vol. 2B, MOV r/m16, Sreg (8C /r): a 32-bit register gets the selector
+    zero-extended, memory 16 bits; ModRM.reg 6 and 7 name no segment register (#UD)."""
+    cpu = mon.machine.cpu
+    cpu.edx = 0xFFFFFFFF
+    text = T.emulate_mov_from_sreg(mon, gp("mov", 0x8C, length=2, reg=1, rm=2))
+    assert text == f"emulated MOV from CS: edx = {cpu.cs & ~3:#x} (really {cpu.cs:#x})"
+    assert cpu.edx == cpu.cs & ~3
+    mon.machine.write_linear(0x6000, b"\xaa" * 4)
+    T.emulate_mov_from_sreg(mon, gp("mov", 0x8C, length=6, reg=1, mem=linear(0x6000), size=2))
+    assert mon.machine.read_linear(0x6000, 4) == struct.pack("<H", cpu.cs & ~3) + b"\xaa\xaa"
+    with pytest.raises(Kill, match="no segment register"):
+        T.emulate_mov_from_sreg(mon, gp("mov", 0x8C, length=2, reg=6, rm=0))
+
+
 def test_every_handler_has_a_made_up_exit_test():
     assert set(T.HANDLERS) == TESTED
 

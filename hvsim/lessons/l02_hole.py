@@ -27,7 +27,8 @@ from hvsim.monitors import Native, TrapAndEmulate
 from hvsim.rings.setup import install
 
 __all__ = ["behaviour_table", "behaviour_html", "run_guest", "guest_dword", "tick_curves",
-           "plot_ticks", "log_text", "exercise", "INSTRUCTIONS"]
+           "plot_ticks", "log_text", "exercise", "INSTRUCTIONS", "HOLES_GUEST", "other_holes",
+           "holes_html"]
 
 PORT = 0xE9                      # the console port: claimed, so IN/OUT complete in the core
 
@@ -185,6 +186,92 @@ def log_text(mon: TrapAndEmulate, start: int = 0, count: int = 25, contains: str
     """Lines of the monitor log (entries containing ``contains``), from ``start``."""
     entries = [e for e in mon.log if contains in str(e)]
     return "\n".join(str(e) for e in entries[start:start + count])
+
+
+# ---- the other holes ------------------------------------------------------------------------
+#: a guest kernel that loads its IDT and CR0 (both trap and are emulated), then reads them
+#: back -- and its own CPL -- with instructions that never trap on plain x86 (Robin &
+#: Irvine, USENIX Security 2000: sensitive but unprivileged)
+HOLES_GUEST = """
+    lidt [my_idtr]           ; privileged: traps, the monitor keeps the virtual IDTR
+    mov eax, 0x19            ; PE | TS | ET
+    mov cr0, eax             ; privileged: traps, the monitor keeps the virtual CR0
+    sidt [seen_idtr]         ; where is my IDT?
+    smsw ebx                 ; what is my CR0?
+    push cs                  ; which ring am I in? (CS bits 1:0)
+    pop ecx
+    mov edx, cs
+    hlt
+my_idtr:   dw 0x7ff
+           dd 0x5000
+seen_idtr: dw 0
+           dd 0
+"""
+
+# instruction, what the guest kernel believes it should read, what a VMM loses when it
+# reads something else
+_HOLES = (
+    ("SIDT", "the IDTR it loaded", "the guest finds the monitor's own IDT: the monitor cannot "
+     "hide (a guest can tell it is virtualized), and a kernel that reads its IDT back to "
+     "patch it patches the wrong table"),
+    ("SMSW", "the CR0 it wrote", "CR0 bits the monitor keeps for itself (TS, MP...) leak "
+     "and the guest's own are lost: lazy FPU switching in the guest goes wrong"),
+    ("PUSH CS", "RPL 0: it runs in ring 0", "ring compression shows: the kernel reads "
+     "ring 1; code that picks a path by CPL (a kernel that checks where it came from) "
+     "takes the wrong one"),
+    ("MOV from CS", "RPL 0: it runs in ring 0", "the same, through a register"),
+)
+
+
+def other_holes() -> list:
+    """:data:`HOLES_GUEST` under trap-and-emulate on plain x86 and on the virtualizable
+    x86; one row per instruction: ``instruction``, ``expected`` (what the guest kernel
+    believes, as a value), ``plain`` and ``virtualizable`` (what it read), ``traps``
+    (the monitor's traps in the two runs), ``expects`` and ``breaks`` in words."""
+    prog = assemble(HOLES_GUEST, origin=0x1000)
+    runs = {}
+    for vz in (False, True):
+        mon = TrapAndEmulate(program=prog, virtualizable=vz)
+        ev = mon.run(1000)
+        if ev.kind != "halt":
+            raise RuntimeError(f"the holes guest stopped on {ev}, not on its HLT")
+        m = mon.machine
+        a = prog.labels["seen_idtr"]
+        raw = bytes(m.memory[a:a + 6])
+        runs[vz] = {"SIDT": (int.from_bytes(raw[2:6], "little"), int.from_bytes(raw[:2], "little")),
+                    "SMSW": int(m.cpu.ebx), "PUSH CS": int(m.cpu.ecx) & 0xFFFF,
+                    "MOV from CS": int(m.cpu.edx) & 0xFFFF, "traps": mon.stats["traps"],
+                    "code": int(m.cpu.cs)}
+    code0 = runs[False]["code"] & ~3                  # the guest's code selector, RPL 0
+    expected = {"SIDT": (0x5000, 0x7FF), "SMSW": 0x19, "PUSH CS": code0, "MOV from CS": code0}
+    return [dict(instruction=name, expected=expected[name], plain=runs[False][name],
+                 virtualizable=runs[True][name], traps=(runs[False]["traps"], runs[True]["traps"]),
+                 expects=expects, breaks=breaks)
+            for name, expects, breaks in _HOLES]
+
+
+def _show(v) -> str:
+    if isinstance(v, tuple):
+        return f"base {v[0]:#x}, limit {v[1]:#x}"
+    return f"{v:#x}"
+
+
+def holes_html(rows: list) -> str:
+    """:func:`other_holes` as an HTML table: a red cell where the guest read something
+    other than what it believes."""
+    def cell(v, want):
+        bad = v != want
+        return (f'<td style="color:{"#b3261e" if bad else "#1b7f3b"}">{html.escape(_show(v))}'
+                f'{" &#10007;" if bad else " &#10003;"}</td>')
+    head = ("<tr><th>instruction</th><th>the guest kernel believes</th><th>plain x86 "
+            "(no trap)</th><th>virtualizable (traps, emulated)</th><th>what it breaks for a "
+            "VMM</th></tr>")
+    body = "".join(
+        f"<tr><td><code>{r['instruction']}</code></td><td>{html.escape(r['expects'])}: "
+        f"{html.escape(_show(r['expected']))}</td>{cell(r['plain'], r['expected'])}"
+        f"{cell(r['virtualizable'], r['expected'])}<td>{html.escape(r['breaks'])}</td></tr>"
+        for r in rows)
+    return _HTML(f'<table class="hvsim-l02-holes">{head}{body}</table>')
 
 
 # ---- the exercise ---------------------------------------------------------------------------

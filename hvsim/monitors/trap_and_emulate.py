@@ -86,6 +86,7 @@ OPC_MOV_FROM_CR, OPC_MOV_TO_CR = 0x120, 0x122        # 0F 20 /r, 0F 22 /r (SDM V
 OPC_MOV_FROM_DR, OPC_MOV_TO_DR = 0x121, 0x123        # 0F 21 /r, 0F 23 /r (SDM Vol. 2B MOV DRn)
 OPC_MOV_FROM_SREG = 0x8C                              # 8C /r
 OPC_PUSH_SREG = (0x06, 0x0E, 0x16, 0x1E, 0x1A0, 0x1A8)  # PUSH ES/CS/SS/DS, 0F A0/A8 FS/GS
+SREG_NAMES = ("es", "cs", "ss", "ds", "fs", "gs")     # Sreg encoding order (SDM Vol. 2A, 3.1.1.3)
 OPC_IO_IMM = (0xE4, 0xE5, 0xE6, 0xE7)                 # IN/OUT with an imm8 port
 CR_NAMES = {0: "cr0", 2: "cr2", 3: "cr3", 4: "cr4"}
 
@@ -336,22 +337,85 @@ def emulate_iretd(mon: "TrapAndEmulate", ev: Event) -> Optional[str]:
     return f"emulated IRET to ring {rpl} eip={eip:#x}: {text}"
 
 
+# ---- the sensitive unprivileged instructions, when the virtualizable switch makes them trap
+# (Robin & Irvine, USENIX Security 2000: on plain x86 they run in ring 1 and show the guest
+# the real machine -- lesson 02 measures each)
+def _store_operand(mon: "TrapAndEmulate", insn: Instruction, value: int, size: int) -> str:
+    """Write ``value`` where ``insn`` stores: its ModRM register (all 32 bits, as P6 and
+    later processors write them) or its ``size``-byte memory operand."""
+    if insn.rm is not None:
+        name = ("eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi")[insn.rm]
+        setattr(mon.machine.cpu, name, value & MASK32)
+        return name
+    write(mon.machine, insn.mem.linear, (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little"))
+    return f"[{insn.mem.linear:#x}]"
+
+
+def virtual_selector(selector: int) -> int:
+    """A selector as the guest kernel expects to read it: ring compression moved its ring 0
+    to ring 1, so RPL 1 reads as 0; any other selector (ring 3's, a null one) as it is."""
+    return selector & ~3 if selector & 3 == GUEST_RING else selector
+
+
+def emulate_smsw(mon: "TrapAndEmulate", ev: Event) -> Optional[str]:
+    """SMSW (0F 01 /4): the *virtual* CR0, as MOV from CR0 gives it (SDM Vol. 2B, SMSW:
+    a register gets CR0, P6 and later all of it; memory its low 16 bits)."""
+    value = mon.vcpu.cr0
+    where = _store_operand(mon, ev.insn, value if ev.insn.rm is not None else value & 0xFFFF, 2)
+    _resume_after(mon, ev)
+    return f"emulated SMSW: {where} = virtual CR0 {value:#x}"
+
+
+def emulate_push_sreg(mon: "TrapAndEmulate", ev: Event) -> Optional[str]:
+    """PUSH Sreg: the selector the guest expects (RPL 0 for its 'ring 0' segments), pushed
+    zero-extended to 32 bits as hvsim's CPU pushes it."""
+    m = mon.machine
+    name = SREG_NAMES[OPC_PUSH_SREG.index(ev.insn.opcode)]     # (the same order)
+    real = int(getattr(m.cpu, name))
+    value = virtual_selector(real)
+    esp = (m.cpu.esp - 4) & MASK32
+    write(m, stack_linear(m, esp), struct.pack("<I", value))
+    m.cpu.esp = esp
+    _resume_after(mon, ev)
+    return f"emulated PUSH {name.upper()}: pushed {value:#x} (really {real:#x})"
+
+
+def emulate_mov_from_sreg(mon: "TrapAndEmulate", ev: Event) -> Optional[str]:
+    """MOV r/m16, Sreg (8C /r): the selector the guest expects, into a register (zero-
+    extended) or 16 bits of memory."""
+    insn = ev.insn
+    if insn.reg > 5:
+        raise Kill(f"'{insn}' at {ev.eip:#010x} names no segment register (#UD)")
+    name = SREG_NAMES[insn.reg]
+    real = int(getattr(mon.machine.cpu, name))
+    value = virtual_selector(real)
+    where = _store_operand(mon, insn, value, 2)
+    _resume_after(mon, ev)
+    return f"emulated MOV from {name.upper()}: {where} = {value:#x} (really {real:#x})"
+
+
 #: mnemonic (as the decoder names it, hvsim/asm/table.py) -> handler
 HANDLERS: dict[str, Callable[["TrapAndEmulate", Event], Optional[str]]] = {
     "cli": emulate_cli, "sti": emulate_sti, "hlt": emulate_hlt, "lidt": emulate_lidt,
     "sidt": emulate_sidt, "mov cr": emulate_mov_cr, "out": emulate_out, "in": emulate_in,
     "pushfd": emulate_pushfd, "popfd": emulate_popfd, "iretd": emulate_iretd,
     "mov dr": emulate_mov_dr, "invd": emulate_cache_flush, "wbinvd": emulate_cache_flush,
+    "smsw": emulate_smsw, "push sreg": emulate_push_sreg, "mov from sreg": emulate_mov_from_sreg,
 }
 
 
 def handler_key(insn: Instruction) -> str:
     """The :data:`HANDLERS` key of ``insn``: its mnemonic; 'mov cr' and 'mov dr' for MOV
-    to/from a control or debug register."""
+    to/from a control or debug register; 'push sreg' and 'mov from sreg' for the two
+    instructions that store a segment selector (sensitive, never privileged)."""
     if insn.opcode in (OPC_MOV_FROM_CR, OPC_MOV_TO_CR):
         return "mov cr"
     if insn.opcode in (OPC_MOV_FROM_DR, OPC_MOV_TO_DR):
         return "mov dr"
+    if insn.opcode in OPC_PUSH_SREG:
+        return "push sreg"
+    if insn.opcode == OPC_MOV_FROM_SREG:
+        return "mov from sreg"
     return insn.mnemonic
 
 
