@@ -421,12 +421,12 @@ def test_lesson02_other_holes_read_the_real_machine_unless_they_trap():
     # and the monitor answers from its virtual CPU
     from hvsim.lessons import l02_hole as l02
     rows = {r["instruction"]: r for r in l02.other_holes()}
-    assert set(rows) == {"SIDT", "SMSW", "PUSH CS", "MOV from CS"}
+    assert set(rows) == {"SGDT", "SIDT", "SMSW", "PUSH CS", "MOV from CS"}
     for r in rows.values():
         assert r["plain"] != r["expected"] and r["virtualizable"] == r["expected"], r
-        assert r["traps"][1] == r["traps"][0] + 4          # one more trap per read
+        assert r["traps"][1] == r["traps"][0] + 5          # one more trap per read
     assert rows["SIDT"]["expected"] == (0x5000, 0x7FF)
     assert rows["SMSW"]["plain"] & 0x8 == 0 and rows["SMSW"]["virtualizable"] & 0x8   # TS
     assert rows["PUSH CS"]["plain"] & 3 == 1 and rows["PUSH CS"]["virtualizable"] & 3 == 0
     html = str(l02.holes_html(list(rows.values())))
-    assert html.count("&#10007;") == 4 and html.count("&#10003;") == 4
+    assert html.count("&#10007;") == 5 and html.count("&#10003;") == 5

@@ -152,10 +152,10 @@ def kernel(src):
 
 
 def test_unsupported_instruction_kills_the_guest_cleanly():
-    mon = boot(program=kernel("nop\nlgdt [0x2000]\nnop"))
+    mon = boot(program=kernel("nop\nlldt [0x2000]\nnop"))
     ev = mon.run(1_000)
     assert ev.kind == "killed" and ev.eip == 0x1001 and ev.cpl == 1
-    assert "unsupported instruction 'lgdt [0x2000]'" in ev.reason
+    assert "unsupported instruction 'lldt word ptr [0x2000]'" in ev.reason
     assert "eip=0x00001001 in ring 1" in ev.reason and GP in ev.reason
     assert mon.state == "killed"
     assert mon.log[-1].action.startswith("killed the guest: unsupported instruction")
@@ -165,12 +165,12 @@ def test_unsupported_instruction_kills_the_guest_cleanly():
 
 
 def test_virtualizable_unemulated_sensitive_instruction_in_user_mode_kills():
-    user = "user:\nmov eax, UDATA\nmov ds, eax\nl: sgdt [0x2000]\njmp l\n"
+    user = "user:\nmov eax, UDATA\nmov ds, eax\nl: sldt [0x2000]\njmp l\n"
     mon = boot(virtualizable=True, program=teaching_kernel(user=user))
     ev = mon.run(10_000)
     assert ev.kind == "killed" and ev.cpl == 3
-    assert "'sgdt [0x2000]'" in ev.reason
-    # the same program under plain x86: SGDT answers at ring 3, nothing traps
+    assert "'sldt word ptr [0x2000]'" in ev.reason
+    # the same program under plain x86: SLDT answers at ring 3, nothing traps
     mon = boot(program=teaching_kernel(user=user))
     assert mon.run(10_000).kind == "budget"
 

@@ -200,6 +200,24 @@ def test_iretd_to_the_guest_user_ring_pops_eip_cs_eflags_esp_ss(mon):
         T.emulate_iretd(mon, gp("iretd", 0xCF, cpl=3))
 
 
+@handles("lgdt")
+@handles("sgdt")
+def test_lgdt_and_sgdt_use_the_virtual_gdtr_and_leave_the_real_one_alone(mon):
+    """SDM Vol. 2A, LGDT/SGDT: 6 bytes, a 16-bit limit then a 32-bit base. The monitor
+    keeps running the guest on its own GDT: only the virtual GDTR changes."""
+    m = mon.machine
+    real = (m.cpu.gdtr_base, m.cpu.gdtr_limit)
+    assert (mon.vcpu.gdtr_base, mon.vcpu.gdtr_limit) == real        # what the guest was given
+    m.write_linear(0x6000, struct.pack("<HI", 0x3F, 0x7000))
+    text = T.emulate_lgdt(mon, gp("lgdt", 0x101, length=7, reg=2, mem=linear(0x6000)))
+    assert text == "emulated LGDT: virtual GDTR = base 0x7000 limit 0x3f"
+    assert (mon.vcpu.gdtr_base, mon.vcpu.gdtr_limit) == (0x7000, 0x3F)
+    assert (m.cpu.gdtr_base, m.cpu.gdtr_limit) == real
+    T.emulate_sgdt(mon, gp("sgdt", 0x101, length=7, reg=0, mem=linear(0x6100), cpl=3))
+    assert m.read_linear(0x6100, 6) == struct.pack("<HI", 0x3F, 0x7000)
+    assert T.emulate_lgdt(mon, gp("lgdt", 0x101, cpl=3, mem=linear(0x6000))) is None
+
+
 @handles("smsw")
 def test_smsw_stores_the_virtual_cr0(mon):
     """SDM Vol. 2B, SMSW: a register gets CR0 (P6 and later: all 32 bits), memory its low

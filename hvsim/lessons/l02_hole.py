@@ -193,17 +193,23 @@ def log_text(mon: TrapAndEmulate, start: int = 0, count: int = 25, contains: str
 #: back -- and its own CPL -- with instructions that never trap on plain x86 (Robin &
 #: Irvine, USENIX Security 2000: sensitive but unprivileged)
 HOLES_GUEST = """
+    lgdt [my_gdtr]           ; privileged: traps, the monitor keeps the virtual GDTR
     lidt [my_idtr]           ; privileged: traps, the monitor keeps the virtual IDTR
     mov eax, 0x19            ; PE | TS | ET
     mov cr0, eax             ; privileged: traps, the monitor keeps the virtual CR0
+    sgdt [seen_gdtr]         ; where is my GDT?
     sidt [seen_idtr]         ; where is my IDT?
     smsw ebx                 ; what is my CR0?
     push cs                  ; which ring am I in? (CS bits 1:0)
     pop ecx
     mov edx, cs
     hlt
+my_gdtr:   dw 0x3f
+           dd 0x6000
 my_idtr:   dw 0x7ff
            dd 0x5000
+seen_gdtr: dw 0
+           dd 0
 seen_idtr: dw 0
            dd 0
 """
@@ -211,6 +217,8 @@ seen_idtr: dw 0
 # instruction, what the guest kernel believes it should read, what a VMM loses when it
 # reads something else
 _HOLES = (
+    ("SGDT", "the GDTR it loaded", "the guest finds the monitor's GDT, whose descriptors "
+     "say ring 1 where it wrote ring 0: the monitor's tables and its ring compression show"),
     ("SIDT", "the IDTR it loaded", "the guest finds the monitor's own IDT: the monitor cannot "
      "hide (a guest can tell it is virtualized), and a kernel that reads its IDT back to "
      "patch it patches the wrong table"),
@@ -236,14 +244,17 @@ def other_holes() -> list:
         if ev.kind != "halt":
             raise RuntimeError(f"the holes guest stopped on {ev}, not on its HLT")
         m = mon.machine
-        a = prog.labels["seen_idtr"]
-        raw = bytes(m.memory[a:a + 6])
-        runs[vz] = {"SIDT": (int.from_bytes(raw[2:6], "little"), int.from_bytes(raw[:2], "little")),
+        def table_register(label):
+            a = prog.labels[label]
+            raw = bytes(m.memory[a:a + 6])
+            return int.from_bytes(raw[2:6], "little"), int.from_bytes(raw[:2], "little")
+        runs[vz] = {"SGDT": table_register("seen_gdtr"), "SIDT": table_register("seen_idtr"),
                     "SMSW": int(m.cpu.ebx), "PUSH CS": int(m.cpu.ecx) & 0xFFFF,
                     "MOV from CS": int(m.cpu.edx) & 0xFFFF, "traps": mon.stats["traps"],
                     "code": int(m.cpu.cs)}
     code0 = runs[False]["code"] & ~3                  # the guest's code selector, RPL 0
-    expected = {"SIDT": (0x5000, 0x7FF), "SMSW": 0x19, "PUSH CS": code0, "MOV from CS": code0}
+    expected = {"SGDT": (0x6000, 0x3F), "SIDT": (0x5000, 0x7FF), "SMSW": 0x19,
+                "PUSH CS": code0, "MOV from CS": code0}
     return [dict(instruction=name, expected=expected[name], plain=runs[False][name],
                  virtualizable=runs[True][name], traps=(runs[False]["traps"], runs[True]["traps"]),
                  expects=expects, breaks=breaks)

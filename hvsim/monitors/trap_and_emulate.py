@@ -174,6 +174,27 @@ def emulate_lidt(mon: "TrapAndEmulate", ev: Event) -> Optional[str]:
     return f"emulated LIDT: virtual IDTR = base {base:#x} limit {limit:#x}"
 
 
+def emulate_lgdt(mon: "TrapAndEmulate", ev: Event) -> Optional[str]:
+    """LGDT at virtual CPL 0: the virtual GDTR takes the guest's table. The real GDTR stays
+    the monitor's: hvsim's monitor runs its guests on the GDT it built (install()), whose
+    layout they are written for, and does not shadow the guest's descriptors as a
+    production VMM does (VMware copies them with their DPLs compressed)."""
+    if virtual_cpl(ev.cpl) != 0:
+        return None
+    limit, base = struct.unpack("<HI", read(mon.machine, ev.insn.mem.linear, 6))
+    mon.vcpu.gdtr_limit, mon.vcpu.gdtr_base = limit, base
+    _resume_after(mon, ev)
+    return f"emulated LGDT: virtual GDTR = base {base:#x} limit {limit:#x}"
+
+
+def emulate_sgdt(mon: "TrapAndEmulate", ev: Event) -> Optional[str]:
+    # traps only under `virtualizable`; at every CPL it stores the *virtual* GDTR
+    v = mon.vcpu
+    write(mon.machine, ev.insn.mem.linear, struct.pack("<HI", v.gdtr_limit, v.gdtr_base))
+    _resume_after(mon, ev)
+    return f"emulated SGDT: stored the virtual GDTR (base {v.gdtr_base:#x})"
+
+
 def emulate_sidt(mon: "TrapAndEmulate", ev: Event) -> Optional[str]:
     # traps only under `virtualizable`; at every CPL it stores the *virtual* IDTR
     v = mon.vcpu
@@ -401,6 +422,7 @@ HANDLERS: dict[str, Callable[["TrapAndEmulate", Event], Optional[str]]] = {
     "pushfd": emulate_pushfd, "popfd": emulate_popfd, "iretd": emulate_iretd,
     "mov dr": emulate_mov_dr, "invd": emulate_cache_flush, "wbinvd": emulate_cache_flush,
     "smsw": emulate_smsw, "push sreg": emulate_push_sreg, "mov from sreg": emulate_mov_from_sreg,
+    "lgdt": emulate_lgdt, "sgdt": emulate_sgdt,
 }
 
 
@@ -448,7 +470,8 @@ class TrapAndEmulate(Monitor):
         # the monitor owns every vector: exceptions, INT n and the real timer leave run()
         machine.route(range(256), "host")
         machine.virtualizable = virtualizable
-        self._vcpu = VirtualCPU()
+        self._vcpu = VirtualCPU(gdtr_base=int(machine.cpu.gdtr_base),
+                                gdtr_limit=int(machine.cpu.gdtr_limit))
         self.devices = VirtualDevices(self._vcpu, on_timer=self._program_timer)
         self.log: list[LogEntry] = []
         self.traps = collections.Counter()       # by Event.name

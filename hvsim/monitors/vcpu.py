@@ -21,7 +21,8 @@ class VirtualCPU:
     """The state the guest kernel believes the CPU has (the real CPU holds other values).
 
     ``IF``/``iopl``: the virtual EFLAGS.IF and IOPL; ``idtr_base``/``idtr_limit``: what
-    the guest loaded with LIDT; ``cr0``..``cr4``: its control registers (CR2 is set when
+    the guest loaded with LIDT, ``gdtr_base``/``gdtr_limit`` with LGDT (at first, the GDT
+    the monitor gave it); ``cr0``..``cr4``: its control registers (CR2 is set when
     a #PF is reflected); ``pending``: a virtual interrupt vector waiting for IF=1 (or
     None); ``timer_period``/``timer_vector``: the virtual timer's programming.
     """
@@ -29,6 +30,8 @@ class VirtualCPU:
     iopl: int = 0
     idtr_base: int = 0
     idtr_limit: int = 0
+    gdtr_base: int = 0
+    gdtr_limit: int = 0
     cr0: int = 0x11            # PE | ET, as the machine's own reset value
     cr2: int = 0
     cr3: int = 0
