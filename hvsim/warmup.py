@@ -143,8 +143,8 @@ def warmup(progress=None) -> float:
     from hvsim import engine
     notice = engine.first_compile_notice
     if progress is not None:
-        report("compiling the run loop first (the longest step on an empty cache)")
         engine.first_compile_notice = False        # this function says what it does
+        report("compiling the run loop first (the longest step on an empty cache)")
     try:
         workload = assemble(_WORKLOAD)
         disassemble(workload.code, workload.origin)
