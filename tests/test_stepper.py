@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from hvsim import Machine, assemble
+from hvsim.guests import teaching_kernel
 from hvsim.lessons import l01_rings as l01
-from hvsim.monitors import LogEntry, Monitor
+from hvsim.monitors import LogEntry, Monitor, TrapAndEmulate
 from hvsim.widgets import StepperController, Stepper
 from hvsim.widgets.controller import HOST, snapshot_nbytes
 
@@ -555,3 +556,66 @@ def test_trap_log_shows_the_newest_trap_first():
     steps = [int(s) for s in re.findall(r'class="hvsim-trap" data-step="(\d+)"', c.view().traplog_html)]
     assert len(steps) >= 2 and steps == sorted(steps, reverse=True)
     assert steps[0] == max(r.step for r in c.trap_log)
+
+
+# ---- the disassembly decodes only from known instruction starts ----------------------------
+KERNEL = teaching_kernel()
+
+
+def lesson02_controller(**kw):
+    mon = TrapAndEmulate(program=KERNEL)
+    return mon, StepperController(mon, **kw)
+
+
+def code_lines(c):
+    return [ln for ln in c.disassembly() if ln.kind == "code"]
+
+
+def test_disassembly_before_eip_starts_only_at_known_instruction_starts():
+    mon, c = lesson02_controller()
+    prog = KERNEL
+    start = prog.labels["start"]
+    lines = c.disassembly()
+    assert [ln.text for ln in lines[:c.before]][-1] == "start:"     # nothing decoded before it
+    assert all(ln.address is None for ln in lines[:c.before])
+    c.step()                                                        # LIDT, emulated
+    rows = code_lines(c)
+    (lidt,) = [ln for ln in rows if ln.address == start]
+    assert lidt.text.startswith("lidt") and lidt.hexbytes == prog.code[:7].hex(" ")
+    assert not [ln for ln in rows if ln.address < start or start < ln.address < start + 7]
+    assert "add byte ptr [eax], al" not in c.render_text()
+    # raw bytes, no program: the bytes before EIP are decoded only from where the CPU was
+    m = Machine(memory=1 << 16)
+    m.load(bytes(prog.code), origin=start)
+    m.cpu.eip = start + 7
+    c = StepperController(m)
+    assert all(ln.kind == "" for ln in c.disassembly()[:c.before])
+    m.cpu.eip = start
+    c = StepperController(m)
+    c.step_n(2)
+    assert [ln.address for ln in code_lines(c)][:3] == [start, start + 7, start + 12]
+
+
+def test_disassembly_shows_data_as_data_and_the_labels():
+    m, prog = bare(SUM)
+    c = StepperController(m)
+    c.step_n(3)
+    text = c.render_text()
+    assert "add byte ptr [eax], al" not in text and "   again:" in text
+    (pad,) = [ln for ln in c.disassembly() if ln.kind == "data"]    # the zeros after HLT
+    assert pad.address == 0x1000 + len(prog.code) and "db 0" in pad.text
+    # the kernel's data after puts: its IDTR image and counters, under their labels
+    mon, c = lesson02_controller(after=8)
+    lab = KERNEL.labels
+    mon.machine.breakpoints.add(lab["puts.done"])
+    assert c.run().reason == "breakpoint"
+    shown = [ln.label().strip() for ln in c.disassembly() if ln.kind]
+    i = shown.index("idtr:")
+    assert shown[i + 1].endswith("dw 0x7ff") and shown[i + 2].endswith("dd 0x30000")
+    assert shown[i + 3] == "ticks:" and shown[i + 4].endswith("dd 0")
+    assert [ln.kind for ln in c.disassembly() if ln.address == lab["idtr"]] == ["data"]
+    # user and kernel code told apart by their labels
+    mon.machine.breakpoints.clear()
+    mon.machine.breakpoints.add(lab["user"])
+    c.run()
+    assert c.disassembly()[c.before - 1].text == "user:" and c.disassembly()[c.before].current

@@ -56,6 +56,7 @@ DEFAULT_CHUNK = 4_000                # steps between two looks at the event loop
 MAX_STEP_N = 10_000_000
 TRAP_LOG_CAP = 2000
 KNOWN_STARTS_CAP = 4096
+ENDS_FLOW = {"jmp", "ret", "retf", "iretd", "hlt", "ud2", "(bad)"}   # no fall-through after these
 
 HOST = "host/monitor (ring 0)"
 OUTSIDE_CHANGE = ("the machine was changed outside this stepper (by other code or another "
@@ -175,13 +176,16 @@ class StepperController:
     checkpoint_bytes : memory the checkpoints of the history may use (see module doc).
     checkpoint_interval : steps between two checkpoints.
     run_budget : the most steps one Run or Run to next trap takes.
+    program : the assembled Program (or a list of them) whose labels, instruction
+        starts and data the disassembly trusts; by default those the machine loaded
+        (``Machine.programs``).
     """
 
     def __init__(self, target, *, before: int = 4, after: int = 10,
                  io: Optional[Callable] = None,
                  checkpoint_bytes: int = DEFAULT_CHECKPOINT_BYTES,
                  checkpoint_interval: int = DEFAULT_CHECKPOINT_INTERVAL,
-                 run_budget: int = DEFAULT_RUN_BUDGET):
+                 run_budget: int = DEFAULT_RUN_BUDGET, program=None):
         if isinstance(target, Machine):
             self.machine = target
         else:
@@ -194,6 +198,12 @@ class StepperController:
             self.machine = target.machine
         self.target = target
         self._target_step = target.step
+        if program is not None and not isinstance(program, (list, tuple)):
+            program = [program]
+        if program is not None and not all(hasattr(p, "listing") for p in program):
+            raise TypeError("program must be an assembled Program or a list of them")
+        self._programs = program
+        self._cmap_key, self._cmap = None, R.NO_CODE_MAP
         self._has_log = getattr(target, "log", None) is not None
         self.before = _check_count("before", before, 0, 64)
         self.after = _check_count("after", after, 0, 64)
@@ -225,7 +235,7 @@ class StepperController:
         self.last_result: Optional[RunResult] = None
         self.last_event = None
         self.message = ""
-        self._known = {}                       # insertion-ordered set of visited EIPs
+        self._known = {}                       # trusted instruction starts: visited EIPs, decoded rows
         self._sync_sources()
         self._regs = R.read_registers(self.machine)
         self.changed = frozenset()
@@ -355,9 +365,11 @@ class StepperController:
             del cps[best]
 
     def _note_eip(self):
-        eip = self._eip_linear()
-        self._known.pop(eip, None)
-        self._known[eip] = None
+        self._trust(self._eip_linear())
+
+    def _trust(self, address: int):
+        self._known.pop(address, None)
+        self._known[address] = None
         if len(self._known) > KNOWN_STARTS_CAP:
             del self._known[next(iter(self._known))]
 
@@ -525,9 +537,33 @@ class StepperController:
         return True
 
     # ---- rendering ---------------------------------------------------------------------------------
+    def _code_map(self, eip: int) -> R.CodeMap:
+        """The map of the programs (their load addresses taken as linear: not used when
+        paging maps EIP elsewhere)."""
+        progs = self._programs if self._programs is not None else getattr(self.machine, "programs", ())
+        key = tuple(map(id, progs))
+        if key != self._cmap_key:
+            self._cmap_key, self._cmap = key, R.CodeMap(progs)
+        if self.machine.cpu.cr0 & R.CR0_PG and R._translate(self.machine, eip) != eip:
+            return R.NO_CODE_MAP
+        return self._cmap
+
     def disassembly(self) -> list:
-        return R.disassembly_window(self.machine, self._eip_linear(), self.before, self.after,
-                                    frozenset(self.machine.breakpoints), frozenset(self._known))
+        eip = self._eip_linear()
+        lines = R.disassembly_window(self.machine, eip, self.before, self.after,
+                                     frozenset(self.machine.breakpoints), self._known,
+                                     self._code_map(eip))
+        # rows decoded from a trusted start become trusted starts too: those before EIP
+        # (they land on it), and those after it up to where control may not fall through
+        for line in lines:
+            if line.kind == "data" and line.address > eip:
+                break
+            if line.kind == "code" and line.address not in self._known:
+                self._trust(line.address)
+            if line.kind == "code" and line.address >= eip and line.text.split(" ", 1)[0] in ENDS_FLOW:
+                break
+        return lines
+
 
     @property
     def console(self) -> str:
@@ -559,7 +595,7 @@ class StepperController:
         m = self.machine
         regs = R.read_registers(m)
         out = [self.status(), ""]
-        out += [line.label() for line in self.disassembly() if line.address is not None]
+        out += [line.label() for line in self.disassembly() if line.kind]
         out += ["", R.registers_text(regs, self.changed), R.flags_text(regs["eflags"], m.cpu.cpl),
                 _ring_line(m), "", "trap log:"]
         out += ["  " + r.text() for r in self.trap_log[-20:]] or ["  (none)"]
