@@ -14,7 +14,7 @@ from hvsim.guests import teaching_kernel
 from hvsim.lessons import l01_rings as l01
 from hvsim.monitors import LogEntry, Monitor, TrapAndEmulate
 from hvsim.widgets import StepperController, Stepper
-from hvsim.widgets.controller import HOST, snapshot_nbytes
+from hvsim.widgets.controller import HOST, console_out, snapshot_nbytes
 
 SUM = """
     mov ecx, 10
@@ -619,3 +619,64 @@ def test_disassembly_shows_data_as_data_and_the_labels():
     mon.machine.breakpoints.add(lab["user"])
     c.run()
     assert c.disassembly()[c.before - 1].text == "user:" and c.disassembly()[c.before].current
+
+
+# ---- the monitor's virtual CPU beside the real one, and Run to next trap with a filter ---------
+def vcpu_value(html, field):
+    found = re.search(rf'<span data-vcpu="{field}" class="([^"]*)"[^>]*>([^<]*)</span>', html)
+    assert found, f"no data-vcpu={field}"
+    return found.group(1), found.group(2)
+
+
+def test_virtual_cpu_is_shown_and_follows_the_emulated_cli():
+    mon, c = lesson02_controller()
+    lab = KERNEL.labels
+    v = c.view().vcpu_html
+    assert "virtual CPU (the monitor's)" in v and vcpu_value(v, "IF")[1] == "0"
+    mon.machine.breakpoints.add(lab["sys_ticks"] + 1)               # the CLI after PUSHF
+    assert c.run().reason == "breakpoint" and mon.vcpu.IF == 1
+    v = c.view().vcpu_html
+    assert vcpu_value(v, "IF")[1] == "1" and vcpu_value(v, "idtr_base")[1] == "00030000"
+    assert "virtual CPU (the monitor's): IF=1" in c.render_text()
+    c.step()                                                        # CLI traps: emulated
+    assert mon.vcpu.IF == 0 and mon.machine.cpu.eflags & 0x200      # the real IF stays 1
+    assert vcpu_value(c.view().vcpu_html, "IF") == ("hvsim-vreg hvsim-changed", "0")
+    assert "IF=0*" in c.render_text()
+    # a bare machine has no virtual CPU: nothing extra
+    m, _ = bare(SUM)
+    c = StepperController(m)
+    assert c.vcpu is None and c.view().vcpu_html == "" and "virtual CPU" not in c.render_text()
+
+
+def test_run_to_trap_passes_over_console_outs():
+    mon, c = lesson02_controller()
+    first = [c.run_to_trap().event for _ in range(3)]              # LIDT, OUT timer, OUT 'k'
+    assert [r.mnemonic for r in first] == ["lidt", "out", "out"]
+    assert first[1].port == 0x40 and first[2].port == 0xE9 and console_out(first[2])
+    c.reset()
+    stops = [c.run_to_trap(skip=console_out).event for _ in range(3)]
+    assert [r.mnemonic for r in stops] == ["lidt", "out", "sti"]
+    assert mon.console == "kernel up\n" and not any(console_out(r) for r in stops)
+    with pytest.raises(TypeError, match="skip"):
+        c.run_to_trap(skip="out")
+
+    async def run():
+        return await c.run_async(stop_at_trap=True, skip=lambda r: r.mnemonic != "cli", chunk=50)
+    r = asyncio.run(run())
+    assert r.reason == "trap" and r.event.mnemonic == "cli" and mon.vcpu.IF == 0
+
+
+def test_widget_shows_the_virtual_cpu_and_skips_console_outs():
+    mon = TrapAndEmulate(program=teaching_kernel())
+    s = Stepper(mon)
+    assert "hvsim-vcpu" in s.vcpu_panel._dom_classes and "virtual CPU" in s.vcpu_panel.value
+    assert "hvsim-skip-out" in s.skip_out._dom_classes and s.skip_out.value is True
+    for _ in range(3):
+        s.run_trap_button.click()                                   # no event loop: at once
+    assert s.controller.last_result.event.mnemonic == "sti"
+    assert vcpu_value(s.vcpu_panel.value, "IF")[1] == "1"
+    s.skip_out.value = False
+    s.run_trap_button.click()
+    assert s.controller.last_result.reason in ("trap", "event")
+    m, _ = bare(SUM)
+    assert Stepper(m).vcpu_panel.layout.display == "none"

@@ -74,6 +74,58 @@ def registers_text(regs: dict, changed: Iterable[str]) -> str:
     return "\n".join(lines)
 
 
+# ---- the virtual CPU a software monitor keeps -------------------------------------------
+VCPU_FIELDS = (("IF", "IF"), ("iopl", "IOPL"), ("pending", "pending"), ("idtr_base", "IDTR base"),
+               ("idtr_limit", "IDTR limit"), ("cr0", "CR0"), ("cr2", "CR2"), ("cr3", "CR3"),
+               ("cr4", "CR4"), ("timer_period", "timer period"), ("timer_vector", "timer vector"))
+
+
+def read_vcpu(v) -> dict:
+    """A :class:`hvsim.monitors.VirtualCPU`'s fields the stepper shows, as {field: value}."""
+    return {f: getattr(v, f) for f, _ in VCPU_FIELDS}
+
+
+def _vcpu_value(field: str, x) -> str:
+    if field == "pending":
+        return "none" if x is None else f"vector {x:#x}"
+    if field in ("IF", "iopl", "timer_period"):
+        return str(x)
+    if field in ("idtr_limit", "timer_vector"):
+        return f"{x:#x}"
+    return f"{x:08x}"
+
+
+def _vcpu_sentences(vals: dict, real_eflags: int) -> tuple:
+    real_if, real_iopl = int(bool(real_eflags & int(Flag.IF))), (real_eflags & IOPL_MASK) >> IOPL_SHIFT
+    if_text = ("virtual IF=1: the monitor injects virtual interrupts" if vals["IF"] else
+               "virtual IF=0: the monitor holds virtual interrupts pending")
+    return if_text, f"the real CPU (left) has IF={real_if} IOPL={real_iopl}"
+
+
+def vcpu_html(vals: dict, changed: Iterable[str], real_eflags: int) -> str:
+    """The monitor's virtual CPU: what the guest kernel believes the CPU holds."""
+    changed = set(changed)
+    rows = []
+    for f, name in VCPU_FIELDS:
+        hit = f in changed
+        cls = "hvsim-vreg hvsim-changed" if hit else "hvsim-vreg"
+        style = ' style="background:#ffe08a;font-weight:bold"' if hit else ""
+        rows.append(f'<tr><td style="padding:0 4px;color:#555">{name}</td><td><span '
+                    f'data-vcpu="{f}" class="{cls}"{style}>{_vcpu_value(f, vals[f])}</span></td></tr>')
+    if_text, real_text = _vcpu_sentences(vals, real_eflags)
+    return ('<div class="hvsim-vcpu-panel"><b>virtual CPU (the monitor\'s)</b>'
+            '<table style="font-family:monospace;border-collapse:collapse">' + "".join(rows) +
+            f'</table><div data-vcpu-text="if">{html.escape(if_text)}</div>'
+            f'<div style="color:#7a8796">{html.escape(real_text)}</div></div>')
+
+
+def vcpu_text(vals: dict, changed: Iterable[str], real_eflags: int) -> str:
+    changed = set(changed)
+    parts = [f"{name}={_vcpu_value(f, vals[f])}{'*' if f in changed else ''}" for f, name in VCPU_FIELDS]
+    return ("virtual CPU (the monitor's): " + " ".join(parts[:3]) + "\n  " + " ".join(parts[3:])
+            + "\n  " + "\n  ".join(_vcpu_sentences(vals, real_eflags)))
+
+
 # ---- EFLAGS ------------------------------------------------------------------------
 # the status and control bits shown, in the SDM's order (Vol. 1, Figure 3-8)
 FLAG_BITS = ("CF", "PF", "AF", "ZF", "SF", "TF", "IF", "DF", "OF", "NT", "RF", "VM", "AC", "ID")
@@ -193,6 +245,8 @@ class TrapRecord:
     resumes the guest; None when nothing was pushed (exits to the host or hypervisor,
     monitor log entries). ``handler``: who handled it, 'guest ring N (IDT)' or
     'host/monitor (ring 0)'. ``action``: what the host or monitor did, if anything.
+    ``mnemonic``/``port``: the trapping instruction's mnemonic ('out') and, for IN/OUT,
+    its port, when known (what a Run to next trap filter looks at).
     """
     step: int
     name: str
@@ -204,6 +258,8 @@ class TrapRecord:
     handler: str
     action: str = ""
     return_eip: Optional[int] = None
+    mnemonic: str = ""
+    port: Optional[int] = None
 
     def text(self) -> str:
         err = "-" if self.error_code is None else f"{self.error_code:#x}"
