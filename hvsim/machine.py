@@ -597,6 +597,9 @@ class Machine:
         self._exceptions = exceptions
         self.cpu = CPU(self)
         self.breakpoints: set = set()
+        # the assembled Programs loaded, newest last: what a disassembler may trust
+        # about memory (where instructions start, which bytes are data, the labels)
+        self.programs: list = []
         self._bp_written = None
         self._raw_mem = self._mem.view(np.ndarray)
         # bumped by everything that changes the machine from outside a kernel: runs,
@@ -787,6 +790,10 @@ class Machine:
             raise ValueError(f"{len(code)} bytes at {origin:#x} do not fit in {len(self._mem):#x} bytes of memory")
         self._mem[origin:origin + len(code)] = np.frombuffer(code, np.uint8)
         self.cpu.eip = _check_int("entry", start, 0, 0xFFFFFFFF)
+        end = origin + len(code)
+        self.programs = [p for p in self.programs if p.origin + len(p.code) <= origin or p.origin >= end]
+        if getattr(program, "origin", None) == origin and hasattr(program, "listing"):
+            self.programs.append(program)
 
     # ---- guest memory for monitors: bulk, by linear address, through the guest's paging --
     def _translate_page(self, lin: int, write: bool, user: bool) -> int:

@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 
 from hvsim import Machine, assemble
+from hvsim.guests import teaching_kernel
 from hvsim.lessons import l01_rings as l01
-from hvsim.monitors import LogEntry, Monitor
+from hvsim.monitors import LogEntry, Monitor, TrapAndEmulate
 from hvsim.widgets import StepperController, Stepper
-from hvsim.widgets.controller import HOST, snapshot_nbytes
+from hvsim.widgets.controller import HOST, console_out, snapshot_nbytes
 
 SUM = """
     mov ecx, 10
@@ -555,3 +556,127 @@ def test_trap_log_shows_the_newest_trap_first():
     steps = [int(s) for s in re.findall(r'class="hvsim-trap" data-step="(\d+)"', c.view().traplog_html)]
     assert len(steps) >= 2 and steps == sorted(steps, reverse=True)
     assert steps[0] == max(r.step for r in c.trap_log)
+
+
+# ---- the disassembly decodes only from known instruction starts ----------------------------
+KERNEL = teaching_kernel()
+
+
+def lesson02_controller(**kw):
+    mon = TrapAndEmulate(program=KERNEL)
+    return mon, StepperController(mon, **kw)
+
+
+def code_lines(c):
+    return [ln for ln in c.disassembly() if ln.kind == "code"]
+
+
+def test_disassembly_before_eip_starts_only_at_known_instruction_starts():
+    mon, c = lesson02_controller()
+    prog = KERNEL
+    start = prog.labels["start"]
+    lines = c.disassembly()
+    assert [ln.text for ln in lines[:c.before]][-1] == "start:"     # nothing decoded before it
+    assert all(ln.address is None for ln in lines[:c.before])
+    c.step()                                                        # LIDT, emulated
+    rows = code_lines(c)
+    (lidt,) = [ln for ln in rows if ln.address == start]
+    assert lidt.text.startswith("lidt") and lidt.hexbytes == prog.code[:7].hex(" ")
+    assert not [ln for ln in rows if ln.address < start or start < ln.address < start + 7]
+    assert "add byte ptr [eax], al" not in c.render_text()
+    # raw bytes, no program: the bytes before EIP are decoded only from where the CPU was
+    m = Machine(memory=1 << 16)
+    m.load(bytes(prog.code), origin=start)
+    m.cpu.eip = start + 7
+    c = StepperController(m)
+    assert all(ln.kind == "" for ln in c.disassembly()[:c.before])
+    m.cpu.eip = start
+    c = StepperController(m)
+    c.step_n(2)
+    assert [ln.address for ln in code_lines(c)][:3] == [start, start + 7, start + 12]
+
+
+def test_disassembly_shows_data_as_data_and_the_labels():
+    m, prog = bare(SUM)
+    c = StepperController(m)
+    c.step_n(3)
+    text = c.render_text()
+    assert "add byte ptr [eax], al" not in text and "   again:" in text
+    (pad,) = [ln for ln in c.disassembly() if ln.kind == "data"]    # the zeros after HLT
+    assert pad.address == 0x1000 + len(prog.code) and "db 0" in pad.text
+    # the kernel's data after puts: its IDTR image and counters, under their labels
+    mon, c = lesson02_controller(after=8)
+    lab = KERNEL.labels
+    mon.machine.breakpoints.add(lab["puts.done"])
+    assert c.run().reason == "breakpoint"
+    shown = [ln.label().strip() for ln in c.disassembly() if ln.kind]
+    i = shown.index("idtr:")
+    assert shown[i + 1].endswith("dw 0x7ff") and shown[i + 2].endswith("dd 0x30000")
+    assert shown[i + 3] == "ticks:" and shown[i + 4].endswith("dd 0")
+    assert [ln.kind for ln in c.disassembly() if ln.address == lab["idtr"]] == ["data"]
+    # user and kernel code told apart by their labels
+    mon.machine.breakpoints.clear()
+    mon.machine.breakpoints.add(lab["user"])
+    c.run()
+    assert c.disassembly()[c.before - 1].text == "user:" and c.disassembly()[c.before].current
+
+
+# ---- the monitor's virtual CPU beside the real one, and Run to next trap with a filter ---------
+def vcpu_value(html, field):
+    found = re.search(rf'<span data-vcpu="{field}" class="([^"]*)"[^>]*>([^<]*)</span>', html)
+    assert found, f"no data-vcpu={field}"
+    return found.group(1), found.group(2)
+
+
+def test_virtual_cpu_is_shown_and_follows_the_emulated_cli():
+    mon, c = lesson02_controller()
+    lab = KERNEL.labels
+    v = c.view().vcpu_html
+    assert "virtual CPU (the monitor's)" in v and vcpu_value(v, "IF")[1] == "0"
+    mon.machine.breakpoints.add(lab["sys_ticks"] + 1)               # the CLI after PUSHF
+    assert c.run().reason == "breakpoint" and mon.vcpu.IF == 1
+    v = c.view().vcpu_html
+    assert vcpu_value(v, "IF")[1] == "1" and vcpu_value(v, "idtr_base")[1] == "00030000"
+    assert "virtual CPU (the monitor's): IF=1" in c.render_text()
+    c.step()                                                        # CLI traps: emulated
+    assert mon.vcpu.IF == 0 and mon.machine.cpu.eflags & 0x200      # the real IF stays 1
+    assert vcpu_value(c.view().vcpu_html, "IF") == ("hvsim-vreg hvsim-changed", "0")
+    assert "IF=0*" in c.render_text()
+    # a bare machine has no virtual CPU: nothing extra
+    m, _ = bare(SUM)
+    c = StepperController(m)
+    assert c.vcpu is None and c.view().vcpu_html == "" and "virtual CPU" not in c.render_text()
+
+
+def test_run_to_trap_passes_over_console_outs():
+    mon, c = lesson02_controller()
+    first = [c.run_to_trap().event for _ in range(3)]              # LIDT, OUT timer, OUT 'k'
+    assert [r.mnemonic for r in first] == ["lidt", "out", "out"]
+    assert first[1].port == 0x40 and first[2].port == 0xE9 and console_out(first[2])
+    c.reset()
+    stops = [c.run_to_trap(skip=console_out).event for _ in range(3)]
+    assert [r.mnemonic for r in stops] == ["lidt", "out", "sti"]
+    assert mon.console == "kernel up\n" and not any(console_out(r) for r in stops)
+    with pytest.raises(TypeError, match="skip"):
+        c.run_to_trap(skip="out")
+
+    async def run():
+        return await c.run_async(stop_at_trap=True, skip=lambda r: r.mnemonic != "cli", chunk=50)
+    r = asyncio.run(run())
+    assert r.reason == "trap" and r.event.mnemonic == "cli" and mon.vcpu.IF == 0
+
+
+def test_widget_shows_the_virtual_cpu_and_skips_console_outs():
+    mon = TrapAndEmulate(program=teaching_kernel())
+    s = Stepper(mon)
+    assert "hvsim-vcpu" in s.vcpu_panel._dom_classes and "virtual CPU" in s.vcpu_panel.value
+    assert "hvsim-skip-out" in s.skip_out._dom_classes and s.skip_out.value is True
+    for _ in range(3):
+        s.run_trap_button.click()                                   # no event loop: at once
+    assert s.controller.last_result.event.mnemonic == "sti"
+    assert vcpu_value(s.vcpu_panel.value, "IF")[1] == "1"
+    s.skip_out.value = False
+    s.run_trap_button.click()
+    assert s.controller.last_result.reason in ("trap", "event")
+    m, _ = bare(SUM)
+    assert Stepper(m).vcpu_panel.layout.display == "none"

@@ -98,12 +98,15 @@ class Program:
     """Assembled code: ``code`` loads at ``origin``; ``entry`` is label ``start``
     if defined, else ``origin``.  ``labels`` holds labels and ``equ`` constants
     (local labels under their full name ``global.local``).  ``listing`` has one
-    ``(address, bytes, line_no, text)`` per source statement."""
+    ``(address, bytes, line_no, text)`` per source statement; ``data`` the
+    ``(address, size)`` of each statement that is data, not code (db/dw/dd, org
+    padding), so a disassembler need not decode it."""
     code: bytes
     origin: int
     labels: dict
     entry: int
     listing: list = field(default_factory=list)
+    data: list = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.code)
@@ -1066,6 +1069,7 @@ def _run_pass(stmts: list, origin: int, prev: dict, final: bool):
     addr = origin
     code = bytearray()
     listing = []
+    data = []
     started = False
     for st in stmts:
         ctx.here = addr
@@ -1092,6 +1096,8 @@ def _run_pass(stmts: list, origin: int, prev: dict, final: bool):
             pad = max(0, value - addr)
             code += bytes(pad)
             listing.append((addr, bytes(pad), line.lineno, line.text))
+            if pad:
+                data.append((addr, pad))
             addr += pad
             continue
         started = True
@@ -1119,8 +1125,10 @@ def _run_pass(stmts: list, origin: int, prev: dict, final: bool):
                 chunk += _assemble_insn(st, ctx, addr + len(chunk))
         code += chunk
         listing.append((addr, bytes(chunk), line.lineno, line.text))
+        if st.kind == "data" and chunk:
+            data.append((addr, len(chunk)))
         addr += len(chunk)
-    return bytes(code), origin, dict(ctx.syms), listing, ctx.unknown
+    return bytes(code), origin, dict(ctx.syms), listing, data, ctx.unknown
 
 
 def assemble(source: str, origin: int = 0x1000) -> Program:
@@ -1136,11 +1144,11 @@ def assemble(source: str, origin: int = 0x1000) -> Program:
         stmts.extend(_parse_line(_Line(lineno, text.rstrip("\r")), scope, seen))
     prev = None
     for _ in range(MAX_PASSES):
-        code, org, syms, listing, unknown = _run_pass(stmts, origin, prev or {}, False)
+        code, org, syms, listing, data, unknown = _run_pass(stmts, origin, prev or {}, False)
         if syms == prev:
             if unknown:
                 _run_pass(stmts, origin, prev, True)      # raises "undefined label"
-            return Program(code, org, syms, syms.get("start", org), listing)
+            return Program(code, org, syms, syms.get("start", org), listing, data)
         prev = syms
     raise AsmError(f"labels did not settle after {MAX_PASSES} passes "
                    "(a times count or org that depends on later code?)")

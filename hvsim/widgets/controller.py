@@ -45,8 +45,9 @@ from typing import Callable, Optional
 import numpy as np
 
 from hvsim.arch import layout as L
+from hvsim.cpu.devices import CONSOLE_PORT
 from hvsim.machine import Machine
-from hvsim.monitors import LogEntry, Monitor
+from hvsim.monitors import LogEntry, Monitor, VirtualCPU
 from hvsim.widgets import render as R
 
 DEFAULT_CHECKPOINT_BYTES = 128 << 20
@@ -56,6 +57,8 @@ DEFAULT_CHUNK = 4_000                # steps between two looks at the event loop
 MAX_STEP_N = 10_000_000
 TRAP_LOG_CAP = 2000
 KNOWN_STARTS_CAP = 4096
+OPC_IO_IMM = (0xE4, 0xE5, 0xE6, 0xE7)   # IN/OUT with an imm8 port; EC-EF use DX
+ENDS_FLOW = {"jmp", "ret", "retf", "iretd", "hlt", "ud2", "(bad)"}   # no fall-through after these
 
 HOST = "host/monitor (ring 0)"
 OUTSIDE_CHANGE = ("the machine was changed outside this stepper (by other code or another "
@@ -77,6 +80,12 @@ def _ring_line(machine) -> str:
     cpl = machine.cpu.cpl
     extra = ", VMX non-root: a guest of a hypervisor" if mode == "non-root" else ""
     return f"ring: CPL {cpl} ({R.RING_NAMES[cpl]}{extra})"
+
+
+def console_out(rec) -> bool:
+    """A trap-log record of an OUT to the console port (a filter for Run to next trap:
+    a guest that prints traps once per character)."""
+    return rec.mnemonic == "out" and rec.port == CONSOLE_PORT
 
 
 def floating_bus(event) -> int:
@@ -125,6 +134,12 @@ class View:
     traplog_html: str
     console_html: str
     status: str
+    vcpu_html: str = ""          # the monitor's virtual CPU; "" when the target has none
+
+
+def _check_skip(skip) -> None:
+    if skip is not None and not callable(skip):
+        raise TypeError(f"skip must be a function record -> bool (e.g. console_out), got {skip!r}")
 
 
 def _check_count(name: str, n, lo: int = 1, hi: int = MAX_STEP_N) -> int:
@@ -175,13 +190,16 @@ class StepperController:
     checkpoint_bytes : memory the checkpoints of the history may use (see module doc).
     checkpoint_interval : steps between two checkpoints.
     run_budget : the most steps one Run or Run to next trap takes.
+    program : the assembled Program (or a list of them) whose labels, instruction
+        starts and data the disassembly trusts; by default those the machine loaded
+        (``Machine.programs``).
     """
 
     def __init__(self, target, *, before: int = 4, after: int = 10,
                  io: Optional[Callable] = None,
                  checkpoint_bytes: int = DEFAULT_CHECKPOINT_BYTES,
                  checkpoint_interval: int = DEFAULT_CHECKPOINT_INTERVAL,
-                 run_budget: int = DEFAULT_RUN_BUDGET):
+                 run_budget: int = DEFAULT_RUN_BUDGET, program=None):
         if isinstance(target, Machine):
             self.machine = target
         else:
@@ -194,6 +212,12 @@ class StepperController:
             self.machine = target.machine
         self.target = target
         self._target_step = target.step
+        if program is not None and not isinstance(program, (list, tuple)):
+            program = [program]
+        if program is not None and not all(hasattr(p, "listing") for p in program):
+            raise TypeError("program must be an assembled Program or a list of them")
+        self._programs = program
+        self._cmap_key, self._cmap = None, R.NO_CODE_MAP
         self._has_log = getattr(target, "log", None) is not None
         self.before = _check_count("before", before, 0, 64)
         self.after = _check_count("after", after, 0, 64)
@@ -225,9 +249,11 @@ class StepperController:
         self.last_result: Optional[RunResult] = None
         self.last_event = None
         self.message = ""
-        self._known = {}                       # insertion-ordered set of visited EIPs
+        self._known = {}                       # trusted instruction starts: visited EIPs, decoded rows
         self._sync_sources()
         self._regs = R.read_registers(self.machine)
+        self._vregs = self._read_vcpu()
+        self.vchanged = frozenset()
         self.changed = frozenset()
         self._note_eip()
         self._generation = self.machine.generation
@@ -264,39 +290,37 @@ class StepperController:
                 "was the machine changed outside the stepper? Call rebase() after such changes.")
         self.position = i + 1
         if not record:
-            return ev, 0
+            return ev, ()
         # fast path: a plain step records nothing in the trace
         head = self.machine.trace_head
         if ev is None and head == self._trace_head and not self._has_log:
             self._trace_head = head
-            delivered = 0
+            traps = ()
         else:
-            delivered = self._collect(ev, head)
+            traps = self._collect(ev, head)
         if i + 1 - self._checkpoints[-1].position >= self.checkpoint_interval:
             self._add_checkpoint()
-        return ev, delivered
+        return ev, traps
 
-    def _collect(self, ev, head) -> int:
-        """Append this step's trap-log records; returns how many traps were handled in
+    def _collect(self, ev, head) -> list:
+        """Append this step's trap-log records; returns those of the traps handled in
         this step (deliveries through the guest IDT, entries in the monitor's log)."""
-        delivered = 0
+        traps = []
         if head != self._trace_head:
             for t in self.machine.trace_since(self._trace_head):
                 if t.kind == "delivered":
-                    self._log(R.TrapRecord(self.position, t.name, t.vector, t.error_code,
-                                           t.eip, t.cpl_from, t.cpl_to,
-                                           f"guest ring {t.cpl_to} (IDT)",
-                                           return_eip=t.return_eip))
-                    delivered += 1
+                    traps.append(self._log(R.TrapRecord(
+                        self.position, t.name, t.vector, t.error_code, t.eip, t.cpl_from,
+                        t.cpl_to, f"guest ring {t.cpl_to} (IDT)", return_eip=t.return_eip)))
                 elif t.kind == "vm_exit":           # to ring -1: the hypervisor's exit handler
-                    self._log(R.TrapRecord(self.position, t.name, t.vector, t.error_code, t.eip,
-                                           t.cpl_from, -1, "hypervisor (ring -1, VMX root)"))
-                    delivered += 1
+                    traps.append(self._log(R.TrapRecord(
+                        self.position, t.name, t.vector, t.error_code, t.eip, t.cpl_from, -1,
+                        "hypervisor (ring -1, VMX root)")))
                 elif t.kind == "vm_entry":          # from ring -1 into the guest
                     self._log(R.TrapRecord(self.position, t.name, None, None, t.eip, -1,
                                            t.cpl_to, f"guest ring {t.cpl_to} (VMX non-root)"))
             self._trace_head = head
-        from_monitor = 0
+        from_monitor = False
         if self._has_log:
             log = self.target.log
             n = len(log)
@@ -304,19 +328,20 @@ class StepperController:
                 self._log_len = n
             new = log[self._log_len:n] if isinstance(log, (list, tuple)) else list(log)[self._log_len:n]
             for e in new:
-                self._log(self._monitor_record(e))
-                from_monitor += 1
+                traps.append(self._log(self._monitor_record(e)))
+                from_monitor = True
             self._log_len = n
         if ev is not None and not from_monitor and getattr(ev, "kind", None) != "breakpoint":
             self._log(self._event_record(ev))
         if ev is not None:
             self.last_event = ev
-        return delivered + from_monitor
+        return traps
 
     def _log(self, rec):
         self.trap_log.append(rec)
         if len(self.trap_log) > TRAP_LOG_CAP:
             del self.trap_log[:len(self.trap_log) - TRAP_LOG_CAP]
+        return rec
 
     def _event_record(self, ev) -> R.TrapRecord:
         action = ""
@@ -328,14 +353,18 @@ class StepperController:
         elif ev.kind == "exception":
             action = "exit to the host: the guest's IDT is not used"
         return R.TrapRecord(self.position, ev.name, ev.vector, ev.error_code, ev.eip, ev.cpl,
-                            None, HOST, action)
+                            None, HOST, action,
+                            mnemonic=ev.direction if ev.kind == "io" else "",
+                            port=ev.port if ev.kind == "io" else None)
 
     def _monitor_record(self, e: LogEntry) -> R.TrapRecord:
-        action = e.action
-        if e.insn is not None:
+        action, insn, port = e.action, e.insn, None
+        if insn is not None:
             action = f"{e.instruction}: {action}" if action else e.instruction
+            if insn.mnemonic in ("in", "out"):      # the port: imm8, or DX (which they keep)
+                port = insn.imm if insn.opcode in OPC_IO_IMM else self.machine.cpu.edx & 0xFFFF
         return R.TrapRecord(self.position, e.trap, e.vector, e.error_code, e.eip, e.ring,
-                            None, HOST, action)
+                            None, HOST, action, mnemonic=insn.mnemonic if insn else "", port=port)
 
     def _add_checkpoint(self):
         self._checkpoints.append(self._checkpoint(self.position))
@@ -355,9 +384,11 @@ class StepperController:
             del cps[best]
 
     def _note_eip(self):
-        eip = self._eip_linear()
-        self._known.pop(eip, None)
-        self._known[eip] = None
+        self._trust(self._eip_linear())
+
+    def _trust(self, address: int):
+        self._known.pop(address, None)
+        self._known[address] = None
         if len(self._known) > KNOWN_STARTS_CAP:
             del self._known[next(iter(self._known))]
 
@@ -380,6 +411,8 @@ class StepperController:
         self._generation = self.machine.generation
         self._regs = R.read_registers(self.machine)
         self.changed = frozenset(r for r, v in self._regs.items() if self._regs_before[r] != v)
+        vregs, self._vregs = self._vregs, self._read_vcpu()
+        self.vchanged = frozenset(f for f, v in self._vregs.items() if vregs.get(f, v) != v)
         self.last_result = result
         self._note_eip()
         return result
@@ -397,12 +430,14 @@ class StepperController:
         self._begin()
         return self._end(self._steps(n, stop_at_trap=False, use_breakpoints=False, stop_at_event=True))
 
-    def run_to_trap(self, budget: Optional[int] = None) -> RunResult:
-        """Run to next trap: until an event, a delivery through the guest IDT, a breakpoint
-        or ``budget`` steps."""
+    def run_to_trap(self, budget: Optional[int] = None, skip: Optional[Callable] = None) -> RunResult:
+        """Run to next trap: until an event, a trap handled by the guest IDT, the monitor
+        or the hypervisor, a breakpoint or ``budget`` steps. ``skip(record) -> bool``
+        passes over the traps it is true for (e.g. :func:`console_out`)."""
         budget = self.run_budget if budget is None else _check_count("budget", budget, 1, 1 << 40)
+        _check_skip(skip)
         self._begin()
-        return self._end(self._steps(budget, stop_at_trap=True))
+        return self._end(self._steps(budget, stop_at_trap=True, skip=skip))
 
     def run(self, budget: Optional[int] = None) -> RunResult:
         """Run (synchronously): until an event, a breakpoint or ``budget`` steps."""
@@ -411,16 +446,18 @@ class StepperController:
         return self._end(self._steps(budget, stop_at_trap=False))
 
     def _steps(self, n: int, stop_at_trap: bool, use_breakpoints: bool = True,
-               stop_at_event: bool = True) -> RunResult:
+               stop_at_event: bool = True, skip: Optional[Callable] = None) -> RunResult:
         bps = self.machine.breakpoints if use_breakpoints else ()
         cpu = self.machine.cpu
         flat = self.machine.cpu.segment("cs")["base"] == 0
         for done in range(1, n + 1):
-            ev, delivered = self._tick()
+            ev, traps = self._tick()
             if ev is not None and stop_at_event:
                 return RunResult("event", done, ev)
-            if delivered and stop_at_trap:
-                return RunResult("trap", done, self.trap_log[-1])
+            if traps and stop_at_trap:
+                stops = [r for r in traps if skip is None or not skip(r)]
+                if stops:
+                    return RunResult("trap", done, stops[-1])
             if bps:
                 eip = cpu.eip if flat else self._eip_linear()
                 if eip in bps:
@@ -428,12 +465,15 @@ class StepperController:
         return RunResult("done", n, None)
 
     async def run_async(self, *, stop_at_trap: bool = False, budget: Optional[int] = None,
-                        chunk: int = DEFAULT_CHUNK, on_chunk: Optional[Callable] = None) -> RunResult:
+                        chunk: int = DEFAULT_CHUNK, on_chunk: Optional[Callable] = None,
+                        skip: Optional[Callable] = None) -> RunResult:
         """Run in chunks of ``chunk`` steps, yielding to the event loop between chunks so
         that :meth:`request_stop` (the Stop button) is seen mid-run. Ends at an event, a
-        breakpoint, a trap (if ``stop_at_trap``), ``budget`` steps, or Stop."""
+        breakpoint, a trap (if ``stop_at_trap``; not one ``skip`` is true for), ``budget``
+        steps, or Stop."""
         budget = self.run_budget if budget is None else _check_count("budget", budget, 1, 1 << 40)
         chunk = _check_count("chunk", chunk)
+        _check_skip(skip)
         self._begin()
         self.running = True
         self._stop_requested = False
@@ -444,7 +484,7 @@ class StepperController:
                 if self._stop_requested:
                     result = RunResult("stopped", total, None)
                     break
-                r = self._steps(min(chunk, budget - total), stop_at_trap)
+                r = self._steps(min(chunk, budget - total), stop_at_trap, skip=skip)
                 total += r.steps
                 if r.reason != "done":
                     result = RunResult(r.reason, total, r.event)
@@ -525,9 +565,42 @@ class StepperController:
         return True
 
     # ---- rendering ---------------------------------------------------------------------------------
+    def _code_map(self, eip: int) -> R.CodeMap:
+        """The map of the programs (their load addresses taken as linear: not used when
+        paging maps EIP elsewhere)."""
+        progs = self._programs if self._programs is not None else getattr(self.machine, "programs", ())
+        key = tuple(map(id, progs))
+        if key != self._cmap_key:
+            self._cmap_key, self._cmap = key, R.CodeMap(progs)
+        if self.machine.cpu.cr0 & R.CR0_PG and R._translate(self.machine, eip) != eip:
+            return R.NO_CODE_MAP
+        return self._cmap
+
     def disassembly(self) -> list:
-        return R.disassembly_window(self.machine, self._eip_linear(), self.before, self.after,
-                                    frozenset(self.machine.breakpoints), frozenset(self._known))
+        eip = self._eip_linear()
+        lines = R.disassembly_window(self.machine, eip, self.before, self.after,
+                                     frozenset(self.machine.breakpoints), self._known,
+                                     self._code_map(eip))
+        # rows decoded from a trusted start become trusted starts too: those before EIP
+        # (they land on it), and those after it up to where control may not fall through
+        for line in lines:
+            if line.kind == "data" and line.address > eip:
+                break
+            if line.kind == "code" and line.address not in self._known:
+                self._trust(line.address)
+            if line.kind == "code" and line.address >= eip and line.text.split(" ", 1)[0] in ENDS_FLOW:
+                break
+        return lines
+
+    @property
+    def vcpu(self) -> Optional[VirtualCPU]:
+        """The target's virtual CPU (a software monitor's), or None."""
+        v = getattr(self.target, "vcpu", None) if self.target is not self.machine else None
+        return v if isinstance(v, VirtualCPU) else None
+
+    def _read_vcpu(self) -> dict:
+        v = self.vcpu
+        return {} if v is None else R.read_vcpu(v)
 
     @property
     def console(self) -> str:
@@ -550,18 +623,25 @@ class StepperController:
         m = self.machine
         regs = R.read_registers(m)
         cpl = m.cpu.cpl
+        vregs = self._read_vcpu()
+        vcpu = R.vcpu_html(vregs, self.vchanged, regs["eflags"]) if vregs else ""
         return View(self.position, cpl, self.disassembly(), R.registers_html(regs, self.changed),
                     R.flags_html(regs["eflags"], cpl), R.rings_svg(cpl, vmx_mode(m)),
-                    R.traplog_html(self.trap_log), R.console_html(self.console), self.status())
+                    R.traplog_html(self.trap_log), R.console_html(self.console), self.status(),
+                    vcpu)
 
     def render_text(self) -> str:
         """Everything the widget shows, as plain text (for scripts and tests)."""
         m = self.machine
         regs = R.read_registers(m)
         out = [self.status(), ""]
-        out += [line.label() for line in self.disassembly() if line.address is not None]
+        out += [line.label() for line in self.disassembly() if line.kind]
         out += ["", R.registers_text(regs, self.changed), R.flags_text(regs["eflags"], m.cpu.cpl),
-                _ring_line(m), "", "trap log:"]
+                _ring_line(m)]
+        vregs = self._read_vcpu()
+        if vregs:
+            out += ["", R.vcpu_text(vregs, self.vchanged, regs["eflags"])]
+        out += ["", "trap log:"]
         out += ["  " + r.text() for r in self.trap_log[-20:]] or ["  (none)"]
         out += ["", "console:", self.console]
         return "\n".join(out)

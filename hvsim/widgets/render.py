@@ -9,20 +9,22 @@ the last action), ``data-cpl`` on the ring indicator's ``<svg>``, ``data-ring`` 
 
 The disassembly window is decoded from guest memory around EIP. Decoding *forward*
 from EIP is exact; decoding *backward* is not (x86 instructions have no fixed length,
-so the bytes before EIP can be cut into instructions in several ways).
-:func:`disassembly_window` tries every start in the few dozen bytes before EIP, keeps
-the cuttings that land exactly on EIP without an undecodable byte, and prefers the one
-that passes through addresses where the CPU has really been (``known`` starts).
+so the bytes before EIP can be cut into instructions in several ways, and zero
+padding decodes as ``add byte ptr [eax], al``). So :func:`disassembly_window` decodes
+the bytes before EIP only from a trusted start -- a statement or label of the loaded
+programs (:class:`CodeMap`), an address where the CPU has been -- whose instructions
+land exactly on EIP, and shows the programs' data and runs of zero bytes as data.
 """
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import html
 from typing import Iterable, Optional
 
 import numpy as np
 
-from hvsim.asm import disassemble, disassemble_one
+from hvsim.asm import disassemble_one
 from hvsim.arch.flags import Flag, IOPL_MASK, IOPL_SHIFT
 from hvsim.arch import layout as L
 from hvsim.arch.vmcs import slot as vmcs_slot
@@ -70,6 +72,58 @@ def registers_text(regs: dict, changed: Iterable[str]) -> str:
         parts.append(f"{r}={regs[r]:0{w}x}{'*' if r in changed else ''}")
     lines = [" ".join(parts[i:i + 4]) for i in range(0, len(parts), 4)]
     return "\n".join(lines)
+
+
+# ---- the virtual CPU a software monitor keeps -------------------------------------------
+VCPU_FIELDS = (("IF", "IF"), ("iopl", "IOPL"), ("pending", "pending"), ("idtr_base", "IDTR base"),
+               ("idtr_limit", "IDTR limit"), ("cr0", "CR0"), ("cr2", "CR2"), ("cr3", "CR3"),
+               ("cr4", "CR4"), ("timer_period", "timer period"), ("timer_vector", "timer vector"))
+
+
+def read_vcpu(v) -> dict:
+    """A :class:`hvsim.monitors.VirtualCPU`'s fields the stepper shows, as {field: value}."""
+    return {f: getattr(v, f) for f, _ in VCPU_FIELDS}
+
+
+def _vcpu_value(field: str, x) -> str:
+    if field == "pending":
+        return "none" if x is None else f"vector {x:#x}"
+    if field in ("IF", "iopl", "timer_period"):
+        return str(x)
+    if field in ("idtr_limit", "timer_vector"):
+        return f"{x:#x}"
+    return f"{x:08x}"
+
+
+def _vcpu_sentences(vals: dict, real_eflags: int) -> tuple:
+    real_if, real_iopl = int(bool(real_eflags & int(Flag.IF))), (real_eflags & IOPL_MASK) >> IOPL_SHIFT
+    if_text = ("virtual IF=1: the monitor injects virtual interrupts" if vals["IF"] else
+               "virtual IF=0: the monitor holds virtual interrupts pending")
+    return if_text, f"the real CPU (left) has IF={real_if} IOPL={real_iopl}"
+
+
+def vcpu_html(vals: dict, changed: Iterable[str], real_eflags: int) -> str:
+    """The monitor's virtual CPU: what the guest kernel believes the CPU holds."""
+    changed = set(changed)
+    rows = []
+    for f, name in VCPU_FIELDS:
+        hit = f in changed
+        cls = "hvsim-vreg hvsim-changed" if hit else "hvsim-vreg"
+        style = ' style="background:#ffe08a;font-weight:bold"' if hit else ""
+        rows.append(f'<tr><td style="padding:0 4px;color:#555">{name}</td><td><span '
+                    f'data-vcpu="{f}" class="{cls}"{style}>{_vcpu_value(f, vals[f])}</span></td></tr>')
+    if_text, real_text = _vcpu_sentences(vals, real_eflags)
+    return ('<div class="hvsim-vcpu-panel"><b>virtual CPU (the monitor\'s)</b>'
+            '<table style="font-family:monospace;border-collapse:collapse">' + "".join(rows) +
+            f'</table><div data-vcpu-text="if">{html.escape(if_text)}</div>'
+            f'<div style="color:#7a8796">{html.escape(real_text)}</div></div>')
+
+
+def vcpu_text(vals: dict, changed: Iterable[str], real_eflags: int) -> str:
+    changed = set(changed)
+    parts = [f"{name}={_vcpu_value(f, vals[f])}{'*' if f in changed else ''}" for f, name in VCPU_FIELDS]
+    return ("virtual CPU (the monitor's): " + " ".join(parts[:3]) + "\n  " + " ".join(parts[3:])
+            + "\n  " + "\n  ".join(_vcpu_sentences(vals, real_eflags)))
 
 
 # ---- EFLAGS ------------------------------------------------------------------------
@@ -191,6 +245,8 @@ class TrapRecord:
     resumes the guest; None when nothing was pushed (exits to the host or hypervisor,
     monitor log entries). ``handler``: who handled it, 'guest ring N (IDT)' or
     'host/monitor (ring 0)'. ``action``: what the host or monitor did, if anything.
+    ``mnemonic``/``port``: the trapping instruction's mnemonic ('out') and, for IN/OUT,
+    its port, when known (what a Run to next trap filter looks at).
     """
     step: int
     name: str
@@ -202,6 +258,8 @@ class TrapRecord:
     handler: str
     action: str = ""
     return_eip: Optional[int] = None
+    mnemonic: str = ""
+    port: Optional[int] = None
 
     def text(self) -> str:
         err = "-" if self.error_code is None else f"{self.error_code:#x}"
@@ -242,19 +300,70 @@ def console_html(text: str, limit: int = 4000) -> str:
 # ---- the disassembly window -------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class DisasmLine:
-    """One line of the window; ``address`` None for a filler line."""
+    """One line of the window: ``kind`` 'code' (an instruction), 'data' (bytes shown as
+    db/dw/dd, never decoded), 'label' (a program's label; ``address`` None) or '' (a
+    filler line; ``address`` None)."""
     address: Optional[int]
     hexbytes: str
     text: str
     current: bool = False
     breakpoint: bool = False
+    kind: str = "code"
 
     def label(self) -> str:
+        if self.kind == "label":
+            return f"   {self.text}"
         if self.address is None:
             return self.text
         mark = "\u25ba" if self.current else " "      # a right-pointing pointer
         bp = "\u25cf" if self.breakpoint else " "     # a filled circle
         return f"{bp}{mark} {self.address:08x}  {self.hexbytes:<20} {self.text}"
+
+
+_FILLER = DisasmLine(None, "", "", kind="")
+
+
+class CodeMap:
+    """What assembled programs say about memory: the address and size of every statement
+    with bytes, which of them are data, and the labels. Only these, the addresses the
+    CPU was seen at and the rows already decoded are trusted as instruction starts: the
+    window never decodes from a guessed address before EIP."""
+
+    def __init__(self, programs=()):
+        items, labels = {}, {}
+        for p in programs:
+            data = dict(getattr(p, "data", ()))
+            for addr, code, _line, text in p.listing:
+                if code:
+                    items[addr] = (addr + len(code), addr in data)
+                else:                                   # a label statement: 'name:' first
+                    name = text.split(":", 1)[0].strip()
+                    if name and name not in labels.get(addr, ()):
+                        labels.setdefault(addr, []).append(name)
+        self.starts = sorted(items)
+        self.items = items                    # start -> (end, is data)
+        self.labels = {a: tuple(n) for a, n in labels.items()}
+        self.label_addresses = sorted(self.labels)
+
+    def item(self, addr: int):
+        """(start, end, is data) of the statement holding ``addr``, or None."""
+        k = bisect.bisect_right(self.starts, addr) - 1
+        if k >= 0:
+            start = self.starts[k]
+            end, data = self.items[start]
+            if addr < end:
+                return start, end, data
+        return None
+
+    def starts_in(self, lo: int, hi: int) -> list:
+        """Statement starts and labels in [lo, hi)."""
+        out = []
+        for seq in (self.starts, self.label_addresses):
+            out += seq[bisect.bisect_left(seq, lo):bisect.bisect_left(seq, hi)]
+        return out
+
+
+NO_CODE_MAP = CodeMap()
 
 
 def _translate(m, lin: int) -> Optional[int]:
@@ -300,56 +409,98 @@ def read_code_before(m, lin: int, n: int) -> bytes:
     return got
 
 
-def decode_before(code: bytes, end: int, count: int, known: frozenset = frozenset()) -> list:
-    """The last ``count`` instructions of a cutting of ``code`` (which ends at address
-    ``end``) that lands exactly on ``end`` with no undecodable byte; [] if none does."""
-    n = len(code)
-    base = end - n
-    nxt = [None] * n
-    for off in range(n):
-        insn = disassemble_one(code, off, base + off)
-        nxt[off] = None if insn.bad else off + insn.size
-    best, best_score = None, None
-    for start in range(n):
-        path, off = [], start
-        while off is not None and off < n:
-            path.append(off)
-            off = nxt[off]
-        if off != n:
+def _data_text(b: bytes, size: int) -> str:
+    """Bytes shown as data: a string, dwords, words or bytes; ``size`` the whole item."""
+    if size > len(b):                                  # cut by the window's read
+        return f"db {', '.join(f'{x:#04x}' for x in b[:8])}, ... ({size} bytes)"
+    if not any(b):
+        return f"times {size} db 0" if size > 4 else {4: "dd 0", 2: "dw 0"}.get(size, "db 0")
+    newline = b.endswith(b"\n")
+    body = b[:-1] if newline else b
+    if len(body) >= 3 and all(32 <= x < 127 and x != 34 for x in body):
+        return f'db "{body.decode()}"' + (", 10" if newline else "")
+    if size % 4 == 0 and size <= 16:
+        return "dd " + ", ".join(f"{int.from_bytes(b[k:k + 4], 'little'):#x}" for k in range(0, size, 4))
+    if size == 2:
+        return f"dw {int.from_bytes(b, 'little'):#x}"
+    more = ", ..." if size > 8 else ""
+    return "db " + ", ".join(f"{x:#04x}" for x in b[:8]) + more
+
+
+def _walk(buf: bytes, lo: int, start: int, stop: int, limit: int, cmap: CodeMap, known,
+          eip: int, breakpoints, labels_first: bool = True) -> tuple:
+    """Lines from ``start`` (a trusted instruction start) up to address ``stop`` or
+    ``limit`` lines; ``buf`` holds the bytes from address ``lo``. Returns (lines, the
+    address reached). Program data and runs of zero bytes that no program and no visit
+    calls code are shown as data, not decoded."""
+    lines = []
+    a, hi = start, min(stop, lo + len(buf))
+    while a < hi and len(lines) < limit:
+        if labels_first or a != start:
+            lines += [DisasmLine(None, "", f"{n}:", kind="label") for n in cmap.labels.get(a, ())]
+        item = cmap.item(a)
+        end = None
+        if a != eip and a not in known:
+            if item is not None and item[2]:
+                end = item[1]
+            elif item is None and buf[a - lo] == 0 and a + 1 < hi and buf[a + 1 - lo] == 0:
+                end = a + 2                            # free memory, padding: not code
+                while (end < hi and buf[end - lo] == 0 and end not in known and end != eip
+                       and end not in cmap.labels and cmap.item(end) is None):
+                    end += 1
+        if end is not None:
+            end = min(end, stop)
+            shown = buf[a - lo:min(end, hi) - lo]
+            if item is not None:
+                text = _data_text(shown[:16], end - a)
+            else:
+                text = (f"times {end - a} db 0" if end < lo + len(buf)
+                        else f"db 0, ... ({end - a}+ zero bytes)")
+            lines.append(DisasmLine(a, shown[:6].hex(" ") + (" \u2026" if len(shown) > 6 else ""),
+                                    text, False, a in breakpoints, "data"))
+            a = end
             continue
-        score = (sum(1 for o in path if base + o in known), len(path))
-        if best_score is None or score > best_score:
-            best, best_score = path, score
-    if best is None:
-        return []
-    return [disassemble_one(code, o, base + o) for o in best[-count:]] if count else []
+        insn = disassemble_one(buf, a - lo, a)
+        if a + insn.size > lo + len(buf):
+            break                                      # cut short by the end of the bytes read
+        lines.append(_line(insn, a == eip, breakpoints))
+        a += insn.size
+    return lines[:limit] if len(lines) > limit else lines, a
 
 
 def disassembly_window(m, eip_lin: int, before: int, after: int, breakpoints=frozenset(),
-                       known: frozenset = frozenset()) -> list:
-    """``before + 1 + after`` lines around the instruction at linear ``eip_lin``."""
+                       known=frozenset(), cmap: CodeMap = NO_CODE_MAP) -> list:
+    """``before + 1 + after`` lines around the instruction at linear ``eip_lin``.
+
+    Before EIP: decoded forward from the earliest trusted start (a statement or label of
+    ``cmap``, an address in ``known``) within BACK_BYTES that lands exactly on EIP; none
+    such, no lines. From EIP on: decoded forward (exact), program data shown as data."""
     lines = []
-    prior = decode_before(read_code_before(m, eip_lin, BACK_BYTES), eip_lin, before, known)
-    fill = before - len(prior)
-    lines += [DisasmLine(None, "", "")] * fill
-    for insn in prior:
-        lines.append(_line(insn, False, breakpoints))
-    code = read_code(m, eip_lin, (after + 1) * MAX_INSN)
+    if before:
+        back = read_code_before(m, eip_lin, BACK_BYTES)
+        lo = eip_lin - len(back)
+        code = back + read_code(m, eip_lin, MAX_INSN)
+        starts = sorted(set(cmap.starts_in(lo, eip_lin))
+                        | {a for a in range(lo, eip_lin) if a in known})
+        for s in starts[:8]:
+            prior, reached = _walk(code, lo, s, eip_lin, 4 * BACK_BYTES, cmap, known, eip_lin,
+                                   breakpoints)
+            if reached == eip_lin:
+                lines = prior
+                break
+        lines += [DisasmLine(None, "", f"{n}:", kind="label") for n in cmap.labels.get(eip_lin, ())]
+        lines = [_FILLER] * (before - len(lines)) + lines[-before:]
+    code = read_code(m, eip_lin, (after + 1) * MAX_INSN + 32)
     if not code:
         lines.append(DisasmLine(eip_lin, "", f"(EIP {eip_lin:#x} is outside memory or unmapped)",
                                 True, eip_lin in breakpoints))
-        lines += [DisasmLine(None, "", "")] * after
-        return lines
-    insns = disassemble(code, eip_lin, count=after + 1)
-    for i, insn in enumerate(insns):
-        if insn.address + insn.size > eip_lin + len(code):
-            break                                      # cut short by the end of memory
-        lines.append(_line(insn, i == 0, breakpoints))
-    if len(lines) == before:                           # EIP's own instruction is cut off
-        lines.append(DisasmLine(eip_lin, code.hex(" "), "(instruction runs past the end of memory)",
-                                True, eip_lin in breakpoints))
-    lines += [DisasmLine(None, "", "")] * (before + 1 + after - len(lines))
-    return lines
+        return lines + [_FILLER] * after
+    rest, _ = _walk(code, eip_lin, eip_lin, eip_lin + len(code), after + 1, cmap, known, eip_lin,
+                    breakpoints, labels_first=False)
+    if not rest:                                       # EIP's own instruction is cut off
+        rest = [DisasmLine(eip_lin, code.hex(" "), "(instruction runs past the end of memory)",
+                           True, eip_lin in breakpoints)]
+    return lines + rest + [_FILLER] * (after + 1 - len(rest))
 
 
 def _line(insn, current, breakpoints) -> DisasmLine:

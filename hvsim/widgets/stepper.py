@@ -12,9 +12,10 @@ click between two chunks. While a run is going on, the Run button reads "Stop" a
 other buttons are disabled.
 
 CSS classes for browser tests: buttons ``hvsim-step``, ``hvsim-step-n``,
-``hvsim-run-trap``, ``hvsim-run``, ``hvsim-back``, ``hvsim-reset``; views
-``hvsim-registers``, ``hvsim-flags``, ``hvsim-rings``, ``hvsim-disasm`` (the line at
-EIP has ``hvsim-current``), ``hvsim-traplog``, ``hvsim-console``, ``hvsim-status``.
+``hvsim-run-trap``, ``hvsim-run``, ``hvsim-back``, ``hvsim-reset``; the checkbox
+``hvsim-skip-out``; views ``hvsim-registers``, ``hvsim-vcpu`` (a monitor's virtual CPU;
+hidden for a bare Machine), ``hvsim-flags``, ``hvsim-rings``, ``hvsim-disasm`` (the line
+at EIP has ``hvsim-current``), ``hvsim-traplog``, ``hvsim-console``, ``hvsim-status``.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ import time
 
 import ipywidgets as W
 
-from hvsim.widgets.controller import StepperController
+from hvsim.widgets.controller import StepperController, console_out
 
 REFRESH_PERIOD = 0.25      # seconds between two redraws during a run
 
@@ -69,6 +70,11 @@ class Stepper(W.VBox):
                                         tooltip="run until a trap, an exit or a breakpoint")
         self.run_trap_button.add_class("hvsim-run-trap")
         self.run_trap_button.on_click(lambda _b: self._start_run(stop_at_trap=True))
+        # a guest that prints traps once per character: pass over those by default
+        self.skip_out = W.Checkbox(value=True, description="skip console OUTs", indent=False,
+                                   tooltip="Run to next trap passes over OUTs to the console "
+                                   "port 0xE9", layout=W.Layout(width="auto"))
+        self.skip_out.add_class("hvsim-skip-out")
         self.run_button = W.Button(description="Run", tooltip="run until an exit or a breakpoint; "
                                    "click again to stop")
         self.run_button.add_class("hvsim-run")
@@ -96,15 +102,18 @@ class Stepper(W.VBox):
             return w
 
         self.registers = html("hvsim-registers")
+        self.vcpu_panel = html("hvsim-vcpu")
+        if c.vcpu is None:
+            self.vcpu_panel.layout.display = "none"
         self.flags = html("hvsim-flags")
         self.rings = html("hvsim-rings")
         self.traplog = html("hvsim-traplog")
         self.console = html("hvsim-console")
         self.status = html("hvsim-status")
         toolbar = W.HBox([self.step_button, self.step_n_button, self.n_input, self.run_trap_button,
-                          self.run_button, self.back_button, self.reset_button])
+                          self.skip_out, self.run_button, self.back_button, self.reset_button])
         middle = W.HBox([self.disasm,
-                         W.VBox([W.HBox([self.registers, self.rings]), self.flags])])
+                         W.VBox([W.HBox([self.registers, self.vcpu_panel, self.rings]), self.flags])])
         super().__init__([W.HTML(_CSS), toolbar, self.status, middle,
                           W.HTML("<b>trap log</b>"), self.traplog,
                           W.HTML("<b>console</b>"), self.console])
@@ -129,7 +138,7 @@ class Stepper(W.VBox):
         except RuntimeError:
             loop = None
         if loop is None:         # no event loop (a plain script): run to the end at once
-            self._act(c.run_to_trap if stop_at_trap else c.run)
+            self._act((lambda: c.run_to_trap(skip=self._skip())) if stop_at_trap else c.run)
             return
         self._set_running(True)
         self._task = loop.create_task(self._run(stop_at_trap))
@@ -137,12 +146,16 @@ class Stepper(W.VBox):
     async def _run(self, stop_at_trap: bool):
         c = self.controller
         try:
-            await c.run_async(stop_at_trap=stop_at_trap, on_chunk=self._refresh_now_and_then)
+            await c.run_async(stop_at_trap=stop_at_trap, on_chunk=self._refresh_now_and_then,
+                              skip=self._skip())
         except (ValueError, TypeError, RuntimeError) as e:
             c.message = f"error: {e}"
         finally:
             self._set_running(False)
             self.refresh()
+
+    def _skip(self):
+        return console_out if self.skip_out.value else None
 
     def _set_running(self, running: bool):
         self.run_button.description = "Stop" if running else "Run"
@@ -187,6 +200,7 @@ class Stepper(W.VBox):
         finally:
             self._updating = False
         self.registers.value = v.registers_html
+        self.vcpu_panel.value = v.vcpu_html
         self.flags.value = v.flags_html
         self.rings.value = v.rings_html
         self.traplog.value = v.traplog_html
