@@ -468,8 +468,9 @@ def _svg_text_px(svg: str, width_px: float) -> list:
     view_w = float(re.search(r'<svg[^>]*viewBox="[\d.]+ [\d.]+ ([\d.]+) ', svg).group(1))
     out = []
     for attrs, body in re.findall(r"<text([^>]*)>(.*?)</text>", svg, flags=re.S):
-        size = re.search(r'font-size(?:="|: ?)([\d.]+)', attrs)
-        out.append((re.sub(r"<[^>]+>", "", body).strip(), float(size.group(1)) * width_px / view_w))
+        # the size is on the <text>, or on its <tspan>s (matplotlib's math text: 10^2)
+        size = min(map(float, re.findall(r'font-size(?:="|: ?)([\d.]+)', attrs + body)))
+        out.append((re.sub(r"<[^>]+>", "", body).strip(), size * width_px / view_w))
     return out
 
 
