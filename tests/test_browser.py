@@ -171,6 +171,28 @@ def _click_for_the_solution(page):
     return before, root.inner_text()
 
 
+def _open_and_run_stepper(page, base, token, index):
+    """Open the lesson, wait for its kernel, collapse the side panel, run the cells up to
+    the first Stepper and that cell."""
+    page.goto(f"{base}/lab/tree/{LESSON.name}?token={token}")
+    page.wait_for_function(
+        "() => window.jupyterapp && window.jupyterapp.shell.currentWidget"
+        " && window.jupyterapp.shell.currentWidget.sessionContext"
+        " && window.jupyterapp.shell.currentWidget.sessionContext.session"
+        " && window.jupyterapp.shell.currentWidget.sessionContext.session.kernel"
+        " && window.jupyterapp.shell.currentWidget.sessionContext.session.kernel.status === 'idle'",
+        timeout=120_000)
+    # select the stepper cell, run everything above it, then the cell itself
+    page.evaluate(f"""async () => {{
+        const app = window.jupyterapp;
+        const panel = app.shell.currentWidget;
+        app.shell.collapseLeft();
+        panel.content.activeCellIndex = {index};
+        await app.commands.execute('notebook:run-all-above');
+        await app.commands.execute('notebook:run-cell');
+    }}""")
+
+
 def test_step_in_a_real_browser_updates_registers_ring_and_trap_log(tmp_path):
     chromium = _chromium()
     from playwright.sync_api import sync_playwright
@@ -185,23 +207,7 @@ def test_step_in_a_real_browser_updates_registers_ring_and_trap_log(tmp_path):
                                     args=["--no-sandbox", "--disable-gpu"])
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.goto(f"{base}/lab/tree/{LESSON.name}?token={token}")
-            page.wait_for_function(
-                "() => window.jupyterapp && window.jupyterapp.shell.currentWidget"
-                " && window.jupyterapp.shell.currentWidget.sessionContext"
-                " && window.jupyterapp.shell.currentWidget.sessionContext.session"
-                " && window.jupyterapp.shell.currentWidget.sessionContext.session.kernel"
-                " && window.jupyterapp.shell.currentWidget.sessionContext.session.kernel.status === 'idle'",
-                timeout=120_000)
-            # select the stepper cell, run everything above it, then the cell itself
-            page.evaluate(f"""async () => {{
-                const app = window.jupyterapp;
-                const panel = app.shell.currentWidget;
-                app.shell.collapseLeft();
-                panel.content.activeCellIndex = {index};
-                await app.commands.execute('notebook:run-all-above');
-                await app.commands.execute('notebook:run-cell');
-            }}""")
+            _open_and_run_stepper(page, base, token, index)
             stepper = page.locator(".hvsim-step").first
             stepper.wait_for(state="visible", timeout=180_000)
             eax = page.locator('.hvsim-registers [data-reg="eax"]').first
@@ -273,3 +279,65 @@ def test_step_in_a_real_browser_updates_registers_ring_and_trap_log(tmp_path):
     # an exercise's worked solution appears when its button is clicked, not before
     assert "Show the worked solution" in solution_before and "1 + 46 + 1" not in solution_before
     assert "1 + 46 + 1" in solution_after and "48" in solution_after
+
+
+# what the projector test reads in the page: where the stepper, its ring diagram and the
+# notebook's output column end, and the smallest text drawn (an SVG's text scaled by
+# its rendered width over its viewBox width)
+MEASURE_JS = """() => {
+    const root = document.querySelector('.hvsim-stepper');
+    const svg = root.querySelector('.hvsim-rings svg');
+    const right = el => { const r = el.getBoundingClientRect(); return r.x + r.width; };
+    const scale = svg.getBoundingClientRect().width / svg.viewBox.baseVal.width;
+    const svgText = [...svg.querySelectorAll('text')].map(t =>
+        ({text: t.textContent, px: parseFloat(getComputedStyle(t).fontSize) * scale}));
+    const panelText = [];
+    for (const el of root.querySelectorAll('*')) {
+        if (el.closest('svg')) continue;
+        const own = [...el.childNodes].some(n => n.nodeType === 3 && n.textContent.trim());
+        if (!own || !el.getClientRects().length) continue;
+        panelText.push({text: el.textContent.trim().slice(0, 40), cls: el.className,
+                        px: parseFloat(getComputedStyle(el).fontSize)});
+    }
+    const out = root.closest('.jp-OutputArea-output');
+    return {window: window.innerWidth, stepper_right: right(root), rings_right: right(svg),
+            output_right: right(out), output_width: out.getBoundingClientRect().width,
+            scroll_width: root.scrollWidth, client_width: root.clientWidth,
+            svg_text: svgText, panel_text: panelText};
+}"""
+
+
+def test_stepper_fits_a_projector_window(tmp_path):
+    """Issue 17, defect 7: at 1024 x 768 (a classroom projector) the stepper and its
+    ring diagram lie inside the window, and no text of theirs is under 12 px."""
+    chromium = _chromium()
+    from playwright.sync_api import sync_playwright
+
+    work = tmp_path / "lab"
+    work.mkdir()
+    shutil.copy(LESSON, work / LESSON.name)
+    ARTIFACTS.mkdir(exist_ok=True)
+    with jupyterlab(work, tmp_path) as (base, token), sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, headless=True,
+                                    args=["--no-sandbox", "--disable-gpu"])
+        try:
+            page = browser.new_page(viewport={"width": 1024, "height": 768})
+            _open_and_run_stepper(page, base, token, _stepper_cell(LESSON))
+            page.locator(".hvsim-rings svg").first.wait_for(state="visible", timeout=180_000)
+            page.wait_for_timeout(500)                      # let the layout settle
+            m = page.evaluate(MEASURE_JS)
+            widget = page.locator(".jp-OutputArea-output", has=page.locator(".hvsim-step")).first
+            widget.scroll_into_view_if_needed()
+            page.screenshot(path=str(ARTIFACTS / "browser-stepper-1024.png"))
+        finally:
+            browser.close()
+    summary = {k: v for k, v in m.items() if not k.endswith("_text")}
+    summary["smallest_svg_text_px"] = min(t["px"] for t in m["svg_text"])
+    summary["smallest_panel_text_px"] = min(t["px"] for t in m["panel_text"])
+    (ARTIFACTS / "browser-stepper-1024.json").write_text(json.dumps(summary, indent=1))
+    print(summary)
+    assert m["window"] == 1024
+    assert m["stepper_right"] <= 1024 and m["rings_right"] <= 1024, summary
+    assert m["scroll_width"] <= m["client_width"] + 1, summary     # nothing scrolls sideways
+    small = [t for t in m["svg_text"] + m["panel_text"] if t["px"] < 12]
+    assert m["svg_text"] and m["panel_text"] and not small, small

@@ -450,3 +450,103 @@ def test_walk_2d_draws_one_numbered_cell_per_reference():
     assert cells["ref|5"].get_x() > cells["ref|4"].get_x()
     assert any(p.get_gid() == "data" for p in ax.patches)
     assert "14 references" in ax.get_title()
+
+
+# ------------------------------------------------------------------ sizes (issue 17, defect 7)
+# A lesson's picture reaches the browser as a PNG at matplotlib's 100 dpi, cropped to what
+# was drawn (the inline backend's bbox_inches="tight"), and is shown at that size, or
+# shrunk to fit the output column: 844 px wide in a 1024 x 768 window with the side panel
+# collapsed (tests/test_browser.py measures it). Checked on the SVG of the same crop,
+# text kept as text: each font size times the rendered width over the viewBox width.
+COLUMN_PX = 840
+MIN_TEXT_PX = 12
+
+
+def _svg_text_px(svg: str, width_px: float) -> list:
+    """[(text, size in px)] of an SVG drawn ``width_px`` wide."""
+    import re
+    view_w = float(re.search(r'<svg[^>]*viewBox="[\d.]+ [\d.]+ ([\d.]+) ', svg).group(1))
+    out = []
+    for attrs, body in re.findall(r"<text([^>]*)>(.*?)</text>", svg, flags=re.S):
+        # the size is on the <text>, or on its <tspan>s (matplotlib's math text: 10^2)
+        size = min(map(float, re.findall(r'font-size(?:="|: ?)([\d.]+)', attrs + body)))
+        out.append((re.sub(r"<[^>]+>", "", body).strip(), size * width_px / view_w))
+    return out
+
+
+def _drawn_size(ax):
+    """(width px, height px, [(text, px)]) of a picture as a lesson shows it."""
+    import io
+    import re
+    fig = ax.figure
+    buf = io.StringIO()
+    with plt.rc_context({"svg.fonttype": "none"}):
+        fig.savefig(buf, format="svg", bbox_inches="tight")
+    svg = buf.getvalue()
+    w_pt, h_pt = (float(v) for v in re.search(r'<svg[^>]*width="([\d.]+)pt" height="([\d.]+)pt"',
+                                              svg).groups())
+    w, h = w_pt * fig.dpi / 72, h_pt * fig.dpi / 72
+    return w, h, [(t, px) for t, px in _svg_text_px(svg, min(w, COLUMN_PX)) if t]
+
+
+def _lesson_pictures():
+    """The pictures the lessons draw, as they draw them (smaller runs where it is slow)."""
+    from hvsim.lessons import l01_rings as l01, l02_hole as l02, l04_ring_minus_one as l04
+    from hvsim import cost
+    m = _paged()
+    yield "page walk 4 KiB", lambda: page_walk(m, 0x00634ABC)
+    yield "page walk #PF", lambda: page_walk(m, 0x00633000)
+    yield "page walk 4 MiB", lambda: page_walk(m, 0x00812345)
+    yield "2D walk 2x4", lambda: hvsim.viz.walk_2d(2, 4)
+    yield "2D walk 4x4", lambda: hvsim.viz.walk_2d(4, 4)
+    yield "rings", lambda: ring_diagram(1, who={0: "monitor", 1: "guest kernel",
+                                                3: "guest programs"},
+                                        title="trap-and-emulate: the guest kernel is "
+                                              "deprivileged to ring 1")
+    yield "timeline", lambda: timeline(record(l01.syscall_demo().machine, steps=200),
+                                       title="three system calls: ring 3 -> ring 0 -> ring 3")
+    yield "counter bars", lambda: counter_bars(
+        l03.tlb_sweep([16, 64, 80], rounds=1, tlb=(16, 4)),
+        ["tlb_hits", "tlb_misses", "page_walks", "walk_refs"], log=True,
+        title="ten passes over N pages, TLB = 16 sets x 4 ways")
+    title = "the teaching kernel, 50,000 steps: cycles by category per CPU generation"
+    yield "overhead 02", lambda: hvsim.viz.overhead_bars(l02.cost_runs(steps=300),
+                                                          profiles=cost.ALL, title=title)
+    yield "overhead 04", lambda: hvsim.viz.overhead_bars(l04.cost_runs(steps=300),
+                                                          profiles=cost.ALL, title=title)
+
+
+@pytest.mark.parametrize("name,draw", list(_lesson_pictures()), ids=lambda x: x
+                         if isinstance(x, str) else "")
+def test_pictures_fit_a_projector_with_readable_text(name, draw):
+    w, h, texts = _drawn_size(draw())
+    assert w <= COLUMN_PX, f"{name}: {w:.0f} px wide"
+    small = [(t, round(px, 1)) for t, px in texts if px < MIN_TEXT_PX]
+    assert texts and not small, f"{name}: text under {MIN_TEXT_PX} px: {small}"
+
+
+def test_ring_indicator_svg_text_is_readable():
+    from hvsim.widgets.render import rings_svg
+    import re
+    for vmx in (None, "root", "non-root"):
+        svg = rings_svg(3, vmx)
+        width = float(re.search(r'<svg[^>]*width="([\d.]+)"', svg).group(1))
+        texts = _svg_text_px(svg, width)
+        assert width <= COLUMN_PX and len(texts) >= 9
+        assert min(px for _, px in texts) >= MIN_TEXT_PX, texts
+
+
+def test_page_walk_has_no_empty_band():
+    """The picture is as tall as its boxes and title: no band of white above or below."""
+    from matplotlib.transforms import Bbox
+    for lin in (0x00634ABC, 0x00633000, 0x00812345):
+        ax = page_walk(_paged(), lin)
+        fig = ax.figure
+        fig.canvas.draw()                       # places the boxes around the texts
+        r = fig.canvas.get_renderer()
+        drawn = Bbox.union([t.get_bbox_patch().get_window_extent(r) for t in ax.texts
+                            if t.get_bbox_patch() is not None]
+                           + [ax.title.get_window_extent(r)])
+        whole = fig.get_tightbbox(r).transformed(fig.dpi_scale_trans)
+        assert whole.height <= drawn.height + 20 and whole.width <= drawn.width + 20, \
+            (whole.bounds, drawn.bounds)

@@ -88,7 +88,8 @@ def counter_bars(counters, keys: Optional[Sequence[str]] = None, ax=None, *,
             keys += [k for k in _nonzero_keys(c) if k not in keys]
     else:
         keys = _check_keys(keys, runs)
-    ax = axes(ax, (max(4.0, 1.1 * len(keys) * max(1, len(runs)) ** 0.5 + 2), 3.6))
+    # at most 8 inches: 800 px at 100 dpi fit a projector's notebook column
+    ax = axes(ax, (min(8.0, max(4.0, 1.1 * len(keys) * max(1, len(runs)) ** 0.5 + 2)), 3.6))
     x = np.arange(len(keys))
     width = 0.8 / len(runs)
     for i, (name, c) in enumerate(runs.items()):
@@ -97,16 +98,21 @@ def counter_bars(counters, keys: Optional[Sequence[str]] = None, ax=None, *,
                       label=name or "counters", color=RUN_COLOURS[i % len(RUN_COLOURS)],
                       gid=name or "counters")
         if values:
-            ax.bar_label(bars, fontsize=7, padding=1)
+            ax.bar_label(bars, fontsize=9, padding=1)
     ax.set_xticks(x)
     ax.set_xticklabels(keys, rotation=30, ha="right")
     if log:
         ax.set_yscale("log")
+        # plain numbers: the superscript of 10^3 would be under 12 px on a projector
+        from matplotlib.ticker import FuncFormatter, NullFormatter
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:,.0f}" if v >= 1
+                                                   else f"{v:g}"))
+        ax.yaxis.set_minor_formatter(NullFormatter())
     ax.set_ylabel("count")
     if not keys:
         ax.text(0.5, 0.5, "every counter is zero", transform=ax.transAxes, ha="center")
     if len(runs) > 1:
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=9)
     if title is not None:
         ax.set_title(title)
     return ax

@@ -77,7 +77,10 @@ def overhead_bars(runs, ax=None, *, profiles=None, title: Optional[str] = None,
     """
     bars = _bars(runs, profiles)
     several_profiles = len({b.profile.name for _, b in bars}) > 1
-    ax = axes(ax, (max(4.5, 1.0 * len(bars) + 2.5), 4.0))
+    # at most 8.2 inches, so that it fits a projector's 840 px notebook column at 100 dpi:
+    # beyond six bars their labels stand upright (issue 17, defect 7)
+    upright = len(bars) > 6
+    ax = axes(ax, (min(8.2, max(4.5, 1.0 * len(bars) + 2.5)), 4.0))
     x, pos, prev = [], 0.0, None
     for _, b in bars:
         if prev is not None and b.profile.name != prev:
@@ -103,10 +106,14 @@ def overhead_bars(runs, ax=None, *, profiles=None, title: Optional[str] = None,
             bottom += h
     if totals:
         for i, (_, b) in enumerate(bars):
-            ax.text(x[i], bottom[i], f"{b.total:,.0f}", ha="center", va="bottom", fontsize=7)
+            ax.text(x[i], bottom[i], f"{b.total:,.0f}", ha="center", va="bottom", fontsize=9,
+                    rotation=90 if upright else 0)
     ax.set_xticks(x)
-    ax.set_xticklabels([f"{name or 'run'}\n{b.profile.name}" if several_profiles
-                        else (name or "run") for name, b in bars], fontsize=8)
+    labels = [f"{name or 'run'}\n{b.profile.name}" if several_profiles else (name or "run")
+              for name, b in bars]
+    if upright:                 # a run name's own line breaks would make it too wide
+        labels = [t.replace("\n", " ", t.count("\n") - several_profiles) for t in labels]
+    ax.set_xticklabels(labels, fontsize=9, rotation=90 if upright else 0)
     ax.set_ylabel("cycles (sum of count x cost)")
     if title is None:
         title = "Cycles by category" + ("" if several_profiles else
@@ -117,6 +124,11 @@ def overhead_bars(runs, ax=None, *, profiles=None, title: Optional[str] = None,
         handles = [Patch(facecolor=CATEGORY_COLOURS[c], label=c) for c in CATEGORIES]
         handles.append(Patch(facecolor="white", edgecolor="#333333", hatch=ESTIMATE_HATCH,
                              label="from estimated costs (*)"))
-        ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+        if upright:             # inside, above the bars: no room beside them
+            ax.legend(handles=handles, fontsize=9, loc="upper center", ncol=3)
+        else:
+            ax.legend(handles=handles, fontsize=9, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.margins(y=0.1)
+    if upright and legend:
+        ax.set_ylim(top=ax.get_ylim()[1] * 1.6)
     return ax

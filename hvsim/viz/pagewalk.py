@@ -43,6 +43,16 @@ ENTRIES = 1024
 _COLUMN = {"linear": 0.0, "cr3": 0.0, "pde": 1.8, "pte": 3.6, "page": 5.4}
 _ROW = 0.55              # vertical distance between neighbouring entries
 
+# the drawing is laid out in inches from the measured boxes, so that it is as big as
+# what it shows: 9 pt is 12.5 px at the inline backend's 100 dpi, the least a projector
+# shows legibly, and four columns of boxes then fit 840 px (issue 17, defect 7)
+FONT_SIZE = 9
+_GAP_X = 0.4             # inches between two columns (room for an arrow)
+_GAP_Y = 0.12            # inches between two entries of a table
+_GAP_LINEAR = 0.35       # inches between the linear address and CR3 below it
+_MARGIN = 0.05
+_TITLE = 0.5             # inches above the boxes for the two-line title
+
 
 def _pde_id(i):
     return f"PDE[{i:#05x}]"
@@ -108,7 +118,8 @@ def page_walk_graph(machine, linear_address: int, *, neighbours: int = 2) -> nx.
     g = nx.DiGraph(lin=lin, pa=w.pa, fault=w.fault, fault_level=w.fault_level, walk=w, _mem=mem)
     pdi, pti, off = lin >> PDE_SHIFT, (lin >> PTE_SHIFT) & INDEX_MASK, lin & OFFSET_MASK
     g.add_node("linear", kind="linear", on_path=True, pos=(_COLUMN["linear"], 1.3),
-               label=f"linear {lin:#010x}\nPDE {pdi:#05x} | PTE {pti:#05x} | offset {off:#05x}")
+               label=f"linear {lin:#010x}\nPDE index {pdi:#05x}\nPTE index {pti:#05x}\n"
+                     f"offset    {off:#05x}")
     g.add_node("CR3", kind="cr3", on_path=True, value=cr3, pos=(_COLUMN["cr3"], 0.0),
                label=f"CR3 {cr3:#010x}\npage directory\nat {cr3 & CR3_PD_MASK:#010x}")
     path = ["linear", "CR3"]
@@ -127,7 +138,7 @@ def page_walk_graph(machine, linear_address: int, *, neighbours: int = 2) -> nx.
         size = "4 MiB" if w.large else "4 KiB"
         g.add_node("page", kind="page", on_path=True, frame=w.frame, pa=w.pa, size=w.page_size,
                    pos=(_COLUMN["page"], 0.0),
-                   label=f"{size} page at {w.frame:#010x}\n+ offset = physical\n{w.pa:#010x}")
+                   label=f"{size} page\nat {w.frame:#010x}\n+ offset = physical\n{w.pa:#010x}")
         g.add_edge(last, "page", label=f"+ {lin & (w.page_size - 1):#x}")
         path.append("page")
     else:
@@ -180,10 +191,11 @@ def page_walk(machine, linear_address: int, ax=None, *, neighbours: int = 2):
     whose gid is the node's id. Returns the Axes.
     """
     g = page_walk_graph(machine, linear_address, neighbours=neighbours)
-    ax = axes(ax, (12, 1.6 + 1.0 * (2 * neighbours + 1)))
+    new = ax is None
+    ax = axes(ax, (8, 4))                   # a new figure is sized below to what it shows
+    fig = ax.figure
     boxes = {}
     for node, d in g.nodes(data=True):
-        x, y = d["pos"]
         if d["kind"] == "fault":
             face, colour = FAULT, "white"
         elif d["kind"] == "page":
@@ -193,21 +205,50 @@ def page_walk(machine, linear_address: int, ax=None, *, neighbours: int = 2):
         else:
             face, colour = DIM, DIM_TEXT
         style = "round,pad=0.4" if d["kind"] not in ("pde", "pte") else "square,pad=0.3"
-        boxes[node] = ax.text(x, y, d["label"], ha="center", va="center", fontsize=7.5,
+        boxes[node] = ax.text(0, 0, d["label"], ha="center", va="center", fontsize=FONT_SIZE,
                               family="monospace", color=colour, gid=node, zorder=3,
                               bbox=dict(boxstyle=style, facecolor=face,
                                         edgecolor=EDGE if d["on_path"] else DIM_TEXT,
                                         linestyle="-" if d.get("present", True) else "--"))
+    # measure the boxes (inches, padding included), then place them: the graph's pos gives
+    # the column and the row, the widest box of a column its width, the tallest entry the
+    # distance between rows
+    renderer = fig.canvas.get_renderer()
+    size = {}
+    for node, t in boxes.items():
+        pad = 2 * float(t.get_bbox_patch().get_boxstyle().pad) * FONT_SIZE / 72
+        e = t.get_window_extent(renderer)
+        size[node] = (e.width / fig.dpi + pad, e.height / fig.dpi + pad)
+    used = sorted({d["pos"][0] for _, d in g.nodes(data=True)})   # no empty column (4 MiB)
+    column = {n: used.index(d["pos"][0]) for n, d in g.nodes(data=True)}
+    widths = [max(size[n][0] for n in column if column[n] == c) for c in range(len(used))]
+    xs = [widths[0] / 2]
+    for c in range(1, len(widths)):
+        xs.append(xs[-1] + widths[c - 1] / 2 + _GAP_X + widths[c] / 2)
+    pitch = max(h for n, (_, h) in size.items() if g.nodes[n]["kind"] in ("pde", "pte")) + _GAP_Y
+    for node, t in boxes.items():
+        if node == "linear":
+            y = size["CR3"][1] / 2 + _GAP_LINEAR + size["linear"][1] / 2
+        else:
+            y = g.nodes[node]["pos"][1] / _ROW * pitch
+        t.set_position((xs[column[node]], y))
     for u, v, d in g.edges(data=True):
         # zorder above the boxes: they are drawn (and positioned) first, so the arrow
         # can be clipped to their outlines
-        ax.annotate("", xy=g.nodes[v]["pos"], xytext=g.nodes[u]["pos"], zorder=4,
+        ax.annotate("", xy=boxes[v].get_position(), xytext=boxes[u].get_position(), zorder=4,
                     arrowprops=dict(arrowstyle="-|>", color=EDGE, lw=1.4,
                                     patchA=boxes[u].get_bbox_patch(),
                                     patchB=boxes[v].get_bbox_patch(), shrinkA=2, shrinkB=2))
-    ys = [d["pos"][1] for _, d in g.nodes(data=True)]
-    ax.set_xlim(-0.95, 6.35)
-    ax.set_ylim(min(ys) - 0.5, max(ys) + 0.5)
+    left, right = -_MARGIN, xs[-1] + widths[-1] / 2 + _MARGIN
+    bottom = min(t.get_position()[1] - size[n][1] / 2 for n, t in boxes.items()) - _MARGIN
+    top = max(t.get_position()[1] + size[n][1] / 2 for n, t in boxes.items()) + _MARGIN
+    ax.set_xlim(left, right)
+    ax.set_ylim(bottom, top)
+    ax.set_aspect("equal")                  # one unit is one inch both ways
+    if new:
+        w, h = right - left, top - bottom
+        fig.set_size_inches(w, h + _TITLE)
+        ax.set_position([0, 0, 1, h / (h + _TITLE)])
     ax.axis("off")
     lin = g.graph["lin"]
     result = (f"physical {g.graph['pa']:#010x}" if g.graph["fault"] is None

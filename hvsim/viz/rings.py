@@ -67,7 +67,7 @@ def ring_diagram(cpl=None, ax=None, *, who: Optional[Mapping[int, str]] = None,
         names[_check_ring("a ring in labels=", r)] = text
     vmx = bool(vmx) or cpl == VMX_ROOT or VMX_ROOT in who
 
-    ax = axes(ax, (5.2, 5.2))
+    ax = axes(ax, (5.6, 5.6))
     outer = (len(RINGS) + 1) * _WIDTH
     for ring in (VMX_ROOT,) + RINGS:
         r_out = (ring + 2) * _WIDTH
@@ -94,7 +94,7 @@ def ring_diagram(cpl=None, ax=None, *, who: Optional[Mapping[int, str]] = None,
         else:
             y_name, y_who = r_out - _WIDTH / 2, -(r_out - _WIDTH / 2)
         ax.text(0, y_name, f"{head}\n{names[ring]}" if ring != VMX_ROOT else names[ring],
-                ha="center", va="center", fontsize=8, color=colour, fontweight=weight,
+                ha="center", va="center", fontsize=9, color=colour, fontweight=weight,
                 gid=f"name ring {ring}")
         if ring in who:
             ax.text(0, y_who, who[ring], ha="center", va="center", fontsize=9,

@@ -165,7 +165,7 @@ def timeline(rec: Recording, ax=None, *, title: Optional[str] = None, names: boo
     if not isinstance(rec, Recording):
         raise TypeError(f"timeline() draws a Recording (from hvsim.viz.record), "
                         f"got {type(rec).__name__}")
-    ax = axes(ax, (9, 3.2))
+    ax = axes(ax, (6.4, 3.4))             # with the legend, 840 px: a projector's column
     ax.step(rec.retired, rec.cpl, where="post", color=EDGE, linewidth=1.8, gid="cpl",
             label="CPL")
     kinds = np.array(rec.marker_kinds, dtype=object)
@@ -183,7 +183,7 @@ def timeline(rec: Recording, ax=None, *, title: Optional[str] = None, names: boo
         for i, (at, to, name) in enumerate(zip(rec.marker_at, rec.marker_cpl_to,
                                                rec.marker_names)):
             ax.annotate(name, (int(at), int(to)), xytext=(4, 8 + 10 * (i % 2)),
-                        textcoords="offset points", fontsize=8, gid=f"event {i}")
+                        textcoords="offset points", fontsize=9, gid=f"event {i}")
     rings = sorted(set(range(4)) | set(int(c) for c in rec.cpl)
                    | set(int(c) for c in rec.marker_cpl_to))
     ax.set_yticks(rings)
@@ -193,7 +193,7 @@ def timeline(rec: Recording, ax=None, *, title: Optional[str] = None, names: boo
     ax.set_ylabel("CPL")
     ax.grid(axis="x", alpha=0.3)
     if len(kinds):
-        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9)
     ax.margins(x=0.06)
     ax.set_title(title if title is not None else
                  f"CPL over {int(rec.retired[-1])} instructions, {len(kinds)} event(s)")

@@ -139,19 +139,19 @@ def walk_2d(guest_levels: int = 2, ept_levels: int = 4, ax=None, *,
         ax.text(x + 0.5, y + 0.55, str(r.step), ha="center", va="center", fontsize=11,
                 fontweight="bold", color="white" if r.kind == "guest" else "black")
         ax.text(x + 0.5, y + 0.2, r.label.split(" for ")[0].replace("EPT ", "")
-                .replace("guest ", "g"), ha="center", va="center", fontsize=7,
+                .replace("guest ", "g"), ha="center", va="center", fontsize=9,
                 color="white" if r.kind == "guest" else "#333333")
     data = Rectangle((m + 0.04, 0.06), 0.92, 0.88, facecolor=DIM, edgecolor=DIM_TEXT,
                      hatch=DATA_HATCH, linewidth=0.8, gid="data")
     ax.add_patch(data)
     ax.text(m + 0.5, 0.5, "the data\n(not a walk\nreference)", ha="center", va="center",
-            fontsize=7, color="#555555",
+            fontsize=9, color="#555555",
             bbox=dict(facecolor=DIM, edgecolor="none", boxstyle="round,pad=0.2"))
     rows = _row_names(n)
     ax.set_yticks([n - i + 0.5 for i in range(n + 1)])
-    ax.set_yticklabels([f"{rows[i]}" for i in range(n + 1)], fontsize=8)
+    ax.set_yticklabels([f"{rows[i]}" for i in range(n + 1)], fontsize=9)
     ax.set_xticks([c + 0.5 for c in range(m + 1)])
-    ax.set_xticklabels([f"EPT {e}" for e in EPT_ENTRIES[-m:]] + ["guest entry"], fontsize=8)
+    ax.set_xticklabels([f"EPT {e}" for e in EPT_ENTRIES[-m:]] + ["guest entry"], fontsize=9)
     ax.xaxis.tick_top()
     ax.set_xlim(0, m + 1)
     ax.set_ylim(0, n + 1)
@@ -163,5 +163,5 @@ def walk_2d(guest_levels: int = 2, ept_levels: int = 4, ax=None, *,
                  f"references ((n+1)(m+1) - 1 = {(n + 1) * (m + 1) - 1})")
     ax.set_title(title, fontsize=10, pad=28)
     ax.set_xlabel("each gPA the guest walk uses is walked through the EPT first, root to leaf",
-                  fontsize=8)
+                  fontsize=9)
     return ax

@@ -209,7 +209,7 @@ def rings_svg(cpl: int, vmx: str | None = None) -> str:
         cls = "hvsim-ring hvsim-lit" if root else "hvsim-ring"
         parts.append(f'<circle data-ring="-1" class="{cls}" cx="{cx}" cy="{cy}" r="13" '
                      f'fill="{_LIT if root else "white"}" stroke="#7a8796" stroke-width="1.5"/>')
-    parts.append(f'<text x="{cx}" y="{cy + 4}" text-anchor="middle" font-size="10" '
+    parts.append(f'<text x="{cx}" y="{cy + 4}" text-anchor="middle" font-size="12" '
                  f'font-family="sans-serif" fill="{"#222" if root else "#7a8796"}"'
                  f'{" font-weight=" + chr(34) + "bold" + chr(34) if root else ""}>-1</text>')
     # the legend goes under the rings, so the picture stays narrow beside the registers
@@ -286,8 +286,8 @@ def traplog_html(records, limit: int = 200) -> str:
                     f"<td>{html.escape(r.name)}</td><td>{err}</td><td>{r.eip:#010x}</td>"
                     f"<td>{ret}</td><td>{rings}</td><td>{html.escape(r.handler)}</td>"
                     f"<td>{html.escape(r.action)}</td></tr>")
-    return ('<div style="max-height:14em;overflow-y:auto"><table style="font-family:monospace;'
-            'font-size:90%">' + head + "".join(rows) + "</table></div>")
+    return ('<div style="max-height:14em;overflow-y:auto"><table style="font-family:monospace">'
+            + head + "".join(rows) + "</table></div>")
 
 
 def console_html(text: str, limit: int = 4000) -> str:

@@ -34,7 +34,7 @@ _CSS = """<style>
 .hvsim-disasm .hvsim-line { width: 100%; }
 .hvsim-disasm button.hvsim-current { background: #ffe9a8; font-weight: bold; }
 .hvsim-disasm button.mod-active { color: #b3261e; }
-.hvsim-stepper .hvsim-status { font-family: monospace; font-size: 90%; }
+.hvsim-stepper .hvsim-status { font-family: monospace; }
 </style>"""
 
 
@@ -110,10 +110,16 @@ class Stepper(W.VBox):
         self.traplog = html("hvsim-traplog")
         self.console = html("hvsim-console")
         self.status = html("hvsim-status")
+        # rows wrap: in a narrow window (a projector's 1024 pixels) the registers and the
+        # rings go under the disassembly instead of past the right edge
+        wrap = W.Layout(flex_flow="row wrap")
         toolbar = W.HBox([self.step_button, self.step_n_button, self.n_input, self.run_trap_button,
-                          self.skip_out, self.run_button, self.back_button, self.reset_button])
+                          self.skip_out, self.run_button, self.back_button, self.reset_button],
+                         layout=wrap)
         middle = W.HBox([self.disasm,
-                         W.VBox([W.HBox([self.registers, self.vcpu_panel, self.rings]), self.flags])])
+                         W.VBox([W.HBox([self.registers, self.vcpu_panel, self.rings], layout=wrap),
+                                 self.flags])],
+                        layout=wrap)
         super().__init__([W.HTML(_CSS), toolbar, self.status, middle,
                           W.HTML("<b>trap log</b>"), self.traplog,
                           W.HTML("<b>console</b>"), self.console])
