@@ -29,9 +29,6 @@ _HELPER = None      # the cold-compile helper process this process started, if a
 _KTAB = _table.KTAB                  # the kernel table (one array, filled in place)
 _BLOCK_REQUEST = L.BLOCK_REQUEST
 
-# whether the first compile says so on stderr (hvsim/warmup.py, which reports its own
-# progress, turns it off while it runs)
-first_compile_notice = True
 FIRST_COMPILE_NOTICE = (
     "hvsim: compiling the machine's kernels for their first use on this machine (about "
     "10 s, then a moment for each new kind of instruction, once: numba caches them on "
@@ -77,9 +74,9 @@ def _kernel_entry():
         return run
     if not run.signatures:
         if kernel_cache_present() is False:
-            if first_compile_notice:
+            from hvsim.warmup import compile_run_loop_parts, first_compile_notice
+            if first_compile_notice():
                 print(FIRST_COMPILE_NOTICE, file=sys.stderr, flush=True)
-            from hvsim.warmup import compile_run_loop_parts
             compile_run_loop_parts(_start_compile_helper())
         st = np.zeros(L.ST_SIZE, np.int64)
         st[L.CFG_MEM_SIZE] = 4096

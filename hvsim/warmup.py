@@ -140,10 +140,10 @@ def warmup(progress=None) -> float:
 
     compile_bytecode()
     from hvsim import Machine, assemble, disassemble
-    from hvsim import engine
-    notice = engine.first_compile_notice
+    global _reporting
+    reporting = _reporting
     if progress is not None:
-        engine.first_compile_notice = False        # this function says what it does
+        _reporting = True                          # this function says what it does
         report("compiling the run loop first (the longest step on an empty cache)")
     try:
         workload = assemble(_WORKLOAD)
@@ -196,8 +196,18 @@ def warmup(progress=None) -> float:
                 report(f"kernels compiled: {done} of {len(table.SLOTS)}")
                 last = time.perf_counter()
     finally:
-        engine.first_compile_notice = notice
+        _reporting = reporting
     return time.perf_counter() - t0
+
+
+_reporting = False      # warmup() is reporting its progress (see first_compile_notice)
+
+
+def first_compile_notice() -> bool:
+    """Whether the engine should announce a first compile (hvsim/engine.py): not while
+    :func:`warmup` reports its own progress, which the notice's "about 10 s" would
+    contradict."""
+    return not _reporting
 
 
 # ---- a second process for the cold compile -------------------------------------------

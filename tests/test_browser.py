@@ -105,8 +105,8 @@ endless_stepper.add_class("hvsim-endless")
 endless_stepper"""
 
 
-def _run_then_stop(page):
-    """Add and run a cell with an endless guest, click Run, then Stop."""
+def _append_and_run(page, source):
+    """Add a code cell with ``source`` at the end of the open notebook and run it."""
     page.evaluate("""async (source) => {
         const app = window.jupyterapp;
         const nb = app.shell.currentWidget.content;
@@ -114,7 +114,12 @@ def _run_then_stop(page):
         await app.commands.execute('notebook:insert-cell-below');
         nb.activeCell.model.sharedModel.setSource(source);
         await app.commands.execute('notebook:run-cell');
-    }""", ENDLESS_CELL)
+    }""", source)
+
+
+def _run_then_stop(page):
+    """Add and run a cell with an endless guest, click Run, then Stop."""
+    _append_and_run(page, ENDLESS_CELL)
     root = page.locator(".hvsim-endless").first
     root.wait_for(state="visible", timeout=60_000)
     run = root.locator(".hvsim-run").first
@@ -153,14 +158,7 @@ solution"""
 
 def _click_for_the_solution(page):
     """Add and run a cell with a solution button; (text before the click, after it)."""
-    page.evaluate("""async (source) => {
-        const app = window.jupyterapp;
-        const nb = app.shell.currentWidget.content;
-        nb.activeCellIndex = nb.widgets.length - 1;
-        await app.commands.execute('notebook:insert-cell-below');
-        nb.activeCell.model.sharedModel.setSource(source);
-        await app.commands.execute('notebook:run-cell');
-    }""", SOLUTION_CELL)
+    _append_and_run(page, SOLUTION_CELL)
     root = page.locator(".hvsim-solution").first
     root.wait_for(state="visible", timeout=60_000)
     before = root.inner_text()
@@ -193,76 +191,82 @@ def _open_and_run_stepper(page, base, token, index):
     }}""")
 
 
-def test_step_in_a_real_browser_updates_registers_ring_and_trap_log(tmp_path):
+@contextlib.contextmanager
+def _stepper_page(tmp_path, width, height):
+    """A chromium page of ``width`` x ``height`` on a loopback JupyterLab, showing a copy
+    of LESSON with everything up to its first Stepper run."""
     chromium = _chromium()
     from playwright.sync_api import sync_playwright
-
     work = tmp_path / "lab"
     work.mkdir()
     shutil.copy(LESSON, work / LESSON.name)
-    index = _stepper_cell(LESSON)
     ARTIFACTS.mkdir(exist_ok=True)
     with jupyterlab(work, tmp_path) as (base, token), sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, headless=True,
                                     args=["--no-sandbox", "--disable-gpu"])
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            _open_and_run_stepper(page, base, token, index)
-            stepper = page.locator(".hvsim-step").first
-            stepper.wait_for(state="visible", timeout=180_000)
-            eax = page.locator('.hvsim-registers [data-reg="eax"]').first
-            svg = page.locator(".hvsim-rings svg").first
-            before_eax, before_cpl = eax.inner_text(), svg.get_attribute("data-cpl")
-            clicked = time.perf_counter()
-            stepper.click()
-            page.wait_for_function(
-                "(old) => { const e = document.querySelector('.hvsim-registers [data-reg=\"eax\"]');"
-                " return e && e.textContent !== old; }", arg=before_eax, timeout=30_000)
-            latency = time.perf_counter() - clicked      # click -> updated view, reported
-            after_eax = eax.inner_text()
-            after_cpl = svg.get_attribute("data-cpl")
-            lit = page.locator(".hvsim-rings .hvsim-lit").first.get_attribute("data-ring")
-            changed = page.locator(".hvsim-registers .hvsim-changed [data-reg], "
-                                   ".hvsim-registers [data-reg].hvsim-changed").all_inner_texts()
-            # the second Step is the CLI: #GP(0), delivered through the IDT to ring 0
-            stepper.click()
-            page.wait_for_function(
-                "() => { const s = document.querySelector('.hvsim-rings svg');"
-                " return s && s.getAttribute('data-cpl') === '0'; }", timeout=30_000)
-            lit_after_trap = page.locator(".hvsim-rings .hvsim-lit").first.get_attribute("data-ring")
-            traplog = page.locator(".hvsim-traplog").first.inner_text()
-            # latency measured inside the page (no Playwright round trips): click, then
-            # wait for the status line to change; Back and Step alternate
-            samples = page.evaluate("""async () => {
-                const status = () => document.querySelector('.hvsim-status').textContent;
-                const out = [];
-                for (let i = 0; i < 8; i++) {
-                    const btn = document.querySelector(i % 2 ? '.hvsim-step' : '.hvsim-back');
-                    const old = status();
-                    const t0 = performance.now();
-                    btn.click();
-                    while (status() === old) {
-                        if (performance.now() - t0 > 10000) return null;
-                        await new Promise(r => requestAnimationFrame(r));
-                    }
-                    out.push(performance.now() - t0);
-                }
-                return out;
-            }""")
-            widget = page.locator(".jp-OutputArea-output", has=page.locator(".hvsim-step")).first
-            widget.scroll_into_view_if_needed()
-            widget.screenshot(path=str(ARTIFACTS / "browser-stepper.png"))
-            run_stop = _run_then_stop(page)
-            solution_before, solution_after = _click_for_the_solution(page)
-            (ARTIFACTS / "browser-stepper.json").write_text(json.dumps(
-                {"click_to_view_seconds": round(latency, 4),
-                 "in_page_click_to_view_ms": [round(x, 1) for x in samples or []],
-                 "eax_before": before_eax,
-                 "eax_after": after_eax, "cpl": after_cpl}, indent=1))
-            print(f"Step: click to updated view {latency * 1000:.0f} ms (Playwright); "
-                  f"in the page: {sorted(samples or [])}")
+            page = browser.new_page(viewport={"width": width, "height": height})
+            _open_and_run_stepper(page, base, token, _stepper_cell(LESSON))
+            yield page
         finally:
             browser.close()
+
+
+def test_step_in_a_real_browser_updates_registers_ring_and_trap_log(tmp_path):
+    with _stepper_page(tmp_path, 1400, 1000) as page:
+        stepper = page.locator(".hvsim-step").first
+        stepper.wait_for(state="visible", timeout=180_000)
+        eax = page.locator('.hvsim-registers [data-reg="eax"]').first
+        svg = page.locator(".hvsim-rings svg").first
+        before_eax, before_cpl = eax.inner_text(), svg.get_attribute("data-cpl")
+        clicked = time.perf_counter()
+        stepper.click()
+        page.wait_for_function(
+            "(old) => { const e = document.querySelector('.hvsim-registers [data-reg=\"eax\"]');"
+            " return e && e.textContent !== old; }", arg=before_eax, timeout=30_000)
+        latency = time.perf_counter() - clicked      # click -> updated view, reported
+        after_eax = eax.inner_text()
+        after_cpl = svg.get_attribute("data-cpl")
+        lit = page.locator(".hvsim-rings .hvsim-lit").first.get_attribute("data-ring")
+        changed = page.locator(".hvsim-registers .hvsim-changed [data-reg], "
+                               ".hvsim-registers [data-reg].hvsim-changed").all_inner_texts()
+        # the second Step is the CLI: #GP(0), delivered through the IDT to ring 0
+        stepper.click()
+        page.wait_for_function(
+            "() => { const s = document.querySelector('.hvsim-rings svg');"
+            " return s && s.getAttribute('data-cpl') === '0'; }", timeout=30_000)
+        lit_after_trap = page.locator(".hvsim-rings .hvsim-lit").first.get_attribute("data-ring")
+        traplog = page.locator(".hvsim-traplog").first.inner_text()
+        # latency measured inside the page (no Playwright round trips): click, then
+        # wait for the status line to change; Back and Step alternate
+        samples = page.evaluate("""async () => {
+            const status = () => document.querySelector('.hvsim-status').textContent;
+            const out = [];
+            for (let i = 0; i < 8; i++) {
+                const btn = document.querySelector(i % 2 ? '.hvsim-step' : '.hvsim-back');
+                const old = status();
+                const t0 = performance.now();
+                btn.click();
+                while (status() === old) {
+                    if (performance.now() - t0 > 10000) return null;
+                    await new Promise(r => requestAnimationFrame(r));
+                }
+                out.push(performance.now() - t0);
+            }
+            return out;
+        }""")
+        widget = page.locator(".jp-OutputArea-output", has=page.locator(".hvsim-step")).first
+        widget.scroll_into_view_if_needed()
+        widget.screenshot(path=str(ARTIFACTS / "browser-stepper.png"))
+        run_stop = _run_then_stop(page)
+        solution_before, solution_after = _click_for_the_solution(page)
+        (ARTIFACTS / "browser-stepper.json").write_text(json.dumps(
+            {"click_to_view_seconds": round(latency, 4),
+             "in_page_click_to_view_ms": [round(x, 1) for x in samples or []],
+             "eax_before": before_eax,
+             "eax_after": after_eax, "cpl": after_cpl}, indent=1))
+        print(f"Step: click to updated view {latency * 1000:.0f} ms (Playwright); "
+              f"in the page: {sorted(samples or [])}")
     # the lesson's first Stepper shows a ring-3 program whose first instruction is
     # `mov eax, 0x1234`: after one Step EAX holds it, the CPU is still in ring 3
     assert before_cpl == "3" and after_cpl == "3" and lit == "3"
@@ -310,27 +314,13 @@ MEASURE_JS = """() => {
 def test_stepper_fits_a_projector_window(tmp_path):
     """Issue 17, defect 7: at 1024 x 768 (a classroom projector) the stepper and its
     ring diagram lie inside the window, and no text of theirs is under 12 px."""
-    chromium = _chromium()
-    from playwright.sync_api import sync_playwright
-
-    work = tmp_path / "lab"
-    work.mkdir()
-    shutil.copy(LESSON, work / LESSON.name)
-    ARTIFACTS.mkdir(exist_ok=True)
-    with jupyterlab(work, tmp_path) as (base, token), sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, headless=True,
-                                    args=["--no-sandbox", "--disable-gpu"])
-        try:
-            page = browser.new_page(viewport={"width": 1024, "height": 768})
-            _open_and_run_stepper(page, base, token, _stepper_cell(LESSON))
-            page.locator(".hvsim-rings svg").first.wait_for(state="visible", timeout=180_000)
-            page.wait_for_timeout(500)                      # let the layout settle
-            m = page.evaluate(MEASURE_JS)
-            widget = page.locator(".jp-OutputArea-output", has=page.locator(".hvsim-step")).first
-            widget.scroll_into_view_if_needed()
-            page.screenshot(path=str(ARTIFACTS / "browser-stepper-1024.png"))
-        finally:
-            browser.close()
+    with _stepper_page(tmp_path, 1024, 768) as page:
+        page.locator(".hvsim-rings svg").first.wait_for(state="visible", timeout=180_000)
+        page.wait_for_timeout(500)                      # let the layout settle
+        m = page.evaluate(MEASURE_JS)
+        widget = page.locator(".jp-OutputArea-output", has=page.locator(".hvsim-step")).first
+        widget.scroll_into_view_if_needed()
+        page.screenshot(path=str(ARTIFACTS / "browser-stepper-1024.png"))
     summary = {k: v for k, v in m.items() if not k.endswith("_text")}
     summary["smallest_svg_text_px"] = min(t["px"] for t in m["svg_text"])
     summary["smallest_panel_text_px"] = min(t["px"] for t in m["panel_text"])
