@@ -74,10 +74,10 @@ _OPTIONS = dict(cache=True, nogil=True, boundscheck=False, error_model="numpy", 
 # default, for taking its address (``dispatcher.address``); hvsim never takes a
 # kernel's address that way (the kernel table compiles its own ``numba.cfunc``
 # wrappers, hvsim/cpu/table.py), and the wrappers made each cached kernel's machine code
-# larger -- measured on the 2-core development machine, the MMU's translate compiled in
-# 2.3-2.4 s without them against 3.5 s with them, and the first result of the README's
-# example came 1 s sooner (BENCHMARKS.md). An option of numba's CPU target rather than
-# a documented one: used only when this numba still lists it.
+# larger -- measured on the 2-core development machine (a fresh process, an empty
+# cache), the MMU's translate compiled in 2.3-2.4 s without them against 3.5 s with
+# them, and the README's example gave its first result about 1 s sooner. An option of
+# numba's CPU target rather than a documented one: used only when this numba lists it.
 try:
     from numba.core.cpu import CPUTargetOptions as _CPUTargetOptions
     if hasattr(_CPUTargetOptions, "no_cfunc_wrapper"):
