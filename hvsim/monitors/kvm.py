@@ -58,6 +58,7 @@ from hvsim.arch import vmx as X
 from hvsim.arch.cr import CR0_PE, CR0_NE, CR0_PG, CR0_ET, CR4_VMXE
 from hvsim.arch.flags import FIXED1, IF
 from hvsim.arch.pte import PTE_P, PTE_RW, PTE_US
+from hvsim.asm.table import REG32
 from hvsim.cpu import decode as D
 from hvsim.instruction import PFX_OPSIZE, from_exit_info
 from hvsim.machine import Event, Machine
@@ -735,14 +736,14 @@ def _cpuid(vc: VCPU) -> None:
 def _gpr(vc: VCPU, n: int) -> int:
     if n == 4:
         return vc.vmcs["GUEST_RSP"]
-    return int(getattr(vc.machine.cpu, ("eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi")[n]))
+    return int(getattr(vc.machine.cpu, REG32[n]))
 
 
 def _set_gpr(vc: VCPU, n: int, value: int) -> None:
     if n == 4:
         vc.vmcs["GUEST_RSP"] = value
     else:
-        setattr(vc.machine.cpu, ("eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi")[n], value)
+        setattr(vc.machine.cpu, REG32[n], value)
 
 
 def _cr_access(vc: VCPU) -> Optional[KvmRun]:

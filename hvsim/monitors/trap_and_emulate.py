@@ -63,6 +63,7 @@ from hvsim.arch.cr import CR0_PG
 from hvsim.arch.flags import IF, IOPL_MASK, IOPL_SHIFT, FIXED1, POPF_WRITABLE, RF, VM
 from hvsim.arch.layout import AR_DPL_SHIFT
 from hvsim.arch.vectors import vector_name, GP, PF, HAS_ERROR_CODE
+from hvsim.asm.table import REG32, SREG
 from hvsim.instruction import Instruction
 from hvsim.machine import Event, Machine, Snapshot
 from hvsim.monitors.base import Kill, LogEntry, Monitor, MonitorEvent
@@ -86,7 +87,6 @@ OPC_MOV_FROM_CR, OPC_MOV_TO_CR = 0x120, 0x122        # 0F 20 /r, 0F 22 /r (SDM V
 OPC_MOV_FROM_DR, OPC_MOV_TO_DR = 0x121, 0x123        # 0F 21 /r, 0F 23 /r (SDM Vol. 2B MOV DRn)
 OPC_MOV_FROM_SREG = 0x8C                              # 8C /r
 OPC_PUSH_SREG = (0x06, 0x0E, 0x16, 0x1E, 0x1A0, 0x1A8)  # PUSH ES/CS/SS/DS, 0F A0/A8 FS/GS
-SREG_NAMES = ("es", "cs", "ss", "ds", "fs", "gs")     # Sreg encoding order (SDM Vol. 2A, 3.1.1.3)
 OPC_IO_IMM = (0xE4, 0xE5, 0xE6, 0xE7)                 # IN/OUT with an imm8 port
 CR_NAMES = {0: "cr0", 2: "cr2", 3: "cr3", 4: "cr4"}
 
@@ -365,7 +365,7 @@ def _store_operand(mon: "TrapAndEmulate", insn: Instruction, value: int, size: i
     """Write ``value`` where ``insn`` stores: its ModRM register (all 32 bits, as P6 and
     later processors write them) or its ``size``-byte memory operand."""
     if insn.rm is not None:
-        name = ("eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi")[insn.rm]
+        name = REG32[insn.rm]
         setattr(mon.machine.cpu, name, value & MASK32)
         return name
     write(mon.machine, insn.mem.linear, (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little"))
@@ -391,7 +391,7 @@ def emulate_push_sreg(mon: "TrapAndEmulate", ev: Event) -> Optional[str]:
     """PUSH Sreg: the selector the guest expects (RPL 0 for its 'ring 0' segments), pushed
     zero-extended to 32 bits as hvsim's CPU pushes it."""
     m = mon.machine
-    name = SREG_NAMES[OPC_PUSH_SREG.index(ev.insn.opcode)]     # (the same order)
+    name = SREG[OPC_PUSH_SREG.index(ev.insn.opcode)]     # (the same order)
     real = int(getattr(m.cpu, name))
     value = virtual_selector(real)
     esp = (m.cpu.esp - 4) & MASK32
@@ -407,7 +407,7 @@ def emulate_mov_from_sreg(mon: "TrapAndEmulate", ev: Event) -> Optional[str]:
     insn = ev.insn
     if insn.reg > 5:
         raise Kill(f"'{insn}' at {ev.eip:#010x} names no segment register (#UD)")
-    name = SREG_NAMES[insn.reg]
+    name = SREG[insn.reg]
     real = int(getattr(mon.machine.cpu, name))
     value = virtual_selector(real)
     where = _store_operand(mon, insn, value, 2)
