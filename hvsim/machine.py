@@ -602,6 +602,10 @@ class Machine:
         self.programs: list = []
         self._bp_written = None
         self._raw_mem = self._mem.view(np.ndarray)
+        # a software monitor's shadow MMU (hvsim/mmu/shadow.py) while it shadows the
+        # guest's page tables: read_linear / write_linear go through the guest's tables
+        # then, not the real CR3's, and writes keep the shadows in step
+        self.guest_mmu = None
         # bumped by everything that changes the machine from outside a kernel: runs,
         # restores, register and memory writes from Python -- a view of the machine (a
         # Stepper's controller) compares it with the value after its own last action
@@ -807,6 +811,15 @@ class Machine:
         and the datum go through EPT, an access EPT refuses raises the EPT violation or
         misconfiguration the CPU would exit with, the guest's A/D-flag writes need EPT's
         W, and with EPTP bit 6 the EPT accessed and dirty flags are set."""
+        gm = self.guest_mmu
+        if gm is not None:
+            from hvsim.mmu.shadow import GuestPageFault, ShadowError
+            try:
+                return gm.translate(lin, write, user)
+            except GuestPageFault as e:
+                raise GuestMemoryError("page_fault", lin, e.error_code, str(e)) from None
+            except ShadowError as e:
+                raise GuestMemoryError("bus_error", lin, None, str(e)) from None
         from hvsim.mmu import walk
         st = self._st
         cr0 = int(st[L.CR0])
@@ -920,7 +933,13 @@ class Machine:
         if not data:
             return
         self.generation += 1
+        gm = self.guest_mmu
+        if gm is not None and pa < gm.ram:
+            first, last = pa & ~3, min((pa + len(data) + 3) & ~3, gm.ram)
+            old = self._raw_mem[first:last].tobytes()
         self._raw_mem[pa:pa + len(data)] = np.frombuffer(data, np.uint8)
+        if gm is not None and pa < gm.ram:
+            gm.written(first, old, self._raw_mem[first:last].tobytes())
         pg = self._pg
         for frame in range(pa >> 12, ((pa + len(data) - 1) >> 12) + 1):
             if pg[frame] & L.PG_CODE:       # as a guest store does (hvsim/mmu/paging.py)

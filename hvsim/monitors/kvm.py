@@ -63,6 +63,7 @@ from hvsim.cpu import decode as D
 from hvsim.instruction import PFX_OPSIZE, from_exit_info
 from hvsim.machine import Event, Machine
 from hvsim.monitors.base import LogEntry, Monitor, MonitorEvent, STATS
+from hvsim.monitors.stores import MOFFS_LOADS, MOV_LOADS, store_of
 from hvsim.rings.setup import install
 from hvsim.vtx import checks as K
 
@@ -846,9 +847,6 @@ def _vmcall(vc: VCPU) -> KvmRun:
 
 # The MOV forms emulated for an MMIO access (see the module docstring), by handler
 # family (hvsim/cpu/decode.py) and, for the moffs forms, opcode (SDM Vol. 2B, MOV)
-_MMIO_LOADS = {D.OP_MOV_GE, D.OP_MOVZX, D.OP_MOVSX}     # 8A 8B; 0F B6 B7; 0F BE BF
-_MMIO_STORES = {D.OP_MOV_EG, D.OP_MOV_EI}               # 88 89; C6 C7 /0
-_MOFFS_LOADS, _MOFFS_STORES = (0xA0, 0xA1), (0xA2, 0xA3)
 
 
 def _ept_violation(vc: VCPU) -> KvmRun:
@@ -866,17 +864,15 @@ def _ept_violation(vc: VCPU) -> KvmRun:
     insn = from_exit_info(m._exit_info.tolist())
     own = (q & X.EPT_QUAL_FINAL_TRANSLATION and not q & X.EPT_QUAL_FETCH and insn is not None
            and not v["IDT_VECTORING_INFO_FIELD"] & X.INTR_INFO_VALID)
-    moffs = insn.opcode in _MOFFS_LOADS + _MOFFS_STORES if own else False
-    if own and write and (insn.family in _MMIO_STORES or insn.opcode in _MOFFS_STORES):
-        size = insn.size
-        value = insn.imm if insn.family == D.OP_MOV_EI else _reg(vc, 0 if moffs else insn.reg,
-                                                                   size)
-        data = (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little")
+    store = store_of(insn, lambda n, size: _reg(vc, n, size)) if own and write else None
+    if store is not None:
+        size, value = store
+        data = value.to_bytes(size, "little")
         vc._skip_by(insn.length)
         vc._note("EPT_VIOLATION", "MMIO write of {} bytes at {:#x}: {}", size, gpa, data.hex())
         return KvmRun(KVM_EXIT["mmio"], hardware_exit_reason=_ER.EPT_VIOLATION,
                       mmio_phys_addr=gpa, mmio_is_write=True, mmio_len=size, mmio_data=data)
-    if own and not write and (insn.family in _MMIO_LOADS or insn.opcode in _MOFFS_LOADS):
+    if own and not write and (insn.family in MOV_LOADS or insn.opcode in MOFFS_LOADS):
         run = KvmRun(KVM_EXIT["mmio"], hardware_exit_reason=_ER.EPT_VIOLATION,
                      mmio_phys_addr=gpa, mmio_is_write=False, mmio_len=insn.size)
         vc._mmio_read = (run, insn)
@@ -913,7 +909,7 @@ def _complete_mmio_read(vc: VCPU) -> None:
         dest = 2 if insn.prefixes & PFX_OPSIZE else 4
         _set_reg(vc, insn.reg, dest, value & ((1 << (8 * dest)) - 1))
     else:
-        _set_reg(vc, 0 if insn.opcode in _MOFFS_LOADS else insn.reg, size, value)
+        _set_reg(vc, 0 if insn.opcode in MOFFS_LOADS else insn.reg, size, value)
     vc._skip_by(insn.length)
 
 

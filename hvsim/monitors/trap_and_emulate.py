@@ -34,9 +34,19 @@ monitor emulates them: theorem 1 holds, the VMM works.
 Simplifications, each deliberate: the guest is *ring-aware* in one respect (its IDT
 gates name the ring-1 code segment of the monitor's GDT, as a Xen PV guest's do); the
 monitor provides the GDT and TSS (hvsim.rings.setup) and does not virtualize LGDT/LTR;
-guest paging (CR0.PG) is refused (shadow page tables are another lesson); the guest can
-write the monitor's tables in memory (a real VMM protects them with segment limits or
-paging).
+while the guest's paging is off, the real paging is off too and the guest could write
+the monitor's tables in its low memory.
+
+Guest paging (CR0.PG) runs on **shadow page tables** (hvsim/mmu/shadow.py): the machine's
+top :data:`MONITOR_PAGES` pages are the monitor's own memory, never mapped into the
+guest -- the guest's RAM is everything below them. When the guest turns paging on, the
+real CR3 points at shadow tables built there; the guest's MOV CR3, MOV CR0/CR4 and
+INVLPG (privileged: they trap) switch, reset or trim them, and every #PF reaches the
+monitor, which sorts it into hidden (filled), true (reflected with the guest's error
+code and CR2) and trace (a write to a guest page table: emulated). The monitor's GDT
+and TSS move into its memory, mapped read-only in the top 4 MiB of every shadow
+address space (:data:`~hvsim.mmu.shadow.HOLE_BASE`, where VMware's monitor lived), the
+one linear region the guest may not use.
 
 Every handler is a plain function ``handler(mon, ev) -> str | None``: it emulates the
 instruction ``ev.insn`` on ``mon``'s virtual CPU and returns what it did, or None when the
@@ -59,7 +69,9 @@ import dataclasses
 import struct
 from typing import Callable, Optional
 
-from hvsim.arch.cr import CR0_PG
+from hvsim.arch import layout as L
+from hvsim.arch.cr import CR0_PG, CR0_WP
+from hvsim.arch.pte import PTE_P
 from hvsim.arch.flags import IF, IOPL_MASK, IOPL_SHIFT, FIXED1, POPF_WRITABLE, RF, VM
 from hvsim.arch.layout import AR_DPL_SHIFT
 from hvsim.arch.vectors import vector_name, GP, PF, HAS_ERROR_CODE
@@ -69,12 +81,14 @@ from hvsim.machine import Event, Machine, Snapshot
 from hvsim.monitors.base import Kill, LogEntry, Monitor, MonitorEvent
 from hvsim.monitors.devices import (VirtualDevices, CONSOLE_PORT, TIMER_PERIOD_PORT,  # noqa: F401
                                     TIMER_VECTOR_PORT)
+from hvsim.mmu.shadow import HIDDEN, HOLE_BASE, TRUE, ShadowError, ShadowMMU
 from hvsim.monitors.reflect import GATE_SIZE, gate, read, reflect, stack_linear, write
+from hvsim.monitors.stores import store_of
 from hvsim.monitors.vcpu import VirtualCPU
 from hvsim.rings.descriptors import ERR_IDT
-from hvsim.rings.setup import install
+from hvsim.rings.setup import STACK_SPACING, install
 
-__all__ = ["TrapAndEmulate", "HANDLERS", "GUEST_RING", "MonitorSnapshot"]
+__all__ = ["TrapAndEmulate", "HANDLERS", "GUEST_RING", "MonitorSnapshot", "MONITOR_PAGES"]
 
 GUEST_RING = 1                 # where the guest kernel really runs (virtual ring 0)
 HOST_TIMER_VECTOR = 0x20       # the vector of the *real* timer, routed to the monitor
@@ -89,6 +103,13 @@ OPC_MOV_FROM_SREG = 0x8C                              # 8C /r
 OPC_PUSH_SREG = (0x06, 0x0E, 0x16, 0x1E, 0x1A0, 0x1A8)  # PUSH ES/CS/SS/DS, 0F A0/A8 FS/GS
 OPC_IO_IMM = (0xE4, 0xE5, 0xE6, 0xE7)                 # IN/OUT with an imm8 port
 CR_NAMES = {0: "cr0", 2: "cr2", 3: "cr3", 4: "cr4"}
+
+PAGE = 4096
+GUEST_RAM = 1 << 20            # the guest's RAM on a machine the monitor makes
+# the monitor's own memory at the top of the machine: page 0 its GDT and TSS while the
+# guest pages, page 1 the page table of its linear hole, the rest the shadow tables
+MONITOR_PAGES = 64
+_TABLES_PAGE, _HOLE_TABLE_PAGE, _POOL_FIRST = 0, 1, 2
 
 # the instructions Robin & Irvine (USENIX Security 2000) list as sensitive but not
 # privileged, as the decoder names them: they trap only under `virtualizable`
@@ -106,6 +127,7 @@ class MonitorSnapshot:
     emulated: dict
     reflected: dict
     scalars: dict
+    shadow: object = None
 
 
 def sensitive_unprivileged(insn: Instruction) -> bool:
@@ -216,13 +238,11 @@ def emulate_mov_cr(mon: "TrapAndEmulate", ev: Event) -> Optional[str]:
     gpr = insn.rm_name
     if insn.opcode == OPC_MOV_TO_CR:
         value = getattr(cpu, gpr)
-        if cr == "cr0" and value & CR0_PG:
-            raise Kill(f"the guest turns paging on ('{insn}' at {ev.eip:#010x}): "
-                       "this monitor has no shadow page tables")
         old = getattr(v, cr)
         setattr(v, cr, value)
         _resume_after(mon, ev)
-        return f"emulated MOV {cr.upper()}: virtual {cr.upper()} {old:#x}→{value:#x}"
+        text = f"emulated MOV {cr.upper()}: virtual {cr.upper()} {old:#x}→{value:#x}"
+        return text + mon._paging_changed(cr)
     value = getattr(v, cr)
     setattr(cpu, gpr, value)
     _resume_after(mon, ev)
@@ -246,6 +266,19 @@ def emulate_mov_dr(mon: "TrapAndEmulate", ev: Event) -> Optional[str]:
     setattr(cpu, gpr, v.dr[n])
     _resume_after(mon, ev)
     return f"emulated MOV from DR{n}: {gpr} = virtual DR{n} = {v.dr[n]:#x}"
+
+
+def emulate_invlpg(mon: "TrapAndEmulate", ev: Event) -> Optional[str]:
+    """INVLPG m (0F 01 /7), privileged (SDM Vol. 2A, INVLPG): the shadow entry of the
+    page goes (resynced first if its table is unsync), and the TLB's."""
+    if virtual_cpl(ev.cpl) != 0:
+        return None
+    lin = ev.insn.mem.linear
+    _resume_after(mon, ev)
+    if mon.shadow is None:
+        return f"emulated INVLPG {lin:#x}: no shadow tables yet, nothing cached"
+    mon.shadow.invlpg(lin)
+    return f"emulated INVLPG {lin:#x}: its shadow entry dropped"
 
 
 def emulate_cache_flush(mon: "TrapAndEmulate", ev: Event) -> Optional[str]:
@@ -422,7 +455,7 @@ HANDLERS: dict[str, Callable[["TrapAndEmulate", Event], Optional[str]]] = {
     "pushfd": emulate_pushfd, "popfd": emulate_popfd, "iretd": emulate_iretd,
     "mov dr": emulate_mov_dr, "invd": emulate_cache_flush, "wbinvd": emulate_cache_flush,
     "smsw": emulate_smsw, "push sreg": emulate_push_sreg, "mov from sreg": emulate_mov_from_sreg,
-    "lgdt": emulate_lgdt, "sgdt": emulate_sgdt,
+    "lgdt": emulate_lgdt, "sgdt": emulate_sgdt, "invlpg": emulate_invlpg,
 }
 
 
@@ -454,19 +487,37 @@ class TrapAndEmulate(Monitor):
               enter it yourself with :meth:`boot`.
     virtualizable : set ``machine.virtualizable``: POPF/PUSHF/IRET (and the other
               sensitive instructions) then trap at CPL > 0 too.
+    unsync : shadow paging leaves written guest page tables writable until the next
+              INVLPG / CR3 load (KVM's unsync pages) instead of emulating each write.
+
+    The machine's top MONITOR_PAGES pages are the monitor's (shadow tables); the guest's
+    RAM is the rest (a machine made here: 1 MiB of guest RAM). The rings' stacks are at
+    the top of the guest's RAM.
     """
     name = "trap-and-emulate"
 
     def __init__(self, machine: Optional[Machine] = None, program=None, *,
-                 virtualizable: bool = False):
+                 virtualizable: bool = False, unsync: bool = False):
         if machine is None:
-            machine = Machine(memory=1 << 20)
+            machine = Machine(memory=GUEST_RAM + MONITOR_PAGES * PAGE)
         if not isinstance(machine, Machine):
             raise TypeError(f"machine must be an hvsim Machine, got {type(machine).__name__}")
         if not isinstance(virtualizable, bool):
             raise TypeError(f"virtualizable must be True or False, got {virtualizable!r}")
+        if not isinstance(unsync, bool):
+            raise TypeError(f"unsync must be True or False, got {unsync!r}")
+        ram = len(machine.memory) - MONITOR_PAGES * PAGE
+        if ram < 1 << 16:
+            raise ValueError(f"a {len(machine.memory):#x}-byte machine leaves the guest "
+                             f"{max(ram, 0):#x} bytes of RAM beside the monitor's "
+                             f"{MONITOR_PAGES} pages: give it at least 64 KiB more")
         self.machine = machine
-        self.tables = install(machine)
+        self.ram = ram
+        self.unsync = unsync
+        self.shadow: Optional[ShadowMMU] = None      # made when the guest turns paging on
+        self.tables = dataclasses.replace(
+            install(machine, ring0_stack=ram, ring1_stack=ram - STACK_SPACING,
+                    ring2_stack=ram - 2 * STACK_SPACING), memory_size=ram)
         # the monitor owns every vector: exceptions, INT n and the real timer leave run()
         machine.route(range(256), "host")
         machine.virtualizable = virtualizable
@@ -508,9 +559,12 @@ class TrapAndEmulate(Monitor):
 
     @property
     def stats(self) -> dict:
-        return {"traps": sum(self.traps.values()), "emulated": sum(self.emulated.values()),
-                "reflected": sum(self.reflected.values()), "injected": self.ticks_delivered,
-                "vm_exits": 0, "hypercalls": 0}
+        d = {"traps": sum(self.traps.values()), "emulated": sum(self.emulated.values()),
+             "reflected": sum(self.reflected.values()), "injected": self.ticks_delivered,
+             "vm_exits": 0, "hypercalls": 0}
+        if self.shadow is not None:
+            d.update(self.shadow.stats)
+        return d
 
     @property
     def counters(self) -> dict:
@@ -520,6 +574,8 @@ class TrapAndEmulate(Monitor):
         d.update({f"reflected {k}": v for k, v in sorted(self.reflected.items())})
         d.update(ticks_delivered=self.ticks_delivered, ticks_coalesced=self.ticks_coalesced,
                  idle_instructions=self.idle_instructions, traps=sum(self.traps.values()))
+        if self.shadow is not None:
+            d.update(self.shadow.stats)
         return d
 
     @property
@@ -592,7 +648,8 @@ class TrapAndEmulate(Monitor):
             dict(console=self.devices.console, ticks_delivered=self.ticks_delivered,
                  ticks_coalesced=self.ticks_coalesced, idle_instructions=self.idle_instructions,
                  _state=self._state, _final=self._final, _shadow=self._shadow,
-                 _timer_epoch=self._timer_epoch, virtualizable=self.virtualizable))
+                 _timer_epoch=self._timer_epoch, virtualizable=self.virtualizable),
+            None if self.shadow is None else self.shadow.snapshot())
 
     def restore(self, snap: MonitorSnapshot) -> None:
         """Put the machine and the monitor back as they were at :meth:`snapshot`."""
@@ -609,6 +666,13 @@ class TrapAndEmulate(Monitor):
                 self.devices.console = v
             elif k != "virtualizable":
                 setattr(self, k, v)
+        if snap.shadow is None:
+            self.shadow = None
+            self.machine.guest_mmu = None
+        else:
+            if self.shadow is None:
+                self._make_shadow()
+            self.shadow.restore(snap.shadow)
 
     def __repr__(self):
         v = self.vcpu
@@ -629,6 +693,8 @@ class TrapAndEmulate(Monitor):
                 self.traps[ev.name] += 1
                 if ev.vector == GP and ev.error_code == 0 and ev.source == "fault":
                     self._general_protection(ev)
+                elif ev.vector == PF and self.shadow is not None:
+                    self._page_fault(ev)
                 else:
                     self._guest_exception(ev)
                 return None
@@ -680,10 +746,113 @@ class TrapAndEmulate(Monitor):
                        f"{ev.eip:#010x} in ring {ev.cpl}: the monitor does not emulate it")
         self._guest_exception(ev)      # the user program's own #GP: the guest kernel's business
 
+    # ---- shadow paging ------------------------------------------------------------------
+    def _make_shadow(self) -> None:
+        """The shadow MMU, on the monitor's pages at the top of the machine."""
+        base = self.ram
+        self.shadow = ShadowMMU(self.machine, self.ram,
+                                [base + i * PAGE for i in range(_POOL_FIRST, MONITOR_PAGES)],
+                                unsync=self.unsync, hole_table=base + _HOLE_TABLE_PAGE * PAGE)
+        self.machine.guest_mmu = self.shadow     # the monitor's own reads: the guest's tables
+
+    def _move_tables(self) -> None:
+        """Paging starts: the GDT and TSS the CPU reads move into the monitor's memory,
+        mapped read-only at HOLE_BASE (the guest's own mappings can no longer reach
+        low memory the monitor relies on); GDTR, TR and the TSS descriptor follow."""
+        m, t = self.machine, self.tables
+        page = self.ram + _TABLES_PAGE * PAGE
+        limit = int(m.cpu.gdtr_limit)
+        gdt = bytearray(m.memory[t.gdt:t.gdt + limit + 1].tobytes())
+        tss_at = 0x800                                    # within the tables page
+        index = t.tss_selector & ~7
+        base = HOLE_BASE + tss_at                         # the TSS descriptor's new base
+        gdt[index + 2:index + 5] = (base & 0xFFFFFF).to_bytes(3, "little")
+        gdt[index + 7] = base >> 24
+        mem = m._raw_mem
+        mem[page:page + len(gdt)] = list(gdt)
+        mem[page + tss_at:page + tss_at + 104] = m.memory[t.tss:t.tss + 104]
+        hole = self.ram + _HOLE_TABLE_PAGE * PAGE
+        mem[hole:hole + 4] = list((page | PTE_P).to_bytes(4, "little"))   # read-only
+        st = m._st
+        st[L.GDTR_BASE] = HOLE_BASE
+        st[L.TR_BASE] = base
+
+    def _paging_changed(self, cr: str) -> str:
+        """After the guest wrote a virtual CR: the shadow tables follow (the text is
+        appended to the handler's)."""
+        v, m = self.vcpu, self.machine
+        if cr == "cr3":
+            if self.shadow is None or not self.shadow.paging:
+                return ""
+            root = self.shadow.load_cr3(v.cr3)
+            m.cpu.cr3 = root
+            return f"; shadow root {root:#x}"
+        if cr not in ("cr0", "cr4") or (self.shadow is None and not v.cr0 & CR0_PG):
+            return ""
+        text = ""
+        if self.shadow is None:
+            self._make_shadow()
+            self._move_tables()
+            text = "; shadow paging starts"
+        try:
+            root = self.shadow.set_mode(v.cr0, v.cr3, v.cr4)
+        except ShadowError as e:
+            raise Kill(str(e)) from None
+        m.cpu.cr3 = root
+        m.cpu.cr0 = int(m.cpu.cr0) | CR0_PG | CR0_WP
+        return text + f"; shadow root {root:#x}"
+
+    def _page_fault(self, ev: Event) -> None:
+        """#PF under shadow paging: hidden (filled), true (reflected) or trace (the
+        guest's store into its own page table, emulated)."""
+        sh, lin = self.shadow, ev.address
+        try:
+            kind, info = sh.page_fault(lin, ev.error_code)
+        except ShadowError as e:
+            raise Kill(str(e)) from None
+        if kind == HIDDEN:
+            self._record(ev, "hidden", f"hidden #PF at {lin:#x}: shadow entry filled", ev.insn)
+            return
+        if kind == TRUE:
+            self.vcpu.cr2 = lin
+            target = self._reflect(PF, info, ev.eip)
+            self.reflected[ev.name] += 1
+            self._record(ev, "reflected", f"true #PF({info:#x}) at {lin:#x}: reflected to "
+                                          f"guest handler {target:#x}", ev.insn)
+            return
+        gpa, insn = info, ev.insn
+        table = gpa & ~0xFFF
+        if sh.make_unsync(gpa >> 12):
+            self._record(ev, "trace", f"write to guest page table {table:#x}: left writable "
+                                      "(unsync) until the next INVLPG or CR3 load", insn)
+            return
+        store = store_of(insn, self._reg)
+        if store is not None and insn.mem.linear == lin and (gpa & 0xFFF) + store[0] <= PAGE:
+            size, value = store
+            sh.write_guest(gpa, value.to_bytes(size, "little"))
+            sh.counters["pt_writes_emulated"] += 1
+            _resume_after(self, ev)
+            self._record(ev, "trace", f"write to guest page table {table:#x}: emulated "
+                                      f"[{gpa:#x}] = {value:#x}, shadow entries dropped", insn)
+            return
+        if sh.unprotect(gpa >> 12):
+            self._record(ev, "trace", f"write to guest page table {table:#x} by '{insn}': "
+                                      "not a MOV, unshadowed and retried", insn)
+            return
+        raise Kill(f"'{insn}' at {ev.eip:#010x} writes the guest's current page directory "
+                   f"({table:#x}) in a form this monitor does not emulate (MOV stores only)")
+
+    def _reg(self, n: int, size: int) -> int:
+        """General register ``n`` (ModRM numbering) at operand size ``size``."""
+        cpu = self.machine.cpu
+        if size == 1:
+            return (int(getattr(cpu, REG32[n & 3])) >> (8 if n >= 4 else 0)) & 0xFF
+        return int(getattr(cpu, REG32[n])) & ((1 << (8 * size)) - 1)
+
     # ---- reflection into the guest's virtual IDT ---------------------------------------
     def _reflect(self, vector: int, error: Optional[int], ret_eip: int) -> int:
         return reflect(self.machine, self.vcpu, vector, error, ret_eip, guest_ring=GUEST_RING,
-                       tss=self.tables.tss)
+                       tss=int(self.machine._st[L.TR_BASE]))
 
     def _guest_exception(self, ev: Event) -> None:
         """The guest's own exception or software interrupt: reflect it."""
