@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import struct
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 from hvsim.guests import MM_PARAMS, MM_WORKLOADS, mm_kernel
 from hvsim.machine import Event, Machine
@@ -60,28 +60,27 @@ _GPRS = ("eax", "ecx", "edx", "ebx", "ebp", "esi", "edi")
 
 
 # ---- the hosts ------------------------------------------------------------------------
+def _started(mon, budget: int):
+    """(monitor, the event its run ended with): a host built from a booted monitor."""
+    return mon, mon.run(budget)
+
+
 def _native(program, budget: int):
     """The bare machine: ring 0, the guest's own IDT takes its exceptions."""
     m = Machine(memory=GUEST_RAM, exceptions="guest")
     install(m)
-    mon = Native(machine=m, program=program)
-    return mon, mon.run(budget)
+    return _started(Native(machine=m, program=program), budget)
 
 
-def _vtx(ept: bool) -> Callable:
-    def host(program, budget: int):
-        mon = Vtx(program=program, ept=ept)
-        return mon, mon.run(budget)
-    host.__doc__ = (f"VT-x ring 0 of VMX non-root, {'with' if ept else 'without'} EPT "
-                    "(KVM-shaped VMM, 1 MiB of guest RAM).")
-    return host
-
-
-#: host name -> function(program, budget) -> (monitor, final event)
+#: host name -> function(program, budget) -> (monitor, final event). A monitor that
+#: boots a program given to its constructor is one line, e.g. a trap-and-emulate host:
+#: ``"shadow": lambda program, budget: _started(TrapAndEmulate(program=program), budget)``
 HOSTS: dict = {
     "native": _native,
-    "vtx": _vtx(False),     # the guest's tables used directly (shadow paging to come)
-    "ept": _vtx(True),
+    # VT-x, ring 0 of VMX non-root (1 MiB of guest RAM): without EPT the guest's own
+    # tables are used directly (shadow paging to come), with EPT nested paging
+    "vtx": lambda program, budget: _started(Vtx(program=program, ept=False), budget),
+    "ept": lambda program, budget: _started(Vtx(program=program, ept=True), budget),
 }
 
 
@@ -175,6 +174,16 @@ class WorkloadResult:
                 f"status {self.status:#x}, {len(self.faults)} #PF logged>")
 
 
+def _gprs(mon) -> dict:
+    """EAX..EDI but ESP, from the monitor's view of the guest's CPU when it has them
+    (Native's is the CPU; VT-x leaves them in the CPU), else from the machine's CPU, where
+    a trap-and-emulate monitor, which virtualizes only the system state, leaves them."""
+    src = mon.vcpu
+    if not all(hasattr(src, r) for r in _GPRS):
+        src = mon.machine.cpu
+    return {r: int(getattr(src, r)) for r in _GPRS}
+
+
 class WorkloadError(RuntimeError):
     """A run that did not end in a clean halt with the guest's status 'done'."""
 
@@ -201,7 +210,7 @@ def run(workload: str, host: str = "native", budget: int = DEFAULT_BUDGET, *,
     n = min(struct.unpack_from("<I", results, lab["R_FAULTS"] - base)[0], lab["LOG_CAP"])
     log = lab["R_LOG"] - base
     faults = [struct.unpack_from("<II", results, log + 8 * i) for i in range(n)]
-    regs = {r: int(getattr(mon.vcpu, r)) for r in _GPRS}
+    regs = _gprs(mon)
     layout = {k: lab[k] for k in ("RESULTS", "RESULTS_SIZE", "KPD", "KPT0", "POOL_BASE",
                                   "POOL_END", "WBASE", "DEMAND_BASE", "COW_BASE", "LOG_CAP")}
     result = WorkloadResult(workload, host, {k: lab[k] for k in MM_PARAMS}, ev, regs,
