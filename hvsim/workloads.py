@@ -243,6 +243,14 @@ def differences(a: WorkloadResult, b: WorkloadResult, limit: int = 8) -> list:
             out += lines[:limit]
             if len(lines) > limit:
                 out.append(f"{field}: {len(lines) - limit} more dwords differ")
+        elif field == "faults":
+            i = next((i for i, (u, v) in enumerate(zip(x, y)) if u != v), min(len(x), len(y)))
+            out.append(f"faults: {len(x)} on {a.host}, {len(y)} on {b.host}; #PF {i} is "
+                       f"{_fault(x, i)} on {a.host}, {_fault(y, i)} on {b.host}")
         else:
             out.append(f"{field}: {x!r} on {a.host}, {y!r} on {b.host}")
     return out
+
+
+def _fault(log, i: int) -> str:
+    return f"CR2 {log[i][0]:#x} error {log[i][1]:#x}" if i < len(log) else "none"

@@ -7,6 +7,7 @@ checksums, A/D counts and the fault log recomputed in Python from the parameters
 (the formulas are the ones mm.s's header states), so a kernel that computed the wrong
 thing identically on every host would still fail.
 """
+import dataclasses
 import functools
 
 import pytest
@@ -173,6 +174,21 @@ def test_demand_fault_log_overflow_is_counted():
 def test_compute_matches_the_reference():
     r = _run("compute", ITER=777)
     assert (r.records["compute"].checksum, r.records["compute"].aux) == compute(r.params)
+
+
+def test_differences_name_the_dword_and_the_fault_that_differ():
+    a = _run("demand")
+    assert differences(a, _run("demand", "ept")) == []
+    at = (a.pte(a.layout["KPD"] + 4 * (DEMAND_BASE >> 22)) & ~0xFFF) + 4   # page 1: written
+    pte = a.pte(at)
+    tables = bytearray(a.tables)
+    tables[at - a.layout["KPD"]] ^= PTE_D                 # a D bit the other host missed
+    b = dataclasses.replace(a, host="other", tables=bytes(tables), faults=a.faults[:-1])
+    assert a != b
+    assert differences(a, b) == [
+        f"tables {at:#07x}: {pte:#010x} on native, {pte & ~PTE_D:#010x} on other",
+        "faults: 20 on native, 19 on other; #PF 19 is CR2 0xc0330c error 0x3 on native, "
+        "none on other"]
 
 
 # ---- failures ---------------------------------------------------------------------------
