@@ -32,7 +32,7 @@ BY_HAND = {
     "guest instructions": ("instruction", "system_call", "page_fault", "exception", "interrupt"),
     "traps/exits": ("trap", "vm_exit", "hypercall"),
     "monitor work": ("emulated", "reflected", "injected"),
-    "page walks": ("walk_ref",),
+    "page walks": ("walk_ref", "ept_walk_ref"),
     "I/O": ("port_io",),
 }
 
@@ -237,6 +237,28 @@ def test_usage_of_the_trap_and_emulate_monitor_charges_each_event_once():
     assert u["instruction"] == c["instructions"] and u["port_io"] == c["io_in"] + c["io_out"]
     p = PROFILES["nehalem"]
     assert breakdown(mon, p).total == sum(u[e] * p[e].cycles for e in EVENTS)
+
+
+def test_nested_paging_pays_for_its_ept_references():
+    """A 2-level guest on 4-level EPT: one cold 4 KiB load is 2 guest references + 3 EPT
+    walks of 4 = 14 (Bhargava et al. 2008; REFERENCES.md), and the EPT ones are charged
+    apart from walk_ref. Oracle: test_ept's VMM run with and without that one load."""
+    from test_ept import DATA, ept_run, exited
+    from hvsim.arch import vmx as X
+    base, _, _, _ = ept_run("cpuid\n")
+    one, _, _, _ = ept_run(f"mov eax, [{DATA:#x}]\ncpuid\n")
+    for m in (base, one):
+        exited(m, X.ExitReason.CPUID)
+    ub, uo = usage_of(base), usage_of(one)
+    assert (uo["walk_ref"] - ub["walk_ref"], uo["ept_walk_ref"] - ub["ept_walk_ref"]) == (2, 12)
+    assert uo["ept_walk_ref"] == one.counters["ept_walk_refs"] > 12    # the VMM's guest walks
+    assert uo.how["ept_walk_ref"] == 'counters["ept_walk_refs"]'
+    for p in ALL:
+        bb, bo = breakdown(base, p), breakdown(one, p)
+        assert bo["page walks"] - bb["page walks"] == 14 * 100
+        assert bo["ept_walk_ref"].cycles == one.counters["ept_walk_refs"] * 100
+        assert bo["page walks"] == (one.counters["walk_refs"] + one.counters["ept_walk_refs"]) * 100
+        assert bo.total == sum(bo.categories.values())
 
 
 def test_usage_of_rejects_a_bad_monitor():

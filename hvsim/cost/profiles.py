@@ -25,7 +25,9 @@ table was built):
   own is high: 2,000 cycles" -- the direct cost being the CPU world switch from guest
   to hypervisor and back. Read in a stored copy of the paper's text.
 * Bhargava, Serebrin, Spadini & Manne 2008, Table 2 (the simulated configuration):
-  "average L2 miss 100 cycles" -- as recorded in shared/TECHNIQUES.md section 5 [V1].
+  "average L2 miss 100 cycles" -- as recorded in shared/TECHNIQUES.md section 5 [V1];
+  the 2-D walk's nm + n + m references (24 for 4-on-4, 14 for a 2-level guest on a
+  4-level EPT) as in shared/REFERENCES.md. The paper's own text was not reachable here.
 * blitz/kernel_entry_benchmark, README: an interrupt-gate round trip (INT n + IRET)
   of 610 cycles, measured by its author on an Intel CPU the README does not name,
   under KVM. Read in a stored copy of the README. Not a paper and not one of these
@@ -58,6 +60,8 @@ Model choices (profiles are inputs; nothing here says which technique should win
   those two: the series is smooth by construction, not measured. None of them is the
   hardware-only latency plotted in Agesen et al. 2012 Figure 1; read that figure before
   teaching a trend across generations.
+* Nested paging: ``ept_walk_ref`` charges each EPT entry read of a 2-D walk, as
+  ``walk_ref`` charges each guest entry read (``walk_ref`` does not include them).
 """
 from __future__ import annotations
 
@@ -97,6 +101,9 @@ EVENTS = MappingProxyType({
                   "guest's virtual IDT (building the frame itself)"),
     "injected": ("monitor work",
                  "the monitor's work to inject one virtual interrupt"),
+    "ept_walk_ref": ("page walks",
+                     "one memory reference made by an EPT walk of a 2-D (nested) walk: an "
+                     "EPT entry read to translate a guest-physical address"),
 })
 
 
@@ -265,6 +272,15 @@ _P4_EMULATED = Cost(216, ADAMS_2006 + ", sec. 3.2 (rdtsc in-TC: 216, P4)", estim
                           "software work to emulate one instruction (other instructions "
                           "differ); trap + emulated = the published 2030")
 
+_EPT_WALK_REF = Cost(100, BHARGAVA_2008 + ", Table 2 (average L2 miss: 100)", estimate=True,
+                     basis="an EPT entry read is a memory reference like a guest PDE/PTE "
+                           "read (Bhargava et al. count both in the 2-D walk's 24 "
+                           "references), so it costs what walk_ref costs: the average "
+                           "L2-miss latency of their simulated configuration. hvsim has no "
+                           "page-walk cache or nested TLB (their 2-cycle hits), so every "
+                           "counted reference is charged; EPT itself came with Nehalem, "
+                           "older profiles price it only so that any run can be priced")
+
 
 def _carried(cost: Cost, from_cpu: str) -> Cost:
     return Cost(cost.cycles, cost.source, estimate=True,
@@ -315,6 +331,7 @@ def _profile(name, cpu, year, *, trap, emulated, vm_exit, notes="") -> Profile:
         "emulated": emulated,
         "reflected": _REFLECT,
         "injected": _INJECT,
+        "ept_walk_ref": _EPT_WALK_REF,
     })
 
 

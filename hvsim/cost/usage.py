@@ -28,6 +28,11 @@ exception        the other exceptions delivered through the guest IDT =
 interrupt        ``c["irqs"]``: external interrupts delivered through the guest IDT.
 walk_ref         ``c["walk_refs"]``: memory references made by page walks (charged per
                  reference, not per TLB miss or per walk, which would count them twice).
+                 Only the guest's own PDE/PTE reads: under EPT, see ``ept_walk_ref``.
+ept_walk_ref     ``c["ept_walk_refs"]``: EPT entry reads of the 2-D walk under nested
+                 paging (hvsim/mmu/ept.py counts them apart from ``walk_refs``), one per
+                 reference, not per ``c["ept_walks"]``: a cold access of a 2-level guest
+                 on 4-level EPT is 2 ``walk_ref`` + 12 ``ept_walk_ref`` = 14 references.
 port_io          ``c["io_in"] + c["io_out"]``: IN/OUT the hardware performed (those that
                  then left run() as 'io' events included: the access happened once). An
                  IN/OUT that #GPs to a monitor is not counted by the hardware: it is a
@@ -126,6 +131,7 @@ def _from_counters(c: Counters) -> tuple:
         "exception": max(0, faults - pf),
         "interrupt": irqs,
         "walk_ref": c["walk_refs"],
+        "ept_walk_ref": c["ept_walk_refs"],
         "port_io": c["io_in"] + c["io_out"],
     }
     how = {
@@ -136,6 +142,7 @@ def _from_counters(c: Counters) -> tuple:
         "exception": 'counters["exceptions_delivered"] - page_fault',
         "interrupt": 'counters["irqs"]',
         "walk_ref": 'counters["walk_refs"]',
+        "ept_walk_ref": 'counters["ept_walk_refs"]',
         "port_io": 'counters["io_in"] + counters["io_out"]',
     }
     return counts, how
