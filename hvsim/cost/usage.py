@@ -47,12 +47,33 @@ reflected        ``s["reflected"]``: exceptions/interrupts the monitor reflected
                  guest's virtual IDT, building the frame itself (the hardware did not
                  deliver them, so they are not in ``c.delivered``).
 injected         ``s["injected"]``: virtual interrupts injected.
+shadow_fill      ``s["hidden_faults"]``: #PFs that a miss in the shadow tables caused, filled
+                 by the monitor and never seen by the guest. Each one is also a ``trap``
+                 or a ``vm_exit`` (the round trip); this is the shadow MMU's work on top.
+fault_walk       ``s["true_faults"]``: #PFs the guest's own tables cause. The round trip is
+                 a ``trap``/``vm_exit`` and the delivery a ``reflected``/``injected``,
+                 both charged there; this is only the walk of the guest's tables that told
+                 the monitor the fault is the guest's (Adams & Agesen: the software MMU
+                 "interposes on both true and hidden page faults").
+pt_write         ``s["trace_faults"]``: guest writes to its own (write-protected) page
+                 tables. Also a ``trap``/``vm_exit``; this is emulating the store and
+                 updating or dropping the shadow entries, so a monitor counts the store
+                 here and not also in ``emulated``.
+shadow_root      ``s["shadow_roots_built"]``: guest CR3 loads that missed the cache of
+                 shadow roots. The MOV CR3 itself is a ``trap``/``vm_exit`` + ``emulated``
+                 whether it hits or misses: a CR3 switch to a cached root costs no more.
+resync           ``s["shadow_resyncs"]``: unsync shadow page tables resynchronised (at
+                 INVLPG or a CR3 load), each a comparison of up to 1024 guest entries.
 ===============  ==========================================================================
 
 The machine's own exit count (``c["exits"]``) is not charged: on a bare machine an exit
 is the simulator handing control to its Python caller (a budget slice, a halt), not a
 guest cost; under a monitor, ``s["traps"]`` (or ``s["vm_exits"]``) says which exits
-were traps. Keys of ``monitor.stats`` other than the six above are ignored.
+were traps. ``c["tlb_misses"]`` and ``c["page_walks"]`` are not charged either: the
+references of each walk are. ``s["shadow_drops"]`` (shadow entries zapped) is not
+charged: dropping an entry is part of the ``pt_write`` or ``resync`` that did it. Keys of
+``monitor.stats`` not named above are ignored, and a missing one counts 0, so a monitor
+without shadow paging is read as before.
 """
 from __future__ import annotations
 
@@ -66,7 +87,10 @@ VEC_PF = 14
 
 #: monitor.stats key -> event
 STAT_EVENTS = {"traps": "trap", "vm_exits": "vm_exit", "hypercalls": "hypercall",
-               "emulated": "emulated", "reflected": "reflected", "injected": "injected"}
+               "emulated": "emulated", "reflected": "reflected", "injected": "injected",
+               "hidden_faults": "shadow_fill", "true_faults": "fault_walk",
+               "trace_faults": "pt_write", "shadow_roots_built": "shadow_root",
+               "shadow_resyncs": "resync"}
 
 
 def _count(name: str, v) -> int:
