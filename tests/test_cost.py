@@ -31,8 +31,9 @@ from test_viz import _syscall_machine      # the same ring 3 -> 0 system-call pr
 BY_HAND = {
     "guest instructions": ("instruction", "system_call", "page_fault", "exception", "interrupt"),
     "traps/exits": ("trap", "vm_exit", "hypercall"),
-    "monitor work": ("emulated", "reflected", "injected"),
-    "page walks": ("walk_ref",),
+    "monitor work": ("emulated", "reflected", "injected", "shadow_fill", "fault_walk", "pt_write",
+                     "shadow_root", "resync"),
+    "page walks": ("walk_ref", "ept_walk_ref"),
     "I/O": ("port_io",),
 }
 
@@ -237,6 +238,94 @@ def test_usage_of_the_trap_and_emulate_monitor_charges_each_event_once():
     assert u["instruction"] == c["instructions"] and u["port_io"] == c["io_in"] + c["io_out"]
     p = PROFILES["nehalem"]
     assert breakdown(mon, p).total == sum(u[e] * p[e].cycles for e in EVENTS)
+
+
+# the shadow-paging keys of monitor.stats and the event each one is charged as, written out
+SHADOW_STATS = {"hidden_faults": "shadow_fill", "true_faults": "fault_walk",
+                "trace_faults": "pt_write", "shadow_roots_built": "shadow_root",
+                "shadow_resyncs": "resync"}
+
+
+def test_usage_of_a_shadow_paging_monitor_charges_the_shadow_mmus_work():
+    m = _syscall_machine()
+    m.run()                                     # 9 instructions, 2 system calls, no paging
+    stats = {"vm_exits": 40, "emulated": 6, "injected": 3, "hidden_faults": 11,
+             "true_faults": 3, "trace_faults": 5, "shadow_roots_built": 2,
+             "shadow_resyncs": 4, "shadow_drops": 17}
+    u = usage_of(StubMonitor(m, stats))
+    assert (u["shadow_fill"], u["fault_walk"], u["pt_write"], u["shadow_root"],
+            u["resync"]) == (11, 3, 5, 2, 4)
+    for key, event in SHADOW_STATS.items():
+        assert u.how[event] == f'monitor.stats["{key}"]'
+    # the faults' round trips stay vm_exits, counted once; the drops are not charged
+    assert (u["vm_exit"], u["trap"], u["emulated"], u["injected"]) == (40, 0, 6, 3)
+    assert sum(u.values()) == 9 + 2 + 40 + 6 + 3 + 11 + 3 + 5 + 2 + 4
+    p4 = PROFILES["prescott"]
+    bd = breakdown(StubMonitor(m, stats), p4)
+    # Prescott's shadow costs by hand: 500 (pgfault - divzero overheads), 391 (ptemod),
+    # 1500 (shadow root), 4000 (resync)
+    assert bd["monitor work"] == (6 * 216 + 3 * 400 + 11 * 500 + 3 * 500 + 5 * 391
+                                  + 2 * 1500 + 4 * 4000)
+    assert bd["traps/exits"] == 40 * 2400
+    assert bd.total == 9 * 1 + 2 * 600 + 40 * 2400 + bd["monitor work"]
+    assert bd.total == sum(bd.categories.values())
+    for p in ALL:
+        bd = breakdown(StubMonitor(m, stats), p)
+        assert bd["pt_write"].cycles == 5 * p["pt_write"].cycles
+        assert bd.total == sum(bd.categories.values()) == sum(u[e] * p[e].cycles for e in EVENTS)
+
+
+def test_a_monitor_without_shadow_keys_is_charged_nothing_for_shadow_paging():
+    m = _syscall_machine()
+    m.run()
+    old = StubMonitor(m, {"traps": 3, "emulated": 2})
+    u = usage_of(old)
+    assert all(u[e] == 0 for e in SHADOW_STATS.values()) and u["ept_walk_ref"] == 0
+    assert u["trap"] == 3 and u["instruction"] == 9
+    for p in ALL:
+        bd = breakdown(old, p)
+        assert bd.total == 9 * p["instruction"].cycles + 2 * p["system_call"].cycles \
+            + 3 * p["trap"].cycles + 2 * p["emulated"].cycles
+        assert all(bd[e].cycles == 0 for e in SHADOW_STATS.values())
+    with pytest.raises(ValueError, match="hidden_faults.*>= 0"):
+        usage_of(StubMonitor(m, {"hidden_faults": -1}))
+
+
+def test_shadow_costs_rest_on_adams_and_agesens_nanobenchmarks():
+    p4 = PROFILES["prescott"]
+    # sec. 5: software VMM pgfault 3927 (native 1093) less divzero 3223 (native 889)
+    assert p4["shadow_fill"].cycles == p4["fault_walk"].cycles == (3927 - 1093) - (3223 - 889)
+    assert p4["pt_write"].cycles == 391                      # ptemod, software VMM
+    for e in ("shadow_fill", "fault_walk", "pt_write"):
+        assert "3927" in p4[e].source or "391" in p4[e].source
+        for p in ALL:                                        # nothing tells generations apart
+            assert p[e].cycles == p4[e].cycles and p[e].estimate
+            if p is not p4:
+                assert "carried over" in p[e].basis
+    assert p4["ept_walk_ref"].cycles == p4["walk_ref"].cycles == 100
+    assert p4["resync"].source.startswith("none") and p4["resync"].estimate
+
+
+def test_nested_paging_pays_for_its_ept_references():
+    """A 2-level guest on 4-level EPT: one cold 4 KiB load is 2 guest references + 3 EPT
+    walks of 4 = 14 (Bhargava et al. 2008; REFERENCES.md), and the EPT ones are charged
+    apart from walk_ref. Oracle: test_ept's VMM run with and without that one load."""
+    from test_ept import DATA, ept_run, exited
+    from hvsim.arch import vmx as X
+    base, _, _, _ = ept_run("cpuid\n")
+    one, _, _, _ = ept_run(f"mov eax, [{DATA:#x}]\ncpuid\n")
+    for m in (base, one):
+        exited(m, X.ExitReason.CPUID)
+    ub, uo = usage_of(base), usage_of(one)
+    assert (uo["walk_ref"] - ub["walk_ref"], uo["ept_walk_ref"] - ub["ept_walk_ref"]) == (2, 12)
+    assert uo["ept_walk_ref"] == one.counters["ept_walk_refs"] > 12    # the VMM's guest walks
+    assert uo.how["ept_walk_ref"] == 'counters["ept_walk_refs"]'
+    for p in ALL:
+        bb, bo = breakdown(base, p), breakdown(one, p)
+        assert bo["page walks"] - bb["page walks"] == 14 * 100
+        assert bo["ept_walk_ref"].cycles == one.counters["ept_walk_refs"] * 100
+        assert bo["page walks"] == (one.counters["walk_refs"] + one.counters["ept_walk_refs"]) * 100
+        assert bo.total == sum(bo.categories.values())
 
 
 def test_usage_of_rejects_a_bad_monitor():

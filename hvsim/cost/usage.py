@@ -28,6 +28,11 @@ exception        the other exceptions delivered through the guest IDT =
 interrupt        ``c["irqs"]``: external interrupts delivered through the guest IDT.
 walk_ref         ``c["walk_refs"]``: memory references made by page walks (charged per
                  reference, not per TLB miss or per walk, which would count them twice).
+                 Only the guest's own PDE/PTE reads: under EPT, see ``ept_walk_ref``.
+ept_walk_ref     ``c["ept_walk_refs"]``: EPT entry reads of the 2-D walk under nested
+                 paging (hvsim/mmu/ept.py counts them apart from ``walk_refs``), one per
+                 reference, not per ``c["ept_walks"]``: a cold access of a 2-level guest
+                 on 4-level EPT is 2 ``walk_ref`` + 12 ``ept_walk_ref`` = 14 references.
 port_io          ``c["io_in"] + c["io_out"]``: IN/OUT the hardware performed (those that
                  then left run() as 'io' events included: the access happened once). An
                  IN/OUT that #GPs to a monitor is not counted by the hardware: it is a
@@ -42,12 +47,33 @@ reflected        ``s["reflected"]``: exceptions/interrupts the monitor reflected
                  guest's virtual IDT, building the frame itself (the hardware did not
                  deliver them, so they are not in ``c.delivered``).
 injected         ``s["injected"]``: virtual interrupts injected.
+shadow_fill      ``s["hidden_faults"]``: #PFs that a miss in the shadow tables caused, filled
+                 by the monitor and never seen by the guest. Each one is also a ``trap``
+                 or a ``vm_exit`` (the round trip); this is the shadow MMU's work on top.
+fault_walk       ``s["true_faults"]``: #PFs the guest's own tables cause. The round trip is
+                 a ``trap``/``vm_exit`` and the delivery a ``reflected``/``injected``,
+                 both charged there; this is only the walk of the guest's tables that told
+                 the monitor the fault is the guest's (Adams & Agesen: the software MMU
+                 "interposes on both true and hidden page faults").
+pt_write         ``s["trace_faults"]``: guest writes to its own (write-protected) page
+                 tables. Also a ``trap``/``vm_exit``; this is emulating the store and
+                 updating or dropping the shadow entries, so a monitor counts the store
+                 here and not also in ``emulated``.
+shadow_root      ``s["shadow_roots_built"]``: guest CR3 loads that missed the cache of
+                 shadow roots. The MOV CR3 itself is a ``trap``/``vm_exit`` + ``emulated``
+                 whether it hits or misses: a CR3 switch to a cached root costs no more.
+resync           ``s["shadow_resyncs"]``: unsync shadow page tables resynchronised (at
+                 INVLPG or a CR3 load), each a comparison of up to 1024 guest entries.
 ===============  ==========================================================================
 
 The machine's own exit count (``c["exits"]``) is not charged: on a bare machine an exit
 is the simulator handing control to its Python caller (a budget slice, a halt), not a
 guest cost; under a monitor, ``s["traps"]`` (or ``s["vm_exits"]``) says which exits
-were traps. Keys of ``monitor.stats`` other than the six above are ignored.
+were traps. ``c["tlb_misses"]`` and ``c["page_walks"]`` are not charged either: the
+references of each walk are. ``s["shadow_drops"]`` (shadow entries zapped) is not
+charged: dropping an entry is part of the ``pt_write`` or ``resync`` that did it. Keys of
+``monitor.stats`` not named above are ignored, and a missing one counts 0, so a monitor
+without shadow paging is read as before.
 """
 from __future__ import annotations
 
@@ -61,7 +87,10 @@ VEC_PF = 14
 
 #: monitor.stats key -> event
 STAT_EVENTS = {"traps": "trap", "vm_exits": "vm_exit", "hypercalls": "hypercall",
-               "emulated": "emulated", "reflected": "reflected", "injected": "injected"}
+               "emulated": "emulated", "reflected": "reflected", "injected": "injected",
+               "hidden_faults": "shadow_fill", "true_faults": "fault_walk",
+               "trace_faults": "pt_write", "shadow_roots_built": "shadow_root",
+               "shadow_resyncs": "resync"}
 
 
 def _count(name: str, v) -> int:
@@ -126,6 +155,7 @@ def _from_counters(c: Counters) -> tuple:
         "exception": max(0, faults - pf),
         "interrupt": irqs,
         "walk_ref": c["walk_refs"],
+        "ept_walk_ref": c["ept_walk_refs"],
         "port_io": c["io_in"] + c["io_out"],
     }
     how = {
@@ -136,6 +166,7 @@ def _from_counters(c: Counters) -> tuple:
         "exception": 'counters["exceptions_delivered"] - page_fault',
         "interrupt": 'counters["irqs"]',
         "walk_ref": 'counters["walk_refs"]',
+        "ept_walk_ref": 'counters["ept_walk_refs"]',
         "port_io": 'counters["io_in"] + counters["io_out"]',
     }
     return counts, how

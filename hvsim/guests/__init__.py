@@ -5,6 +5,10 @@
   ``pushf; cli; ...; popf`` is where x86 fails Popek and Goldberg's theorem 1.
 * ``user.s``   -- the ring-3 program the kernel starts: INT 0x80 system calls, a
   deliberate divide error, then work and system calls for ever.
+* ``mm.s``     -- a paging kernel with selectable memory-management workloads (process
+  creation, context switches, a working set larger than the TLB, demand paging and
+  copy-on-write faults, a compute loop) that runs unchanged natively, under shadow
+  paging and under EPT; :func:`mm_kernel` assembles it, hvsim/workloads.py runs it.
 * ``vmm.s``    -- a hypervisor in assembly (SimpleVisor-style): paging, VMXON, VMCLEAR,
   VMPTRLD, VMWRITE, VMLAUNCH; its exit handler emulates CPUID and resumes, and a VMCALL
   from the guest stops it. :func:`hypervisor` assembles it with a guest.
@@ -20,10 +24,11 @@ from __future__ import annotations
 
 from importlib import resources
 
-__all__ = ["source", "teaching_kernel", "hypervisor", "GUESTS"]
+__all__ = ["source", "teaching_kernel", "hypervisor", "mm_kernel", "GUESTS", "MM_WORKLOADS",
+           "MM_PARAMS"]
 
 #: the guest sources in this package, by name
-GUESTS = ("kernel", "user", "vmm")
+GUESTS = ("kernel", "user", "vmm", "mm")
 
 
 def source(name: str) -> str:
@@ -76,3 +81,43 @@ def _equ(text: str, name: str) -> int:
         if words[:2] == [name, "equ"]:
             return int(words[2], 0)
     raise ValueError(f"no equ {name!r}")
+
+
+#: mm.s's workloads by name: the bits of its WORKLOAD mask ("mixed" runs them all, in
+#: this order)
+MM_WORKLOADS = {"fork": 1, "ctxsw": 2, "wss": 4, "demand": 8, "compute": 16, "mixed": 31}
+
+#: mm.s's parameters (its ``equ`` constants a caller may set) and the largest value of
+#: each the kernel can hold: a directory's worth of pages, its table of spaces, its fault
+#: log does not limit (it counts what it drops); the frame pool (176 frames) is checked
+#: by the kernel itself, which stops with status BAD3H when it runs dry
+MM_PARAMS = {"ROUNDS": 1 << 16, "N_PAGES": 1024, "STRIDE": 4096, "K_SPACES": 16,
+             "PAGES_PER": 1024, "WS_PAGES": 1024, "N_DEMAND": 1024, "COW_PAGES": 1024,
+             "ITER": 1 << 30}
+
+
+def mm_kernel(workload: str = "mixed", **params):
+    """Assemble mm.s at 1000H running ``workload`` (a name of :data:`MM_WORKLOADS`).
+    ``params`` set its parameters (:data:`MM_PARAMS`; the defaults are in mm.s), each an
+    int from 1 to its maximum; STRIDE must be a multiple of 4 that divides 4096.
+
+    >>> prog = mm_kernel("wss", WS_PAGES=100)
+    >>> prog.labels["WORKLOAD"], prog.labels["WS_PAGES"], hex(prog.labels["RESULTS"])
+    (4, 100, '0x21000')
+    """
+    from hvsim.asm import assemble
+    if workload not in MM_WORKLOADS:
+        raise ValueError(f"no mm workload named {workload!r}; the workloads are "
+                         f"{', '.join(MM_WORKLOADS)}")
+    for name, value in params.items():
+        if name not in MM_PARAMS:
+            raise ValueError(f"mm.s has no parameter {name!r}; its parameters are "
+                             f"{', '.join(MM_PARAMS)}")
+        if isinstance(value, bool) or not isinstance(value, int) \
+                or not 1 <= value <= MM_PARAMS[name]:
+            raise ValueError(f"{name} must be an int from 1 to {MM_PARAMS[name]}, got {value!r}")
+    stride = params.get("STRIDE")
+    if stride is not None and (stride % 4 or 4096 % stride):
+        raise ValueError(f"STRIDE must be a multiple of 4 that divides 4096, got {stride}")
+    constants = dict(params, WORKLOAD=MM_WORKLOADS[workload])
+    return assemble(_with_constants(source("mm"), constants), origin=0x1000)
