@@ -39,7 +39,7 @@ from typing import NamedTuple
 
 from hvsim.guests import MM_PARAMS, MM_WORKLOADS, mm_kernel
 from hvsim.machine import Event, Machine
-from hvsim.monitors import Native, Vtx
+from hvsim.monitors import Native, TrapAndEmulate, Vtx
 from hvsim.rings.setup import install
 
 __all__ = ["HOSTS", "WORKLOADS", "run", "WorkloadResult", "WorkloadError", "GuestState",
@@ -73,12 +73,16 @@ def _native(program, budget: int):
 
 
 #: host name -> function(program, budget) -> (monitor, final event). A monitor that
-#: boots a program given to its constructor is one line, e.g. a trap-and-emulate host:
-#: ``"shadow": lambda program, budget: _started(TrapAndEmulate(program=program), budget)``
+#: boots a program given to its constructor is one line.
 HOSTS: dict = {
     "native": _native,
-    # VT-x, ring 0 of VMX non-root (1 MiB of guest RAM): without EPT the guest's own
-    # tables are used directly (shadow paging to come), with EPT nested paging
+    # trap-and-emulate (the guest kernel in ring 1): shadow page tables
+    "shadow": lambda program, budget: _started(TrapAndEmulate(program=program), budget),
+    # ... with KVM's unsync leaf tables: guest PTE writes are not trapped until a flush
+    "shadow-unsync": lambda program, budget: _started(
+        TrapAndEmulate(program=program, unsync=True), budget),
+    # VT-x, ring 0 of VMX non-root (1 MiB of guest RAM): without EPT the VMM keeps shadow
+    # page tables (CR3-load, INVLPG and #PF exits), with EPT nested paging
     "vtx": lambda program, budget: _started(Vtx(program=program, ept=False), budget),
     "ept": lambda program, budget: _started(Vtx(program=program, ept=True), budget),
 }

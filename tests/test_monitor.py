@@ -17,7 +17,7 @@ import pytest
 from hvsim import Machine, assemble
 from hvsim.guests import teaching_kernel
 from hvsim.rings import make_gate, put_descriptors
-from hvsim.monitors.trap_and_emulate import TrapAndEmulate, MonitorSnapshot, GUEST_RING
+from hvsim.monitors.trap_and_emulate import TrapAndEmulate, MonitorSnapshot, GUEST_RING, MONITOR_PAGES
 from hvsim.rings.setup import install
 
 GP = "#GP (general protection)"
@@ -277,7 +277,7 @@ def test_reflected_frame_matches_the_real_cpu(ring, src, gates, vector):
         native.step()
 
     # the monitor: the same gates in the guest's virtual IDT
-    mon = TrapAndEmulate(Machine(memory=MEM))
+    mon = TrapAndEmulate(Machine(memory=MEM + MONITOR_PAGES * 4096))   # + the monitor's own
     m = mon.machine
     put_descriptors(m.memory, VIDT, [0] * 256)
     for v, (kind, dpl) in gates.items():

@@ -105,11 +105,47 @@ def test_mov_to_and_from_control_registers_use_the_virtual_ones(mon):
     mon.vcpu.cr0 = 0x11
     T.emulate_mov_cr(mon, gp("mov", 0x120, length=3, reg=0, rm=7))
     assert cpu.edi == 0x11
-    cpu.ecx = 0x80000011                                           # PG: no shadow paging here
-    with pytest.raises(Kill, match="turns paging on"):
-        T.emulate_mov_cr(mon, gp("mov", 0x122, length=3, reg=0, rm=1))
+    # PG = 1 (a page directory of zeros at 0x9000): shadow paging starts -- the real CR3 is
+    # a shadow root in the monitor's own pages, the real CR0 has PG and WP, the GDT the
+    # CPU reads is the monitor's copy at the top of linear space
+    cpu.ecx = 0x80000011
+    text = T.emulate_mov_cr(mon, gp("mov", 0x122, length=3, reg=0, rm=1))
+    assert "shadow paging starts" in text and mon.vcpu.cr0 == 0x80000011
+    assert mon.ram <= cpu.cr3 < len(mon.machine.memory) and cpu.cr0 & 0x80010000 == 0x80010000
+    assert cpu.gdtr_base == 0xFFC00000 and mon.shadow.guest_cr3 == 0x9000
+    cpu.edx = 0xA000                                               # a second address space
+    assert T.emulate_mov_cr(mon, gp("mov", 0x122, length=3, reg=3, rm=2)).endswith(
+        f"shadow root {cpu.cr3:#x}")
+    assert mon.shadow.stats["shadow_roots_built"] == 2 and mon.vcpu.cr3 == 0xA000
     with pytest.raises(Kill, match="CR5"):
         T.emulate_mov_cr(mon, gp("mov", 0x122, length=3, reg=5, rm=1))
+
+
+@handles("invlpg")
+def test_invlpg_drops_the_shadow_entry_at_virtual_cpl_0_only(mon):
+    """INVLPG m (SDM Vol. 2A): privileged; under shadow paging the monitor drops the
+    page's shadow entry, so the next access walks the guest's tables again."""
+    m = mon.machine
+    ev = gp("invlpg", 0x101, length=7, reg=7, mem=linear(0x5000))
+    assert T.emulate_invlpg(mon, ev).endswith("no shadow tables yet, nothing cached")
+    assert T.emulate_invlpg(mon, gp("invlpg", 0x101, length=7, reg=7, mem=linear(0x5000),
+                                    cpl=3)) is None
+    # guest tables: PD at 0x9000 -> PT at 0xA000 mapping 0x5000 -> frame 0x7000
+    m.write_physical(0x9000, struct.pack("<I", 0xA000 | 3))
+    m.write_physical(0xA000 + 5 * 4, struct.pack("<I", 0x7000 | 3))
+    mon.vcpu.cr3 = 0x9000
+    m.cpu.ecx = 0x80000011
+    T.emulate_mov_cr(mon, gp("mov", 0x122, length=3, reg=0, rm=1))
+    assert mon.shadow.page_fault(0x5000, 0) == ("hidden", None)
+    sh = mon.shadow
+    spt = sh.by_hpa[struct.unpack("<I", m.memory[m.cpu.cr3:m.cpu.cr3 + 4].tobytes())[0] & ~0xFFF]
+    spte = struct.unpack("<I", m.memory[spt.hpa + 20:spt.hpa + 24].tobytes())[0]
+    assert spte & ~0xFFF == 0x7000 and spte & 1                    # filled, read-only (D = 0)
+    assert not spte & 2
+    m.cpu.eip = EIP
+    assert T.emulate_invlpg(mon, ev) == "emulated INVLPG 0x5000: its shadow entry dropped"
+    assert m.memory[spt.hpa + 20:spt.hpa + 24].tobytes() == bytes(4)
+    assert sh.stats["invlpg"] == 1 and m.cpu.eip == EIP + 7
 
 
 @handles("mov dr")

@@ -33,7 +33,7 @@ from hvsim.arch.layout import (
     EXIT_OPSIZE, EXIT_BASE, EXIT_INDEX, EXIT_SCALE, EXIT_DISP, EXIT_IMM, EXIT_IMM2, EXIT_SEG,
     EXIT_PFX, EXIT_EA, EXIT_LINEAR,
 )
-from hvsim.arch.layout import DR6, BLOCKING_BY_MOV_SS, BLOCKING_BY_STI
+from hvsim.arch.layout import DR6, BLOCKING_BY_MOV_SS, BLOCKING_BY_STI, DELIVERING
 from hvsim.arch.layout import (FAULT_VMEXIT, FAULT_SHUTDOWN, VMX_VECTORING_INFO, VMX_NONROOT,
                               VMX_PYTHON_HOST, VMX_ENTRY_REQUEST, VMX_EPT, EPT_WALKER)
 from hvsim.arch import vmcs as _V
@@ -202,7 +202,9 @@ def _exit(st, dc, kind, steps):
         # again with the rest of the budget (Machine._run): not a guest event, so
         # nothing is counted or traced
         return kind
-    if kind != EXIT_VMEXIT or st[EXIT_LEN] == 0:   # (else _vm_exit recorded it)
+    if st[EXIT_INSN] == 2:             # recorded with this exit's #PF (handle_fault)
+        st[EXIT_INSN] = 1
+    elif kind != EXIT_VMEXIT or st[EXIT_LEN] == 0:   # (else _vm_exit recorded it)
         st[EXIT_INSN] = 0
     if st[EXIT_LEN] > 0 and (kind == EXIT_IO or kind == EXIT_HALT or (
             kind == EXIT_EXCEPTION and st[EXIT_SOURCE] != SRC_TRAP)):
@@ -260,6 +262,8 @@ def _vm_exit(mem, st, tlb, pg, dc, ktab):
         length = st[INSN_LEN]
         if length > 0:
             record_insn(st, dc)
+    elif reason == _R_EXCEPTION and st[EXIT_INSN] == 2:
+        length = st[EXIT_LEN]             # a #PF's instruction, recorded by handle_fault
     if call_handler(ktab[K_VMEXIT], mem, st, tlb, pg, dc, 0) != STATUS_OK:
         raise_internal(st, K_VMEXIT)
         return EXIT_NONE
@@ -335,6 +339,14 @@ def handle_fault(mem, st, tlb, pg, dc, ktab):
                 st[_EXIT_INTR_ERROR] = err
             st[_EXIT_INTR_INFO] = info
             if src != SRC_SOFTWARE and not _delivering_software_event(st):
+                if v == PF and st[VMX_PYTHON_HOST] != 0 and st[INSN_LEN] > 0 \
+                        and st[DELIVERING] < 0:
+                    # an instruction's own access: a Python VMM that shadows the guest's
+                    # page tables gets it decoded (as an EPT violation's), to emulate a
+                    # store into a guest page table; 2 = no length is reported with it
+                    record_insn(st, dc)
+                    st[EXIT_INSN] = 2
+                    st[EXIT_LEN] = st[INSN_LEN]     # for the VMM, not the VMCS (_vm_exit)
                 st[INSN_LEN] = 0              # only software events report a length (28.2.4)
             raise_vmexit(st, _R_EXCEPTION, st[FAULT_ADDR] if v == PF else 0)
             continue

@@ -344,22 +344,27 @@ class ShadowMMU:
         old = bytes(self._mem[first:last])
         self._mem[gpa:gpa + n] = np.frombuffer(bytes(data), np.uint8)
         self._code_written(gpa >> 12, (gpa + n - 1) >> 12)
-        new = bytes(self._mem[first:last])
-        if old != new:
-            self.written(first, old, new)
+        self.written(first, old, bytes(self._mem[first:last]))
 
     def written(self, first: int, old: bytes, new: bytes) -> None:
-        """Guest memory from ``first`` (4-byte aligned) changed from ``old`` to ``new``:
-        drop the shadow entries derived from the guest entries that changed."""
-        for off in range(0, len(old), 4):
-            if old[off:off + 4] == new[off:off + 4]:
+        """Guest memory from ``first`` (4-byte aligned) was written, ``old`` -> ``new``:
+        every shadow page of a frame written counts one write (for the flood rule, even
+        if nothing changed, as KVM counts them); the shadow entries derived from guest
+        entries that changed are dropped."""
+        for frame in range(first >> 12, (first + len(old) - 1 >> 12) + 1):
+            sps = self.shadowed.get(frame)
+            if not sps:
                 continue
-            gpa = first + off
-            for sp in list(self.shadowed.get(gpa >> 12, ())):
+            lo = max(first, frame << 12)
+            hi = min(first + len(old), (frame + 1) << 12)
+            changed = [(gpa & 0xFFF) >> 2 for gpa in range(lo, hi, 4)
+                       if old[gpa - first:gpa - first + 4] != new[gpa - first:gpa - first + 4]]
+            for sp in list(sps):
                 if sp.unsync:
                     continue
                 sp.writes += 1
-                self._drop_entry(sp, (gpa & 0xFFF) >> 2)
+                for idx in changed:
+                    self._drop_entry(sp, idx)
                 if sp.writes >= FLOOD_WRITES and sp is not self.root and sp.hpa in self.by_hpa:
                     self.counters["unshadowed"] += 1
                     self._zap(sp)

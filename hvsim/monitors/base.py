@@ -19,8 +19,11 @@ the command line and the cost model take any of them:
 ``stats``              its own counts: ``traps`` (exits handled: a trap to the monitor and
                        back), ``emulated`` (instructions emulated in software),
                        ``reflected`` (guest exceptions it delivered through the guest's
-                       virtual IDT), ``injected`` (virtual interrupts injected); later
-                       techniques add ``vm_exits`` and ``hypercalls``
+                       virtual IDT), ``injected`` (virtual interrupts injected),
+                       ``vm_exits``, ``hypercalls``; a monitor that shadows the guest's
+                       page tables (hvsim/mmu/shadow.py) its ``hidden_faults``,
+                       ``true_faults``, ``trace_faults``, ``shadow_roots_built`` and
+                       ``shadow_resyncs`` (0 for the others)
 ``counters``           the machine's counters and ``stats`` in one flat dict
 ``vcpu``               the virtual CPU the guest believes it has (the real one for native)
 ``console``            what the guest printed on its (virtual) console
@@ -39,10 +42,20 @@ from typing import Optional
 from hvsim.instruction import Instruction
 from hvsim.machine import Event, Machine
 
-__all__ = ["Monitor", "MonitorEvent", "LogEntry", "Kill", "STATS"]
+__all__ = ["Monitor", "MonitorEvent", "LogEntry", "Kill", "STATS", "SHADOW_STATS", "shadow_stats"]
 
 #: The keys of ``Monitor.stats`` (hvsim.cost charges each of them).
-STATS = ("traps", "emulated", "reflected", "injected", "vm_exits", "hypercalls")
+STATS = ("traps", "emulated", "reflected", "injected", "vm_exits", "hypercalls",
+         "hidden_faults", "true_faults", "trace_faults", "shadow_roots_built", "shadow_resyncs")
+#: the shadow MMU's counters that are also ``stats`` (the rest: ``counters``)
+SHADOW_STATS = STATS[6:]
+
+
+def shadow_stats(d: dict, shadow) -> dict:
+    """``d`` (a monitor's stats) with the SHADOW_STATS of ``shadow`` (0 if None)."""
+    for k in SHADOW_STATS:
+        d[k] = 0 if shadow is None else shadow.counters[k]
+    return d
 
 
 class Kill(Exception):
@@ -140,10 +153,18 @@ class Monitor(abc.ABC):
         return "running"
 
     @property
+    def shadow_mmu(self):
+        """The shadow page tables it keeps for the guest (hvsim/mmu/shadow.py), or None."""
+        return None
+
+    @property
     def counters(self) -> dict:
-        """The machine's counters (non-zero ones) and the monitor's ``stats``, flat."""
+        """The machine's counters (non-zero ones), the monitor's ``stats`` and, under
+        shadow paging, every counter of its shadow MMU, flat."""
         d = self.machine.counters.to_dict()
         d.update({f"monitor {k}": v for k, v in self.stats.items()})
+        if self.shadow_mmu is not None:
+            d.update({f"shadow {k}": v for k, v in self.shadow_mmu.counters.items()})
         return d
 
     @staticmethod

@@ -55,14 +55,16 @@ from hvsim.arch import layout as L
 from hvsim.arch.exits import EXIT_BUDGET, EXIT_VMEXIT
 from hvsim.arch import vmcs as V
 from hvsim.arch import vmx as X
-from hvsim.arch.cr import CR0_PE, CR0_NE, CR0_PG, CR0_ET, CR4_VMXE
+from hvsim.arch.cr import CR0_PE, CR0_NE, CR0_PG, CR0_ET, CR0_WP, CR4_PGE, CR4_PSE, CR4_VMXE
+from hvsim.arch.vectors import PF
 from hvsim.arch.flags import FIXED1, IF
 from hvsim.arch.pte import PTE_P, PTE_RW, PTE_US
 from hvsim.asm.table import REG32
 from hvsim.cpu import decode as D
 from hvsim.instruction import PFX_OPSIZE, from_exit_info
 from hvsim.machine import Event, Machine
-from hvsim.monitors.base import LogEntry, Monitor, MonitorEvent, STATS
+from hvsim.mmu.shadow import HIDDEN, TRUE, ShadowError, ShadowMMU
+from hvsim.monitors.base import LogEntry, Monitor, MonitorEvent, STATS, shadow_stats
 from hvsim.monitors.stores import MOFFS_LOADS, MOV_LOADS, store_of
 from hvsim.rings.setup import install
 from hvsim.vtx import checks as K
@@ -78,7 +80,8 @@ KVM_EXIT_IO_IN, KVM_EXIT_IO_OUT = 0, 1
 _ER = X.ExitReason
 
 PAGE = 4096
-HOST_AREA_PAGES = 24            # see VM.__init__ for the layout
+SHADOW_POOL_FIRST, SHADOW_POOL_PAGES = 24, 64   # the shadow tables' frames (without EPT)
+HOST_AREA_PAGES = SHADOW_POOL_FIRST + SHADOW_POOL_PAGES   # see VM for the layout
 HOST_TIMER_VECTOR = 0x20        # the host's own timer, taken as external-interrupt exits
 CONSOLE_PORT = 0xE9
 TIMER_PERIOD_PORT = 0x40
@@ -321,15 +324,17 @@ class VM:
     2-3 I/O bitmaps A and B, 4 MSR bitmap, 5 the host page directory (4 MiB pages),
     6 the guest's identity page directory, 7-14 its page tables (up to 32 MiB of RAM),
     15 host GDT, TSS and bootstrap code, 16 the host IDT, 17-21 the EPT (with
-    ``ept=True``), 22-23 the host stack."""
+    ``ept=True``), 22-23 the host stack, 24-87 the shadow page tables (without EPT)."""
 
     def __init__(self, memory: Optional[int] = None, *, machine: Optional[Machine] = None,
-                 ept: bool = False, vpid: bool = True):
+                 ept: bool = False, vpid: bool = True, unsync: bool = False):
         """``memory``: the guest's RAM in bytes (a machine is made with the host area
         after it); or ``machine``: a fresh machine whose top HOST_AREA_PAGES pages become
         the host area and the rest the guest's RAM. ``ept``: give the guest an EPT;
         ``vpid``: tag its TLB entries with a VPID of its own (as KVM does by default),
-        else every VM exit and entry flushes the TLB."""
+        else every VM exit and entry flushes the TLB. Without EPT the guest runs on
+        shadow page tables (hvsim/mmu/shadow.py); ``unsync``: their written leaf tables
+        stay writable until the guest's next INVLPG or CR3 load (KVM's unsync pages)."""
         host_bytes = HOST_AREA_PAGES * PAGE
         if machine is not None:
             if memory is not None:
@@ -347,11 +352,12 @@ class VM:
         self.memory_size = memory
         self.host_base = memory
         self.machine = machine if machine is not None else Machine(memory=memory + host_bytes)
-        for name, value in (("ept", ept), ("vpid", vpid)):
+        for name, value in (("ept", ept), ("vpid", vpid), ("unsync", unsync)):
             if not isinstance(value, bool):
                 raise TypeError(f"{name} must be True or False, got {value!r}")
         self.ept = ept
         self.vpid = vpid
+        self.unsync = unsync
         self.vcpu: Optional[VCPU] = None
 
     def ept_tables(self) -> int:
@@ -423,6 +429,14 @@ class VCPU:
         self._mmio_read = None     # (KvmRun, insn): a load from MMIO waiting for its data
         self._guest_cr3 = 0
         self._guest_cr0_view = CR0_PE | CR0_ET
+        self._guest_cr4_view = 0
+        # without EPT, the guest's memory is virtualized by shadow page tables in the
+        # host area: the direct map of its RAM while its paging is off, then its own
+        self.shadow: Optional[ShadowMMU] = None
+        if not vm.ept:
+            self.shadow = ShadowMMU(m, vm.memory_size,
+                                    [vm.page(SHADOW_POOL_FIRST + i) for i in range(SHADOW_POOL_PAGES)],
+                                    unsync=vm.unsync, vpid=1 if vm.vpid else 0)
         self._enter_root()
 
     # ---- setting up ---------------------------------------------------------------------
@@ -524,6 +538,15 @@ class VCPU:
         v["CR0_READ_SHADOW"] = self._guest_cr0_view
         v["CR4_GUEST_HOST_MASK"] = CR4_VMXE
         v["CR4_READ_SHADOW"] = 0
+        if self.shadow is not None:
+            # shadow paging: the real CR3 is always the host's shadow root (the direct map
+            # of the guest's RAM for now), the real CR0.WP always 1, and the guest's WP,
+            # PSE and PGE are the host's to follow (SDM Vol. 3C, 25.6.6)
+            m.guest_mmu = self.shadow
+            v["GUEST_CR3"] = self.shadow.set_mode(self._guest_cr0_view, 0, 0)
+            v["GUEST_CR0"] = CR0_PE | CR0_NE | CR0_PG | CR0_ET | CR0_WP
+            v["CR0_GUEST_HOST_MASK"] = CR0_PG | CR0_NE | CR0_WP
+            v["CR4_GUEST_HOST_MASK"] = CR4_VMXE | CR4_PSE | CR4_PGE
 
     def _controls(self):
         v = self.vmcs
@@ -538,10 +561,14 @@ class VCPU:
             sec |= X.SEC_ENABLE_VPID
         v["SECONDARY_VM_EXEC_CONTROL"] = sec
         v["PIN_BASED_VM_EXEC_CONTROL"] = X.PIN_DEFAULT1 | X.PIN_EXTERNAL_INTERRUPT_EXITING
+        shadow = X.CPU_INVLPG_EXITING if self.shadow is not None else 0
+        if self.shadow is not None:                  # every #PF, hidden or not, comes here
+            v["EXCEPTION_BITMAP"] = 1 << PF
         # while the guest's paging is off, its CR3 is the host's business (KVM does the same)
         v["CPU_BASED_VM_EXEC_CONTROL"] = (X.CPU_TRUE_ALLOWED0 | X.CPU_HLT_EXITING
                                           | X.CPU_UNCONDITIONAL_IO_EXITING
                                           | X.CPU_CR3_LOAD_EXITING | X.CPU_CR3_STORE_EXITING
+                                          | shadow
                                           | (X.CPU_ACTIVATE_SECONDARY_CONTROLS if sec else 0))
         v["VM_EXIT_CONTROLS"] = X.EXIT_TRUE_ALLOWED0 | X.EXIT_ACK_INTERRUPT_ON_EXIT
         v["VM_ENTRY_CONTROLS"] = X.ENTRY_TRUE_ALLOWED0
@@ -757,31 +784,125 @@ def _cr_access(vc: VCPU) -> Optional[KvmRun]:
         what = "MOV from CR3: the guest's own value"
     elif n == 3 and access == X.CR_ACCESS_MOV_TO_CR:
         vc._guest_cr3 = _gpr(vc, gpr)
-        if vc._guest_cr0_view & CR0_PG:
-            v["GUEST_CR3"] = vc._guest_cr3
         what = f"MOV to CR3 {vc._guest_cr3:#x} recorded"
+        if vc.shadow is not None:
+            if vc._guest_cr0_view & CR0_PG:
+                root = _shadow_call(vc, vc.shadow.load_cr3, vc._guest_cr3)
+                if isinstance(root, KvmRun):
+                    return root
+                v["GUEST_CR3"] = root
+                what = f"MOV to CR3 {vc._guest_cr3:#x}: shadow root {root:#x}"
+        elif vc._guest_cr0_view & CR0_PG:
+            v["GUEST_CR3"] = vc._guest_cr3
     elif n == 0 and access == X.CR_ACCESS_MOV_TO_CR:
         value = _gpr(vc, gpr)
         if value & CR0_PG and not value & CR0_PE:
             return KvmRun(KVM_EXIT["internal_error"], internal_suberror=1)
         vc._guest_cr0_view = value | CR0_ET
-        v["CR0_READ_SHADOW"] = vc._guest_cr0_view & (CR0_PG | CR0_NE)
+        v["CR0_READ_SHADOW"] = vc._guest_cr0_view & v["CR0_GUEST_HOST_MASK"]
         v["GUEST_CR0"] = (value | CR0_PE | CR0_NE | CR0_PG | CR0_ET) & 0xFFFFFFFF
         cpu = v["CPU_BASED_VM_EXEC_CONTROL"]
-        if value & CR0_PG:       # the guest's own tables from now on; its CR3 is its own
+        what = f"MOV to CR0 {value:#x}: paging {'on' if value & CR0_PG else 'off'} for the guest"
+        if vc.shadow is not None:                # the shadow follows; CR3 keeps exiting
+            v["GUEST_CR0"] |= CR0_WP
+            root = _shadow_call(vc, vc.shadow.set_mode, vc._guest_cr0_view, vc._guest_cr3,
+                                vc._guest_cr4_view)
+            if isinstance(root, KvmRun):
+                return root
+            v["GUEST_CR3"] = root
+            what += f", shadow root {root:#x}"
+        elif value & CR0_PG:     # the guest's own tables from now on; its CR3 is its own
             v["GUEST_CR3"] = vc._guest_cr3
             cpu &= ~(X.CPU_CR3_LOAD_EXITING | X.CPU_CR3_STORE_EXITING)
         else:
             v["GUEST_CR3"] = vc.vm.page(6)
             cpu |= X.CPU_CR3_LOAD_EXITING | X.CPU_CR3_STORE_EXITING
         v["CPU_BASED_VM_EXEC_CONTROL"] = cpu
-        what = f"MOV to CR0 {value:#x}: paging {'on' if value & CR0_PG else 'off'} for the guest"
+    elif n == 4 and access == X.CR_ACCESS_MOV_TO_CR and vc.shadow is not None:
+        value = _gpr(vc, gpr)
+        vc._guest_cr4_view = value
+        mask = v["CR4_GUEST_HOST_MASK"]
+        v["CR4_READ_SHADOW"] = value & mask
+        v["GUEST_CR4"] = (value & ~(CR4_PSE | CR4_PGE)) | CR4_VMXE
+        root = _shadow_call(vc, vc.shadow.set_mode, vc._guest_cr0_view, vc._guest_cr3, value)
+        if isinstance(root, KvmRun):
+            return root
+        v["GUEST_CR3"] = root
+        what = f"MOV to CR4 {value:#x}: the shadow follows (root {root:#x})"
     else:
         return KvmRun(KVM_EXIT["internal_error"], internal_suberror=1,
                       hardware_exit_reason=_ER.CR_ACCESS)
     vc._skip()
     vc._note("CR_ACCESS", what)
     return None
+
+
+def _shadow_call(vc: VCPU, fn, *args):
+    """A shadow-MMU operation; what it cannot do (a guest table or frame outside the
+    guest's RAM) ends the run as KVM_EXIT_INTERNAL_ERROR, explained in the log."""
+    try:
+        return fn(*args)
+    except ShadowError as e:
+        vc._note("EXCEPTION_NMI", "shadow paging stopped: {}", str(e))
+        return KvmRun(KVM_EXIT["internal_error"], internal_suberror=KVM_INTERNAL_ERROR_EMULATION)
+
+
+def _invlpg(vc: VCPU) -> None:
+    """INVLPG (exit 14; the qualification is the linear address, SDM Vol. 3C Table 28-1
+    note): the shadow entry of the page and the TLB's go."""
+    lin = vc.vmcs["EXIT_QUALIFICATION"]
+    vc.shadow.invlpg(lin)
+    vc._skip()
+    vc._note("INVLPG", "INVLPG {:#x}: its shadow entry dropped", lin)
+
+
+def _shadow_page_fault(vc: VCPU) -> Optional[KvmRun]:
+    """#PF under shadow paging (the exception bitmap sends every one here; the exit
+    qualification is the linear address, the error code in VM_EXIT_INTR_ERROR_CODE,
+    CR2 untouched -- SDM Vol. 3C 28.1, 28.2.1): hidden (filled, the guest resumes),
+    true (injected with the guest's own error code, CR2 loaded as the CPU would), or
+    trace (a store into a guest page table: emulated if a MOV, else the table is
+    unshadowed and the guest retries)."""
+    v = vc.vmcs
+    st = vc.machine._st
+    lin = st.item(_I_QUAL)
+    sh = vc.shadow
+    out = _shadow_call(vc, sh.page_fault, lin, v["VM_EXIT_INTR_ERROR_CODE"])
+    if isinstance(out, KvmRun):
+        return out
+    kind, info = out
+    if kind == HIDDEN:
+        vc._note("EXCEPTION_NMI", "hidden #PF at {:#x}: shadow entry filled", lin)
+        return None
+    if kind == TRUE:
+        st[L.CR2] = lin
+        v["VM_ENTRY_INTR_INFO_FIELD"] = (X.INTR_INFO_VALID | X.INTR_INFO_DELIVER_ERROR_CODE
+                                         | (X.INTR_TYPE_HARDWARE_EXCEPTION << 8) | PF)
+        v["VM_ENTRY_EXCEPTION_ERROR_CODE"] = info
+        vc._note("EXCEPTION_NMI", "true #PF({:#x}) at {:#x}: injected", info, lin)
+        return None
+    gpa = info
+    if sh.make_unsync(gpa >> 12):
+        vc._note("EXCEPTION_NMI", "write to guest page table {:#x}: left writable (unsync)",
+                 gpa & ~0xFFF)
+        return None
+    insn = from_exit_info(vc.machine._exit_info.tolist())
+    store = store_of(insn, lambda n, size: _reg(vc, n, size))
+    if store is not None and insn.mem.linear == lin and (gpa & 0xFFF) + store[0] <= PAGE:
+        size, value = store
+        sh.write_guest(gpa, value.to_bytes(size, "little"))
+        sh.counters["pt_writes_emulated"] += 1
+        vc._skip_by(insn.length)
+        vc._note("EXCEPTION_NMI", "write to guest page table: emulated [{:#x}] = {:#x}",
+                 gpa, value)
+        return None
+    if sh.unprotect(gpa >> 12):
+        vc._note("EXCEPTION_NMI", "write to guest page table {:#x} by {}: unshadowed, retried",
+                 gpa & ~0xFFF, insn)
+        return None
+    vc._note("EXCEPTION_NMI", "write to the guest's page directory {:#x} by {}: not emulated",
+             gpa & ~0xFFF, insn)
+    return KvmRun(KVM_EXIT["internal_error"], internal_suberror=KVM_INTERNAL_ERROR_EMULATION)
 
 
 def _io(vc: VCPU) -> Optional[KvmRun]:
@@ -937,13 +1058,16 @@ def _triple_fault(vc: VCPU) -> KvmRun:
     return KvmRun(KVM_EXIT["shutdown"], hardware_exit_reason=_ER.TRIPLE_FAULT)
 
 
-def _exception(vc: VCPU) -> None:
-    """An exception the exception bitmap sent here: counted, then given back to the guest
-    by event injection (SDM 27.6) -- vector, type, error code, and for a software
-    exception (INT3/INTO) the instruction length -- as KVM re-injects what it intercepts
-    only to watch. The exit left RIP on the instruction for a fault, after it for a trap."""
+def _exception(vc: VCPU) -> Optional[KvmRun]:
+    """An exception the exception bitmap sent here: a #PF under shadow paging is the
+    shadow MMU's; any other is counted, then given back to the guest by event injection
+    (SDM 27.6) -- vector, type, error code, and for a software exception (INT3/INTO) the
+    instruction length -- as KVM re-injects what it intercepts only to watch. The exit
+    left RIP on the instruction for a fault, after it for a trap."""
     v = vc.vmcs
     info = v["VM_EXIT_INTR_INFO"]
+    if info & 0xFF == PF and vc.shadow is not None:
+        return _shadow_page_fault(vc)
     v["VM_ENTRY_INTR_INFO_FIELD"] = info & ~X.INTR_INFO_NMI_UNBLOCKING
     if info & X.INTR_INFO_DELIVER_ERROR_CODE:
         v["VM_ENTRY_EXCEPTION_ERROR_CODE"] = v["VM_EXIT_INTR_ERROR_CODE"]
@@ -973,6 +1097,7 @@ _HANDLERS = {
     int(_ER.INTERRUPT_WINDOW): _interrupt_window, int(_ER.HLT): _hlt,
     int(_ER.VMCALL): _vmcall, int(_ER.TRIPLE_FAULT): _triple_fault,
     int(_ER.EXCEPTION_NMI): _exception, int(_ER.EPT_VIOLATION): _ept_violation,
+    int(_ER.INVLPG): _invlpg,
 }
 
 
@@ -1007,9 +1132,9 @@ class Vtx(Monitor):
     name = "vtx"
 
     def __init__(self, machine: Optional[Machine] = None, program=None, *, ept: bool = False,
-                 vpid: bool = True):
-        self.vm = VM(machine=machine, ept=ept, vpid=vpid) if machine is not None else \
-            VM(ept=ept, vpid=vpid)
+                 vpid: bool = True, unsync: bool = False):
+        self.vm = VM(machine=machine, ept=ept, vpid=vpid, unsync=unsync) \
+            if machine is not None else VM(ept=ept, vpid=vpid, unsync=unsync)
         self.machine = self.vm.machine
         self.kvm = self.vm.create_vcpu()
         self._state = "running"
@@ -1070,13 +1195,16 @@ class Vtx(Monitor):
         return (self.machine.snapshot(), self._state, self._final, k.launched, k._tick_pending,
                 k._guest_cr3, k._guest_cr0_view, (d.console, d.timer_period, d.timer_vector),
                 len(k._raw_log), k.injected, collections.Counter(k.exits),
-                collections.Counter(k.in_kernel), collections.Counter(k.to_user), k._mmio_read)
+                collections.Counter(k.in_kernel), collections.Counter(k.to_user), k._mmio_read,
+                k._guest_cr4_view, None if k.shadow is None else k.shadow.snapshot())
 
     def restore(self, snap) -> None:
         k = self.kvm
         (machine, self._state, self._final, k.launched, k._tick_pending, k._guest_cr3,
          k._guest_cr0_view, devices, n_log, k.injected, k.exits, k.in_kernel, k.to_user,
-         k._mmio_read) = snap
+         k._mmio_read, k._guest_cr4_view, shadow) = snap
+        if shadow is not None:
+            k.shadow.restore(shadow)
         self.machine.restore(machine)
         k.devices.console, k.devices.timer_period, k.devices.timer_vector = devices
         del k._raw_log[n_log:]
@@ -1094,12 +1222,16 @@ class Vtx(Monitor):
         # a VT-x host counts its exits as vm_exits only (hvsim.cost.usage charges them)
         d.update(vm_exits=exits, injected=k.injected,
                  emulated=sum(n for r, n in k.exits.items()
-                              if r in ("CPUID", "CR_ACCESS", "IO_INSTRUCTION")))
-        return d
+                              if r in ("CPUID", "CR_ACCESS", "IO_INSTRUCTION", "INVLPG")))
+        return shadow_stats(d, k.shadow)
 
     @property
     def vcpu(self) -> GuestRegisters:
         return GuestRegisters(self.kvm)
+
+    @property
+    def shadow_mmu(self) -> Optional[ShadowMMU]:
+        return self.kvm.shadow
 
     @property
     def console(self) -> str:

@@ -78,7 +78,7 @@ from hvsim.arch.vectors import vector_name, GP, PF, HAS_ERROR_CODE
 from hvsim.asm.table import REG32, SREG
 from hvsim.instruction import Instruction
 from hvsim.machine import Event, Machine, Snapshot
-from hvsim.monitors.base import Kill, LogEntry, Monitor, MonitorEvent
+from hvsim.monitors.base import Kill, LogEntry, Monitor, MonitorEvent, shadow_stats
 from hvsim.monitors.devices import (VirtualDevices, CONSOLE_PORT, TIMER_PERIOD_PORT,  # noqa: F401
                                     TIMER_VECTOR_PORT)
 from hvsim.mmu.shadow import HIDDEN, HOLE_BASE, TRUE, ShadowError, ShadowMMU
@@ -553,18 +553,21 @@ class TrapAndEmulate(Monitor):
         return self.devices.console
 
     @property
+    def shadow_mmu(self) -> Optional[ShadowMMU]:
+        return self.shadow
+
+    @property
     def state(self) -> str:
         """'running', 'halted' (nothing can wake the guest) or 'killed'."""
         return self._state
 
     @property
     def stats(self) -> dict:
-        d = {"traps": sum(self.traps.values()), "emulated": sum(self.emulated.values()),
-             "reflected": sum(self.reflected.values()), "injected": self.ticks_delivered,
-             "vm_exits": 0, "hypercalls": 0}
-        if self.shadow is not None:
-            d.update(self.shadow.stats)
-        return d
+        return shadow_stats({"traps": sum(self.traps.values()),
+                             "emulated": sum(self.emulated.values()),
+                             "reflected": sum(self.reflected.values()),
+                             "injected": self.ticks_delivered, "vm_exits": 0, "hypercalls": 0},
+                            self.shadow)
 
     @property
     def counters(self) -> dict:

@@ -28,7 +28,7 @@ from hvsim.arch.layout import (
     VMCS_PTR, VMCS_PTR_NONE, VMCS_LAUNCH_STATE, VMX_NONROOT, VMX_EPT,
     VMX_ENTRY_CHECK, VMX_ENTRY_VALUE, INT_SHADOW, BLOCKING_BY_MOV_SS,
     EIP, CPL, COUNTERS, CFG_MEM_SIZE, AR_UNUSABLE, AR_S, AR_P, AR_G, AR_DPL_SHIFT,
-    VMX_VECTORING_INFO, SREG_CS, SREG_SS, MASK32, INSN_EIP, INSN_LEN, VMX_ENTRY_REQUEST,
+    VMX_VECTORING_INFO, SREG_CS, SREG_SS, MASK32, INSN_EIP, INSN_LEN, VMX_ENTRY_REQUEST, CR2, FAULT_ADDR,
 )
 from hvsim.rings.interrupts import (deliver, trace_record, EV_FAULT, EV_SOFTWARE, EV_EXTERNAL,
                                    TRACE_KIND_VMENTRY, TRACE_ROOT)
@@ -331,6 +331,10 @@ def _inject(mem, st, tlb, pg):
         st[COUNTERS + C_IRQ] += 1     # an external interrupt delivered through the guest IDT
         deliver(mem, st, tlb, pg, v, -1, EV_EXTERNAL)
     elif t == X.INTR_TYPE_HARDWARE_EXCEPTION:
+        # an injected #PF leaves CR2 as the VMM set it: injection loads no CR2 (KVM
+        # writes the guest's CR2 itself before every entry, vmx_vcpu_run); delivery
+        # loads CR2 from FAULT_ADDR, so that is where the VMM's value goes
+        st[FAULT_ADDR] = st[CR2]
         deliver(mem, st, tlb, pg, v, err, EV_FAULT)
     else:
         st[EIP] = (st[EIP] + st[ENTRY_INSN_LEN]) & MASK32
