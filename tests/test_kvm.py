@@ -52,10 +52,13 @@ def test_the_guest_sees_paging_off_although_non_root_needs_cr0_pg():
     assert "CR_ACCESS" not in vc.exits
 
 
-def test_the_guest_turning_paging_on_gets_its_own_tables():
+@pytest.mark.parametrize("ept", [True, False])
+def test_the_guest_turning_paging_on_gets_its_own_tables(ept):
     # linear 0x400000 -> physical 0x5000 in the guest's own page table; the VMM sees
     # MOV to CR3 (CR3-load exiting while the guest's paging is off) and MOV to CR0 (PG
-    # owned by the host), and from then on the guest's CR3 is the real one
+    # owned by the host). With EPT, from then on the guest's CR3 is the real one (KVM
+    # clears CR3-load exiting); without, the real CR3 is a shadow root the VMM built in
+    # its host area, and every CR3 load and store keeps exiting (shadow paging)
     src = """
         mov dword [0x5000], 0x1234abcd
         mov dword [0x20000], 0x21003     ; PDE 0 -> page table at 0x21000 (P, RW)
@@ -79,14 +82,22 @@ def test_the_guest_turning_paging_on_gets_its_own_tables():
         mov edi, cr3
         hlt
     """
-    vm, vc = _vcpu(src)
+    vm = VM(memory=1 << 20, ept=ept)
+    vc = vm.create_vcpu()
+    vc.load(assemble(src, origin=0x1000))
     r = vc.run()
     assert r.exit_reason == KVM_EXIT["hlt"]
     assert vc.regs["esi"] == 0x1234ABCD
     assert vc.regs["edi"] == 0x20000                 # MOV from CR3: the guest's own value
-    assert vc.vmcs["GUEST_CR3"] == 0x20000
-    assert vc.exits["CR_ACCESS"] == 2                # the CR3 load and the CR0 write
-    assert vc.vmcs["CPU_BASED_VM_EXEC_CONTROL"] & X.CPU_CR3_LOAD_EXITING == 0
+    exiting = vc.vmcs["CPU_BASED_VM_EXEC_CONTROL"] & X.CPU_CR3_LOAD_EXITING
+    if ept:
+        assert vc.vmcs["GUEST_CR3"] == 0x20000 and not exiting
+        assert vc.exits["CR_ACCESS"] == 2            # the CR3 load and the CR0 write
+    else:
+        root = vc.vmcs["GUEST_CR3"]
+        assert vm.page(24) <= root < vm.page(24 + 64) and exiting
+        assert vc.exits["CR_ACCESS"] == 3            # ... and the MOV from CR3
+        assert vc.shadow.guest_cr3 == 0x20000 and vc.shadow.counters["hidden_faults"] > 0
 
 
 def test_a_broken_guest_state_is_fail_entry_with_the_reason_and_words():
@@ -302,14 +313,19 @@ def test_with_ept_the_guest_runs_and_cannot_reach_the_host_area(memory):
     assert vm.machine.counters["ept_walks"] > 0
 
 
-def test_without_ept_the_guest_can_write_the_vmm_s_own_structures():
-    # the same store without EPT: guest-physical is host-physical, and the VMCS region
-    # is just memory -- the isolation that shadow paging or EPT has to provide
+def test_without_ept_shadow_paging_keeps_the_guest_out_of_the_vmm_s_own_structures():
+    # the same store without EPT: the shadow page tables map the guest's RAM only, so an
+    # address above it is a #PF exit the VMM hands to user space as MMIO, as KVM does for
+    # a guest-physical address no memory slot holds -- the VMCS region is untouched
     vm = VM(memory=1 << 20)
     vc = vm.create_vcpu()
+    before = bytes(vm.machine.memory[vm.page(1):vm.page(1) + 4])
     vc.load(assemble(f"mov dword [{vm.page(1):#x}], 0xdead\nhlt\n", origin=0x1000))
-    assert vc.run().name == "hlt"
-    assert bytes(vm.machine.memory[vm.page(1):vm.page(1) + 4]) == (0xDEAD).to_bytes(4, "little")
+    r = vc.run()
+    assert (r.name, r.mmio_phys_addr, r.mmio_is_write, r.mmio_data) == (
+        "mmio", vm.page(1), True, (0xDEAD).to_bytes(4, "little"))
+    assert bytes(vm.machine.memory[vm.page(1):vm.page(1) + 4]) == before
+    assert vc.run().name == "hlt"                  # the store is done; the guest goes on
 
 
 def test_the_teaching_kernel_runs_under_vt_x_with_ept():

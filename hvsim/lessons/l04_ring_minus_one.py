@@ -385,14 +385,15 @@ def cr3_phases(before: int = 4, after: int = 4) -> list:
     ``phase``, ``cr3_loads`` (MOV to CR3 executed), ``cr_exits`` (CR-access exits in
     the phase), ``cr3_load_exiting`` (the control at the end of the phase).
 
-    While the guest's paging is off, the VMM keeps its own identity page table in the
-    real CR3, so it must see every MOV to CR3 ('CR3-load exiting' on); once the guest
-    turns paging on, the guest's CR3 is the real one and the VMM clears the control, as
-    KVM does with EPT off (hvsim/monitors/kvm.py, ``_cr_access``)."""
+    The VM has EPT. While the guest's paging is off, the VMM keeps its own identity page
+    table in the real CR3, so it must see every MOV to CR3 ('CR3-load exiting' on); once
+    the guest turns paging on, the guest's CR3 is the real one and the VMM clears the
+    control, as KVM does with EPT (hvsim/monitors/kvm.py, ``_cr_access``). Without EPT
+    the real CR3 is always the VMM's shadow root and every load exits (lesson 05)."""
     for name, n in (("before", before), ("after", after)):
         if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= 1000:
             raise ValueError(f"{name} must be an integer 0..1000, got {n!r}")
-    vm = VM(memory=1 << 20)
+    vm = VM(memory=1 << 20, ept=True)
     vc = vm.create_vcpu()
     vc.load(assemble(_cr3_guest(before, after), origin=0x1000))
     rows, seen = [], 0

@@ -40,8 +40,8 @@ What is modelled, after KVM:
 * a **cache of shadow roots**: the current one and three previous
   (``KVM_MMU_NUM_PREV_ROOTS``), so a guest switching among up to four address spaces
   finds its shadow directory built; a fifth evicts the oldest;
-* a **reverse map** (guest frame -> shadow entries mapping it), to write-protect a frame
-  the moment it becomes a page table;
+* the shadow entries mapping a guest frame found the moment it becomes a page table, to
+  write-protect them (KVM keeps a reverse map for this; hvsim scans its shadow tables);
 * **write flooding**: a shadow page whose guest table is written three times with no use
   in between is dropped, its frame unprotected (KVM's ``detect_write_flooding``);
 * optional **unsync** (``unsync=True``): a guest *leaf* page table that is written is not
@@ -75,7 +75,7 @@ from hvsim.mmu.paging import PDE_4M_RSVD
 from hvsim.mmu.tlb import tlb_flush_vpid, tlb_invlpg_vpid
 
 __all__ = ["ShadowMMU", "ShadowPage", "GuestPageFault", "ShadowError", "HIDDEN", "TRUE",
-           "TRACE", "ROOT_CACHE", "FLOOD_WRITES", "HOLE_BASE", "COUNTERS"]
+           "TRACE", "MMIO", "ROOT_CACHE", "FLOOD_WRITES", "HOLE_BASE", "COUNTERS"]
 
 PAGE = 4096
 ENTRIES = 1024
@@ -87,7 +87,7 @@ HOLE_BASE = 0xFFC00000   # the top 4 MiB of linear space (PDE 1023), when a moni
 HOLE_PDI = HOLE_BASE >> 22
 
 # what page_fault() found
-HIDDEN, TRUE, TRACE = "hidden", "true", "trace"
+HIDDEN, TRUE, TRACE, MMIO = "hidden", "true", "trace", "mmio"
 
 #: the counters, in the order tables print them, and what each counts
 COUNTERS = {
@@ -198,7 +198,8 @@ class ShadowMMU:
             raise TypeError(f"unsync must be True or False, got {unsync!r}")
         self.machine = machine
         self._mem = mem
-        self._m32 = memoryview(mem).cast("I")
+        self._m32 = memoryview(mem).cast("I")      # one entry: a Python int, fast
+        self._w32 = mem.view(np.uint32)               # whole tables: numpy, vectorized
         self._st = machine._st
         self._tlb = machine._tlb
         self._pg = machine._pg
@@ -209,11 +210,10 @@ class ShadowMMU:
         self.unsync_enabled = unsync
         self.hole_table = hole_table
         self.vpid = vpid
-        self.counters = collections.Counter({k: 0 for k in COUNTERS})
+        self.counters = {k: 0 for k in COUNTERS}
         self.pages: dict = {}                 # key -> ShadowPage
         self.by_hpa: dict = {}                # shadow frame -> ShadowPage
         self.shadowed = collections.defaultdict(set)   # guest frame -> its non-direct shadows
-        self.rmap = collections.defaultdict(set)       # guest frame -> shadow PTE addresses
         self.roots: collections.OrderedDict = collections.OrderedDict()   # key -> root page
         self.root: ShadowPage | None = None
         self.guest_cr0 = 0
@@ -265,10 +265,13 @@ class ShadowMMU:
 
     def page_fault(self, lin: int, error_code: int):
         """Sort a #PF the hardware raised on the shadow tables: ``(HIDDEN, None)`` after
-        filling the shadow, ``(TRUE, guest_error_code)`` to reflect, or ``(TRACE, gpa)``
+        filling the shadow, ``(TRUE, guest_error_code)`` to reflect, ``(TRACE, gpa)``
         for a write to a traced guest page table (the caller emulates the store with
-        :meth:`write_guest`, or re-executes it after :meth:`unprotect`). Raises
-        :class:`ShadowError` when the guest touches what the monitor cannot give it."""
+        :meth:`write_guest`, or re-executes it after :meth:`unprotect`), or ``(MMIO,
+        gpa)`` for a guest-physical address beyond the guest's RAM (never mapped: a
+        device, for a host that has some). Raises :class:`ShadowError` when the guest
+        touches what the monitor cannot give it (its tables outside its RAM, the
+        monitor's linear region)."""
         lin &= 0xFFFFFFFF
         write = error_code & PFEC_W
         user = error_code & PFEC_U
@@ -276,11 +279,9 @@ class ShadowMMU:
             raise ShadowError(f"the guest touched linear {lin:#010x}, in the 4 MiB the "
                               f"monitor keeps for itself ({HOLE_BASE:#x} and up)")
         if not self.paging:
-            gpa = lin
-            if gpa >> 12 >= self.ram_frames:
-                raise ShadowError(f"the guest (paging off) reached physical {gpa:#010x}, "
-                                  f"beyond its {self.ram:#x} bytes of RAM")
-            return self._direct_fault(gpa, write)
+            if lin >> 12 >= self.ram_frames:
+                return MMIO, lin
+            return self._direct_fault(lin, write)
         walk = self._guest_walk(lin, write, user)
         if walk[0] is not None:
             self.counters["true_faults"] += 1
@@ -289,8 +290,7 @@ class ShadowMMU:
         large = pte_pa is None
         gfn = ((pde & PDE_FRAME_4M) | (lin & 0x3FF000)) >> 12 if large else pte >> 12
         if gfn >= self.ram_frames:
-            raise ShadowError(f"the guest maps linear {lin:#010x} to physical "
-                              f"{gfn << 12:#010x}, beyond its {self.ram:#x} bytes of RAM")
+            return MMIO, (gfn << 12) | (lin & 0xFFF)
         if write and self._traced(gfn):
             self.counters["trace_faults"] += 1
             if large:                           # the store's A/D, as the walk would set them
@@ -394,7 +394,7 @@ class ShadowMMU:
             sp.unsync = True
             sp.snapshot = bytearray(snap)
         self.counters["unsynced"] += 1
-        for addr in list(self.rmap.get(gfn, ())):       # its mappings: writable on next use
+        for addr in self._mappings_of(gfn):         # its mappings: writable on next use
             self._drop_spte_at(addr)
         return True
 
@@ -408,7 +408,7 @@ class ShadowMMU:
         self.roots.clear()
         tlb_flush_vpid(self._st, self._tlb, self.vpid, 0)
 
-    _STATE = ("pages", "by_hpa", "shadowed", "rmap", "roots", "root", "counters",
+    _STATE = ("pages", "by_hpa", "shadowed", "roots", "root", "counters",
               "guest_cr0", "guest_cr3", "guest_cr4", "_free", "_stamp")
 
     def snapshot(self):
@@ -529,12 +529,7 @@ class ShadowMMU:
         elif (write and not user and not self.guest_cr0 & CR0_WP
               and not rights & PTE_RW and not self._traced(gfn)):
             flags = PTE_P | PTE_RW            # CR0.WP = 0: writable, supervisor only (KVM)
-        addr = sp.hpa + 4 * idx
-        old = self._m32[addr >> 2]
-        if old & PTE_P:
-            self.rmap[old >> 12].discard(addr)
-        self._m32[addr >> 2] = (gfn << 12) | flags
-        self.rmap[gfn].add(addr)
+        self._m32[(sp.hpa >> 2) + idx] = (gfn << 12) | flags
         self.counters["shadow_fills"] += 1
 
     def _direct_fault(self, gpa, write):
@@ -577,9 +572,31 @@ class ShadowMMU:
                 self._zap(old)
             sp = self._new_page(key)
             self.roots[key] = sp
+            if not self.paging:
+                self._prefill_direct(sp)
         self.root = sp
         tlb_flush_vpid(self._st, self._tlb, self.vpid, 0)
         return sp.hpa
+
+    def _prefill_direct(self, root):
+        """Paging off: the direct map of the guest's RAM is built whole at once (KVM
+        fills it on demand; a guest with paging off has no tables whose writes the
+        monitor must see, and a full map spares it a hidden fault per page). Frames that
+        are shadowed page tables stay read-only."""
+        w32 = self._w32
+        frames = np.arange(self.ram_frames, dtype=np.uint32)
+        flags = np.full(self.ram_frames, PTE_P | PTE_RW | PTE_US, np.uint32)
+        for gfn in self.shadowed:
+            if gfn < self.ram_frames and self._traced(gfn):
+                flags[gfn] &= ~np.uint32(PTE_RW)
+        for first in range(0, self.ram_frames, ENTRIES):
+            key = (first, 1, True, RIGHTS)
+            sp = self.pages.get(key) or self._new_page(key, keep=root)
+            self._link(root, first >> 10, sp)
+            n = min(ENTRIES, self.ram_frames - first)
+            base = sp.hpa >> 2
+            w32[base:base + n] = (frames[first:first + n] << 12) | flags[first:first + n]
+            self.counters["shadow_fills"] += n
 
     # ---- internals: shadow pages --------------------------------------------------------
     def _new_page(self, key, keep=None) -> ShadowPage:
@@ -603,11 +620,26 @@ class ShadowMMU:
         """A guest frame just became a shadowed page table: its writable shadow mappings
         lose R/W (a later write is a trace fault)."""
         m32 = self._m32
-        for addr in self.rmap.get(gfn, ()):
+        for addr in self._mappings_of(gfn):
             v = m32[addr >> 2]
             if v & PTE_RW:
                 m32[addr >> 2] = v & ~PTE_RW
                 self._invalidate_spte(addr)
+
+    def _mappings_of(self, gfn) -> list:
+        """The shadow PTEs that map guest frame ``gfn`` (KVM keeps a reverse map; hvsim
+        scans its few shadow tables, vectorized, when a frame becomes a page table --
+        rarer than the fills a reverse map would slow down)."""
+        out = []
+        w32 = self._w32
+        for sp in self.by_hpa.values():
+            if sp.level != 1:
+                continue
+            base = sp.hpa >> 2
+            words = w32[base:base + ENTRIES]
+            hits = np.flatnonzero(((words >> 12) == gfn) & ((words & PTE_P) != 0))
+            out.extend((sp.hpa + 4 * i) for i in hits.tolist())
+        return out
 
     def _link(self, root, pdi, sp):
         """Point shadow PDE ``pdi`` of ``root`` at ``sp`` (the hardware may have set A in
@@ -659,11 +691,6 @@ class ShadowMMU:
             for addr in list(sp.parents):
                 m32[addr >> 2] = 0
             sp.parents.clear()
-            rmap = self.rmap
-            for i in range(ENTRIES):
-                v = m32[base + i]
-                if v & PTE_P:
-                    rmap[v >> 12].discard(sp.hpa + 4 * i)
         self._mem[sp.hpa:sp.hpa + PAGE] = 0
         self._free.append(sp.hpa)
         self.counters["shadow_pages_freed"] += 1
@@ -713,7 +740,6 @@ class ShadowMMU:
         if not v & PTE_P:
             return
         self._m32[addr >> 2] = 0
-        self.rmap[v >> 12].discard(addr)
         self._invalidate_spte(addr)
 
     def _invalidate_spte(self, addr):

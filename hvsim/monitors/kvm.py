@@ -63,7 +63,7 @@ from hvsim.asm.table import REG32
 from hvsim.cpu import decode as D
 from hvsim.instruction import PFX_OPSIZE, from_exit_info
 from hvsim.machine import Event, Machine
-from hvsim.mmu.shadow import HIDDEN, TRUE, ShadowError, ShadowMMU
+from hvsim.mmu.shadow import HIDDEN, MMIO, TRUE, ShadowError, ShadowMMU
 from hvsim.monitors.base import LogEntry, Monitor, MonitorEvent, STATS, shadow_stats
 from hvsim.monitors.stores import MOFFS_LOADS, MOV_LOADS, store_of
 from hvsim.rings.setup import install
@@ -874,6 +874,11 @@ def _shadow_page_fault(vc: VCPU) -> Optional[KvmRun]:
     if kind == HIDDEN:
         vc._note("EXCEPTION_NMI", "hidden #PF at {:#x}: shadow entry filled", lin)
         return None
+    if kind == MMIO:                 # beyond the guest's RAM: a device, as with EPT
+        insn = from_exit_info(vc.machine._exit_info.tolist())
+        own = insn is not None and insn.mem is not None and insn.mem.linear == lin
+        return _mmio(vc, "EXCEPTION_NMI", info, bool(v["VM_EXIT_INTR_ERROR_CODE"] & 2),
+                     insn if own else None)
     if kind == TRUE:
         st[L.CR2] = lin
         v["VM_ENTRY_INTR_INFO_FIELD"] = (X.INTR_INFO_VALID | X.INTR_INFO_DELIVER_ERROR_CODE
@@ -979,30 +984,39 @@ def _ept_violation(vc: VCPU) -> KvmRun:
     suberror 1 (emulation failure), the guest stopped at the instruction."""
     v = vc.vmcs
     q = v["EXIT_QUALIFICATION"]
-    gpa = v["GUEST_PHYSICAL_ADDRESS"]
-    write = bool(q & X.EPT_QUAL_WRITE)
-    m = vc.machine
-    insn = from_exit_info(m._exit_info.tolist())
-    own = (q & X.EPT_QUAL_FINAL_TRANSLATION and not q & X.EPT_QUAL_FETCH and insn is not None
-           and not v["IDT_VECTORING_INFO_FIELD"] & X.INTR_INFO_VALID)
-    store = store_of(insn, lambda n, size: _reg(vc, n, size)) if own and write else None
+    insn = from_exit_info(vc.machine._exit_info.tolist())
+    own = q & X.EPT_QUAL_FINAL_TRANSLATION and not q & X.EPT_QUAL_FETCH
+    return _mmio(vc, "EPT_VIOLATION", v["GUEST_PHYSICAL_ADDRESS"], bool(q & X.EPT_QUAL_WRITE),
+                 insn if own else None)
+
+
+def _mmio(vc: VCPU, reason: str, gpa: int, write: bool, insn) -> KvmRun:
+    """An access to guest-physical ``gpa``, where the guest has no RAM (an EPT violation,
+    or a #PF under shadow paging): KVM_EXIT_MMIO for a MOV of the instruction's own
+    (``insn``; None for a fetch or a walk), not during an event's delivery; else
+    KVM_EXIT_INTERNAL_ERROR (emulation failure)."""
+    v = vc.vmcs
+    if v["IDT_VECTORING_INFO_FIELD"] & X.INTR_INFO_VALID:
+        insn = None
+    hw = int(_ER[reason])
+    store = store_of(insn, lambda n, size: _reg(vc, n, size)) if write else None
     if store is not None:
         size, value = store
         data = value.to_bytes(size, "little")
         vc._skip_by(insn.length)
-        vc._note("EPT_VIOLATION", "MMIO write of {} bytes at {:#x}: {}", size, gpa, data.hex())
-        return KvmRun(KVM_EXIT["mmio"], hardware_exit_reason=_ER.EPT_VIOLATION,
+        vc._note(reason, "MMIO write of {} bytes at {:#x}: {}", size, gpa, data.hex())
+        return KvmRun(KVM_EXIT["mmio"], hardware_exit_reason=hw,
                       mmio_phys_addr=gpa, mmio_is_write=True, mmio_len=size, mmio_data=data)
-    if own and not write and (insn.family in MOV_LOADS or insn.opcode in MOFFS_LOADS):
-        run = KvmRun(KVM_EXIT["mmio"], hardware_exit_reason=_ER.EPT_VIOLATION,
+    if insn is not None and not write and (insn.family in MOV_LOADS
+                                           or insn.opcode in MOFFS_LOADS):
+        run = KvmRun(KVM_EXIT["mmio"], hardware_exit_reason=hw,
                      mmio_phys_addr=gpa, mmio_is_write=False, mmio_len=insn.size)
         vc._mmio_read = (run, insn)
-        vc._note("EPT_VIOLATION", "MMIO read of {} bytes at {:#x}: to user space",
-                 insn.size, gpa)
+        vc._note(reason, "MMIO read of {} bytes at {:#x}: to user space", insn.size, gpa)
         return run
     what = f"{'write' if write else 'read'} at {gpa:#x}" + (f" by {insn}" if insn else "")
-    vc._note("EPT_VIOLATION", "{}: not an access hvsim emulates", what)
-    return KvmRun(KVM_EXIT["internal_error"], hardware_exit_reason=_ER.EPT_VIOLATION,
+    vc._note(reason, "{}: not an access hvsim emulates", what)
+    return KvmRun(KVM_EXIT["internal_error"], hardware_exit_reason=hw,
                   internal_suberror=KVM_INTERNAL_ERROR_EMULATION, mmio_phys_addr=gpa,
                   mmio_is_write=write)
 

@@ -76,12 +76,13 @@ from hvsim.arch.flags import IF, IOPL_MASK, IOPL_SHIFT, FIXED1, POPF_WRITABLE, R
 from hvsim.arch.layout import AR_DPL_SHIFT
 from hvsim.arch.vectors import vector_name, GP, PF, HAS_ERROR_CODE
 from hvsim.asm.table import REG32, SREG
-from hvsim.instruction import Instruction
+from hvsim.arch.exits import EXIT_BUDGET, EXIT_EXCEPTION
+from hvsim.instruction import Instruction, from_exit_info
 from hvsim.machine import Event, Machine, Snapshot
 from hvsim.monitors.base import Kill, LogEntry, Monitor, MonitorEvent, shadow_stats
 from hvsim.monitors.devices import (VirtualDevices, CONSOLE_PORT, TIMER_PERIOD_PORT,  # noqa: F401
                                     TIMER_VECTOR_PORT)
-from hvsim.mmu.shadow import HIDDEN, HOLE_BASE, TRUE, ShadowError, ShadowMMU
+from hvsim.mmu.shadow import HIDDEN, HOLE_BASE, MMIO, TRUE, ShadowError, ShadowMMU
 from hvsim.monitors.reflect import GATE_SIZE, gate, read, reflect, stack_linear, write
 from hvsim.monitors.stores import store_of
 from hvsim.monitors.vcpu import VirtualCPU
@@ -104,6 +105,7 @@ OPC_PUSH_SREG = (0x06, 0x0E, 0x16, 0x1E, 0x1A0, 0x1A8)  # PUSH ES/CS/SS/DS, 0F A
 OPC_IO_IMM = (0xE4, 0xE5, 0xE6, 0xE7)                 # IN/OUT with an imm8 port
 CR_NAMES = {0: "cr0", 2: "cr2", 3: "cr3", 4: "cr4"}
 
+_PF_NAME = vector_name(PF)
 PAGE = 4096
 GUEST_RAM = 1 << 20            # the guest's RAM on a machine the monitor makes
 # the monitor's own memory at the top of the machine: page 0 its GDT and TSS while the
@@ -524,7 +526,8 @@ class TrapAndEmulate(Monitor):
         self._vcpu = VirtualCPU(gdtr_base=int(machine.cpu.gdtr_base),
                                 gdtr_limit=int(machine.cpu.gdtr_limit))
         self.devices = VirtualDevices(self._vcpu, on_timer=self._program_timer)
-        self.log: list[LogEntry] = []
+        self._log: list[LogEntry] = []
+        self._hidden: list = []                  # hidden #PFs not yet made LogEntry (run())
         self.traps = collections.Counter()       # by Event.name
         self.emulated = collections.Counter()    # by mnemonic
         self.reflected = collections.Counter()   # by vector name
@@ -539,6 +542,26 @@ class TrapAndEmulate(Monitor):
             self.boot(program)
 
     # ---- the protocol ---------------------------------------------------------------------
+    @property
+    def log(self) -> list:
+        """Every exit handled, oldest first (:class:`~hvsim.monitors.base.LogEntry`). The
+        hidden faults run() handles are kept as plain tuples until the log is read: a
+        hidden fault is the hot path of shadow paging."""
+        if self._hidden:
+            self._flush_hidden()
+        return self._log
+
+    @log.setter
+    def log(self, entries: list) -> None:
+        self._log = entries
+        self._hidden = []
+
+    def _flush_hidden(self) -> None:
+        for eip, cpl, err, lin, tsc, x in self._hidden:
+            self._log.append(LogEntry("hidden", _PF_NAME, PF, err, eip, cpl, from_exit_info(x),
+                                      f"hidden #PF at {lin:#x}: shadow entry filled", tsc))
+        self._hidden = []
+
     @property
     def vcpu(self) -> VirtualCPU:
         return self._vcpu
@@ -606,6 +629,9 @@ class TrapAndEmulate(Monitor):
         counts once) or a trap the monitor handled, so the budget always ends the run."""
         max_steps = self._check_budget(max_steps)
         m = self.machine
+        st = m._st
+        item = st.item                     # Python ints: cheaper than st[i]
+        run = m._run                       # Machine.run without building an Event
         used = 0
         while used < max_steps:
             if self._state != "running":
@@ -614,15 +640,28 @@ class TrapAndEmulate(Monitor):
                 used += 1
                 continue
             shadow = self._shadow
-            ev = m.run(1 if shadow else max_steps - used)
-            if ev.kind == "budget":
-                used += ev.steps
+            kind = run(1 if shadow else max_steps - used)
+            steps = item(L.EXIT_STEPS)
+            if kind == EXIT_BUDGET:
+                used += steps
                 self._shadow = False
                 continue
-            used += max(ev.steps, 1)
-            if shadow and ev.steps > 0:
+            used += steps if steps > 1 else 1
+            if shadow and steps > 0:
                 self._shadow = False
-            final = self._handled(ev)
+            outcome = None
+            if kind == EXIT_EXCEPTION and self.shadow is not None and item(L.EXIT_VECTOR) == PF:
+                # shadow paging's hot path: a hidden fault is handled without an Event
+                try:
+                    outcome = self.shadow.page_fault(item(L.EXIT_ADDR), item(L.EXIT_ERROR))
+                except ShadowError as e:
+                    outcome = e
+                if outcome[0] == HIDDEN if type(outcome) is tuple else False:
+                    self.traps[_PF_NAME] += 1
+                    self._hidden.append((item(L.EXIT_EIP), item(L.EXIT_CPL), item(L.EXIT_ERROR),
+                                         item(L.EXIT_ADDR), item(L.TSC), m._exit_info.tolist()))
+                    continue
+            final = self._handled(m._event(kind), outcome)
             if final is not None:
                 return final
         return MonitorEvent("budget", m.cpu.eip, m.cpu.cpl, used,
@@ -685,8 +724,9 @@ class TrapAndEmulate(Monitor):
                 f"{', virtualizable' if self.virtualizable else ''}>")
 
     # ---- dispatch -----------------------------------------------------------------------
-    def handle(self, ev: Event) -> Optional[MonitorEvent]:
-        """Handle one exit of the machine; the event that ends the run, or None."""
+    def handle(self, ev: Event, outcome=None) -> Optional[MonitorEvent]:
+        """Handle one exit of the machine; the event that ends the run, or None.
+        (``outcome``: a #PF the shadow MMU already sorted, from run()'s hot path.)"""
         try:
             if ev.kind == "interrupt":
                 self.traps[ev.name] += 1
@@ -697,7 +737,7 @@ class TrapAndEmulate(Monitor):
                 if ev.vector == GP and ev.error_code == 0 and ev.source == "fault":
                     self._general_protection(ev)
                 elif ev.vector == PF and self.shadow is not None:
-                    self._page_fault(ev)
+                    self._page_fault(ev, outcome)
                 else:
                     self._guest_exception(ev)
                 return None
@@ -708,8 +748,8 @@ class TrapAndEmulate(Monitor):
         except Kill as k:
             return self._kill(str(k), ev)
 
-    def _handled(self, ev: Event) -> Optional[MonitorEvent]:
-        final = self.handle(ev)
+    def _handled(self, ev: Event, outcome=None) -> Optional[MonitorEvent]:
+        final = self.handle(ev, outcome)
         if final is None and self._state != "running":
             return self._final          # the guest halted for good in this trap
         return final
@@ -722,7 +762,8 @@ class TrapAndEmulate(Monitor):
         return self._final
 
     def _record(self, ev: Event, what: str, action: str, insn=None) -> None:
-        self.log.append(LogEntry(what, ev.name, ev.vector, ev.error_code, ev.eip, ev.cpl, insn,
+        name = _PF_NAME if ev.vector == PF and ev.kind == "exception" else ev.name
+        self.log.append(LogEntry(what, name, ev.vector, ev.error_code, ev.eip, ev.cpl, insn,
                                  action, self.machine.cpu.tsc))
 
     # ---- #GP(0): a privileged or sensitive instruction ----------------------------------
@@ -805,14 +846,22 @@ class TrapAndEmulate(Monitor):
         m.cpu.cr0 = int(m.cpu.cr0) | CR0_PG | CR0_WP
         return text + f"; shadow root {root:#x}"
 
-    def _page_fault(self, ev: Event) -> None:
+    def _page_fault(self, ev: Event, outcome=None) -> None:
         """#PF under shadow paging: hidden (filled), true (reflected) or trace (the
-        guest's store into its own page table, emulated)."""
+        guest's store into its own page table, emulated). ``outcome``: what the shadow
+        MMU already made of it (run()'s hot path), else it is asked here."""
         sh, lin = self.shadow, ev.address
-        try:
-            kind, info = sh.page_fault(lin, ev.error_code)
-        except ShadowError as e:
-            raise Kill(str(e)) from None
+        if outcome is None:
+            try:
+                outcome = sh.page_fault(lin, ev.error_code)
+            except ShadowError as e:
+                outcome = e
+        if isinstance(outcome, ShadowError):
+            raise Kill(str(outcome))
+        kind, info = outcome
+        if kind == MMIO:
+            raise Kill(f"the guest reached physical {info:#010x} (linear {lin:#010x}), beyond "
+                       f"its {self.ram:#x} bytes of RAM: this monitor has no device there")
         if kind == HIDDEN:
             self._record(ev, "hidden", f"hidden #PF at {lin:#x}: shadow entry filled", ev.insn)
             return
