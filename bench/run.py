@@ -36,6 +36,18 @@ What is measured, each in this process unless said otherwise:
 (n) (c)'s mixed loop as a guest of the Python VMM with EPT, in VMX non-root ring 0 on the
     VMM's identity page table: every TLB miss is a two-dimensional walk; the row gives
     its ratio to (c).
+(o) (c)'s mixed loop under shadow paging once warm: the guest itself identity-maps its
+    1 MiB with 4 KiB pages and turns paging on, under the trap-and-emulate monitor (ring
+    1) and under the VT-x host without EPT; after the few hidden faults of its first
+    iteration the jitted MMU walks the shadow tables with no fault at all. Ratio to (c).
+(p) hidden-fault round trips/s: a guest that visits five address spaces in turn (one
+    more than the monitor's cache of four shadow roots, so each visit builds its root
+    afresh) and touches 200 pages in each: every touch is a hidden #PF that leaves
+    ``run()``, is filled by the Python shadow MMU (hvsim/mmu/shadow.py) and resumed. The
+    rate is hidden faults over the whole run's time (CR3 traps and root rebuilds
+    included), under trap-and-emulate and under the VT-x host without EPT.
+(q) lesson 05's sweep (hvsim/lessons/l05_shadow_vs_nested.py), warm: seconds for the
+    whole grid, in this process.
 
 Beside (a)-(c), the same loop in a plain pure-Python interpreter (bench/baseline.py, same
 assembly text), the interpreter alone (``Machine(blocks=False)``) and Unicorn running the
@@ -170,6 +182,76 @@ done:
     hlt
 """
 GP_VECTOR = 13        # #GP (SDM Vol. 3A, Table 6-1)
+# (o): the guest identity-maps its first 1 MiB (page directory at 0xA0000, one page table
+# at 0xA1000, 4 KiB pages) and turns paging on itself, so a shadow-paging monitor sees it
+SHADOW_PROLOGUE = """
+    mov edi, 0xA1000
+    mov eax, 3
+    mov ecx, 256
+map:
+    mov [edi], eax
+    add eax, 0x1000
+    add edi, 4
+    loop map
+    mov dword [0xA0000], 0xA1003
+    mov eax, 0xA0000
+    mov cr3, eax
+    mov eax, cr0
+    or eax, 0x80000000
+    mov cr0, eax
+"""
+# (p): HIDDEN_SPACES page directories at 0x20000 + 8 KiB * k, each followed by its own
+# page table identity-mapping 1 MiB; visited in turn {rounds} times, HIDDEN_PAGES pages
+# touched in each (one more space than the monitor caches roots for: each visit rebuilds)
+HIDDEN_SPACES, HIDDEN_PAGES = 5, 200
+HIDDEN_FAULTS = f"""
+    mov esp, 0xDC000
+    mov ebx, 0
+space:
+    mov edi, ebx
+    shl edi, 13
+    add edi, 0x20000
+    lea esi, [edi + 0x1000]
+    mov eax, esi
+    or eax, 3
+    mov [edi], eax
+    mov eax, 3
+    mov ecx, 256
+fill:
+    mov [esi], eax
+    add eax, 0x1000
+    add esi, 4
+    loop fill
+    inc ebx
+    cmp ebx, {HIDDEN_SPACES}
+    jne space
+    mov eax, 0x20000
+    mov cr3, eax
+    mov eax, cr0
+    or eax, 0x80000000
+    mov cr0, eax
+    mov ebp, {{rounds}}
+round:
+    mov ebx, 0
+switch:
+    mov eax, ebx
+    shl eax, 13
+    add eax, 0x20000
+    mov cr3, eax
+    mov esi, 0x30000
+    mov ecx, {HIDDEN_PAGES}
+touch:
+    mov eax, [esi]
+    add esi, 0x1000
+    loop touch
+    inc ebx
+    cmp ebx, {HIDDEN_SPACES}
+    jne switch
+    dec ebp
+    jnz round
+    cli
+    hlt
+"""
 GUEST_RING = 1        # where a deprivileged guest kernel runs
 
 COLD_RUNS = 3   # row (g): fresh processes on empty caches (best of three: each takes ~10 s)
@@ -188,8 +270,9 @@ README_EXAMPLE = "\n".join([
 SYSCALL_PER_ITER = 6    # user: mov, int, dec, jnz; kernel: add, iret
 
 TARGETS = {
-    "alu": 2e8, "mixed": 1.5e8, "paging": 1e8, "step": 2e5, "traps": 3e5,
+    "alu": 2e8, "mixed": 1.5e8, "paging": 1e8, "step": 2e5, "traps": 3e5, "hidden": 2e5,
     "roundtrips": 4e5, "cold": 10.0, "warm": 1.0, "vmexit_python": 3e5, "vmexit_asm": 1e6,
+    "sweep": 30.0,
 }
 # (k)/(l): a guest that makes CPUID exits in a loop (ESI counts them down; CPUID
 # clobbers EAX, EBX, ECX, EDX) and then ends; VMCALL for the assembly VMM, HLT for the
@@ -737,6 +820,59 @@ def measure(args, min_seconds, samples):
         return Probe(loop, 200_000, limit=10**10)
     probe(("ept", "hvsim"), ept_probe)
 
+    def shadow_loop_probe(host):       # (o) the mixed loop under shadow paging, warm
+        from hvsim import assemble
+        from hvsim.monitors import TrapAndEmulate, Vtx
+
+        def loop(k):
+            prog = assemble(SHADOW_PROLOGUE + MIXED_LOOP.format(n=k), origin=0x1000)
+            mon = TrapAndEmulate(program=prog) if host == "shadow" else Vtx(program=prog)
+            m = mon.machine
+            before = int(m.counters["instructions"])
+            t0 = time.perf_counter()
+            ev = mon.run(10**12)
+            dt = time.perf_counter() - t0
+            hidden = mon.shadow_mmu.counters["hidden_faults"] if mon.shadow_mmu else -1
+            if ev.kind != "halt" or not 0 < hidden < 20:
+                raise RuntimeError(f"the shadowed loop did not run as planned: {ev}, "
+                                   f"{hidden} hidden faults")
+            return int(m.counters["instructions"]) - before, dt
+        loop(1000)
+        return Probe(loop, 200_000, limit=10**10)
+    probe(("shadow_loop", "hvsim"), lambda: shadow_loop_probe("shadow"))
+    probe(("shadow_loop", "vtx"), lambda: shadow_loop_probe("vtx"))
+
+    def hidden_probe(host):            # (p) hidden-fault round trips
+        from hvsim import assemble
+        from hvsim.monitors import TrapAndEmulate, Vtx
+
+        def faults(k):
+            prog = assemble(HIDDEN_FAULTS.format(rounds=k), origin=0x1000)
+            mon = TrapAndEmulate(program=prog) if host == "shadow" else Vtx(program=prog)
+            t0 = time.perf_counter()
+            ev = mon.run(10**12)
+            dt = time.perf_counter() - t0
+            c = mon.shadow_mmu.counters
+            if ev.kind != "halt" or c["hidden_faults"] < HIDDEN_PAGES * HIDDEN_SPACES * k \
+                    or c["shadow_roots_built"] < HIDDEN_SPACES * k:
+                raise RuntimeError(f"the hidden-fault guest did not run as planned: {ev}, {c}")
+            return c["hidden_faults"], dt
+        faults(1)
+        return Probe(faults, 5, limit=10**6)
+    probe(("hidden", "hvsim"), lambda: hidden_probe("shadow"))
+    probe(("hidden", "vtx"), lambda: hidden_probe("vtx"))
+
+    def sweep_probe():                 # (q) lesson 05's sweep, warm
+        from hvsim.lessons import l05_shadow_vs_nested as l05
+
+        def once(_k):
+            t0 = time.perf_counter()
+            l05.sweep()
+            return 1, time.perf_counter() - t0
+        once(1)
+        return Probe(once, 1, limit=1)
+    probe(("sweep", "hvsim"), sweep_probe)
+
     # the rounds: every probe once per round, in turn
     for _ in range(samples):
         for key in list(probes):
@@ -811,6 +947,28 @@ def measure(args, min_seconds, samples):
              if isinstance(ept, tuple) and isinstance(paging, tuple) else "")
     rows.append(row("ept", "(n) the mixed loop of (c) as a VT-x guest with EPT (2D walks on "
                     "TLB misses), instr/s", extra=[ratio], baselines=False))
+    shadow_loop, vtx_loop = result(("shadow_loop", "hvsim")), result(("shadow_loop", "vtx"))
+    ratio = (f"{shadow_loop[0] / paging[0]:.0%} of (c)'s median in the same run (target >= "
+             f"80%)" if isinstance(shadow_loop, tuple) and isinstance(paging, tuple) else "")
+    vtx_ratio = (f"under the VT-x host without EPT: median {fmt_stats(vtx_loop)}, "
+                 f"{vtx_loop[0] / paging[0]:.0%} of (c)" if isinstance(vtx_loop, tuple)
+                 and isinstance(paging, tuple) else "")
+    rows.append(row("shadow_loop", "(o) the mixed loop of (c) under shadow paging, warm "
+                    "(trap-and-emulate, the guest's own identity map), instr/s",
+                    extra=[ratio, vtx_ratio], baselines=False))
+    vtx_hidden = result(("hidden", "vtx"))
+    vtx_hidden = (f"under the VT-x host without EPT (#PF exits): median "
+                  f"{fmt_stats(vtx_hidden)}" if isinstance(vtx_hidden, tuple) else "")
+    rows.append(row("hidden", "(p) hidden-fault round trips/s (trap-and-emulate: #PF -> "
+                    "Python shadow MMU fills the entry -> resume)", TARGETS["hidden"],
+                    extra=[vtx_hidden], baselines=False))
+    sweep = result(("sweep", "hvsim"))
+    rows.append({"name": "(q) lesson 05's sweep, warm, seconds", "target": TARGETS["sweep"],
+                 "value": 1 / sweep[0] if isinstance(sweep, tuple) else sweep,
+                 "seconds": True, "baselines": {},
+                 "note": (f"median of {len(probes[('sweep', 'hvsim')].rates)} sweeps "
+                          f"({1 / sweep[2]:.2f}–{1 / sweep[1]:.2f} s)")
+                 if isinstance(sweep, tuple) else ""})
     # the 1-minute load average once the rounds are done counts this process's own work too
     args.load_after_rounds = " / ".join(f"{x:.2f}" for x in os.getloadavg())
     # fresh processes last (they compile on both cores); in the table, (g) and (h) in order

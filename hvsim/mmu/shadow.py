@@ -75,7 +75,7 @@ from hvsim.mmu.paging import PDE_4M_RSVD
 from hvsim.mmu.tlb import tlb_flush_vpid, tlb_invlpg_vpid
 
 __all__ = ["ShadowMMU", "ShadowPage", "GuestPageFault", "ShadowError", "HIDDEN", "TRUE",
-           "TRACE", "MMIO", "ROOT_CACHE", "FLOOD_WRITES", "HOLE_BASE", "COUNTERS"]
+           "TRACE", "MMIO", "HIDDEN_DONE", "ROOT_CACHE", "FLOOD_WRITES", "HOLE_BASE", "COUNTERS"]
 
 PAGE = 4096
 ENTRIES = 1024
@@ -88,6 +88,7 @@ HOLE_PDI = HOLE_BASE >> 22
 
 # what page_fault() found
 HIDDEN, TRUE, TRACE, MMIO = "hidden", "true", "trace", "mmio"
+HIDDEN_DONE = (HIDDEN, None)     # the one object page_fault() returns for a hidden fault
 
 #: the counters, in the order tables print them, and what each counts
 COUNTERS = {
@@ -199,6 +200,8 @@ class ShadowMMU:
         self.machine = machine
         self._mem = mem
         self._m32 = memoryview(mem).cast("I")      # one entry: a Python int, fast
+        self._m8 = memoryview(mem)                     # one byte (an entry's A/D byte)
+        self._pgq = memoryview(machine._pg).cast("B").cast("q")   # frames' decoded-code flags
         self._w32 = mem.view(np.uint32)               # whole tables: numpy, vectorized
         self._st = machine._st
         self._tlb = machine._tlb
@@ -275,6 +278,8 @@ class ShadowMMU:
         lin &= 0xFFFFFFFF
         write = error_code & PFEC_W
         user = error_code & PFEC_U
+        if self._fast_fill(lin, write, user):
+            return HIDDEN_DONE
         if self.hole_table is not None and lin >> 22 == HOLE_PDI:
             raise ShadowError(f"the guest touched linear {lin:#010x}, in the 4 MiB the "
                               f"monitor keeps for itself ({HOLE_BASE:#x} and up)")
@@ -301,7 +306,62 @@ class ShadowMMU:
             return TRACE, (gfn << 12) | (lin & 0xFFF)
         self.counters["hidden_faults"] += 1
         self._fill(lin, write, user, pde_pa, pde, pte_pa, pte, gfn)
-        return HIDDEN, None
+        return HIDDEN_DONE
+
+    def _fast_fill(self, lin, write, user) -> bool:
+        """The common hidden fault, in one function (it is shadow paging's hot path): the
+        guest pages with a 4 KiB PTE that allows the access, to a frame of its RAM that
+        is no page table being written, through a guest table whose shadow is already
+        linked in the current root. Fills it and returns True; False leaves every other
+        case to the general path (nothing changed)."""
+        if not self.guest_cr0 & CR0_PG or lin >> 22 == HOLE_PDI:
+            return False
+        m32 = self._m32
+        ram = self.ram
+        pde_pa = (self.guest_cr3 & CR3_PD_MASK) | ((lin >> 22) << 2)
+        if pde_pa >= ram:
+            return False
+        pde = m32[pde_pa >> 2]
+        if not pde & PTE_P or (pde & PTE_PS and self.guest_cr4 & CR4_PSE):
+            return False
+        pte_pa = (pde & PTE_FRAME) | ((lin >> 10) & 0xFFC)
+        if pte_pa >= ram:
+            return False
+        pte = m32[pte_pa >> 2]
+        rights = pde & pte & RIGHTS
+        if not pte & PTE_P or (user and (not rights & PTE_US or (write and not rights & PTE_RW))) \
+                or (write and not rights & PTE_RW):
+            return False                        # (true faults; CR0.WP = 0 cases) general path
+        gfn = pte >> 12
+        shadowed = self.shadowed
+        if gfn >= self.ram_frames or (write and gfn in shadowed and self._traced(gfn)):
+            return False
+        sp = self.pages.get((pde >> 12, 1, False, pde & RIGHTS))
+        if sp is None:
+            return False
+        spde = m32[(self.root.hpa >> 2) + (lin >> 22)]
+        if not spde & PTE_P or (spde & PTE_FRAME) != sp.hpa:
+            return False
+        # the hardware's A and D (SDM 4.8), then the shadow entry
+        if not pde & PTE_A:
+            self._set_guest_flags(pde_pa, pde, PTE_A)
+        new = pte | PTE_A | (PTE_D if write else 0)
+        if new != pte:
+            if self.unsync_enabled or self._pgq[pte_pa >> 12] & L.PG_CODE:
+                self._set_guest_flags(pte_pa, pte, new & (PTE_A | PTE_D))
+            else:
+                self._m8[pte_pa] = new & 0xFF    # (byte 0 holds A and D)
+        flags = PTE_P | (rights & PTE_US)
+        if rights & PTE_RW and new & PTE_D and not (gfn in shadowed and self._traced(gfn)):
+            flags |= PTE_RW
+        m32[(sp.hpa >> 2) + ((lin >> 12) & 0x3FF)] = (gfn << 12) | flags
+        self._stamp += 1
+        sp.used = self._stamp
+        sp.writes = 0
+        c = self.counters
+        c["hidden_faults"] += 1
+        c["shadow_fills"] += 1
+        return True
 
     # ---- guest memory, as the monitor reaches it ------------------------------------------
     def translate(self, lin: int, write: bool, user: bool) -> int:
@@ -546,7 +606,7 @@ class ShadowMMU:
             sp = self._new_page(key, keep=root)
             self._link(root, gfn >> 10, sp)
         self._set_spte(sp, gfn & 0x3FF, gfn, RIGHTS, True, write, False)
-        return HIDDEN, None
+        return HIDDEN_DONE
 
     def _switch_root(self) -> int:
         """Make the root of the current guest CR3 (or the direct map) current."""
@@ -683,9 +743,10 @@ class ShadowMMU:
             self.roots.pop(sp.key, None)
             if sp is self.root:
                 self.root = None
-            for i in range(ENTRIES):
+            words = self._w32[base:base + ENTRIES]
+            for i in np.flatnonzero(words & PTE_P).tolist():
                 v = m32[base + i]
-                if v & PTE_P and (v & PTE_FRAME) != self.hole_table:
+                if (v & PTE_FRAME) != self.hole_table:
                     self._unlink_spde(sp.hpa + 4 * i, v, flush=False)
         else:
             for addr in list(sp.parents):

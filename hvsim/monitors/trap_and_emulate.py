@@ -82,7 +82,8 @@ from hvsim.machine import Event, Machine, Snapshot
 from hvsim.monitors.base import Kill, LogEntry, Monitor, MonitorEvent, shadow_stats
 from hvsim.monitors.devices import (VirtualDevices, CONSOLE_PORT, TIMER_PERIOD_PORT,  # noqa: F401
                                     TIMER_VECTOR_PORT)
-from hvsim.mmu.shadow import HIDDEN, HOLE_BASE, MMIO, TRUE, ShadowError, ShadowMMU
+from hvsim.mmu.shadow import (HIDDEN, HIDDEN_DONE, HOLE_BASE, MMIO, TRUE, ShadowError,
+                              ShadowMMU)
 from hvsim.monitors.reflect import GATE_SIZE, gate, read, reflect, stack_linear, write
 from hvsim.monitors.stores import store_of
 from hvsim.monitors.vcpu import VirtualCPU
@@ -106,6 +107,10 @@ OPC_IO_IMM = (0xE4, 0xE5, 0xE6, 0xE7)                 # IN/OUT with an imm8 port
 CR_NAMES = {0: "cr0", 2: "cr2", 3: "cr3", 4: "cr4"}
 
 _PF_NAME = vector_name(PF)
+# the exit-info block, read as a list (hvsim/arch/layout.py)
+_X_VECTOR, _X_ERROR, _X_EIP, _X_ADDR, _X_CPL = (i - L.EXIT_INFO for i in (
+    L.EXIT_VECTOR, L.EXIT_ERROR, L.EXIT_EIP, L.EXIT_ADDR, L.EXIT_CPL))
+_I_STEPS, _I_TSC = L.EXIT_STEPS, L.TSC
 PAGE = 4096
 GUEST_RAM = 1 << 20            # the guest's RAM on a machine the monitor makes
 # the monitor's own memory at the top of the machine: page 0 its GDT and TSS while the
@@ -526,8 +531,8 @@ class TrapAndEmulate(Monitor):
         self._vcpu = VirtualCPU(gdtr_base=int(machine.cpu.gdtr_base),
                                 gdtr_limit=int(machine.cpu.gdtr_limit))
         self.devices = VirtualDevices(self._vcpu, on_timer=self._program_timer)
-        self._log: list[LogEntry] = []
-        self._hidden: list = []                  # hidden #PFs not yet made LogEntry (run())
+        self._log: list = []                     # LogEntry, or a hidden #PF's raw tuple
+        self._clean = 0                          # _log[:_clean] are all LogEntry
         self.traps = collections.Counter()       # by Event.name
         self.emulated = collections.Counter()    # by mnemonic
         self.reflected = collections.Counter()   # by vector name
@@ -547,20 +552,21 @@ class TrapAndEmulate(Monitor):
         """Every exit handled, oldest first (:class:`~hvsim.monitors.base.LogEntry`). The
         hidden faults run() handles are kept as plain tuples until the log is read: a
         hidden fault is the hot path of shadow paging."""
-        if self._hidden:
-            self._flush_hidden()
-        return self._log
+        log = self._log
+        for i in range(self._clean, len(log)):
+            e = log[i]
+            if type(e) is tuple:
+                x, tsc = e
+                log[i] = LogEntry("hidden", _PF_NAME, PF, x[_X_ERROR], x[_X_EIP], x[_X_CPL],
+                                  from_exit_info(x),
+                                  f"hidden #PF at {x[_X_ADDR]:#x}: shadow entry filled", tsc)
+        self._clean = len(log)
+        return log
 
     @log.setter
     def log(self, entries: list) -> None:
         self._log = entries
-        self._hidden = []
-
-    def _flush_hidden(self) -> None:
-        for eip, cpl, err, lin, tsc, x in self._hidden:
-            self._log.append(LogEntry("hidden", _PF_NAME, PF, err, eip, cpl, from_exit_info(x),
-                                      f"hidden #PF at {lin:#x}: shadow entry filled", tsc))
-        self._hidden = []
+        self._clean = 0
 
     @property
     def vcpu(self) -> VirtualCPU:
@@ -629,43 +635,52 @@ class TrapAndEmulate(Monitor):
         counts once) or a trap the monitor handled, so the budget always ends the run."""
         max_steps = self._check_budget(max_steps)
         m = self.machine
-        st = m._st
-        item = st.item                     # Python ints: cheaper than st[i]
+        item = m._st.item                  # Python ints: cheaper than st[i]
         run = m._run                       # Machine.run without building an Event
-        used = 0
-        while used < max_steps:
-            if self._state != "running":
-                return self._final
-            if self._inject():
-                used += 1
-                continue
-            shadow = self._shadow
-            kind = run(1 if shadow else max_steps - used)
-            steps = item(L.EXIT_STEPS)
-            if kind == EXIT_BUDGET:
-                used += steps
-                self._shadow = False
-                continue
-            used += steps if steps > 1 else 1
-            if shadow and steps > 0:
-                self._shadow = False
-            outcome = None
-            if kind == EXIT_EXCEPTION and self.shadow is not None and item(L.EXIT_VECTOR) == PF:
-                # shadow paging's hot path: a hidden fault is handled without an Event
-                try:
-                    outcome = self.shadow.page_fault(item(L.EXIT_ADDR), item(L.EXIT_ERROR))
-                except ShadowError as e:
-                    outcome = e
-                if outcome[0] == HIDDEN if type(outcome) is tuple else False:
-                    self.traps[_PF_NAME] += 1
-                    self._hidden.append((item(L.EXIT_EIP), item(L.EXIT_CPL), item(L.EXIT_ERROR),
-                                         item(L.EXIT_ADDR), item(L.TSC), m._exit_info.tolist()))
+        exit_info = m._exit_info
+        log = self._log
+        used = hidden = 0
+        try:
+            while used < max_steps:
+                if self._state != "running":
+                    return self._final
+                if self._vcpu.pending is not None and self._inject():
+                    used += 1
                     continue
-            final = self._handled(m._event(kind), outcome)
-            if final is not None:
-                return final
-        return MonitorEvent("budget", m.cpu.eip, m.cpu.cpl, used,
-                            reason=f"{max_steps} steps done")
+                shadow = self._shadow
+                kind = run(1 if shadow else max_steps - used)
+                steps = item(_I_STEPS)
+                if kind == EXIT_BUDGET:
+                    used += steps
+                    self._shadow = False
+                    continue
+                used += steps if steps > 1 else 1
+                if shadow and steps > 0:
+                    self._shadow = False
+                outcome = None
+                if kind == EXIT_EXCEPTION and self.shadow is not None:
+                    x = exit_info.tolist()
+                    if x[_X_VECTOR] == PF:
+                        # shadow paging's hot path: a hidden fault is handled without an
+                        # Event, and logged as its exit-info block until the log is read
+                        try:
+                            outcome = self.shadow.page_fault(x[_X_ADDR], x[_X_ERROR])
+                        except ShadowError as e:
+                            outcome = e
+                        if outcome is HIDDEN_DONE:
+                            hidden += 1
+                            if log is not self._log:
+                                log = self._log
+                            log.append((x, item(_I_TSC)))
+                            continue
+                final = self._handled(m._event(kind), outcome)
+                if final is not None:
+                    return final
+            return MonitorEvent("budget", m.cpu.eip, m.cpu.cpl, used,
+                                reason=f"{max_steps} steps done")
+        finally:
+            if hidden:
+                self.traps[_PF_NAME] += hidden
 
     def step(self) -> Optional[Event]:
         """One guest instruction (native or emulated), or one interrupt injected; the
@@ -763,8 +778,8 @@ class TrapAndEmulate(Monitor):
 
     def _record(self, ev: Event, what: str, action: str, insn=None) -> None:
         name = _PF_NAME if ev.vector == PF and ev.kind == "exception" else ev.name
-        self.log.append(LogEntry(what, name, ev.vector, ev.error_code, ev.eip, ev.cpl, insn,
-                                 action, self.machine.cpu.tsc))
+        self._log.append(LogEntry(what, name, ev.vector, ev.error_code, ev.eip, ev.cpl, insn,
+                                  action, self.machine.cpu.tsc))
 
     # ---- #GP(0): a privileged or sensitive instruction ----------------------------------
     def _general_protection(self, ev: Event) -> None:
