@@ -334,15 +334,8 @@ ctxsw:
 .space:
     mov eax, [spaces + ebp*4]
     mov cr3, eax
-    mov esi, WBASE
-.page:
-    mov eax, [esi]
-    add edx, eax
-    inc eax
-    mov [esi], eax
-    add esi, 4096
-    cmp esi, WBASE + PAGES_PER * 4096
-    jne .page
+    mov ecx, PAGES_PER
+    call visit
     inc ebp
     cmp ebp, K_SPACES
     jne .space
@@ -368,6 +361,19 @@ ctxsw:
     mov [R_CTXSW + 12], eax
     ret
 
+; visit: ecx pages from WBASE, one dword each: edx += the page's first dword, which is
+; then incremented (a read and a write per page). Clobbers eax, ecx, esi.
+visit:
+    mov esi, WBASE
+.page:
+    mov eax, [esi]
+    add edx, eax
+    inc eax
+    mov [esi], eax
+    add esi, 4096
+    loop .page
+    ret
+
 ; ---- wss: WS_PAGES pages in the kernel's directory, scanned ROUNDS times ----
 wss:
     mov eax, [pool_count]
@@ -390,15 +396,8 @@ wss:
     xor edx, edx
     xor ebp, ebp
 .round:
-    mov esi, WBASE
-.page:
-    mov eax, [esi]
-    add edx, eax
-    inc eax
-    mov [esi], eax
-    add esi, 4096
-    cmp esi, WBASE + WS_PAGES * 4096
-    jne .page
+    mov ecx, WS_PAGES
+    call visit
     inc ebp
     cmp ebp, ROUNDS
     jne .round
