@@ -65,6 +65,8 @@ Where things live
   ``read_phys``, ``write_phys`` - what the CPU runs on every access.
 * ``hvsim/mmu/ept.py`` (jitted): the EPT walk, violations, misconfigurations, A/D flags.
 * ``hvsim/mmu/tlb.py`` (jitted): the set-associative TLB, ``tlb_flush``, ``tlb_invlpg``.
+* ``hvsim/mmu/shadow.py`` (Python): shadow page tables for a software monitor without
+  EPT -- hidden, true and trace faults, the cache of four shadow roots, unsync pages.
 * this module: :func:`walk` and :func:`walk_ept`, plain-Python walks that show every
   step and change nothing, and :func:`tlb_contents`, a readable dump of the TLB.
 
