@@ -631,17 +631,22 @@ def _exercise_question(p: dict) -> str:
 
 
 _WHY = {
-    ("read", 1): "no shadow entry yet: the monitor walks the guest's tables, sets A in the "
-                 "guest PTE and fills the shadow PTE (read-only while the guest's D is 0)",
-    ("read", 0): "the shadow entry is there: the read runs at full speed",
-    ("write", 1): "no shadow entry, or a read-only one whose guest D was 0: the monitor "
-                  "sets D (and A) in the guest PTE and makes the shadow entry writable",
-    ("write", 0): "the shadow entry is already writable: the store runs at full speed",
-    ("remap", 1): "PT1 is shadowed, so its frame is write-protected: the store traps, the "
-                  "monitor emulates it and drops the page's shadow entry (the INVLPG "
-                  "traps too, but it is no #PF)",
-    ("remap", 0): "PT1 has no shadow yet (none of its pages used since paging started), "
-                  "so it is not write-protected: the store is not caught",
+    ("read", 1, 0): "no shadow entry yet: the monitor walks the guest's tables, sets A in "
+                    "the guest PTE and fills the shadow PTE (read-only while the guest's D "
+                    "is 0)",
+    ("read", 0, 0): "the shadow entry is there: the read runs at full speed",
+    ("write", 1, 0): "no shadow entry, or a read-only one whose guest D was 0: the monitor "
+                     "sets D (and A) in the guest PTE and makes the shadow entry writable",
+    ("write", 0, 0): "the shadow entry is already writable: the store runs at full speed",
+    ("remap", 0, 1): "PT1 is shadowed, so its frame is write-protected: the store traps, "
+                     "the monitor emulates it and drops the page's shadow entry (the INVLPG "
+                     "traps too, but it is no #PF)",
+    ("remap", 1, 0): "PT1 has no shadow yet (none of its pages used since paging started), "
+                     "so it is not write-protected and the store is no trace; but it is the "
+                     "first touch of PT1's own page (linear 22000H, mapped to itself), whose "
+                     "shadow entry is missing: a hidden fault",
+    ("remap", 0, 0): "PT1 has no shadow yet and its own page's shadow entry is writable: "
+                     "the store runs at full speed, and the monitor does not see it",
 }
 
 
@@ -655,7 +660,7 @@ def _exercise_solution(p: dict, answer) -> str:
     for k in range(1, len(ops) + 1):
         now = count_faults(ops[:k])
         dh, dt = now[0] - prev[0], now[1] - prev[1]
-        why = _WHY.get((ops[k - 1][0], dh + dt), "")
+        why = _WHY.get((ops[k - 1][0], dh, dt), "")
         lines.append(f"* {_op_text(ops[k - 1])}: {dh} hidden, {dt} trace -- {why}.")
         prev = now
     lines.append(f"Total: hidden {answer[0]}, trace {answer[1]}: **[{answer[0]}, {answer[1]}]**. "
