@@ -514,7 +514,7 @@ def test_lesson05_side_by_side_ept_has_no_hidden_faults_and_shadow_no_ept_walks(
 
 
 def test_lesson05_the_sweep_finds_a_crossover_and_prices_it_from_the_counts():
-    # measured: the default grid (5 x 7 points, 70 runs) in about 6.5 s warm on the
+    # measured: the default grid (5 x 7 points, 70 runs) in 6.4-7.5 s warm on the
     # development machine's 2 cores; the bound is 30 s
     l05 = _l05()
     sw = l05.sweep()
