@@ -12,7 +12,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 LESSONS = ["00_index", "01_rings_and_traps", "02_the_x86_hole", "03_paging_and_tlb",
-           "04_ring_minus_one"]
+           "04_ring_minus_one", "05_shadow_vs_nested"]
 CELL_TIMEOUT = 300        # seconds; a cold numba cache is warmed by `make test` first
 
 
@@ -101,6 +101,8 @@ def test_index_links_every_lesson(executed):
     ("03_paging_and_tlb", "page_walk("),
     ("04_ring_minus_one", "plot_ticks("), ("04_ring_minus_one", "viz.overhead_bars("),
     ("04_ring_minus_one", "viz.walk_2d("),
+    ("05_shadow_vs_nested", "viz.walk_2d("), ("05_shadow_vs_nested", "plot_cycles("),
+    ("05_shadow_vs_nested", "plot_sweep("),
 ])
 def test_lesson_draws_its_pictures(executed, name, picture):
     """The hvsim.viz pictures the lesson calls come out as images."""
