@@ -45,8 +45,13 @@ INVLPG (privileged: they trap) switch, reset or trim them, and every #PF reaches
 monitor, which sorts it into hidden (filled), true (reflected with the guest's error
 code and CR2) and trace (a write to a guest page table: emulated). The monitor's GDT
 and TSS move into its memory, mapped read-only in the top 4 MiB of every shadow
-address space (:data:`~hvsim.mmu.shadow.HOLE_BASE`, where VMware's monitor lived), the
-one linear region the guest may not use.
+address space (:data:`~hvsim.mmu.shadow.HOLE_BASE`, where VMware's monitor lived): the
+CPU reads descriptors through linear addresses, so that one page must be mapped. A
+guest write there, or any use of the rest of those 4 MiB, stops the guest; a guest
+*read* of that page sees the monitor's GDT and TSS -- VMware kept its guests out of the
+region with segment limits, which hvsim does not use (they would cost the flat-segment
+fast paths of its interpreter and block translator). Nothing else of the monitor's is
+mapped.
 
 Every handler is a plain function ``handler(mon, ev) -> str | None``: it emulates the
 instruction ``ev.insn`` on ``mon``'s virtual CPU and returns what it did, or None when the
