@@ -72,6 +72,8 @@ from __future__ import annotations
 import collections
 import dataclasses
 import struct
+
+import numpy as np
 from typing import Callable, Optional
 
 from hvsim.arch import layout as L
@@ -561,7 +563,8 @@ class TrapAndEmulate(Monitor):
         for i in range(self._clean, len(log)):
             e = log[i]
             if type(e) is tuple:
-                x, tsc = e
+                raw, tsc = e
+                x = np.frombuffer(raw, np.int64).tolist()
                 log[i] = LogEntry("hidden", _PF_NAME, PF, x[_X_ERROR], x[_X_EIP], x[_X_CPL],
                                   from_exit_info(x),
                                   f"hidden #PF at {x[_X_ADDR]:#x}: shadow entry filled", tsc)
@@ -676,7 +679,8 @@ class TrapAndEmulate(Monitor):
                             hidden += 1
                             if log is not self._log:
                                 log = self._log
-                            log.append((x, item(_I_TSC)))
+                            # bytes, not the list: no object for the collector to scan
+                            log.append((exit_info.tobytes(), item(_I_TSC)))
                             continue
                 final = self._handled(m._event(kind), outcome)
                 if final is not None:
