@@ -351,16 +351,11 @@ class ShadowMMU:
                 self._set_guest_flags(pte_pa, pte, new & (PTE_A | PTE_D))
             else:
                 self._m8[pte_pa] = new & 0xFF    # (byte 0 holds A and D)
-        flags = PTE_P | (rights & PTE_US)
-        if rights & PTE_RW and new & PTE_D and not (gfn in shadowed and self._traced(gfn)):
-            flags |= PTE_RW
-        m32[(sp.hpa >> 2) + ((lin >> 12) & 0x3FF)] = (gfn << 12) | flags
+        self._set_spte(sp, (lin >> 12) & 0x3FF, gfn, rights, new & PTE_D, write, user)
         self._stamp += 1
         sp.used = self._stamp
         sp.writes = 0
-        c = self.counters
-        c["hidden_faults"] += 1
-        c["shadow_fills"] += 1
+        self.counters["hidden_faults"] += 1
         return True
 
     # ---- guest memory, as the monitor reaches it ------------------------------------------

@@ -65,7 +65,7 @@ from hvsim.instruction import PFX_OPSIZE, from_exit_info
 from hvsim.machine import Event, Machine
 from hvsim.mmu.shadow import HIDDEN, MMIO, TRUE, ShadowError, ShadowMMU
 from hvsim.monitors.base import LogEntry, Monitor, MonitorEvent, STATS, shadow_stats
-from hvsim.monitors.stores import MOFFS_LOADS, MOV_LOADS, store_of
+from hvsim.monitors.stores import MOFFS_LOADS, MOV_LOADS, sized_reg, store_of
 from hvsim.rings.setup import install
 from hvsim.vtx import checks as K
 
@@ -1050,9 +1050,7 @@ def _complete_mmio_read(vc: VCPU) -> None:
 
 def _reg(vc: VCPU, n: int, size: int) -> int:
     """General register ``n`` at operand size ``size`` (1: AL..BH by ModRM numbering)."""
-    if size == 1:
-        return (_gpr(vc, n & 3) >> (8 if n >= 4 else 0)) & 0xFF
-    return _gpr(vc, n) & ((1 << (8 * size)) - 1)
+    return sized_reg(lambda i: _gpr(vc, i), n, size)
 
 
 def _set_reg(vc: VCPU, n: int, size: int, value: int) -> None:

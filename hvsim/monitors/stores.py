@@ -16,11 +16,19 @@ from typing import Callable, Optional
 from hvsim.cpu import decode as D
 from hvsim.instruction import Instruction
 
-__all__ = ["store_of", "MOV_LOADS", "MOV_STORES", "MOFFS_LOADS", "MOFFS_STORES"]
+__all__ = ["store_of", "sized_reg", "MOV_LOADS", "MOV_STORES", "MOFFS_LOADS", "MOFFS_STORES"]
 
 MOV_LOADS = frozenset({D.OP_MOV_GE, D.OP_MOVZX, D.OP_MOVSX})   # 8A 8B; 0F B6 B7; 0F BE BF
 MOV_STORES = frozenset({D.OP_MOV_EG, D.OP_MOV_EI})             # 88 89; C6 C7 /0
 MOFFS_LOADS, MOFFS_STORES = (0xA0, 0xA1), (0xA2, 0xA3)
+
+
+def sized_reg(read32: Callable[[int], int], n: int, size: int) -> int:
+    """General register ``n`` (ModRM numbering) at operand size ``size``: for size 1,
+    AL, CL, DL, BL, AH, CH, DH, BH; ``read32(i)`` gives the whole 32-bit register i."""
+    if size == 1:
+        return (read32(n & 3) >> (8 if n >= 4 else 0)) & 0xFF
+    return read32(n) & ((1 << (8 * size)) - 1)
 
 
 def store_of(insn: Optional[Instruction], reg: Callable[[int, int], int]) -> Optional[tuple]:

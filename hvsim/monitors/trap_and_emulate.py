@@ -92,7 +92,7 @@ from hvsim.monitors.devices import (VirtualDevices, CONSOLE_PORT, TIMER_PERIOD_P
 from hvsim.mmu.shadow import (HIDDEN, HIDDEN_DONE, HOLE_BASE, MMIO, TRUE, ShadowError,
                               ShadowMMU)
 from hvsim.monitors.reflect import GATE_SIZE, gate, read, reflect, stack_linear, write
-from hvsim.monitors.stores import store_of
+from hvsim.monitors.stores import sized_reg, store_of
 from hvsim.monitors.vcpu import VirtualCPU
 from hvsim.rings.descriptors import ERR_IDT
 from hvsim.rings.setup import STACK_SPACING, install
@@ -921,9 +921,7 @@ class TrapAndEmulate(Monitor):
     def _reg(self, n: int, size: int) -> int:
         """General register ``n`` (ModRM numbering) at operand size ``size``."""
         cpu = self.machine.cpu
-        if size == 1:
-            return (int(getattr(cpu, REG32[n & 3])) >> (8 if n >= 4 else 0)) & 0xFF
-        return int(getattr(cpu, REG32[n])) & ((1 << (8 * size)) - 1)
+        return sized_reg(lambda i: int(getattr(cpu, REG32[i])), n, size)
 
     # ---- reflection into the guest's virtual IDT ---------------------------------------
     def _reflect(self, vector: int, error: Optional[int], ret_eip: int) -> int:
