@@ -51,7 +51,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from hvsim.arch.pte import PTE_A, PTE_D, PTE_FRAME, PTE_P, PTE_RW
+from hvsim.arch.pte import PTE_A, PTE_D, PTE_P, PTE_RW
 from hvsim.paravirt.abi import DISALLOWED_FLAGS, EINVAL, EPERM, FIRST_HYPERVISOR_PDE
 
 __all__ = ["FrameTable", "NONE", "L1", "L2", "RW", "TYPE_NAMES", "FrameError",
@@ -314,19 +314,19 @@ class FrameTable:
                 for i in range(FIRST_HYPERVISOR_PDE):
                     e = ents[i]
                     if e & PTE_P:
-                        want(e >> 12, L1, f"directory {f:#x}[{i}]")
-                if ents[FIRST_HYPERVISOR_PDE] != self.hypervisor_pde:
-                    problems.append(f"directory {f:#x}: the hypervisor's slot holds "
+                        want(e >> 12, L1, f"directory frame {f:#x}[{i}]")
+                if ents[FIRST_HYPERVISOR_PDE] & ~(PTE_A | PTE_D) != self.hypervisor_pde:
+                    problems.append(f"directory frame {f:#x}: the hypervisor's slot holds "
                                     f"{ents[FIRST_HYPERVISOR_PDE]:#x}")
             else:
                 for i, e in enumerate(ents):
                     if e & PTE_P:
                         if e & DISALLOWED_FLAGS:
-                            problems.append(f"table {f:#x}[{i}] = {e:#x} sets disallowed flags")
+                            problems.append(f"table frame {f:#x}[{i}] = {e:#x} sets disallowed flags")
                         if e & PTE_RW:
-                            want(e >> 12, RW, f"table {f:#x}[{i}]")
+                            want(e >> 12, RW, f"table frame {f:#x}[{i}]")
                         elif not self.owned(e >> 12) and (e >> 12) not in self.shared:
-                            problems.append(f"table {f:#x}[{i}] maps foreign frame {e >> 12:#x}")
+                            problems.append(f"table frame {f:#x}[{i}] maps foreign frame {e >> 12:#x}")
         for f in range(self.ram_frames):
             if self.pinned[f]:
                 want(f, int(self.type[f]), f"pin of {f:#x}")
