@@ -58,7 +58,8 @@ segments (its interpreter and block translator have fast paths for them).
 The domain builder (:meth:`Hypervisor.boot`), as Xen's does: loads the kernel, fills its
 ``hypercall_page`` (a page-aligned label in the image), builds bootstrap page tables in
 the pages after the image -- all the guest's RAM identity-mapped, supervisor, writable,
-except the tables' own frames, read-only -- pins and loads them, writes a start_info
+except the tables' own frames, read-only; the directory entries allow user access, the
+page-table entries decide, as Linux's do -- pins and loads them, writes a start_info
 page and the block device's shared ring, and enters ``start`` in ring 1 with ESI = the
 start_info's address and events masked.
 
@@ -95,7 +96,7 @@ import numpy as np
 from hvsim.arch import layout as L
 from hvsim.arch.exits import EXIT_BUDGET, EXIT_EXCEPTION
 from hvsim.arch.flags import FIXED1, IF, IOPL_MASK, NT, POPF_WRITABLE, RF, TF
-from hvsim.arch.pte import PTE_A, PTE_D, PTE_FRAME, PTE_P, PTE_RW
+from hvsim.arch.pte import PTE_A, PTE_D, PTE_FRAME, PTE_P, PTE_RW, PTE_US
 from hvsim.arch.vectors import GP, HAS_ERROR_CODE, PF, vector_name
 from hvsim.machine import Event, GuestMemoryError, Machine, Snapshot
 from hvsim.mmu.tlb import tlb_flush_vpid, tlb_invlpg_vpid
@@ -588,7 +589,7 @@ class Hypervisor(Monitor):
             mem[at:at + 4] = np.frombuffer(struct.pack("<I", (f << 12) | flags), np.uint8)
         for i, a in enumerate(l1s):
             mem[l2 + 4 * i:l2 + 4 * i + 4] = np.frombuffer(
-                struct.pack("<I", a | PTE_A | PTE_RW | PTE_P), np.uint8)
+                struct.pack("<I", a | PTE_A | PTE_US | PTE_RW | PTE_P), np.uint8)
         # the hypervisor's slot: its page table maps the tables page read-only
         hv_l1 = self.hypervisor_pde & PTE_FRAME
         mem[hv_l1:hv_l1 + PAGE] = 0
