@@ -96,6 +96,11 @@ class BlockBackend:
         self.bytes_moved += SECTOR
         return BLKIF_RSP_OKAY
 
+    @property
+    def requests(self) -> int:
+        """Requests served (taken off the ring and answered, good or bad)."""
+        return self.back.counters["requests_consumed"]
+
     def counters(self) -> dict:
         d = {f"blk {k}": v for k, v in self.back.counters.items()}
         d.update({"blk notifications": self.notifications, "blk runs": self.runs,

@@ -98,6 +98,7 @@ class FrameTable:
         self.shared_rw = {f: 0 for f in self.shared}     # RW refs of the shared frames
         self.stale = set()        # frames whose last RW mapping went since the last flush
         self.type_flushes = 0     # TLB flushes a type change forced
+        self.validated = 0        # tables validated (each a scan of its entries)
 
     # ---- memory --------------------------------------------------------------------
     def entry(self, frame: int, index: int) -> int:
@@ -204,6 +205,7 @@ class FrameTable:
 
     def _validate(self, frame: int, t: int) -> None:
         """Every entry of a new table takes its references, or none does."""
+        self.validated += 1
         ents = self.entries(frame)
         done = []
         try:
@@ -347,9 +349,9 @@ class FrameTable:
 
     def snapshot(self):
         return (self.type.copy(), self.count.copy(), self.pinned.copy(), dict(self.shared_rw),
-                set(self.stale), self.type_flushes)
+                set(self.stale), self.type_flushes, self.validated)
 
     def restore(self, snap) -> None:
-        t, c, p, s, stale, n = snap
+        t, c, p, s, stale, n, v = snap
         self.type[:], self.count[:], self.pinned[:] = t, c, p
-        self.shared_rw, self.stale, self.type_flushes = dict(s), set(stale), n
+        self.shared_rw, self.stale, self.type_flushes, self.validated = dict(s), set(stale), n, v

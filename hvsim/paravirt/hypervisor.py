@@ -516,9 +516,13 @@ class Hypervisor(Monitor):
     @property
     def stats(self) -> dict:
         d = dict.fromkeys(STATS, 0)
-        d.update(traps=sum(self.hypercalls.values()) + sum(self.bounced.values())
-                 + self._interrupts, reflected=sum(self.bounced.values()),
-                 injected=self.upcalls, hypercalls=sum(self.hypercalls.values()))
+        # a hypercall is charged as one (hvsim.cost), not also as a trap: the traps are
+        # the guest's exceptions bounced and the real timer's interrupts
+        bounced = sum(self.bounced.values())
+        d.update(traps=bounced + self._interrupts, reflected=bounced, injected=self.upcalls,
+                 hypercalls=sum(self.hypercalls.values()), pt_updates=self.pt_updates,
+                 tables_validated=self.frames.validated,
+                 io_requests=0 if self.backend is None else self.backend.requests)
         return d
 
     @property
