@@ -6,7 +6,8 @@
   :mod:`~hvsim.monitors.devices` (virtual console and timer),
   :mod:`~hvsim.monitors.reflect` (delivery through the guest's virtual IDT);
 * the techniques: :class:`Native` (no monitor), :class:`TrapAndEmulate`, :class:`Vtx`
-  (VT-x: the KVM-shaped VMM of :mod:`hvsim.monitors.kvm`).
+  (VT-x: the KVM-shaped VMM of :mod:`hvsim.monitors.kvm`), :class:`Hypervisor`
+  (paravirtualization: the Xen-shaped hypervisor of :mod:`hvsim.paravirt.hypervisor`).
 
 ``MONITORS`` maps the names ``hvsim run --monitor NAME`` knows to their classes.
 """
@@ -15,8 +16,9 @@ from hvsim.monitors.native import Native
 from hvsim.monitors.trap_and_emulate import TrapAndEmulate, GUEST_RING
 from hvsim.monitors.vcpu import VirtualCPU
 from hvsim.monitors.kvm import Vtx
+from hvsim.paravirt.hypervisor import Hypervisor
 
-MONITORS = {cls.name: cls for cls in (Native, TrapAndEmulate, Vtx)}
+MONITORS = {cls.name: cls for cls in (Native, TrapAndEmulate, Vtx, Hypervisor)}
 
 __all__ = ["Monitor", "MonitorEvent", "LogEntry", "Kill", "STATS", "Native", "TrapAndEmulate",
-           "VirtualCPU", "GUEST_RING", "MONITORS", "Vtx"]
+           "VirtualCPU", "GUEST_RING", "MONITORS", "Vtx", "Hypervisor"]

@@ -415,25 +415,35 @@ class Hypervisor(Monitor):
 
     Parameters
     ----------
+    machine : a fresh :class:`~hvsim.Machine` to run on: its top :data:`HV_PAGES` pages
+              are the hypervisor's, the rest the guest's RAM. None: a machine with
+              ``memory`` bytes of guest RAM is made.
     program : the PV guest kernel (an assembled Program, entry ``start``, with a
               page-aligned ``hypercall_page`` label); booted by :meth:`boot`. None: call
               :meth:`boot` yourself.
-    memory : the guest's RAM in bytes (a multiple of 4 KiB, 64 KiB to 4 MiB).
+    memory : the guest's RAM in bytes when no machine is given (a multiple of 4 KiB,
+              64 KiB to 4 MiB).
     disk_sectors : the size of the block device the backend serves.
     """
     name = "pv"
 
-    def __init__(self, program=None, *, memory: int = GUEST_RAM,
-                 disk_sectors: int = DISK_SECTORS):
+    def __init__(self, machine: Optional[Machine] = None, program=None, *,
+                 memory: int = GUEST_RAM, disk_sectors: int = DISK_SECTORS):
+        if machine is not None:
+            if not isinstance(machine, Machine):
+                raise TypeError(f"machine must be an hvsim Machine, got "
+                                f"{type(machine).__name__}")
+            memory = len(machine.memory) - HV_PAGES * PAGE
         if isinstance(memory, bool) or not isinstance(memory, int) or memory % PAGE \
                 or not 1 << 16 <= memory <= 1 << 22:
-            raise ValueError(f"memory must be a multiple of 4 KiB from 64 KiB to 4 MiB, "
-                             f"got {memory!r}")
+            raise ValueError(f"the guest's RAM must be a multiple of 4 KiB from 64 KiB to "
+                             f"4 MiB (beside the hypervisor's {HV_PAGES} pages), got {memory!r}")
         if isinstance(disk_sectors, bool) or not isinstance(disk_sectors, int) \
                 or not 1 <= disk_sectors <= 1 << 16:
             raise ValueError(f"disk_sectors must be 1..65536, got {disk_sectors!r}")
         self.ram = memory
-        self.machine = m = Machine(memory=memory + HV_PAGES * PAGE)
+        self.machine = m = machine if machine is not None else Machine(
+            memory=memory + HV_PAGES * PAGE)
         self._st = m._st
         self._mem = m._raw_mem
         self._bytes = memoryview(m._raw_mem)      # cheaper than numpy for one byte
