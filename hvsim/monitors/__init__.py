@@ -16,9 +16,18 @@ from hvsim.monitors.native import Native
 from hvsim.monitors.trap_and_emulate import TrapAndEmulate, GUEST_RING
 from hvsim.monitors.vcpu import VirtualCPU
 from hvsim.monitors.kvm import Vtx
-from hvsim.paravirt.hypervisor import Hypervisor
 
-MONITORS = {cls.name: cls for cls in (Native, TrapAndEmulate, Vtx, Hypervisor)}
+
+def __getattr__(name):
+    """``MONITORS`` and ``Hypervisor`` are looked up on first use: the hypervisor's package
+    (hvsim/paravirt) builds on this one, so importing it here would be circular."""
+    if name == "Hypervisor":
+        from hvsim.paravirt.hypervisor import Hypervisor
+        return Hypervisor
+    if name == "MONITORS":
+        from hvsim.paravirt.hypervisor import Hypervisor
+        return {cls.name: cls for cls in (Native, TrapAndEmulate, Vtx, Hypervisor)}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = ["Monitor", "MonitorEvent", "LogEntry", "Kill", "STATS", "Native", "TrapAndEmulate",
            "VirtualCPU", "GUEST_RING", "MONITORS", "Vtx", "Hypervisor"]

@@ -46,7 +46,6 @@ directory entry naming a directory is refused); 2-level 32-bit paging only. Not 
 """
 from __future__ import annotations
 
-import struct
 from typing import Callable, Optional
 
 import numpy as np
@@ -87,6 +86,7 @@ class FrameTable:
     def __init__(self, mem: np.ndarray, ram_frames: int, shared: tuple, hypervisor_pde: int,
                  flush_tlb: Callable[[], None]):
         self.mem = mem
+        self.words = mem.view(np.uint32)        # the same bytes, one page-table entry each
         self.ram_frames = ram_frames
         self.shared = frozenset(shared)
         self.hypervisor_pde = hypervisor_pde
@@ -102,16 +102,14 @@ class FrameTable:
 
     # ---- memory --------------------------------------------------------------------
     def entry(self, frame: int, index: int) -> int:
-        at = (frame << 12) + 4 * index
-        return int.from_bytes(self.mem[at:at + 4].tobytes(), "little")
+        return int(self.words[(frame << 10) + index])
 
     def entries(self, frame: int) -> list:
-        at = frame << 12
-        return list(struct.unpack("<1024I", self.mem[at:at + PAGE].tobytes()))
+        at = frame << 10
+        return self.words[at:at + ENTRIES].tolist()
 
     def _store(self, frame: int, index: int, value: int) -> None:
-        at = (frame << 12) + 4 * index
-        self.mem[at:at + 4] = np.frombuffer(struct.pack("<I", value), np.uint8)
+        self.words[(frame << 10) + index] = value
 
     def owned(self, frame: int) -> bool:
         return 0 <= frame < self.ram_frames

@@ -229,22 +229,32 @@ def hc_set_callbacks(hv, event_cs, event_eip, failsafe_cs, failsafe_eip, *_) -> 
 def hc_multicall(hv, calls, count, *_) -> int:
     """multicall(multicall_entry_t[], count): each {op, result, args[6]} (u32s on x86_32);
     every call runs and its result is stored; the batch costs one trap."""
+    if count > 1 << 12:
+        raise Hypercall(-A.EINVAL, f"a multicall of {count} entries")
+    size = A.MULTICALL_ENTRY_SIZE
+    table = hv.read(calls, size * count) if count else b""
+    results = []
     for i in range(count):
-        at = calls + A.MULTICALL_ENTRY_SIZE * i
-        op, _result, *args = struct.unpack("<8I", hv.read(at, A.MULTICALL_ENTRY_SIZE))
+        op, _result, a1, a2, a3, a4, a5, _a6 = struct.unpack_from("<8I", table, size * i)
         fn = HYPERCALLS.get(op)
         if fn is None or op in (A.HYPERVISOR_multicall, A.HYPERVISOR_iret):
             rc = -A.ENOSYS if fn is None else -A.EINVAL
         else:
             hv.batched[op] += 1
             try:
-                rc = fn(hv, *args[:5])
+                rc = fn(hv, a1, a2, a3, a4, a5)
             except Hypercall as h:
                 rc = h.rc
-        hv.write(at + 4, struct.pack("<I", rc & MASK32))
+        results.append(rc & MASK32)
         if hv._state != "running":
             break
-    hv.multicall_entries += count
+    hv.multicall_entries += len(results)
+    if results:
+        # the result fields, into the array as it is now (a call may have written it)
+        now = bytearray(hv.read(calls, size * len(results)))
+        for i, rc in enumerate(results):
+            struct.pack_into("<I", now, size * i + 4, rc)
+        hv.write(calls, bytes(now))
     return 0
 
 
