@@ -344,11 +344,11 @@ def test_lesson01_calls_cli_in_and_out_iopl_sensitive_and_names_the_io_bitmap():
 
 def _all_exercises():
     from hvsim.lessons import l00_index, l01_rings, l02_hole, l03_paging
-    l04, l05 = _l04(), _l05()
+    l04, l05, l06 = _l04(), _l05(), _l06()
     return [l00_index.loop_exercise(seed=7), l01_rings.esp0_exercise(seed=2024),
             l01_rings.gp_error_code_exercise(seed=2024), l02_hole.exercise,
             l03_paging.translation_exercise(seed=1), l03_paging.tlb_exercise(seed=4),
-            l04.exit_exercise(seed=4), l05.fault_exercise(seed=5)]
+            l04.exit_exercise(seed=4), l05.fault_exercise(seed=5), l06.batch_exercise(seed=6)]
 
 
 def test_every_exercise_has_a_title_not_an_internal_id():
@@ -398,7 +398,8 @@ def test_the_code_in_the_worked_solutions_runs_when_pasted():
             if isinstance(value, int):
                 assert value == ex.expected, (ex.name, snippet)
     assert with_code >= {"when the clock freezes", "TLB misses of a loop",
-                         "VM exits under given controls", "hidden and trace faults of a guest"}
+                         "VM exits under given controls", "hidden and trace faults of a guest",
+                         "hypercalls of a batched update loop"}
 
 
 def test_the_solution_button_shows_the_worked_solution_only_when_clicked():
@@ -608,3 +609,70 @@ def test_lesson05_exercise_answer_equals_an_independent_count_and_bad_answers_ar
         l05.exercise_guest([("read", 9)])
     with pytest.raises(TypeError, match="ops must be"):
         l05.count_faults("read 1")
+
+
+def _l06():
+    from hvsim.lessons import l06_paravirtualization as l06
+    return l06
+
+
+def test_lesson06_a_hypercall_is_a_stub_an_int_0x82_from_ring_1_and_a_result_in_eax():
+    l06 = _l06()
+    rows = l06.step_hypercall()
+    calls = [r for r in rows if r["what"].startswith("hypercall")]
+    assert [r["what"].split("(")[0] for r in calls] == ["hypercall console_io",
+                                                          "hypercall xen_version",
+                                                          "hypercall sched_op"]
+    # each: the stub's mov eax, n then int 0x82, all in ring 1, inside the hypercall page
+    for r in calls:
+        i = rows.index(r)
+        assert r["insn"] == "int 0x82" and r["ring"] == 1 and r["in_stub"]
+        assert rows[i - 1]["insn"].startswith("mov eax, ") and rows[i - 1]["in_stub"]
+    assert calls[0]["eax"] == 0 and calls[1]["eax"] == 0x30000          # Xen 3.0
+    assert rows[-1]["what"].startswith("halt") and "poweroff" in rows[-1]["what"]
+    assert not any(r["ring"] != 1 for r in rows)
+    assert "<b>" in l06.hypercall_table(rows) or "font-weight:bold" in l06.hypercall_table(rows)
+
+
+def test_lesson06_the_critical_section_traps_twice_under_trap_and_emulate_and_never_pv():
+    l06 = _l06()
+    runs = l06.irq_compare(40)
+    assert runs["native"] == (0, 0, 40)
+    # CLI and STI each trap 40 times, then the final CLI and HLT
+    assert runs["trap-and-emulate"] == (2 * 40 + 2, 0, 40)
+    # two hypercalls in all (mapping shared_info, the shutdown): the 80 mask stores trap
+    # nowhere, and no event was ever pending to force one
+    assert runs["paravirtualized"] == (0, 2, 40)
+    with pytest.raises(ValueError, match="n must be"):
+        l06.irq_compare(0)
+
+
+def test_lesson06_a_batch_is_one_trap_and_its_price_is_counted_not_assumed():
+    from hvsim import cost
+    l06 = _l06()
+    runs = l06.batching(ns=(1, 8, 64))
+    rows = {(r["kind"], r["n"]): r for r in l06.batch_rows(runs)}
+    p = cost.profile("nehalem")
+    for n in (1, 8, 64):
+        assert rows[("single", n)]["hypercalls"] == n
+        assert rows[("multicall", n)]["hypercalls"] == rows[("mmu_update", n)]["hypercalls"] == 1
+        for kind in l06.BATCH_KINDS:
+            r = rows[(kind, n)]
+            assert r["updates"] == n
+            assert r["cycles"] == r["hypercalls"] * p["hypercall"].cycles \
+                + n * p["pv_pt_update"].cycles
+    # the multicall's entries ran inside one trap; each was validated all the same
+    hv = runs[("multicall", 64)]
+    assert hv.batched[14] == 64 and hv.hypercalls.get(14, 0) == 0
+    assert rows[("multicall", 64)]["per_update"] < rows[("single", 64)]["per_update"]
+    # the guests mapped what they asked for: VA 200000H + 4 KiB i -> frame 40000H + 4 KiB i
+    m = runs[("mmu_update", 8)].machine
+    assert m._translate_page(0x207000, False, False) == 0x47000
+    with pytest.raises(ValueError, match="kind must be"):
+        l06.batch_guest(4, "bulk")
+
+
+@pytest.mark.parametrize("n, b, calls", [(1, 4, 1), (8, 8, 1), (9, 8, 2), (100, 16, 7),
+                                         (64, 64, 1)])
+def test_lesson06_the_queue_guest_makes_ceil_n_over_b_hypercalls(n, b, calls):
+    assert _l06().count_hypercalls(n, b) == calls

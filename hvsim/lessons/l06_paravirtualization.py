@@ -376,8 +376,8 @@ def _exercise_solution(p: dict, answer) -> str:
             + f": ceil({n} / {b}) = **{math.ceil(n / b)}** hypercalls, each one trap into "
             f"the hypervisor, which validates every entry (still {n} checks: batching "
             "saves traps, not the hypervisor's work). Unbatched it would be "
-            f"{n} traps. `count_hypercalls({n}, {b})` runs the guest and counts "
-            f"{answer}.")
+            f"{n} traps. `from hvsim.lessons.l06_paravirtualization import count_hypercalls; "
+            f"count_hypercalls({n}, {b})` runs the guest and counts {answer}.")
 
 
 def batch_exercise(seed: int = 6) -> Exercise:
