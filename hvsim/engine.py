@@ -96,7 +96,7 @@ def run(mem, st, tlb, dc, pg, budget: int) -> int:
     entry = _ENTRY or _kernel_entry()
     ktab = _KTAB
     kind = entry(mem, st, tlb, dc, pg, budget, ktab)
-    if kind != EXIT_TRANSLATE and st[_BLOCK_REQUEST] < 0:
+    if kind != EXIT_TRANSLATE and st.item(_BLOCK_REQUEST) < 0:     # (item: a Python int)
         return kind
     steps = 0
     while True:

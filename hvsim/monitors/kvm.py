@@ -756,7 +756,11 @@ def _cpuid(vc: VCPU) -> None:
     guests unless nested virtualization is on). The guest's registers are the CPU's."""
     st = vc.machine._st
     leaf = st.item(L.EAX)
-    st[L.EAX:L.EBX + 1] = _CPUID_LEAF0 if leaf == 0 else _CPUID_LEAF1    # EAX ECX EDX EBX
+    eax, ecx, edx, ebx = _CPUID_LEAF0 if leaf == 0 else _CPUID_LEAF1
+    st[L.EAX] = eax                       # four scalar stores: cheaper than a slice's
+    st[L.ECX] = ecx
+    st[L.EDX] = edx
+    st[L.EBX] = ebx
     vc._skip()
     vc._note("CPUID", "leaf {:#x} answered in the kernel", leaf)
 
