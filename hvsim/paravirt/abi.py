@@ -185,7 +185,7 @@ SI_WC_VERSION = SI_EVTCHN_MASK + 4 * 32                              # 0x900
 #   +0  char magic[32]           "xen-3.0-x86_32"
 #   +32 u32 nr_pages             +36 u32 shared_info (its machine address)
 #   +40 u32 flags                +44 u32 store_mfn    +48 u32 store_evtchn
-#   +52 u32 console.domU.mfn     +56 u32 console.domU.evtchn
+#   +52 u32 console.domU.mfn     +56 u32 console.domU.evtchn  (hvsim: its io/ring.h ring)
 #   +60 u32 pt_base (virtual address of the initial page directory)
 #   +64 u32 nr_pt_frames         +68 u32 mfn_list     +72 u32 mod_start  +76 u32 mod_len
 #   +80 char cmd_line[1024]
@@ -196,6 +196,8 @@ START_INFO_MAGIC = b"xen-3.0-x86_32"
 SIF_NR_PAGES = 32
 SIF_SHARED_INFO = 36
 SIF_FLAGS = 40
+SIF_CONSOLE_MFN = 52
+SIF_CONSOLE_EVTCHN = 56
 SIF_PT_BASE = 60
 SIF_NR_PT_FRAMES = 64
 SIF_CMD_LINE = 80

@@ -1,4 +1,5 @@
-"""The block device's backend, in the hypervisor (Python, not jitted).
+"""The split drivers' backends, in the hypervisor: the block device and the console
+(Python, not jitted).
 
 Xen's split drivers (Barham et al., SOSP 2003, section 3.2; Xen's ``io/blkif.h``): the
 guest's *frontend* puts requests on a ring in a page it shares, and signals an event
@@ -19,22 +20,29 @@ for a read -- the device writes the guest's memory -- not in a frame typed as a 
 table: Xen's blkback maps the buffer through a grant with a writable reference, which
 the frame types refuse for a page table). A bad request gets BLKIF_RSP_ERROR (or
 EOPNOTSUPP); a ring whose indices are impossible stops the guest (:class:`RingError`).
+
+The console's backend (:class:`ConsoleBackend`) serves the same kind of ring: each
+request carries up to 56 bytes of text, the response says how many were written.
 """
 from __future__ import annotations
+
+import struct
 
 from hvsim.monitors.base import Kill
 from hvsim.paravirt.frames import L1, L2
 from hvsim.paravirt.ring import (BackRing, BlkRequest, BlkResponse, RingError, SharedRing)
 
-__all__ = ["BlockBackend", "SECTOR", "BLKIF_OP_READ", "BLKIF_OP_WRITE"]
+__all__ = ["RingBackend", "BlockBackend", "ConsoleBackend", "SECTOR", "BLKIF_OP_READ",
+           "BLKIF_OP_WRITE", "CONS_OP_WRITE", "CONS_MAX"]
 
 SECTOR = 512
 BLKIF_OP_READ, BLKIF_OP_WRITE = 0, 1                        # io/blkif.h
 BLKIF_RSP_OKAY, BLKIF_RSP_ERROR, BLKIF_RSP_EOPNOTSUPP = 0, -1, -2
 
 
-class BlockBackend:
-    """The backend of one block device: ``hv.disk`` behind the ring at ``ring``."""
+class RingBackend:
+    """A backend over one shared ring and one event channel: ``_do(slot bytes) -> response
+    bytes`` is the device; the ring protocol is here, the same for every device."""
 
     def __init__(self, hv, ring: int, port: int):
         self.hv = hv
@@ -45,8 +53,6 @@ class BlockBackend:
         self.kicked = False
         self.notifications = 0         # EVTCHNOP_send from the front
         self.runs = 0                  # times it served the ring
-        self.reads = self.writes = self.errors = 0
-        self.bytes_moved = 0
 
     def kick(self) -> None:
         self.notifications += 1
@@ -62,17 +68,52 @@ class BlockBackend:
         try:
             while True:
                 while back.unconsumed_requests():
-                    req = BlkRequest.unpack(back.get_request())
-                    back.put_response(BlkResponse(req.id, req.operation, self._do(req)).pack())
+                    back.put_response(self._do(back.get_request()))
                 if back.push_responses_and_check_notify():
                     self.hv.send_event(self.port)
                 if not back.final_check_for_requests():
                     break
         except RingError as e:
-            raise Kill(f"the block ring at {self.shared.base:#x}: {e}") from None
+            raise Kill(f"the {self.name} ring at {self.shared.base:#x}: {e}") from None
         self.kicked = False
 
-    def _do(self, req: BlkRequest) -> int:
+    @property
+    def requests(self) -> int:
+        """Requests served (taken off the ring and answered, good or bad)."""
+        return self.back.counters["requests_consumed"]
+
+    def counters(self) -> dict:
+        d = {f"{self.name} {k}": v for k, v in self.back.counters.items()}
+        d.update({f"{self.name} notifications": self.notifications, f"{self.name} runs": self.runs})
+        return d
+
+    def snapshot(self):
+        b = self.back
+        return (b.req_cons, b.rsp_prod_pvt, dict(b.counters), self.kicked, self.notifications,
+                self.runs, self._state())
+
+    def restore(self, snap) -> None:
+        b = self.back
+        b.req_cons, b.rsp_prod_pvt, counters, self.kicked, self.notifications, self.runs, \
+            state = snap
+        b.counters = dict(counters)
+        self._set_state(state)
+
+
+class BlockBackend(RingBackend):
+    """The backend of one block device: ``hv.disk`` behind the ring at ``ring``."""
+    name = "blk"
+
+    def __init__(self, hv, ring: int, port: int):
+        super().__init__(hv, ring, port)
+        self.reads = self.writes = self.errors = 0
+        self.bytes_moved = 0
+
+    def _do(self, data: bytes) -> bytes:
+        req = BlkRequest.unpack(data)
+        return BlkResponse(req.id, req.operation, self._serve(req)).pack()
+
+    def _serve(self, req: BlkRequest) -> int:
         hv = self.hv
         if req.operation not in (BLKIF_OP_READ, BLKIF_OP_WRITE) or req.nr_segments != 1:
             self.errors += 1
@@ -96,25 +137,57 @@ class BlockBackend:
         self.bytes_moved += SECTOR
         return BLKIF_RSP_OKAY
 
-    @property
-    def requests(self) -> int:
-        """Requests served (taken off the ring and answered, good or bad)."""
-        return self.back.counters["requests_consumed"]
-
     def counters(self) -> dict:
-        d = {f"blk {k}": v for k, v in self.back.counters.items()}
-        d.update({"blk notifications": self.notifications, "blk runs": self.runs,
-                  "blk reads": self.reads, "blk writes": self.writes, "blk errors": self.errors,
+        d = super().counters()
+        d.update({"blk reads": self.reads, "blk writes": self.writes, "blk errors": self.errors,
                   "blk bytes": self.bytes_moved})
         return d
 
-    def snapshot(self):
-        b = self.back
-        return (b.req_cons, b.rsp_prod_pvt, dict(b.counters), self.kicked, self.notifications,
-                self.runs, self.reads, self.writes, self.errors, self.bytes_moved)
+    def _state(self):
+        return (self.reads, self.writes, self.errors, self.bytes_moved)
 
-    def restore(self, snap) -> None:
-        b = self.back
-        (b.req_cons, b.rsp_prod_pvt, counters, self.kicked, self.notifications, self.runs,
-         self.reads, self.writes, self.errors, self.bytes_moved) = snap
-        b.counters = dict(counters)
+    def _set_state(self, state) -> None:
+        self.reads, self.writes, self.errors, self.bytes_moved = state
+
+
+# --- hvsim's console request and response (in a 64-byte slot) -------------------------
+#
+#    0            4     5     6          8                                  64
+#   +------------+-----+-----+----------+-----------------------------------+
+#   |  id (u32)  | op  | len |   pad    |  bytes[len] (at most 56)          |
+#   +------------+-----+-----+----------+-----------------------------------+
+#   response: id (u32), op (u8), pad (u8), status (i16: bytes written, or -1)
+CONS_OP_WRITE = 0
+CONS_MAX = 56
+_CONS_REQUEST = struct.Struct("<IBBH")
+
+
+class ConsoleBackend(RingBackend):
+    """The console's backend: what the guest writes, in requests of up to 56 bytes,
+    goes to the hypervisor's console (Xen's xenconsoled does this for a guest's console
+    ring; Xen's console has a byte ring of its own, io/console.h -- hvsim carries the
+    console over the same io/ring.h ring as the block device)."""
+    name = "cons"
+
+    def __init__(self, hv, ring: int, port: int):
+        super().__init__(hv, ring, port)
+        self.bytes_written = 0
+
+    def _do(self, data: bytes) -> bytes:
+        rid, op, n, _ = _CONS_REQUEST.unpack_from(data)
+        if op != CONS_OP_WRITE or n > CONS_MAX:
+            return BlkResponse(rid, op, BLKIF_RSP_ERROR).pack()
+        self.hv.console_out(bytes(data[8:8 + n]).decode("latin-1"))
+        self.bytes_written += n
+        return BlkResponse(rid, op, n).pack()
+
+    def counters(self) -> dict:
+        d = super().counters()
+        d["cons bytes"] = self.bytes_written
+        return d
+
+    def _state(self):
+        return self.bytes_written
+
+    def _set_state(self, state) -> None:
+        self.bytes_written = state

@@ -34,9 +34,10 @@ models 32-bit Xen PV (TECHNIQUES.md section 6; Xen's public headers for every nu
   ``int 0x80``). Other exceptions reach the hypervisor and are *bounced* to the guest's
   handler from ``set_trap_table`` on its ring-1 stack (``stack_switch``); a #PF's CR2
   goes into ``vcpu_info.arch.cr2``, since ring 1 cannot read CR2.
-* **Split-driver I/O.** A block device's backend lives in the hypervisor
-  (:mod:`hvsim.paravirt.blkback`), over a shared ring (Xen's io/ring.h,
-  :mod:`hvsim.paravirt.ring`) and an event channel. The backend runs when the guest gives
+* **Split-driver I/O.** A block device's backend and a console's live in the hypervisor
+  (:mod:`hvsim.paravirt.blkback`), each over a shared ring (Xen's io/ring.h,
+  :mod:`hvsim.paravirt.ring`) and an event channel. (``console_io`` writes to the same
+  console with one hypercall per string: Xen's early-boot console.) The backend runs when the guest gives
   up the processor (``sched_op`` block or yield) -- as a driver domain gets the CPU when
   the guest idles -- so the guest's requests pile up in the ring and one notification
   covers many.
@@ -60,7 +61,7 @@ The domain builder (:meth:`Hypervisor.boot`), as Xen's does: loads the kernel, f
 the pages after the image -- all the guest's RAM identity-mapped, supervisor, writable,
 except the tables' own frames, read-only; the directory entries allow user access, the
 page-table entries decide, as Linux's do -- pins and loads them, writes a start_info
-page and the block device's shared ring, and enters ``start`` in ring 1 with ESI = the
+page and the block device's and the console's shared rings (their ports bound), and enters ``start`` in ring 1 with ESI = the
 start_info's address and events masked.
 
 >>> from hvsim.asm import assemble
@@ -493,6 +494,8 @@ class Hypervisor(Monitor):
         self._final: Optional[MonitorEvent] = None
         self.shutdown_reason: Optional[str] = None
         self.backend = None                 # the block backend, made at boot
+        self.console_backend = None         # the console's
+        self.backends: dict = {}            # port -> backend
         self.start_info = 0
         if program is not None:
             self.boot(program)
@@ -542,7 +545,7 @@ class Hypervisor(Monitor):
         d.update(traps=bounced + self._interrupts, reflected=bounced, injected=self.upcalls,
                  hypercalls=sum(self.hypercalls.values()), pt_updates=self.pt_updates,
                  tables_validated=self.frames.validated,
-                 io_requests=0 if self.backend is None else self.backend.requests)
+                 io_requests=sum(b.requests for b in self.backends.values()))
         return d
 
     @property
@@ -558,8 +561,8 @@ class Hypervisor(Monitor):
                  multicall_entries=self.multicall_entries,
                  type_flushes=self.frames.type_flushes,
                  idle_instructions=self.idle_instructions)
-        if self.backend is not None:
-            d.update(self.backend.counters())
+        for backend in self.backends.values():
+            d.update(backend.counters())
         return d
 
     # ---- guest memory, as the hypervisor's copy_from_guest / copy_to_guest -----------------
@@ -601,7 +604,8 @@ class Hypervisor(Monitor):
         l1s = [(first + 1 + i) * PAGE for i in range(n_l1)]
         self.start_info = si = (first + 1 + n_l1) * PAGE
         ring = si + PAGE
-        stack = ring + PAGE
+        cons_ring = ring + PAGE
+        stack = cons_ring + PAGE
         if stack + PAGE > self.ram:
             raise ValueError(f"the kernel leaves no room for the builder's pages after it "
                              f"(needs {stack + PAGE - end:#x} bytes)")
@@ -647,10 +651,14 @@ class Hypervisor(Monitor):
         struct.pack_into("<II", info, A.SIF_NR_PAGES, self.ram >> 12, self.shared_info)
         struct.pack_into("<II", info, A.SIF_PT_BASE, l2, 1 + n_l1)
         blk_port = self.alloc_port(("backend", "blk"))
+        cons_port = self.alloc_port(("backend", "cons"))
         struct.pack_into("<III", info, A.SIF_BLK_RING, ring, blk_port, len(self.disk) // 512)
+        struct.pack_into("<II", info, A.SIF_CONSOLE_MFN, cons_ring >> 12, cons_port)
         mem[si:si + PAGE] = np.frombuffer(bytes(info), np.uint8)
-        from hvsim.paravirt.blkback import BlockBackend
+        from hvsim.paravirt.blkback import BlockBackend, ConsoleBackend
         self.backend = BlockBackend(self, ring, blk_port)
+        self.console_backend = ConsoleBackend(self, cons_ring, cons_port)
+        self.backends = {blk_port: self.backend, cons_port: self.console_backend}
         self._tss_stack(FLAT_RING1_DS, stack + PAGE)
         self.tables.enter(m, GUEST_RING, program.entry, stack + PAGE)
         m.cpu.esi = si
@@ -747,14 +755,14 @@ class Hypervisor(Monitor):
 
     def notify_backend(self, port: int) -> None:
         """EVTCHNOP_send from the guest: the backend on ``port`` has work."""
-        what = self.ports[port]
-        if what[0] == "backend" and self.backend is not None:
-            self.backend.kick()
+        backend = self.backends.get(port)
+        if backend is not None:
+            backend.kick()
 
     def run_backends(self) -> None:
-        """The driver domain's turn: the backend serves what it was told of."""
-        if self.backend is not None:
-            self.backend.service()
+        """The driver domain's turn: each backend serves what it was told of."""
+        for backend in self.backends.values():
+            backend.service()
 
     def set_deadline(self, deadline: int) -> None:
         self.deadline = deadline
@@ -1032,7 +1040,7 @@ class Hypervisor(Monitor):
         for k in ("trap_table", "ports", "virq_port"):
             scalars[k] = dict(scalars[k])
         scalars["console"] = self.console
-        scalars["backend"] = None if self.backend is None else self.backend.snapshot()
+        scalars["backends"] = {p: b.snapshot() for p, b in self.backends.items()}
         return HypervisorSnapshot(self.machine.snapshot(), self.frames.snapshot(), scalars,
                                   {k: dict(getattr(self, k)) for k in self._COUNTS},
                                   tuple(self._log), bytes(self.disk))
@@ -1045,9 +1053,9 @@ class Hypervisor(Monitor):
         for k, v in snap.scalars.items():
             if k == "console":
                 self._console = [v] if v else []
-            elif k == "backend":
-                if v is not None:
-                    self.backend.restore(v)
+            elif k == "backends":
+                for p, b in v.items():
+                    self.backends[p].restore(b)
             else:
                 setattr(self, k, dict(v) if isinstance(v, dict) else v)
         for k, v in snap.counts.items():
