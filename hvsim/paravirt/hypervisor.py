@@ -568,17 +568,25 @@ class Hypervisor(Monitor):
     # ---- guest memory, as the hypervisor's copy_from_guest / copy_to_guest -----------------
     def read(self, va: int, n: int) -> bytes:
         """``n`` bytes at guest-virtual ``va`` (the guest kernel's rights): -EFAULT if not
-        mapped."""
+        mapped, or if any of it is in the hypervisor's slot (Xen's access_ok)."""
+        self._guest_range(va, n)
         try:
             return self.machine.read_linear(va & MASK32, n)
         except (GuestMemoryError, ValueError) as e:
             raise Hypercall(-A.EFAULT, f"guest memory at {va:#x}: {e}") from None
 
     def write(self, va: int, data: bytes) -> None:
+        self._guest_range(va, len(data))
         try:
             self.machine.write_linear(va & MASK32, data)
         except (GuestMemoryError, ValueError) as e:
             raise Hypercall(-A.EFAULT, f"guest memory at {va:#x}: {e}") from None
+
+    @staticmethod
+    def _guest_range(va: int, n: int) -> None:
+        if va < 0 or va + n > A.HYPERVISOR_VIRT_START:
+            raise Hypercall(-A.EFAULT, f"guest memory at {va:#x} (+{n}): at or above "
+                                       f"{A.HYPERVISOR_VIRT_START:#x}, the hypervisor's")
 
     # ---- the builder ------------------------------------------------------------------------
     def boot(self, program) -> None:
