@@ -142,8 +142,7 @@ again:  mov byte [0x3FF001], 1          ; xen_irq_disable: evtchn_upcall_mask = 
         call hypercall_page + 17 * 32
 .none:  dec esi
         jnz again
-shared: dd 0
-""" + _END,
+""" + _END.replace("reason: dd 0", "reason: dd 0\nshared: dd 0"),
 }
 
 
