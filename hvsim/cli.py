@@ -4,7 +4,8 @@
 
     hvsim run prog.s [--monitor none|native|trap-and-emulate|vtx|pv] [--max-steps N]
                      [--memory BYTES] [--timer N] [--exceptions host|guest] [--trace]
-    hvsim disasm FILE [--origin N]      # FILE: raw machine code, or a .s source
+                     [-D NAME[=VALUE]]...
+    hvsim disasm FILE [--origin N] [-D NAME]   # FILE: raw machine code, or a .s source
     hvsim warmup                        # compile every kernel into numba's disk cache
     hvsim version
 
@@ -13,7 +14,9 @@ event, and prints what a student wants to see: the console output, the event, th
 final registers (EFLAGS decoded, CPL) and every counter that moved. With ``--monitor``
 the program is a guest kernel run under that technique's monitor
 (:data:`hvsim.monitors.MONITORS`): the output adds the monitor's own counts, and
-``--trace`` prints its log (every trap it handled and what it did).
+``--trace`` prints its log (every trap it handled and what it did). ``-D NAME`` defines a
+name for the source's ``%ifdef`` (hvsim/asm/preprocess.py): ``-D PV`` builds a kernel's
+paravirtualized variant, for ``--monitor pv``.
 
 Exit status: 0 when the guest halted, 1 for any other final event (an exception
 routed to the host, an unclaimed I/O port, the step budget, a shutdown...), 2 for
@@ -146,6 +149,9 @@ def _build_parser() -> argparse.ArgumentParser:
                      help="bare machine only: deliver exceptions to the host (default) or "
                      "through the guest IDT")
     run.add_argument("--trace", action="store_true", help="print the event trace after the run")
+    run.add_argument("-D", "--define", type=_define, action="append", default=[],
+                     metavar="NAME[=VALUE]", help="define NAME for the source's %%ifdef / "
+                     "%%define (e.g. -D PV builds a kernel's paravirtualized variant); repeatable")
 
     dis = sub.add_parser("disasm", help="disassemble raw machine code or a .s file",
                          description="Disassemble FILE: raw machine code, or an assembly source "
@@ -153,6 +159,8 @@ def _build_parser() -> argparse.ArgumentParser:
     dis.add_argument("file", metavar="FILE")
     dis.add_argument("--origin", type=_address, default=None, metavar="N",
                      help="address of the first byte (default: the program's origin, or 0)")
+    dis.add_argument("-D", "--define", type=_define, action="append", default=[],
+                     metavar="NAME[=VALUE]", help="define NAME for a .s file's %%ifdef")
 
     sub.add_parser("warmup", help="compile every kernel into numba's on-disk cache")
     sub.add_parser("version", help="print the versions of hvsim, numba, numpy and Python")
@@ -175,18 +183,34 @@ def _read_text(path: str) -> str:
         raise _BadInput(f"{path}: {e.strerror}") from None
 
 
-def _assemble_file(path: str):
+def _define(text: str):
+    """``NAME`` or ``NAME=VALUE`` (an integer literal) for the assembler's %ifdef/%define."""
+    name, eq, value = text.partition("=")
+    name = name.strip()
+    if not name.isidentifier():
+        raise argparse.ArgumentTypeError(f"{text!r}: expected NAME or NAME=VALUE, NAME a word "
+                                         "such as PV")
+    if not eq:
+        return name, None
+    try:
+        return name, _int_literal(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: the value after = must be an integer "
+                                         "(123, 0x7b)") from None
+
+
+def _assemble_file(path: str, defines=()):
     from hvsim import AsmError, assemble
     source = _read_text(path)
     try:
-        return assemble(source)
+        return assemble(source, defines=dict(defines or ()))
     except AsmError as exc:           # its text names the line and column, with a caret
         raise _BadInput(f"{path}: {exc}") from None
 
 
-def _assemble_code(path: str):
+def _assemble_code(path: str, defines=()):
     """The assembled program of ``path``, which must have at least one byte of code."""
-    prog = _assemble_file(path)
+    prog = _assemble_file(path, defines)
     if not prog.code:
         raise _BadInput(f"{path}: the program is empty: it assembles to no code bytes "
                         "(only comments, labels or blank lines?)")
@@ -253,7 +277,7 @@ def _print_trace(m, out) -> None:
 # --- commands -----------------------------------------------------------------------------
 
 def _cmd_run(args, out) -> int:
-    prog = _assemble_code(args.file)
+    prog = _assemble_code(args.file, args.define)
     if args.monitor != "none":
         return _run_monitor(args, prog, out)
     from hvsim import Machine
@@ -345,7 +369,7 @@ _ASM_SUFFIXES = (".s", ".S", ".asm")
 def _cmd_disasm(args, out) -> int:
     from hvsim import disassemble
     if args.file.endswith(_ASM_SUFFIXES):
-        prog = _assemble_code(args.file)
+        prog = _assemble_code(args.file, args.define)
         code = bytes(prog.code)
         origin = prog.origin if args.origin is None else args.origin
     else:

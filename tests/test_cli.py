@@ -247,3 +247,63 @@ def test_warmup_with_progress_silences_the_engines_first_compile_notice():
     warmup(progress=lambda line: seen.append(first_compile_notice()))
     assert seen and not any(seen) and first_compile_notice() is True
     assert warmup() > 0 and first_compile_notice() is True
+
+
+PV_KERNEL = """\
+%ifdef PV
+start:  xor ebx, ebx                    ; console_io(CONSOLEIO_write, 3, msg)
+        mov ecx, 3
+        mov edx, msg
+        call hypercall_page + 18 * 32
+        mov ebx, 2                      ; sched_op(SCHEDOP_shutdown, &why)
+        mov ecx, why
+        call hypercall_page + 29 * 32
+why:    dd 0
+%else
+start:  mov esi, msg                    ; the native build: one OUT per byte
+        mov ecx, 3
+.next:  mov al, [esi]
+        out 0xE9, al
+        inc esi
+        loop .next
+        cli
+        hlt
+%endif
+msg:    db "PV", 10
+%ifdef PV
+align 4096
+hypercall_page: times 4096 db 0
+%endif
+"""
+
+
+def test_one_source_two_builds_with_define_and_the_pv_monitor(tmp_path):
+    src = tmp_path / "k.s"
+    src.write_text(PV_KERNEL)
+    pv = hvsim("run", src, "--monitor", "pv", "-D", "PV")
+    assert pv.returncode == 0, pv.stderr
+    assert "--- console ---\nPV\n" in pv.stdout
+    assert "monitor: pv, guest halted (SCHEDOP_shutdown(poweroff))" in pv.stdout
+    assert any(l.split() == ["hypercalls", "2"] for l in pv.stdout.splitlines())
+    # without -D PV: the native build, whose OUTs trap under trap-and-emulate (3) with CLI
+    # and HLT (2 more)
+    tae = hvsim("run", src, "--monitor", "trap-and-emulate")
+    assert tae.returncode == 0, tae.stderr
+    assert "--- console ---\nPV\n" in tae.stdout
+    assert any(l.split() == ["traps", "5"] for l in tae.stdout.splitlines())
+    # and the native build under the hypervisor: no hypercall page, a clear refusal
+    bad = hvsim("run", src, "--monitor", "pv")
+    assert bad.returncode == 2 and "hypercall_page" in bad.stderr
+    assert "Traceback" not in bad.stderr
+    out = hvsim("disasm", src, "-D", "PV")
+    assert out.returncode == 0 and "int 0x82" not in out.stdout      # stubs: filled at boot
+    assert "call 0x" in out.stdout.splitlines()[3]
+
+
+@pytest.mark.parametrize("value, words", [("1PV", "expected NAME or NAME=VALUE"),
+                                          ("PV=x", "the value after = must be an integer")])
+def test_bad_defines_exit_2_saying_what_is_expected(tmp_path, value, words):
+    src = tmp_path / "k.s"
+    src.write_text(PV_KERNEL)
+    out = hvsim("run", src, "-D", value)
+    assert out.returncode == 2 and words in out.stderr and "Traceback" not in out.stderr
