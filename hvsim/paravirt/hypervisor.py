@@ -97,7 +97,7 @@ from hvsim.arch import layout as L
 from hvsim.arch.exits import EXIT_BUDGET, EXIT_EXCEPTION
 from hvsim.arch.flags import FIXED1, IF, IOPL_MASK, NT, POPF_WRITABLE, RF, TF
 from hvsim.arch.pte import PTE_A, PTE_D, PTE_FRAME, PTE_P, PTE_RW, PTE_US
-from hvsim.arch.vectors import GP, HAS_ERROR_CODE, PF, vector_name
+from hvsim.arch.vectors import BP, GP, HAS_ERROR_CODE, OF, PF, vector_name
 from hvsim.machine import Event, GuestMemoryError, Machine, Snapshot
 from hvsim.mmu.tlb import tlb_flush_vpid, tlb_invlpg_vpid
 from hvsim.monitors.base import Kill, LogEntry, Monitor, MonitorEvent, STATS
@@ -958,8 +958,14 @@ class Hypervisor(Monitor):
             # the real gate of int 0x82 has DPL 1: from ring 3 it is #GP(vector*8 + 2)
             vector, error, ret = GP, A.HYPERCALL_VECTOR * 8 + 2, ev.eip
         elif software:
+            # Xen's real IDT gates INT n at DPL 0 (but INT3 and INTO's, at DPL 3): the CPU
+            # raises #GP(n*8 + 2) and do_general_protection lets it through only if the
+            # guest's trap-table entry allows the ring (permit_softint); a vector with no
+            # entry has DPL 0, so from ring 1 or 3 it is a #GP the guest handles, not a
+            # crash
             t = self.trap_table.get(vector)
-            if t is not None and t[0] & A.TI_DPL_MASK < ev.cpl:
+            dpl = 0 if t is None else t[0] & A.TI_DPL_MASK
+            if vector not in (BP, OF) and dpl < ev.cpl:
                 vector, error, ret = GP, vector * 8 + 2, ev.eip
             else:
                 error, ret = None, (ev.eip + ev.length) & MASK32
