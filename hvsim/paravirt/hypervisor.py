@@ -824,21 +824,36 @@ class Hypervisor(Monitor):
             mem[self.shared_info + A.VI_UPCALL_MASK] = 1
 
     def iret(self) -> None:
-        """HYPERVISOR_iret: the guest's stack holds eax, eip, cs, eflags[, esp, ss]."""
+        """HYPERVISOR_iret: the guest's stack holds eax, eip, cs, eflags[, esp, ss].
+
+        The whole frame is read and checked before anything changes. A frame the
+        hypervisor cannot read, or selectors that are not the guest's own, stop the
+        guest: Xen crashes the domain when it cannot read the frame, and its own IRET
+        to bad selectors would fault (into the failsafe callback, which hvsim does not
+        model)."""
         cpu = self.machine.cpu
         esp = int(cpu.esp)
-        eax, eip, cs, eflags = struct.unpack("<IIII", self.read(esp, 16))
-        cs = _fixup_selector(cs)
+        try:
+            eax, eip, cs, eflags = struct.unpack("<IIII", self.read(esp, 16))
+            cs = _fixup_selector(cs)
+            if cs & 3 == 3:
+                new_esp, ss = struct.unpack("<II", self.read(esp + 16, 8))
+                ss = _fixup_selector(ss)
+        except Hypercall as h:
+            raise Kill(f"HYPERVISOR_iret: the frame at {esp:#x} cannot be read ({h}): Xen "
+                       "would crash the domain") from None
         if cs not in (FLAT_RING1_CS, FLAT_RING3_CS):
             raise Kill(f"HYPERVISOR_iret to code selector {cs:#x} at {eip:#x}: not a guest "
                        "code segment")
+        if cs == FLAT_RING3_CS and ss != FLAT_RING3_DS:
+            raise Kill(f"HYPERVISOR_iret to ring 3 with stack selector {ss:#x}: not the "
+                       f"guest's ring-3 data segment ({FLAT_RING3_DS:#x})")
         cpu.eax = eax
         cpu.eflags = (int(cpu.eflags) & ~_IRET_SET) | (eflags & _IRET_SET) | IF
         self._mem[self.shared_info + A.VI_UPCALL_MASK] = 0 if eflags & IF else 1
-        if cs & 3 == 3:
-            new_esp, ss = struct.unpack("<II", self.read(esp + 16, 8))
+        if cs == FLAT_RING3_CS:
             cpu.cs = cs
-            cpu.ss = _fixup_selector(ss)
+            cpu.ss = ss
             cpu.esp = new_esp
             for s in ("ds", "es", "fs", "gs"):          # as IRET to ring 3 nulls them
                 if int(getattr(cpu, s)) & 3 < 3:
