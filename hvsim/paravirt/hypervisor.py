@@ -370,6 +370,11 @@ def hc_event_channel_op(hv, cmd, arg, *_) -> int:
         if not 0 < port < A.NR_EVENT_CHANNELS or port not in hv.ports:
             raise Hypercall(-A.EINVAL, f"port {port} is not bound")
         if cmd == A.EVTCHNOP_send:
+            if hv.ports[port][0] != "backend":
+                # Xen's evtchn_send signals interdomain and IPI channels only; a VIRQ
+                # port is the hypervisor's to signal (-EINVAL, event_channel.c)
+                raise Hypercall(-A.EINVAL, f"port {port} is bound to {hv.ports[port]}: "
+                                           "the guest cannot send on it")
             hv.notify_backend(port)
         elif cmd == A.EVTCHNOP_unmask:
             hv.unmask(port)
