@@ -243,7 +243,9 @@ class FrameTable:
         if ptr & 3:
             raise FrameError(EINVAL, f"ptr {ptr:#x} is not a 4-byte entry")
         if not self.owned(frame):
-            raise FrameError(EPERM, f"ptr {ptr:#x} is not in the domain's memory")
+            # Xen's do_mmu_update: get_page_from_gfn fails and rc stays -EINVAL (EPERM
+            # is for an entry that *maps* a frame the domain may not map)
+            raise FrameError(EINVAL, f"ptr {ptr:#x} is not in the domain's memory")
         t = int(self.type[frame])
         if t not in (L1, L2) or self.count[frame] == 0:
             raise FrameError(EINVAL, f"ptr {ptr:#x} is in frame {frame:#x}, a "

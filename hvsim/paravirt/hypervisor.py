@@ -98,7 +98,7 @@ from hvsim.arch import layout as L
 from hvsim.arch.exits import EXIT_BUDGET, EXIT_EXCEPTION
 from hvsim.arch.flags import FIXED1, IF, IOPL_MASK, NT, POPF_WRITABLE, RF, TF
 from hvsim.arch.pte import PTE_A, PTE_D, PTE_FRAME, PTE_P, PTE_RW, PTE_US
-from hvsim.arch.vectors import GP, HAS_ERROR_CODE, PF, vector_name
+from hvsim.arch.vectors import BP, GP, HAS_ERROR_CODE, OF, PF, vector_name
 from hvsim.machine import Event, GuestMemoryError, Machine, Snapshot
 from hvsim.mmu.tlb import tlb_flush_vpid, tlb_invlpg_vpid
 from hvsim.monitors.base import Kill, LogEntry, Monitor, MonitorEvent, STATS
@@ -381,6 +381,11 @@ def hc_event_channel_op(hv, cmd, arg, *_) -> int:
         if not 0 < port < A.NR_EVENT_CHANNELS or port not in hv.ports:
             raise Hypercall(-A.EINVAL, f"port {port} is not bound")
         if cmd == A.EVTCHNOP_send:
+            if hv.ports[port][0] != "backend":
+                # Xen's evtchn_send signals interdomain and IPI channels only; a VIRQ
+                # port is the hypervisor's to signal (-EINVAL, event_channel.c)
+                raise Hypercall(-A.EINVAL, f"port {port} is bound to {hv.ports[port]}: "
+                                           "the guest cannot send on it")
             hv.notify_backend(port)
         elif cmd == A.EVTCHNOP_unmask:
             hv.unmask(port)
@@ -864,21 +869,36 @@ class Hypervisor(Monitor):
             mem[self.shared_info + A.VI_UPCALL_MASK] = 1
 
     def iret(self) -> None:
-        """HYPERVISOR_iret: the guest's stack holds eax, eip, cs, eflags[, esp, ss]."""
+        """HYPERVISOR_iret: the guest's stack holds eax, eip, cs, eflags[, esp, ss].
+
+        The whole frame is read and checked before anything changes. A frame the
+        hypervisor cannot read, or selectors that are not the guest's own, stop the
+        guest: Xen crashes the domain when it cannot read the frame, and its own IRET
+        to bad selectors would fault (into the failsafe callback, which hvsim does not
+        model)."""
         cpu = self.machine.cpu
         esp = int(cpu.esp)
-        eax, eip, cs, eflags = struct.unpack("<IIII", self.read(esp, 16))
-        cs = _fixup_selector(cs)
+        try:
+            eax, eip, cs, eflags = struct.unpack("<IIII", self.read(esp, 16))
+            cs = _fixup_selector(cs)
+            if cs & 3 == 3:
+                new_esp, ss = struct.unpack("<II", self.read(esp + 16, 8))
+                ss = _fixup_selector(ss)
+        except Hypercall as h:
+            raise Kill(f"HYPERVISOR_iret: the frame at {esp:#x} cannot be read ({h}): Xen "
+                       "would crash the domain") from None
         if cs not in (FLAT_RING1_CS, FLAT_RING3_CS):
             raise Kill(f"HYPERVISOR_iret to code selector {cs:#x} at {eip:#x}: not a guest "
                        "code segment")
+        if cs == FLAT_RING3_CS and ss != FLAT_RING3_DS:
+            raise Kill(f"HYPERVISOR_iret to ring 3 with stack selector {ss:#x}: not the "
+                       f"guest's ring-3 data segment ({FLAT_RING3_DS:#x})")
         cpu.eax = eax
         cpu.eflags = (int(cpu.eflags) & ~_IRET_SET) | (eflags & _IRET_SET) | IF
         self._mem[self.shared_info + A.VI_UPCALL_MASK] = 0 if eflags & IF else 1
-        if cs & 3 == 3:
-            new_esp, ss = struct.unpack("<II", self.read(esp + 16, 8))
+        if cs == FLAT_RING3_CS:
             cpu.cs = cs
-            cpu.ss = _fixup_selector(ss)
+            cpu.ss = ss
             cpu.esp = new_esp
             for s in ("ds", "es", "fs", "gs"):          # as IRET to ring 3 nulls them
                 if int(getattr(cpu, s)) & 3 < 3:
@@ -998,8 +1018,14 @@ class Hypervisor(Monitor):
             # the real gate of int 0x82 has DPL 1: from ring 3 it is #GP(vector*8 + 2)
             vector, error, ret = GP, A.HYPERCALL_VECTOR * 8 + 2, ev.eip
         elif software:
+            # Xen's real IDT gates INT n at DPL 0 (but INT3 and INTO's, at DPL 3): the CPU
+            # raises #GP(n*8 + 2) and do_general_protection lets it through only if the
+            # guest's trap-table entry allows the ring (permit_softint); a vector with no
+            # entry has DPL 0, so from ring 1 or 3 it is a #GP the guest handles, not a
+            # crash
             t = self.trap_table.get(vector)
-            if t is not None and t[0] & A.TI_DPL_MASK < ev.cpl:
+            dpl = 0 if t is None else t[0] & A.TI_DPL_MASK
+            if vector not in (BP, OF) and dpl < ev.cpl:
                 vector, error, ret = GP, vector * 8 + 2, ev.eip
             else:
                 error, ret = None, (ev.eip + ev.length) & MASK32
