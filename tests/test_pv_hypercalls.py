@@ -741,7 +741,7 @@ def pending(hv, port):
 def test_block_sleeps_to_the_deadline_and_the_timer_event_is_pending():
     hv = bare()
     port = bind_timer(hv)
-    assert port == 2                         # port 1 is the block device's
+    assert port == 3          # ports 1 and 2 are the block device's and the console's
     hv.machine.cpu.tsc = 1000
     assert call(H.hc_set_timer_op, hv, 1500, 0) == 0
     assert hv.deadline == 1500 and not pending(hv, port)
@@ -802,12 +802,12 @@ def test_timer_block_upcall_in_a_guest_happens_exactly_once():
         jmp shutdown
     """, "bind: dd 0, 0, -1\ndeadline: dd 0\nrc: dd -1\nmask: db 9\nver: dd 0", setup=setup)
     assert ev.kind == "halt", ev
-    assert var(hv, k, "bind", 12) >> 64 == 2
+    assert var(hv, k, "bind", 12) >> 64 == 3          # after the block and console ports
     assert hv.upcalls == 1 and var(hv, k, "upcalls") == 1
     assert var(hv, k, "rc") == 0 and var(hv, k, "mask", 1) == 0     # iret unmasked
     assert var(hv, k, "ver") == 0x30000
     assert hv.idle_instructions == var(hv, k, "deadline") - seen["now"] > 0
-    assert hv.events_sent[2] == 1
+    assert hv.events_sent[3] == 1
 
 
 def test_bind_virq_errors():
@@ -815,19 +815,20 @@ def test_bind_virq_errors():
     assert evtchn(hv, A.EVTCHNOP_bind_virq, 24, 0) == -A.EINVAL
     assert evtchn(hv, A.EVTCHNOP_bind_virq, 0, 1) == -A.ENOENT
     assert u32(hv, REQS + 8) == 0xDEADBEEF                   # no port written
-    assert evtchn(hv, A.EVTCHNOP_bind_virq, 23, 0) == 0 and u32(hv, REQS + 8) == 2
+    # ports 1 and 2 are the block device's and the console's: the lowest free is 3
+    assert evtchn(hv, A.EVTCHNOP_bind_virq, 23, 0) == 0 and u32(hv, REQS + 8) == 3
     assert evtchn(hv, A.EVTCHNOP_bind_virq, 23, 0) == -A.EEXIST
-    assert evtchn(hv, A.EVTCHNOP_bind_virq, 0, 0) == 0 and u32(hv, REQS + 8) == 3
+    assert evtchn(hv, A.EVTCHNOP_bind_virq, 0, 0) == 0 and u32(hv, REQS + 8) == 4
     # closing frees the VIRQ and the port
-    assert evtchn(hv, A.EVTCHNOP_close, 2) == 0
-    assert evtchn(hv, A.EVTCHNOP_bind_virq, 23, 0) == 0 and u32(hv, REQS + 8) == 2
+    assert evtchn(hv, A.EVTCHNOP_close, 3) == 0
+    assert evtchn(hv, A.EVTCHNOP_bind_virq, 23, 0) == 0 and u32(hv, REQS + 8) == 3
     assert call(H.hc_event_channel_op, hv, 77, REQS) == -A.ENOSYS
 
 
 def test_send_unmask_close_on_an_unbound_port_are_einval():
     hv = bare()
     for cmd in (A.EVTCHNOP_send, A.EVTCHNOP_unmask, A.EVTCHNOP_close):
-        for port in (0, 2, 77, 1023, 1024, 0xFFFFFFFF):
+        for port in (0, 3, 77, 1023, 1024, 0xFFFFFFFF):
             assert evtchn(hv, cmd, port) == -A.EINVAL, (cmd, port)
     assert evtchn(hv, A.EVTCHNOP_send, 1) == 0          # the block device's port
     assert hv.backend.notifications == 1
@@ -842,7 +843,7 @@ def test_a_masked_port_stays_pending_without_an_upcall_until_unmasked():
         mov ebx, 1
         mov ecx, bind
         call hypercall_page + HC_event_channel_op * 32
-        mov dword [SI_VA + 0x880], 4     ; evtchn_mask: port 2
+        mov dword [SI_VA + 0x880], 8     ; evtchn_mask: port 3 (the timer's)
         mov byte [SI_VA + 1], 0          ; events enabled
         mov ebx, 1                       ; a deadline in the past: fires now
         mov ecx, 0
@@ -857,16 +858,16 @@ def test_a_masked_port_stays_pending_without_an_upcall_until_unmasked():
         call hypercall_page + HC_xen_version * 32
         mov eax, [upcalls]
         mov [u2], eax
-        mov ebx, 9                       ; EVTCHNOP_unmask {port 2}
+        mov ebx, 9                       ; EVTCHNOP_unmask {port 3}
         mov ecx, port
         call hypercall_page + HC_event_channel_op * 32
         mov eax, [upcalls]
         mov [u3], eax
         jmp shutdown
-    """, "bind: dd 0, 0, 0\nport: dd 2\nu1: dd -1\nu2: dd -1\nu3: dd -1\npend: dd 0\n"
+    """, "bind: dd 0, 0, 0\nport: dd 3\nu1: dd -1\nu2: dd -1\nu3: dd -1\npend: dd 0\n"
          "up: db 9")
     assert ev.kind == "halt", ev
-    assert var(hv, k, "pend") == 4                  # the pending bit is set ...
+    assert var(hv, k, "pend") == 8                  # the pending bit is set ...
     assert var(hv, k, "up", 1) == 0                 # ... but not upcall_pending
     assert [var(hv, k, n) for n in ("u1", "u2", "u3")] == [0, 0, 1]
     assert hv.upcalls == 1
