@@ -1093,7 +1093,8 @@ class Hypervisor(Monitor):
             else:
                 setattr(self, k, dict(v) if isinstance(v, dict) else v)
         for k, v in snap.counts.items():
-            setattr(self, k, collections.Counter(v))
+            # (hypercalls is a plain dict: the hot path's own counting)
+            setattr(self, k, dict(v) if k == "hypercalls" else collections.Counter(v))
         self._log = collections.deque(snap.log, maxlen=LOG_CAP)
         self.disk[:] = snap.disk
 
