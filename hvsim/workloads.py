@@ -40,6 +40,7 @@ from typing import NamedTuple
 from hvsim.guests import MM_PARAMS, MM_WORKLOADS, mm_kernel
 from hvsim.machine import Event, Machine
 from hvsim.monitors import Native, TrapAndEmulate, Vtx
+from hvsim.monitors.devices import BlockDevice
 from hvsim.rings.setup import install
 
 __all__ = ["HOSTS", "WORKLOADS", "run", "WorkloadResult", "WorkloadError", "GuestState",
@@ -66,10 +67,11 @@ def _started(mon, budget: int):
 
 
 def _native(program, budget: int):
-    """The bare machine: ring 0, the guest's own IDT takes its exceptions."""
+    """The bare machine: ring 0, the guest's own IDT takes its exceptions; a disk on
+    ports 1F0h-1F7h, as the other hosts give one."""
     m = Machine(memory=GUEST_RAM, exceptions="guest")
     install(m)
-    return _started(Native(machine=m, program=program), budget)
+    return _started(Native(machine=m, program=program, devices=[BlockDevice()]), budget)
 
 
 #: host name -> function(program, budget) -> (monitor, final event). A monitor that
