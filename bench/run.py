@@ -48,6 +48,13 @@ What is measured, each in this process unless said otherwise:
     included), under trap-and-emulate and under the VT-x host without EPT.
 (q) lesson 05's sweep (hvsim/lessons/l05_shadow_vs_nested.py), warm: seconds for the
     whole grid, in this process.
+(r) hypercall round trips/s to the Python hypervisor (hvsim/paravirt/hypervisor.py): a
+    ring-1 loop of ``xen_version`` hypercalls through the hypercall page (``int 0x82``,
+    EAX dispatched to a handler, the result in EAX, resumed);
+(s) page-table updates/s through the hypervisor, 64 at a time: one ``multicall`` of 64
+    ``update_va_mapping`` entries (one trap for the 64) beside 64 single
+    ``update_va_mapping`` hypercalls (64 traps), each update validated; the traps per
+    batch of 64 are counted, not assumed.
 
 Beside (a)-(c), the same loop in a plain pure-Python interpreter (bench/baseline.py, same
 assembly text), the interpreter alone (``Machine(blocks=False)``) and Unicorn running the
@@ -254,6 +261,60 @@ touch:
 """
 GUEST_RING = 1        # where a deprivileged guest kernel runs
 
+# (r)/(s): paravirtualized guests of hvsim/paravirt (Xen's hypercall numbers: 17
+# xen_version, 14 update_va_mapping, 13 multicall, 29 sched_op)
+PV_END = """
+        mov ebx, 2
+        mov ecx, why
+        call hypercall_page + 29 * 32      ; sched_op(SCHEDOP_shutdown, &poweroff)
+why:    dd 0
+align 4096
+hypercall_page: times 4096 db 0
+"""
+PV_HYPERCALL_LOOP = """
+start:  mov esi, {n}
+again:  xor ebx, ebx
+        call hypercall_page + 17 * 32      ; xen_version(XENVER_version)
+        dec esi
+        jnz again
+""" + PV_END
+# 64 entries of the builder's page table (VA 200000H + 4 KiB i -> frame 40000H + 4 KiB i),
+# remapped every round, read-only in even rounds and writable in odd ones, UVMF_NONE
+PV_BATCH = 64
+PV_UPDATES = """
+start:  mov ebp, {n}
+round:  xor edi, edi
+next:   mov eax, edi
+        shl eax, 12
+        lea ebx, [eax + 0x200000]          ; va
+        lea ecx, [eax + 0x40001]           ; frame | P
+        mov eax, ebp
+        and eax, 1
+        add eax, eax                       ; RW in odd rounds
+        or ecx, eax
+{body}
+        inc edi
+        cmp edi, 64
+        jne next
+{flush}
+        dec ebp
+        jnz round
+""" + PV_END
+PV_SINGLE = ("        xor edx, edx\n"
+             "        call hypercall_page + 14 * 32      ; update_va_mapping(va, val, 0)")
+PV_MULTI = ("        mov esi, edi\n"
+            "        shl esi, 5\n"
+            "        mov dword [calls + esi], 14        ; op: update_va_mapping\n"
+            "        mov [calls + esi + 8], ebx         ; args: va, val, flags 0\n"
+            "        mov [calls + esi + 12], ecx")
+PV_MULTI_FLUSH = ("        mov ebx, calls\n"
+                  "        mov ecx, 64\n"
+                  "        call hypercall_page + 13 * 32      ; multicall(calls, 64)\n"
+                  "        jmp over\n"
+                  "align 4\n"
+                  "calls:  times 64 * 32 db 0\n"
+                  "over:")
+
 COLD_RUNS = 3   # row (g): fresh processes on empty caches (best of three: each takes ~10 s)
 WARM_RUNS = 15  # row (h): fresh processes on the warm cache, the median taken
 
@@ -272,7 +333,7 @@ SYSCALL_PER_ITER = 6    # user: mov, int, dec, jnz; kernel: add, iret
 TARGETS = {
     "alu": 2e8, "mixed": 1.5e8, "paging": 1e8, "step": 2e5, "traps": 3e5, "hidden": 2e5,
     "roundtrips": 4e5, "cold": 10.0, "warm": 1.0, "vmexit_python": 3e5, "vmexit_asm": 1e6,
-    "sweep": 30.0,
+    "sweep": 30.0, "hypercall": 3e5,
 }
 # (k)/(l): a guest that makes CPUID exits in a loop (ESI counts them down; CPUID
 # clobbers EAX, EBX, ECX, EDX) and then ends; VMCALL for the assembly VMM, HLT for the
@@ -873,6 +934,45 @@ def measure(args, min_seconds, samples):
         return Probe(once, 1, limit=1)
     probe(("sweep", "hvsim"), sweep_probe)
 
+    def hypercall_probe():             # (r) hypercall round trips
+        from hvsim import assemble
+        from hvsim.paravirt.hypervisor import Hypervisor
+
+        def calls(k):
+            hv = Hypervisor(program=assemble(PV_HYPERCALL_LOOP.format(n=k)))
+            t0 = time.perf_counter()
+            ev = hv.run(10**12)
+            dt = time.perf_counter() - t0
+            if ev.kind != "halt" or hv.hypercalls.get(17) != k:
+                raise RuntimeError(f"the hypercall loop did not run as planned: {ev}")
+            return k, dt
+        calls(1000)
+        return Probe(calls, 50_000, limit=10**8)
+    probe(("hypercall", "hvsim"), hypercall_probe)
+
+    def batch_probe(multi):            # (s) 64 page-table updates: one multicall or 64 calls
+        from hvsim import assemble
+        from hvsim.paravirt.hypervisor import Hypervisor
+        body, flush = (PV_MULTI, PV_MULTI_FLUSH) if multi else (PV_SINGLE, "")
+
+        def updates(k):
+            hv = Hypervisor(program=assemble(PV_UPDATES.format(n=k, body=body, flush=flush)))
+            t0 = time.perf_counter()
+            ev = hv.run(10**12)
+            dt = time.perf_counter() - t0
+            traps = hv.hypercalls.get(13 if multi else 14, 0)
+            if ev.kind != "halt" or hv.pt_updates != PV_BATCH * k or traps != (
+                    k if multi else PV_BATCH * k):
+                raise RuntimeError(f"the update loop did not run as planned: {ev}, "
+                                   f"{hv.pt_updates} updates, {traps} traps")
+            notes[("batch", "multi" if multi else "single")] = (
+                f"{traps / k:g} trap(s) per {PV_BATCH} updates")
+            return PV_BATCH * k, dt
+        updates(10)
+        return Probe(updates, 500, limit=10**7)
+    probe(("batch", "hvsim"), lambda: batch_probe(True))
+    probe(("batch", "single"), lambda: batch_probe(False))
+
     # the rounds: every probe once per round, in turn
     for _ in range(samples):
         for key in list(probes):
@@ -969,6 +1069,19 @@ def measure(args, min_seconds, samples):
                  "note": (f"median of {len(probes[('sweep', 'hvsim')].rates)} sweeps "
                           f"({1 / sweep[2]:.2f}–{1 / sweep[1]:.2f} s)")
                  if isinstance(sweep, tuple) else ""})
+    roundtrips = result(("roundtrips", "hvsim"))
+    rows.append(row("hypercall", "(r) hypercall round trips/s to the Python hypervisor "
+                    "(xen_version: int 0x82 -> handler by EAX -> resume)", TARGETS["hypercall"],
+                    extra=[f"(i)'s structured exit round trips in the same run: median "
+                           f"{fmt_stats(roundtrips)}" if isinstance(roundtrips, tuple) else ""],
+                    baselines=False))
+    single = result(("batch", "single"))
+    single = (f"64 single update_va_mapping hypercalls: median {fmt_stats(single)} updates/s, "
+              f"{notes.get(('batch', 'single'), '?')}" if isinstance(single, tuple)
+              else f"64 single calls: {single}")
+    rows.append(row("batch", "(s) page-table updates/s through the hypervisor: one multicall "
+                    f"of 64 update_va_mapping ({notes.get(('batch', 'multi'), '?')})",
+                    extra=[single], baselines=False))
     # the 1-minute load average once the rounds are done counts this process's own work too
     args.load_after_rounds = " / ".join(f"{x:.2f}" for x in os.getloadavg())
     # fresh processes last (they compile on both cores); in the table, (g) and (h) in order

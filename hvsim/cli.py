@@ -2,7 +2,7 @@
 
 ::
 
-    hvsim run prog.s [--monitor none|native|trap-and-emulate] [--max-steps N]
+    hvsim run prog.s [--monitor none|native|trap-and-emulate|vtx|pv] [--max-steps N]
                      [--memory BYTES] [--timer N] [--exceptions host|guest] [--trace]
     hvsim disasm FILE [--origin N]      # FILE: raw machine code, or a .s source
     hvsim warmup                        # compile every kernel into numba's disk cache

@@ -326,12 +326,18 @@ def test_an_exit_without_a_handler_kills_the_guest_with_the_instruction_named(mo
 
 # ---- the protocol ----------------------------------------------------------------------
 def test_every_monitor_is_a_monitor_with_the_protocols_stats_keys():
-    from hvsim.monitors import Vtx
-    assert MONITORS == {"native": Native, "trap-and-emulate": TrapAndEmulate, "vtx": Vtx}
+    from hvsim.monitors import Vtx, Hypervisor
+    assert MONITORS == {"native": Native, "trap-and-emulate": TrapAndEmulate, "vtx": Vtx,
+                        "pv": Hypervisor}
     nat = Native(program=assemble("mov ecx, 10\nagain: add eax, ecx\nloop again\nhlt"))
     tae = TrapAndEmulate(program=assemble("start: mov al, 'x'\nout 0xe9, al\ncli\nhlt"))
     vtx = Vtx(program=assemble("start: mov al, 'x'\nout 0xe9, al\ncpuid\nhlt"))
-    for mon in (nat, tae, vtx):
+    # the PV kernel asks instead: console_io(write, 1, "x"), then sched_op(shutdown)
+    pv = Hypervisor(program=assemble(
+        "start: xor ebx, ebx\nmov ecx, 1\nmov edx, x\ncall hypercall_page + 18 * 32\n"
+        "mov ebx, 2\nmov ecx, why\ncall hypercall_page + 29 * 32\n"
+        "x: db 'x'\nwhy: dd 0\nalign 4096\nhypercall_page: times 4096 db 0"))
+    for mon in (nat, tae, vtx, pv):
         assert isinstance(mon, Monitor)
         assert set(mon.stats) == set(STATS)
         snap = mon.snapshot()
@@ -344,6 +350,8 @@ def test_every_monitor_is_a_monitor_with_the_protocols_stats_keys():
     # the VT-x host counts VM exits (OUT, CPUID, HLT), not traps: the cost model charges
     # each exit once (hvsim/cost/usage.py)
     assert vtx.console == "x" and vtx.stats["vm_exits"] == 3 and vtx.stats["traps"] == 0
+    # the hypervisor counts hypercalls, not traps (each charged once)
+    assert pv.console == "x" and pv.stats["hypercalls"] == 2 and pv.stats["traps"] == 0
 
 
 def test_a_monitor_missing_part_of_the_protocol_cannot_be_made():

@@ -36,6 +36,33 @@ accepted too, so its output re-assembles: ``dword ptr fs:[eax]``,
 ``movsb byte ptr es:[edi], byte ptr [esi]``, ``ljmp 8:0x1000``,
 ``lcall 8, 0x1000``, ``jmp ptr [eax]`` (m16:32), ``je 0x1002``.
 
+Preprocessor (``hvsim.asm.preprocess``, NASM's spelling, a subset): ``%define NAME
+[value]``, ``%undef NAME``, ``%ifdef``/``%ifndef NAME`` ... ``%else`` ... ``%endif``, and
+``%macro NAME N`` ... ``%endmacro`` whose body uses ``%1``..``%N``, ``%0`` (the count)
+and ``%%label`` (one label per expansion).  ``assemble(source, defines=...)`` adds
+``%define`` lines before the source, so one kernel source builds two ways, with its
+sensitive operations behind macros as Linux's pv_ops keeps them:
+
+>>> src = '''
+... %macro IRQ_DISABLE 0
+... %ifdef XEN
+...     mov byte [EVTCHN_MASK], 1       ; ask the hypervisor to hold events
+... %else
+...     cli
+... %endif
+... %endmacro
+... %define EVTCHN_MASK 0x2000
+...     IRQ_DISABLE
+...     hlt'''
+>>> assemble(src).code.hex()                       # cli; hlt
+'faf4'
+>>> assemble(src, defines=["XEN"]).code.hex()      # mov byte [0x2000], 1; hlt
+'c6050020000001f4'
+
+A macro's lines are listed at the caller's line number; an error in one names the
+macro, its body line and the caller's line.  Sources without ``%`` lines assemble
+as before, byte for byte.
+
 Passes: the source is parsed once, then encoded repeatedly.  Unknown forward
 references count as fitting any short form; an instruction's encoding may
 grow between passes but never shrink, so the passes reach a fixed point.
@@ -46,6 +73,7 @@ from dataclasses import dataclass, field
 
 from . import table as T
 from .errors import AsmError
+from .preprocess import ID_CHARS, ID_START, SourceLine, preprocess
 
 MASK32 = 0xFFFFFFFF
 MAX_PASSES = 40
@@ -123,14 +151,9 @@ class Tok:
     text: str = ""
 
 
-class _Line:
-    """One source line and the helpers to complain about it."""
-
-    def __init__(self, lineno: int, text: str):
-        self.lineno, self.text = lineno, text
-
-    def error(self, message: str, col: int) -> AsmError:
-        return AsmError(message, self.lineno, col, self.text)
+# One line as parsed (``lineno``, ``text``) and ``error(message, col)`` to complain
+# about it in terms of the source; the preprocessor makes them.
+_Line = SourceLine
 
 
 def _parse_number(text: str, line: _Line, col: int) -> int:
@@ -155,8 +178,7 @@ def _parse_number(text: str, line: _Line, col: int) -> int:
         raise line.error(f"bad number '{text}'", col) from None
 
 
-_ID_START = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_.?@")
-_ID_CHARS = _ID_START | set("0123456789$#~")
+_ID_START, _ID_CHARS = ID_START, ID_CHARS        # one rule for names, the preprocessor's too
 _OPERATORS = ("<<", ">>", "//", "%%", "+", "-", "*", "/", "%", "&", "|", "^", "~", "!",
               "(", ")", "[", "]", ",", ":")
 
@@ -1131,17 +1153,28 @@ def _run_pass(stmts: list, origin: int, prev: dict, final: bool):
     return bytes(code), origin, dict(ctx.syms), listing, data, ctx.unknown
 
 
-def assemble(source: str, origin: int = 0x1000) -> Program:
+# Words a line can start with that the assembler reads as a statement: a macro of
+# one of these names, called with a count no body of it takes, is that statement.
+_STATEMENT_WORDS = frozenset(T.ASM_INDEX) | {"ljmp", "lcall", "times", "org", "align",
+                                             "bits"} | set(DATA_UNITS) | set(REP_WORDS)
+
+
+def assemble(source: str, origin: int = 0x1000, defines=None) -> Program:
     """Assemble NASM-style Intel-syntax ``source`` into a Program loaded at ``origin``.
+
+    ``defines`` (a dict name -> int, or None for "defined, no value"; or an
+    iterable of names) acts as ``%define NAME value`` lines before the source.
 
     >>> assemble("start: mov eax, 1\\n jmp start").code.hex()
     'b801000000ebf9'
+    >>> assemble("mov eax, SLOTS * 4", defines={"SLOTS": 3}).code.hex()
+    'b80c000000'
     """
     if not isinstance(source, str):
         raise TypeError("assemble() wants the source text as a str")
     stmts, scope, seen = [], [""], {}
-    for lineno, text in enumerate(source.splitlines(), 1):
-        stmts.extend(_parse_line(_Line(lineno, text.rstrip("\r")), scope, seen))
+    for line in preprocess(source, defines, _STATEMENT_WORDS):
+        stmts.extend(_parse_line(line, scope, seen))
     prev = None
     for _ in range(MAX_PASSES):
         code, org, syms, listing, data, unknown = _run_pass(stmts, origin, prev or {}, False)

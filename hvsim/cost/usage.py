@@ -38,7 +38,7 @@ port_io          ``c["io_in"] + c["io_out"]``: IN/OUT the hardware performed (th
                  IN/OUT that #GPs to a monitor is not counted by the hardware: it is a
                  ``trap`` + ``emulated``.
 trap             ``s["traps"]``: exits from run() the monitor handled, each one trap to
-                 the software monitor and back.
+                 the software monitor and back (a hypercall is not one: see below).
 vm_exit          ``s["vm_exits"]``: VT-x exits (a VT-x host counts its exits here only,
                  not also in ``traps``).
 hypercall        ``s["hypercalls"]``.
@@ -64,6 +64,16 @@ shadow_root      ``s["shadow_roots_built"]``: guest CR3 loads that missed the ca
                  whether it hits or misses: a CR3 switch to a cached root costs no more.
 resync           ``s["shadow_resyncs"]``: unsync shadow page tables resynchronised (at
                  INVLPG or a CR3 load), each a comparison of up to 1024 guest entries.
+pv_pt_update     ``s["pt_updates"]``: page-table entries a paravirtualizing hypervisor
+                 checked and wrote at the guest's request (each entry of an mmu_update,
+                 each update_va_mapping, inside a multicall or not). The hypercall that
+                 carried them is a ``hypercall``: a batch of 64 is one.
+pv_validate      ``s["tables_validated"]``: page tables and directories the hypervisor
+                 validated as they came into use (a pin, a new base pointer, a directory
+                 entry naming a fresh table).
+io_request       ``s["io_requests"]``: requests a split-driver backend served from a
+                 shared ring. Its notifications are ``hypercall``s (the guest's
+                 EVTCHNOP_send) and ``injected`` upcalls.
 ===============  ==========================================================================
 
 The machine's own exit count (``c["exits"]``) is not charged: on a bare machine an exit
@@ -90,7 +100,8 @@ STAT_EVENTS = {"traps": "trap", "vm_exits": "vm_exit", "hypercalls": "hypercall"
                "emulated": "emulated", "reflected": "reflected", "injected": "injected",
                "hidden_faults": "shadow_fill", "true_faults": "fault_walk",
                "trace_faults": "pt_write", "shadow_roots_built": "shadow_root",
-               "shadow_resyncs": "resync"}
+               "shadow_resyncs": "resync", "pt_updates": "pv_pt_update",
+               "tables_validated": "pv_validate", "io_requests": "io_request"}
 
 
 def _count(name: str, v) -> int:

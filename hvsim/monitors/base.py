@@ -23,7 +23,9 @@ the command line and the cost model take any of them:
                        ``vm_exits``, ``hypercalls``; a monitor that shadows the guest's
                        page tables (hvsim/mmu/shadow.py) its ``hidden_faults``,
                        ``true_faults``, ``trace_faults``, ``shadow_roots_built`` and
-                       ``shadow_resyncs`` (0 for the others)
+                       ``shadow_resyncs`` (0 for the others); a paravirtualizing
+                       hypervisor (hvsim/paravirt) its ``pt_updates``,
+                       ``tables_validated`` and ``io_requests``
 ``counters``           the machine's counters and ``stats`` in one flat dict
 ``vcpu``               the virtual CPU the guest believes it has (the real one for native)
 ``console``            what the guest printed on its (virtual) console
@@ -42,19 +44,27 @@ from typing import Optional
 from hvsim.instruction import Instruction
 from hvsim.machine import Event, Machine
 
-__all__ = ["Monitor", "MonitorEvent", "LogEntry", "Kill", "STATS", "SHADOW_STATS", "shadow_stats"]
+__all__ = ["Monitor", "MonitorEvent", "LogEntry", "Kill", "STATS", "SHADOW_STATS", "PV_STATS",
+           "shadow_stats"]
 
 #: The keys of ``Monitor.stats`` (hvsim.cost charges each of them).
 STATS = ("traps", "emulated", "reflected", "injected", "vm_exits", "hypercalls",
-         "hidden_faults", "true_faults", "trace_faults", "shadow_roots_built", "shadow_resyncs")
+         "hidden_faults", "true_faults", "trace_faults", "shadow_roots_built", "shadow_resyncs",
+         "pt_updates", "tables_validated", "io_requests")
 #: the shadow MMU's counters that are also ``stats`` (the rest: ``counters``)
-SHADOW_STATS = STATS[6:]
+SHADOW_STATS = STATS[6:11]
+#: a paravirtualizing hypervisor's work (hvsim/paravirt): page-table entries it checked
+#: and wrote for the guest, tables it validated, split-driver requests its backend served
+PV_STATS = STATS[11:]
 
 
 def shadow_stats(d: dict, shadow) -> dict:
-    """``d`` (a monitor's stats) with the SHADOW_STATS of ``shadow`` (0 if None)."""
+    """``d`` (a monitor's stats) with the SHADOW_STATS of ``shadow`` (0 if None) and the
+    PV_STATS at 0 (a monitor that shadows does not paravirtualize)."""
     for k in SHADOW_STATS:
         d[k] = 0 if shadow is None else shadow.counters[k]
+    for k in PV_STATS:
+        d[k] = 0
     return d
 
 

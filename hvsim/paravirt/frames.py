@@ -46,12 +46,11 @@ directory entry naming a directory is refused); 2-level 32-bit paging only. Not 
 """
 from __future__ import annotations
 
-import struct
 from typing import Callable, Optional
 
 import numpy as np
 
-from hvsim.arch.pte import PTE_A, PTE_D, PTE_FRAME, PTE_P, PTE_RW
+from hvsim.arch.pte import PTE_A, PTE_D, PTE_P, PTE_RW
 from hvsim.paravirt.abi import DISALLOWED_FLAGS, EINVAL, EPERM, FIRST_HYPERVISOR_PDE
 
 __all__ = ["FrameTable", "NONE", "L1", "L2", "RW", "TYPE_NAMES", "FrameError",
@@ -87,6 +86,7 @@ class FrameTable:
     def __init__(self, mem: np.ndarray, ram_frames: int, shared: tuple, hypervisor_pde: int,
                  flush_tlb: Callable[[], None]):
         self.mem = mem
+        self.words = mem.view(np.uint32)        # the same bytes, one page-table entry each
         self.ram_frames = ram_frames
         self.shared = frozenset(shared)
         self.hypervisor_pde = hypervisor_pde
@@ -98,19 +98,18 @@ class FrameTable:
         self.shared_rw = {f: 0 for f in self.shared}     # RW refs of the shared frames
         self.stale = set()        # frames whose last RW mapping went since the last flush
         self.type_flushes = 0     # TLB flushes a type change forced
+        self.validated = 0        # tables validated (each a scan of its entries)
 
     # ---- memory --------------------------------------------------------------------
     def entry(self, frame: int, index: int) -> int:
-        at = (frame << 12) + 4 * index
-        return int.from_bytes(self.mem[at:at + 4].tobytes(), "little")
+        return int(self.words[(frame << 10) + index])
 
     def entries(self, frame: int) -> list:
-        at = frame << 12
-        return list(struct.unpack("<1024I", self.mem[at:at + PAGE].tobytes()))
+        at = frame << 10
+        return self.words[at:at + ENTRIES].tolist()
 
     def _store(self, frame: int, index: int, value: int) -> None:
-        at = (frame << 12) + 4 * index
-        self.mem[at:at + 4] = np.frombuffer(struct.pack("<I", value), np.uint8)
+        self.words[(frame << 10) + index] = value
 
     def owned(self, frame: int) -> bool:
         return 0 <= frame < self.ram_frames
@@ -204,6 +203,7 @@ class FrameTable:
 
     def _validate(self, frame: int, t: int) -> None:
         """Every entry of a new table takes its references, or none does."""
+        self.validated += 1
         ents = self.entries(frame)
         done = []
         try:
@@ -314,19 +314,19 @@ class FrameTable:
                 for i in range(FIRST_HYPERVISOR_PDE):
                     e = ents[i]
                     if e & PTE_P:
-                        want(e >> 12, L1, f"directory {f:#x}[{i}]")
-                if ents[FIRST_HYPERVISOR_PDE] != self.hypervisor_pde:
-                    problems.append(f"directory {f:#x}: the hypervisor's slot holds "
+                        want(e >> 12, L1, f"directory frame {f:#x}[{i}]")
+                if ents[FIRST_HYPERVISOR_PDE] & ~(PTE_A | PTE_D) != self.hypervisor_pde:
+                    problems.append(f"directory frame {f:#x}: the hypervisor's slot holds "
                                     f"{ents[FIRST_HYPERVISOR_PDE]:#x}")
             else:
                 for i, e in enumerate(ents):
                     if e & PTE_P:
                         if e & DISALLOWED_FLAGS:
-                            problems.append(f"table {f:#x}[{i}] = {e:#x} sets disallowed flags")
+                            problems.append(f"table frame {f:#x}[{i}] = {e:#x} sets disallowed flags")
                         if e & PTE_RW:
-                            want(e >> 12, RW, f"table {f:#x}[{i}]")
+                            want(e >> 12, RW, f"table frame {f:#x}[{i}]")
                         elif not self.owned(e >> 12) and (e >> 12) not in self.shared:
-                            problems.append(f"table {f:#x}[{i}] maps foreign frame {e >> 12:#x}")
+                            problems.append(f"table frame {f:#x}[{i}] maps foreign frame {e >> 12:#x}")
         for f in range(self.ram_frames):
             if self.pinned[f]:
                 want(f, int(self.type[f]), f"pin of {f:#x}")
@@ -347,9 +347,9 @@ class FrameTable:
 
     def snapshot(self):
         return (self.type.copy(), self.count.copy(), self.pinned.copy(), dict(self.shared_rw),
-                set(self.stale), self.type_flushes)
+                set(self.stale), self.type_flushes, self.validated)
 
     def restore(self, snap) -> None:
-        t, c, p, s, stale, n = snap
+        t, c, p, s, stale, n, v = snap
         self.type[:], self.count[:], self.pinned[:] = t, c, p
-        self.shared_rw, self.stale, self.type_flushes = dict(s), set(stale), n
+        self.shared_rw, self.stale, self.type_flushes, self.validated = dict(s), set(stale), n, v
