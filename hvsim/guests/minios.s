@@ -207,13 +207,15 @@ BLK_WRITE   equ 1
 ;   HALT_WAIT         sti; hlt; cli | sched_op(SCHEDOP_block) (unused natively: the
 ;                     native disk is synchronous)
 ;   CONSOLE_WRITE s, n  OUT 0E9H per byte | console_io(CONSOLEIO_write, n, s)
-;   POWEROFF          cli; hlt | sched_op(SCHEDOP_shutdown, &{SHUTDOWN_poweroff})
+;   POWEROFF          cli; hlt | sched_op(SCHEDOP_shutdown, &{SHUTDOWN_poweroff}), its
+;                     number and arguments left in EAX, EBX, ECX
 ;
 ; and the two routines behind the disk: blk_submit (eax = BLK_READ or BLK_WRITE, ebx = the
 ; sector, ecx = a 512-byte buffer) and blk_sync (every request submitted is done):
 ; natively a port-I/O driver (synchronous), in the PV build a split-driver frontend over
 ; the shared ring. Finally platform_tables (the kernel's tables are built, not yet in use)
-; and platform_paging (they are in use): the two places boot differs.
+; and platform_paging (they are in use; it may change any register but ESP): the two
+; places boot differs. A refused hypercall stops the kernel (status BAD2H).
 ; =======================================================================================
 %ifdef PV
 ; ---- Xen's numbers (hvsim/paravirt/abi.py, from Xen's public headers) ----
@@ -267,6 +269,29 @@ hypercall_page: times 4096 db 0     ; the domain builder fills it with the stubs
     call hypercall_page + %1 * 32
 %endmacro
 
+; HCALL nr, a1, a2, a3: hypercall nr with EBX, ECX, EDX = a1, a2, a3 (pushed first, so
+; that any may name a register the call changes); keeps every register; a refusal stops
+; the kernel. HCALL_PUSHED nr: the same, a1 a2 a3 already on the stack, a1 on top.
+%macro HCALL 4
+    push %4
+    push %3
+    push %2
+    HCALL_PUSHED %1
+%endmacro
+
+%macro HCALL_PUSHED 1
+    xchg ebx, [esp]
+    xchg ecx, [esp + 4]
+    xchg edx, [esp + 8]
+    push eax
+    HYPERCALL %1
+    call hv_check
+    pop eax
+    pop ebx
+    pop ecx
+    pop edx
+%endmacro
+
 %macro IRQ_DISABLE 0
     mov byte [SI_VA + VI_UPCALL_MASK], 1
 %endmacro
@@ -285,68 +310,43 @@ hypercall_page: times 4096 db 0     ; the domain builder fills it with the stubs
 %endmacro
 
 %macro LOAD_TRAPS 1
-    push eax
-    push ebx
-    mov ebx, %1
-    HYPERCALL HC_set_trap_table
-    call hv_check
-    pop ebx
-    pop eax
+    HCALL HC_set_trap_table, %1, 0, 0
 %endmacro
 
 %macro SET_KSTACK 1
-    push eax
-    push ebx
-    push ecx
-    mov ebx, FLAT_RING1_DS
-    mov ecx, %1
-    HYPERCALL HC_stack_switch
-    call hv_check
-    pop ecx
-    pop ebx
-    pop eax
+    HCALL HC_stack_switch, FLAT_RING1_DS, %1, 0
 %endmacro
 
-; MMUEXT cmd, arg1: one mmuext_op (hv_mmuext)
-%macro MMUEXT 2
+; MMUEXT routine, cmd, arg1: one mmuext_op through hv_mmuext, or hv_mmuext_frame when
+; arg1 is an address whose frame number the command takes
+%macro MMUEXT 3
     push eax
     push ebx
-    mov ebx, %2
-    mov eax, %1
-    call hv_mmuext
-    pop ebx
-    pop eax
-%endmacro
-
-%macro MMUEXT_FRAME 2
-    push eax
-    push ebx
-    mov ebx, %2
-    shr ebx, 12                 ; a frame number
-    mov eax, %1
-    call hv_mmuext
+    mov ebx, %3
+    mov eax, %2
+    call %1
     pop ebx
     pop eax
 %endmacro
 
 %macro LOAD_CR3 1
-    MMUEXT_FRAME MMUEXT_NEW_BASEPTR, %1
+    MMUEXT hv_mmuext_frame, MMUEXT_NEW_BASEPTR, %1
 %endmacro
 
 %macro INVLPG_ADDR 1
-    MMUEXT MMUEXT_INVLPG_LOCAL, %1
+    MMUEXT hv_mmuext, MMUEXT_INVLPG_LOCAL, %1
 %endmacro
 
 %macro FLUSH_TLB 0
-    MMUEXT MMUEXT_TLB_FLUSH_LOCAL, 0
+    MMUEXT hv_mmuext, MMUEXT_TLB_FLUSH_LOCAL, 0
 %endmacro
 
 %macro PT_PIN_L2 1
-    MMUEXT_FRAME MMUEXT_PIN_L2_TABLE, %1
+    MMUEXT hv_mmuext_frame, MMUEXT_PIN_L2_TABLE, %1
 %endmacro
 
 %macro PT_UNPIN 1
-    MMUEXT_FRAME MMUEXT_UNPIN_TABLE, %1
+    MMUEXT hv_mmuext_frame, MMUEXT_UNPIN_TABLE, %1
 %endmacro
 
 %macro PTE_SET 2
@@ -359,21 +359,14 @@ hypercall_page: times 4096 db 0     ; the domain builder fills it with the stubs
     call mmu_flush
 %endmacro
 
-; MAP_SELF frame, flags: the identity mapping of frame becomes frame | flags
+; MAP_SELF frame, flags: update_va_mapping(frame, frame | flags, UVMF_INVLPG) -- the
+; kernel's identity mapping of the frame
 %macro MAP_SELF 2
-    push eax
-    push ebx
-    push ecx
-    push edx
-    mov ebx, %1
-    lea ecx, [ebx + (%2)]
-    mov edx, UVMF_INVLPG
-    HYPERCALL HC_update_va_mapping
-    call hv_check
-    pop edx
-    pop ecx
-    pop ebx
-    pop eax
+    push UVMF_INVLPG
+    push %1
+    or dword [esp], %2
+    push %1
+    HCALL_PUSHED HC_update_va_mapping
 %endmacro
 
 %macro PT_ALLOC 1
@@ -389,30 +382,11 @@ hypercall_page: times 4096 db 0     ; the domain builder fills it with the stubs
 %endmacro
 
 %macro HALT_WAIT 0
-    push eax
-    push ebx
-    push ecx
-    mov ebx, SCHEDOP_block      ; events on; back when one is pending
-    xor ecx, ecx
-    HYPERCALL HC_sched_op
-    pop ecx
-    pop ebx
-    pop eax
+    HCALL HC_sched_op, SCHEDOP_block, 0, 0      ; events on; back when one is pending
 %endmacro
 
 %macro CONSOLE_WRITE 2
-    push eax
-    push ebx
-    push ecx
-    push edx
-    mov ebx, CONSOLEIO_write
-    mov ecx, %2
-    mov edx, %1
-    HYPERCALL HC_console_io
-    pop edx
-    pop ecx
-    pop ebx
-    pop eax
+    HCALL HC_console_io, CONSOLEIO_write, %2, %1
 %endmacro
 
 %macro POWEROFF 0
@@ -431,7 +405,10 @@ hv_refused:
     mov dword [R_STATUS], STATUS_HV
     jmp panic
 
-; hv_mmuext: mmuext_op(&{eax, ebx}, 1, NULL, DOMID_SELF). Keeps ecx, edx, esi.
+; hv_mmuext: mmuext_op(&{eax, ebx}, 1, NULL, DOMID_SELF); hv_mmuext_frame: with ebx's
+; frame number. Keep ecx, edx, esi.
+hv_mmuext_frame:
+    shr ebx, 12
 hv_mmuext:
     push ecx
     push edx
@@ -523,12 +500,9 @@ platform_paging:
     mov [blk_ring], eax
     mov eax, [esi + SIF_BLK_EVTCHN]
     mov [evtchn_port], eax
-    mov ebx, SI_VA              ; update_va_mapping(SI_VA, shared_info | RW..., UVMF_INVLPG)
-    mov ecx, [esi + SIF_SHARED_INFO]
-    or ecx, KERNEL_PTE
-    mov edx, UVMF_INVLPG
-    HYPERCALL HC_update_va_mapping
-    call hv_check
+    mov eax, [esi + SIF_SHARED_INFO]
+    or eax, KERNEL_PTE
+    HCALL HC_update_va_mapping, SI_VA, eax, UVMF_INVLPG
     mov ebx, FLAT_RING1_CS      ; set_callbacks(cs, event, cs, failsafe)
     mov ecx, event_callback
     mov edx, FLAT_RING1_CS
@@ -600,12 +574,7 @@ blk_sync:
     sub edx, [ebx + RING_REQ_EVENT]         ; new - req_event
     cmp edx, ecx
     jae .wait
-    push ebx
-    mov ebx, EVTCHNOP_send      ; event_channel_op(EVTCHNOP_send, &port)
-    mov ecx, evtchn_port
-    HYPERCALL HC_event_channel_op
-    call hv_check
-    pop ebx
+    HCALL HC_event_channel_op, EVTCHNOP_send, evtchn_port, 0
 .wait:
     mov eax, [rsp_cons]
     cmp eax, [req_prod_pvt]
