@@ -64,6 +64,7 @@ from hvsim.cpu import decode as D
 from hvsim.instruction import PFX_OPSIZE, from_exit_info
 from hvsim.machine import Event, Machine
 from hvsim.mmu.shadow import HIDDEN, MMIO, TRUE, ShadowError, ShadowMMU
+from hvsim.mmu.tlb import tlb_flush_vpid
 from hvsim.monitors.base import LogEntry, Monitor, MonitorEvent, STATS, shadow_stats
 from hvsim.monitors.devices import BlockDevice
 from hvsim.monitors.stores import MOFFS_LOADS, MOV_LOADS, sized_reg, store_of
@@ -739,6 +740,7 @@ def _cr_access(vc: VCPU) -> Optional[KvmRun]:
         value = _gpr(vc, gpr)
         if value & CR0_PG and not value & CR0_PE:
             return KvmRun(KVM_EXIT["internal_error"], internal_suberror=1)
+        old = vc._guest_cr0_view
         vc._guest_cr0_view = value | CR0_ET
         v["CR0_READ_SHADOW"] = vc._guest_cr0_view & v["CR0_GUEST_HOST_MASK"]
         v["GUEST_CR0"] = (value | CR0_PE | CR0_NE | CR0_PG | CR0_ET) & 0xFFFFFFFF
@@ -758,6 +760,11 @@ def _cr_access(vc: VCPU) -> Optional[KvmRun]:
         else:
             v["GUEST_CR3"] = vc.vm.page(6)
             cpu |= X.CPU_CR3_LOAD_EXITING | X.CPU_CR3_STORE_EXITING
+        if vc.shadow is None and (old ^ value) & CR0_PG:
+            # every translation of the guest changes, and with a VPID the VM entry flushes
+            # none (SDM Vol. 3C, 29.4.3.3): drop the vCPU's, as KVM's kvm_mmu_reset_context
+            # asks for a TLB flush (the shadow MMU's set_mode does the same)
+            tlb_flush_vpid(vc.machine._st, vc.machine._tlb, 1 if vc.vm.vpid else 0, 0)
         v["CPU_BASED_VM_EXEC_CONTROL"] = cpu
     elif n == 4 and access == X.CR_ACCESS_MOV_TO_CR and vc.shadow is not None:
         value = _gpr(vc, gpr)
