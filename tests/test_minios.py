@@ -291,3 +291,34 @@ def test_a_bad_host_and_a_short_budget_are_reported():
         run("io", "kvm")
     with pytest.raises(WorkloadError, match="did not halt cleanly within 1000 steps"):
         run("io", "pv", budget=1000)
+
+
+@pytest.mark.parametrize("host", HOSTS)
+def test_a_fault_in_ring_3_is_reported_alike_on_every_host(host, monkeypatch):
+    # the program reads RESULTS, a supervisor page: #PF(P | U), CR2 = RESULTS; the kernel's
+    # handler (READ_CR2: CR2, or vcpu_info.arch.cr2 paravirtualized) records it and stops
+    import hvsim.pvworkloads as P
+
+    def faulty(pv, workload, **params):
+        text = source("minios").replace("    xor edi, edi\n.call:", "    mov edi, [RESULTS]\n.call:")
+        from hvsim.asm import assemble
+        return assemble(text, origin=0x1000, defines={"PV": 1} if pv else None)
+
+    monkeypatch.setattr(P, "minios", faulty)
+    r = run("syscall", host, check=False)
+    prog = faulty(host == "pv", "syscall")
+    assert r.event.kind == "halt" and r.status == 0xBAD1
+    assert [r.dword(o) for o in (0x08, 0x0C, 0x14)] == [14, 0x5, prog.labels["RESULTS"]]
+    assert r.dword(0x10) == prog.labels["user"] + 11     # mov eax; mov ds; mov es; xor esi
+    assert r.console == "minios: up\nminios: panic\n"
+    # every host agrees, but for where the faulting instruction is: the PV image starts
+    # with the hypercall page, which moves the user page
+
+    def seen(res):
+        state = res.guest_state()
+        results = bytearray(state.results)
+        results[0x10:0x14] = bytes(4)
+        return state._replace(results=bytes(results))
+    assert seen(P.run("syscall", "native", check=False)) == seen(r)
+    with pytest.raises(WorkloadError, match=r"status 0xbad1 \(an exception\): vector/rc 0xe"):
+        run("syscall", host)

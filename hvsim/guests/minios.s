@@ -923,6 +923,7 @@ start:
 finish:
     mov dword [R_STATUS], STATUS_OK
     CONSOLE_WRITE m_done, m_done_len
+stop:                           ; the result registers (see the header), then off
     mov esi, [R_STATUS]
     mov edi, [R_SYS_USER]
     add edi, [R_PT_SUM]
@@ -1186,9 +1187,7 @@ pool_empty:
 ; panic: the status is set; say so and stop.
 panic:
     CONSOLE_WRITE m_panic, m_panic_len
-    mov esi, [R_STATUS]
-    mov ebp, WORKLOAD
-    POWEROFF
+    jmp stop
 
 ; ---- helpers ----
 ; alloc_frame: eax = a free frame (its physical address). Stops the kernel if none.
