@@ -1,6 +1,6 @@
 ; minios.s -- one teaching kernel, two builds (issue 15, part 6). Named after Xen's Mini-OS,
 ; not derived from it. hvsim.guests.minios assembles it at 1000H with the workloads chosen;
-; hvsim/workloads.py runs it on every host and compares what the guest saw.
+; hvsim/pvworkloads.py runs it on every host and compares what the guest saw.
 ;
 ; The kernel's sensitive operations -- interrupts off and on, its trap table, page-table
 ; changes, CR3, the TLB, the console, the disk, stopping -- sit behind one layer of macros,
@@ -56,8 +56,8 @@
 ; * no timer: every count a test asserts is exact.
 ;
 ; Memory (physical = linear below 1 MiB: the kernel's identity table maps the low 1 MiB to
-; itself, supervisor, RW, with A and D preset; in the PV build its own table frames
-; read-only and the builder's too):
+; itself, supervisor but for the user page, RW, with A and D preset; in the PV build its
+; own table frames read-only, and the builder's):
 ;   0 .. 1000H          the monitors' GDT and TSS (not touched)
 ;   1000H ..            this image: PV: the hypercall page first; code, data; the user
 ;                       page (page-aligned, the only page ring 3 may touch: its code and
