@@ -40,10 +40,11 @@ from typing import NamedTuple
 from hvsim.guests import MM_PARAMS, MM_WORKLOADS, mm_kernel
 from hvsim.machine import Event, Machine
 from hvsim.monitors import Native, TrapAndEmulate, Vtx
+from hvsim.monitors.devices import BlockDevice
 from hvsim.rings.setup import install
 
 __all__ = ["HOSTS", "WORKLOADS", "run", "WorkloadResult", "WorkloadError", "GuestState",
-           "Record", "differences", "STATUS_OK", "GUEST_RAM", "DEFAULT_BUDGET"]
+           "Record", "differences", "gprs", "STATUS_OK", "GUEST_RAM", "DEFAULT_BUDGET"]
 
 #: the workloads by name (:data:`hvsim.guests.MM_WORKLOADS`)
 WORKLOADS = tuple(MM_WORKLOADS)
@@ -66,10 +67,11 @@ def _started(mon, budget: int):
 
 
 def _native(program, budget: int):
-    """The bare machine: ring 0, the guest's own IDT takes its exceptions."""
+    """The bare machine: ring 0, the guest's own IDT takes its exceptions; a disk on
+    ports 1F0h-1F7h, as the other hosts give one."""
     m = Machine(memory=GUEST_RAM, exceptions="guest")
     install(m)
-    return _started(Native(machine=m, program=program), budget)
+    return _started(Native(machine=m, program=program, devices=[BlockDevice()]), budget)
 
 
 #: host name -> function(program, budget) -> (monitor, final event). A monitor that
@@ -160,6 +162,10 @@ class WorkloadResult:
         return {name: Record(*struct.unpack_from("<4I", self.results, 0x40 + 16 * i))
                 for i, name in enumerate(_RECORDS)}
 
+    def base(self, field: str) -> int:
+        """The physical address of the first byte of bytes field ``field``."""
+        return self.layout["RESULTS"] if field == "results" else self.layout["KPD"]
+
     def pte(self, pa: int) -> int:
         """The dword at physical ``pa`` inside the paging area (a PDE or PTE)."""
         return struct.unpack_from("<I", self.tables, pa - self.layout["KPD"])[0]
@@ -178,14 +184,15 @@ class WorkloadResult:
                 f"status {self.status:#x}, {len(self.faults)} #PF logged>")
 
 
-def _gprs(mon) -> dict:
-    """EAX..EDI but ESP, from the monitor's view of the guest's CPU when it has them
-    (Native's is the CPU; VT-x leaves them in the CPU), else from the machine's CPU, where
-    a trap-and-emulate monitor, which virtualizes only the system state, leaves them."""
+def gprs(mon, names=_GPRS) -> dict:
+    """The guest's general registers ``names`` (EAX..EDI but ESP by default), from the
+    monitor's view of the guest's CPU when it has them (Native's and the hypervisor's is
+    the CPU; VT-x leaves them in the CPU), else from the machine's CPU, where a
+    trap-and-emulate monitor, which virtualizes only the system state, leaves them."""
     src = mon.vcpu
-    if not all(hasattr(src, r) for r in _GPRS):
+    if not all(hasattr(src, r) for r in names):
         src = mon.machine.cpu
-    return {r: int(getattr(src, r)) for r in _GPRS}
+    return {r: int(getattr(src, r)) for r in names}
 
 
 class WorkloadError(RuntimeError):
@@ -214,7 +221,7 @@ def run(workload: str, host: str = "native", budget: int = DEFAULT_BUDGET, *,
     n = min(struct.unpack_from("<I", results, lab["R_FAULTS"] - base)[0], lab["LOG_CAP"])
     log = lab["R_LOG"] - base
     faults = [struct.unpack_from("<II", results, log + 8 * i) for i in range(n)]
-    regs = _gprs(mon)
+    regs = gprs(mon)
     layout = {k: lab[k] for k in ("RESULTS", "RESULTS_SIZE", "KPD", "KPT0", "POOL_BASE",
                                   "POOL_END", "WBASE", "DEMAND_BASE", "COW_BASE", "LOG_CAP")}
     result = WorkloadResult(workload, host, {k: lab[k] for k in MM_PARAMS}, ev, regs,
@@ -227,17 +234,19 @@ def run(workload: str, host: str = "native", budget: int = DEFAULT_BUDGET, *,
     return result
 
 
-def differences(a: WorkloadResult, b: WorkloadResult, limit: int = 8) -> list:
+def differences(a, b, limit: int = 8) -> list:
     """Where two runs' guest states differ, in words (at most ``limit`` lines per part):
-    an empty list when they agree."""
+    an empty list when they agree. ``a`` and ``b``: results with ``guest_state()`` (a
+    NamedTuple), ``host`` and ``base(field)`` -- the address of a bytes field's first
+    byte (this module's :class:`WorkloadResult`, hvsim.pvworkloads')."""
     out = []
     sa, sb = a.guest_state(), b.guest_state()
-    for field in GuestState._fields:
+    for field in type(sa)._fields:
         x, y = getattr(sa, field), getattr(sb, field)
         if x == y:
             continue
-        if field in ("results", "tables"):
-            start = a.layout["RESULTS"] if field == "results" else a.layout["KPD"]
+        if isinstance(x, bytes):
+            start = a.base(field)
             lines = []
             for i in range(0, min(len(x), len(y)), 4):
                 u, v = struct.unpack_from("<I", x, i)[0], struct.unpack_from("<I", y, i)[0]

@@ -218,6 +218,15 @@ def test_nested_macro_calls_with_their_own_local_labels():
         "..@2.loop", "..@3.loop", "..@5.loop", "..@6.loop"]
 
 
+def test_local_label_after_a_nested_call_keeps_its_expansion_number():
+    # OUTER is expansion 1 and INNER 2: OUTER's %%x, defined after INNER, is still ..@1.x
+    src = ("%macro INNER 0\n  nop\n%endmacro\n"
+           "%macro OUTER 0\n  jz %%x\n  INNER\n%%x:\n%endmacro\n  OUTER\n  OUTER")
+    prog = assemble(src, origin=ORG)
+    assert prog.code == assemble("  jz a\n  nop\na:\n  jz b\n  nop\nb:", origin=ORG).code
+    assert sorted(k for k in prog.labels if k.startswith("..@")) == ["..@1.x", "..@3.x"]
+
+
 def test_label_before_a_macro_call():
     prog = assemble(SPIN + "  nop\nentry: SPIN 2\n  jmp entry", origin=ORG)
     assert prog.labels["entry"] == 0x1001

@@ -100,6 +100,41 @@ def test_the_guest_turning_paging_on_gets_its_own_tables(ept):
         assert vc.shadow.guest_cr3 == 0x20000 and vc.shadow.counters["hidden_faults"] > 0
 
 
+@pytest.mark.parametrize("ept", [True, False])
+def test_turning_paging_on_drops_what_the_tlb_cached_with_paging_off(ept):
+    # linear 0x6000 is read with paging off (the VMM's identity map: cached 6000 -> 6000,
+    # tagged with the vCPU's VPID), then the guest's tables map it to 0x5000. A VM entry
+    # with a VPID flushes nothing, so the VMM must drop the stale entry itself
+    src = """
+        mov dword [0x5000], 0x1234abcd
+        mov dword [0x6000], 0x5555
+        mov ebx, [0x6000]
+        mov dword [0x20000], 0x21003
+        mov ecx, 0
+    ident:
+        mov eax, ecx
+        shl eax, 12
+        or eax, 3
+        mov [0x21000 + ecx*4], eax
+        inc ecx
+        cmp ecx, 256
+        jne ident
+        mov dword [0x21000 + 6 * 4], 0x5003     ; linear 0x6000 -> physical 0x5000
+        mov eax, 0x20000
+        mov cr3, eax
+        mov eax, cr0
+        or eax, 0x80000000
+        mov cr0, eax
+        mov esi, [0x6000]
+        hlt
+    """
+    vm = VM(memory=1 << 20, ept=ept)
+    vc = vm.create_vcpu()
+    vc.load(assemble(src, origin=0x1000))
+    assert vc.run().exit_reason == KVM_EXIT["hlt"]
+    assert (vc.regs["ebx"], vc.regs["esi"]) == (0x5555, 0x1234ABCD)
+
+
 def test_a_broken_guest_state_is_fail_entry_with_the_reason_and_words():
     # KVM_EXIT_FAIL_ENTRY: hardware_entry_failure_reason = 0x80000021 (SDM 27.8)
     vm, vc = _vcpu("hlt\n")

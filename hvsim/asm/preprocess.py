@@ -640,10 +640,11 @@ class _Preprocessor:
             self.out.append(SourceLine(line.lineno, text[:label_end], line.source, line.via,
                                        line.call_col, line.spans))
         self.serial += 1
+        serial = self.serial                  # a nested call takes the next numbers
         call_col = line.call_col if line.via else line.source_col(start + 1)
         self.expanding.append(m)
         for body in m.body:
-            self.feed(SourceLine(line.lineno, _instantiate(body.text, args, self.serial),
+            self.feed(SourceLine(line.lineno, _instantiate(body.text, args, serial),
                                  line.source, line.via + ((name, body.lineno),), call_col))
         self.expanding.pop()
         return True

@@ -9,6 +9,11 @@
   creation, context switches, a working set larger than the TLB, demand paging and
   copy-on-write faults, a compute loop) that runs unchanged natively, under shadow
   paging and under EPT; :func:`mm_kernel` assembles it, hvsim/workloads.py runs it.
+* ``minios.s`` -- one teaching kernel, two builds: its sensitive operations sit behind
+  one layer of macros (as Linux's behind pv_ops), built natively (ring 0, or ring 1
+  under trap-and-emulate, or VMX non-root) or paravirtualized for hvsim's Xen-shaped
+  hypervisor (``PV`` defined); system-call, page-table-update and block-I/O workloads;
+  :func:`minios` assembles it, hvsim/pvworkloads.py runs it on every host.
 * ``vmm.s``    -- a hypervisor in assembly (SimpleVisor-style): paging, VMXON, VMCLEAR,
   VMPTRLD, VMWRITE, VMLAUNCH; its exit handler emulates CPUID and resumes, and a VMCALL
   from the guest stops it. :func:`hypervisor` assembles it with a guest.
@@ -24,11 +29,11 @@ from __future__ import annotations
 
 from importlib import resources
 
-__all__ = ["source", "teaching_kernel", "hypervisor", "mm_kernel", "GUESTS", "MM_WORKLOADS",
-           "MM_PARAMS"]
+__all__ = ["source", "teaching_kernel", "hypervisor", "mm_kernel", "minios", "GUESTS",
+           "MM_WORKLOADS", "MM_PARAMS", "MINIOS_WORKLOADS", "MINIOS_PARAMS"]
 
 #: the guest sources in this package, by name
-GUESTS = ("kernel", "user", "vmm", "mm")
+GUESTS = ("kernel", "user", "vmm", "mm", "minios")
 
 
 def source(name: str) -> str:
@@ -106,18 +111,58 @@ def mm_kernel(workload: str = "mixed", **params):
     (4, 100, '0x21000')
     """
     from hvsim.asm import assemble
-    if workload not in MM_WORKLOADS:
-        raise ValueError(f"no mm workload named {workload!r}; the workloads are "
-                         f"{', '.join(MM_WORKLOADS)}")
-    for name, value in params.items():
-        if name not in MM_PARAMS:
-            raise ValueError(f"mm.s has no parameter {name!r}; its parameters are "
-                             f"{', '.join(MM_PARAMS)}")
-        if isinstance(value, bool) or not isinstance(value, int) \
-                or not 1 <= value <= MM_PARAMS[name]:
-            raise ValueError(f"{name} must be an int from 1 to {MM_PARAMS[name]}, got {value!r}")
+    constants = _workload_constants("mm", workload, MM_WORKLOADS, params, MM_PARAMS)
     stride = params.get("STRIDE")
     if stride is not None and (stride % 4 or 4096 % stride):
         raise ValueError(f"STRIDE must be a multiple of 4 that divides 4096, got {stride}")
-    constants = dict(params, WORKLOAD=MM_WORKLOADS[workload])
     return assemble(_with_constants(source("mm"), constants), origin=0x1000)
+
+
+def _workload_constants(guest: str, workload: str, workloads: dict, params: dict,
+                        limits: dict) -> dict:
+    """The ``equ`` values a build of ``guest`` sets: ``params``, each checked against its
+    maximum in ``limits``, and WORKLOAD, the mask of ``workload`` (a name of ``workloads``)."""
+    if workload not in workloads:
+        raise ValueError(f"no {guest} workload named {workload!r}; the workloads are "
+                         f"{', '.join(workloads)}")
+    for name, value in params.items():
+        if name not in limits:
+            raise ValueError(f"{guest}.s has no parameter {name!r}; its parameters are "
+                             f"{', '.join(limits)}")
+        if isinstance(value, bool) or not isinstance(value, int) \
+                or not 1 <= value <= limits[name]:
+            raise ValueError(f"{name} must be an int from 1 to {limits[name]}, got {value!r}")
+    return dict(params, WORKLOAD=workloads[workload])
+
+
+#: minios.s's workloads by name: the bits of its WORKLOAD mask ("all" runs them all, in
+#: this order)
+MINIOS_WORKLOADS = {"syscall": 1, "ptupdate": 2, "io": 4, "all": 7}
+
+#: minios.s's parameters and the largest value of each: the window's frame sets and the
+#: frame pool hold 32 frames (a child takes CHILD_PAGES + 2), the buffers and every host's
+#: disk 64 sectors; the PV build's mmu_update queue lives in its image
+MINIOS_PARAMS = {"N_SYSCALLS": 1 << 20, "ROUNDS": 1 << 16, "N_PTES": 32, "CHILD_PAGES": 30,
+                 "FLUSH_CEILING": 32, "MMU_BATCH": 256, "N_SECTORS": 64}
+
+
+def minios(pv: bool = False, workload: str = "all", **params):
+    """Assemble minios.s at 1000H running ``workload`` (a name of
+    :data:`MINIOS_WORKLOADS`): natively, or with ``pv`` the paravirtualized build
+    (``defines={"PV": 1}``: the platform layer's other half). ``params`` set its
+    parameters (:data:`MINIOS_PARAMS`; the defaults are in minios.s), each an int from 1
+    to its maximum.
+
+    >>> native, pv = minios(workload="io", N_SECTORS=8), minios(True, "io", N_SECTORS=8)
+    >>> native.labels["WORKLOAD"], native.labels["N_SECTORS"], "hypercall_page" in native.labels
+    (4, 8, False)
+    >>> hex(pv.labels["hypercall_page"]), pv.labels["RESULTS"] == native.labels["RESULTS"]
+    ('0x1000', True)
+    """
+    from hvsim.asm import assemble
+    if not isinstance(pv, bool):
+        raise TypeError(f"pv must be True or False, got {pv!r}")
+    constants = _workload_constants("minios", workload, MINIOS_WORKLOADS, params,
+                                    MINIOS_PARAMS)
+    return assemble(_with_constants(source("minios"), constants), origin=0x1000,
+                    defines={"PV": 1} if pv else None)

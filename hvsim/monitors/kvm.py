@@ -64,7 +64,9 @@ from hvsim.cpu import decode as D
 from hvsim.instruction import PFX_OPSIZE, from_exit_info
 from hvsim.machine import Event, Machine
 from hvsim.mmu.shadow import HIDDEN, MMIO, TRUE, ShadowError, ShadowMMU
+from hvsim.mmu.tlb import tlb_flush_vpid
 from hvsim.monitors.base import LogEntry, Monitor, MonitorEvent, STATS, shadow_stats
+from hvsim.monitors.devices import BlockDevice
 from hvsim.monitors.stores import MOFFS_LOADS, MOV_LOADS, sized_reg, store_of
 from hvsim.rings.setup import install
 from hvsim.vtx import checks as K
@@ -202,66 +204,6 @@ class KvmRun:
             if self.fail_entry_explanation:
                 s += f": {self.fail_entry_explanation}"
         return s
-
-
-class BlockDevice:
-    """A small disk behind port I/O, modelled in user space as QEMU models its disks
-    (hvsim's own register set, not an ATA controller): OUT dword to 1F2h selects a
-    sector; OUT byte 20h to 1F7h reads it into the 512-byte buffer, 30h writes the buffer
-    to it; 1F0h moves the buffer a dword at a time (IN and OUT, the index advancing);
-    IN byte from 1F7h is the status: 40h ready, 01h error (a sector out of range)."""
-    SECTOR = 512
-    DATA, SECTOR_PORT, COMMAND = 0x1F0, 0x1F2, 0x1F7
-    READ, WRITE = 0x20, 0x30
-    READY, ERROR = 0x40, 0x01
-
-    def __init__(self, sectors: int = 64):
-        if isinstance(sectors, bool) or not isinstance(sectors, int) or not 1 <= sectors <= 1 << 16:
-            raise ValueError(f"sectors must be 1..65536, got {sectors!r}")
-        self.disk = bytearray(sectors * self.SECTOR)
-        self.sector = 0
-        self.buffer = bytearray(self.SECTOR)
-        self.index = 0
-        self.status = self.READY
-        self.reads = self.writes = 0
-
-    def ports(self):
-        return (self.DATA, self.SECTOR_PORT, self.COMMAND)
-
-    def out(self, port: int, value: int) -> str:
-        if port == self.SECTOR_PORT:
-            self.sector, self.index = value, 0
-            return f"disk: sector {value}"
-        if port == self.DATA:
-            self.buffer[self.index:self.index + 4] = (value & 0xFFFFFFFF).to_bytes(4, "little")
-            self.index = (self.index + 4) % self.SECTOR
-            return "disk: buffer dword written"
-        if port == self.COMMAND:
-            at = self.sector * self.SECTOR
-            if at + self.SECTOR > len(self.disk):
-                self.status = self.READY | self.ERROR
-                return f"disk: sector {self.sector} is past the disk's end"
-            if value == self.READ:
-                self.buffer[:] = self.disk[at:at + self.SECTOR]
-                self.reads += 1
-            elif value == self.WRITE:
-                self.disk[at:at + self.SECTOR] = self.buffer
-                self.writes += 1
-            else:
-                self.status = self.READY | self.ERROR
-                return f"disk: unknown command {value:#x}"
-            self.index, self.status = 0, self.READY
-            return f"disk: sector {self.sector} {'read' if value == self.READ else 'written'}"
-        return ""
-
-    def in_(self, port: int) -> int:
-        if port == self.DATA:
-            v = int.from_bytes(self.buffer[self.index:self.index + 4], "little")
-            self.index = (self.index + 4) % self.SECTOR
-            return v
-        if port == self.COMMAND:
-            return self.status
-        return self.sector
 
 
 class Devices:
@@ -802,6 +744,7 @@ def _cr_access(vc: VCPU) -> Optional[KvmRun]:
         value = _gpr(vc, gpr)
         if value & CR0_PG and not value & CR0_PE:
             return KvmRun(KVM_EXIT["internal_error"], internal_suberror=1)
+        old = vc._guest_cr0_view
         vc._guest_cr0_view = value | CR0_ET
         v["CR0_READ_SHADOW"] = vc._guest_cr0_view & v["CR0_GUEST_HOST_MASK"]
         v["GUEST_CR0"] = (value | CR0_PE | CR0_NE | CR0_PG | CR0_ET) & 0xFFFFFFFF
@@ -821,6 +764,11 @@ def _cr_access(vc: VCPU) -> Optional[KvmRun]:
         else:
             v["GUEST_CR3"] = vc.vm.page(6)
             cpu |= X.CPU_CR3_LOAD_EXITING | X.CPU_CR3_STORE_EXITING
+        if vc.shadow is None and (old ^ value) & CR0_PG:
+            # every translation of the guest changes, and with a VPID the VM entry flushes
+            # none (SDM Vol. 3C, 29.4.3.3): drop the vCPU's, as KVM's kvm_mmu_reset_context
+            # asks for a TLB flush (the shadow MMU's set_mode does the same)
+            tlb_flush_vpid(vc.machine._st, vc.machine._tlb, 1 if vc.vm.vpid else 0, 0)
         v["CPU_BASED_VM_EXEC_CONTROL"] = cpu
     elif n == 4 and access == X.CR_ACCESS_MOV_TO_CR and vc.shadow is not None:
         value = _gpr(vc, gpr)
@@ -1212,13 +1160,15 @@ class Vtx(Monitor):
                 k._guest_cr3, k._guest_cr0_view, (d.console, d.timer_period, d.timer_vector),
                 len(k._raw_log), k.injected, collections.Counter(k.exits),
                 collections.Counter(k.in_kernel), collections.Counter(k.to_user), k._mmio_read,
-                k._guest_cr4_view, None if k.shadow is None else k.shadow.snapshot())
+                k._guest_cr4_view, None if k.shadow is None else k.shadow.snapshot(),
+                d.disk.snapshot())
 
     def restore(self, snap) -> None:
         k = self.kvm
         (machine, self._state, self._final, k.launched, k._tick_pending, k._guest_cr3,
          k._guest_cr0_view, devices, n_log, k.injected, k.exits, k.in_kernel, k.to_user,
-         k._mmio_read, k._guest_cr4_view, shadow) = snap
+         k._mmio_read, k._guest_cr4_view, shadow, disk) = snap
+        k.devices.disk.restore(disk)
         if shadow is not None:
             k.shadow.restore(shadow)
         self.machine.restore(machine)

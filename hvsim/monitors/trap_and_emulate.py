@@ -9,9 +9,10 @@ Third Generation Architectures", CACM 17(7), 1974), on IA-32:
   interrupts, the real timer) is routed out of ``Machine.run()`` to this Python code
   (``Machine.route(..., "host")``), so the real IDT is never used;
 * it keeps a **virtual CPU** (hvsim/monitors/vcpu.py): the IF, IOPL, IDTR,
-  CR0/CR2/CR3/CR4 the guest kernel believes it has, a pending virtual interrupt, and two
+  CR0/CR2/CR3/CR4 the guest kernel believes it has, a pending virtual interrupt, and
   virtual devices (hvsim/monitors/devices.py): a console on port 0xE9 and an interval
-  timer on ports 0x40/0x41, as the machine's own devices;
+  timer on ports 0x40/0x41, as the machine's own devices, and a small disk on ports
+  1F0h-1F7h, the same model the native and VT-x hosts give a guest;
 * a privileged instruction of the guest kernel raises #GP(0) at CPL 1 and leaves
   ``run()`` with the instruction already decoded (``event.insn``: mnemonic, registers,
   the memory operand's linear address, the length -- the analogue of VMX's exit
@@ -142,6 +143,7 @@ class MonitorSnapshot:
     reflected: dict
     scalars: dict
     shadow: object = None
+    disk: tuple = ()
 
 
 def sensitive_unprivileged(insn: Instruction) -> bool:
@@ -715,7 +717,7 @@ class TrapAndEmulate(Monitor):
                  ticks_coalesced=self.ticks_coalesced, idle_instructions=self.idle_instructions,
                  _state=self._state, _final=self._final, _shadow=self._shadow,
                  _timer_epoch=self._timer_epoch, virtualizable=self.virtualizable),
-            None if self.shadow is None else self.shadow.snapshot())
+            None if self.shadow is None else self.shadow.snapshot(), self.devices.disk.snapshot())
 
     def restore(self, snap: MonitorSnapshot) -> None:
         """Put the machine and the monitor back as they were at :meth:`snapshot`."""
@@ -727,6 +729,8 @@ class TrapAndEmulate(Monitor):
         self.traps = collections.Counter(snap.traps)
         self.emulated = collections.Counter(snap.emulated)
         self.reflected = collections.Counter(snap.reflected)
+        if snap.disk:
+            self.devices.disk.restore(snap.disk)
         for k, v in snap.scalars.items():
             if k == "console":
                 self.devices.console = v
