@@ -19,7 +19,14 @@ block driver over a shared ring. Every figure here comes from a run:
 3. :func:`batching`: N page-table updates as N ``update_va_mapping`` hypercalls, as one
    ``multicall`` of N, and as one ``mmu_update`` of N; the traps counted and the cycles
    priced by :mod:`hvsim.cost` (:func:`batch_table`, :func:`plot_batching`);
-4. :func:`batch_exercise`: how many hypercalls does a seeded update loop make with a
+4. the teaching kernel of hvsim/guests/minios.s -- one source, built natively and
+   paravirtualized -- and its workloads (system calls, page-table updates, block I/O) on
+   five hosts: natively, trap-and-emulate, VT-x without and with EPT, and the
+   hypervisor (:func:`five_hosts`, :func:`work_rows` / :func:`work_table`, cycles by
+   category with :func:`plot_cycles`); the guest sees the same on every host;
+5. :func:`io_rows` / :func:`io_table`: the split driver's ring against the emulated
+   disk -- bytes moved per trap, notifications sent and suppressed;
+6. :func:`batch_exercise`: how many hypercalls does a seeded update loop make with a
    queue of B entries? The answer is computed by running it.
 """
 from __future__ import annotations
@@ -27,7 +34,7 @@ from __future__ import annotations
 import math
 import random
 
-from hvsim import assemble, cost
+from hvsim import assemble, cost, pvworkloads
 from hvsim.asm import disassemble
 from hvsim.lessons import Exercise
 from hvsim.lessons.l04_ring_minus_one import _HTML, _table, _td
@@ -37,7 +44,8 @@ from hvsim.paravirt.hypervisor import Hypervisor
 __all__ = ["TINY_PV", "tiny_pv", "step_hypercall", "hypercall_table", "stepper",
            "IRQ_SECTION", "irq_compare", "irq_table", "BATCH_KINDS", "batch_guest",
            "batching", "batch_rows", "batch_table", "plot_batching", "queue_guest",
-           "count_hypercalls", "batch_exercise"]
+           "count_hypercalls", "batch_exercise", "HOST_NAMES", "FIVE_WORKLOADS", "FIVE_HOSTS",
+           "platform_macro", "five_hosts", "work_rows", "work_table", "plot_cycles", "io_rows", "io_table"]
 
 _END = """
         mov ebx, 2                      ; sched_op(SCHEDOP_shutdown, &reason)
@@ -298,7 +306,116 @@ def plot_batching(rows: list, ax=None):
     return ax
 
 
-# ---- 4. exercise ---------------------------------------------------------------------------
+# ---- 4. one kernel, five hosts --------------------------------------------------------------
+#: what the hosts of :data:`hvsim.pvworkloads.HOSTS` are called in the tables
+HOST_NAMES = {"native": "native", "shadow": "trap-and-emulate", "vtx": "VT-x (no EPT)",
+              "ept": "VT-x + EPT", "pv": "paravirtualized"}
+FIVE_WORKLOADS = ("syscall", "ptupdate", "io")
+FIVE_HOSTS = tuple(HOST_NAMES)
+
+
+def platform_macro(name: str) -> dict:
+    """{'native': text, 'pv': text}: the two bodies of minios.s's platform-layer macro
+    ``name`` (e.g. 'IRQ_ENABLE'), as written in the source."""
+    from hvsim.guests import source
+    src = source("minios")
+    pv_part = src[src.index("%ifdef PV"):src.index("\n%else")]
+    native_part = src[src.index("\n%else"):src.index("\n%endif")]
+    out = {}
+    for build, part in (("pv", pv_part), ("native", native_part)):
+        head = f"%macro {name} "
+        if head not in part:
+            raise ValueError(f"minios.s's platform layer has no macro {name!r}")
+        start = part.index(head)
+        out[build] = part[start:part.index("%endmacro", start) + len("%endmacro")]
+    return out
+
+
+def five_hosts(workloads=FIVE_WORKLOADS, hosts=FIVE_HOSTS, **params) -> dict:
+    """{(workload, host): MiniosResult}: minios.s's ``workloads`` on each of ``hosts``
+    (the native build everywhere but 'pv', which runs the PV build), ``params``
+    overriding its parameters (:data:`hvsim.guests.MINIOS_PARAMS`)."""
+    if isinstance(workloads, str) or isinstance(hosts, str):
+        raise TypeError("workloads and hosts are lists of names, e.g. ('syscall', 'io')")
+    for h in hosts:
+        if h not in pvworkloads.HOSTS:
+            raise ValueError(f"no host named {h!r}; the hosts are {', '.join(pvworkloads.HOSTS)}")
+    return {(w, h): pvworkloads.run(w, h, **params) for w in workloads for h in hosts}
+
+
+#: the columns of :func:`work_rows`: key -> heading
+WORK = {"traps": "traps", "vm_exits": "VM exits", "hypercalls": "hypercalls",
+        "upcalls": "upcalls", "port_io": "port accesses", "instructions": "instructions"}
+
+
+def work_rows(runs: dict) -> list:
+    """One row per run: ``workload``, ``host``, what the host did for it (:data:`WORK`:
+    traps into a software monitor, VM exits, hypercalls, event upcalls, port accesses
+    the hardware performed, guest instructions) and ``same_as_native``."""
+    rows = []
+    for (w, h), r in runs.items():
+        mon = r.monitor
+        s, c = mon.stats, mon.machine.counters
+        native = runs.get((w, "native"))
+        rows.append(dict(workload=w, host=h, traps=s["traps"], vm_exits=s["vm_exits"],
+                         hypercalls=s["hypercalls"], upcalls=s["injected"] if h == "pv" else 0,
+                         port_io=c["io_in"] + c["io_out"], instructions=c["instructions"],
+                         same_as_native=None if native is None else r == native))
+    return rows
+
+
+def work_table(rows: list) -> _HTML:
+    body = []
+    for r in rows:
+        same = r["same_as_native"]
+        body.append([r["workload"], HOST_NAMES.get(r["host"], r["host"])]
+                    + [f"{r[k]:,}" for k in WORK]
+                    + [_td("-" if same is None else "yes" if same else "NO",
+                           None if same is not False else "#b3261e", same is False)])
+    return _table(["workload", "host"] + list(WORK.values()) + ["guest state = native's"],
+                  body, "hvsim-pv-work")
+
+
+def plot_cycles(runs: dict, profile="nehalem", fig=None):
+    """Cycles by category on ``profile``, one panel per workload, its hosts side by side
+    (lesson 05's drawing, :func:`hvsim.lessons.l05_shadow_vs_nested.plot_cycles`)."""
+    from hvsim.lessons.l05_shadow_vs_nested import plot_cycles as draw
+    return draw({(w, HOST_NAMES.get(h, h)): r for (w, h), r in runs.items()}, profile, fig)
+
+
+# ---- 5. the ring against the emulated disk ----------------------------------------------------
+def io_rows(runs: dict) -> list:
+    """For each host's run of the io workload: the bytes it moved to and from the disk,
+    the entries into the host's software (traps + VM exits + hypercalls), bytes per
+    entry, and for the split driver its ring's requests and notifications."""
+    rows = []
+    for (w, h), r in runs.items():
+        if w != "io":
+            continue
+        mon = r.monitor
+        s = mon.stats
+        moved = 2 * r.params["N_SECTORS"] * 512                 # written, then read back
+        entries = s["traps"] + s["vm_exits"] + s["hypercalls"]
+        row = dict(host=h, bytes=moved, entries=entries,
+                   per_entry=moved / entries if entries else float("inf"),
+                   requests=0, notified=0, suppressed=0)
+        if h == "pv":
+            c = mon.counters
+            row.update(requests=c["blk requests_consumed"], notified=c["blk notifications"],
+                       suppressed=c["blk requests_consumed"] - c["blk notifications"])
+        rows.append(row)
+    return rows
+
+
+def io_table(rows: list) -> _HTML:
+    body = [[HOST_NAMES.get(r["host"], r["host"]), f"{r['bytes']:,}", f"{r['entries']:,}",
+             "no entry at all" if r["per_entry"] == float("inf") else f"{r['per_entry']:,.1f}",
+             r["requests"] or "-", r["notified"] or "-"] for r in rows]
+    return _table(["host", "bytes moved", "traps / exits / hypercalls", "bytes per entry",
+                   "ring requests", "notifications (EVTCHNOP_send)"], body, "hvsim-pv-io")
+
+
+# ---- 6. exercise ---------------------------------------------------------------------------
 def queue_guest(n: int, b: int) -> str:
     """A PV kernel that queues ``n`` page-table updates in a queue of ``b`` entries and
     sends the queue with one mmu_update whenever it is full, and once more at the end if
