@@ -13,7 +13,7 @@
 event, and prints what a student wants to see: the console output, the event, the
 final registers (EFLAGS decoded, CPL) and every counter that moved. With ``--monitor``
 the program is a guest kernel run under that technique's monitor
-(:data:`hvsim.monitors.MONITORS`): the output adds the monitor's own counts, and
+(:data:`hvsim.techniques.MONITORS`): the output adds the monitor's own counts, and
 ``--trace`` prints its log (every trap it handled and what it did). ``-D NAME`` defines a
 name for the source's ``%ifdef`` (hvsim/asm/preprocess.py): ``-D PV`` builds a kernel's
 paravirtualized variant, for ``--monitor pv``.
@@ -118,7 +118,7 @@ def _address(text: str) -> int:
 
 
 def _monitor_names():
-    from hvsim.monitors import MONITORS
+    from hvsim.techniques import MONITORS
     return MONITORS
 
 
@@ -310,7 +310,8 @@ def _load_error(path, m, e) -> str:
 def _run_monitor(args, prog, out) -> int:
     """``hvsim run --monitor NAME``: the program is the guest kernel of that monitor."""
     from hvsim import Machine
-    from hvsim.monitors import MONITORS, Native
+    from hvsim.monitors import Native
+    from hvsim.techniques import MONITORS
     if args.exceptions is not None:
         raise _BadInput(f"--exceptions is for the bare machine: the {args.monitor} monitor "
                         "decides where every vector goes")

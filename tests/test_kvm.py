@@ -5,7 +5,8 @@ from hvsim import assemble
 from hvsim.arch import vmx as X
 from hvsim.arch import layout as L
 from hvsim.guests import teaching_kernel
-from hvsim.monitors import MONITORS, TrapAndEmulate, Vtx
+from hvsim.monitors import TrapAndEmulate, Vtx
+from hvsim.techniques import MONITORS
 from hvsim.monitors.kvm import VM, KVM_EXIT, KVM_EXIT_IO_OUT, HOST_AREA_PAGES, PAGE
 
 RING0_KERNEL = {"KCODE": 0x08}         # the teaching kernel's gates name ring 0's code

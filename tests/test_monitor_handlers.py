@@ -14,7 +14,8 @@ from hvsim import Machine, assemble
 from hvsim.arch.flags import IF, FIXED1
 from hvsim.instruction import Instruction, MemoryOperand
 from hvsim.machine import Event
-from hvsim.monitors import MONITORS, Monitor, Native, TrapAndEmulate, STATS, LogEntry
+from hvsim.monitors import Monitor, Native, TrapAndEmulate, STATS, LogEntry
+from hvsim.techniques import MONITORS
 from hvsim.monitors import trap_and_emulate as T
 from hvsim.monitors.base import Kill
 from hvsim.rings import make_gate, put_descriptors
@@ -326,7 +327,8 @@ def test_an_exit_without_a_handler_kills_the_guest_with_the_instruction_named(mo
 
 # ---- the protocol ----------------------------------------------------------------------
 def test_every_monitor_is_a_monitor_with_the_protocols_stats_keys():
-    from hvsim.monitors import Vtx, Hypervisor
+    from hvsim.monitors import Vtx
+    from hvsim.paravirt.hypervisor import Hypervisor
     assert MONITORS == {"native": Native, "trap-and-emulate": TrapAndEmulate, "vtx": Vtx,
                         "pv": Hypervisor}
     nat = Native(program=assemble("mov ecx, 10\nagain: add eax, ecx\nloop again\nhlt"))
