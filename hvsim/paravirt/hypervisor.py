@@ -173,37 +173,50 @@ def hc_set_trap_table(hv: "Hypervisor", table, *_) -> int:
     return 0
 
 
-def hc_mmu_update(hv, reqs, count, pdone, foreigndom, *_) -> int:
-    """mmu_update(mmu_update_t[], count, *done, foreigndom): each {u64 ptr, u64 val},
-    ptr's low two bits the command (public/xen.h). Stops at the first refused request."""
+def _batch(hv: "Hypervisor", name: str, array: int, count: int, size: int, fmt: str,
+           pdone: int, foreigndom: int, do: Callable) -> int:
+    """The shape mmu_update and mmuext_op share: ``count`` entries of ``size`` bytes
+    (struct ``fmt``) at ``array``, each given to ``do``, which raises FrameError to refuse
+    it; the batch stops at the first refusal, whose errno is the result, and ``*pdone``
+    gets how many were done (public/xen.h)."""
     if foreigndom not in (0, A.DOMID_SELF):
         raise Hypercall(-A.ESRCH, f"foreigndom {foreigndom:#x}: there is one domain")
-    data = hv.read(reqs, A.MMU_UPDATE_SIZE * count) if count else b""
+    data = hv.read(array, size * count) if count else b""
     done, rc = 0, 0
-    fr = hv.frames
     for i in range(count):
-        ptr, val = struct.unpack_from("<QQ", data, 16 * i)
-        cmd, ptr = ptr & 3, ptr & ~3
+        entry = struct.unpack_from(fmt, data, size * i)
         try:
-            if ptr >> 32 or val >> 32:
-                raise FrameError(-A.EINVAL, "an address above 4 GiB")
-            if cmd in (A.MMU_NORMAL_PT_UPDATE, A.MMU_PT_UPDATE_PRESERVE_AD):
-                fr.update(ptr, val, preserve_ad=cmd == A.MMU_PT_UPDATE_PRESERVE_AD)
-            elif cmd == A.MMU_MACHPHYS_UPDATE:
-                if not fr.owned(ptr >> 12) or val != ptr >> 12:
-                    raise FrameError(-A.EINVAL, "machine-to-physical entries are the identity "
-                                                "here (one domain, mfn == pfn)")
-            else:
-                raise FrameError(-A.ENOSYS, f"mmu_update command {cmd}")
+            do(*entry)
         except FrameError as e:
             rc = -abs(e.rc)
-            hv._note_refusal(f"mmu_update[{i}] ptr={ptr:#x} val={val:#x}: {e}")
+            hv._note_refusal(f"{name}[{i}] {' '.join(f'{x:#x}' for x in entry)}: {e}")
             break
         done += 1
-    hv.pt_updates += done
     if pdone:
         hv.write(pdone, struct.pack("<I", done))
     return rc
+
+
+def hc_mmu_update(hv, reqs, count, pdone, foreigndom, *_) -> int:
+    """mmu_update(mmu_update_t[], count, *done, foreigndom): each {u64 ptr, u64 val},
+    ptr's low two bits the command (public/xen.h). Stops at the first refused request."""
+    fr = hv.frames
+
+    def one(ptr, val):
+        cmd, ptr = ptr & 3, ptr & ~3
+        if ptr >> 32 or val >> 32:
+            raise FrameError(-A.EINVAL, "an address above 4 GiB")
+        if cmd in (A.MMU_NORMAL_PT_UPDATE, A.MMU_PT_UPDATE_PRESERVE_AD):
+            fr.update(ptr, val, preserve_ad=cmd == A.MMU_PT_UPDATE_PRESERVE_AD)
+            hv.pt_updates += 1
+        elif cmd == A.MMU_MACHPHYS_UPDATE:
+            if not fr.owned(ptr >> 12) or val != ptr >> 12:
+                raise FrameError(-A.EINVAL, "machine-to-physical entries are the identity "
+                                            "here (one domain, mfn == pfn)")
+        else:
+            raise FrameError(-A.ENOSYS, f"mmu_update command {cmd}")
+    return _batch(hv, "mmu_update", reqs, count, A.MMU_UPDATE_SIZE, "<QQ", pdone, foreigndom,
+                  one)
 
 
 def hc_stack_switch(hv, ss, esp, *_) -> int:
@@ -311,39 +324,26 @@ def hc_console_io(hv, cmd, count, buf, *_) -> int:
 def hc_mmuext_op(hv, ops, count, pdone, foreigndom, *_) -> int:
     """mmuext_op(mmuext_op_t[], count, *done, foreigndom): {u32 cmd, arg1, arg2} each --
     pin and unpin tables, a new base pointer (CR3), TLB flushes, INVLPG."""
-    if foreigndom not in (0, A.DOMID_SELF):
-        raise Hypercall(-A.ESRCH, f"foreigndom {foreigndom:#x}: there is one domain")
-    data = hv.read(ops, A.MMUEXT_OP_SIZE * count) if count else b""
-    done, rc = 0, 0
     fr = hv.frames
-    for i in range(count):
-        cmd, arg1, _arg2 = struct.unpack_from("<III", data, A.MMUEXT_OP_SIZE * i)
-        try:
-            if cmd == A.MMUEXT_PIN_L1_TABLE:
-                fr.pin(arg1, L1)
-            elif cmd == A.MMUEXT_PIN_L2_TABLE:
-                fr.pin(arg1, L2)
-            elif cmd in (A.MMUEXT_PIN_L3_TABLE, A.MMUEXT_PIN_L4_TABLE):
-                raise FrameError(-A.EINVAL, "2-level paging has no L3 or L4 tables")
-            elif cmd == A.MMUEXT_UNPIN_TABLE:
-                fr.unpin(arg1)
-            elif cmd == A.MMUEXT_NEW_BASEPTR:
-                hv.new_baseptr(arg1 << 12)
-            elif cmd in (A.MMUEXT_TLB_FLUSH_LOCAL, A.MMUEXT_TLB_FLUSH_MULTI,
-                         A.MMUEXT_TLB_FLUSH_ALL):
-                hv.flush_tlb()
-            elif cmd in (A.MMUEXT_INVLPG_LOCAL, A.MMUEXT_INVLPG_MULTI, A.MMUEXT_INVLPG_ALL):
-                hv.invlpg(arg1)
-            else:
-                raise FrameError(-A.ENOSYS, f"mmuext command {cmd}")
-        except FrameError as e:
-            rc = -abs(e.rc)
-            hv._note_refusal(f"mmuext_op[{i}] cmd={cmd} arg1={arg1:#x}: {e}")
-            break
-        done += 1
-    if pdone:
-        hv.write(pdone, struct.pack("<I", done))
-    return rc
+
+    def one(cmd, arg1, _arg2):
+        if cmd == A.MMUEXT_PIN_L1_TABLE:
+            fr.pin(arg1, L1)
+        elif cmd == A.MMUEXT_PIN_L2_TABLE:
+            fr.pin(arg1, L2)
+        elif cmd in (A.MMUEXT_PIN_L3_TABLE, A.MMUEXT_PIN_L4_TABLE):
+            raise FrameError(-A.EINVAL, "2-level paging has no L3 or L4 tables")
+        elif cmd == A.MMUEXT_UNPIN_TABLE:
+            fr.unpin(arg1)
+        elif cmd == A.MMUEXT_NEW_BASEPTR:
+            hv.new_baseptr(arg1 << 12)
+        elif cmd in (A.MMUEXT_TLB_FLUSH_LOCAL, A.MMUEXT_TLB_FLUSH_MULTI, A.MMUEXT_TLB_FLUSH_ALL):
+            hv.flush_tlb()
+        elif cmd in (A.MMUEXT_INVLPG_LOCAL, A.MMUEXT_INVLPG_MULTI, A.MMUEXT_INVLPG_ALL):
+            hv.invlpg(arg1)
+        else:
+            raise FrameError(-A.ENOSYS, f"mmuext command {cmd}")
+    return _batch(hv, "mmuext_op", ops, count, A.MMUEXT_OP_SIZE, "<III", pdone, foreigndom, one)
 
 
 def hc_sched_op(hv, cmd, arg, *_) -> int:
