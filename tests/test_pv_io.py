@@ -6,6 +6,8 @@ its own in test_pv_ring.py), and the disk bytes the guest asked for, computed he
 """
 import struct
 
+import pytest
+
 
 from pv_guest import guest
 from hvsim.paravirt import abi as A
@@ -208,3 +210,12 @@ def test_the_console_ring_carries_text_to_the_hypervisors_console():
     assert c["cons requests_consumed"] == 2 and c["cons bytes"] == 9
     # the front never set rsp_event past 1: the backend's push of 2 responses crossed it
     assert c["cons notify_sent"] == 1 and hv.stats["io_requests"] == 2
+
+
+@pytest.mark.parametrize("name", ["hvsim.paravirt.abi", "hvsim.paravirt.hypervisor",
+                                  "hvsim.pvworkloads", "hvsim.techniques"])
+def test_the_paravirt_docstrings_run(name):
+    import doctest
+    import importlib
+    result = doctest.testmod(importlib.import_module(name))
+    assert result.attempted > 0 and result.failed == 0
