@@ -49,7 +49,6 @@ import collections
 import dataclasses
 from typing import Optional
 
-import numpy as np
 
 from hvsim.arch import layout as L
 from hvsim.arch.exits import EXIT_BUDGET, EXIT_VMEXIT
@@ -1043,14 +1042,13 @@ def _exception(vc: VCPU) -> Optional[KvmRun]:
 def _cpuid_answers():
     from hvsim.cpu import system as S
     assert (L.EAX, L.ECX, L.EDX, L.EBX) == (0, 1, 2, 3)
-    return (np.array((S.CPUID_MAX_LEAF, S.CPUID_VENDOR_ECX, S.CPUID_VENDOR_EDX,
-                      S.CPUID_VENDOR_EBX), np.int64),
-            np.array((S.CPUID_SIGNATURE, S.CPUID_FEATURES_ECX & ~X.CPUID_ECX_VMX,
-                      S.CPUID_FEATURES_EDX, 0), np.int64))
+    return ((S.CPUID_MAX_LEAF, S.CPUID_VENDOR_ECX, S.CPUID_VENDOR_EDX, S.CPUID_VENDOR_EBX),
+            (S.CPUID_SIGNATURE, S.CPUID_FEATURES_ECX & ~X.CPUID_ECX_VMX, S.CPUID_FEATURES_EDX, 0))
 
 
 # (EAX, ECX, EDX, EBX) of leaf 0 and of leaf 1 -- the state array's order -- (every other
-# leaf answers as leaf 1, the highest: SDM Vol. 2A, CPUID)
+# leaf answers as leaf 1, the highest: SDM Vol. 2A, CPUID), as tuples of Python ints:
+# unpacking a numpy array makes a numpy scalar of each
 _CPUID_LEAF0, _CPUID_LEAF1 = _cpuid_answers()
 _NAMES = {int(r): r.name for r in _ER}
 _TRAPS = {r: f"VM exit {int(r)} {r.name}" for r in _ER}
