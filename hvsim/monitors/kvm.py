@@ -104,6 +104,7 @@ _I_REASON, _I_QUAL, _I_INSN_LEN = _idx("VM_EXIT_REASON"), _idx("EXIT_QUALIFICATI
 _I_RIP, _I_RSP, _I_RFLAGS = _idx("GUEST_RIP"), _idx("GUEST_RSP"), _idx("GUEST_RFLAGS")
 _I_SS_AR, _I_INTR_INFO = _idx("GUEST_SS_AR_BYTES"), _idx("VM_EXIT_INTR_INFO")
 _I_IDT_VECTORING = _idx("IDT_VECTORING_INFO_FIELD")
+_INTR_INFO_VALID = X.INTR_INFO_VALID
 
 
 class Vmcs:
@@ -556,46 +557,49 @@ class VCPU:
         st = m._st
         item = st.item                             # Python ints: cheaper than st[i]
         run = m._run                               # Machine.run without building an Event
+        handle = self._exit
+        nonroot, request, exit_steps = L.VMX_NONROOT, L.VMX_ENTRY_REQUEST, L.EXIT_STEPS
         if self._mmio_read is not None:
             _complete_mmio_read(self)
         used = 0
         while used < max_steps:
-            if not item(L.VMX_NONROOT):    # (a budget may have ended the last run in the guest)
-                st[L.VMX_ENTRY_REQUEST] = 2 if self.launched else 1
+            if not item(nonroot):      # (a budget may have ended the last run in the guest)
+                st[request] = 2 if self.launched else 1
             kind = run(max_steps - used)
-            steps = item(L.EXIT_STEPS)
+            steps = item(exit_steps)
             used += steps if steps > 0 else 1
-            if kind == EXIT_BUDGET:
-                st[L.VMX_ENTRY_REQUEST] = 0
-                return KvmRun(KVM_EXIT["intr"])
             if kind != EXIT_VMEXIT:
+                if kind == EXIT_BUDGET:
+                    st[request] = 0
+                    return KvmRun(KVM_EXIT["intr"])
                 self.to_user["internal_error"] += 1
                 return KvmRun(KVM_EXIT["internal_error"], internal_suberror=1,
                               hardware_exit_reason=int(kind))
-            out = self._exit()
+            out = handle()
             if out is not None:
                 return out
         return KvmRun(KVM_EXIT["intr"])
 
     def _exit(self) -> Optional[KvmRun]:
         """Handle one VM exit: None to go back into the guest, else what user space gets."""
-        m, v = self.machine, self.vmcs
+        m = self.machine
         item = m._st.item                        # a Python int, cheaper than int(st[i])
         if item(L.EXIT_VECTOR) < 0:
             # the entry itself failed: VMfailInvalid/VMfailValid(n) (the instruction fell
             # through), or a guest-state failure (an exit with bit 31 set)
+            v = self.vmcs
             full = v["VM_EXIT_REASON"]
             n = int(m._st[L.VMX_ENTRY_CHECK])
             if n and K.outcome_of(n) == K.GUEST:
                 return self._fail_entry(full)
             return self._fail_entry(v["VM_INSTRUCTION_ERROR"])
-        self.launched = True
+        if not self.launched:
+            self.launched = True
         self._exit_rip = item(_I_RIP)            # the exiting instruction's (handlers skip it)
         full = item(_I_REASON) & 0xFFFFFFFF
         reason = full & 0xFFFF
-        name = _NAMES.get(reason) or str(reason)
+        name, handler = _DISPATCH.get(reason) or (str(reason), None)
         self.exits[name] += 1
-        handler = _HANDLERS.get(reason)
         if handler is None:
             self.to_user["unknown"] += 1
             return KvmRun(KVM_EXIT["unknown"], hardware_exit_reason=full)
@@ -604,8 +608,11 @@ class VCPU:
             self.in_kernel[name] += 1
         else:
             self.to_user[result.name] += 1
-        self._complete_interrupted_event()
-        self._prepare_injection()
+        # the two checks inline: each is almost always false, a call costs more than it
+        if item(_I_IDT_VECTORING) & _INTR_INFO_VALID:
+            self._complete_interrupted_event()
+        if self._tick_pending:
+            self._prepare_injection()
         return result
 
     def _complete_interrupted_event(self) -> None:
@@ -1050,7 +1057,6 @@ def _cpuid_answers():
 # leaf answers as leaf 1, the highest: SDM Vol. 2A, CPUID), as tuples of Python ints:
 # unpacking a numpy array makes a numpy scalar of each
 _CPUID_LEAF0, _CPUID_LEAF1 = _cpuid_answers()
-_NAMES = {int(r): r.name for r in _ER}
 _TRAPS = {r: f"VM exit {int(r)} {r.name}" for r in _ER}
 
 _HANDLERS = {
@@ -1061,6 +1067,9 @@ _HANDLERS = {
     int(_ER.EXCEPTION_NMI): _exception, int(_ER.EPT_VIOLATION): _ept_violation,
     int(_ER.INVLPG): _invlpg,
 }
+# basic exit reason -> (its name, the counters' key; its handler, None: to user space as
+# KVM_EXIT_UNKNOWN): one lookup per exit
+_DISPATCH = {int(r): (r.name, _HANDLERS.get(int(r))) for r in _ER}
 
 
 class GuestRegisters:
