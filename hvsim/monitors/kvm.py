@@ -357,6 +357,9 @@ class VCPU:
         self.vm = vm
         self.machine = m = vm.machine
         self.vmcs = Vmcs(m)
+        # the exit path's view of the state array (the same memory): indexing it gives and
+        # takes Python ints, cheaper than ndarray.item and ndarray's stores
+        self._stv = memoryview(m._st)
         self.devices = Devices()
         self.exits = collections.Counter()        # every VM exit, by reason name
         self.in_kernel = collections.Counter()    # exits handled here, by reason name
@@ -554,8 +557,7 @@ class VCPU:
         if isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1:
             raise ValueError(f"max_steps must be a positive int, got {max_steps!r}")
         m = self.machine
-        st = m._st
-        item = st.item                             # Python ints: cheaper than st[i]
+        st = self._stv
         run = m._run                               # Machine.run without building an Event
         handle = self._exit
         nonroot, request, exit_steps = L.VMX_NONROOT, L.VMX_ENTRY_REQUEST, L.EXIT_STEPS
@@ -563,10 +565,10 @@ class VCPU:
             _complete_mmio_read(self)
         used = 0
         while used < max_steps:
-            if not item(nonroot):      # (a budget may have ended the last run in the guest)
+            if not st[nonroot]:        # (a budget may have ended the last run in the guest)
                 st[request] = 2 if self.launched else 1
             kind = run(max_steps - used)
-            steps = item(exit_steps)
+            steps = st[exit_steps]
             used += steps if steps > 0 else 1
             if kind != EXIT_VMEXIT:
                 if kind == EXIT_BUDGET:
@@ -583,8 +585,8 @@ class VCPU:
     def _exit(self) -> Optional[KvmRun]:
         """Handle one VM exit: None to go back into the guest, else what user space gets."""
         m = self.machine
-        item = m._st.item                        # a Python int, cheaper than int(st[i])
-        if item(L.EXIT_VECTOR) < 0:
+        st = self._stv
+        if st[L.EXIT_VECTOR] < 0:
             # the entry itself failed: VMfailInvalid/VMfailValid(n) (the instruction fell
             # through), or a guest-state failure (an exit with bit 31 set)
             v = self.vmcs
@@ -595,8 +597,8 @@ class VCPU:
             return self._fail_entry(v["VM_INSTRUCTION_ERROR"])
         if not self.launched:
             self.launched = True
-        self._exit_rip = item(_I_RIP)            # the exiting instruction's (handlers skip it)
-        full = item(_I_REASON) & 0xFFFFFFFF
+        self._exit_rip = st[_I_RIP]              # the exiting instruction's (handlers skip it)
+        full = st[_I_REASON] & 0xFFFFFFFF
         reason = full & 0xFFFF
         name, handler = _DISPATCH.get(reason) or (str(reason), None)
         self.exits[name] += 1
@@ -609,7 +611,7 @@ class VCPU:
         else:
             self.to_user[result.name] += 1
         # the two checks inline: each is almost always false, a call costs more than it
-        if item(_I_IDT_VECTORING) & _INTR_INFO_VALID:
+        if st[_I_IDT_VECTORING] & _INTR_INFO_VALID:
             self._complete_interrupted_event()
         if self._tick_pending:
             self._prepare_injection()
@@ -619,7 +621,7 @@ class VCPU:
         """An exit that interrupted the delivery of an event (IDT-vectoring information
         valid, SDM Vol. 3C 28.2.4) must not lose it: inject it again on the next entry,
         unless a handler already queued an event (KVM's vmx_complete_interrupts)."""
-        if not self.machine._st.item(_I_IDT_VECTORING) & X.INTR_INFO_VALID:
+        if not self._stv[_I_IDT_VECTORING] & X.INTR_INFO_VALID:
             return                               # (the common case: one read)
         v = self.vmcs
         info = v["IDT_VECTORING_INFO_FIELD"]
@@ -642,23 +644,22 @@ class VCPU:
 
     def _skip(self) -> None:
         """GUEST_RIP += VM-exit instruction length (the instruction was emulated)."""
-        st = self.machine._st
-        st[_I_RIP] = (st.item(_I_RIP) + st.item(_I_INSN_LEN)) & 0xFFFFFFFF
+        st = self._stv
+        st[_I_RIP] = (st[_I_RIP] + st[_I_INSN_LEN]) & 0xFFFFFFFF
 
     def _skip_by(self, length: int) -> None:
         """GUEST_RIP += ``length``: for an exit whose VM-exit instruction length is not
         defined (an EPT violation, SDM Vol. 3C 28.2.5), the decoded instruction's."""
-        st = self.machine._st
-        st[_I_RIP] = (st.item(_I_RIP) + length) & 0xFFFFFFFF
+        st = self._stv
+        st[_I_RIP] = (st[_I_RIP] + length) & 0xFFFFFFFF
 
     def _note(self, reason: str, what: str, *args) -> None:
         """One exit handled: its facts now (a tuple: an exit costs microseconds), the
         monitors' LogEntry (hvsim.monitors.base) only when :attr:`log` is read; ``what``
         is a format string for ``args``."""
-        st = self.machine._st
-        item = st.item
-        self._raw_log.append((reason, item(_I_INTR_INFO), self._exit_rip, item(_I_SS_AR),
-                              item(_I_QUAL), item(L.TSC), what, args))
+        st = self._stv
+        self._raw_log.append((reason, st[_I_INTR_INFO], self._exit_rip, st[_I_SS_AR],
+                              st[_I_QUAL], st[L.TSC], what, args))
 
     @property
     def log(self) -> list:
@@ -702,8 +703,8 @@ class VCPU:
 def _cpuid(vc: VCPU) -> None:
     """CPUID, answered as the machine would, without the VMX feature (KVM hides it from
     guests unless nested virtualization is on). The guest's registers are the CPU's."""
-    st = vc.machine._st
-    leaf = st.item(L.EAX)
+    st = vc._stv
+    leaf = st[L.EAX]
     eax, ecx, edx, ebx = _CPUID_LEAF0 if leaf == 0 else _CPUID_LEAF1
     st[L.EAX] = eax                       # four scalar stores: cheaper than a slice's
     st[L.ECX] = ecx
