@@ -107,6 +107,17 @@ _I_IDT_VECTORING = _idx("IDT_VECTORING_INFO_FIELD")
 _INTR_INFO_VALID = X.INTR_INFO_VALID
 
 
+class _Tally(collections.Counter):
+    """A Counter that the exit path can bump at a plain dict's cost.
+
+    Counter defines ``__delitem__`` in Python, and CPython serves item stores and deletes
+    through one type slot: so every ``counter[key] += 1`` store calls back into Python.
+    With dict's own ``__delitem__`` (deleting a missing key raises KeyError, as a dict's
+    does) stores stay in C. Everything else is Counter's; without that slot sharing
+    it is just slower, never different."""
+    __delitem__ = dict.__delitem__
+
+
 class Vmcs:
     """The current VMCS of a machine, field by SDM name: ``vmcs["GUEST_RIP"]``.
 
@@ -361,9 +372,9 @@ class VCPU:
         # takes Python ints, cheaper than ndarray.item and ndarray's stores
         self._stv = memoryview(m._st)
         self.devices = Devices()
-        self.exits = collections.Counter()        # every VM exit, by reason name
-        self.in_kernel = collections.Counter()    # exits handled here, by reason name
-        self.to_user = collections.Counter()      # exits returned to the caller, by KVM name
+        self.exits = _Tally()                     # every VM exit, by reason name
+        self.in_kernel = _Tally()                 # exits handled here, by reason name
+        self.to_user = _Tally()                   # exits returned to the caller, by KVM name
         self._raw_log: list = []                  # per exit handled: the facts, as a tuple
         self._log: list = []                      # ... made into LogEntry when read
         self.injected = 0
@@ -1166,8 +1177,8 @@ class Vtx(Monitor):
         k, d = self.kvm, self.kvm.devices
         return (self.machine.snapshot(), self._state, self._final, k.launched, k._tick_pending,
                 k._guest_cr3, k._guest_cr0_view, (d.console, d.timer_period, d.timer_vector),
-                len(k._raw_log), k.injected, collections.Counter(k.exits),
-                collections.Counter(k.in_kernel), collections.Counter(k.to_user), k._mmio_read,
+                len(k._raw_log), k.injected, _Tally(k.exits), _Tally(k.in_kernel),
+                _Tally(k.to_user), k._mmio_read,
                 k._guest_cr4_view, None if k.shadow is None else k.shadow.snapshot(),
                 d.disk.snapshot())
 
