@@ -207,6 +207,20 @@ def test_the_vtx_monitor_snapshot_restores_exactly():
     assert (mon.console, _ticks(mon, **RING0_KERNEL), mon.kvm.regs, len(mon.log)) == after
 
 
+def test_a_vtx_snapshot_restored_twice_gives_the_same_exit_counts():
+    # the counters go on after a restore: the snapshot's own must not be the ones counted
+    mon = Vtx(program=assemble("mov esi, 50\nagain:\nxor eax, eax\ncpuid\ndec esi\n"
+                               "jnz again\nhlt\n"))
+    mon.run(40)
+    snap = mon.snapshot()
+    counts = []
+    for _ in range(3):
+        mon.run(10**6)
+        counts.append((mon.kvm.exits["CPUID"], mon.kvm.in_kernel["CPUID"], mon.kvm.to_user["hlt"]))
+        mon.restore(snap)
+    assert counts == [(50, 50, 1)] * 3
+
+
 def test_the_cli_knows_the_vtx_monitor(tmp_path, capsys):
     from hvsim.cli import main
     assert MONITORS["vtx"] is Vtx

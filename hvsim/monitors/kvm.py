@@ -1185,8 +1185,10 @@ class Vtx(Monitor):
     def restore(self, snap) -> None:
         k = self.kvm
         (machine, self._state, self._final, k.launched, k._tick_pending, k._guest_cr3,
-         k._guest_cr0_view, devices, n_log, k.injected, k.exits, k.in_kernel, k.to_user,
+         k._guest_cr0_view, devices, n_log, k.injected, exits, in_kernel, to_user,
          k._mmio_read, k._guest_cr4_view, shadow, disk) = snap
+        # copies: the vCPU goes on counting, the snapshot may be restored again
+        k.exits, k.in_kernel, k.to_user = _Tally(exits), _Tally(in_kernel), _Tally(to_user)
         k.devices.disk.restore(disk)
         if shadow is not None:
             k.shadow.restore(shadow)
