@@ -49,7 +49,6 @@ import collections
 import dataclasses
 from typing import Optional
 
-
 from hvsim.arch import layout as L
 from hvsim.arch.exits import EXIT_BUDGET, EXIT_VMEXIT
 from hvsim.arch import vmcs as V
