@@ -461,6 +461,9 @@ class Hypervisor(Monitor):
         self.machine = m = machine if machine is not None else Machine(
             memory=memory + HV_PAGES * PAGE)
         self._st = m._st
+        # the hot path's view of the state array (the same memory): indexing it gives and
+        # takes Python ints, cheaper than ndarray.item and ndarray's stores
+        self._stv = memoryview(m._st)
         self._mem = m._raw_mem
         self._bytes = memoryview(m._raw_mem)      # cheaper than numpy for one byte
         hv = memory
@@ -914,21 +917,21 @@ class Hypervisor(Monitor):
         a step is an instruction, a hypercall or a trap the hypervisor handled."""
         max_steps = self._check_budget(max_steps)
         m = self.machine
-        item = self._st.item
+        st = self._stv
         run = m._run
         used = 0
         while used < max_steps:
             if self._state != "running":
                 return self._final
             kind = run(max_steps - used)
-            steps = item(L.EXIT_STEPS)
+            steps = st[L.EXIT_STEPS]
             if kind == EXIT_BUDGET:
                 used += steps
                 continue
             used += steps if steps > 1 else 1
-            if (kind == EXIT_EXCEPTION and item(_X_VECTOR) == A.HYPERCALL_VECTOR
-                    and item(_X_SOURCE) == _SOFTWARE and item(_X_CPL) == GUEST_RING):
-                final = self._hypercall(item(_X_EIP))
+            if (kind == EXIT_EXCEPTION and st[_X_VECTOR] == A.HYPERCALL_VECTOR
+                    and st[_X_SOURCE] == _SOFTWARE and st[_X_CPL] == GUEST_RING):
+                final = self._hypercall(st[_X_EIP])
             else:
                 final = self.handle(m._event(kind))
             if final is not None:
@@ -945,15 +948,15 @@ class Hypervisor(Monitor):
         kind = m._run(1)
         if kind == EXIT_BUDGET:
             return None
-        item = self._st.item
-        if (kind == EXIT_EXCEPTION and item(_X_VECTOR) == A.HYPERCALL_VECTOR
-                and item(_X_SOURCE) == _SOFTWARE and item(_X_CPL) == GUEST_RING):
-            return self._hypercall(item(_X_EIP))
+        st = self._stv
+        if (kind == EXIT_EXCEPTION and st[_X_VECTOR] == A.HYPERCALL_VECTOR
+                and st[_X_SOURCE] == _SOFTWARE and st[_X_CPL] == GUEST_RING):
+            return self._hypercall(st[_X_EIP])
         return self.handle(m._event(kind))
 
     def _hypercall(self, eip: int) -> Optional[MonitorEvent]:
         """The hot path: EAX selects the handler, EBX..EDI are its arguments."""
-        st = self._st
+        st = self._stv
         r = st[:8].tolist()                       # EAX ECX EDX EBX ESP EBP ESI EDI
         nr = r[0]
         st[L.EIP] = (eip + 2) & MASK32            # after int 0x82 (the stub's ret follows)
@@ -976,7 +979,7 @@ class Hypervisor(Monitor):
             if rc < 0:
                 self.errors[A.hypercall_name(nr)] += 1
             st[L.EAX] = rc & MASK32
-        self._log.append((nr, r, rc, eip, st.item(L.TSC)))
+        self._log.append((nr, r, rc, eip, st[L.TSC]))
         return self._after()
 
     def _after(self) -> Optional[MonitorEvent]:
