@@ -120,7 +120,7 @@ class GuestState(NamedTuple):
 
 
 @dataclasses.dataclass(eq=False)
-class MiniosResult:
+class MiniosResult(W.GuestResult):
     """One run of minios.s on one host. Equality compares :meth:`guest_state` only."""
     workload: str
     host: str
@@ -138,24 +138,9 @@ class MiniosResult:
         return GuestState(self.event.kind, tuple(self.regs[r] for r in _REGS), self.results,
                           self.disk, self.console)
 
-    def __eq__(self, other):
-        if not isinstance(other, MiniosResult):
-            return NotImplemented
-        return self.guest_state() == other.guest_state()
-
-    __hash__ = None
-
     def base(self, field: str) -> int:
         """Where bytes field ``field`` starts: RESULTS' physical address, the disk's 0."""
         return self.layout["RESULTS"] if field == "results" else 0
-
-    def dword(self, offset: int) -> int:
-        """The dword at ``offset`` in RESULTS."""
-        return struct.unpack_from("<I", self.results, offset)[0]
-
-    @property
-    def status(self) -> int:
-        return self.dword(0x00)
 
     @property
     def syscall(self) -> Syscall:

@@ -43,7 +43,7 @@ from hvsim.monitors import Native, TrapAndEmulate, Vtx
 from hvsim.monitors.devices import BlockDevice
 from hvsim.rings.setup import install
 
-__all__ = ["HOSTS", "WORKLOADS", "run", "WorkloadResult", "WorkloadError", "GuestState",
+__all__ = ["HOSTS", "WORKLOADS", "run", "GuestResult", "WorkloadResult", "WorkloadError", "GuestState",
            "Record", "differences", "gprs", "STATUS_OK", "GUEST_RAM", "DEFAULT_BUDGET"]
 
 #: the workloads by name (:data:`hvsim.guests.MM_WORKLOADS`)
@@ -109,8 +109,32 @@ class GuestState(NamedTuple):
     console: str
 
 
+class GuestResult:
+    """What the workload harnesses' results share: equality of :meth:`guest_state` (what
+    the guest saw) between results of one kind, and the RESULTS area read by dword."""
+    results: bytes
+
+    def guest_state(self):
+        raise NotImplementedError
+
+    def __eq__(self, other):
+        if type(other) is not type(self):
+            return NotImplemented
+        return self.guest_state() == other.guest_state()
+
+    __hash__ = None
+
+    def dword(self, offset: int) -> int:
+        """The dword at ``offset`` in RESULTS."""
+        return struct.unpack_from("<I", self.results, offset)[0]
+
+    @property
+    def status(self) -> int:
+        return self.dword(0x00)
+
+
 @dataclasses.dataclass(eq=False)
-class WorkloadResult:
+class WorkloadResult(GuestResult):
     """One run of mm.s on one host. Equality compares :meth:`guest_state` only."""
     workload: str
     host: str
@@ -127,21 +151,6 @@ class WorkloadResult:
     def guest_state(self) -> GuestState:
         return GuestState(self.event.kind, tuple(self.regs[r] for r in _GPRS),
                           self.results, self.tables, tuple(self.faults), self.console)
-
-    def __eq__(self, other):
-        if not isinstance(other, WorkloadResult):
-            return NotImplemented
-        return self.guest_state() == other.guest_state()
-
-    __hash__ = None
-
-    def dword(self, offset: int) -> int:
-        """The dword at ``offset`` in RESULTS."""
-        return struct.unpack_from("<I", self.results, offset)[0]
-
-    @property
-    def status(self) -> int:
-        return self.dword(0x00)
 
     @property
     def pool(self) -> tuple:

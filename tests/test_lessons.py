@@ -631,7 +631,9 @@ def test_lesson06_a_hypercall_is_a_stub_an_int_0x82_from_ring_1_and_a_result_in_
     assert calls[0]["eax"] == 0 and calls[1]["eax"] == 0x30000          # Xen 3.0
     assert rows[-1]["what"].startswith("halt") and "poweroff" in rows[-1]["what"]
     assert not any(r["ring"] != 1 for r in rows)
-    assert "<b>" in l06.hypercall_table(rows) or "font-weight:bold" in l06.hypercall_table(rows)
+    table = l06.hypercall_table(rows)
+    assert table.count("font-weight:bold") == 3          # the three hypercalls, and only they
+    assert 'font-weight:bold;">hypercall console_io(' in table
 
 
 def test_lesson06_the_critical_section_traps_twice_under_trap_and_emulate_and_never_pv():

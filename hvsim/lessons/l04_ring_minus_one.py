@@ -203,6 +203,12 @@ def _td(text, colour: Optional[str] = None, bold: bool = False) -> _Cell:
                  else f"<td>{html.escape(str(text))}</td>")
 
 
+def _same_cell(same: Optional[bool]) -> _Cell:
+    """A table's "guest state = native's" cell: yes, NO in red, or - without a native run."""
+    return _td("-" if same is None else "yes" if same else "NO",
+               None if same is not False else "#b3261e", same is False)
+
+
 def exit_table(rows: list) -> _HTML:
     """:func:`exit_rows` as an HTML table; exits that reached user space in red."""
     body = [[r["reason"], r["name"], r["exits"],

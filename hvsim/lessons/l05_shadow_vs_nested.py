@@ -43,7 +43,7 @@ from typing import Optional
 from hvsim import assemble, cost, workloads
 from hvsim.arch.pte import PTE_A, PTE_D, PTE_FRAME, PTE_P, PTE_RW, PTE_US
 from hvsim.lessons import Exercise
-from hvsim.lessons.l04_ring_minus_one import _HTML, _table, _td
+from hvsim.lessons.l04_ring_minus_one import _HTML, _same_cell, _table, _td
 from hvsim.machine import DEFAULT_TLB
 from hvsim.monitors import TrapAndEmulate, Vtx
 
@@ -313,8 +313,7 @@ def counter_table(rows: list) -> _HTML:
         same = r["same_as_native"]
         body.append([r["workload"], HOST_NAMES.get(r["host"], r["host"])]
                     + [f"{r[k]:,}" for k in COUNTERS]
-                    + [_td("-" if same is None else "yes" if same else "NO",
-                           None if same is not False else "#b3261e", same is False)])
+                    + [_same_cell(same)])
     return _table(["workload", "host"] + list(COUNTERS.values()) + ["guest state = native's"],
                   body, "hvsim-l05-counters")
 

@@ -37,7 +37,7 @@ import random
 from hvsim import assemble, cost, pvworkloads
 from hvsim.asm import disassemble
 from hvsim.lessons import Exercise
-from hvsim.lessons.l04_ring_minus_one import _HTML, _table, _td
+from hvsim.lessons.l04_ring_minus_one import _HTML, _same_cell, _table, _td
 from hvsim.paravirt import abi as A
 from hvsim.paravirt.hypervisor import Hypervisor
 
@@ -370,8 +370,7 @@ def work_table(rows: list) -> _HTML:
         same = r["same_as_native"]
         body.append([r["workload"], HOST_NAMES.get(r["host"], r["host"])]
                     + [f"{r[k]:,}" for k in WORK]
-                    + [_td("-" if same is None else "yes" if same else "NO",
-                           None if same is not False else "#b3261e", same is False)])
+                    + [_same_cell(same)])
     return _table(["workload", "host"] + list(WORK.values()) + ["guest state = native's"],
                   body, "hvsim-pv-work")
 
