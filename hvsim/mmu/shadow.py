@@ -75,7 +75,7 @@ from hvsim.mmu.paging import PDE_4M_RSVD
 from hvsim.mmu.tlb import tlb_flush_vpid, tlb_invlpg_vpid
 
 __all__ = ["ShadowMMU", "ShadowPage", "GuestPageFault", "ShadowError", "HIDDEN", "TRUE",
-           "TRACE", "MMIO", "HIDDEN_DONE", "ROOT_CACHE", "FLOOD_WRITES", "HOLE_BASE", "COUNTERS"]
+           "TRACE", "CODE", "MMIO", "HIDDEN_DONE", "ROOT_CACHE", "FLOOD_WRITES", "HOLE_BASE", "COUNTERS"]
 
 PAGE = 4096
 ENTRIES = 1024
@@ -88,6 +88,7 @@ HOLE_PDI = HOLE_BASE >> 22
 
 # what page_fault() found
 HIDDEN, TRUE, TRACE, MMIO = "hidden", "true", "trace", "mmio"
+CODE = "code"      # a write to a guest frame traced for its translated code (trace_code)
 HIDDEN_DONE = (HIDDEN, None)     # the one object page_fault() returns for a hidden fault
 
 #: the counters, in the order tables print them, and what each counts
@@ -109,6 +110,7 @@ COUNTERS = {
     "resynced_entries": "guest entries compared during resyncs",
     "unshadowed": "shadow pages dropped as write-flooded",
     "reclaims": "shadow pages dropped because the pool ran dry",
+    "code_faults": "writes to a guest frame holding translated code (a code trace)",
 }
 
 
@@ -223,6 +225,9 @@ class ShadowMMU:
         self.guest_cr3 = 0
         self.guest_cr4 = 0
         self._stamp = 0
+        # guest frames holding code a binary translator translated: mapped read-only so
+        # that a write to them reaches the monitor (trace_code); empty for other monitors
+        self.code_frames: set = set()
 
     # ---- what the guest does ------------------------------------------------------------
     @property
@@ -296,6 +301,9 @@ class ShadowMMU:
         gfn = ((pde & PDE_FRAME_4M) | (lin & 0x3FF000)) >> 12 if large else pte >> 12
         if gfn >= self.ram_frames:
             return MMIO, (gfn << 12) | (lin & 0xFFF)
+        if write and gfn in self.code_frames and not self._traced(gfn):
+            self.counters["code_faults"] += 1
+            return CODE, (gfn << 12) | (lin & 0xFFF)
         if write and self._traced(gfn):
             self.counters["trace_faults"] += 1
             if large:                           # the store's A/D, as the walk would set them
@@ -335,6 +343,8 @@ class ShadowMMU:
         gfn = pte >> 12
         shadowed = self.shadowed
         if gfn >= self.ram_frames or (write and gfn in shadowed and self._traced(gfn)):
+            return False
+        if write and gfn in self.code_frames:
             return False
         sp = self.pages.get((pde >> 12, 1, False, pde & RIGHTS))
         if sp is None:
@@ -453,6 +463,42 @@ class ShadowMMU:
             self._drop_spte_at(addr)
         return True
 
+    # ---- code traces (a binary translator's TC coherence) --------------------------------
+    def trace_code(self, gfn: int) -> None:
+        """Guest frame ``gfn`` holds code a binary translator translated: from now on a
+        write to it faults as its own kind (:data:`CODE`) so that the translator sees
+        self-modifying code (Adams & Agesen 2006, sec. 2.3: traces keep the translation
+        cache coherent). Its writable shadow mappings lose R/W at once, in the direct
+        map (paging off) as in the paged shadows."""
+        if gfn in self.code_frames:
+            return
+        self.code_frames.add(gfn)
+        self._write_protect(gfn)
+
+    def untrace_code(self, gfn: int) -> None:
+        """Stop tracing guest frame ``gfn`` for code: the next write to it is a hidden
+        fault that makes its shadow entry writable again."""
+        self.code_frames.discard(gfn)
+
+    def guest_frame(self, lin: int):
+        """The guest frame linear ``lin`` maps to through the guest's tables for a
+        supervisor read, or None if they do not map it -- a look with no side effect
+        (no A flag set, nothing filled), for a translator checking that translated code
+        is still where it was."""
+        lin &= 0xFFFFFFFF
+        if not self.paging:
+            return lin >> 12 if lin >> 12 < self.ram_frames else None
+        try:
+            walk = self._guest_walk(lin, 0, 0)
+        except ShadowError:
+            return None
+        if walk[0] is not None:
+            return None
+        _, _, pde, pte_pa, pte = walk
+        if pte_pa is None:
+            return ((pde & PDE_FRAME_4M) | (lin & 0x3FF000)) >> 12
+        return pte >> 12
+
     # ---- bookkeeping --------------------------------------------------------------------
     def reset(self) -> None:
         """Drop every shadow page (a change of paging mode)."""
@@ -464,7 +510,7 @@ class ShadowMMU:
         tlb_flush_vpid(self._st, self._tlb, self.vpid, 0)
 
     _STATE = ("pages", "by_hpa", "shadowed", "roots", "root", "counters",
-              "guest_cr0", "guest_cr3", "guest_cr4", "_free", "_stamp")
+              "guest_cr0", "guest_cr3", "guest_cr4", "_free", "_stamp", "code_frames")
 
     def snapshot(self):
         """The bookkeeping (the shadow tables themselves are in the machine's memory,
@@ -579,9 +625,10 @@ class ShadowMMU:
     def _set_spte(self, sp, idx, gfn, rights, dirty, write, user):
         """The shadow PTE for guest frame ``gfn`` with the guest's combined ``rights``."""
         flags = PTE_P | (rights & PTE_US)
-        if rights & PTE_RW and dirty and not self._traced(gfn):
+        code = gfn in self.code_frames
+        if rights & PTE_RW and dirty and not code and not self._traced(gfn):
             flags |= PTE_RW
-        elif (write and not user and not self.guest_cr0 & CR0_WP
+        elif (write and not user and not self.guest_cr0 & CR0_WP and not code
               and not rights & PTE_RW and not self._traced(gfn)):
             flags = PTE_P | PTE_RW            # CR0.WP = 0: writable, supervisor only (KVM)
         self._m32[(sp.hpa >> 2) + idx] = (gfn << 12) | flags
@@ -593,6 +640,9 @@ class ShadowMMU:
         if write and self._traced(gfn):
             self.counters["trace_faults"] += 1
             return TRACE, gpa
+        if write and gfn in self.code_frames:
+            self.counters["code_faults"] += 1
+            return CODE, gpa
         self.counters["hidden_faults"] += 1
         root = self.root
         key = ((gfn >> 10) << 10, 1, True, RIGHTS)
@@ -643,6 +693,9 @@ class ShadowMMU:
         flags = np.full(self.ram_frames, PTE_P | PTE_RW | PTE_US, np.uint32)
         for gfn in self.shadowed:
             if gfn < self.ram_frames and self._traced(gfn):
+                flags[gfn] &= ~np.uint32(PTE_RW)
+        for gfn in self.code_frames:
+            if gfn < self.ram_frames:
                 flags[gfn] &= ~np.uint32(PTE_RW)
         for first in range(0, self.ram_frames, ENTRIES):
             key = (first, 1, True, RIGHTS)

@@ -25,7 +25,8 @@ the command line and the cost model take any of them:
                        ``true_faults``, ``trace_faults``, ``shadow_roots_built`` and
                        ``shadow_resyncs`` (0 for the others); a paravirtualizing
                        hypervisor (hvsim/paravirt) its ``pt_updates``,
-                       ``tables_validated`` and ``io_requests``
+                       ``tables_validated`` and ``io_requests``; a binary translator
+                       (hvsim/bt) its ``callouts`` and ``translated`` (0 for the others)
 ``counters``           the machine's counters and ``stats`` in one flat dict
 ``vcpu``               the virtual CPU the guest believes it has (the real one for native)
 ``console``            what the guest printed on its (virtual) console
@@ -45,7 +46,7 @@ from hvsim.instruction import Instruction
 from hvsim.machine import Event, Machine
 
 __all__ = ["Monitor", "MonitorEvent", "LogEntry", "Kill", "STATS", "SHADOW_STATS", "PV_STATS",
-           "shadow_stats"]
+           "BT_STATS", "shadow_stats"]
 
 #: The keys of ``Monitor.stats`` (hvsim.cost charges each of them).
 STATS = ("traps", "emulated", "reflected", "injected", "vm_exits", "hypercalls",
@@ -57,6 +58,13 @@ SHADOW_STATS = STATS[6:11]
 #: and wrote for the guest, tables it validated, split-driver requests its backend served
 PV_STATS = STATS[11:]
 
+# ---- binary translation (hvsim/bt) ----------------------------------------------------
+#: a binary translator's work: ``callouts`` (exits from translated code to the monitor
+#: that the translator put there -- not traps), ``translated`` (guest instructions
+#: translated into the translation cache); 0 for every other monitor
+BT_STATS = ("callouts", "translated")
+STATS = STATS + BT_STATS
+
 
 def shadow_stats(d: dict, shadow) -> dict:
     """``d`` (a monitor's stats) with the SHADOW_STATS of ``shadow`` (0 if None) and the
@@ -65,6 +73,8 @@ def shadow_stats(d: dict, shadow) -> dict:
         d[k] = 0 if shadow is None else shadow.counters[k]
     for k in PV_STATS:
         d[k] = 0
+    for k in BT_STATS:
+        d.setdefault(k, 0)
     return d
 
 

@@ -515,18 +515,19 @@ class TrapAndEmulate(Monitor):
     def __init__(self, machine: Optional[Machine] = None, program=None, *,
                  virtualizable: bool = False, unsync: bool = False):
         if machine is None:
-            machine = Machine(memory=GUEST_RAM + MONITOR_PAGES * PAGE)
+            machine = Machine(memory=GUEST_RAM + self._reserved_pages() * PAGE)
         if not isinstance(machine, Machine):
             raise TypeError(f"machine must be an hvsim Machine, got {type(machine).__name__}")
         if not isinstance(virtualizable, bool):
             raise TypeError(f"virtualizable must be True or False, got {virtualizable!r}")
         if not isinstance(unsync, bool):
             raise TypeError(f"unsync must be True or False, got {unsync!r}")
-        ram = len(machine.memory) - MONITOR_PAGES * PAGE
+        reserved = self._reserved_pages()
+        ram = len(machine.memory) - reserved * PAGE
         if ram < 1 << 16:
             raise ValueError(f"a {len(machine.memory):#x}-byte machine leaves the guest "
                              f"{max(ram, 0):#x} bytes of RAM beside the monitor's "
-                             f"{MONITOR_PAGES} pages: give it at least 64 KiB more")
+                             f"{reserved} pages: give it at least 64 KiB more")
         self.machine = machine
         self.ram = ram
         self.unsync = unsync
@@ -554,6 +555,11 @@ class TrapAndEmulate(Monitor):
         self._timer_epoch = 0                    # TSC when the real timer was (re)started
         if program is not None:
             self.boot(program)
+
+    def _reserved_pages(self) -> int:
+        """The pages at the top of the machine the monitor keeps for itself (a subclass
+        that keeps more -- binary translation's translation cache -- says so here)."""
+        return MONITOR_PAGES
 
     # ---- the protocol ---------------------------------------------------------------------
     @property
