@@ -65,6 +65,8 @@ def _pv(program, budget: int):
 #: host name -> function(program, budget) -> (monitor, final event)
 HOSTS: dict = {name: W.HOSTS[name] for name in ("native", "shadow", "vtx", "ept")}
 HOSTS["pv"] = _pv
+# ---- binary translation (hvsim/bt): the native build, its kernel translated --------------
+HOSTS["bt"] = W.HOSTS["bt"]
 #: the hosts that run the PV build
 PV_HOSTS = frozenset({"pv"})
 

@@ -89,6 +89,16 @@ HOSTS: dict = {
     "ept": lambda program, budget: _started(Vtx(program=program, ept=True), budget),
 }
 
+# ---- binary translation (hvsim/bt) ------------------------------------------------------
+def _bt(program, budget: int):
+    """VMware-style binary translation: the kernel from a translation cache at ring 1,
+    shadow paging from boot (hvsim/bt/monitor.py)."""
+    from hvsim.bt import BinaryTranslator
+    return _started(BinaryTranslator(program=program), budget)
+
+
+HOSTS["bt"] = _bt
+
 
 # ---- the results ----------------------------------------------------------------------
 class Record(NamedTuple):
