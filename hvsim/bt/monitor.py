@@ -791,20 +791,23 @@ class BinaryTranslator(TrapAndEmulate):
 
     # ---- adaptive translation ------------------------------------------------------------
     def _site_trap(self, addr: int) -> None:
-        self._site_traps[addr] += 1
+        """Count a trap of the translated instruction at TC ``addr``, by its guest EIP
+        (every translation of one guest instruction shares the count)."""
+        hit = self._at.get(addr)
+        if hit is not None:
+            self._site_traps[hit[1].guest_eip] += 1
 
     def _maybe_adapt(self, addr: int) -> None:
-        if self._site_traps[addr] < self.adapt_after:
-            return
         hit = self._at.get(addr)
         if hit is None:
             return
         tu, row = hit
-        if row.kind != IDENT or not tu.valid:
+        eip = row.guest_eip
+        if self._site_traps[eip] < self.adapt_after or row.kind != IDENT or not tu.valid:
             return
-        del self._site_traps[addr]
-        self._adapted.add(row.guest_eip)
-        self.bt_counts["adaptations"] += 1
+        if eip not in self._adapted:
+            self._adapted.add(eip)
+            self.bt_counts["adaptations"] += 1
         if row.length >= 2:
             self.machine.write_physical(self._tc_pa + (addr - TC_BASE), R.callout())
             row.kind = CALLOUT

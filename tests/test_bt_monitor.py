@@ -1,0 +1,470 @@
+"""Binary translation as a monitor (hvsim/bt/monitor.py): kernels run under BT and natively.
+
+Oracles: the real CPU (each small kernel below also runs natively at ring 0 -- its code
+selector KCODE substituted -- and the guest-visible results must agree); counts known by
+construction (TUs, chain patches, callouts of a tiny kernel); the teaching kernel's own
+counters (ticks, calls) against trap-and-emulate's freeze.
+"""
+import pytest
+
+from hvsim import Machine, assemble
+from hvsim.bt import BinaryTranslator
+from hvsim.bt.monitor import TC_BASE, VCPU_BASE, VMM_GS, BTSnapshot
+from hvsim.bt.translator import CALLOUT, CHAIN, CONT, IDENT, INLINE
+from hvsim.guests import teaching_kernel
+from hvsim.mmu.shadow import HOLE_BASE
+from hvsim.monitors import Native, TrapAndEmulate
+from hvsim.rings.setup import install
+
+KCODE_BT, KCODE_NATIVE = 0x19, 0x08
+GP_NAME = "#GP (general protection)"
+
+
+def build(src, kcode):
+    return assemble(src.replace("KCODE", hex(kcode)), origin=0x1000)
+
+
+def native(src, steps=100_000):
+    m = Machine(memory=1 << 20, exceptions="guest")
+    t = install(m)
+    prog = build(src, KCODE_NATIVE)
+    m.load(prog)
+    t.enter(m, 0, m.cpu.eip, t.stack_top(0) - 0x8000)
+    nat = Native(m)
+    ev = nat.run(steps)
+    return nat, ev, prog
+
+
+def bt_run(src, steps=100_000, **kw):
+    prog = build(src, KCODE_BT)
+    bt = BinaryTranslator(program=prog, **kw)
+    ev = bt.run(steps)
+    return bt, ev, prog
+
+
+def dword(mon, address):
+    return int.from_bytes(bytes(mon.machine.memory[address:address + 4]), "little")
+
+
+REGS = ("eax", "ecx", "edx", "ebx", "esi", "edi", "ebp")
+
+
+def regs(mon):
+    return {r: int(getattr(mon.machine.cpu, r)) for r in REGS}
+
+
+# an IDT builder both runs share: gate(vector=eax, handler=ebx), interrupt gate, DPL 0
+IDT_LIB = """
+set_gate:
+    mov edx, ebx
+    and edx, 0xFFFF
+    or edx, KCODE << 16
+    mov [0x30000 + eax*8], edx
+    mov edx, ebx
+    and edx, 0xFFFF0000
+    or edx, 0x8E00
+    mov [0x30000 + eax*8 + 4], edx
+    ret
+idtr:
+    dw 256*8 - 1
+    dd 0x30000
+"""
+
+
+# ---- the teaching kernel: the POPF critical section works --------------------------------
+def test_teaching_kernel_ticks_where_trap_and_emulate_freezes():
+    prog = teaching_kernel()
+    lab = prog.labels
+    bt = BinaryTranslator(program=prog)
+    tae = TrapAndEmulate(program=prog)
+    assert bt.run(200_000).kind == "budget" and tae.run(200_000).kind == "budget"
+    ticks, calls = dword(bt, lab["ticks"]), dword(bt, lab["calls"])
+    assert dword(tae, lab["ticks"]) == 4                  # frozen at the first POPF
+    assert ticks > 300 and calls > 100                    # BT: the clock runs
+    assert ticks == bt.ticks_delivered                    # every injected tick was counted
+    assert dword(bt, lab["seen_ticks"]) <= ticks and dword(bt, lab["rounds"]) in (calls, calls - 1)
+    assert bt.vcpu.IF == 1 and bt.console == tae.console == "kernel up\nhello from ring 3\n"
+    # the same progress natively: the guest's clock and its system calls grow together
+    from hvsim.lessons import l02_hole as l02
+    nat = l02.run_native(200_000)
+    n_ticks, n_calls = l02.guest_dword(nat, "ticks"), l02.guest_dword(nat, "calls")
+    assert n_ticks > 300 and abs(ticks / calls - n_ticks / n_calls) < 0.25 * n_ticks / n_calls
+    assert nat.console == bt.console
+    # the critical section is inline: no PUSHF/POPF ever trapped or was emulated
+    assert bt.counters["in-TC POPFD"] >= 1 and "emulated POPFD" not in bt.counters
+    assert bt.stats["callouts"] > 0 and bt.stats["translated"] == bt.counters["translated"]
+
+
+def test_counts_of_a_tiny_kernel_are_known_by_construction():
+    src = """
+start:
+    mov ecx, 3
+again:
+    dec ecx
+    jnz again
+    hlt
+"""
+    bt, ev, prog = bt_run(src)
+    assert ev.kind == "halt" and bt.machine.cpu.ecx == 0
+    c = bt.counters
+    # TU A = mov, dec, jnz; TU B = dec, jnz (at 'again'); TU C = hlt. A's taken exit, B's
+    # taken exit and B's fall-through are chained once each
+    assert (c["tus"], c["translated"], c["chain_patches"]) == (3, 6, 3)
+    assert dict(bt.callouts) == {"continuation": 3, "hlt": 1}
+    assert bt.stats["callouts"] == 4 and bt.stats["traps"] == 0
+    rows = bt.listing(0x1000)
+    assert [r[4] for r in rows] == [IDENT, IDENT, CHAIN, CHAIN, CONT, CONT]
+    assert rows[0][:2] == (0x1000, "mov ecx, 3") and rows[0][2] >= TC_BASE
+    assert rows[2][3].startswith("jne") and rows[4][3] == "int 0xf1"
+
+
+BRANCHES = """
+start:
+    xor eax, eax
+    mov ecx, 5
+back:
+    add eax, ecx            ; a backward loop
+    dec ecx
+    jnz back
+    jmp fwd                 ; a forward jump
+    mov eax, 0xdead
+fwd:
+    call sub1               ; the guest return address on the stack
+after:
+    mov esi, table
+    call [esi]              ; indirect through memory
+    mov edx, sub3
+    call edx                ; indirect through a register
+    mov ebx, done
+    jmp ebx
+    mov eax, 0xbad
+done:
+    mov ecx, 4
+spin:
+    loop spin
+    jecxz ok
+    mov eax, 0xbad2
+ok:
+    hlt
+sub1:
+    mov edi, [esp]
+    ret
+sub2:
+    add edi, 1
+    ret 0
+sub3:
+    add ebp, 2
+    ret
+table:
+    dd sub2
+"""
+
+
+def test_control_flow_rewriting_matches_the_cpu():
+    nat, nev, prog = native(BRANCHES)
+    bt, ev, _ = bt_run(BRANCHES)
+    assert nev.kind == ev.kind == "halt"
+    assert regs(bt) == regs(nat)
+    assert bt.machine.cpu.edi == prog.labels["after"] + 1      # a guest address, not a TC one
+    # lookups: call [esi], ret, call edx, ret, jmp ebx, ret (sub1's)
+    assert bt.counters["indirect_lookups"] == 6
+
+
+FAR = """
+start:
+    mov ebx, 1
+    jmp KCODE:farther
+    mov ebx, 0xbad
+farther:
+    add ebx, 1
+    call KCODE:farcall
+    add ebx, 4
+    hlt
+farcall:
+    add ebx, 2
+    retf
+"""
+
+
+def test_far_transfers_are_callouts_that_stay_in_the_tc():
+    nat, nev, _ = native(FAR)
+    bt, ev, _ = bt_run(FAR)
+    assert nev.kind == ev.kind == "halt" and bt.machine.cpu.ebx == nat.machine.cpu.ebx == 8
+    assert bt.callouts["ljmp"] == bt.callouts["lcall"] == bt.callouts["retf"] == 1
+    assert bt.machine.cpu.cs == KCODE_BT
+
+
+FAULTS = """
+start:
+    lidt [idtr]
+    mov eax, 0
+    mov ebx, de
+    call set_gate
+    mov eax, 14
+    mov ebx, pf
+    call set_gate
+    ; paging: PD at 0x20000, PT at 0x21000 mapping the first 1 MiB but page 0x50000
+    mov edi, 0x21000
+    mov eax, 3
+fill:
+    mov [edi], eax
+    add eax, 0x1000
+    add edi, 4
+    cmp eax, 0x100003
+    jne fill
+    mov dword [0x21000 + 0x50*4], 0
+    mov dword [0x20000], 0x21003
+    mov eax, 0x20000
+    mov cr3, eax
+    mov eax, cr0
+    or eax, 0x80000000
+    mov cr0, eax
+    xor edx, edx
+    mov eax, 7
+    xor ecx, ecx
+divide:
+    div ecx
+    mov esi, 0x50010
+touch:
+    mov dword [esi], 5
+    hlt
+de:
+    mov eax, [esp]
+    mov [0x40000], eax          ; the EIP the frame holds
+    mov dword [esp], divide + 2 ; skip the DIV
+    iretd
+pf:
+    pop eax
+    mov [0x40004], eax          ; error code
+    mov eax, cr2
+    mov [0x40008], eax
+    mov eax, [esp]
+    mov [0x4000c], eax          ; EIP
+    mov dword [0x21000 + 0x50*4], 0x50003
+    iretd
+""" + IDT_LIB
+
+
+def test_faults_in_translated_code_are_reported_at_the_guest_eip():
+    nat, nev, prog = native(FAULTS)
+    bt, ev, _ = bt_run(FAULTS)
+    assert nev.kind == ev.kind == "halt", (ev, bt.log[-3:])
+    lab = prog.labels
+    got = [dword(bt, 0x40000 + 4 * i) for i in range(4)]
+    assert got == [dword(nat, 0x40000 + 4 * i) for i in range(4)]
+    assert got == [lab["divide"], 0x2, 0x50010, lab["touch"]]   # #PF(W=1, P=0) at CR2 0x50010
+    assert dword(bt, 0x50010) == 5
+    assert bt.reflected["#DE (divide error)"] == 1 and bt.reflected["#PF (page fault)"] == 1
+    # the page tables were written while translated code ran from the same frames: the
+    # shadow MMU saw every write to a table it shadowed as a trace fault, emulated
+    assert bt.shadow.counters["trace_faults"] >= 1
+
+
+SMC = """
+start:
+    mov ecx, 2
+    xor ebx, ebx
+again:
+    call patchme
+    add ebx, eax
+    mov byte [patchme + 1], 7     ; mov eax, 1 -> mov eax, 7
+    dec ecx
+    jnz again
+    hlt
+patchme:
+    mov eax, 1
+    ret
+"""
+
+
+def test_self_modifying_code_runs_the_new_code():
+    nat, nev, _ = native(SMC)
+    bt, ev, prog = bt_run(SMC)
+    assert ev.kind == "halt" and bt.machine.cpu.ebx == nat.machine.cpu.ebx == 8
+    # the store overlaps patchme's TU twice: the first rewrite, then the second (the same
+    # byte again, into the retranslated TU) -- a write invalidates what it overlaps
+    assert bt.counters["smc_invalidations"] == 2
+    assert bt.counters["code_writes"] >= 2
+
+
+DATA_BESIDE_CODE = """
+start:
+    mov ecx, 10
+again:
+    mov [counter], ecx           ; data in the same page as the code
+    dec ecx
+    jnz again
+    hlt
+counter:
+    dd 0
+"""
+
+
+def test_data_beside_code_no_invalidation_and_adaptive_translation():
+    bt, ev, prog = bt_run(DATA_BESIDE_CODE)
+    assert ev.kind == "halt" and dword(bt, prog.labels["counter"]) == 1
+    c = bt.counters
+    assert c["smc_invalidations"] == 0 and c["code_writes"] == 10
+    # innocent until proven guilty: the store traps ADAPT_AFTER = 4 times, is then a
+    # callout for the remaining 6 iterations
+    trapped = [e for e in bt.log if e.what == "smc"]
+    assert len(trapped) == 4 and c["adaptations"] == 1 and bt.callouts["adapted"] == 6
+    site = [r for r in bt.listing(prog.labels["again"]) if r[0] == prog.labels["again"]]
+    assert site[0][4] == CALLOUT and site[0][3] == "int 0xf1"
+
+
+def test_the_guest_cannot_read_or_jump_into_the_monitor():
+    reader = f"""
+start:
+    lidt [idtr]
+    mov eax, 13
+    mov ebx, gp
+    call set_gate
+    mov eax, [{TC_BASE:#x}]
+    hlt
+gp:
+    pop eax
+    mov [0x40000], eax
+    mov eax, [esp]
+    mov [0x40004], eax
+    hlt
+""" + IDT_LIB
+    bt, ev, prog = bt_run(reader)
+    assert ev.kind == "halt"
+    assert dword(bt, 0x40000) == 0                      # #GP(0): beyond DS's limit
+    code = prog.labels["gp"] - 6                         # the MOV (A1 moffs32), then HLT
+    assert dword(bt, 0x40004) == code and bt.reflected[GP_NAME] == 1
+    jumper = f"start:\n    mov eax, {TC_BASE:#x}\n    jmp eax\n"
+    bt, ev, _ = bt_run(jumper)
+    assert ev.kind == "killed" and "monitor's region" in ev.reason
+    gs_user = "start:\n    mov eax, gs\n    hlt\n"
+    bt, ev, _ = bt_run(gs_user)
+    assert ev.kind == "killed" and "%gs" in ev.reason
+
+
+USER_PROBE = """
+user:
+    mov eax, UDATA
+    mov ds, eax
+    mov es, eax
+    mov ebx, [{hole:#x}]            ; #GP: beyond the truncated ring-3 data segment
+    mov eax, {tc:#x}
+    jmp eax                          ; #GP: beyond the truncated ring-3 code segment
+""".format(hole=HOLE_BASE, tc=TC_BASE)
+
+
+def test_a_user_program_cannot_reach_the_hole_either():
+    prog = teaching_kernel(user=USER_PROBE)
+    bt = BinaryTranslator(program=prog)
+    ev = bt.run(50_000)
+    # the guest kernel has no #GP gate: the reflection finds none and stops the guest
+    assert ev.kind == "killed" and "#GP" in ev.reason
+    assert bt.log[-1].ring == 3 and bt.log[-1].eip == prog.labels["user"] + 9
+    jumper = USER_PROBE.replace("    mov ebx, [", "    ; mov ebx, [")
+    prog = teaching_kernel(user=jumper)
+    bt = BinaryTranslator(program=prog)
+    ev = bt.run(50_000)
+    assert ev.kind == "killed" and "#GP" in ev.reason
+    assert bt.log[-1].ring == 3 and bt.log[-1].eip == prog.labels["user"] + 14   # the JMP
+
+
+REMAP = """
+start:
+    mov edi, 0x21000
+    mov eax, 3
+fill:
+    mov [edi], eax
+    add eax, 0x1000
+    add edi, 4
+    cmp eax, 0x100003
+    jne fill
+    mov dword [0x20000], 0x21003
+    mov dword [0x20004], 0x22003          ; 4 MiB..: PT at 0x22000
+    mov dword [0x22000], 0x30003          ; 0x400000 -> frame 0x30000
+    mov dword [0x30000], 0x000001b8       ; mov eax, 1 ; ret
+    mov word [0x30004], 0xc300
+    mov dword [0x31000], 0x000002b8       ; mov eax, 2 ; ret
+    mov word [0x31004], 0xc300
+    mov eax, 0x20000
+    mov cr3, eax
+    mov eax, cr0
+    or eax, 0x80000000
+    mov cr0, eax
+    mov esi, 0x400000
+    call esi
+    mov ebx, eax
+    mov dword [0x22000], 0x31003          ; remap the code page
+    invlpg [0x400000]
+    call esi
+    add ebx, eax
+    hlt
+"""
+
+
+def test_a_remapped_code_page_never_runs_stale_translations():
+    nat, nev, _ = native(REMAP)
+    bt, ev, _ = bt_run(REMAP)
+    assert ev.kind == "halt" and bt.machine.cpu.ebx == nat.machine.cpu.ebx == 3
+    assert bt.counters["mapping_invalidations"] >= 1
+
+
+def test_tc_full_flushes_and_goes_on():
+    src = "start:\n" + "".join(f"    add eax, {i}\n    jmp l{i}\nl{i}:\n" for i in range(600)) + "    hlt\n"
+    nat, nev, _ = native(src)
+    bt, ev, _ = bt_run(src, tc_pages=1)
+    assert ev.kind == "halt" and bt.machine.cpu.eax == nat.machine.cpu.eax
+    assert bt.counters["tc_flushes"] >= 1
+
+
+def test_snapshot_restore_round_trip():
+    bt = BinaryTranslator(program=teaching_kernel())
+    bt.run(20_000)
+    snap = bt.snapshot()
+    assert isinstance(snap, BTSnapshot)
+    bt.run(20_000)
+    first = (bytes(bt.machine.memory), regs(bt), bt.machine.cpu.eip, dict(bt.counters))
+    bt.restore(snap)
+    bt.run(20_000)
+    assert (bytes(bt.machine.memory), regs(bt), bt.machine.cpu.eip, dict(bt.counters)) == first
+
+
+def test_bad_arguments_get_clear_errors():
+    with pytest.raises(ValueError, match="tc_pages"):
+        BinaryTranslator(tc_pages=0)
+    with pytest.raises(ValueError, match="adapt_after"):
+        BinaryTranslator(adapt_after=True)
+    bt = BinaryTranslator(program=teaching_kernel())
+    with pytest.raises(TypeError, match="BTSnapshot"):
+        bt.restore(bt.machine.snapshot())
+    with pytest.raises(KeyError, match="no translation"):
+        bt.listing(0x12345)
+    with pytest.raises(ValueError, match="max_steps"):
+        bt.run(0)
+
+
+def test_ring_one_runs_only_from_the_tc_with_the_vmm_gs():
+    bt = BinaryTranslator(program=teaching_kernel())
+    seen = set()
+    for _ in range(3000):
+        assert bt.step() is None
+        cpu = bt.machine.cpu
+        if cpu.cpl == 1:
+            assert cpu.eip >= TC_BASE and cpu.gs == VMM_GS
+            seen.add(1)
+        else:
+            assert cpu.cpl == 3 and cpu.eip < HOLE_BASE and cpu.gs != VMM_GS
+            seen.add(3)
+    assert seen == {1, 3}
+    gs = bt.machine.cpu.segment("gs") if bt.machine.cpu.cpl == 1 else None
+    assert gs is None or (gs["base"], gs["limit"]) == (VCPU_BASE, 0xFFF)
+
+
+def test_listing_shows_inline_sequences_and_callouts():
+    prog = teaching_kernel()
+    bt = BinaryTranslator(program=prog)
+    bt.run(30_000)
+    rows = bt.listing(prog.labels["sys_ticks"])
+    kinds = [r[4] for r in rows]
+    assert rows[0][1] == "pushfd" and kinds[0] == INLINE
+    assert any(r[1] == "cli" and r[4] == INLINE and "gs:" in r[3] for r in rows)
+    assert CALLOUT in kinds       # POPF's pending-interrupt exit, the IRET
