@@ -468,3 +468,16 @@ def test_listing_shows_inline_sequences_and_callouts():
     assert rows[0][1] == "pushfd" and kinds[0] == INLINE
     assert any(r[1] == "cli" and r[4] == INLINE and "gs:" in r[3] for r in rows)
     assert CALLOUT in kinds       # POPF's pending-interrupt exit, the IRET
+
+
+def test_callouts_are_charged_as_callouts_not_traps():
+    from hvsim.cost import breakdown
+    from hvsim.cost.usage import usage_of
+    bt, ev, _ = bt_run("start:\n    mov ecx, 3\nagain:\n    dec ecx\n    jnz again\n    hlt\n")
+    u = usage_of(bt)
+    assert (u["callout"], u["trap"], u["translation"]) == (4, 0, 6)
+    b = breakdown(bt, "prescott")
+    # 4 callouts x (1254 - 216) + 6 guest instructions translated x 2300, beside the
+    # instructions the TC retired (the in-TC work is only instructions)
+    assert b.categories["traps/exits"] == 4 * 1038
+    assert b.categories["monitor work"] == 6 * 2300 + u["emulated"] * 216

@@ -30,9 +30,9 @@ from test_viz import _syscall_machine      # the same ring 3 -> 0 system-call pr
 # the category of each event, written out here rather than read from hvsim.cost
 BY_HAND = {
     "guest instructions": ("instruction", "system_call", "page_fault", "exception", "interrupt"),
-    "traps/exits": ("trap", "vm_exit", "hypercall"),
+    "traps/exits": ("trap", "vm_exit", "hypercall", "callout"),
     "monitor work": ("emulated", "reflected", "injected", "shadow_fill", "fault_walk", "pt_write",
-                     "shadow_root", "resync", "pv_pt_update", "pv_validate"),
+                     "shadow_root", "resync", "pv_pt_update", "pv_validate", "translation"),
     "page walks": ("walk_ref", "ept_walk_ref"),
     "I/O": ("port_io", "io_request"),
 }

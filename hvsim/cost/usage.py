@@ -74,6 +74,15 @@ pv_validate      ``s["tables_validated"]``: page tables and directories the hype
 io_request       ``s["io_requests"]``: requests a split-driver backend served from a
                  shared ring. Its notifications are ``hypercall``s (the guest's
                  EVTCHNOP_send) and ``injected`` upcalls.
+callout          ``s["callouts"]`` (a binary translator, hvsim/bt): exits from translated
+                 code that the translator put there, each a callout to the monitor and
+                 back; not also a ``trap`` (a BT monitor counts traps and callouts apart).
+                 The guest instruction a callout emulates is an ``emulated``, as after a
+                 trap. The in-TC sequences (CLI, STI, PUSHF, POPF on the virtual IF) are
+                 real instructions the hardware retires: they are charged as
+                 ``instruction`` only, with no event of their own.
+translation      ``s["translated"]``: guest instructions the binary translator translated
+                 into its translation cache.
 ===============  ==========================================================================
 
 The machine's own exit count (``c["exits"]``) is not charged: on a bare machine an exit
@@ -101,7 +110,9 @@ STAT_EVENTS = {"traps": "trap", "vm_exits": "vm_exit", "hypercalls": "hypercall"
                "hidden_faults": "shadow_fill", "true_faults": "fault_walk",
                "trace_faults": "pt_write", "shadow_roots_built": "shadow_root",
                "shadow_resyncs": "resync", "pt_updates": "pv_pt_update",
-               "tables_validated": "pv_validate", "io_requests": "io_request"}
+               "tables_validated": "pv_validate", "io_requests": "io_request",
+               # binary translation (hvsim/bt)
+               "callouts": "callout", "translated": "translation"}
 
 
 def _count(name: str, v) -> int:
