@@ -139,11 +139,12 @@ class TU:
     ``incoming``: other TUs' exits chained into it; ``pages``: (linear page, guest
     frame) it was read through; ``src``: guest-physical (first, end) byte ranges."""
     __slots__ = ("guest_eip", "gpa", "tc", "size", "rows", "exits", "incoming", "pages",
-                 "src", "valid", "guest", "entry")
+                 "src", "valid", "guest", "entry", "frames")
 
     def __init__(self, guest_eip, gpa, tc, size, guest, pages, src):
         self.guest_eip, self.gpa, self.tc, self.size = guest_eip, gpa, tc, size
         self.guest, self.pages, self.src = guest, pages, src
+        self.frames = dict(pages)          # linear page -> guest frame
         self.rows: list = []
         self.exits: list = []
         self.incoming: list = []
@@ -405,7 +406,7 @@ class BinaryTranslator(TrapAndEmulate):
             if not tus:
                 continue
             f = sh.guest_frame(p)
-            stale = [t for t in tus if dict(t.pages).get(p) != f]
+            stale = [t for t in tus if t.frames.get(p) != f]
             for t in stale:
                 self.invalidate(t)
                 self.bt_counts["mapping_invalidations"] += 1
@@ -415,18 +416,18 @@ class BinaryTranslator(TrapAndEmulate):
         at ``gpa``, ``size`` bytes): invalidate every TU whose source it touched."""
         base = gfn << 12
         now = self.machine._raw_mem[base:base + PAGE]
-        offs = np.flatnonzero(now != np.frombuffer(before, np.uint8)) + base
+        offs = np.flatnonzero(now != np.frombuffer(before, np.uint8))
         lo = max(gpa, base)
         hi = min(gpa + max(size, 1), base + PAGE)
+        if offs.size:                          # the bytes that changed, as one span
+            lo = min(lo, base + int(offs[0]))
+            hi = max(hi, base + int(offs[-1]) + 1)
         for tu in list(self._by_frame.get(gfn, ())):
-            hit = False
             for a, b in tu.src:
-                if a < hi and lo < b or np.any((offs >= a) & (offs < b)):
-                    hit = True
+                if a < hi and lo < b:
+                    self.invalidate(tu)
+                    self.bt_counts["smc_invalidations"] += 1
                     break
-            if hit:
-                self.invalidate(tu)
-                self.bt_counts["smc_invalidations"] += 1
 
     # ---- guest coordinates <-> the TC ---------------------------------------------------
     def _row(self, eip: int):
