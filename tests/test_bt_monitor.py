@@ -481,3 +481,86 @@ def test_callouts_are_charged_as_callouts_not_traps():
     # instructions the TC retired (the in-TC work is only instructions)
     assert b.categories["traps/exits"] == 4 * 1038
     assert b.categories["monitor work"] == 6 * 2300 + u["emulated"] * 216
+
+
+TICK_LIB = """
+start:
+    lidt [idtr]
+    mov eax, 0x20
+    mov ebx, tick
+    call set_gate
+    mov eax, 40
+    out 0x40, eax               ; a tick every 40 instructions
+    mov ecx, 300
+spin:
+    loop spin                   ; IF = 0: a tick is pending by now
+    xor ebx, ebx
+"""
+TICK_HANDLER = """
+tick:
+    mov eax, [esp]
+    mov [0x40000], eax          ; where the interrupt came in
+    mov [0x40004], ebx
+    cli
+    hlt
+""" + IDT_LIB
+
+
+def _tick_test(body):
+    src = TICK_LIB + body + TICK_HANDLER
+    nat, nev, prog = native(src)
+    bt, ev, _ = bt_run(src)
+    assert nev.kind == ev.kind == "halt", (ev, bt.log[-4:])
+    return [dword(nat, 0x40000), dword(nat, 0x40004)], [dword(bt, 0x40000), dword(bt, 0x40004)], prog, bt
+
+
+def test_sti_with_a_pending_tick_waits_one_instruction():
+    nat, got, prog, bt = _tick_test("    sti\n    mov ebx, 1\nafter:\n    mov ebx, 2\n    jmp after\n")
+    assert got == nat == [prog.labels["after"], 1]       # STI's shadow: one more instruction
+    assert bt.callouts["sti"] == 1
+
+
+def test_popf_setting_if_with_a_pending_tick_takes_it_at_once():
+    nat, got, prog, bt = _tick_test("    push 0x202\n    popfd\nafter:\n    mov ebx, 1\n    jmp after\n")
+    assert got == nat == [prog.labels["after"], 0]       # no shadow after POPF
+    assert bt.callouts["popf"] == 1 and bt.stats["injected"] == 1
+
+
+def test_the_guests_own_int_of_the_callout_vector_is_no_callout():
+    src = """
+start:
+    lidt [idtr]
+    mov eax, 0xf1
+    mov ebx, handler
+    call set_gate
+    mov ebx, 5
+    int 0xf1
+    add ebx, 1
+    hlt
+handler:
+    add ebx, 10
+    iretd
+""" + IDT_LIB
+    nat, nev, _ = native(src)
+    bt, ev, _ = bt_run(src)
+    assert ev.kind == "halt" and bt.machine.cpu.ebx == nat.machine.cpu.ebx == 16
+    assert bt.callouts["int"] == 1 and bt.reflected["INT 0xf1"] == 1
+
+
+def test_the_guest_kernel_cannot_load_the_monitors_gs_selector():
+    src = f"""
+start:
+    lidt [idtr]
+    mov eax, 13
+    mov ebx, gp
+    call set_gate
+    mov eax, {VMM_GS:#x}
+    mov ds, eax
+    hlt
+gp:
+    pop eax
+    mov [0x40000], eax
+    hlt
+""" + IDT_LIB
+    bt, ev, _ = bt_run(src)
+    assert ev.kind == "halt" and dword(bt, 0x40000) == VMM_GS      # #GP(selector)

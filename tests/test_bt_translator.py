@@ -41,7 +41,7 @@ SUBSET = [
     "add ax, 0x7fff", "mov cx, [ebx + 2]", "bswap_placeholder",
 ]
 SUBSET = [s for s in SUBSET if s != "bswap_placeholder"]
-SEEDS = range(4)
+SEEDS = range(10)
 
 
 def _state(seed):

@@ -35,7 +35,8 @@ timer and shadow paging it inherits:
   protected **by segment limits** (Adams & Agesen sec. 3.2: guest segments truncated,
   %gs reserved): the GDT's ring-1/2/3 data descriptors and the ring-3 code descriptor end
   at HOLE_BASE - 1, the ring-1 code segment stays 4 GiB (translated code runs in the
-  hole at ring 1), and a VMM data descriptor (DPL 1, the VCPU page only) is in GS
+  hole at ring 1), and a VMM data descriptor (DPL 0, so that the guest cannot load it;
+  the VCPU page only) is in GS
   whenever ring 1 runs. A guest access to the hole is #GP (reflected); a guest
   instruction that uses GS is refused with a Kill. User pages of the hole are also
   supervisor-only. The price: the interpreter's flat fast path (``st[FLAT]``) is off;
@@ -118,10 +119,13 @@ MAX_TC_PAGES = 1022                   # the rest of the 4 MiB hole (one page tab
 #: calls 4 traps frequent (VirtualBox's PATM gives up on a patch after MAX_PATCH_TRAPS = 4)
 ADAPT_AFTER = 4
 # GDT (hvsim/rings/setup.py layout, SDM Vol. 3A 3.4.5): the entries truncated, and the
-# monitor's own data descriptor for GS (index 10, DPL 1: ring-1 code may load it)
+# monitor's own data descriptor for GS (index 10). Its DPL is 0: the monitor loads it
+# from outside the guest, and a guest MOV to a segment register of that selector at
+# CPL 1 is #GP (DPL < CPL, SDM Vol. 2B, MOV "Operation"); once loaded, accesses through
+# GS are not checked against the DPL again (SDM Vol. 3A, 5.6)
 _TRUNCATED = (4, 6, 8, 7)             # data DPL 1, 2, 3; code DPL 3
 _VMM_GS_INDEX = 10
-VMM_GS = (_VMM_GS_INDEX << 3) | GUEST_RING
+VMM_GS = _VMM_GS_INDEX << 3
 _LIMIT_4K = (HOLE_BASE >> 12) - 1     # limit in 4 KiB units: the last byte is HOLE_BASE - 1
 _DATA_RW = 0x3                        # read/write data, accessed (SDM Vol. 3A, Table 3-1)
 _HOLE_TABLE_PAGE = 1                  # trap-and-emulate's page table of the hole
@@ -243,7 +247,7 @@ class BinaryTranslator(TrapAndEmulate):
             raw = int.from_bytes(bytes(mem[gdt + 8 * i:gdt + 8 * i + 8]), "little")
             raw = (raw & ~0x000F00000000FFFF) | (_LIMIT_4K & 0xFFFF) | ((_LIMIT_4K >> 16) << 48)
             mem[gdt + 8 * i:gdt + 8 * i + 8] = list(raw.to_bytes(8, "little"))
-        gs = make_descriptor(VCPU_BASE, PAGE - 1, _DATA_RW, 1, GUEST_RING, 1, 1, 0)
+        gs = make_descriptor(VCPU_BASE, PAGE - 1, _DATA_RW, 1, 0, 1, 1, 0)
         at = gdt + 8 * _VMM_GS_INDEX
         mem[at:at + 8] = list(gs.to_bytes(8, "little"))
         m._st[L.GDTR_LIMIT] = 8 * (_VMM_GS_INDEX + 1) - 1
