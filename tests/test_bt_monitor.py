@@ -564,3 +564,14 @@ gp:
 """ + IDT_LIB
     bt, ev, _ = bt_run(src)
     assert ev.kind == "halt" and dword(bt, 0x40000) == VMM_GS      # #GP(selector)
+
+
+def test_a_write_to_the_next_instruction_of_the_same_tu_is_seen():
+    src = "start:\n    mov byte [next + 1], 9\nnext:\n    mov eax, 1\n    hlt\n"
+    nat, nev, _ = native(src)
+    bt, ev, _ = bt_run(src)
+    assert ev.kind == "halt" and bt.machine.cpu.eax == nat.machine.cpu.eax == 9
+    c = bt.counters
+    assert c["smc_invalidations"] == 1 and c["tus"] == 2      # start's TU, then one at 'next'
+    # lookups: the entry (translated), 'next' after the invalidation (translated)
+    assert (c["lookups"], c["lookup_hits"]) == (2, 0)

@@ -185,3 +185,28 @@ def test_sensitive_list_is_data_with_a_reason_each():
     assert R.treatment("mov", b"\x8c\xe8") == ("gs", R.REFUSED)           # mov eax, gs
     assert R.treatment("mov", b"\x65\x8b\x00") == ("gs", R.REFUSED)       # gs: prefix
     assert R.treatment("mov", b"\x8b\x00") == ("mov", None)
+
+
+def test_an_instruction_straddling_into_an_unmapped_page():
+    code = {0x3FFD: 0x90, 0x3FFE: 0xB8, 0x3FFF: 0x78}       # nop; mov eax, 0x12345678 (split)
+
+    def read(lin, n):
+        if lin >= 0x4000:
+            raise TranslationFault(lin, 0, "not present")
+        return bytes(code.get(lin + i, 0) for i in range(n))
+    with pytest.raises(TranslationFault) as e:
+        translate(0x3FFE, read)                      # its first instruction: the fetch faults
+    assert e.value.address == 0x4000
+    tr = translate(0x3FFD, read)                     # else the TU ends before it
+    assert tr.n_guest == 1 and tr.exits[0].target == 0x3FFE and tr.pages == [0x3000]
+
+
+def test_an_instruction_straddling_two_mapped_pages_reads_both():
+    code = assemble("nop\nmov eax, 0x12345678\nhlt", origin=0x3FFD).code
+
+    def read(lin, n):
+        off = lin - 0x3FFD
+        return bytes(code[off:off + n]) + bytes(max(0, n - max(0, len(code) - off)))
+    tr = translate(0x3FFD, read)
+    assert tr.guest[:2] == [(0x3FFD, 1, "nop"), (0x3FFE, 5, "mov eax, 0x12345678")]
+    assert tr.pages == [0x3000, 0x4000] and tr.guest_end == 0x4003   # stops past the page

@@ -221,7 +221,8 @@ class BinaryTranslator(TrapAndEmulate):
         self._reset_tc()
         self.callouts = collections.Counter()        # by kind
         self.inline = collections.Counter()          # in-TC emulations translated, by name
-        self.bt_counts = dict(tus=0, translated=0, chain_patches=0, indirect_lookups=0,
+        self.bt_counts = dict(tus=0, translated=0, lookups=0, lookup_hits=0,
+                              chain_patches=0, indirect_lookups=0,
                               adaptations=0, smc_invalidations=0, mapping_invalidations=0,
                               tc_flushes=0, code_writes=0)
         self._site_traps = collections.Counter()     # TC address -> traps there
@@ -310,8 +311,11 @@ class BinaryTranslator(TrapAndEmulate):
             tc = hint.entry.get(eip)
             if tc is not None:
                 return tc
+        c = self.bt_counts
+        c["lookups"] += 1
         tu = self._tus.get(eip)
         if tu is not None:
+            c["lookup_hits"] += 1
             return tu.tc
         if eip >= HOLE_BASE:
             raise Kill(f"the guest kernel jumps to {eip:#010x}, in the monitor's region "
