@@ -161,7 +161,9 @@ def translate(eip: int, read: Callable[[int, int], bytes], *, adapted=frozenset(
         raise ValueError(f"max_insns must be 1..{MAX_TU_INSNS}, got {max_insns!r}")
     eip &= MASK32
     page_end = (eip | (PAGE - 1)) + 1
-    buf = bytearray(read(eip, page_end - eip))
+    # at most 12 instructions of at most 15 bytes: no need to read the rest of the page
+    buf = bytearray(read(eip, min(page_end - eip, max_insns * MAX_INSN_LEN)))
+    whole_page = eip + len(buf) == page_end
     pages = [eip & ~(PAGE - 1)]
     extended = False
     em = _Emitter()
@@ -171,7 +173,8 @@ def translate(eip: int, read: Callable[[int, int], bytes], *, adapted=frozenset(
     while not done and len(guest) < max_insns and pc < page_end:
         off = pc - eip
         insn = disassemble_one(buf, off, pc)
-        if insn.bad and off + MAX_INSN_LEN > len(buf) and not extended and page_end <= MASK32:
+        if (insn.bad and whole_page and off + MAX_INSN_LEN > len(buf) and not extended
+                and page_end <= MASK32):
             # the instruction may run into the next page: its bytes come from there
             try:
                 more = read(page_end, MAX_INSN_LEN)
