@@ -575,3 +575,25 @@ def test_a_write_to_the_next_instruction_of_the_same_tu_is_seen():
     assert c["smc_invalidations"] == 1 and c["tus"] == 2      # start's TU, then one at 'next'
     # lookups: the entry (translated), 'next' after the invalidation (translated)
     assert (c["lookups"], c["lookup_hits"]) == (2, 0)
+
+
+def test_a_sequence_that_overwrites_its_own_tu_finishes_then_runs_the_new_code():
+    # PUSHF's image lands on the next instructions of its own TU: the TU dies while the
+    # in-TC sequence is half done; the monitor finishes the sequence, then translates
+    # the new bytes (46 = inc esi; 00 00 = add [eax], al; 00 C0 = add al, al; F4 = hlt)
+    src = """
+start:
+    mov eax, 0x40003
+    xor esi, esi
+    mov esp, patch + 4
+    pushfd
+patch:
+    db 0x90, 0x90, 0x90, 0x90, 0xC0
+    hlt
+"""
+    nat, nev, _ = native(src)
+    bt, ev, _ = bt_run(src)
+    assert nev.kind == ev.kind == "halt", (ev, bt.log[-3:])
+    assert regs(bt)["esi"] == regs(nat)["esi"] == 1 and regs(bt)["eax"] == regs(nat)["eax"] == 0x40006
+    assert dword(bt, 0x40000) == dword(nat, 0x40000) == 0x03000000
+    assert bt.counters["smc_invalidations"] >= 1

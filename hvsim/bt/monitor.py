@@ -15,7 +15,9 @@ timer and shadow paging it inherits:
   (translated on demand, hvsim/bt/translator.py). Guest user code (CPL 3, virtual IF=1)
   runs directly;
 * **translation units** (<= 12 guest instructions, never across a page) are keyed by
-  (guest linear EIP, physical address of the first byte) in a dict (VMware's hash table);
+  (guest linear EIP, physical address of the first byte): a dict by EIP (VMware's hash
+  table) whose physical half the monitor keeps true by invalidating the TUs of a page
+  whose mapping changed (below);
   innocuous instructions are copied, direct branches jump to *continuations* that the
   monitor replaces by jumps to the target's translation (chaining), indirect branches and
   RET look their target up through a callout (VMware does that lookup inline, in the TC;
@@ -225,7 +227,8 @@ class BinaryTranslator(TrapAndEmulate):
                               chain_patches=0, indirect_lookups=0,
                               adaptations=0, smc_invalidations=0, mapping_invalidations=0,
                               tc_flushes=0, code_writes=0)
-        self._site_traps = collections.Counter()     # TC address -> traps there
+        self._site_traps = collections.Counter()     # guest EIP -> traps of its translations
+        self._draining = False                       # in an invalidated TU, mid-sequence
         self._adapted: set = set()                   # guest EIPs made callouts
         self._guest_gs = int(m.cpu.gs)
         self._last_ring = int(m.cpu.cpl)
@@ -493,8 +496,11 @@ class BinaryTranslator(TrapAndEmulate):
                 self._goto(eip)
             else:
                 hit = self._at.get(eip)
-                if hit is not None and not hit[0].valid and hit[1].boundary:
-                    self._goto(hit[1].guest_eip)
+                if hit is not None and not hit[0].valid:
+                    if hit[1].boundary:
+                        self._goto(hit[1].guest_eip)
+                    else:                   # finish the sequence, then leave the dead TU
+                        self._draining = True
         elif ring == 3 and self._last_ring == GUEST_RING:
             g = self._guest_gs
             try:
@@ -518,7 +524,7 @@ class BinaryTranslator(TrapAndEmulate):
             if self._state != "running":
                 return self._final
             v = self._vcpu
-            one = self._shadow
+            one = self._shadow or self._draining
             if v.pending is not None or one:
                 if self._mid_sequence():
                     one = True
@@ -531,8 +537,13 @@ class BinaryTranslator(TrapAndEmulate):
             self._pull()
             if kind == EXIT_BUDGET:
                 used += steps
-                if self._shadow and not self._mid_sequence():
+                if one and not self._mid_sequence():
                     self._shadow = False
+                    if self._draining:
+                        self._draining = False
+                        final = self._fixed(m._event(kind))
+                        if final is not None:
+                            return final
                 continue
             used += steps if steps > 1 else 1
             if self._shadow and steps > 0 and not self._mid_sequence():
@@ -568,15 +579,22 @@ class BinaryTranslator(TrapAndEmulate):
     def _handled(self, ev: Event, outcome=None) -> Optional[MonitorEvent]:
         final = self.handle(ev, outcome)
         if final is None:
-            if self._state != "running":
-                return self._final
-            try:
-                self._after()
-            except Kill as k:
-                return self._kill(str(k), ev)
-            if self._state != "running":
-                return self._final
+            return self._fixed(ev)
         return final
+
+    def _fixed(self, ev: Event) -> Optional[MonitorEvent]:
+        """The invariants after an event (:meth:`_after`); the final event if the guest
+        ended."""
+        if self._state != "running":
+            return self._final
+        self._draining = False
+        try:
+            self._after()
+        except Kill as k:
+            return self._kill(str(k), ev)
+        if self._state != "running":
+            return self._final
+        return None
 
     def _inject(self) -> bool:
         v = self._vcpu
@@ -836,6 +854,16 @@ class BinaryTranslator(TrapAndEmulate):
 
     @property
     def counters(self) -> dict:
+        """Trap-and-emulate's counters, then the translator's: ``callout KIND`` (by
+        kind: 'continuation', 'indirect', 'popf', 'sti', 'adapted', or the mnemonic of
+        the guest instruction simulated), ``in-TC NAME`` (CLI/STI/PUSHFD/POPFD sites
+        translated as in-TC sequences: they run without an exit, and the hardware
+        counts their instructions, so how often each ran is not counted), ``tus``,
+        ``translated`` (guest instructions), ``lookups`` / ``lookup_hits`` (guest EIP ->
+        TC), ``chain_patches``, ``indirect_lookups``, ``adaptations``,
+        ``smc_invalidations``, ``mapping_invalidations``, ``tc_flushes``,
+        ``code_writes`` (guest stores into frames with translations), ``tc_bytes``
+        (the TC in use), ``callouts`` (all of them)."""
         d = super().counters
         d.update({f"callout {k}": v for k, v in sorted(self.callouts.items())})
         d.update({f"in-TC {k.upper()}": v for k, v in sorted(self.inline.items())})
@@ -846,7 +874,7 @@ class BinaryTranslator(TrapAndEmulate):
 
     _BT_STATE = ("_tus", "_at", "_callouts", "_by_frame", "_by_page", "_tc_used", "_epoch",
                  "callouts", "inline", "bt_counts", "_site_traps", "_adapted", "_guest_gs",
-                 "_last_ring")
+                 "_last_ring", "_draining")
 
     def snapshot(self) -> BTSnapshot:
         """The machine's state (the TC included: it is in its memory), the monitor's and
