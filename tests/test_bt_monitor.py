@@ -90,6 +90,12 @@ def test_teaching_kernel_ticks_where_trap_and_emulate_freezes():
     n_ticks, n_calls = l02.guest_dword(nat, "ticks"), l02.guest_dword(nat, "calls")
     assert n_ticks > 300 and abs(ticks / calls - n_ticks / n_calls) < 0.25 * n_ticks / n_calls
     assert nat.console == bt.console
+    # ... and as trap-and-emulate on the hypothetical virtualizable x86, whose POPF traps
+    vz = TrapAndEmulate(program=prog, virtualizable=True)
+    vz.run(200_000)
+    v_ticks, v_calls = dword(vz, lab["ticks"]), dword(vz, lab["calls"])
+    assert v_ticks > 300 and abs(ticks / calls - v_ticks / v_calls) < 0.25 * v_ticks / v_calls
+    assert vz.emulated["popfd"] > 0 and "emulated POPFD" not in bt.counters
     # the critical section is inline: no PUSHF/POPF ever trapped or was emulated
     assert bt.counters["in-TC POPFD"] >= 1 and "emulated POPFD" not in bt.counters
     assert bt.stats["callouts"] > 0 and bt.stats["translated"] == bt.counters["translated"]
