@@ -29,8 +29,10 @@ timer and shadow paging it inherits:
   identified by its TC address). A callout *simulates* the guest instruction: the monitor
   runs the original, at its guest EIP, for one step with the machine's ``virtualizable``
   switch on, so that it exits already decoded and trap-and-emulate's HANDLERS emulate it
-  (the Event is the guest instruction's, at its guest EIP). A callout is counted as a
-  callout, not as a trap;
+  (the Event is the guest instruction's, at its guest EIP, decoded by the core as every
+  exit is: the monitor never decodes an instruction itself, and a far transfer or an
+  INT n runs as the CPU runs it). A callout is counted as a callout, not as a trap, and
+  logged (``what='callout'``) before what it led to;
 * the monitor lives in the top 4 MiB of linear space (HOLE_BASE, VMware's place: its
   GDT/TSS page, the VCPU page, the TC pages), mapped by every shadow root -- the shadow
   MMU is made at boot, in its direct-map mode while the guest's paging is off -- and is
@@ -97,7 +99,7 @@ from hvsim.arch.pte import PTE_P, PTE_RW
 from hvsim.arch.vectors import GP, PF, HAS_ERROR_CODE, vector_name
 from hvsim.asm.disassembler import disassemble_one
 from hvsim.bt import replacements as R
-from hvsim.bt.translator import CALLOUT, IDENT, TranslationFault, translate
+from hvsim.bt.translator import CALLOUT, IDENT, INLINE, TranslationFault, translate
 from hvsim.machine import Event, Machine
 from hvsim.mmu.shadow import (CODE, HIDDEN, HIDDEN_DONE, HOLE_BASE, MMIO, TRACE, TRUE,
                               GuestPageFault, ShadowError)
@@ -362,7 +364,7 @@ class BinaryTranslator(TrapAndEmulate):
                     ex = _Exit(tu, tc + e.at, tc + e.field, tc + e.stub, e.target)
                     tu.exits.append(ex)
                 self._callouts[addr] = (tu, row, ex)
-            if row.kind == "INLINE" and row.boundary:
+            if row.kind == INLINE and row.boundary:
                 self.inline[row.key] += 1
         self._tus[tu.guest_eip] = tu
         for p, f in pages:
@@ -709,20 +711,31 @@ class BinaryTranslator(TrapAndEmulate):
         kind = row.callout
         if kind == "continuation":
             self.callouts["continuation"] += 1
+            chains = self.bt_counts["chain_patches"]
             self._continue(ex)
+            done = "chained" if self.bt_counts["chain_patches"] > chains else "not chained"
+            self._record(ev, "callout", f"continuation to guest {ex.target:#x}: {done}")
         elif kind == "indirect":
             self.callouts["indirect"] += 1
             self.bt_counts["indirect_lookups"] += 1
-            self._goto(self._vp[R.TARGET // 4])
+            target = self._vp[R.TARGET // 4]
+            self._record(ev, "callout", f"indirect branch of guest {row.guest_eip:#x} "
+                                        f"('{tu_text(tu, row.guest_eip)}'): lookup of {target:#x}")
+            self._goto(target)
         elif kind == "popf":
             self.callouts["popf"] += 1
+            self._record(ev, "callout", f"POPF at guest {row.guest_eip:#x} set the virtual "
+                                        "IF with an interrupt pending: inject it")
             self._goto((row.guest_eip + row.guest_len) & MASK32, tu)
         elif kind == "refused":
             self.callouts["refused"] += 1
             raise Kill(f"'{tu_text(tu, row.guest_eip)}' at {row.guest_eip:#010x}: "
                        f"{R.SENSITIVE['gs'][1]}; hvsim's translator refuses it")
         else:
-            self.callouts["adapted" if kind == "adapted" else row.key] += 1
+            name = "adapted" if kind == "adapted" else row.key
+            self.callouts[name] += 1
+            self._record(ev, "callout", f"{name} callout: the monitor runs guest "
+                                        f"'{tu_text(tu, row.guest_eip)}' at {row.guest_eip:#x}")
             self._simulate(row.guest_eip, tu)
 
     def _continue(self, ex: _Exit) -> None:
