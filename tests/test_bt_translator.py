@@ -210,3 +210,12 @@ def test_an_instruction_straddling_two_mapped_pages_reads_both():
     tr = translate(0x3FFD, read)
     assert tr.guest[:2] == [(0x3FFD, 1, "nop"), (0x3FFE, 5, "mov eax, 0x12345678")]
     assert tr.pages == [0x3000, 0x4000] and tr.guest_end == 0x4003   # stops past the page
+
+
+def test_doctests():
+    import doctest
+    import hvsim.bt.monitor
+    import hvsim.bt.translator
+    for mod in (hvsim.bt.translator, hvsim.bt.monitor):
+        result = doctest.testmod(mod)
+        assert result.failed == 0 and result.attempted > 0

@@ -32,6 +32,14 @@ one (both frames are then its source). Rewritten branches: Jcc rel8/rel32 -> Jcc
 JMP rel32 (taken, fall-through); JMP -> JMP rel32; CALL rel -> PUSH imm32 (guest return
 EIP: the guest sees guest addresses on its stack) + JMP rel32; LOOP/JECXZ -> the short
 branch over a 2-byte JMP to two JMP rel32 (taken, fall-through).
+
+>>> from hvsim import assemble
+>>> code = assemble("cli\\nout 0xe9, al", origin=0x1000).code
+>>> tr = translate(0x1000, lambda lin, n: bytes(code[lin - 0x1000:][:n]).ljust(n, b"\\0"))
+>>> [(r.kind, r.key, r.callout) for r in tr.rows]
+[('INLINE', 'cli', None), ('CALLOUT', 'out', 'simulate')]
+>>> tr.n_guest, tr.guest_end
+(2, 4099)
 """
 from __future__ import annotations
 
