@@ -71,7 +71,14 @@ tables (VMware's TC has the same back-map for faults); the VCPU page's state is 
 (IF, IOPL) and written (IF, IOPL, pending) around every exit; an STI with an interrupt
 pending is simulated rather than shadowed in the TC; translation reads guest code through
 the guest's tables and sets their A flags as the fetch would (a guest that clears the A
-flag of kernel code it already ran will not see it set again).
+flag of kernel code it already ran will not see it set again); guest user code runs
+directly whatever its virtual IF and IOPL (VMware translated ring-3 code that ran with
+IF=0 or IOPL=3 too: a guest that gives a user program IOPL 3 would let it see the real
+IF through PUSHF); the timer counts retired instructions, and the TC retires more than
+the guest code it stands for (an in-TC PUSHF is ten), so the guest's clock runs faster
+per guest instruction than natively; a write to a frame holding translations but no
+translated byte (data beside code) still costs an exit each time at ring 3, and at ring
+1 until adaptive translation makes the store a callout.
 
 >>> from hvsim.guests import teaching_kernel
 >>> bt = BinaryTranslator(program=teaching_kernel())
