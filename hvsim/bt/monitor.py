@@ -54,8 +54,9 @@ timer and shadow paging it inherits:
   once (the 2-byte INT fits where VMware's 5-byte forwarding jump may not; a 1-byte one
   has its TU invalidated instead);
 * **traces keep the TC coherent**: guest frames with translations are write-traced in
-  the shadow MMU (``trace_code``); a guest write there runs for one step with the trace
-  lifted and every TU whose source bytes it wrote is invalidated (its lookup entry
+  the shadow MMU (``trace_code``); a guest write there is emulated (a MOV store, as a
+  trace fault on a page table is) or runs for one step with the trace lifted (any other
+  store), and every TU whose source bytes it wrote is invalidated (its lookup entry
   dropped, the jumps chained into it pointed back at their continuations); a write that
   overlaps no TU (data beside code) just completes;
 * **mappings**: every TU records the (linear page -> guest frame) pairs it was read
@@ -111,6 +112,7 @@ from hvsim.machine import Event, Machine
 from hvsim.mmu.shadow import (CODE, HIDDEN, HIDDEN_DONE, HOLE_BASE, MMIO, TRACE, TRUE,
                               GuestPageFault, ShadowError)
 from hvsim.monitors.base import Kill, MonitorEvent, shadow_stats
+from hvsim.monitors.stores import store_of
 from hvsim.monitors.trap_and_emulate import (HANDLERS, MONITOR_PAGES, GUEST_RING,
                                              MonitorSnapshot, TrapAndEmulate, handler_key)
 from hvsim.rings import make_descriptor
@@ -792,6 +794,8 @@ class BinaryTranslator(TrapAndEmulate):
                 ev = m._event(kind)
                 if ev.kind == "interrupt":
                     self._timer_interrupt(ev)
+                    if ev.steps:                 # taken after the instruction retired
+                        return
                     continue
                 if ev.kind != "exception":
                     raise Kill(f"the machine stopped emulating {ev.eip:#x}: {ev}")
@@ -803,6 +807,8 @@ class BinaryTranslator(TrapAndEmulate):
                     if outcome is HIDDEN_DONE:
                         continue
                     if outcome[0] == CODE:
+                        if self._code_store(ev, outcome[1]):
+                            return
                         f = outcome[1] >> 12
                         size = ev.insn.size if ev.insn is not None else 4
                         lifted.append((f, m._raw_mem[f << 12:(f + 1) << 12].tobytes(),
@@ -825,16 +831,40 @@ class BinaryTranslator(TrapAndEmulate):
                 self.bt_counts["code_writes"] += 1
 
     def _code_fault(self, ev: Event, gpa: int, in_tc: bool) -> None:
-        """A guest write to a frame with translations: done for one step with the trace
-        lifted; the TUs it touched are invalidated."""
+        """A guest write to a frame with translations: a MOV store is emulated, anything
+        else done for one step with the trace lifted; the TUs it touched are
+        invalidated."""
         size = ev.insn.size if ev.insn is not None else 4
         if in_tc:
             self._site_trap(ev.eip)
-        self._record(ev, "smc", f"write to code frame {gpa >> 12 << 12:#x} at {gpa:#x}: done "
-                                "with the trace lifted", ev.insn)
-        self._step_lifted(gpa >> 12, gpa, size)
+        if self._code_store(ev, gpa):
+            how = "emulated"
+        else:
+            how = "done with the trace lifted"
+            self._step_lifted(gpa >> 12, gpa, size)
+        self._record(ev, "smc", f"write to code frame {gpa >> 12 << 12:#x} at {gpa:#x}: {how}",
+                     ev.insn)
         if in_tc:
             self._maybe_adapt(ev.eip)
+
+    def _code_store(self, ev: Event, gpa: int) -> bool:
+        """Emulate ``ev``'s store into a code frame if it is one of the MOV forms a
+        monitor emulates (hvsim/monitors/stores.py) and stays in its page: the bytes
+        written, EIP past the instruction, the TUs it touched invalidated. False for
+        any other store (the caller lifts the trace for a step)."""
+        insn = ev.insn
+        store = store_of(insn, self._reg)
+        if store is None or insn.mem.linear != ev.address or (gpa & 0xFFF) + store[0] > PAGE:
+            return False
+        size, value = store
+        m = self.machine
+        gfn = gpa >> 12
+        before = m._raw_mem[gfn << 12:(gfn + 1) << 12].tobytes()
+        m.write_physical(gpa, value.to_bytes(size, "little"))
+        m.cpu.eip = (ev.eip + insn.length) & MASK32
+        self._written(gfn, before, gpa, size)
+        self.bt_counts["code_writes"] += 1
+        return True
 
     # ---- adaptive translation ------------------------------------------------------------
     def _site_trap(self, addr: int) -> None:

@@ -303,6 +303,11 @@ class ShadowMMU:
             return MMIO, (gfn << 12) | (lin & 0xFFF)
         if write and gfn in self.code_frames and not self._traced(gfn):
             self.counters["code_faults"] += 1
+            if large:                           # the store's A/D, as the walk would set them
+                self._set_guest_flags(pde_pa, pde, PTE_A | PTE_D)
+            else:
+                self._set_guest_flags(pde_pa, pde, PTE_A)
+                self._set_guest_flags(pte_pa, pte, PTE_A | PTE_D)
             return CODE, (gfn << 12) | (lin & 0xFFF)
         if write and self._traced(gfn):
             self.counters["trace_faults"] += 1
