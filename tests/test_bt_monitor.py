@@ -603,3 +603,58 @@ patch:
     assert regs(bt)["esi"] == regs(nat)["esi"] == 1 and regs(bt)["eax"] == regs(nat)["eax"] == 0x40006
     assert dword(bt, 0x40000) == dword(nat, 0x40000) == 0x03000000
     assert bt.counters["smc_invalidations"] >= 1
+
+
+PTE_LOOP = """
+start:
+    mov edi, 0x21000
+    mov eax, 3
+fill:
+    mov [edi], eax
+    add eax, 0x1000
+    add edi, 4
+    cmp eax, 0x100003
+    jne fill
+    mov dword [0x20000], 0x21003
+    mov eax, 0x20000
+    mov cr3, eax
+    mov eax, cr0
+    or eax, 0x80000000
+    mov cr0, eax
+    mov ecx, 10
+    xor ebx, ebx
+    mov eax, 0x60003
+again:
+    mov [0x21000 + 0x50*4], eax     ; page 0x50000 -> frame 0x60000 + ...
+    invlpg [0x50000]
+    add ebx, [0x50000]              ; the mapping used between two writes
+    add eax, 0x1000
+    dec ecx
+    jnz again
+    hlt
+"""
+
+
+def test_a_page_table_store_that_keeps_trapping_becomes_a_callout():
+    def seed(mon):     # each frame 0x60000.. holds its own number
+        for i in range(10):
+            mon.machine.write_physical(0x60000 + 0x1000 * i, (i + 1).to_bytes(4, "little"))
+    m = Machine(memory=1 << 20, exceptions="guest")
+    t = install(m)
+    m.load(build(PTE_LOOP, KCODE_NATIVE))
+    t.enter(m, 0, m.cpu.eip, 0x80000)
+    nat = Native(m)
+    seed(nat)
+    assert nat.run(100_000).kind == "halt"
+    bt = BinaryTranslator(program=build(PTE_LOOP, KCODE_BT))
+    seed(bt)
+    assert bt.run(100_000).kind == "halt"
+    assert bt.machine.cpu.ebx == nat.machine.cpu.ebx == 55
+    site = build(PTE_LOOP, KCODE_BT).labels["again"]
+    stores = [e for e in bt.log if e.what == "trace" and e.insn is not None
+              and e.insn.mem is not None and e.insn.mem.linear == 0x21140]
+    # the first 4 stores trap from the TC (trace faults, emulated), the other 6 are
+    # callouts that run the guest's store at its own address (emulated the same way)
+    assert [e.eip >= TC_BASE for e in stores] == [True] * 4 + [False] * 6
+    assert bt.counters["adaptations"] == 1 and bt.callouts["adapted"] == 6
+    assert site in bt._adapted
