@@ -658,3 +658,31 @@ def test_a_page_table_store_that_keeps_trapping_becomes_a_callout():
     assert [e.eip >= TC_BASE for e in stores] == [True] * 4 + [False] * 6
     assert bt.counters["adaptations"] == 1 and bt.callouts["adapted"] == 6
     assert site in bt._adapted
+
+
+def test_a_simulated_far_return_to_a_null_selector_faults_as_natively():
+    src = """
+start:
+    lidt [idtr]
+    mov eax, 13
+    mov ebx, gp
+    call set_gate
+    push 0
+    push target
+far:
+    retf                        ; CS = 0: #GP(0) (SDM Vol. 2B, RET)
+target:
+    hlt
+gp:
+    pop eax
+    mov [0x40000], eax
+    mov eax, [esp]
+    mov [0x40004], eax
+    hlt
+""" + IDT_LIB
+    nat, nev, prog = native(src)
+    bt, ev, _ = bt_run(src)
+    assert nev.kind == ev.kind == "halt", (ev, bt.log[-3:])
+    got = [dword(bt, 0x40000), dword(bt, 0x40004)]
+    assert got == [dword(nat, 0x40000), dword(nat, 0x40004)] == [0, prog.labels["far"]]
+    assert bt.callouts["retf"] == 1 and bt.reflected[GP_NAME] == 1

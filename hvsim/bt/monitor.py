@@ -144,8 +144,10 @@ _DATA_RW = 0x3                        # read/write data, accessed (SDM Vol. 3A, 
 _HOLE_TABLE_PAGE = 1                  # trap-and-emulate's page table of the hole
 _I_STEPS, _I_CPL, _I_EIP = L.EXIT_STEPS, L.CPL, L.EIP
 _PF_NAME = vector_name(PF)
-_SHADOW_STAT_KEYS = ("hidden_faults", "true_faults", "trace_faults", "shadow_roots_built",
-                     "shadow_resyncs")
+#: the #GP(0)s at ring 1 that are trap-and-emulate's business: the instructions it
+#: emulates, and the privileged ones it does not (killed with a clear message)
+_EMULATE_OR_KILL = frozenset(HANDLERS) | {"lldt", "ltr", "lmsw", "clts", "rdmsr", "wrmsr",
+                                          "lar", "lsl", "verr", "verw", "sldt", "str"}
 
 
 class TU:
@@ -706,9 +708,14 @@ class BinaryTranslator(TrapAndEmulate):
                                           f"{row.guest_eip:#x}{why}: reflected to {target:#x}",
                          ev.insn)
             return
-        if ev.vector == GP and ev.error_code == 0 and ev.source == "fault":
-            self._general_protection(ev)
+        if (ev.vector == GP and ev.error_code == 0 and ev.source == "fault"
+                and (ev.cpl != GUEST_RING or ev.insn is None
+                     or handler_key(ev.insn) in _EMULATE_OR_KILL)):
+            self._general_protection(ev)      # trap-and-emulate: a handler, or a clear Kill
         else:
+            # the guest's own fault: at ring 1 a #GP(0) of an instruction the monitor does
+            # not emulate (a simulated far transfer to a null selector, a store beyond a
+            # truncated limit...) is the guest's, as it would be natively
             self._guest_exception(ev)
 
     # ---- callouts ------------------------------------------------------------------------
