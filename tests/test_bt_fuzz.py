@@ -13,6 +13,7 @@ import pytest
 
 from hvsim import Machine, assemble
 from hvsim.bt import BinaryTranslator
+from hvsim.bt.monitor import TC_BASE
 from hvsim.rings.setup import install
 
 DATA = 0x20000
@@ -146,3 +147,23 @@ def test_random_kernel_with_timer_ticks_same_state_as_native(seed):
     assert m.cpu.eflags & ARITH == bt.machine.cpu.eflags & ARITH, seed
     assert bytes(m.memory[DATA:DATA + 64]) == bytes(bt.machine.memory[DATA:DATA + 64]), seed
     assert bt.ticks_delivered == int.from_bytes(bytes(bt.machine.memory[0x20100:0x20104]), "little")
+
+
+@pytest.mark.parametrize("seed", range(SEEDS))
+def test_random_bytes_as_a_kernel_never_escape_the_monitor(seed):
+    # garbage for a kernel: whatever it does ends in an event the monitor names (a kill
+    # with its reason, a halt, the budget), never a Python exception; the monitor's own
+    # errors ("translator error", "not at a translated instruction") never appear; a
+    # guest still running at ring 1 is in the TC (a halted one shows its guest EIP)
+    rng = random.Random(1000 + seed)
+    code = bytes(rng.getrandbits(8) for _ in range(256))
+    bt = BinaryTranslator(program=assemble("start:\n" + "".join(
+        f"    db {b}\n" for b in code), origin=0x1000))
+    ev = bt.run(3000)
+    assert ev.kind in ("killed", "halt", "budget")
+    if ev.kind == "killed":
+        assert ev.reason and "translator error" not in ev.reason
+        assert "not at a translated instruction" not in ev.reason
+    elif ev.kind == "budget":
+        cpu = bt.machine.cpu
+        assert cpu.cpl == 3 or cpu.eip >= TC_BASE
