@@ -209,3 +209,5 @@ def work(result: MiniosResult) -> dict:
     s = mon.stats
     return {"traps": s["traps"], "vm_exits": s["vm_exits"], "hypercalls": s["hypercalls"],
             "device_io": getattr(mon, "device_io", 0), "instructions": result.instructions}
+# ---- VirtualBox raw mode (hvsim/bt/rawmode.py): the native build, scanned and patched -----
+HOSTS["rawmode"] = W.HOSTS["rawmode"]

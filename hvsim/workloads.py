@@ -286,3 +286,15 @@ def differences(a, b, limit: int = 8) -> list:
 
 def _fault(log, i: int) -> str:
     return f"CR2 {log[i][0]:#x} error {log[i][1]:#x}" if i < len(log) else "none"
+
+
+# ---- VirtualBox raw mode (hvsim/bt/rawmode.py) -------------------------------------------
+def _rawmode(program, budget: int):
+    """VirtualBox's raw mode: the kernel in place at ring 1, scanned and patched (CSAM,
+    PATM), shadow paging from boot. Patched code bytes are not part of the comparison
+    (GuestState holds registers, results, tables, faults, console)."""
+    from hvsim.bt.rawmode import RawMode
+    return _started(RawMode(program=program), budget)
+
+
+HOSTS["rawmode"] = _rawmode

@@ -119,6 +119,8 @@ TRAPPING = frozenset({"hlt", "in", "out", "lidt", "lgdt", "lldt", "ltr", "lmsw",
 REFUSALS = ("page", "branch target", "control flow", "sensitive", "not code",
             "patch memory full")
 _JCC_SHORT = range(0x70, 0x80)
+#: instructions one scan may find before the monitor calls it runaway code
+MAX_SCAN = 65536
 _FLOW = frozenset({"jmp", "call", "ret", "retf", "iretd", "loop", "loope", "loopne",
                    "jecxz", "ljmp", "lcall", "int", "int3", "into", "hlt", "ud2"})
 
@@ -284,7 +286,9 @@ class RawMode(BinaryTranslator):
             need = "inline"
         elif how == R.CALLOUT:
             need = "simulate"
-        if insn.bad or skey == "ud2":
+        if insn.bad or need == "trap":
+            # a trapping instruction ends a path: the monitor emulates it and resumes the
+            # guest through _goto, which scans what follows then
             falls = False
         elif key == "jmp" and op in (0xEB, 0xE9):
             targets, falls = [(nxt + _rel(body, 1 if op == 0xEB else 4)) & MASK32], False
@@ -331,6 +335,9 @@ class RawMode(BinaryTranslator):
                     unseen_targets.add(pc)
                     break
                 data, frames = got
+                if len(new) >= MAX_SCAN:
+                    raise Kill(f"the scan from {entry:#010x} found more than {MAX_SCAN} "
+                               "instructions: runaway code (zeros decode as ADD)?")
                 insn = disassemble_one(data, 0, pc)
                 raw = bytes(insn.bytes)
                 skey, need, flow, targets, falls = self._classify(insn, raw, pc)
@@ -659,8 +666,17 @@ class RawMode(BinaryTranslator):
             if p is not None and self._patches.get(eip) is p:
                 m.write_physical(gpa, p.written)
         self._mappings_changed()
-        if self._state == "running" and cpu.cpl == GUEST_RING and cpu.eip < HOLE_BASE:
-            self._goto(cpu.eip)
+        if self._state == "running" and cpu.cpl == GUEST_RING:
+            self._goto(cpu.eip)             # the hole included: refused there
+
+    def _reflect(self, vector: int, error: Optional[int], ret_eip: int) -> int:
+        """Trap-and-emulate's reflection, refused when the guest's handler is in the
+        monitor's region (a ring-1 handler there would run patch memory)."""
+        target = super()._reflect(vector, error, ret_eip)
+        if self.machine.cpu.cpl == GUEST_RING and target >= HOLE_BASE:
+            raise Kill(f"the guest's handler of vector {vector:#x} is at {target:#010x}, in "
+                       f"the monitor's region ({HOLE_BASE:#x} and up): it has no code there")
+        return target
 
     # ---- dispatch: the INT3 replacements -------------------------------------------------------
     def handle(self, ev: Event, outcome=None):

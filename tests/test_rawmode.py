@@ -1,0 +1,391 @@
+"""VirtualBox's raw mode as a monitor (hvsim/bt/rawmode.py): scanned, patched, in place.
+
+Oracles: the real CPU (each small kernel also runs natively at ring 0, its code selector
+substituted, and the guest-visible results must agree; single instructions from random
+states through test_bt_translator's harness); counts known by construction (a small
+kernel whose every patch site, jump patch and refusal reason is designed in); the
+teaching kernel's own counters against trap-and-emulate's freeze.
+"""
+import random
+
+import pytest
+
+from hvsim import assemble
+from hvsim import pvworkloads as P
+from hvsim import workloads as W
+from hvsim.bt.monitor import TC_BASE
+from hvsim.bt.rawmode import INT3, SIZEOF_NEARJUMP32, RawMode, RawSnapshot
+from hvsim.guests import teaching_kernel
+from hvsim.monitors import TrapAndEmulate
+
+from test_bt_monitor import GP_NAME, IDT_LIB, KCODE_BT, build, dword, native, regs
+from test_bt_translator import (ARITH, DATA, IF, IOPL, REGS, STACK, SUBSET, _load, _native,
+                                _small_counts, _state)
+
+
+def raw_run(src, steps=100_000, **kw):
+    prog = build(src, KCODE_BT)
+    rm = RawMode(program=prog, **kw)
+    ev = rm.run(steps)
+    return rm, ev, prog
+
+
+# ---- the teaching kernel ----------------------------------------------------------------
+def test_teaching_kernel_ticks_where_trap_and_emulate_freezes():
+    prog = teaching_kernel()
+    lab = prog.labels
+    rm = RawMode(program=prog)
+    tae = TrapAndEmulate(program=prog)
+    assert rm.run(200_000).kind == "budget" and tae.run(200_000).kind == "budget"
+    ticks, calls = dword(rm, lab["ticks"]), dword(rm, lab["calls"])
+    assert dword(tae, lab["ticks"]) == 4                  # frozen at the first POPF
+    assert ticks > 300 and calls > 100                    # raw mode: the clock runs
+    assert ticks == rm.ticks_delivered
+    assert rm.vcpu.IF == 1 and rm.console == tae.console == "kernel up\nhello from ring 3\n"
+    from hvsim.lessons import l02_hole as l02
+    nat = l02.run_native(200_000)
+    n_ticks, n_calls = l02.guest_dword(nat, "ticks"), l02.guest_dword(nat, "calls")
+    assert abs(ticks / calls - n_ticks / n_calls) < 0.25 * n_ticks / n_calls
+    assert nat.console == rm.console
+    c = rm.counters
+    # the critical section's POPF never reached the hardware: it was patched (an in-place
+    # jump to the in-patch sequence, or an INT3 the monitor emulates)
+    assert c["jump_patches"] >= 1 and c["int3_replacements"] >= 1
+    assert c["int3_emulated"] > 100 and c["scanned"] > 50
+
+
+# ---- the scanner's finds on a kernel known by construction --------------------------------
+SMALL = """
+start:
+    mov esp, 0x9000
+    cli                     ; A: a jump patch that displaces the 5-byte MOV
+    mov eax, 1
+    sgdt [gdtr_copy]        ; B: 7 bytes: a jump patch, nothing displaced
+    pushfd                  ; C: a JMP follows: refused, control flow
+    jmp over
+    nop
+over:
+    popfd                   ; D: 'inner' lies inside its would-be displaced bytes
+    inc ebx
+inner:
+    inc ebx
+    inc ebx
+    inc ebx
+    cmp ebx, 4
+    jb inner
+    mov ecx, 0x12345678
+    mov edx, cr0            ; traps at ring 1: left in place, ends the boot scan
+    mov esi, target
+    call esi                ; E: indirect; the STI after it is sensitive: refused
+    sti                     ; F: a JMP follows: refused, control flow
+    jmp near_end
+target:
+    add edi, 7
+    ret
+gdtr_copy:
+    dd 0, 0
+    org 0x1FFD
+near_end:
+    sti                     ; G: 5 bytes from 0x1FFD would cross the page: refused
+    mov eax, 2
+    hlt
+"""
+
+
+def test_scanner_and_patch_manager_on_a_kernel_known_by_construction():
+    prog = build(SMALL, KCODE_BT)
+    lab = prog.labels
+    rm = RawMode(program=prog)
+    # the boot scan: 0x1000 .. 'mov edx, cr0' (15 instructions), A and B jump patches,
+    # C and D INT3 replacements; E, F, G are beyond the trapping MOV: not yet scanned
+    assert rm.counters["scanned"] == 15 and rm.counters["scans"] == 1
+    got = {p["site"]: (p["how"], p["kind"], p["reason"]) for p in rm.patches()}
+    a, b, c, d = 0x1005, 0x100B, 0x1012, lab["over"]
+    assert got == {a: ("jump", "inline", None), b: ("jump", "simulate", None),
+                   c: ("int3", "inline", "control flow"), d: ("int3", "inline", "branch target")}
+    la = rm.listing(a)
+    assert la["original"] == ["cli", "mov eax, 1"]
+    assert la["written"][0] == 0xE9 and la["original_bytes"] == bytes([0xFA, 0xB8, 1, 0, 0, 0])
+    codes = [t for _, t in la["patch_code"]]
+    assert codes == ["mov dword ptr gs:[0], 0", "mov eax, 1", "jmp 0x100b"]
+    assert la["patch_code"][0][0] >= TC_BASE
+    assert rm.listing(c)["written"] == bytes([INT3]) and rm.listing(b)["original"] == ["sgdt [0x1039]"]
+    # the guest sees the patched bytes; the monitor's accessor the original ones
+    assert bytes(rm.machine.memory[a:a + 1]) == b"\xe9"
+    assert rm.original_bytes(a, 6) == bytes([0xFA, 0xB8, 1, 0, 0, 0])
+    ev = rm.run(10_000)
+    assert ev.kind == "halt"
+    nat, nev, _ = native(SMALL)
+    assert nev.kind == "halt" and regs(rm) == regs(nat)
+    assert (rm.machine.cpu.eax, rm.machine.cpu.ebx, rm.machine.cpu.edi) == (2, 4, 7)
+    assert rm.vcpu.IF == 1 and nat.machine.cpu.eflags & IF
+    got = {p["site"]: (p["how"], p["reason"]) for p in rm.patches()}
+    assert got[0x102D] == ("int3", "sensitive")                    # E: 'call esi'
+    assert got[0x102F] == ("int3", "control flow")                  # F
+    assert got[lab["near_end"]] == ("int3", "page")                 # G
+    c = rm.counters
+    assert (c["jump_patches"], c["int3_replacements"]) == (2, 5)
+    assert (c["refused control flow"], c["refused branch target"], c["refused sensitive"],
+            c["refused page"]) == (2, 1, 1, 1)
+    # scans: boot, after the emulated MOV CR0, the indirect call's target
+    assert c["scans"] == 3 and c["scanned"] == 24
+    # every INT3 site ran once and was emulated; the two jump patches ran: one in-patch
+    # CLI, one SGDT callout
+    assert c["int3_emulated"] == 5 and rm.callouts["sgdt"] == 1 and c["in-TC CLI"] == 1
+    assert rm.emulated["sgdt"] == 1 and "trap #GP (general protection)" in c
+
+
+def test_a_branch_target_found_later_turns_a_jump_patch_into_int3():
+    src = """
+start:
+    cli                     ; a jump patch at boot: 'late' is no known target yet
+    nop
+late:
+    nop
+    nop
+    nop
+    mov eax, cr0            ; traps: ends the boot scan
+    inc ebx
+    cmp ebx, 2
+    jb late                 ; found by the second scan: a target inside the patch
+    hlt
+"""
+    rm, ev, prog = raw_run(src, 10_000)
+    nat, nev, _ = native(src)
+    assert ev.kind == nev.kind == "halt" and regs(rm) == regs(nat)
+    site = prog.labels["late"] - 2
+    p = rm.listing(site)
+    assert (p["how"], p["reason"]) == ("int3", "branch target")
+    assert rm.counters["converted"] == 1
+
+
+# ---- patched code against the real CPU, instruction by instruction ------------------------
+def _raw(prog, state):
+    regs_, flags, data, stack, vif, viopl = state
+    rm = RawMode(program=prog)
+    m = rm.machine
+    _load(m, m.cpu, regs_, flags, data, stack, IF)
+    rm.vcpu.IF, rm.vcpu.iopl = vif, viopl
+    ev = rm.run(1000)
+    assert ev.kind == "halt", (ev, rm.log[-3:])
+    return rm, (IF if rm.vcpu.IF else 0) | (rm.vcpu.iopl << 12)
+
+
+def _compare(text, seed, insn):
+    state = _state(seed)
+    state = (_small_counts(insn, dict(state[0])),) + state[1:]
+    if "popfd" in text:
+        stack = bytearray(state[3])
+        image = (int.from_bytes(stack[16:20], "little") & (ARITH | IF | IOPL)) | 2
+        stack[16:20] = image.to_bytes(4, "little")
+        state = state[:3] + (bytes(stack),) + state[4:]
+    prog = assemble(f"start:\n{text}\n    hlt\n", origin=0x1000)
+    nat, nat_if = _native(prog, state)
+    rm, rm_if = _raw(prog, state)
+    a, b = nat.cpu, rm.machine.cpu
+    where = f"{text!r} seed {seed}"
+    for r in REGS + ("esp",):
+        assert getattr(a, r) == getattr(b, r), f"{where}: {r}"
+    assert a.eflags & ARITH == b.eflags & ARITH, f"{where}: flags"
+    assert bytes(nat.memory[DATA:DATA + 0x200]) == bytes(rm.machine.memory[DATA:DATA + 0x200]), where
+    assert bytes(nat.memory[STACK - 64:STACK]) == bytes(rm.machine.memory[STACK - 64:STACK]), where
+    assert nat_if == rm_if, f"{where}: IF/IOPL"
+    return rm
+
+
+@pytest.mark.parametrize("insn", ["cli", "sti", "pushfd", "popfd"])
+def test_jump_patched_sensitive_instructions_keep_the_virtual_if_semantics(insn):
+    text = f"    {insn}\n    nop\n    nop\n    nop\n    nop"
+    for seed in range(12):
+        rm = _compare(text, seed, insn)
+    p = rm.listing(0x1000)
+    assert p["how"] == "jump" and p["original"] == [insn, "nop", "nop", "nop", "nop"]
+
+
+@pytest.mark.parametrize("insn", ["cli", "sti", "pushfd", "popfd"])
+def test_int3_replaced_sensitive_instructions_keep_the_virtual_if_semantics(insn):
+    for seed in range(12):
+        rm = _compare(f"    {insn}", seed, insn)          # HLT follows: refused, sensitive
+    assert rm.listing(0x1000)["how"] == "int3" and rm.counters["int3_emulated"] == 1
+
+
+def test_displaced_instructions_run_from_patch_code_as_the_original():
+    # each instruction of the translator's subset displaced by a CLI's jump patch
+    rng = random.Random(16)
+    for insn in SUBSET:
+        text = f"    cli\n    {insn}\n    nop\n    nop\n    nop\n    nop"
+        seed = rng.randrange(1000)
+        rm = _compare(text, seed, insn)
+        p = rm.listing(0x1000)
+        assert p["how"] == "jump" and p["original"][:2] == ["cli", rm._insn[0x1001].text], insn
+
+
+# ---- faults in patch code ---------------------------------------------------------------------
+FAULTS = """
+start:
+    lidt [idtr]
+    mov eax, 14
+    mov ebx, pf
+    call set_gate
+    mov edi, 0x21000
+    mov eax, 3
+fill:
+    mov [edi], eax
+    add eax, 0x1000
+    add edi, 4
+    cmp eax, 0x100003
+    jne fill
+    mov dword [0x21000 + 0x50*4], 0
+    mov dword [0x20000], 0x21003
+    mov eax, 0x20000
+    mov cr3, eax
+    mov eax, cr0
+    or eax, 0x80000000
+    mov cr0, eax
+    mov esi, 0x50010
+    cli
+touch:
+    mov dword [esi], 5          ; displaced by the CLI's jump patch: faults in patch code
+    hlt
+pf:
+    pop eax
+    mov [0x40004], eax          ; error code
+    mov eax, cr2
+    mov [0x40008], eax
+    mov eax, [esp]
+    mov [0x4000c], eax          ; EIP
+    mov dword [0x21000 + 0x50*4], 0x50003
+    iretd
+""" + IDT_LIB
+
+
+def test_a_fault_inside_patch_code_is_reported_at_the_guest_eip():
+    nat, nev, prog = native(FAULTS)
+    rm, ev, _ = raw_run(FAULTS)
+    assert nev.kind == ev.kind == "halt", (ev, rm.log[-3:])
+    lab = prog.labels
+    got = [dword(rm, 0x40004 + 4 * i) for i in range(3)]
+    assert got == [dword(nat, 0x40004 + 4 * i) for i in range(3)]
+    assert got == [0x2, 0x50010, lab["touch"]]           # the displaced MOV's guest EIP
+    assert dword(rm, 0x50010) == 5 and rm.reflected["#PF (page fault)"] == 1
+    p = rm.listing(lab["touch"] - 1)
+    assert p["how"] == "jump" and p["original"] == ["cli", "mov dword ptr [esi], 5"]
+
+
+# ---- self-modifying code ----------------------------------------------------------------------
+SMC = """
+start:
+    mov ecx, 2
+    xor ebx, ebx
+again:
+site:
+    cli                         ; jump-patched (displaces the MOV)
+    mov eax, 5
+    add ebx, eax
+    mov byte [site], 0x90       ; CLI -> NOP: a write onto the patched bytes
+    mov [data], ecx             ; data beside code: just completes
+    dec ecx
+    jnz again
+    hlt
+data:
+    dd 0
+"""
+
+
+def test_smc_on_a_patched_page_restores_and_rescans():
+    nat, nev, prog = native(SMC)
+    rm, ev, _ = raw_run(SMC, 10_000)
+    lab = prog.labels
+    assert ev.kind == nev.kind == "halt" and regs(rm) == regs(nat)
+    assert rm.machine.cpu.ebx == 10 and dword(rm, lab["data"]) == 1
+    c = rm.counters
+    # the first store hit the jump patch: the page unpatched (once), rescanned; the
+    # second is onto a scanned NOP, same byte, same value -- a scanned instruction
+    # rewritten again; the two data stores touch no instruction
+    assert c["smc_unpatches"] == 2 and c["rescans"] >= 1
+    assert lab["site"] not in {p["site"] for p in rm.patches()}
+    # the original bytes are back, the guest's own byte kept: NOP then MOV EAX, 5
+    assert bytes(rm.machine.memory[lab["site"]:lab["site"] + 6]) == bytes([0x90, 0xB8, 5, 0, 0, 0])
+    assert rm._insn[lab["site"]].text == "nop"
+    assert rm.vcpu.IF == 0                  # the first CLI ran (patched), the NOPs did not undo it
+
+
+def test_the_guest_cannot_read_or_jump_into_patch_memory():
+    reader = f"""
+start:
+    lidt [idtr]
+    mov eax, 13
+    mov ebx, gp
+    call set_gate
+    cli
+    nop
+    nop
+    nop
+    nop
+    mov eax, [{TC_BASE:#x}]
+    hlt
+gp:
+    pop eax
+    mov [0x40000], eax
+    mov eax, [esp]
+    mov [0x40004], eax
+    hlt
+""" + IDT_LIB
+    rm, ev, prog = raw_run(reader)
+    assert ev.kind == "halt" and rm.counters["jump_patches"] >= 1   # patch memory in use
+    assert dword(rm, 0x40000) == 0                      # #GP(0): beyond DS's limit
+    assert dword(rm, 0x40004) == prog.labels["gp"] - 6 and rm.reflected[GP_NAME] == 1
+    jumper = f"start:\n    mov eax, {TC_BASE:#x}\n    jmp eax\n"
+    rm, ev, _ = raw_run(jumper)
+    assert ev.kind == "killed" and "monitor's region" in ev.reason
+    direct = f"start:\n    jmp {TC_BASE:#x}\n"
+    rm, ev, _ = raw_run(direct)
+    assert ev.kind == "killed" and "monitor's region" in ev.reason
+
+
+# ---- workloads, snapshots, errors ---------------------------------------------------------------
+@pytest.mark.parametrize("workload", ["mixed", "fork", "demand"])
+def test_mm_workloads_identical_to_native(workload):
+    nat = W.run(workload, "native")
+    rm = W.run(workload, "rawmode")
+    assert W.differences(nat, rm) == [] and nat == rm
+    c = rm.monitor.counters
+    assert c["scanned"] > 0 and c["jump_patches"] + c["int3_replacements"] > 0
+
+
+def test_minios_identical_to_native():
+    nat = P.run("all", "native")
+    rm = P.run("all", "rawmode")
+    assert W.differences(nat, rm) == [] and nat == rm
+    assert rm.monitor.counters["int3_emulated"] > 0
+
+
+def test_snapshot_restore_round_trip():
+    rm = RawMode(program=teaching_kernel())
+    rm.run(20_000)
+    snap = rm.snapshot()
+    assert isinstance(snap, RawSnapshot)
+    rm.run(20_000)
+    first = (bytes(rm.machine.memory), regs(rm), rm.machine.cpu.eip, dict(rm.counters))
+    rm.restore(snap)
+    rm.run(20_000)
+    assert (bytes(rm.machine.memory), regs(rm), rm.machine.cpu.eip, dict(rm.counters)) == first
+
+
+def test_bad_arguments_get_clear_errors():
+    with pytest.raises(ValueError, match="patch_pages"):
+        RawMode(patch_pages=0)
+    with pytest.raises(ValueError, match="patch_pages"):
+        RawMode(patch_pages=True)
+    rm = RawMode(program=teaching_kernel())
+    with pytest.raises(TypeError, match="RawSnapshot"):
+        rm.restore(rm.machine.snapshot())
+    with pytest.raises(KeyError, match="no patch"):
+        rm.listing(0x12345)
+    with pytest.raises(ValueError, match="max_steps"):
+        rm.run(0)
+    with pytest.raises(ValueError, match="cannot read"):
+        rm.original_bytes(0x7FFF0000, 4)
+    with pytest.raises(ValueError, match="n must be"):
+        rm.original_bytes(0x1000, -1)
+    assert SIZEOF_NEARJUMP32 == 5
