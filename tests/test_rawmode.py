@@ -389,3 +389,48 @@ def test_bad_arguments_get_clear_errors():
     with pytest.raises(ValueError, match="n must be"):
         rm.original_bytes(0x1000, -1)
     assert SIZEOF_NEARJUMP32 == 5
+
+
+# ---- costs, interrupts at patch boundaries --------------------------------------------------
+def test_scans_are_charged_int3_replacements_are_traps():
+    from hvsim.cost import breakdown
+    from hvsim.cost.usage import usage_of
+    rm, ev, _ = raw_run(SMALL, 10_000)
+    assert ev.kind == "halt"
+    u = usage_of(rm)
+    # 24 instructions scanned; one callout (SGDT's jump patch); traps: 5 #BP of the INT3
+    # replacements, MOV from CR0 and HLT (#GP at ring 1)
+    assert (u["scan"], u["callout"], u["translation"]) == (24, 1, 0)
+    assert u["trap"] == 7 and rm.traps["#BP (breakpoint)"] == 5 and rm.stats["scanned"] == 24
+    b = breakdown(rm, "prescott")
+    assert b.categories["monitor work"] == 24 * 1150 + u["emulated"] * 216
+
+
+def _raw_tick(body):
+    from test_bt_monitor import TICK_HANDLER, TICK_LIB
+    src = TICK_LIB + body + TICK_HANDLER
+    nat, nev, prog = native(src)
+    rm, ev, _ = raw_run(src)
+    assert nev.kind == ev.kind == "halt", (ev, rm.log[-4:])
+    return ([dword(nat, 0x40000), dword(nat, 0x40004)],
+            [dword(rm, 0x40000), dword(rm, 0x40004)], prog, rm)
+
+
+def test_sti_in_patch_code_with_a_pending_tick_waits_one_instruction():
+    nat, got, prog, rm = _raw_tick("    sti\n    mov ebx, 1\nafter:\n    mov ebx, 2\n    jmp after\n")
+    assert got == nat == [prog.labels["after"], 1]       # the shadow: the displaced MOV ran
+    assert rm.listing(prog.labels["after"] - 6)["how"] == "jump" and rm.callouts["sti"] == 1
+
+
+def test_popf_in_patch_code_takes_a_pending_tick_at_the_next_guest_instruction():
+    body = "    push 0x202\n    popfd\nnext:\n    nop\n    nop\n    nop\n    nop\nafter:\n    jmp after\n"
+    nat, got, prog, rm = _raw_tick(body)
+    # taken after the POPF, before the first displaced NOP: reported at its guest EIP
+    assert got == nat == [prog.labels["next"], 0]
+    assert rm.listing(prog.labels["next"] - 1)["how"] == "jump" and rm.callouts["popf"] == 1
+
+
+def test_popf_int3_replaced_takes_a_pending_tick_at_once():
+    nat, got, prog, rm = _raw_tick("    push 0x202\n    popfd\nafter:\n    mov ebx, 1\n    jmp after\n")
+    assert got == nat == [prog.labels["after"], 0]
+    assert rm.listing(prog.labels["after"] - 1)["reason"] == "branch target"

@@ -684,6 +684,7 @@ class RawMode(BinaryTranslator):
                 and ev.eip in self._patches and self._patches[ev.eip].how == "int3"):
             try:
                 p = self._patches[ev.eip]
+                self.traps[ev.name] += 1            # a #BP from ring 1: a trap
                 self.raw_counts["int3_emulated"] += 1
                 if p.kind == "refused":
                     raise Kill(f"'{self._insn[p.site].text}' at {p.site:#010x}: "
@@ -697,6 +698,14 @@ class RawMode(BinaryTranslator):
         return super().handle(ev, outcome)
 
     # ---- the protocol --------------------------------------------------------------------------
+    @property
+    def stats(self) -> dict:
+        """The binary translator's stats (``translated`` 0: raw mode translates nothing)
+        with ``scanned``: guest instructions the scanner decoded."""
+        d = super().stats
+        d["scanned"] = self.raw_counts["scanned"]
+        return d
+
     @property
     def counters(self) -> dict:
         """The binary translator's counters (its ``callout KIND`` and ``in-TC NAME`` for

@@ -162,6 +162,10 @@ EVENTS = MappingProxyType({
     "translation": ("monitor work",
                     "the binary translator's work to translate one guest instruction into "
                     "the translation cache"),
+    # ---- VirtualBox raw mode (hvsim/bt/rawmode.py) ----
+    "scan": ("monitor work",
+             "a raw-mode monitor's code scanner (VirtualBox's CSAM) decoding and recording "
+             "one guest instruction before it first runs"),
 })
 
 
@@ -422,6 +426,16 @@ _TRANSLATION = Cost(2300, ADAMS_2006 + ", sec. 3.2, as recorded in shared/TECHNI
                           "it is not re-read here; used for every generation")
 
 
+# ---- VirtualBox raw mode (hvsim/bt/rawmode.py) --------------------------------------------
+_SCAN = Cost(1150, "none found: half of the translator's 2300 cycles per guest instruction "
+             "(" + ADAMS_2006 + ", as TECHNIQUES.md 2a records it)", estimate=True,
+             basis="no source measures CSAM's scan; scanning an instruction is the decoding "
+                   "and analysis half of translating one (decode, classify, record the "
+                   "instruction and its branch targets) without the emission, chaining "
+                   "and placement half: 2300 / 2 = 1150 cycles; the same for every "
+                   "generation. Installing a patch is not charged apart (it follows a scan)")
+
+
 def _carried(cost: Cost, from_cpu: str) -> Cost:
     return Cost(cost.cycles, cost.source, estimate=True,
                 basis=f"no figure for this generation was read; the {from_cpu} value is "
@@ -483,6 +497,7 @@ def _profile(name, cpu, year, *, trap, emulated, vm_exit, shadow_fill, fault_wal
         "io_request": _IO_REQUEST,
         "callout": callout if callout is not None else _carried(_P4_CALLOUT, "Pentium 4"),
         "translation": _TRANSLATION,
+        "scan": _SCAN,                      # VirtualBox raw mode (hvsim/bt/rawmode.py)
     })
 
 

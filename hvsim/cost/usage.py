@@ -83,6 +83,11 @@ callout          ``s["callouts"]`` (a binary translator, hvsim/bt): exits from t
                  ``instruction`` only, with no event of their own.
 translation      ``s["translated"]``: guest instructions the binary translator translated
                  into its translation cache.
+scan             ``s["scanned"]`` (VirtualBox raw mode, hvsim/bt/rawmode.py): guest
+                 instructions its code scanner decoded before they first ran. Its jump
+                 patches' callouts are ``callout``s, its INT3 replacements ``trap``s
+                 (a #BP from ring 1), the instruction either stands for an ``emulated``;
+                 patch code is ``instruction``s.
 ===============  ==========================================================================
 
 The machine's own exit count (``c["exits"]``) is not charged: on a bare machine an exit
@@ -112,7 +117,9 @@ STAT_EVENTS = {"traps": "trap", "vm_exits": "vm_exit", "hypercalls": "hypercall"
                "shadow_resyncs": "resync", "pt_updates": "pv_pt_update",
                "tables_validated": "pv_validate", "io_requests": "io_request",
                # binary translation (hvsim/bt)
-               "callouts": "callout", "translated": "translation"}
+               "callouts": "callout", "translated": "translation",
+               # VirtualBox raw mode (hvsim/bt/rawmode.py)
+               "scanned": "scan"}
 
 
 def _count(name: str, v) -> int:

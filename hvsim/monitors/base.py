@@ -46,7 +46,7 @@ from hvsim.instruction import Instruction
 from hvsim.machine import Event, Machine
 
 __all__ = ["Monitor", "MonitorEvent", "LogEntry", "Kill", "STATS", "SHADOW_STATS", "PV_STATS",
-           "BT_STATS", "shadow_stats"]
+           "BT_STATS", "RAW_STATS", "shadow_stats"]
 
 #: The keys of ``Monitor.stats`` (hvsim.cost charges each of them).
 STATS = ("traps", "emulated", "reflected", "injected", "vm_exits", "hypercalls",
@@ -65,6 +65,12 @@ PV_STATS = STATS[11:]
 BT_STATS = ("callouts", "translated")
 STATS = STATS + BT_STATS
 
+# ---- VirtualBox raw mode (hvsim/bt/rawmode.py) -------------------------------------------
+#: a raw-mode monitor's scanner work: ``scanned`` (guest instructions its code scanner
+#: decoded, CSAM's part); 0 for every other monitor
+RAW_STATS = ("scanned",)
+STATS = STATS + RAW_STATS
+
 
 def shadow_stats(d: dict, shadow) -> dict:
     """``d`` (a monitor's stats) with the SHADOW_STATS of ``shadow`` (0 if None) and the
@@ -73,7 +79,7 @@ def shadow_stats(d: dict, shadow) -> dict:
         d[k] = 0 if shadow is None else shadow.counters[k]
     for k in PV_STATS:
         d[k] = 0
-    for k in BT_STATS:
+    for k in BT_STATS + RAW_STATS:
         d.setdefault(k, 0)
     return d
 
