@@ -32,7 +32,8 @@ BY_HAND = {
     "guest instructions": ("instruction", "system_call", "page_fault", "exception", "interrupt"),
     "traps/exits": ("trap", "vm_exit", "hypercall", "callout"),
     "monitor work": ("emulated", "reflected", "injected", "shadow_fill", "fault_walk", "pt_write",
-                     "shadow_root", "resync", "pv_pt_update", "pv_validate", "translation"),
+                     "shadow_root", "resync", "pv_pt_update", "pv_validate", "translation",
+                     "scan"),
     "page walks": ("walk_ref", "ept_walk_ref"),
     "I/O": ("port_io", "io_request"),
 }
