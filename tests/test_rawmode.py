@@ -157,6 +157,7 @@ late:
     p = rm.listing(site)
     assert (p["how"], p["reason"]) == ("int3", "branch target")
     assert rm.counters["converted"] == 1
+    assert (rm.counters["jump_patches"], rm.counters["int3_replacements"]) == (1, 1)
 
 
 # ---- patched code against the real CPU, instruction by instruction ------------------------
@@ -434,3 +435,9 @@ def test_popf_int3_replaced_takes_a_pending_tick_at_once():
     nat, got, prog, rm = _raw_tick("    push 0x202\n    popfd\nafter:\n    mov ebx, 1\n    jmp after\n")
     assert got == nat == [prog.labels["after"], 0]
     assert rm.listing(prog.labels["after"] - 1)["reason"] == "branch target"
+
+
+def test_doctest_of_the_module():
+    import doctest
+    import hvsim.bt.rawmode as mod
+    assert doctest.testmod(mod).failed == 0

@@ -513,7 +513,6 @@ class RawMode(BinaryTranslator):
         """A branch target inside jump patch ``p``: it becomes an INT3 replacement."""
         ins = self._insn[p.site]
         self._remove(p)
-        self.raw_counts["jump_patches"] -= 1
         self.raw_counts["converted"] += 1
         self._int3(ins, "branch target")
 
@@ -710,7 +709,8 @@ class RawMode(BinaryTranslator):
     def counters(self) -> dict:
         """The binary translator's counters (its ``callout KIND`` and ``in-TC NAME`` for
         patch code), then the raw-mode ones: ``scans``, ``scanned`` (instructions),
-        ``jump_patches`` (installed), ``int3_replacements``, ``refused REASON``,
+        ``jump_patches`` and ``int3_replacements`` (installed, ever: a jump patch
+        converted or taken out by SMC stays counted), ``refused REASON``,
         ``converted`` (jump patches turned INT3 by a later branch target),
         ``smc_unpatches`` / ``mapping_unpatches`` (pages unpatched), ``rescans``,
         ``int3_emulated``, ``patch_bytes`` (patch memory in use)."""
