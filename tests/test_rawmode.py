@@ -441,3 +441,63 @@ def test_doctest_of_the_module():
     import doctest
     import hvsim.bt.rawmode as mod
     assert doctest.testmod(mod).failed == 0
+
+
+# ---- mappings, patch memory, ring 3, the guest's view of its code --------------------------
+def test_a_remapped_code_page_is_rescanned_and_runs_the_new_code():
+    from test_bt_monitor import REMAP
+    src = REMAP.replace("0x000001b8       ; mov eax, 1 ; ret", "0x0001b8fa       ; cli ; mov eax, 1")
+    src = src.replace("mov word [0x30004], 0xc300", "mov dword [0x30004], 0xc30000")
+    nat, nev, _ = native(src)
+    rm, ev, _ = raw_run(src)
+    assert ev.kind == nev.kind == "halt" and rm.machine.cpu.ebx == nat.machine.cpu.ebx == 3
+    c = rm.counters
+    # the old frame's CLI patch came out with its page's scan; the new code was scanned
+    assert c["mapping_unpatches"] >= 1 and c["jump_patches"] == 1
+    assert bytes(rm.machine.memory[0x30000:0x30007]) == bytes([0xFA, 0xB8, 1, 0, 0, 0, 0xC3])
+    assert rm._insn[0x400000].text == "mov eax, 2"
+
+
+def test_full_patch_memory_gets_int3_replacements():
+    body = "".join(f"    cli\n    mov eax, {i}\n" for i in range(300))
+    src = "start:\n" + body + "    hlt\n"
+    nat, nev, _ = native(src)
+    rm, ev, _ = raw_run(src, patch_pages=1)
+    assert ev.kind == nev.kind == "halt" and regs(rm) == regs(nat)
+    c = rm.counters
+    # each jump patch takes 11 (MOV [gs:VIF], 0) + 5 (the MOV) + 5 (JMP back) = 21 bytes:
+    # 195 fit in 4096, the other 105 sites are INT3s
+    assert (c["jump_patches"], c["int3_replacements"]) == (4096 // 21, 300 - 4096 // 21)
+    assert c["refused patch memory full"] == 300 - 4096 // 21 and c["patch_bytes"] <= 4096
+
+
+def test_a_user_program_cannot_reach_the_hole_either():
+    from test_bt_monitor import USER_PROBE
+    prog = teaching_kernel(user=USER_PROBE)
+    rm = RawMode(program=prog)
+    ev = rm.run(50_000)
+    assert ev.kind == "killed" and "#GP" in ev.reason
+    assert rm.log[-1].ring == 3 and rm.log[-1].eip == prog.labels["user"] + 9
+
+
+def test_the_guest_reads_its_patched_bytes():
+    src = """
+start:
+    mov ecx, [site]
+site:
+    cli
+    mov eax, 1
+    mov edx, [site]
+    hlt
+"""
+    nat, nev, prog = native(src)
+    rm, ev, _ = raw_run(src)
+    assert ev.kind == nev.kind == "halt"
+    site = prog.labels["site"]
+    jump = bytes(rm.machine.memory[site:site + 4])
+    # natively CLI then MOV's opcode; under raw mode the JMP rel32 -- the first read too,
+    # since the code was scanned and patched before it ran (PATMREAD_ORGCODE is only the
+    # monitor's: original_bytes)
+    assert nat.machine.cpu.ecx & 0xFFFF == 0xB8FA and rm.machine.cpu.ecx & 0xFF == 0xE9
+    assert rm.machine.cpu.ecx == rm.machine.cpu.edx == int.from_bytes(jump, "little")
+    assert rm.original_bytes(site, 2) == bytes([0xFA, 0xB8])

@@ -592,6 +592,13 @@ class RawMode(BinaryTranslator):
             self.bt_counts["mapping_invalidations"] += 1
             self._rescan(roots)
 
+    def _general_protection(self, ev: Event) -> None:
+        """Trap-and-emulate's emulation of a privileged instruction that trapped in
+        place; a MOV to CR0/CR3/CR4 or INVLPG may have changed a mapping of scanned code
+        (BT sees those as callouts, raw mode as traps)."""
+        super()._general_protection(ev)
+        self._mappings_changed()
+
     def _maybe_adapt(self, addr: int) -> None:
         """No adaptive translation in raw mode (its stores run in place)."""
 
