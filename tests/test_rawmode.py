@@ -501,3 +501,16 @@ site:
     assert nat.machine.cpu.ecx & 0xFFFF == 0xB8FA and rm.machine.cpu.ecx & 0xFF == 0xE9
     assert rm.machine.cpu.ecx == rm.machine.cpu.edx == int.from_bytes(jump, "little")
     assert rm.original_bytes(site, 2) == bytes([0xFA, 0xB8])
+
+
+def test_scanning_ahead_sets_no_accessed_flag():
+    from test_bt_monitor import REMAP
+    # a branch never taken to a mapped page that never runs: its PTE's A flag stays 0
+    src = REMAP.replace("    mov esi, 0x400000\n    call esi\n", "    xor eax, eax\n"
+                        "    test eax, eax\n    jnz 0x400000\n    hlt\n")
+    nat, nev, _ = native(src)
+    rm, ev, _ = raw_run(src)
+    assert ev.kind == nev.kind == "halt"
+    assert 0x400000 in rm._insn                       # scanned ahead of time
+    assert dword(rm, 0x22000) == dword(nat, 0x22000) == 0x30003        # A (20H) clear
+    assert dword(rm, 0x21000 + 4 * 1) == dword(nat, 0x21000 + 4 * 1)   # the kernel's page

@@ -206,24 +206,17 @@ class RawMode(BinaryTranslator):
         self.refusals = collections.Counter()
 
     # ---- reading guest code -------------------------------------------------------------
-    def _frame_of(self, lin: int) -> Optional[int]:
-        try:
-            gpa = self.shadow.translate(lin, False, False)
-        except GuestPageFault:
-            return None
-        except ShadowError as e:
-            raise Kill(str(e)) from None
-        return gpa >> 12 if gpa + 1 <= self.ram else None
-
     def _read_page_part(self, lin: int, n: int):
         """(bytes, frame) of up to ``n`` guest bytes at linear ``lin`` within its page,
-        the patched bytes shown as the originals; raises GuestPageFault."""
-        gpa = self.shadow.translate(lin, False, False)
-        if gpa >= self.ram:
-            raise GuestPageFault(lin, 0, f"code at {lin:#x} is beyond guest RAM")
-        n = min(n, PAGE - (lin & 0xFFF), self.ram - gpa)
+        the patched bytes shown as the originals; raises GuestPageFault. A look with no
+        side effect: scanning ahead sets no A flag the guest's own run would not (its
+        fetches set them when the code runs)."""
+        f = self.shadow.guest_frame(lin)      # no side effect: no A flag set
+        if f is None or (f + 1) << 12 > self.ram:
+            raise GuestPageFault(lin, 0, f"code at {lin:#x} is not mapped to guest RAM")
+        gpa = (f << 12) | (lin & 0xFFF)
+        n = min(n, PAGE - (lin & 0xFFF))
         data = bytearray(self.machine._raw_mem[gpa:gpa + n].tobytes())
-        f = gpa >> 12
         for site in self._frame_patches.get(f, ()):
             p = self._patches[site]
             for i, b in enumerate(p.original):
