@@ -60,7 +60,10 @@ patches neither make the comparison fail nor hide a difference.
 Simplifications, each deliberate: no "duplicate function" or trampoline patches
 (PATMFL_DUPLICATE_FUNCTION); no patches of guest IDT handlers as such; RET is not patched
 (a return site is a CALL's, scanned with it; a guest that RETs to an address it pushed
-itself runs it unscanned); code reached only through a mapping that changed under a
+itself runs it unscanned, and a RET to an address in patch memory is not caught: the
+ring-1 code segment spans the hole, as BT's must -- every other way there is: direct
+targets when scanned, indirect ones when looked up, handlers, IRET and far transfers
+when emulated, data accesses by the truncated segments); code reached only through a mapping that changed under a
 linear page the monitor scanned is rescanned from that page's known entries, but a page
 never entered through the monitor and only reached by a direct branch scanned while it
 was not mapped goes through the patched branch (the monitor sees it); guest RAM code
