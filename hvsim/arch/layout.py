@@ -270,7 +270,8 @@ ITRACE_PC = ITRACE + 5       # the record of the instruction executing, staged b
 ITRACE_PHYS = ITRACE + 6     # handler runs and written when it retires: linear pc, physical
 ITRACE_MODE = ITRACE + 7     # address (also the fetched address of an instruction a kernel
 ITRACE_OPW = ITRACE + 8      # request stopped, for its resumption), mode word, op word,
-ITRACE_IMM = ITRACE + 9      # immediate
+ITRACE_IMM = ITRACE + 9      # immediate, and CS.base
+ITRACE_CSBASE = ITRACE + 10
 ITRACE_SIZE = 16
 # Record: ITRACE_RECORD_WORDS little-endian u32 words.
 #   w0 pc     linear address of the instruction (CS.base + EIP); code-written: 0
@@ -282,7 +283,8 @@ ITRACE_SIZE = 16
 #   w4 imm    the decoded immediate (a relative branch's offset); code-written: 0
 #   w5 next   linear address of the next instruction (CS.base + EIP after it retired):
 #             the branch target taken, or the handler of an event it raised
-#   w6, w7    0 (reserved)
+#   w6 csbase CS.base the instruction ran with (with w2: QEMU's TB key); code-written: 0
+#   w7        0 (reserved)
 ITRACE_RECORD_WORDS = 8
 ITRACE_RECORD_BYTES = 4 * ITRACE_RECORD_WORDS
 ITRACE_KIND_SHIFT = 28

@@ -22,7 +22,7 @@ path; with tracing off the cost is one test of a local flag per instruction.
 """
 from hvsim._jit import njit
 from hvsim.arch.layout import (MASK32, EIP, EFLAGS, CPL, SEG_BASE, SEG_AR, SREG_CS, AR_DB,
-                               ITRACE_PC, ITRACE_PHYS, ITRACE_MODE, ITRACE_OPW, ITRACE_IMM,
+                               ITRACE_PC, ITRACE_PHYS, ITRACE_MODE, ITRACE_OPW, ITRACE_IMM, ITRACE_CSBASE,
                                ITRACE_KIND_SHIFT, ITRACE_KIND_INSN, ITRACE_MODE_CS32,
                                ITRACE_RECORD_BYTES)
 from hvsim.arch.flags import IOPL_MASK
@@ -36,7 +36,9 @@ _INSN_MODE = ITRACE_KIND_INSN << ITRACE_KIND_SHIFT
 def stage(st, dc, row, eip, pa):
     """The record of the instruction at ``eip`` (decoded in ``row``, fetched from ``pa``),
     before its handler changes CPL, IOPL or CS."""
-    st[ITRACE_PC] = (st[SEG_BASE + SREG_CS] + eip) & MASK32
+    base = st[SEG_BASE + SREG_CS]
+    st[ITRACE_CSBASE] = base
+    st[ITRACE_PC] = (base + eip) & MASK32
     st[ITRACE_PHYS] = pa
     mode = _INSN_MODE | st[CPL] | (st[EFLAGS] & IOPL_MASK)
     if (st[SEG_AR + SREG_CS] & AR_DB) != 0:
@@ -60,5 +62,6 @@ def commit(mem, st):
     put32(mem, a + 12, st[ITRACE_OPW])
     put32(mem, a + 16, st[ITRACE_IMM])
     put32(mem, a + 20, (st[SEG_BASE + SREG_CS] + st[EIP]) & MASK32)
-    for k in range(24, ITRACE_RECORD_BYTES):
+    put32(mem, a + 24, st[ITRACE_CSBASE])
+    for k in range(28, ITRACE_RECORD_BYTES):
         mem[a + k] = 0

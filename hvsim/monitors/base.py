@@ -45,7 +45,7 @@ from hvsim.instruction import Instruction
 from hvsim.machine import Event, Machine
 
 __all__ = ["Monitor", "MonitorEvent", "LogEntry", "Kill", "STATS", "SHADOW_STATS", "PV_STATS",
-           "shadow_stats"]
+           "EMU_STATS", "shadow_stats"]
 
 #: The keys of ``Monitor.stats`` (hvsim.cost charges each of them).
 STATS = ("traps", "emulated", "reflected", "injected", "vm_exits", "hypercalls",
@@ -57,6 +57,15 @@ SHADOW_STATS = STATS[6:11]
 #: and wrote for the guest, tables it validated, split-driver requests its backend served
 PV_STATS = STATS[11:]
 
+# ---- emulation (hvsim/emulation, issue 16): the emulator's own work, from the model of
+# Bochs's and QEMU's structures (hvsim/emulation/model.py); 0 for every other monitor
+#: guest instructions interpreted (Bochs mode), translated and run translated (QEMU TCG
+#: mode), TB lookups that missed the jump cache, and soft-TLB fills (the TLB misses of a
+#: software MMU: a page walk in software)
+EMU_STATS = ("insns_interpreted", "insns_translated", "insns_run_translated",
+             "tb_slow_lookups", "soft_tlb_fills")
+STATS = STATS + EMU_STATS
+
 
 def shadow_stats(d: dict, shadow) -> dict:
     """``d`` (a monitor's stats) with the SHADOW_STATS of ``shadow`` (0 if None) and the
@@ -64,6 +73,8 @@ def shadow_stats(d: dict, shadow) -> dict:
     for k in SHADOW_STATS:
         d[k] = 0 if shadow is None else shadow.counters[k]
     for k in PV_STATS:
+        d[k] = 0
+    for k in EMU_STATS:
         d[k] = 0
     return d
 

@@ -1,0 +1,250 @@
+"""The emulation monitor (hvsim/emulation): the models' counts on programs whose counts are
+known by construction, the guest state against Native's, snapshots, bad arguments.
+
+Each program's comment derives its counts; TB names: A the first TB, B the loop body...
+"""
+import numpy as np
+import pytest
+
+from hvsim import Machine, assemble
+from hvsim.emulation import model as M
+from hvsim.emulation.monitor import (Emulator, DynamicTranslator, MONITOR_PAGES, GUEST_RAM,
+                                     TLB_GEOMETRY)
+from hvsim.monitors import Native
+from hvsim.monitors.base import STATS, EMU_STATS
+
+N = 50
+K = 7
+
+# A = [mov ecx, N; jmp top] (a direct jump: slot 0), B = the body at top (ends at JNZ:
+# slot 0 falls through, slot 1 is top), C = [hlt].
+# Entries: A (lookup, miss); A->B (slot 0 unpatched: lookup, miss, patch); B->B the first
+# time (slot 1 unpatched: lookup, jump-cache hit, patch); B->B N-2 more times (chained);
+# B->C (slot 0: lookup, miss, patch).
+LOOP = f"""
+    mov ecx, {N}
+    jmp top
+top:
+    add eax, ecx
+    xor ebx, eax
+    dec ecx
+    jnz top
+    hlt
+"""
+
+# The same loop with its body across a page end: B = [add, xor, add, dec] ends before the
+# JNZ, which starts on the next page; B2 = [jnz]. Neither may chain to the other (the
+# destination is not on a page of the jumping TB): every B->B2 and B2->B goes through the
+# jump cache. Lookups: A, A->B, N x B->B2, N-1 x B2->B, B2->C = 2N + 2; misses A, B, B2,
+# C; chained only A->B and B2->C (same page): 2 patches, no chain hit.
+LOOP_ACROSS = f"""
+    mov ecx, {N}
+    jmp top
+    org 0x1FF8
+top:
+    add eax, ecx
+    xor ebx, eax
+    add edx, 1
+    dec ecx
+    jnz top
+    hlt
+"""
+
+# A = [mov ecx, N; call f], F = [add eax, 1; ret], R = [dec ecx; jnz top] (after the
+# call), T = [call f] at top, C = [hlt]. Every RET goes through the jump cache: the first
+# misses (R is new), the other N-1 hit; T->F the first time is a jump-cache hit too.
+# Chained: A->F, R->T, T->F, R->C patched once each; R->T and T->F chain N-2 times each.
+RET_LOOP = f"""
+    mov ecx, {N}
+top:
+    call f
+    dec ecx
+    jnz top
+    hlt
+f:
+    add eax, 1
+    ret
+"""
+
+# f runs at IOPL 0, then at IOPL 3: two TBs for the same bytes (QEMU's flags hold IOPL),
+# one Bochs trace (its fetch mode does not).
+IOPL_TWICE = """
+    call f
+    push 0x3002
+    popf
+    call f
+    hlt
+f:
+    add eax, 1
+    ret
+"""
+
+# The loop calls fn (on the next page), then rewrites fn's immediate: each store
+# invalidates the one TB on fn's page (K invalidations) and fn is translated again at the
+# next call: K translations of fn, plus A, R, T, C. A store into another 128-byte region of
+# fn's page (STORE = 0x2400) still invalidates fn for QEMU (per page) but not for Bochs.
+SMC_LOOP = """
+    mov ecx, {k}
+top:
+    call fn
+    mov byte [{store}], cl
+    dec ecx
+    jnz top
+    hlt
+    org 0x2000
+fn:
+    mov al, 0
+    add ebx, eax
+    ret
+"""
+
+
+def _emu(src, mode="translate", **kw):
+    emu = Emulator(program=assemble(src, origin=0x1000), mode=mode, **kw)
+    ev = emu.run(1_000_000)
+    assert ev.kind == "halt"
+    return emu
+
+
+def _pick(c, *names):
+    return tuple(c[n] for n in names)
+
+
+def test_loop_chains_to_itself():
+    c = _emu(LOOP).counters
+    assert _pick(c, "tb_translated", "tb_lookups", "tb_misses", "tb_jc_hits", "tb_hash_hits",
+                 "tb_chain_hits", "tb_chains_patched") == (3, 4, 3, 1, 0, N - 2, 3)
+    assert c["tb_insns_translated"] == 2 + 4 + 1
+    assert c["tb_insns_run"] == 2 + 4 * N + 1 == c["instructions"]
+    assert c["tb_invalidated"] == c["tb_flushes"] == 0
+
+
+def test_loop_across_a_page_is_not_chained():
+    c = _emu(LOOP_ACROSS).counters
+    assert _pick(c, "tb_translated", "tb_lookups", "tb_misses", "tb_jc_hits",
+                 "tb_chain_hits", "tb_chains_patched") == (4, 2 * N + 2, 4, 2 * N - 2, 0, 2)
+    tbs = {t["pc"]: t for t in _emu(LOOP_ACROSS).tb_table()}
+    assert tbs[0x1FF8]["icount"] == 4 and tbs[0x1FF8]["end"] == "fall-through"
+    assert tbs[0x2000]["icount"] == 1 and tbs[0x2000]["chained"] == [0x2002, None]
+
+
+def test_returns_go_through_the_jump_cache():
+    c = _emu(RET_LOOP).counters
+    assert _pick(c, "tb_translated", "tb_lookups", "tb_misses", "tb_jc_hits",
+                 "tb_chain_hits", "tb_chains_patched") == (5, N + 5, 5, N, 2 * (N - 2), 4)
+
+
+def test_iopl_selects_another_tb_but_not_another_trace():
+    prog = assemble(IOPL_TWICE, origin=0x1000)
+    emu = Emulator(program=prog, mode="translate")
+    emu.run()
+    f = prog.labels["f"]
+    at_f = [(t["cpl"], t["iopl"], t["icount"]) for t in emu.tb_table() if t["pc"] == f]
+    assert at_f == [(0, 0, 2), (0, 3, 2)]
+    c = emu.counters
+    # Bochs: traces [call f], F, [push; popf], [call f] again (a new pc), F again (a hit),
+    # [hlt]: lookups 2 (the first call and F) + 1 + 1 + 1 + 1 + 1 (ret -> push, popf ->
+    # call: traces end at RET and POPF)
+    assert c["bx_misses"] == 5 and c["bx_hits"] == 1
+
+
+def test_interpret_mode_traces_miss_once_then_hit():
+    emu = _emu(LOOP, mode="interpret")
+    c = emu.counters
+    assert _pick(c, "bx_lookups", "bx_misses", "bx_hits", "bx_decoded", "bx_interpreted") == (
+        N + 2, 3, N - 1, 2 + 4 + 1, 2 + 4 * N + 1)
+    s = emu.stats
+    assert s["insns_interpreted"] == 2 + 4 * N + 1 and s["insns_translated"] == 0
+    c = _emu(LOOP_ACROSS, mode="interpret").counters
+    assert _pick(c, "bx_lookups", "bx_misses", "bx_hits") == (2 * N + 2, 4, 2 * N - 2)
+
+
+def test_self_modifying_code_invalidates_per_page_and_per_region():
+    src = SMC_LOOP.format(k=K, store="fn + 1")
+    c = _emu(src).counters
+    assert c["tb_invalidated"] == K and c["tb_translated"] == K + 4
+    assert c["bx_smc"] == K and c["bx_traces_invalidated"] == K
+    assert c["bx_misses"] == 4 + K          # fn decoded again after each invalidation
+    # another 128-byte region of fn's page: QEMU invalidates the page, Bochs does nothing
+    c = _emu(SMC_LOOP.format(k=K, store="0x2400")).counters
+    assert c["tb_invalidated"] == K and c["tb_translated"] == K + 4
+    assert c["bx_smc"] == 0 and c["bx_traces_invalidated"] == 0 and c["bx_misses"] == 5
+
+
+def test_a_full_code_buffer_is_flushed():
+    c = _emu(LOOP, max_tbs=2).counters
+    # A, B fill it; C (the HLT) flushes it first
+    assert c["tb_flushes"] == 1 and c["tb_translated"] == 3 and c["tb_misses"] == 3
+
+
+def test_guest_state_and_counters_equal_native():
+    prog = assemble(SMC_LOOP.format(k=K, store="fn + 1"), origin=0x1000)
+    nat = Native(machine=Machine(memory=GUEST_RAM, exceptions="guest"), program=prog)
+    ev_n = nat.run()
+    for mode in ("interpret", "translate"):
+        m = Machine(memory=GUEST_RAM + MONITOR_PAGES * 4096, exceptions="guest",
+                    tlb=TLB_GEOMETRY[mode])
+        emu = Emulator(machine=m, program=prog, mode=mode)
+        ev = emu.run()
+        assert (ev.kind, ev.eip) == (ev_n.kind, ev_n.eip)
+        regs = ("eax", "ebx", "ecx", "edx", "esi", "edi", "ebp", "esp", "eip", "eflags")
+        assert [getattr(emu.vcpu, r) for r in regs] == [getattr(nat.vcpu, r) for r in regs]
+        assert bytes(m.memory[:GUEST_RAM]) == bytes(nat.machine.memory[:GUEST_RAM])
+        assert emu.counters["instructions"] == nat.counters["instructions"]
+
+
+def test_the_guest_cannot_reach_the_trace_buffer():
+    emu = _emu_run("mov eax, [0x100010]\nhlt")
+    assert emu.kind == "bus_error"
+
+
+def _emu_run(src):
+    return Emulator(program=assemble(src, origin=0x1000)).run()
+
+
+def test_stats_and_names():
+    assert set(EMU_STATS) <= set(STATS)
+    assert Native().stats.keys() == Emulator().stats.keys()
+    assert all(Native().stats[k] == 0 for k in EMU_STATS)
+    assert Emulator.name == "emulate" and DynamicTranslator.name == "dbt"
+    d = DynamicTranslator(program=assemble(LOOP, origin=0x1000))
+    d.run()
+    assert d.mode == "translate" and d.stats["insns_run_translated"] == 2 + 4 * N + 1
+    assert d.stats["insns_translated"] == 7 and d.stats["tb_slow_lookups"] == 3
+    assert d.describe()["counters"]["tb_translated"] == 3
+
+
+def test_snapshot_restore_round_trip():
+    emu = Emulator(program=assemble(SMC_LOOP.format(k=K, store="fn + 1"), origin=0x1000),
+                   mode="translate")
+    emu.run(40)
+    snap = emu.snapshot()
+    emu.run()
+    first = (emu.counters, emu.tb_table())
+    emu.restore(snap)
+    assert emu.counters["tb_translated"] < first[0]["tb_translated"]
+    emu.run()
+    assert (emu.counters, emu.tb_table()) == first
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="mode"):
+        Emulator(mode="jit")
+    with pytest.raises(ValueError, match="max_tbs"):
+        Emulator(max_tbs=0)
+    with pytest.raises(TypeError, match="Machine"):
+        Emulator(machine="m")
+    with pytest.raises(ValueError, match="64 KiB"):
+        Emulator(machine=Machine(memory=MONITOR_PAGES * 4096 + 4096))
+    with pytest.raises(TypeError, match="snapshot"):
+        Emulator().restore(("x",))
+    with pytest.raises(TypeError, match="same"):
+        Emulator(max_tbs=4).restore(Emulator().snapshot())
+
+
+def test_model_constants():
+    assert M.DEFAULT_MAX_TBS == (32 << 20) // 150
+    assert M.TB_JMP_CACHE_SIZE == 4096 and M.BX_ICACHE_ENTRIES == 65536
+    # QEMU's jump-cache hash keeps 6 bits of the page, 6 of the offset
+    assert M._jc_hash.py_func(0x1234) == (((0x1234 ^ (0x1234 >> 6)) >> 6) & 0xFC0) | ((0x1234 ^ (0x1234 >> 6)) & 0x3F)
+    assert np.all(M.END_OF_OP[:, 0][[0]] == 0)
