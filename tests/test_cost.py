@@ -32,8 +32,9 @@ BY_HAND = {
     "guest instructions": ("instruction", "system_call", "page_fault", "exception", "interrupt"),
     "traps/exits": ("trap", "vm_exit", "hypercall"),
     "monitor work": ("emulated", "reflected", "injected", "shadow_fill", "fault_walk", "pt_write",
-                     "shadow_root", "resync", "pv_pt_update", "pv_validate"),
-    "page walks": ("walk_ref", "ept_walk_ref"),
+                     "shadow_root", "resync", "pv_pt_update", "pv_validate",
+                     "interpreted", "translated", "run_translated", "tb_lookup"),
+    "page walks": ("walk_ref", "ept_walk_ref", "soft_tlb_fill"),
     "I/O": ("port_io", "io_request"),
 }
 

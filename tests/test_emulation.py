@@ -248,3 +248,18 @@ def test_model_constants():
     # QEMU's jump-cache hash keeps 6 bits of the page, 6 of the offset
     assert M._jc_hash.py_func(0x1234) == (((0x1234 ^ (0x1234 >> 6)) >> 6) & 0xFC0) | ((0x1234 ^ (0x1234 >> 6)) & 0x3F)
     assert np.all(M.END_OF_OP[:, 0][[0]] == 0)
+
+
+def test_cost_events_come_from_the_model():
+    from hvsim.cost.usage import usage_of
+    u = usage_of(_emu(LOOP, mode="translate"))
+    assert (u["instruction"], u["translated"], u["run_translated"], u["tb_lookup"],
+            u["interpreted"]) == (2 + 4 * N + 1, 7, 2 + 4 * N + 1, 3, 0)
+    u = usage_of(_emu(LOOP, mode="interpret"))
+    assert (u["interpreted"], u["translated"], u["soft_tlb_fill"]) == (2 + 4 * N + 1, 0, 0)
+
+
+def test_doctests():
+    import doctest
+    from hvsim.emulation import monitor
+    assert doctest.testmod(monitor).failed == 0

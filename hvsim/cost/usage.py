@@ -74,6 +74,18 @@ pv_validate      ``s["tables_validated"]``: page tables and directories the hype
 io_request       ``s["io_requests"]``: requests a split-driver backend served from a
                  shared ring. Its notifications are ``hypercall``s (the guest's
                  EVTCHNOP_send) and ``injected`` upcalls.
+interpreted      ``s["insns_interpreted"]``: guest instructions an emulator in interpret mode
+                 (Bochs) carried out; each is *also* an ``instruction`` (the machine
+                 retired it): this is the interpreter's work on top.
+translated       ``s["insns_translated"]``: guest instructions a dynamic translator (QEMU
+                 TCG) translated into its blocks, once per translation.
+run_translated   ``s["insns_run_translated"]``: guest instructions run from translated
+                 blocks; also each an ``instruction``, this is the translated code's
+                 extra work.
+tb_lookup        ``s["tb_slow_lookups"]``: TB lookups that missed the jump cache (the hash
+                 table, and the translations, which are charged as ``translated``).
+soft_tlb_fill    ``s["soft_tlb_fills"]``: the emulator's soft-TLB misses (the machine's TLB
+                 in the emulator's geometry); the walk's references stay ``walk_ref``.
 ===============  ==========================================================================
 
 The machine's own exit count (``c["exits"]``) is not charged: on a bare machine an exit
@@ -101,7 +113,11 @@ STAT_EVENTS = {"traps": "trap", "vm_exits": "vm_exit", "hypercalls": "hypercall"
                "hidden_faults": "shadow_fill", "true_faults": "fault_walk",
                "trace_faults": "pt_write", "shadow_roots_built": "shadow_root",
                "shadow_resyncs": "resync", "pt_updates": "pv_pt_update",
-               "tables_validated": "pv_validate", "io_requests": "io_request"}
+               "tables_validated": "pv_validate", "io_requests": "io_request",
+               # emulation (hvsim/emulation): the emulator's work, from its model
+               "insns_interpreted": "interpreted", "insns_translated": "translated",
+               "insns_run_translated": "run_translated", "tb_slow_lookups": "tb_lookup",
+               "soft_tlb_fills": "soft_tlb_fill"}
 
 
 def _count(name: str, v) -> int:
