@@ -65,6 +65,9 @@ def _pv(program, budget: int):
 #: host name -> function(program, budget) -> (monitor, final event)
 HOSTS: dict = {name: W.HOSTS[name] for name in ("native", "shadow", "vtx", "ept")}
 HOSTS["pv"] = _pv
+# emulation (issue 16): the native build on a software CPU (Bochs / QEMU TCG models)
+HOSTS["emulate"] = W.HOSTS["emulate"]
+HOSTS["dbt"] = W.HOSTS["dbt"]
 #: the hosts that run the PV build
 PV_HOSTS = frozenset({"pv"})
 

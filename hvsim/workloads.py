@@ -90,6 +90,27 @@ HOSTS: dict = {
 }
 
 
+# ---- emulation (issue 16): the guest at its own ring 0 on a software CPU, with the model
+# of Bochs (interpret) or QEMU TCG (translate); 1 MiB of guest RAM below the monitor's
+# trace buffer, the rings' stacks where the bare machine's 1 MiB would put them
+def _emulated(mode: str):
+    def host(program, budget: int):
+        from hvsim.emulation.monitor import Emulator
+        from hvsim.rings.setup import STACK_SPACING
+        mon = Emulator(mode=mode, devices=[BlockDevice()])
+        ram = mon.ram
+        install(mon.machine, ring0_stack=ram, ring1_stack=ram - STACK_SPACING,
+                ring2_stack=ram - 2 * STACK_SPACING)
+        mon.machine.load(program)
+        return _started(mon, budget)
+    host.__doc__ = f"Emulator(mode={mode!r}) with the bare machine's disk."
+    return host
+
+
+HOSTS["emulate"] = _emulated("interpret")
+HOSTS["dbt"] = _emulated("translate")
+
+
 # ---- the results ----------------------------------------------------------------------
 class Record(NamedTuple):
     """One workload's record in RESULTS."""

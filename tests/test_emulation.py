@@ -263,3 +263,34 @@ def test_doctests():
     import doctest
     from hvsim.emulation import monitor
     assert doctest.testmod(monitor).failed == 0
+
+
+@pytest.mark.parametrize("mode", ["interpret", "translate"])
+def test_the_teaching_kernel_as_natively(mode):
+    """Lesson 02's kernel (timer, system calls from ring 3, its POPF critical sections):
+    after the same steps the emulated machine's registers, RAM, console and instruction
+    counts are the bare machine's."""
+    from hvsim.guests import teaching_kernel
+    from hvsim.lessons.l02_hole import run_native
+    from hvsim.rings.setup import install, STACK_SPACING
+    steps = 60_000
+    nat = run_native(steps)
+    emu = Emulator(mode=mode)
+    m, ram = emu.machine, emu.ram
+    tables = install(m, ring0_stack=ram, ring1_stack=ram - STACK_SPACING,
+                     ring2_stack=ram - 2 * STACK_SPACING)
+    m.load(teaching_kernel(KCODE=tables.code(0)))
+    tables.enter(m, 0, m.cpu.eip, ram)
+    emu.run(steps)
+    regs = ("eax", "ebx", "ecx", "edx", "esi", "edi", "ebp", "esp", "eip", "eflags", "cpl")
+    assert [getattr(m.cpu, r) for r in regs] == [getattr(nat.machine.cpu, r) for r in regs]
+    assert bytes(m.memory[:ram]) == bytes(nat.machine.memory[:ram])
+    assert emu.console == nat.console
+    from hvsim.lessons.l02_hole import guest_dword
+    assert guest_dword(emu, "calls") > 0 and guest_dword(emu, "ticks") > 0     # it did work
+    c, n = emu.counters, nat.counters
+    for k in ("instructions", "ring0", "ring3", "irqs", "software_interrupts"):
+        assert c.get(k, 0) == n.get(k, 0), k
+    # both models saw every instruction; the kernel runs at CPL 0 and 3: TBs of both
+    assert c["bx_interpreted"] == c["tb_insns_run"] == c["instructions"]
+    assert {t["cpl"] for t in emu.tb_table()} == {0, 3}
