@@ -294,3 +294,28 @@ def test_the_teaching_kernel_as_natively(mode):
     # both models saw every instruction; the kernel runs at CPL 0 and 3: TBs of both
     assert c["bx_interpreted"] == c["tb_insns_run"] == c["instructions"]
     assert {t["cpl"] for t in emu.tb_table()} == {0, 3}
+
+
+# The store and the code it patches share a page (and a 128-byte region): every store
+# invalidates the TB or trace that made it, which ends after the store, and the patched
+# one. A = [mov ecx; store] (killed by its own store), P = [mov al; dec; jnz] at patch,
+# T = [store] at top, C = [hlt]: A once, P K times, T K-1 times, C once; each store
+# invalidates what exists on the page then: A; then T and P, K-1 times.
+SELF_SMC = """
+    mov ecx, {k}
+top:
+    mov byte [patch + 1], cl
+patch:
+    mov al, 0
+    dec ecx
+    jnz top
+    hlt
+"""
+
+
+def test_a_block_that_writes_its_own_page_ends_after_the_store():
+    emu = _emu(SELF_SMC.format(k=K))
+    c = emu.counters
+    assert (c["tb_translated"], c["tb_invalidated"]) == (2 * K + 1, 2 * K - 1)
+    assert (c["bx_misses"], c["bx_smc"], c["bx_traces_invalidated"]) == (2 * K + 1, K, 2 * K - 1)
+    assert emu.vcpu.eax & 0xFF == 1          # the last patch (ecx = 1) ran

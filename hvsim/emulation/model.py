@@ -177,8 +177,10 @@ S_SIZE = 16
 
 # ---- a TB (tbs[i]) ------------------------------------------------------------------------
 T_PC, T_CSBASE, T_FLAGS, T_PHYS, T_ICOUNT, T_SIZE, T_PAGE0, T_PAGE1, T_VALID, T_END, \
-    T_DEST0, T_DEST1, T_JMP0, T_JMP1, T_PNEXT0, T_PNEXT1, T_VPAGE1 = range(17)
-T_FIELDS = 17
+    T_DEST0, T_DEST1, T_JMP0, T_JMP1, T_PNEXT0, T_PNEXT1, T_VPAGE1, T_HSLOT = range(18)
+T_FIELDS = 18
+H_EMPTY = -1       # a hash-table slot never used since the last flush
+H_DELETED = -2     # the slot of an invalidated TB: lookups go on past it, inserts reuse it
 
 # ---- a Bochs icache entry (icache[i]) -------------------------------------------------------
 I_PADDR, I_MODE, I_TLEN, I_VALID, I_MASK = range(5)
@@ -257,14 +259,20 @@ def _tb_lookup(q, s, tbs, pages, htab, jcache, pc, csbase, flags, phys):
         return t
     nslots = htab.shape[0]
     k = _key_hash(phys, pc, flags, csbase, nslots)
-    while htab[k] >= 0:
+    free = -1
+    while htab[k] != H_EMPTY:
         t = htab[k]
-        if _matches(tbs, t, pc, csbase, flags, phys):
+        if t == H_DELETED:
+            if free < 0:
+                free = k
+        elif _matches(tbs, t, pc, csbase, flags, phys):
             q[TB_HASH_HITS] += 1
             jcache[h] = t
             s[S_BUILD] = 0
             return t
         k = (k + 1) & (nslots - 1)
+    if free >= 0:
+        k = free
     q[TB_MISSES] += 1
     if s[S_NTB] >= s[S_MAX_TBS]:
         _tb_flush(q, s, tbs, pages, htab, jcache)
@@ -285,6 +293,7 @@ def _tb_lookup(q, s, tbs, pages, htab, jcache, pc, csbase, flags, phys):
     tbs[t, T_JMP0] = -1
     tbs[t, T_JMP1] = -1
     htab[k] = t
+    tbs[t, T_HSLOT] = k
     jcache[h] = t
     _page_link(tbs, pages, t, 0, phys >> PAGE_SHIFT)
     q[TB_TRANSLATED] += 1
@@ -314,12 +323,13 @@ def _chainable(tbs, t, dest):
 
 
 @njit(inline="always")
-def _tb_invalidate_page(q, s, tbs, pages, page):
+def _tb_invalidate_page(q, s, tbs, pages, htab, page):
     e = pages[page]
     while e >= 0:
         t = e >> 1
         if tbs[t, T_VALID] != 0:
             tbs[t, T_VALID] = 0
+            htab[tbs[t, T_HSLOT]] = H_DELETED
             q[TB_INVALIDATED] += 1
             if t == s[S_CUR]:
                 s[S_KILL] = 1
@@ -394,20 +404,13 @@ def _bx_insn(q, s, icache, stamps, seq, pc, phys, mode, length, end):
                 s[S_BX_MPINDEX] += 1
                 _bx_mark(icache, stamps, cur, phys, length)
                 s[S_BX_LAST_END] = 1 if end != END_NONE else 0
-                if s[S_BX_KILL] != 0:          # it wrote its own trace: the trace stops
-                    s[S_BX_KILL] = 0
-                    s[S_BX_CUR] = -1
                 return
             cur = -1                           # the trace ended before this instruction
         elif s[S_BX_POS] < icache[cur, I_TLEN]:
             s[S_BX_POS] += 1
-            if s[S_BX_KILL] != 0:
-                s[S_BX_KILL] = 0
-                s[S_BX_CUR] = -1
             return
         else:
             cur = -1
-    s[S_BX_KILL] = 0
     # a new trace starts here: the icache lookup
     q[BX_LOOKUPS] += 1
     fm = BX_FETCH_MODE_IS32 if (mode & ITRACE_MODE_CS32) != 0 else 0
@@ -452,31 +455,22 @@ def _tb_insn(q, s, tbs, pages, htab, jcache, seq, pc, phys, flags, csbase, lengt
             if (tbs[cur, T_ICOUNT] < TCG_MAX_INSNS
                     and (pc >> PAGE_SHIFT) == (tbs[cur, T_PC] >> PAGE_SHIFT)):
                 _tb_append(q, s, tbs, pages, cur, pc, phys, length, imm, nxt, end)
-                if s[S_KILL] != 0:             # it wrote its own page: back to the main loop
-                    if s[S_CUR] == cur:
-                        _tb_finish(tbs, cur, END_FALL, pc, length, imm, nxt)
-                    s[S_CUR] = -1
-                    s[S_BUILD] = 0
-                    s[S_PREV_TB] = -1
-                    s[S_KILL] = 0
                 return
             _tb_finish(tbs, cur, END_FALL, 0, 0, 0, 0)
             tbs[cur, T_DEST0] = pc
-            s[S_PREV_TB] = -1 if s[S_KILL] != 0 else cur
+            s[S_PREV_TB] = cur
             cur = -1
         elif s[S_POS] < tbs[cur, T_ICOUNT]:
             s[S_POS] += 1
-            if s[S_POS] == tbs[cur, T_ICOUNT] or s[S_KILL] != 0:
-                s[S_PREV_TB] = -1 if s[S_KILL] != 0 else cur
+            if s[S_POS] == tbs[cur, T_ICOUNT]:
+                s[S_PREV_TB] = cur
                 s[S_CUR] = -1
-                s[S_KILL] = 0
             return
         else:
             cur = -1
     # a TB starts here: through a patched slot of the TB that just ended, or a lookup
     prev = s[S_PREV_TB]
     s[S_PREV_TB] = -1
-    s[S_KILL] = 0
     t = -1
     slot = -1
     if prev >= 0 and seq and tbs[prev, T_VALID] != 0:
@@ -533,34 +527,81 @@ def _tb_append(q, s, tbs, pages, t, pc, phys, length, imm, nxt, end):
 
 
 # ---------------------------------------------------------------------------------- the kernel
+@njit(inline="always")
+def _code_written(q, s, tbs, pages, htab, icache, stamps, phys, size, nxt):
+    """A store of ``size`` bytes at ``phys`` (one frame): invalidate. A TB or trace that
+    the store invalidated while it ran ends with the storing instruction (QEMU's
+    cpu_loop_exit_noexc; Bochs stops the trace), the next one is looked up."""
+    q[CODE_WRITES] += 1
+    p = phys >> PAGE_SHIFT
+    if p < pages.shape[0]:
+        _tb_invalidate_page(q, s, tbs, pages, htab, p)
+    _bx_smc(q, s, icache, stamps, phys, size)
+    if s[S_KILL] != 0:
+        cur = s[S_CUR]
+        if s[S_BUILD] != 0:
+            _tb_finish(tbs, cur, END_FALL, 0, 0, 0, 0)
+            tbs[cur, T_DEST0] = nxt
+        s[S_CUR] = -1
+        s[S_BUILD] = 0
+        s[S_PREV_TB] = -1
+        s[S_KILL] = 0
+    if s[S_BX_KILL] != 0:
+        s[S_BX_CUR] = -1
+        s[S_BX_KILL] = 0
+
+
 @njit
 def consume(recs, q, s, tbs, pages, htab, jcache, icache, stamps):
-    """Update both models with the trace records ``recs`` (uint32[n, 8], layout.py)."""
-    for i in range(recs.shape[0]):
+    """Update both models with the trace records ``recs`` (uint32[n, 8], layout.py).
+
+    The machine writes a code-written record during the store, before the record of the
+    instruction that stored (written when it retires): the model applies it after that
+    instruction, as the emulators see the store -- in the middle of running its TB or
+    trace. A code write not followed by the next instruction in sequence (an event's
+    delivery pushed onto a code page) is applied at once."""
+    n = recs.shape[0]
+    i = 0
+    while i < n:
         mode = np.int64(recs[i, 2])
         kind = mode >> ITRACE_KIND_SHIFT
-        phys = np.int64(recs[i, 1])
         if kind == ITRACE_KIND_CODE_WRITTEN:
-            size = np.int64(recs[i, 3])
-            q[CODE_WRITES] += 1
-            p = phys >> PAGE_SHIFT
-            if p < pages.shape[0]:
-                _tb_invalidate_page(q, s, tbs, pages, p)
-            _bx_smc(q, s, icache, stamps, phys, size)
-            continue
-        if kind != ITRACE_KIND_INSN:
-            continue
-        pc = np.int64(recs[i, 0])
-        opw = np.int64(recs[i, 3])
-        op = opw & 0xFF
-        length = (opw >> 8) & 0xF
-        reg = (opw >> 12) & 7
-        imm = np.int64(recs[i, 4])
-        nxt = np.int64(recs[i, 5])
-        csbase = np.int64(recs[i, 6])
-        end = END_OF_OP[op, reg] if op < END_OF_OP.shape[0] else END_STATE
-        seq = s[S_PREV_NEXT] == pc
-        _bx_insn(q, s, icache, stamps, seq, pc, phys, mode, length, end)
-        _tb_insn(q, s, tbs, pages, htab, jcache, seq, pc, phys, mode & TB_FLAGS_MASK, csbase,
-                 length, imm, nxt, end)
-        s[S_PREV_NEXT] = nxt
+            # the instruction that made this store, if the records go on in sequence
+            j = i
+            while j < n and (np.int64(recs[j, 2]) >> ITRACE_KIND_SHIFT) == ITRACE_KIND_CODE_WRITTEN:
+                j += 1
+            if j < n and (np.int64(recs[j, 2]) >> ITRACE_KIND_SHIFT) == ITRACE_KIND_INSN \
+                    and np.int64(recs[j, 0]) == s[S_PREV_NEXT]:
+                _insn(recs, j, q, s, tbs, pages, htab, jcache, icache, stamps)
+                nxt = np.int64(recs[j, 5])
+                for k in range(i, j):
+                    _code_written(q, s, tbs, pages, htab, icache, stamps,
+                                  np.int64(recs[k, 1]), np.int64(recs[k, 3]), nxt)
+                i = j + 1
+                continue
+            # an event's delivery (or the end of this batch): at once
+            _code_written(q, s, tbs, pages, htab, icache, stamps, np.int64(recs[i, 1]),
+                          np.int64(recs[i, 3]), s[S_PREV_NEXT])
+        elif kind == ITRACE_KIND_INSN:
+            _insn(recs, i, q, s, tbs, pages, htab, jcache, icache, stamps)
+        i += 1
+
+
+@njit(inline="always")
+def _insn(recs, i, q, s, tbs, pages, htab, jcache, icache, stamps):
+    mode = np.int64(recs[i, 2])
+    phys = np.int64(recs[i, 1])
+    pc = np.int64(recs[i, 0])
+    opw = np.int64(recs[i, 3])
+    op = opw & 0xFF
+    length = (opw >> 8) & 0xF
+    reg = (opw >> 12) & 7
+    imm = np.int64(recs[i, 4])
+    nxt = np.int64(recs[i, 5])
+    csbase = np.int64(recs[i, 6])
+    end = END_OF_OP[op, reg] if op < END_OF_OP.shape[0] else END_STATE
+    seq = s[S_PREV_NEXT] == pc
+    _bx_insn(q, s, icache, stamps, seq, pc, phys, mode, length, end)
+    _tb_insn(q, s, tbs, pages, htab, jcache, seq, pc, phys, mode & TB_FLAGS_MASK, csbase,
+             length, imm, nxt, end)
+    s[S_PREV_NEXT] = nxt
