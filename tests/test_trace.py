@@ -19,6 +19,7 @@ from hvsim.warmup import enable_paging, identity_map_4k
 
 BUF = 0x70000
 PD = 0x60000
+CODE_FRAME = 0x5000      # linear page 1000H (the program) is mapped here, not onto itself
 TIMER = (97, 0x20)
 
 PROGRAM = """
@@ -72,8 +73,18 @@ def _machine():
     m.load(prog)
     t.gate(m, 6, prog.labels["ud_handler"])
     t.gate(m, TIMER[1], prog.labels["timer_handler"])
-    enable_paging(m, identity_map_4k(m._raw_mem, PD, 1 << 20))
+    cr3 = identity_map_4k(m._raw_mem, PD, 1 << 20)
+    raw = m._raw_mem
+    raw[CODE_FRAME:CODE_FRAME + 0x1000] = raw[0x1000:0x2000]
+    pte1 = PD + 0x1000 + 4 * 1                      # the first page table, entry 1
+    raw[pte1:pte1 + 4] = np.frombuffer((CODE_FRAME | 0x7).to_bytes(4, "little"), np.uint8)
+    m._flush_decoded()
+    enable_paging(m, cr3)
     return m, prog
+
+
+def _phys(lin):
+    return CODE_FRAME + (lin - 0x1000) if 0x1000 <= lin < 0x2000 else lin
 
 
 def _expected(m, timer_entry):
@@ -131,6 +142,7 @@ def test_records_match_a_stepped_run_exactly():
     assert m.counters.exceptions[6] == 1 and m.counters["irqs"] >= 3
     assert all(r[3] & 0xFF != D.OP_UD2 for r in got)        # it faulted: never retired
     assert any((r[2] >> 12) & 3 == 3 for r in got)
+    assert all(r[1] == _phys(r[0]) for r in got) and got[0][1] == CODE_FRAME   # mapped
     assert sum(1 for r in got if r[3] & 0xFF == D.OP_STRING) == 1     # REP MOVSB: one record
     # the same machine state as the untraced stepped twin, but for the trace's own slots
     # and the buffer
@@ -156,7 +168,7 @@ def test_code_written_record_before_the_store_that_made_it():
     # the REP MOVSB writes dst (on the code's page: traced) and the patch store: each one
     # record, the REP's 100 bytes coalesced into one
     assert [(int(recs[i, 1]), int(recs[i, 3])) for i in cw] == [
-        (prog.labels["dst"], 100), (patch + 1, 1)]
+        (_phys(prog.labels["dst"]), 100), (_phys(patch + 1), 1)]
     # each is followed by the record of the instruction whose store it was
     for i in cw:
         assert recs[i + 1, 2] >> 28 == L.ITRACE_KIND_INSN

@@ -141,7 +141,8 @@ def execute_one(mem, st, tlb, dc, pg, limit, ktab, resume, tracing):
     st[INSN_ROW] = row
     op = dc[D.F_OP, row]
     if ktab[op] == 0 and op != D.OP_NOP:
-        st[ITRACE_PHYS] = pa
+        if tracing:
+            st[ITRACE_PHYS] = pa          # (else untouched: the state stays the untraced one)
         st[KERNEL_REQUEST] = op
         st[RESUME_ROW] = row
         st[ATTN] = 1
