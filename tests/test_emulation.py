@@ -319,3 +319,35 @@ def test_a_block_that_writes_its_own_page_ends_after_the_store():
     assert (c["tb_translated"], c["tb_invalidated"]) == (2 * K + 1, 2 * K - 1)
     assert (c["bx_misses"], c["bx_smc"], c["bx_traces_invalidated"]) == (2 * K + 1, K, 2 * K - 1)
     assert emu.vcpu.eax & 0xFF == 1          # the last patch (ecx = 1) ran
+
+
+def test_an_exception_in_a_first_run_ends_the_tb_there():
+    """The TB at top is learnt from its first run, which UD2's #UD cuts after INC: it
+    holds one instruction, and falls through to UD2's address on every later run (where
+    the #UD takes the guest to its handler again: a lookup, never a chain)."""
+    from hvsim.rings.setup import install
+    prog = assemble("""
+        mov ecx, 3
+        jmp top
+    top:
+        inc eax
+        ud2
+        dec ecx
+        jnz top
+        hlt
+    ud_handler:
+        add dword [esp], 2
+        iret
+    """, origin=0x1000)
+    emu = Emulator(mode="translate")
+    tables = install(emu.machine, ring0_stack=emu.ram)
+    emu.machine.load(prog)
+    tables.gate(emu.machine, 6, prog.labels["ud_handler"])
+    assert emu.run().kind == "halt" and emu.vcpu.eax == 3
+    tbs = {t["pc"]: t for t in emu.tb_table()}
+    top = tbs[prog.labels["top"]]
+    assert (top["icount"], top["end"], top["chained"]) == (1, "fall-through", [None, None])
+    assert tbs[prog.labels["ud_handler"]]["end"] == "indirect"
+    c = emu.counters
+    # entries of the handler TB (3) and of the TB after UD2 (3, by IRET) are lookups
+    assert c["tb_translated"] == 5 and c["exception_6"] == 3
