@@ -212,6 +212,13 @@ def test_stats_and_names():
     assert d.mode == "translate" and d.stats["insns_run_translated"] == 2 + 4 * N + 1
     assert d.stats["insns_translated"] == 7 and d.stats["tb_slow_lookups"] == 3
     assert d.describe()["counters"]["tb_translated"] == 3
+    # the soft TLB is the machine's, in QEMU's (256 x 1) or Bochs's (1024 x 1) geometry
+    assert d.machine._tlb_geometry == (256, 1, 1)
+    assert Emulator(mode="interpret").machine._tlb_geometry == (1024, 1, 1)
+    r = __import__("hvsim.workloads", fromlist=["run"]).run("wss", "dbt")
+    c = r.monitor.counters
+    assert c["soft_tlb_misses"] == c["tlb_misses"] > 0
+    assert r.monitor.stats["soft_tlb_fills"] == c["tlb_misses"]
 
 
 def test_snapshot_restore_round_trip():

@@ -18,6 +18,9 @@ TECHNIQUES.md 1b gives them]:
   an entry holds one *trace*: at most BX_MAX_TRACE_LENGTH = 32 decoded instructions from
   pAddr, ending after a branch (or an instruction that changes how code is fetched);
   hvsim's analogue is its decode cache (16 Ki direct-mapped rows of one instruction each);
+* a trace ends after the instructions that end a TB below (:data:`END_OF_OP`): an
+  approximation of Bochs's own "ends the trace" attribute of its decoder tables, which
+  marks branches and the instructions that change how code runs;
 * the fetch mode mask is CS.D here (hvsim has no 16-bit code, long mode, SSE or AVX, the
   other bits of Bochs's mask): the CPL is *not* in it -- Bochs decodes the same bytes the
   same way in every ring and checks privilege when it executes;
