@@ -236,3 +236,42 @@ def test_bad_arguments():
     m.set_instruction_trace(BUF, 64, lambda: None)       # takes nothing
     with pytest.raises(RuntimeError, match="must take them"):
         m.run(10_000)
+
+
+# ---- invisible on random programs (tests/test_blocks.py's generator and configurations)
+@pytest.mark.parametrize("config", ["flat", "paging, two-entry TLB", "paging at ring 3"])
+def test_tracing_is_invisible_on_random_programs(config):
+    """The same random programs (stores into their code frame, calls, faults at the end)
+    with blocks on, untraced, and traced, in equal random slices: the same events, the same
+    state -- registers, counters, TLB, page words but PG_TRACED, memory but the buffer --
+    and one instruction record per instruction retired."""
+    import random
+    from test_blocks import CONFIGS, make, random_program
+    from hvsim.cpu.blocks import F_BLK
+    rng = random.Random(f"trace-{config}")
+    buf, cap = 0xC00000, 2 * L.ITRACE_RESERVE
+    for _ in range(15):
+        prog = assemble(random_program(rng))
+        a, b = make(prog, 2, **CONFIGS[config]), make(prog, 2, **CONFIGS[config])
+        got = []
+        b.set_instruction_trace(buf, cap, lambda: got.append(b.take_instruction_trace()))
+        for _ in range(400):
+            n = rng.choice([1, 2, 3, 7, 20, 64, 1000])
+            ea, eb = a.run(n), b.run(n)
+            assert ea == eb
+            if ea.kind != "budget":
+                break
+        got.append(b.take_instruction_trace())
+        sa, sb = a._st.copy(), b._st.copy()
+        for s in (sa, sb):
+            s[L.ITRACE:L.ITRACE + L.ITRACE_SIZE] = 0
+            s[L.ATTN] = s[L.INSN_ROW] = s[L.CFG_BLOCK_HOT] = 0
+        assert np.flatnonzero(sa != sb).tolist() == []
+        assert np.array_equal(a._tlb, b._tlb)
+        assert np.array_equal(a._pg, b._pg & ~L.PG_TRACED)
+        ma, mb = a._raw_mem.copy(), b._raw_mem.copy()
+        mb[buf:buf + cap * L.ITRACE_RECORD_BYTES] = 0
+        assert np.array_equal(ma, mb)
+        assert np.array_equal(a._dc[:F_BLK], b._dc[:F_BLK])
+        recs = np.concatenate(got)
+        assert int(((recs[:, 2] >> 28) == L.ITRACE_KIND_INSN).sum()) == b.counters["instructions"]
