@@ -358,3 +358,50 @@ def test_an_exception_in_a_first_run_ends_the_tb_there():
     c = emu.counters
     # entries of the handler TB (3) and of the TB after UD2 (3, by IRET) are lookups
     assert c["tb_translated"] == 5 and c["exception_6"] == 3
+
+
+# 32 one-RET stubs at 10000H, 11000H, ... are called (their frames now hold code), then a
+# REP STOSB of RET bytes over all 32 pages: a code write per page, 4096 bytes per REP step,
+# more than a 64-record buffer's free room: it is drained between two steps of the REP.
+STUBS = 32
+REP_OVER_CODE = """
+    mov esi, 0x10000
+stubs:
+    call esi
+    add esi, 0x1000
+    cmp esi, 0x10000 + {n} * 0x1000
+    jb stubs
+    mov edi, 0x10000
+    mov ecx, {n} * 0x1000
+    mov al, 0xC3
+    rep stosb
+    mov esi, 0x10000
+again:
+    call esi
+    add esi, 0x1000
+    cmp esi, 0x10000 + {n} * 0x1000
+    jb again
+    hlt
+""".format(n=STUBS) + "".join(f"    org {0x10000 + i * 0x1000:#x}\n    ret\n" for i in range(STUBS))
+
+
+@pytest.mark.parametrize("mode", ["interpret", "translate"])
+def test_the_model_does_not_depend_on_where_the_buffer_is_drained(mode):
+    """A 64-record buffer, drained every few dozen records and in the middle of the REP,
+    gives the counts of a 4096-record one."""
+    prog = assemble(REP_OVER_CODE, origin=0x1000)
+    runs = []
+    for records in (64, 4096):
+        emu = Emulator(program=prog, mode=mode, trace_records=records)
+        assert emu.run(100_000).kind == "halt"
+        runs.append(emu.model_counters)
+    assert runs[0] == runs[1]
+    c = runs[0]
+    assert c["code_writes"] == STUBS
+    # every stub's TB invalidated by the fill; Bochs's direct-mapped icache (pAddr & FFFFH)
+    # kept only the last 16 stubs' traces (10000H and 20000H share an entry...), but every
+    # page's write stamp still marks its RET: 32 SMC events, 16 traces to invalidate
+    assert c["tb_invalidated"] == STUBS
+    assert (c["bx_smc"], c["bx_traces_invalidated"]) == (STUBS, 16)
+    with pytest.raises(ValueError, match="trace_records"):
+        Emulator(trace_records=8)

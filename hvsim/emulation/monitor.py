@@ -94,15 +94,23 @@ class Emulator(Native):
     mode    : "interpret" (Bochs) or "translate" (QEMU TCG).
     max_tbs : TBs the modelled code buffer holds (default: QEMU's 32 MiB buffer at 150
               bytes a TB, model.DEFAULT_MAX_TBS).
+    trace_records : records of the trace buffer (at most TRACE_RECORDS, its default): a
+              smaller buffer is drained more often, with the same model counts.
     """
     name = "emulate"
 
     def __init__(self, machine: Optional[Machine] = None, program=None, devices=(),
-                 mode: str = "interpret", max_tbs: int = M.DEFAULT_MAX_TBS):
+                 mode: str = "interpret", max_tbs: int = M.DEFAULT_MAX_TBS,
+                 trace_records: int = TRACE_RECORDS):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
         if isinstance(max_tbs, bool) or not isinstance(max_tbs, int) or not 1 <= max_tbs <= 1 << 24:
             raise ValueError(f"max_tbs must be an int in 1..{1 << 24}, got {max_tbs!r}")
+        lo = 2 * L.ITRACE_RESERVE
+        if isinstance(trace_records, bool) or not isinstance(trace_records, int) or \
+                not lo <= trace_records <= TRACE_RECORDS:
+            raise ValueError(f"trace_records must be an int in {lo}..{TRACE_RECORDS}, "
+                             f"got {trace_records!r}")
         if machine is None:
             machine = Machine(memory=GUEST_RAM + MONITOR_PAGES * PAGE, exceptions="guest",
                               tlb=TLB_GEOMETRY[mode])
@@ -118,11 +126,12 @@ class Emulator(Native):
         self.max_tbs = max_tbs
         self._model = M.new_state(len(machine.memory), max_tbs)
         self._tlb0 = (0, 0)
+        self._pending = None        # code-written records whose instruction's is not in yet
         super().__init__(machine, None, devices)
         machine._st[L.CFG_MEM_SIZE] = ram          # the guest's bus ends at its RAM
         if machine.cpu.esp == len(machine.memory):  # the reset stack: the top of the RAM
             machine.cpu.esp = ram
-        machine.set_instruction_trace(ram, TRACE_RECORDS, self._drain)
+        machine.set_instruction_trace(ram, trace_records, self._drain)
         self._tlb0 = self._tlb_counts()
         if program is not None:
             machine.load(program)
@@ -130,6 +139,17 @@ class Emulator(Native):
     # ---- the trace -> the model -------------------------------------------------------------
     def _drain(self) -> None:
         recs = self.machine.take_instruction_trace()
+        if self._pending is not None:
+            recs = np.concatenate([self._pending, recs])
+            self._pending = None
+        # code writes at the end: the record of the instruction that made them (a REP
+        # string instruction drained between two of its steps) comes with the next batch
+        k = len(recs)
+        while k > 0 and (recs[k - 1, 2] >> L.ITRACE_KIND_SHIFT) == L.ITRACE_KIND_CODE_WRITTEN:
+            k -= 1
+        if k < len(recs):
+            self._pending = recs[k:].copy()
+            recs = recs[:k]
         if len(recs):
             d = self._model
             M.consume(recs, d["q"], d["s"], d["tbs"], d["pages"], d["htab"], d["jcache"],
@@ -154,11 +174,12 @@ class Emulator(Native):
     # ---- state --------------------------------------------------------------------------------
     def snapshot(self):
         self._drain()
-        return (super().snapshot(), {k: v.copy() for k, v in self._model.items()}, self._tlb0)
+        return (super().snapshot(), {k: v.copy() for k, v in self._model.items()}, self._tlb0,
+                None if self._pending is None else self._pending.copy())
 
     def restore(self, snap) -> None:
         try:
-            native, model, tlb0 = snap
+            native, model, tlb0, pending = snap
             if set(model) != set(self._model) or model["tbs"].shape != self._model["tbs"].shape:
                 raise ValueError
         except (TypeError, ValueError):
@@ -168,6 +189,7 @@ class Emulator(Native):
         for k, v in model.items():
             np.copyto(self._model[k], v)
         self._tlb0 = tlb0
+        self._pending = None if pending is None else pending.copy()
 
     # ---- what it did --------------------------------------------------------------------------
     @property
