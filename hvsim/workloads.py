@@ -96,12 +96,8 @@ HOSTS: dict = {
 def _emulated(mode: str):
     def host(program, budget: int):
         from hvsim.emulation.monitor import Emulator
-        from hvsim.rings.setup import STACK_SPACING
         mon = Emulator(mode=mode, devices=[BlockDevice()])
-        ram = mon.ram
-        install(mon.machine, ring0_stack=ram, ring1_stack=ram - STACK_SPACING,
-                ring2_stack=ram - 2 * STACK_SPACING)
-        mon.machine.load(program)
+        mon.boot(program)
         return _started(mon, budget)
     host.__doc__ = f"Emulator(mode={mode!r}) with the bare machine's disk."
     return host

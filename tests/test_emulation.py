@@ -405,3 +405,15 @@ def test_the_model_does_not_depend_on_where_the_buffer_is_drained(mode):
     assert (c["bx_smc"], c["bx_traces_invalidated"]) == (STUBS, 16)
     with pytest.raises(ValueError, match="trace_records"):
         Emulator(trace_records=8)
+
+
+def test_a_machine_made_elsewhere_is_taken_over():
+    """As the command line builds it: 1 MiB, exceptions to the host: the monitor routes
+    them to the guest's IDT and boots the program in ring 0 under its RAM."""
+    prog = assemble("mov eax, [0]\nud2\nhlt\nud_handler: mov ebx, 7\nhlt", origin=0x1000)
+    emu = Emulator(machine=Machine(memory=1 << 20), mode="translate")
+    assert emu.ram == (1 << 20) - MONITOR_PAGES * 4096
+    emu.boot(prog)
+    assert (emu.vcpu.cpl, emu.vcpu.esp) == (0, emu.ram)
+    emu.tables.gate(emu.machine, 6, prog.labels["ud_handler"])
+    assert emu.run().kind == "halt" and emu.vcpu.ebx == 7      # #UD went to the guest

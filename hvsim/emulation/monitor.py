@@ -128,6 +128,7 @@ class Emulator(Native):
         self._tlb0 = (0, 0)
         self._pending = None        # code-written records whose instruction's is not in yet
         super().__init__(machine, None, devices)
+        machine.route(range(32), "guest")           # the guest's own IDT takes every event
         machine._st[L.CFG_MEM_SIZE] = ram          # the guest's bus ends at its RAM
         if machine.cpu.esp == len(machine.memory):  # the reset stack: the top of the RAM
             machine.cpu.esp = ram
@@ -135,6 +136,18 @@ class Emulator(Native):
         self._tlb0 = self._tlb_counts()
         if program is not None:
             machine.load(program)
+
+    def boot(self, program, esp: Optional[int] = None) -> None:
+        """Give the guest the system tables of hvsim/rings/setup.py (GDT, empty IDT, TSS,
+        the rings' stacks under the top of its RAM), load ``program`` and enter it in
+        ring 0, ESP at the top of its RAM (or ``esp``): what a bare machine with that much
+        memory would get from ``install`` (the workloads' native host)."""
+        from hvsim.rings.setup import install, STACK_SPACING
+        m, ram = self.machine, self.ram
+        self.tables = install(m, ring0_stack=ram, ring1_stack=ram - STACK_SPACING,
+                              ring2_stack=ram - 2 * STACK_SPACING)
+        m.load(program)
+        self.tables.enter(m, 0, m.cpu.eip, ram if esp is None else esp)
 
     # ---- the trace -> the model -------------------------------------------------------------
     def _drain(self) -> None:
