@@ -417,3 +417,18 @@ def test_a_machine_made_elsewhere_is_taken_over():
     assert (emu.vcpu.cpl, emu.vcpu.esp) == (0, emu.ram)
     emu.tables.gate(emu.machine, 6, prog.labels["ud_handler"])
     assert emu.run().kind == "halt" and emu.vcpu.ebx == 7      # #UD went to the guest
+
+
+def test_the_cost_model_charges_the_emulators_work():
+    from hvsim import cost
+    from hvsim.cost.profiles import profile
+    p = profile("prescott")
+    emu = _emu(LOOP, mode="interpret")
+    n = 2 + 4 * N + 1
+    bd = cost.breakdown(emu, p)
+    assert bd.categories["monitor work"] == n * p["interpreted"].cycles
+    dbt = _emu(LOOP, mode="translate")
+    bd = cost.breakdown(dbt, p)
+    assert bd.categories["monitor work"] == (7 * p["translated"].cycles + n * p["run_translated"].cycles
+                                             + 3 * p["tb_lookup"].cycles)
+    assert bd.categories["guest instructions"] == n * p["instruction"].cycles

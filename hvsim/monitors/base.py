@@ -25,7 +25,8 @@ the command line and the cost model take any of them:
                        ``true_faults``, ``trace_faults``, ``shadow_roots_built`` and
                        ``shadow_resyncs`` (0 for the others); a paravirtualizing
                        hypervisor (hvsim/paravirt) its ``pt_updates``,
-                       ``tables_validated`` and ``io_requests``
+                       ``tables_validated`` and ``io_requests``; an emulator
+                       (hvsim/emulation) the :data:`EMU_STATS`
 ``counters``           the machine's counters and ``stats`` in one flat dict
 ``vcpu``               the virtual CPU the guest believes it has (the real one for native)
 ``console``            what the guest printed on its (virtual) console
