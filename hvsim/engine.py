@@ -86,12 +86,13 @@ def _kernel_entry():
     return _ENTRY
 
 
-def run(mem, st, tlb, dc, pg, budget: int) -> int:
+def run(mem, st, tlb, dc, pg, budget: int, on_trace_full=None) -> int:
     """Run the guest for at most ``budget`` steps; the exit kind (hvsim/arch/exits.py).
 
     Internal requests of the run loop are served here and never returned: a row is hot
-    (translate its block) or a kernel is missing from the table (compile it), then the
-    loop goes on with the rest of the budget.
+    (translate its block), a kernel is missing from the table (compile it), or the
+    instruction trace's buffer is nearly full (``on_trace_full()`` drains it:
+    hvsim/cpu/itrace.py), then the loop goes on with the rest of the budget.
     """
     entry = _ENTRY or _kernel_entry()
     ktab = _KTAB
@@ -104,6 +105,9 @@ def run(mem, st, tlb, dc, pg, budget: int) -> int:
         if row >= 0:
             st[L.BLOCK_REQUEST] = -1
             _translate(dc, row)
+        if st[L.ITRACE_FULL]:
+            st[L.ITRACE_FULL] = 0
+            _drain_trace(st, on_trace_full)
         slot = int(st[L.KERNEL_REQUEST])
         if slot >= 0:
             try:
@@ -120,3 +124,15 @@ def run(mem, st, tlb, dc, pg, budget: int) -> int:
             return int(kind)
         steps += int(st[L.EXIT_STEPS])
         kind = entry(mem, st, tlb, dc, pg, budget - steps, ktab)
+
+
+def _drain_trace(st, on_trace_full) -> None:
+    """The trace buffer has fewer than ITRACE_RESERVE free records: the host takes them."""
+    if on_trace_full is None:
+        raise RuntimeError("the instruction trace is full and no handler drains it "
+                           "(Machine.set_instruction_trace(..., on_full=...))")
+    on_trace_full()
+    if st[L.ITRACE_CAP] != 0 and st[L.ITRACE_COUNT] > st[L.ITRACE_CAP] - L.ITRACE_RESERVE:
+        raise RuntimeError(f"the instruction trace's handler left {int(st[L.ITRACE_COUNT])} "
+                           f"of {int(st[L.ITRACE_CAP])} records in the buffer: it must take them "
+                           "(Machine.take_instruction_trace())")

@@ -601,6 +601,7 @@ class Machine:
         # about memory (where instructions start, which bytes are data, the labels)
         self.programs: list = []
         self._bp_written = None
+        self._on_trace_full = None        # drains the instruction trace (set_instruction_trace)
         self._raw_mem = self._mem.view(np.ndarray)
         # a software monitor's shadow MMU (hvsim/mmu/shadow.py) while it shadows the
         # guest's page tables: read_linear / write_linear go through the guest's tables
@@ -945,6 +946,63 @@ class Machine:
             if pg[frame] & L.PG_CODE:       # as a guest store does (hvsim/mmu/paging.py)
                 pg[frame] = (pg[frame] & ~L.PG_CODE) + L.PG_GEN_ONE
 
+    # ---- the instruction trace (hvsim/cpu/itrace.py) ---------------------------------------
+    def set_instruction_trace(self, base: int, capacity: int, on_full) -> None:
+        """Record every retired instruction (and every store into a frame code was fetched
+        from) into ``capacity`` records at physical ``base`` (layout.py, ITRACE_*).
+
+        ``on_full()`` is called, inside ``run()``, before a step could find no room left:
+        it must take the records (:meth:`take_instruction_trace`). While tracing,
+        translated blocks do not run. The buffer is memory like any other: whoever
+        places it keeps the guest away from it.
+        """
+        base = _check_int("trace base", base, 0, len(self._mem) - 1)
+        if base % L.ITRACE_RECORD_BYTES:
+            raise ValueError(f"trace base {base:#x} is not aligned to the "
+                             f"{L.ITRACE_RECORD_BYTES}-byte record")
+        capacity = _check_int("trace capacity", capacity, 2 * L.ITRACE_RESERVE,
+                              len(self._mem) // L.ITRACE_RECORD_BYTES)
+        if base + capacity * L.ITRACE_RECORD_BYTES > len(self._mem):
+            raise ValueError(f"{capacity} trace records at {base:#x} do not fit in the "
+                             f"{len(self._mem):#x} bytes of memory")
+        if not callable(on_full):
+            raise TypeError(f"on_full must be callable, got {type(on_full).__name__}")
+        st = self._st
+        st[L.ITRACE_BASE] = base
+        st[L.ITRACE_CAP] = capacity
+        st[L.ITRACE_COUNT] = st[L.ITRACE_LOST] = st[L.ITRACE_FULL] = 0
+        self._on_trace_full = on_full
+        pg = self._pg
+        pg &= ~L.PG_TRACED
+        pg[(pg & L.PG_CODE) != 0] |= L.PG_TRACED   # code already decoded: watched too
+        self.generation += 1
+
+    def clear_instruction_trace(self) -> None:
+        """Tracing off (records not yet taken are dropped with the buffer)."""
+        st = self._st
+        st[L.ITRACE:L.ITRACE + L.ITRACE_SIZE] = 0
+        self._pg &= ~L.PG_TRACED
+        self._on_trace_full = None
+        self.generation += 1
+
+    @property
+    def instruction_trace_capacity(self) -> int:
+        """Records the trace buffer holds; 0 when tracing is off."""
+        return int(self._st[L.ITRACE_CAP])
+
+    def take_instruction_trace(self) -> np.ndarray:
+        """The records written since the last take, as a (n, ITRACE_RECORD_WORDS) uint32
+        array (layout.py documents the words); the buffer is empty afterwards."""
+        st = self._st
+        if st[L.ITRACE_LOST]:
+            raise RuntimeError(f"{int(st[L.ITRACE_LOST])} instruction-trace records found no room")
+        n = int(st[L.ITRACE_COUNT])
+        base = int(st[L.ITRACE_BASE])
+        raw = self._raw_mem[base:base + n * L.ITRACE_RECORD_BYTES]
+        recs = raw.view("<u4").reshape(n, L.ITRACE_RECORD_WORDS).copy()
+        st[L.ITRACE_COUNT] = 0
+        return recs
+
     # ---- running -------------------------------------------------------------------------
     def run(self, max_steps: int = DEFAULT_MAX_STEPS) -> Event:
         """Run until an event; at most ``max_steps`` steps (then the event is 'budget')."""
@@ -971,7 +1029,8 @@ class Machine:
                 st[L.BP_LIST + i] = _check_int("breakpoint", a, 0, 0xFFFFFFFF)
             st[L.BP_COUNT] = len(bps)
             self._bp_written = set(bps)
-        return engine.run(self._raw_mem, st, self._tlb, self._dc, self._pg, budget)
+        return engine.run(self._raw_mem, st, self._tlb, self._dc, self._pg, budget,
+                          self._on_trace_full)
 
     def _event(self, kind: int) -> Event:
         # one read of the whole exit-info block (contiguous, hvsim/arch/layout.py): a trap

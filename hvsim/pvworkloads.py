@@ -67,6 +67,9 @@ HOSTS: dict = {name: W.HOSTS[name] for name in ("native", "shadow", "vtx", "ept"
 HOSTS["pv"] = _pv
 # ---- binary translation (hvsim/bt): the native build, its kernel translated --------------
 HOSTS["bt"] = W.HOSTS["bt"]
+# emulation (issue 16): the native build on a software CPU (Bochs / QEMU TCG models)
+HOSTS["emulate"] = W.HOSTS["emulate"]
+HOSTS["dbt"] = W.HOSTS["dbt"]
 #: the hosts that run the PV build
 PV_HOSTS = frozenset({"pv"})
 

@@ -235,9 +235,13 @@ def _argument_types():
     from numba import types
     from hvsim.arch.layout import DC_SHAPE
     i64 = types.Array(types.int64, 1, "C")
+    i64x2 = types.Array(types.int64, 2, "C")
     return {"mem": types.Array(types.uint8, 1, "C"), "st": i64, "tlb": i64, "pg": i64,
             "ktab": i64, "dc": types.Array(types.int64, len(DC_SHAPE), "C"),
-            "wide_nonzero": types.boolean}
+            "wide_nonzero": types.boolean,
+            # the emulation model's arrays (hvsim/emulation/model.py consume)
+            "recs": types.Array(types.uint32, 2, "C"), "q": i64, "s": i64, "tbs": i64x2,
+            "pages": i64, "htab": i64, "jcache": i64, "icache": i64x2, "stamps": i64}
 
 
 def kernel_plan():

@@ -100,6 +100,23 @@ def _bt(program, budget: int):
 HOSTS["bt"] = _bt
 
 
+# ---- emulation (issue 16): the guest at its own ring 0 on a software CPU, with the model
+# of Bochs (interpret) or QEMU TCG (translate); 1 MiB of guest RAM below the monitor's
+# trace buffer, the rings' stacks where the bare machine's 1 MiB would put them
+def _emulated(mode: str):
+    def host(program, budget: int):
+        from hvsim.emulation.monitor import Emulator
+        mon = Emulator(mode=mode, devices=[BlockDevice()])
+        mon.boot(program)
+        return _started(mon, budget)
+    host.__doc__ = f"Emulator(mode={mode!r}) with the bare machine's disk."
+    return host
+
+
+HOSTS["emulate"] = _emulated("interpret")
+HOSTS["dbt"] = _emulated("translate")
+
+
 # ---- the results ----------------------------------------------------------------------
 class Record(NamedTuple):
     """One workload's record in RESULTS."""

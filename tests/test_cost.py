@@ -33,8 +33,8 @@ BY_HAND = {
     "traps/exits": ("trap", "vm_exit", "hypercall", "callout"),
     "monitor work": ("emulated", "reflected", "injected", "shadow_fill", "fault_walk", "pt_write",
                      "shadow_root", "resync", "pv_pt_update", "pv_validate", "translation",
-                     "scan"),
-    "page walks": ("walk_ref", "ept_walk_ref"),
+                     "scan", "interpreted", "translated", "run_translated", "tb_lookup"),
+    "page walks": ("walk_ref", "ept_walk_ref", "soft_tlb_fill"),
     "I/O": ("port_io", "io_request"),
 }
 

@@ -13,14 +13,15 @@ import hvsim.arch.layout as L
 # constants of layout.py that are not slots: values, bit masks, sizes, counts
 NOT_A_SLOT = re.compile(r"^(MASK32|SREG_\w+|AR_\w+|BLOCKING_BY_\w+|FAULT_(NONE|EXCEPTION|BUS|"
                         r"SHUTDOWN|INTERNAL|VMEXIT)|VMCS_PTR_NONE|ROUTE_(GUEST|HOST)|PG_\w+|N_\w+|DC_\w+|TLB_FIELDS|"
-                        r"TRACE_FIELDS|KTAB_\w+|\w+_CAP|(ST|EXIT_INFO|VMCS_CACHE|GUEST_CONTEXT)_SIZE)$")
+                        r"TRACE_FIELDS|KTAB_\w+|\w+_CAP|(ST|EXIT_INFO|VMCS_CACHE|GUEST_CONTEXT)_SIZE|"
+                        r"ITRACE_(KIND_\w+|MODE_\w+|RECORD_\w+|RESERVE|SIZE))$")
 # slots that start a region of several, and the region's length
 REGIONS = {
     "SEG_SEL": L.N_SREGS, "SEG_BASE": L.N_SREGS, "SEG_LIMIT": L.N_SREGS, "SEG_AR": L.N_SREGS,
     "ROUTE": 256, "PORTMAP": L.N_PORTS, "CONSOLE_BUF": L.CONSOLE_CAP,
     "TRACE_BUF": L.TRACE_CAP * L.TRACE_FIELDS, "COUNTERS": L.N_COUNTERS, "BP_LIST": L.BP_CAP,
     "EXIT_INFO": L.EXIT_INFO_SIZE, "VMCS_CACHE": L.VMCS_CACHE_SIZE,
-    "GUEST_CONTEXT": L.GUEST_CONTEXT_SIZE,
+    "GUEST_CONTEXT": L.GUEST_CONTEXT_SIZE, "ITRACE": L.ITRACE_SIZE,
 }
 
 
@@ -32,9 +33,13 @@ def _slots():
 def test_every_slot_and_region_has_its_own_place_in_the_state_array():
     slots = _slots()
     exit_fields = {k: v for k, v in slots.items() if k.startswith("EXIT_") and k != "EXIT_INFO"}
+    # the instruction trace's block (hvsim/cpu/itrace.py): its slots, distinct, inside it
+    itrace = {k: v for k, v in slots.items() if k.startswith("ITRACE_")}
+    assert len(set(itrace.values())) == len(itrace) and itrace
+    assert all(L.ITRACE <= v < L.ITRACE + L.ITRACE_SIZE for v in itrace.values()), itrace
     spans = []
     for name, start in slots.items():
-        if name in exit_fields:
+        if name in exit_fields or name in itrace:
             continue
         spans.append((start, start + REGIONS.get(name, 1), name))
     spans.sort()

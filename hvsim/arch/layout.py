@@ -254,7 +254,47 @@ VMCS_CACHE_SIZE = 512
 GUEST_CONTEXT = VMCS_CACHE + VMCS_CACHE_SIZE
 GUEST_CONTEXT_SIZE = 128
 
-ST_SIZE = GUEST_CONTEXT + GUEST_CONTEXT_SIZE
+# --- the instruction trace (hvsim/cpu/itrace.py): one record per retired instruction,
+# written to a buffer in the machine's memory, in the spirit of the Branch Trace Store
+# (SDM Vol. 3B, 18.6.8 / "Debug Store (DS) Mechanism": records written to a memory buffer
+# software names, software told when it fills). The record format is hvsim's own, below.
+# (Named ITRACE_*: TRACE_* above is the event ring buffer.)
+ITRACE = GUEST_CONTEXT + GUEST_CONTEXT_SIZE
+ITRACE_BASE = ITRACE + 0     # physical address of the buffer (ITRACE_RECORD_BYTES-aligned)
+ITRACE_CAP = ITRACE + 1      # capacity in records; 0 = tracing off (the default)
+ITRACE_COUNT = ITRACE + 2    # records written so far (the host drains and resets it)
+ITRACE_LOST = ITRACE + 3     # records that found no room (never expected: the face raises)
+ITRACE_FULL = ITRACE + 4     # 1: the run loop asks the host to drain the buffer (an internal
+                             # request, as BLOCK_REQUEST: run() never shows it to its caller)
+ITRACE_PC = ITRACE + 5       # the record of the instruction executing, staged before its
+ITRACE_PHYS = ITRACE + 6     # handler runs and written when it retires: linear pc, physical
+ITRACE_MODE = ITRACE + 7     # address (also the fetched address of an instruction a kernel
+ITRACE_OPW = ITRACE + 8      # request stopped, for its resumption), mode word, op word,
+ITRACE_IMM = ITRACE + 9      # immediate, and CS.base
+ITRACE_CSBASE = ITRACE + 10
+ITRACE_SIZE = 16
+# Record: ITRACE_RECORD_WORDS little-endian u32 words.
+#   w0 pc     linear address of the instruction (CS.base + EIP); code-written: 0
+#   w1 phys   physical address of its first byte; code-written: first byte written
+#   w2 mode   bits 1:0 CPL, bit 4 CS.D (32-bit code), bits 13:12 IOPL (as in EFLAGS),
+#             bits 31:28 the record kind (ITRACE_KIND_*)
+#   w3 op     bits 7:0 decoder op (hvsim/cpu/decode.py OP_*), 11:8 length, 14:12 ModRM.reg,
+#             25:16 opcode (decode.py F_OPC); code-written: bytes written
+#   w4 imm    the decoded immediate (a relative branch's offset); code-written: 0
+#   w5 next   linear address of the next instruction (CS.base + EIP after it retired):
+#             the branch target taken, or the handler of an event it raised
+#   w6 csbase CS.base the instruction ran with (with w2: QEMU's TB key); code-written: 0
+#   w7        0 (reserved)
+ITRACE_RECORD_WORDS = 8
+ITRACE_RECORD_BYTES = 4 * ITRACE_RECORD_WORDS
+ITRACE_KIND_SHIFT = 28
+ITRACE_KIND_INSN = 1          # an instruction retired
+ITRACE_KIND_CODE_WRITTEN = 2  # a store hit a frame code was decoded from while tracing
+ITRACE_MODE_CS32 = 1 << 4
+ITRACE_RESERVE = 32           # records kept free for one step (its instruction, the code
+                              # writes of its stores and of an event's delivery, coalesced)
+
+ST_SIZE = ITRACE + ITRACE_SIZE
 
 # --- TLB entry layout (tlb array; hvsim/mmu owns the meaning) -------------------------
 TLB_FIELDS = 4       # tag, frame, flags, lru stamp
@@ -266,4 +306,9 @@ DC_SHAPE = (DC_FIELDS, DC_ENTRIES + 2)   # field-major: dc[field, entry] (decode
 
 # --- physical page word (pg array) ------------------------------------------------------
 PG_CODE = 1          # bit 0: a decoded instruction was cached from this frame
-PG_GEN_ONE = 2       # generation counter lives in bits 63:1; a write to a code frame adds this
+PG_TRACED = 2        # bit 1: an instruction was fetched from it while tracing: a store into
+                     # it writes a code-written record (hvsim/mmu/frames.py), even after
+                     # PG_CODE was cleared -- a model of a finer cache may still hold code there
+PG_WATCH = PG_CODE | PG_TRACED
+PG_GEN_SHIFT = 2
+PG_GEN_ONE = 1 << PG_GEN_SHIFT  # generation counter in bits 63:2; a write to a code frame adds this

@@ -166,6 +166,23 @@ EVENTS = MappingProxyType({
     "scan": ("monitor work",
              "a raw-mode monitor's code scanner (VirtualBox's CSAM) decoding and recording "
              "one guest instruction before it first runs"),
+    # ---- emulation (hvsim/emulation, issue 16): the emulator's work on top of the
+    # 'instruction' cycle every retired guest instruction is charged
+    "interpreted": ("monitor work",
+                    "an interpreter's work for one guest instruction (Bochs: fetch from its "
+                    "trace cache, dispatch to the handler, lazy flags)"),
+    "translated": ("monitor work",
+                   "a dynamic translator's work to translate one guest instruction (QEMU "
+                   "TCG: decode, TCG ops, optimization, host code)"),
+    "run_translated": ("monitor work",
+                       "running one guest instruction as translated host code, beyond the "
+                       "'instruction' cycle (guest registers in memory, the soft MMU)"),
+    "tb_lookup": ("monitor work",
+                  "a TB lookup that missed the jump cache: back to the main loop, the "
+                  "physical hash table (and the translation, charged apart)"),
+    "soft_tlb_fill": ("page walks",
+                      "a soft-TLB miss of an emulator: tlb_fill, the guest page walk done "
+                      "in software (its references are charged as walk_ref)"),
 })
 
 
@@ -175,6 +192,7 @@ LANDAU_2011 = "Landau, Ben-Yehuda & Gordon (SplitX), WIOV 2011"
 AGESEN_2012 = "Agesen, Mattson, Rugina & Sheldon, USENIX ATC 2012"
 BHARGAVA_2008 = "Bhargava, Serebrin, Spadini & Manne, ASPLOS 2008"
 KERNEL_ENTRY_BENCH = "blitz/kernel_entry_benchmark README"
+BELLARD_2005 = "Bellard, USENIX ATC 2005 (FREENIX)"
 
 #: the short citations used in the costs' sources -> the full reference
 REFERENCES = MappingProxyType({
@@ -186,6 +204,8 @@ REFERENCES = MappingProxyType({
                  "Avoiding Hardware Virtualization Exits', USENIX ATC 2012",
     BHARGAVA_2008: "R. Bhargava, B. Serebrin, F. Spadini, S. Manne, 'Accelerating "
                    "Two-Dimensional Page Walks for Virtualized Systems', ASPLOS 2008",
+    BELLARD_2005: "F. Bellard, 'QEMU, a Fast and Portable Dynamic Translator', USENIX ATC "
+                  "2005, FREENIX track",
     KERNEL_ENTRY_BENCH: "x86 kernel entry microbenchmarks (interrupt gate, call gate, "
                         "sysenter, syscall), github.com/blitz/kernel_entry_benchmark, README",
 })
@@ -470,6 +490,38 @@ def _vm_exit_by_year(year: int) -> Cost:
                       "Prescott to Sandy Bridge, but its values were not read")
 
 
+# ---- emulation (issue 16) -----------------------------------------------------------
+_INTERPRETED = Cost(50, "shared/TECHNIQUES.md 1a: Bochs, derived ~38-65 host cycles per guest "
+                        "instruction; " + ADAMS_2006 + ", sec. 3.2: an interpreter 'may burn "
+                        "hundreds of physical instructions per guest instruction'",
+                    estimate=True,
+                    basis="the middle of the derived Bochs range recorded in TECHNIQUES.md "
+                          "(not re-derived here), less the 1 cycle of 'instruction'; Adams & "
+                          "Agesen's 'hundreds of instructions' is for an interpreter without "
+                          "a decoded-instruction cache")
+_TRANSLATED = Cost(1000, "none found: round order-of-magnitude estimate", estimate=True,
+                   basis="translating one guest instruction is a decode, a few TCG ops, the "
+                         "optimizer's passes and host-code emission: hundreds to thousands of "
+                         "host instructions; no published per-instruction figure was read")
+_RUN_TRANSLATED = Cost(2, BELLARD_2005 + ", sec. 2.2 (addi r1,r1,-16: 3 micro-ops, 3 host "
+                          "instructions: load, add, store)", estimate=True,
+                       basis="Bellard's one worked example, 3 host instructions per guest "
+                             "instruction (guest registers live in memory), at 1 cycle "
+                             "each, less the 1 cycle of 'instruction'; his softmmu 'slowdown "
+                             "of a factor of 2' (sec. 5) on memory accesses is not added")
+_TB_LOOKUP = Cost(100, "none found: round estimate", estimate=True,
+                  basis="leaving the chained code for the main loop, hashing (pc, phys pc, "
+                        "flags, cs_base) and probing QEMU's hash table: about a hundred host "
+                        "instructions; no published figure was read")
+_SOFT_TLB_FILL = Cost(200, "none found: round estimate", estimate=True,
+                      basis="QEMU's tlb_fill: the guest page walk in C (its memory "
+                            "references are charged as walk_ref), the permission checks and "
+                            "the new TLB entry: a few hundred host instructions")
+_EMU_COSTS = dict(interpreted=_INTERPRETED, translated=_TRANSLATED,
+                  run_translated=_RUN_TRANSLATED, tb_lookup=_TB_LOOKUP,
+                  soft_tlb_fill=_SOFT_TLB_FILL)
+
+
 def _profile(name, cpu, year, *, trap, emulated, vm_exit, shadow_fill, fault_walk,
              pt_write, callout=None, notes="") -> Profile:
     return Profile(name=name, cpu=cpu, year=year, notes=notes, costs={
@@ -498,6 +550,7 @@ def _profile(name, cpu, year, *, trap, emulated, vm_exit, shadow_fill, fault_wal
         "callout": callout if callout is not None else _carried(_P4_CALLOUT, "Pentium 4"),
         "translation": _TRANSLATION,
         "scan": _SCAN,                      # VirtualBox raw mode (hvsim/bt/rawmode.py)
+        **_EMU_COSTS,
     })
 
 

@@ -88,6 +88,18 @@ scan             ``s["scanned"]`` (VirtualBox raw mode, hvsim/bt/rawmode.py): gu
                  patches' callouts are ``callout``s, its INT3 replacements ``trap``s
                  (a #BP from ring 1), the instruction either stands for an ``emulated``;
                  patch code is ``instruction``s.
+interpreted      ``s["insns_interpreted"]``: guest instructions an emulator in interpret mode
+                 (Bochs) carried out; each is *also* an ``instruction`` (the machine
+                 retired it): this is the interpreter's work on top.
+translated       ``s["insns_translated"]``: guest instructions a dynamic translator (QEMU
+                 TCG) translated into its blocks, once per translation.
+run_translated   ``s["insns_run_translated"]``: guest instructions run from translated
+                 blocks; also each an ``instruction``, this is the translated code's
+                 extra work.
+tb_lookup        ``s["tb_slow_lookups"]``: TB lookups that missed the jump cache (the hash
+                 table, and the translations, which are charged as ``translated``).
+soft_tlb_fill    ``s["soft_tlb_fills"]``: the emulator's soft-TLB misses (the machine's TLB
+                 in the emulator's geometry); the walk's references stay ``walk_ref``.
 ===============  ==========================================================================
 
 The machine's own exit count (``c["exits"]``) is not charged: on a bare machine an exit
@@ -119,7 +131,11 @@ STAT_EVENTS = {"traps": "trap", "vm_exits": "vm_exit", "hypercalls": "hypercall"
                # binary translation (hvsim/bt)
                "callouts": "callout", "translated": "translation",
                # VirtualBox raw mode (hvsim/bt/rawmode.py)
-               "scanned": "scan"}
+               "scanned": "scan",
+               # emulation (hvsim/emulation): the emulator's work, from its model
+               "insns_interpreted": "interpreted", "insns_translated": "translated",
+               "insns_run_translated": "run_translated", "tb_slow_lookups": "tb_lookup",
+               "soft_tlb_fills": "soft_tlb_fill"}
 
 
 def _count(name: str, v) -> int:

@@ -29,7 +29,7 @@ import numpy as np
 from hvsim._jit import njit
 from hvsim.arch.layout import (
     MASK32, EBP, ESP, ZERO, SREG_ES, SREG_CS, SREG_SS, SREG_DS, SREG_FS, SREG_GS,
-    DC_ENTRIES, DC_FIELDS, PG_CODE, CFG_MEM_SIZE, FAULT_PENDING, FAULT_VECTOR, FAULT_ERROR, FAULT_ADDR,
+    DC_ENTRIES, DC_FIELDS, PG_CODE, PG_TRACED, PG_GEN_SHIFT, ITRACE_CAP, CFG_MEM_SIZE, FAULT_PENDING, FAULT_VECTOR, FAULT_ERROR, FAULT_ADDR,
     FAULT_BUS, CPL, CFG_DC_ENABLED, COUNTERS, FETCH_FAULT_KIND, FETCH_FAULT_VECTOR,
     FETCH_FAULT_ERROR, FETCH_FAULT_ADDR, ATTN,
 )
@@ -630,13 +630,15 @@ def lookup(mem, st, tlb, dc, pg, lin, pa):
     # instruction-to-instruction path: 7-9% on every benchmark loop.)
     row = pa & (DC_ENTRIES - 1)
     frame = pa >> 12
-    gen = pg[frame] >> 1
+    gen = pg[frame] >> PG_GEN_SHIFT
     if st[CFG_DC_ENABLED] != 0 and dc[F_TAG, row] == pa and dc[F_GEN, row] == gen:
         st[COUNTERS + C_DC_HIT] += 1
         return row
     st[COUNTERS + C_DC_MISS] += 1
     if st[CFG_DC_ENABLED] == 0:
         row = DC_ENTRIES
+    if st[ITRACE_CAP] != 0:
+        pg[frame] = pg[frame] | PG_TRACED     # a store here is recorded (hvsim/mmu/frames.py)
     n = decode(mem, st, tlb, dc, row, lin, pa)
     if n == 0:
         dc[F_TAG, row] = -1

@@ -41,6 +41,8 @@ from hvsim.arch import vmx as _X
 from hvsim.arch.fault import raise_vmexit
 from hvsim.rings.interrupts import leaves_guest
 from hvsim.arch.dr import DR6_BS
+from hvsim.arch.layout import ITRACE_CAP, ITRACE_COUNT, ITRACE_FULL, ITRACE_PHYS, ITRACE_RESERVE
+from hvsim.cpu.itrace import stage as itrace_stage, commit as itrace_commit
 from hvsim.mmu.paging import translate
 from hvsim.arch.pte import ACC_FETCH, ACC_USER
 from hvsim.rings.interrupts import trace_record, EV_FAULT, EV_TRAP, EV_EXTERNAL
@@ -108,7 +110,7 @@ def fetch_pa(mem, st, tlb):
 
 
 @njit(inline="always")
-def execute_one(mem, st, tlb, dc, pg, limit, ktab, resume):
+def execute_one(mem, st, tlb, dc, pg, limit, ktab, resume, tracing):
     """Fetch, decode (through the cache) and execute one instruction at CS:EIP.
 
     In a fast stretch (``limit`` > 0 instructions left in it), a row with a translated
@@ -118,11 +120,14 @@ def execute_one(mem, st, tlb, dc, pg, limit, ktab, resume):
     executed: the row is kept in ``st[RESUME_ROW]`` and the kernel asked for. ``resume``
     >= 0 is such a row, fetched and decoded before the request: it is executed now
     without fetching again. Returns the instructions retired (1 for one interpreted
-    instruction, also when it faulted; 0 for a request).
+    instruction, also when it faulted; 0 for a request). ``tracing``: the instruction's
+    trace record is staged (hvsim/cpu/itrace.py) and ATTN raised, so that the run loop's
+    checked path writes it when the instruction retires.
     """
     eip = st[EIP]
     if resume >= 0:
         row = resume
+        pa = st[ITRACE_PHYS]                  # kept by the request below
     else:
         st[INSN_EIP] = eip
         st[INSN_LEN] = 0
@@ -136,6 +141,8 @@ def execute_one(mem, st, tlb, dc, pg, limit, ktab, resume):
     st[INSN_ROW] = row
     op = dc[D.F_OP, row]
     if ktab[op] == 0 and op != D.OP_NOP:
+        if tracing:
+            st[ITRACE_PHYS] = pa          # (else untouched: the state stays the untraced one)
         st[KERNEL_REQUEST] = op
         st[RESUME_ROW] = row
         st[ATTN] = 1
@@ -158,6 +165,9 @@ def execute_one(mem, st, tlb, dc, pg, limit, ktab, resume):
         raise_fault(st, GP, 0)
         return 1
     st[INSN_LEN] = n
+    if tracing:
+        itrace_stage(st, dc, row, eip, pa)
+        st[ATTN] = 1
     st[EIP] = (eip + n) & MASK32
     # the one dispatch site: handler family -> handler (hvsim/cpu/table.py: HANDLERS)
     if op != D.OP_NOP:
@@ -452,6 +462,12 @@ def run(mem, st, tlb, dc, pg, budget, ktab):
         if st[SHUTDOWN] != 0:
             st[EXIT_EIP] = st[EIP]
             return _exit(st, dc, EXIT_SHUTDOWN, steps)
+        # -- the instruction trace: the host drains the buffer before a step could fill it
+        #    (hvsim/cpu/itrace.py; an internal request, as a block's)
+        tracing = st[ITRACE_CAP] != 0
+        if tracing and st[ITRACE_COUNT] > st[ITRACE_CAP] - ITRACE_RESERVE:
+            st[ITRACE_FULL] = 1
+            return _exit(st, dc, EXIT_TRANSLATE, steps)
         # -- the timer raises its vector on the interrupt line at its deadline
         period = st[TIMER_PERIOD]
         if period > 0 and st[TSC] >= st[TIMER_NEXT]:
@@ -522,6 +538,7 @@ def run(mem, st, tlb, dc, pg, budget, ktab):
         # added once. (One loop for both cases: a second inlined copy of the interpreter
         # would double the compile time.)
         fast = st[BP_COUNT] == 0 and st[INT_SHADOW] == 0 and (st[EFLAGS] & TF) == 0
+        blocks = fast and not tracing     # blocks write no trace records
         cpl = st[CPL]                     # cannot change in a fast stretch without ATTN
         retired = 0
         shadow = 0
@@ -539,7 +556,7 @@ def run(mem, st, tlb, dc, pg, budget, ktab):
                 tf = st[EFLAGS] & TF
                 cpl = st[CPL]
             first = False
-            done = execute_one(mem, st, tlb, dc, pg, limit if fast else 0, ktab, resume)
+            done = execute_one(mem, st, tlb, dc, pg, limit if blocks else 0, ktab, resume, tracing)
             resume = -1
             steps += done
             limit -= done
@@ -560,7 +577,12 @@ def run(mem, st, tlb, dc, pg, budget, ktab):
                 break
             if st[NO_RETIRE] != 0:
                 st[NO_RETIRE] = 0
+                if tracing and st[ITRACE_COUNT] > st[ITRACE_CAP] - ITRACE_RESERVE:
+                    st[ITRACE_FULL] = 1       # a long REP over code frames: drain, then go on
+                    return _exit(st, dc, EXIT_TRANSLATE, steps)
                 continue
+            if tracing:
+                itrace_commit(mem, st)
             st[COUNTERS + C_INSN] += 1
             st[COUNTERS + C_INSN_RING + cpl] += 1
             st[TSC] += 1

@@ -75,9 +75,9 @@ from hvsim.arch.ept import (EPTP_AD, EPTP_PML4_MASK, EPT_R, EPT_W, EPT_X, EPT_RW
 from hvsim.arch.fault import raise_vmexit, raise_bus_error
 from hvsim.arch.fault import raise_internal
 from hvsim.arch.layout import (COUNTERS, CFG_MEM_SIZE, FAULT_PENDING, MASK32, EPT_WALKER,
-                              EPT_RESULT_PA, EPT_RESULT_FLAGS, KTAB_EPT)
+                              EPT_RESULT_PA, EPT_RESULT_FLAGS, KTAB_EPT, PG_WATCH)
 from hvsim.arch.pte import ACC_WRITE, ACC_FETCH
-from hvsim.mmu.frames import smc_check
+from hvsim.mmu.frames import code_written
 from hvsim.mmu.tlb import TLBF_D, TLBF_EPT_NR, TLBF_EPT_NX
 
 __all__ = ["walk_ept", "ept_guest_entry", "ept_guest_entry_update", "ept_datum",
@@ -190,7 +190,8 @@ def _set_flags(mem, st, pg, pa, lo, bits):
     # EPT A (bit 8) and D (bit 9) live in byte 1 of the entry; the read checked bounds
     if (lo & bits) != bits:
         mem[pa + 1] = ((lo | bits) >> 8) & 0xFF
-        smc_check(st, pg, pa >> 12)
+        if (pg[pa >> 12] & PG_WATCH) != 0:
+            code_written(mem, st, pg, pa + 1, 1)
 
 
 @njit(_nrt=False)

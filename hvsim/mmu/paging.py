@@ -50,7 +50,7 @@ import numpy as np
 from hvsim._jit import njit, inline_in
 from hvsim.arch.layout import (CR0, CR3, CR4, COUNTERS, CFG_MEM_SIZE, CFG_TLB_SETS,
                               CFG_TLB_WAYS, CFG_TLB_ENABLED, FAULT_PENDING, MASK32,
-                              TLB_FIELDS, VMX_EPT)
+                              TLB_FIELDS, VMX_EPT, PG_WATCH)
 from hvsim.arch.counters import C_TLB_HIT, C_TLB_MISS, C_PAGE_WALKS, C_WALK_REFS
 from hvsim.arch.cr import CR0_PG, CR0_WP, CR3_PD_MASK, CR4_PSE, CR4_PGE
 from hvsim.arch.fault import raise_page_fault, raise_bus_error
@@ -58,7 +58,7 @@ from hvsim.arch.pte import (PTE_P, PTE_RW, PTE_US, PTE_A, PTE_D, PTE_PS, PTE_G,
                            PTE_FRAME, PDE_FRAME_4M, PFEC_P, PFEC_W, PFEC_U, PFEC_RSVD,
                            ACC_WRITE, ACC_USER, ACC_FETCH)
 from hvsim.mmu.ept import ept_call, ept_guest_entry_update, HOOK_GUEST_ENTRY, HOOK_DATUM
-from hvsim.mmu.frames import smc_check as _smc_check
+from hvsim.mmu.frames import code_written as _code_written
 from hvsim.mmu.tlb import (tlb_fill, tlb_drop_page, tlb_flush, tlb_invlpg, tlb_tag,  # noqa: F401
                            TLB_TAG, TLB_FRAME, TLB_FLAGS, TLB_LRU, TLBF_D, TLBF_LARGE,
                            TLBF_EPT_NR)
@@ -106,10 +106,9 @@ def write_phys(mem, st, pg, pa, size, value):
         raise_bus_error(st, pa)
         return
     f = pa >> 12
-    _smc_check(st, pg, f)
     last = (pa + size - 1) >> 12
-    if last != f:
-        _smc_check(st, pg, last)
+    if (pg[f] & PG_WATCH) != 0 or (last != f and (pg[last] & PG_WATCH) != 0):
+        _code_written(mem, st, pg, pa, size)
     for i in range(size):
         mem[pa + i] = (value >> (8 * i)) & 0xFF
 
@@ -126,7 +125,8 @@ def _read_entry(mem, st, pa):
 def _set_entry_flags(mem, st, pg, pa, entry):
     # A (bit 5) and D (bit 6) live in byte 0 of the entry; the read already checked bounds.
     mem[pa] = entry & 0xFF
-    _smc_check(st, pg, pa >> 12)
+    if (pg[pa >> 12] & PG_WATCH) != 0:
+        _code_written(mem, st, pg, pa, 1)
 
 
 @njit(_nrt=False, inline="always")

@@ -26,7 +26,9 @@ the command line and the cost model take any of them:
                        ``shadow_resyncs`` (0 for the others); a paravirtualizing
                        hypervisor (hvsim/paravirt) its ``pt_updates``,
                        ``tables_validated`` and ``io_requests``; a binary translator
-                       (hvsim/bt) its ``callouts`` and ``translated`` (0 for the others)
+                       (hvsim/bt) its ``callouts`` and ``translated``, a raw-mode monitor its
+                       ``scanned``, an emulator
+                       (hvsim/emulation) the :data:`EMU_STATS`
 ``counters``           the machine's counters and ``stats`` in one flat dict
 ``vcpu``               the virtual CPU the guest believes it has (the real one for native)
 ``console``            what the guest printed on its (virtual) console
@@ -46,7 +48,7 @@ from hvsim.instruction import Instruction
 from hvsim.machine import Event, Machine
 
 __all__ = ["Monitor", "MonitorEvent", "LogEntry", "Kill", "STATS", "SHADOW_STATS", "PV_STATS",
-           "BT_STATS", "RAW_STATS", "shadow_stats"]
+           "BT_STATS", "RAW_STATS", "EMU_STATS", "shadow_stats"]
 
 #: The keys of ``Monitor.stats`` (hvsim.cost charges each of them).
 STATS = ("traps", "emulated", "reflected", "injected", "vm_exits", "hypercalls",
@@ -70,6 +72,14 @@ STATS = STATS + BT_STATS
 #: decoded, CSAM's part); 0 for every other monitor
 RAW_STATS = ("scanned",)
 STATS = STATS + RAW_STATS
+# ---- emulation (hvsim/emulation, issue 16): the emulator's own work, from the model of
+# Bochs's and QEMU's structures (hvsim/emulation/model.py); 0 for every other monitor
+#: guest instructions interpreted (Bochs mode), translated and run translated (QEMU TCG
+#: mode), TB lookups that missed the jump cache, and soft-TLB fills (the TLB misses of a
+#: software MMU: a page walk in software)
+EMU_STATS = ("insns_interpreted", "insns_translated", "insns_run_translated",
+             "tb_slow_lookups", "soft_tlb_fills")
+STATS = STATS + EMU_STATS
 
 
 def shadow_stats(d: dict, shadow) -> dict:
@@ -81,6 +91,8 @@ def shadow_stats(d: dict, shadow) -> dict:
         d[k] = 0
     for k in BT_STATS + RAW_STATS:
         d.setdefault(k, 0)
+    for k in EMU_STATS:
+        d[k] = 0
     return d
 
 
