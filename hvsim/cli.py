@@ -2,7 +2,8 @@
 
 ::
 
-    hvsim run prog.s [--monitor none|native|trap-and-emulate|vtx|pv] [--max-steps N]
+    hvsim run prog.s [--monitor none|native|trap-and-emulate|vtx|pv|emulate|dbt|bt|rawmode]
+                     [--max-steps N]
                      [--memory BYTES] [--timer N] [--exceptions host|guest] [--trace]
                      [-D NAME[=VALUE]]...
     hvsim disasm FILE [--origin N] [-D NAME]   # FILE: raw machine code, or a .s source
@@ -323,6 +324,10 @@ def _run_monitor(args, prog, out) -> int:
         kwargs["exceptions"] = "guest"
         if args.timer is not None:
             kwargs["timer"] = args.timer
+    elif args.monitor in ("emulate", "dbt"):      # the emulated guest owns its IDT; the
+        from hvsim.emulation.monitor import TLB_GEOMETRY   # soft TLB has the emulator's size
+        kwargs["exceptions"] = "guest"
+        kwargs["tlb"] = TLB_GEOMETRY["interpret" if args.monitor == "emulate" else "translate"]
     try:
         m = Machine(**kwargs)
     except ValueError as e:

@@ -126,6 +126,31 @@ def test_run_under_the_trap_and_emulate_monitor_prints_its_counts_and_log(tmp_pa
     assert log[1].endswith("emulated CLI: virtual IF 0→0")
 
 
+@pytest.mark.parametrize("monitor, cpl, counts", [
+    # the emulators: the kernel at its own ring 0, nothing traps; Bochs interprets the 5
+    # instructions, QEMU translates them (OUT, CLI and STI end TBs: 3 lookups miss)
+    ("emulate", 0, {"insns_interpreted": 5}),
+    ("dbt", 0, {"insns_translated": 5, "insns_run_translated": 5, "tb_slow_lookups": 3}),
+    # VMware's BT: CLI and STI in the TC, OUT and HLT callouts, no trap at all
+    ("bt", 1, {"callouts": 2, "emulated": 2, "translated": 5}),
+    # VirtualBox raw mode: CLI's 5-byte jump would cover STI (sensitive), so both are INT3s
+    # (2 #BP) beside OUT and HLT's own #GP: 4 traps; the scanner read 5 instructions
+    ("rawmode", 1, {"traps": 4, "emulated": 4, "scanned": 5}),
+])
+def test_run_under_the_software_virtual_machines(tmp_path, monitor, cpl, counts):
+    src = tmp_path / "kernel.s"
+    src.write_text(KERNEL)
+    out = hvsim("run", "--monitor", monitor, src)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[:3] == ["--- console ---", "K", "---------------"]
+    assert lines[3].startswith(f"monitor: {monitor}, guest halted")
+    assert f"cpl={cpl}" in lines
+    shown = lines[lines.index("monitor counts:") + 1:]
+    moved = {l.split()[0]: int(l.split()[1]) for l in shown if l.startswith("  ") and len(l.split()) == 2}
+    assert moved == counts
+
+
 def test_run_natively_and_bad_monitor_options(tmp_path):
     src = tmp_path / "sum.s"
     src.write_text(SUM_PROGRAM)
