@@ -139,7 +139,7 @@ def emulation_rows(min_seconds: float = 1.0, samples: int = 7) -> list:
                        else f"Native: {errors.get(None, 'not measured')}")
         for mode in MODES:
             p = probes.get(mode)
-            name = (f"(u) {label} under Emulator({mode!r}, "
+            name = (f"(y) {label} under Emulator({mode!r}, "
                     f"{'Bochs' if mode == 'interpret' else 'QEMU TCG'} model), guest instr/s")
             if p is None:
                 rows.append({"name": name, "value": errors.get(mode, "not measured"),

@@ -1122,6 +1122,17 @@ def measure(args, min_seconds, samples):
                  "value": result(("io", "pv")), "target": None, "seconds": False,
                  "baselines": {},
                  "note": "; ".join(emulated + [sampling_note(("io", "pv"))])})
+    # the software virtual machines of issue 16 (bench/bt.py, rawmode.py, emulation.py): their
+    # own probes, each row beside its baselines of the same rounds
+    import bt as _bt
+    import emulation as _emulation
+    import rawmode as _rawmode
+    for r in (_bt.rows(samples=samples, min_seconds=min_seconds)
+              + _rawmode.rows(samples=samples, min_seconds=min_seconds)
+              + _emulation.emulation_rows(min_seconds=min_seconds, samples=samples)):
+        # their baselines are other hvsim monitors, not this table's columns: into the note
+        beside = [f"{k} in the same run: median {fmt_stats(v)}" for k, v in r["baselines"].items()]
+        rows.append(dict(r, baselines={}, note="; ".join(beside + [r["note"]])))
     # the 1-minute load average once the rounds are done counts this process's own work too
     args.load_after_rounds = " / ".join(f"{x:.2f}" for x in os.getloadavg())
     # fresh processes last (they compile on both cores); in the table, (g) and (h) in order
