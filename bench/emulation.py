@@ -8,24 +8,15 @@ max, best) of the rates, target, seconds, baselines, note); run.py's ``render`` 
 (native, interpret, translate, native, ...), each at least ``min_seconds`` long, so that
 the three share the machine's load.
 
-Standalone: ``python bench/emulation.py [--seconds S] [--samples N]`` prints the table.
+``make bench`` runs them (bench/run.py passes itself in as ``R``: the probes, the loops and
+the statistics are its own, and this module imports nothing of it).
 """
 from __future__ import annotations
 
-import argparse
-import sys
 import time
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 MODES = ("interpret", "translate")
 KERNEL_BOOT = 50_000          # steps before the teaching kernel's user loop
-
-
-def _bench():
-    import run                                   # bench/run.py: Probe, stats, the loops
-    return run
 
 
 def _loop_sample(template, mode):
@@ -102,11 +93,10 @@ def _model_note(mon, mode) -> str:
             f"{c['soft_tlb_misses']:,} fills")
 
 
-def emulation_rows(min_seconds: float = 1.0, samples: int = 7) -> list:
+def emulation_rows(R, min_seconds: float = 1.0, samples: int = 7) -> list:
     """Rows (bench/run.py's format) for the teaching kernel, the ALU loop and the mixed
     loop under Emulator interpret and translate, Native's rate of the same run in the
     note."""
-    R = _bench()
     workloads = [
         ("kernel", "teaching kernel (lesson 02, ring 0 + ring 3, timer)", _kernel_sample,
          50_000, 10**12),
@@ -155,17 +145,3 @@ def emulation_rows(min_seconds: float = 1.0, samples: int = 7) -> list:
                          "note": "; ".join(x for x in notes if x)})
     return rows
 
-
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seconds", type=float, default=1.0, help="minimum seconds a sample")
-    ap.add_argument("--samples", type=int, default=7)
-    args = ap.parse_args(argv)
-    R = _bench()
-    rows = emulation_rows(args.seconds, args.samples)
-    header, table = R.render(rows)
-    R.print_table(header, table)
-
-
-if __name__ == "__main__":
-    main()

@@ -1129,7 +1129,8 @@ def measure(args, min_seconds, samples):
     import rawmode as _rawmode
     for r in (_bt.rows(samples=samples, min_seconds=min_seconds)
               + _rawmode.rows(samples=samples, min_seconds=min_seconds)
-              + _emulation.emulation_rows(min_seconds=min_seconds, samples=samples)):
+              + _emulation.emulation_rows(sys.modules[__name__], min_seconds=min_seconds,
+                                          samples=samples)):
         # their baselines are other hvsim monitors, not this table's columns: into the note
         beside = [f"{k} in the same run: median {fmt_stats(v)}" for k, v in r["baselines"].items()]
         rows.append(dict(r, baselines={}, note="; ".join(beside + [r["note"]])))

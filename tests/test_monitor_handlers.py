@@ -327,10 +327,14 @@ def test_an_exit_without_a_handler_kills_the_guest_with_the_instruction_named(mo
 
 # ---- the protocol ----------------------------------------------------------------------
 def test_every_monitor_is_a_monitor_with_the_protocols_stats_keys():
+    from hvsim.bt import BinaryTranslator
+    from hvsim.bt.rawmode import RawMode
+    from hvsim.emulation.monitor import DynamicTranslator, Emulator
     from hvsim.monitors import Vtx
     from hvsim.paravirt.hypervisor import Hypervisor
     assert MONITORS == {"native": Native, "trap-and-emulate": TrapAndEmulate, "vtx": Vtx,
-                        "pv": Hypervisor}
+                        "pv": Hypervisor, "emulate": Emulator, "dbt": DynamicTranslator,
+                        "bt": BinaryTranslator, "rawmode": RawMode}
     nat = Native(program=assemble("mov ecx, 10\nagain: add eax, ecx\nloop again\nhlt"))
     tae = TrapAndEmulate(program=assemble("start: mov al, 'x'\nout 0xe9, al\ncli\nhlt"))
     vtx = Vtx(program=assemble("start: mov al, 'x'\nout 0xe9, al\ncpuid\nhlt"))
@@ -339,7 +343,10 @@ def test_every_monitor_is_a_monitor_with_the_protocols_stats_keys():
         "start: xor ebx, ebx\nmov ecx, 1\nmov edx, x\ncall hypercall_page + 18 * 32\n"
         "mov ebx, 2\nmov ecx, why\ncall hypercall_page + 29 * 32\n"
         "x: db 'x'\nwhy: dd 0\nalign 4096\nhypercall_page: times 4096 db 0"))
-    for mon in (nat, tae, vtx, pv):
+    # the software virtual machines of issue 16, on trap-and-emulate's kernel
+    soft = {name: MONITORS[name](program=assemble("start: mov al, 'x'\nout 0xe9, al\ncli\nhlt"))
+            for name in ("emulate", "dbt", "bt", "rawmode")}
+    for mon in (nat, tae, vtx, pv, *soft.values()):
         assert isinstance(mon, Monitor)
         assert set(mon.stats) == set(STATS)
         snap = mon.snapshot()
@@ -354,6 +361,16 @@ def test_every_monitor_is_a_monitor_with_the_protocols_stats_keys():
     assert vtx.console == "x" and vtx.stats["vm_exits"] == 3 and vtx.stats["traps"] == 0
     # the hypervisor counts hypercalls, not traps (each charged once)
     assert pv.console == "x" and pv.stats["hypercalls"] == 2 and pv.stats["traps"] == 0
+    moved = {name: {k: v for k, v in mon.stats.items() if v} for name, mon in soft.items()}
+    assert all(mon.console == "x" for mon in soft.values())
+    # emulation: the kernel at its own ring 0, nothing traps; the model's work only
+    assert moved["emulate"] == {"insns_interpreted": 4}
+    assert moved["dbt"] == {"insns_translated": 4, "insns_run_translated": 4,
+                            "tb_slow_lookups": 2}
+    # BT: CLI in the TC, OUT and HLT callouts (each emulated), no trap
+    assert moved["bt"] == {"callouts": 2, "emulated": 2, "translated": 4}
+    # raw mode: OUT and HLT #GP; CLI's jump patch would displace HLT: an INT3, a third trap
+    assert moved["rawmode"] == {"traps": 3, "emulated": 3, "scanned": 4}
 
 
 def test_a_monitor_missing_part_of_the_protocol_cannot_be_made():
