@@ -53,7 +53,8 @@ __all__ = ["HOSTS", "HOST_NAMES", "run_host", "seven_hosts", "host_rows", "host_
            "MODEL_COUNTERS", "model_rows", "model_table", "tb_rows", "tb_table", "CPL_DEMO",
            "cpl_demo", "SMC_PROGRAMS", "smc_runs", "smc_rows", "smc_table", "bt_kernel",
            "bt_listing_table", "step_to_callout", "adaptive_facts", "raw_kernel",
-           "patch_table", "cycle_runs", "plot_cycles", "split_loop", "count_chains",
+           "patch_table", "CYCLE_HOSTS", "cycle_runs", "cycle_rows", "plot_cycles", "split_loop",
+           "count_lookups",
            "chain_exercise"]
 
 #: the hosts of section 1, in the order of the table
@@ -425,10 +426,81 @@ second: dec ecx
 """
 
 
-def count_chains(n: int, gap: int) -> int:
-    """The chain hits of :func:`split_loop` in the QEMU model, counted by running it."""
+def count_lookups(n: int, gap: int) -> list:
+    """[chain hits, jump-cache hits] of :func:`split_loop` in the QEMU model, counted by
+    running it."""
     emu = Emulator(mode="translate", program=assemble(split_loop(n, gap), origin=0x1000))
     ev = emu.run(10 * n + 10_000)
     if ev.kind != "halt" or emu.vcpu.eax != n:
         raise RuntimeError(f"the split loop stopped on {ev} with EAX={emu.vcpu.eax}")
-    return emu.model_counters["tb_chain_hits"]
+    c = emu.model_counters
+    return [c["tb_chain_hits"], c["tb_jc_hits"]]
+
+
+def _exercise_params(rng: random.Random) -> dict:
+    n = rng.randrange(8, 120)
+    # top is at 1005H: second = top + gap is on top's page below gap = FFBH, on the next above
+    gap = rng.randrange(64, 3800) if rng.random() < 0.5 else rng.randrange(4200, 7800)
+    return {"n": n, "gap": gap, "second": 0x1005 + gap}
+
+
+def _exercise_question(p: dict) -> str:
+    return (f"The loop below runs **{p['n']}** passes in two halves: `top` (at 1005H) does "
+            f"`inc eax` and jumps to `second`, {p['gap']} bytes further on (at "
+            f"{p['second']:X}H), which does `dec ecx` / `jnz top`. Run in the QEMU model "
+            "(`Emulator(mode=\"translate\")`), how many times is a TB entered **by a chained "
+            "jump**, and how many times is it found **in the jump cache**? Answer with a "
+            "list `[chain hits, jump-cache hits]`.\n\n```nasm" + split_loop(p["n"], p["gap"])
+            + "```")
+
+
+def _exercise_solution(p: dict, answer) -> str:
+    n, gap, second = p["n"], p["gap"], p["second"]
+    same = second >> 12 == 0x1005 >> 12
+    head = (f"Four TBs: the first (`mov ecx` through `jmp second`, at 1000H), B at "
+            f"`second`, A at `top` (first entered from B's `jnz`), C at the `hlt`. "
+            f"`top` is on page 1000H, `second` on page {second & ~0xFFF:X}H. ")
+    if same:
+        body = (f"Both are on one page, so QEMU may chain every jump of the loop: the first "
+                "TB's jump to B is a miss (B is translated and the jump patched), B's first "
+                "`jnz top` a miss (A translated, patched), A's first `jmp second` finds B in "
+                "the jump cache (1 hit) and is patched. The other "
+                f"{n - 2} passes take both jumps chained: 2 x {n - 2} = {2 * (n - 2)} chain hits, "
+                "1 jump-cache hit: "
+                f"**{answer}**.")
+    else:
+        body = ("They are on different pages, so QEMU never chains the loop's jumps (a "
+                "TB's jump is patched only to a TB on one of its own pages: the target's "
+                "page might be remapped or rewritten without the jumping TB's knowing). "
+                "Every jump is looked up: the two first ones miss (B and A translated), "
+                f"the other {n - 1} `jmp second` and {n - 2} `jnz top` hit the jump cache: "
+                f"{2 * n - 3} hits, no chain: **{answer}**.")
+    return (head + body + " `from hvsim.lessons.l07_software_virtual_machines import "
+            f"count_lookups; count_lookups({n}, {gap})` runs it and counts {answer}.")
+
+
+def _parse_pair(answer) -> list:
+    """A student's [chain hits, jump-cache hits]: a list or tuple of two integers, or text
+    such as '[12, 3]' or '12, 3'."""
+    if isinstance(answer, str):
+        parts = [x for x in answer.strip().strip("[]()").replace(",", " ").split() if x]
+    elif isinstance(answer, (list, tuple)):
+        parts = list(answer)
+    else:
+        raise ValueError("write two counts, like [12, 3]")
+    if len(parts) != 2:
+        raise ValueError(f"write two counts, [chain hits, jump-cache hits]; got {len(parts)}")
+    out = []
+    for x in parts:
+        if isinstance(x, bool):
+            raise ValueError(f"{x!r} is a truth value, not a count")
+        out.append(x if isinstance(x, int) else int(str(x).strip(), 0))
+    return out
+
+
+def chain_exercise(seed: int = 7) -> Exercise:
+    """'How many chain hits and jump-cache hits does a split loop make in the QEMU model?'"""
+    return Exercise("chained and looked-up jumps of a split loop", seed,
+                    make=_exercise_params, question=_exercise_question,
+                    answer=lambda p: count_lookups(p["n"], p["gap"]),
+                    solution=_exercise_solution, parse=_parse_pair)
