@@ -334,17 +334,21 @@ def step_to_callout(bt: Optional[BinaryTranslator] = None, max_steps: int = 10_0
 
 
 def adaptive_facts(bt: BinaryTranslator) -> dict:
-    """The timer handler's ``inc dword [ticks]``: ticks shares its page with code the TC
-    translated, so the page is write-protected and the store traps, until the monitor
-    retranslates it as a callout (adaptive translation): how often each happened."""
+    """The timer handler's ``inc dword [ticks]``: ``ticks`` shares its 4 KiB page with code
+    the TC translated, so the page is write-protected and the store traps (a #PF the
+    monitor emulates) -- until it has trapped ADAPT_AFTER times and the monitor rewrites
+    its translation as a callout (adaptive translation, Adams & Agesen 2006, section 3.3).
+    ``trapped``: the site's traps; ``runs``: the handler's runs (= the guest's ticks); the
+    TC row of the site now; ``adapted_sites``: every guest EIP adapted so far."""
     site = bt.labels["timer"]
     rows = bt.listing(site)
-    smc = [e for e in bt.log if e.what == "smc"]
-    return dict(site=site, kind=next(r[4] for r in rows if r[0] == site),
-                tc=next(r[3] for r in rows if r[0] == site), trapped=len(smc),
-                adapted_callouts=bt.callouts["adapted"], adaptations=bt.counters["adaptations"],
-                ticks=l02.guest_dword(bt, "ticks"), code_writes=bt.counters["code_writes"],
-                rows=rows)
+    row = next(r for r in rows if r[0] == site)
+    trapped = sum(1 for e in bt.log if e.what == "smc" and e.ring == 1
+                  and str(e.insn) == row[1])
+    return dict(site=site, guest=row[1], kind=row[4], tc=row[3], trapped=trapped,
+                runs=l02.guest_dword(bt, "ticks"), adapt_after=bt.adapt_after,
+                adapted_sites=sorted(bt._adapted), adapted_callouts=bt.callouts["adapted"],
+                code_writes=bt.counters["code_writes"], rows=rows)
 
 
 # ---- 5. raw mode ---------------------------------------------------------------------------
