@@ -53,9 +53,8 @@ __all__ = ["HOSTS", "HOST_NAMES", "run_host", "seven_hosts", "host_rows", "host_
            "MODEL_COUNTERS", "model_rows", "model_table", "tb_rows", "tb_table", "CPL_DEMO",
            "cpl_demo", "SMC_PROGRAMS", "smc_runs", "smc_rows", "smc_table", "bt_kernel",
            "bt_listing_table", "step_to_callout", "adaptive_facts", "raw_kernel",
-           "patch_table", "CYCLE_HOSTS", "cycle_runs", "cycle_rows", "plot_cycles", "split_loop",
-           "count_lookups",
-           "chain_exercise"]
+           "patch_table", "SHORT_NAMES", "CYCLE_HOSTS", "cycle_runs", "cycle_rows",
+           "plot_cycles", "split_loop", "count_lookups", "chain_exercise"]
 
 #: the hosts of section 1, in the order of the table
 HOST_NAMES = {"native": "native", "shadow": "trap-and-emulate", "vtx": "VT-x",
@@ -145,7 +144,8 @@ MODEL_COUNTERS = {
     "bx_interpreted": "Bochs: instructions interpreted",
     "bx_decoded": "Bochs: instructions decoded into the trace cache",
     "bx_hits": "Bochs: trace-cache hits", "bx_misses": "Bochs: trace-cache misses",
-    "bx_smc": "Bochs: stores into a code region", "bx_traces_invalidated": "Bochs: traces invalidated",
+    "bx_smc": "Bochs: stores into a code region",
+    "bx_traces_invalidated": "Bochs: traces invalidated",
     "tb_translated": "QEMU: TBs translated", "tb_insns_translated": "QEMU: instructions translated",
     "tb_insns_run": "QEMU: instructions run from TBs",
     "tb_chain_hits": "QEMU: TB entered by a chained jump",
@@ -382,6 +382,9 @@ class _Run:
         self.monitor = monitor
 
 
+#: the hosts' names under the bars
+SHORT_NAMES = {"native": "native", "shadow": "T&E", "vtx": "VT-x",
+               "emulate": "Bochs", "dbt": "QEMU", "bt": "BT", "rawmode": "raw mode"}
 CYCLE_HOSTS = ("native", "shadow", "vtx", "emulate", "dbt", "bt", "rawmode")
 
 
@@ -407,8 +410,7 @@ def cycle_rows(runs: dict, profile: str = "nehalem") -> list:
 def plot_cycles(runs: dict, profile: str = "nehalem", fig=None):
     """Cycles by category on ``profile``, one panel per guest (lesson 05's drawing)."""
     from hvsim.lessons.l05_shadow_vs_nested import plot_cycles as draw
-    return draw({(g, HOST_NAMES.get(h, h).split(" (")[0]): r for (g, h), r in runs.items()},
-                profile, fig)
+    return draw({(g, SHORT_NAMES.get(h, h)): r for (g, h), r in runs.items()}, profile, fig)
 
 
 # ---- 7. exercise ---------------------------------------------------------------------------
