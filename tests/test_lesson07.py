@@ -132,8 +132,16 @@ def test_a_callout_stepped_is_the_kernels_lidt_from_the_tc():
     assert c["step"] == 0 and c["ring"] == 1 and c["eip"] == TC_BASE
     assert c["entry"].what == "callout" and "lidt" in c["action"]
     assert c["after"] == TC_BASE + 2                  # past the 2-byte INT 0xf1
-    later = l07.step_to_callout(skip=1)
-    assert later["step"] > 0 and later["entry"].what == "callout"
+    assert (c["ring_after"], c["entry"].what) == (1, "callout")
+    # the kernel's first IRETD: the monitor emulates it from the TC (ring 1) to the user
+    # program, which runs natively at ring 3 at its own address
+    bt = c["monitor"]
+    i = l07.step_to_callout(bt, contains="iretd")
+    assert i["step"] > 0 and i["ring"] == 1 and i["eip"] >= TC_BASE
+    from hvsim.guests import teaching_kernel
+    assert i["ring_after"] == 3 and i["after"] == teaching_kernel().labels["user"]
+    with pytest.raises(RuntimeError, match="no callout"):
+        l07.step_to_callout(contains="no such callout", max_steps=50)
 
 
 def test_raw_mode_patches_are_jumps_into_patch_code_or_int3():

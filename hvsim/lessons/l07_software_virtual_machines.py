@@ -314,23 +314,21 @@ def bt_listing_table(bt: BinaryTranslator, label: str = "sys_ticks") -> _HTML:
 
 
 def step_to_callout(bt: Optional[BinaryTranslator] = None, max_steps: int = 10_000,
-                    skip: int = 0) -> dict:
-    """Step ``bt`` (default: the teaching kernel, freshly booted) until its log gets a
-    callout entry (the ``skip``-th one after the first): where the TC was, the entry,
-    and where the guest is after it."""
+                    contains: str = "") -> dict:
+    """Step ``bt`` (default: the teaching kernel, freshly booted) with ``step()`` until its
+    log gets a callout entry whose action contains ``contains``: the step, where the TC
+    was (EIP, ring), the log entry, and where the guest is after it (EIP, ring)."""
     bt = bt or BinaryTranslator(program=teaching_kernel())
-    seen = 0
     for i in range(max_steps):
         n = len(bt.log)
         eip, ring = int(bt.machine.cpu.eip), bt.machine.cpu.cpl
         bt.step()
-        new = [e for e in list(bt.log)[n:] if e.what == "callout"]
+        new = [e for e in list(bt.log)[n:] if e.what == "callout" and contains in e.action]
         if new:
-            if seen == skip:
-                return dict(step=i, eip=eip, ring=ring, entry=new[0], action=new[0].action,
-                            after=int(bt.machine.cpu.eip), monitor=bt)
-            seen += 1
-    raise RuntimeError(f"no callout in {max_steps} steps")
+            return dict(step=i, eip=eip, ring=ring, entry=new[0], action=new[0].action,
+                        after=int(bt.machine.cpu.eip), ring_after=bt.machine.cpu.cpl,
+                        monitor=bt)
+    raise RuntimeError(f"no callout with {contains!r} in its action in {max_steps} steps")
 
 
 def adaptive_facts(bt: BinaryTranslator) -> dict:
