@@ -51,8 +51,8 @@ from hvsim.lessons.l04_ring_minus_one import _HTML, _table, _td
 
 __all__ = ["HOSTS", "HOST_NAMES", "run_host", "seven_hosts", "host_rows", "host_table",
            "MODEL_COUNTERS", "model_rows", "model_table", "tb_rows", "tb_table", "CPL_DEMO",
-           "cpl_demo", "SMC_PROGRAMS", "smc_runs", "smc_rows", "smc_table", "bt_kernel",
-           "bt_listing_table", "step_to_callout", "adaptive_facts", "raw_kernel",
+           "cpl_demo_source", "cpl_demo", "SMC_PROGRAMS", "smc_runs", "smc_rows",
+           "smc_table", "bt_kernel", "bt_listing_table", "step_to_callout", "adaptive_facts", "raw_kernel",
            "patch_table", "SHORT_NAMES", "CYCLE_HOSTS", "cycle_runs", "cycle_rows",
            "plot_cycles", "split_loop", "count_lookups", "chain_exercise"]
 
@@ -213,11 +213,16 @@ done:   hlt                     ; the INT 80H handler, at ring 0
 """
 
 
+def cpl_demo_source() -> str:
+    """:data:`CPL_DEMO` with ring 3's selectors of hvsim.rings.setup's GDT filled in."""
+    from hvsim.rings.setup import SystemTables
+    return CPL_DEMO.format(udata=f"{SystemTables.data(3):#x}",
+                           ucode=f"{SystemTables.code(3):#x}")
+
+
 def cpl_demo() -> Emulator:
     """:data:`CPL_DEMO` run to its HLT in translate mode."""
-    from hvsim.rings.setup import SystemTables
-    prog = assemble(CPL_DEMO.format(udata=SystemTables.data(3), ucode=SystemTables.code(3)),
-                    origin=0x1000)
+    prog = assemble(cpl_demo_source(), origin=0x1000)
     emu = Emulator(mode="translate")
     emu.boot(prog)
     emu.tables.gate(emu.machine, 0x80, prog.labels["done"], dpl=3)
