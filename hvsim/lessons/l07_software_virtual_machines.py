@@ -52,7 +52,8 @@ from hvsim.lessons.l04_ring_minus_one import _HTML, _table, _td
 __all__ = ["HOSTS", "HOST_NAMES", "run_host", "seven_hosts", "host_rows", "host_table",
            "MODEL_COUNTERS", "model_rows", "model_table", "tb_rows", "tb_table", "CPL_DEMO",
            "cpl_demo_source", "cpl_demo", "SMC_PROGRAMS", "smc_runs", "smc_rows",
-           "smc_table", "bt_kernel", "bt_listing_table", "step_to_callout", "adaptive_facts", "raw_kernel",
+           "smc_table", "bt_kernel", "bt_listing_table", "step_to_callout", "adaptive_facts",
+           "raw_kernel",
            "patch_table", "SHORT_NAMES", "CYCLE_HOSTS", "cycle_runs", "cycle_rows",
            "plot_cycles", "split_loop", "count_lookups", "chain_exercise"]
 
