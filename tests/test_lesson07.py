@@ -219,3 +219,10 @@ def test_exercise_bad_answers_get_a_verdict():
         l07.run_host("native", 0)
     with pytest.raises(ValueError, match="no host"):
         l07.run_host("qemu")
+    from hvsim.bt import BinaryTranslator
+    from hvsim.guests import teaching_kernel
+    fresh = BinaryTranslator(program=teaching_kernel())      # no labels given: the kernel's
+    with pytest.raises(ValueError, match="no label 'nowhere'"):
+        l07.bt_listing_table(fresh, "nowhere")
+    with pytest.raises(KeyError, match="no translation"):
+        l07.bt_listing_table(fresh, "sys_ticks")             # not run: nothing translated

@@ -305,10 +305,24 @@ def bt_kernel(steps: int = 30_000) -> BinaryTranslator:
     return bt
 
 
+def _labels(mon) -> dict:
+    """The labels of the program ``mon`` runs: its own, or the teaching kernel's."""
+    labels = getattr(mon, "labels", None)
+    return labels if labels is not None else teaching_kernel().labels
+
+
+def _address(mon, label: str) -> int:
+    labels = _labels(mon)
+    if label not in labels:
+        raise ValueError(f"the guest has no label {label!r} (its labels include "
+                         f"{', '.join(sorted(k for k in labels if not k.startswith('.'))[:8])}...)")
+    return labels[label]
+
+
 def bt_listing_table(bt: BinaryTranslator, label: str = "sys_ticks") -> _HTML:
     """The translation of the TU at ``label`` beside the guest code: inline sequences in
     blue, callouts in red."""
-    rows = bt.listing(bt.labels[label])
+    rows = bt.listing(_address(bt, label))
     body = []
     for g_eip, g_text, addr, tc_text, kind in rows:
         colour = _KIND_COLOUR.get(kind)
@@ -344,7 +358,7 @@ def adaptive_facts(bt: BinaryTranslator) -> dict:
     its translation as a callout (adaptive translation, Adams & Agesen 2006, section 3.3).
     ``trapped``: the site's traps; ``runs``: the handler's runs (= the guest's ticks); the
     TC row of the site now; ``adapted_sites``: every guest EIP adapted so far."""
-    site = bt.labels["timer"]
+    site = _address(bt, "timer")
     rows = bt.listing(site)
     row = next(r for r in rows if r[0] == site)
     trapped = sum(1 for e in bt.log if e.what == "smc" and e.ring == 1
