@@ -129,7 +129,8 @@ def host_rows(runs: dict) -> list:
 def host_table(rows: list) -> _HTML:
     body = []
     for r in rows:
-        body.append([HOST_NAMES.get(r["host"], r["host"]), r["console"].replace("\n", " / "),
+        console = r["console"].strip().replace("\n", " / ")
+        body.append([HOST_NAMES.get(r["host"], r["host"]), console,
                      f"{r['ticks']:,}", f"{r['calls']:,}",
                      _td("FROZE", "#b3261e", True) if r["froze"] else _td("runs"),
                      f"{r['traps']:,}", f"{r['callouts']:,}", f"{r['exits']:,}",
