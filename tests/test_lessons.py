@@ -348,7 +348,13 @@ def _all_exercises():
     return [l00_index.loop_exercise(seed=7), l01_rings.esp0_exercise(seed=2024),
             l01_rings.gp_error_code_exercise(seed=2024), l02_hole.exercise,
             l03_paging.translation_exercise(seed=1), l03_paging.tlb_exercise(seed=4),
-            l04.exit_exercise(seed=4), l05.fault_exercise(seed=5), l06.batch_exercise(seed=6)]
+            l04.exit_exercise(seed=4), l05.fault_exercise(seed=5), l06.batch_exercise(seed=6),
+            _l07().chain_exercise(seed=7)]
+
+
+def _l07():
+    from hvsim.lessons import l07_software_virtual_machines as l07
+    return l07
 
 
 def test_every_exercise_has_a_title_not_an_internal_id():
@@ -399,7 +405,8 @@ def test_the_code_in_the_worked_solutions_runs_when_pasted():
                 assert value == ex.expected, (ex.name, snippet)
     assert with_code >= {"when the clock freezes", "TLB misses of a loop",
                          "VM exits under given controls", "hidden and trace faults of a guest",
-                         "hypercalls of a batched update loop"}
+                         "hypercalls of a batched update loop",
+                         "chained and looked-up jumps of a split loop"}
 
 
 def test_the_solution_button_shows_the_worked_solution_only_when_clicked():

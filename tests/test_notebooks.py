@@ -12,7 +12,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 LESSONS = ["00_index", "01_rings_and_traps", "02_the_x86_hole", "03_paging_and_tlb",
-           "04_ring_minus_one", "05_shadow_vs_nested", "06_paravirtualization"]
+           "04_ring_minus_one", "05_shadow_vs_nested", "06_paravirtualization",
+           "07_software_virtual_machines"]
 CELL_TIMEOUT = 300        # seconds; a cold numba cache is warmed by `make test` first
 
 
@@ -104,6 +105,7 @@ def test_index_links_every_lesson(executed):
     ("05_shadow_vs_nested", "viz.walk_2d("), ("05_shadow_vs_nested", "plot_cycles("),
     ("05_shadow_vs_nested", "plot_sweep("),
     ("06_paravirtualization", "plot_batching("), ("06_paravirtualization", "plot_cycles("),
+    ("07_software_virtual_machines", "plot_cycles("),
 ])
 def test_lesson_draws_its_pictures(executed, name, picture):
     """The hvsim.viz pictures the lesson calls come out as images."""
