@@ -105,6 +105,12 @@ def measure(samples: int = 7, min_seconds: float = 0.5) -> dict:
             lambda: TrapAndEmulate(program=teaching_kernel(), virtualizable=True)),
         "translate": _translation_probe(),
     }
+    return sample_all(probes, samples, min_seconds)
+
+
+def sample_all(probes: dict, samples: int, min_seconds: float) -> dict:
+    """Calibrate every probe, then take ``samples`` rounds through all of them (so they
+    share the machine's load); {key: (median, min, max, best)} and their '_notes'."""
     for p in probes.values():
         p.calibrate(min_seconds)
     for _ in range(samples):

@@ -23,7 +23,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bt import _Probe, _fmt, _kernel_probe, _stats  # noqa: E402  (bench/bt.py)
+from bt import _Probe, _fmt, _kernel_probe, sample_all  # noqa: E402  (bench/bt.py)
 
 __all__ = ["measure", "rows"]
 
@@ -62,15 +62,7 @@ def measure(samples: int = 7, min_seconds: float = 0.5) -> dict:
         "bt": _kernel_probe(lambda: BinaryTranslator(program=teaching_kernel())),
         "scan": _scan_probe(),
     }
-    for p in probes.values():
-        p.calibrate(min_seconds)
-    for _ in range(samples):
-        for p in probes.values():
-            p.take(min_seconds)
-    out = {k: _stats(p.rates) for k, p in probes.items()}
-    out["_notes"] = {k: f"{len(p.rates)} samples of {min(p.seconds):.2f}-{max(p.seconds):.2f} s"
-                     for k, p in probes.items()}
-    return out
+    return sample_all(probes, samples, min_seconds)
 
 
 def rows(results: dict | None = None, samples: int = 7, min_seconds: float = 0.5) -> list:
