@@ -631,26 +631,15 @@ class BinaryTranslator(TrapAndEmulate):
     def handle(self, ev: Event, outcome=None) -> Optional[MonitorEvent]:
         """Handle one exit: a callout from the TC, or a trap (trap-and-emulate's, with
         the faults of translated code mapped back to the guest EIP)."""
-        try:
-            if (ev.kind == "exception" and ev.source == "software"
-                    and ev.vector == R.CALLOUT_VECTOR and ev.cpl == GUEST_RING
-                    and ev.eip >= TC_BASE):
+        if (ev.kind == "exception" and ev.source == "software"
+                and ev.vector == R.CALLOUT_VECTOR and ev.cpl == GUEST_RING
+                and ev.eip >= TC_BASE):
+            try:
                 self._callout(ev)
-                return None
-            if ev.kind == "interrupt":
-                self.traps[ev.name] += 1
-                self._timer_interrupt(ev)
-                return None
-            if ev.kind == "exception":
-                self.traps[ev.name] += 1
-                self._exception(ev, outcome)
-                return None
-            if ev.kind == "breakpoint":
-                return MonitorEvent("breakpoint", ev.eip, ev.cpl, ev.steps,
-                                    reason="host breakpoint")
-            raise Kill(f"the machine stopped: {ev}")
-        except Kill as k:
-            return self._kill(str(k), ev)
+            except Kill as k:
+                return self._kill(str(k), ev)
+            return None
+        return super().handle(ev, outcome)     # traps: sorted by _exception below
 
     def _exception(self, ev: Event, outcome=None) -> None:
         in_tc = ev.cpl == GUEST_RING and ev.eip >= TC_BASE

@@ -768,12 +768,7 @@ class TrapAndEmulate(Monitor):
                 return None
             if ev.kind == "exception":
                 self.traps[ev.name] += 1
-                if ev.vector == GP and ev.error_code == 0 and ev.source == "fault":
-                    self._general_protection(ev)
-                elif ev.vector == PF and self.shadow is not None:
-                    self._page_fault(ev, outcome)
-                else:
-                    self._guest_exception(ev)
+                self._exception(ev, outcome)
                 return None
             if ev.kind == "breakpoint":
                 return MonitorEvent("breakpoint", ev.eip, ev.cpl, ev.steps,
@@ -781,6 +776,16 @@ class TrapAndEmulate(Monitor):
             raise Kill(f"the machine stopped: {ev}")
         except Kill as k:
             return self._kill(str(k), ev)
+
+    def _exception(self, ev: Event, outcome=None) -> None:
+        """An exception that left run(): a privileged instruction's #GP(0), a #PF under
+        shadow paging, or the guest's own (a subclass sorts its own kinds here)."""
+        if ev.vector == GP and ev.error_code == 0 and ev.source == "fault":
+            self._general_protection(ev)
+        elif ev.vector == PF and self.shadow is not None:
+            self._page_fault(ev, outcome)
+        else:
+            self._guest_exception(ev)
 
     def _handled(self, ev: Event, outcome=None) -> Optional[MonitorEvent]:
         final = self.handle(ev, outcome)
