@@ -18,38 +18,14 @@ a burst of other load hits one sample of each. Nothing here asserts a timing.
 """
 from __future__ import annotations
 
-import argparse
+import os
+import sys
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from probes import Probe, print_rows, sample_all  # noqa: E402  (bench/probes.py)
+
 __all__ = ["measure", "rows"]
-
-
-class _Probe:
-    def __init__(self, sample, n):
-        self.sample, self.n, self.rates, self.seconds = sample, n, [], []
-
-    def calibrate(self, min_seconds):
-        while True:
-            _, dt = self.sample(self.n)
-            if dt >= min_seconds * 1.2:
-                return
-            self.n = int(self.n * min(max(min_seconds * 1.3 / max(dt, 1e-4), 1.5), 100))
-
-    def take(self, min_seconds):
-        while True:
-            units, dt = self.sample(self.n)
-            if dt >= min_seconds:
-                break
-            self.n = int(self.n * min_seconds * 1.3 / max(dt, 1e-4)) + 1
-        self.rates.append(units / dt)
-        self.seconds.append(dt)
-
-
-def _stats(rates):
-    r = sorted(rates)
-    k = len(r)
-    median = r[k // 2] if k % 2 else (r[k // 2 - 1] + r[k // 2]) / 2
-    return median, r[0], r[-1], r[-1]
 
 
 def _kernel_probe(make):
@@ -64,7 +40,7 @@ def _kernel_probe(make):
         if ev.kind != "budget":
             raise RuntimeError(f"the teaching kernel stopped: {ev}")
         return int(mon.machine.counters["instructions"]) - before, dt
-    return _Probe(run, 50_000)
+    return Probe(run, 50_000)
 
 
 def _translation_probe():
@@ -85,7 +61,7 @@ def _translation_probe():
         for i in range(k):
             done += translate(starts[i % len(starts)], read).n_guest
         return done, time.perf_counter() - t0
-    return _Probe(run, 200)
+    return Probe(run, 200)
 
 
 def measure(samples: int = 7, min_seconds: float = 0.5) -> dict:
@@ -108,20 +84,6 @@ def measure(samples: int = 7, min_seconds: float = 0.5) -> dict:
     return sample_all(probes, samples, min_seconds)
 
 
-def sample_all(probes: dict, samples: int, min_seconds: float) -> dict:
-    """Calibrate every probe, then take ``samples`` rounds through all of them (so they
-    share the machine's load); {key: (median, min, max, best)} and their '_notes'."""
-    for p in probes.values():
-        p.calibrate(min_seconds)
-    for _ in range(samples):
-        for p in probes.values():
-            p.take(min_seconds)
-    out = {k: _stats(p.rates) for k, p in probes.items()}
-    out["_notes"] = {k: f"{len(p.rates)} samples of {min(p.seconds):.2f}-{max(p.seconds):.2f} s"
-                     for k, p in probes.items()}
-    return out
-
-
 def rows(results: dict | None = None, samples: int = 7, min_seconds: float = 0.5) -> list:
     """The rows, in bench/run.py's format (name, value, target, seconds, baselines, note)."""
     r = measure(samples, min_seconds) if results is None else results
@@ -139,20 +101,8 @@ def rows(results: dict | None = None, samples: int = 7, min_seconds: float = 0.5
     ]
 
 
-def _fmt(x):
-    return f"{x / 1e6:.2f} M" if x >= 1e6 else f"{x / 1e3:.1f} k"
-
-
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--samples", type=int, default=7)
-    ap.add_argument("--min-seconds", type=float, default=0.5)
-    a = ap.parse_args(argv)
-    for row in rows(samples=a.samples, min_seconds=a.min_seconds):
-        med, lo, hi, _ = row["value"]
-        base = ", ".join(f"{k} {_fmt(v[0])}" for k, v in row["baselines"].items())
-        print(f"{row['name']}: median {_fmt(med)} (min {_fmt(lo)}, max {_fmt(hi)})"
-              + (f"; beside {base}" if base else "") + f"  [{row['note']}]")
+    print_rows(rows, __doc__.splitlines()[0], argv)
 
 
 if __name__ == "__main__":

@@ -17,13 +17,13 @@ rounds. Nothing here asserts a timing.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bt import _Probe, _fmt, _kernel_probe, sample_all  # noqa: E402  (bench/bt.py)
+from bt import _kernel_probe  # noqa: E402  (bench/bt.py)
+from probes import Probe, print_rows, sample_all  # noqa: E402  (bench/probes.py)
 
 __all__ = ["measure", "rows"]
 
@@ -44,7 +44,7 @@ def _scan_probe():
             done += rm.scan(prog.labels["start"])
             dt += time.perf_counter() - t0
         return done, dt
-    return _Probe(run, 20)
+    return Probe(run, 20)
 
 
 def measure(samples: int = 7, min_seconds: float = 0.5) -> dict:
@@ -84,15 +84,7 @@ def rows(results: dict | None = None, samples: int = 7, min_seconds: float = 0.5
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--samples", type=int, default=7)
-    ap.add_argument("--min-seconds", type=float, default=0.5)
-    a = ap.parse_args(argv)
-    for row in rows(samples=a.samples, min_seconds=a.min_seconds):
-        med, lo, hi, _ = row["value"]
-        base = ", ".join(f"{k} {_fmt(v[0])}" for k, v in row["baselines"].items())
-        print(f"{row['name']}: median {_fmt(med)} (min {_fmt(lo)}, max {_fmt(hi)})"
-              + (f"; beside {base}" if base else "") + f"  [{row['note']}]")
+    print_rows(rows, __doc__.splitlines()[0], argv)
 
 
 if __name__ == "__main__":

@@ -375,51 +375,8 @@ def write_system_tables(memory, labels):
 # ---------------------------------------------------------------------------------------
 # The sampling method (module docstring): every rate is a Probe, sampled in rounds
 
-SAMPLES = 7               # samples per rate (K)
-MIN_SAMPLE_S = 0.5        # guest work per sample, at least
-CALIBRATION_MARGIN = 1.3  # calibrate for this much more, so few samples need running again
-QUICK_SAMPLES, QUICK_MIN_SAMPLE_S = 3, 0.05
-
-
-class Probe:
-    """One rate: ``sample(n) -> (units, seconds)`` does n iterations of guest work and
-    says how many units (instructions, round trips) it did in how many seconds of it.
-
-    :meth:`calibrate` picks the n for which a sample lasts the minimum (with a margin);
-    :meth:`take` takes one sample, running it again with a larger n if it came out short.
-    """
-
-    def __init__(self, sample, start, limit=2**32 - 1):
-        self.sample, self.n, self.limit = sample, start, limit
-        self.rates, self.seconds, self.reruns = [], [], 0
-
-    def calibrate(self, min_seconds):
-        goal = min_seconds * CALIBRATION_MARGIN
-        while True:
-            _, dt = self.sample(self.n)
-            if dt >= goal or self.n >= self.limit:
-                return
-            grow = goal / max(dt, 1e-4) * 1.1
-            self.n = min(self.limit, int(self.n * min(max(grow, 1.5), 100)))
-
-    def take(self, min_seconds):
-        while True:
-            units, dt = self.sample(self.n)
-            if dt >= min_seconds or self.n >= self.limit:
-                break
-            self.reruns += 1           # too short: this sample does not count; go longer
-            grow = min_seconds * CALIBRATION_MARGIN / max(dt, 1e-4)
-            self.n = min(self.limit, int(self.n * grow) + 1)
-        self.rates.append(units / dt)
-        self.seconds.append(dt)
-
-
-def stats(rates):
-    """(median, min, max, best) of a list of rates; the best of a rate is its max."""
-    r = sorted(rates)
-    k = len(r)
-    median = r[k // 2] if k % 2 else (r[k // 2 - 1] + r[k // 2]) / 2
-    return median, r[0], r[-1], r[-1]
+from probes import (CALIBRATION_MARGIN, MIN_SAMPLE_S, QUICK_MIN_SAMPLE_S,  # noqa: E402,F401
+                    QUICK_SAMPLES, SAMPLES, Probe, stats)  # (bench/probes.py)
 
 
 def hvsim_loop(template, n, *, paging=False, exceptions="host", setup=None, blocks=True):
