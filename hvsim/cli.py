@@ -6,6 +6,8 @@
                      [--max-steps N]
                      [--memory BYTES] [--timer N] [--exceptions host|guest] [--trace]
                      [-D NAME[=VALUE]]...
+    hvsim compare GUEST [--hosts a,b,...] [--profile P] [--budget N]
+                        [--set NAME=VALUE]... [--json]
     hvsim disasm FILE [--origin N] [-D NAME]   # FILE: raw machine code, or a .s source
     hvsim warmup                        # compile every kernel into numba's disk cache
     hvsim version
@@ -19,21 +21,35 @@ the program is a guest kernel run under that technique's monitor
 name for the source's ``%ifdef`` (hvsim/asm/preprocess.py): ``-D PV`` builds a kernel's
 paravirtualized variant, for ``--monitor pv``.
 
-Exit status: 0 when the guest halted, 1 for any other final event (an exception
-routed to the host, an unclaimed I/O port, the step budget, a shutdown...), 2 for
-bad input (bad arguments, a missing file, an assembly error). Errors are one clear
-message on stderr, never a traceback.
+``compare`` runs one guest -- the teaching kernel, an mm.s or a minios.s workload -- on
+every host that can run it (or those of ``--hosts``; native always, first, as the
+reference) and prints :class:`hvsim.compare.Comparison`'s table: per host how the run
+ended, whether the guest saw the same as natively, what the host did (traps, VM exits,
+hypercalls, callouts...) and the cycles on ``--profile`` (``--json``: the rows as JSON).
+``--set NAME=VALUE`` sets a guest's parameter (mm.s's ITER=1000, minios.s's
+N_SYSCALLS=8, the kernel's steps=20000 or PERIOD=300).
+
+Exit status of ``run``: 0 when the guest halted, 1 for any other final event (an
+exception routed to the host, an unclaimed I/O port, the step budget, a shutdown...).
+Of ``compare``: 0 when every host's run finished and is the same as native's, 1 when a
+host's differs or did not finish -- the teaching kernel under trap-and-emulate gives 1,
+its frozen clock: that is what the comparison is there to show. Any command: 2 for bad
+input (bad arguments, a missing file, an assembly error, an unknown guest, host,
+parameter or profile). Errors are one clear message on stderr, never a traceback.
 """
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+import textwrap
 
 #: Exit statuses (documented above and in ``hvsim --help``).
 EXIT_HALT = 0
 EXIT_OTHER_EVENT = 1
 EXIT_BAD_INPUT = 2
+EXIT_AGREE = 0                      # compare: every host the same as native
+EXIT_DIFFER = 1                     # compare: a host differs or did not finish
 
 DEFAULT_MAX_STEPS = 10_000_000
 MAX_STEPS = 1 << 62                 # Machine.run's largest budget
@@ -127,7 +143,9 @@ def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hvsim",
         description="hvsim: an educational x86 virtualization simulator.",
-        epilog="exit status: 0 = guest halted, 1 = another final event, 2 = bad input",
+        epilog="exit status: run: 0 = guest halted, 1 = another final event; compare: "
+               "0 = every host the same as native, 1 = a host differs or did not finish; "
+               "2 = bad input",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
@@ -153,6 +171,8 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("-D", "--define", type=_define, action="append", default=[],
                      metavar="NAME[=VALUE]", help="define NAME for the source's %%ifdef / "
                      "%%define (e.g. -D PV builds a kernel's paravirtualized variant); repeatable")
+
+    _add_compare(sub)
 
     dis = sub.add_parser("disasm", help="disassemble raw machine code or a .s file",
                          description="Disassemble FILE: raw machine code, or an assembly source "
@@ -182,6 +202,60 @@ def _read_text(path: str) -> str:
         raise _BadInput(f"{path}: not a text file (is it raw machine code? try 'hvsim disasm')") from None
     except OSError as e:
         raise _BadInput(f"{path}: {e.strerror}") from None
+
+
+def _add_compare(sub) -> None:
+    """The ``compare`` subcommand; its help lists the guests and each one's hosts."""
+    from hvsim import compare as C
+    from hvsim.guests import MINIOS_PARAMS, MM_PARAMS
+    from hvsim.kernelhosts import PARAMS, STEPS
+    kernel, mm, mini = (C.hosts_of(g) for g in ("kernel", "mm:mixed", "minios:all"))
+    paragraphs = (
+        f"guests: {', '.join(C.GUESTS)} (an mm workload may go without 'mm:').",
+        f"hosts: kernel: {', '.join(kernel)}; mm: {', '.join(mm)}; minios: "
+        f"{', '.join(mini)}.",
+        f"parameters (--set): the kernel: steps (default {STEPS:,}; its --budget), "
+        f"{', '.join(PARAMS)}; mm: {', '.join(MM_PARAMS)}; minios: "
+        f"{', '.join(MINIOS_PARAMS)}.",
+        f"exit status: {EXIT_AGREE} = every host finished and is the same as native; "
+        f"{EXIT_DIFFER} = a host differs or did not finish (the kernel under "
+        f"trap-and-emulate: its clock freezes, the point of the comparison); "
+        f"{EXIT_BAD_INPUT} = bad input.")
+    cmp = sub.add_parser(
+        "compare", help="run one guest on every technique and compare each run with native",
+        description=textwrap.fill(
+            "Run GUEST on every host that can run it (native first, as the reference), "
+            "compare what the guest saw with native's, and print per host how it ended, "
+            "its traps, VM exits, hypercalls, callouts, and its cycles on a CPU "
+            "generation's cost profile.", 78),
+        epilog="\n".join(textwrap.fill(p, 78, subsequent_indent="  ") for p in paragraphs),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    cmp.add_argument("guest", metavar="GUEST", help="kernel, an mm workload (mixed, "
+                     "mm:fork...) or a minios workload (minios:syscall...)")
+    cmp.add_argument("--hosts", default=None, metavar="a,b,...",
+                     help="the hosts to run (default: every host of the guest); native "
+                     "runs anyway")
+    cmp.add_argument("--profile", default="nehalem", metavar="P",
+                     help="the cost profile: prescott, merom, nehalem (default), sandy_bridge")
+    cmp.add_argument("--budget", type=_positive_int(MAX_STEPS), default=None, metavar="N",
+                     help="steps each run may take (default: 2,000,000 for a workload; for "
+                     "the kernel, its steps)")
+    cmp.add_argument("--set", dest="params", type=_setting, action="append", default=[],
+                     metavar="NAME=VALUE", help="set a guest parameter; repeatable")
+    cmp.add_argument("--json", action="store_true", help="print the rows as JSON")
+
+
+def _setting(text: str):
+    """``NAME=VALUE`` (VALUE an integer literal): a guest parameter for ``compare``."""
+    name, eq, value = text.partition("=")
+    name = name.strip()
+    if not eq or not name.isidentifier():
+        raise argparse.ArgumentTypeError(f"{text!r}: expected NAME=VALUE, such as ITER=1000")
+    try:
+        return name, _int_literal(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: the value after = must be an integer "
+                                         "(123, 0x7b, 1_000, 64K)") from None
 
 
 def _define(text: str):
@@ -369,6 +443,22 @@ def _run_monitor(args, prog, out) -> int:
     return EXIT_HALT if ev.kind == "halt" else EXIT_OTHER_EVENT
 
 
+def _cmd_compare(args, out) -> int:
+    from hvsim.compare import plan
+    params = {}
+    for name, value in args.params:
+        if name in params:
+            raise _BadInput(f"--set {name} is given twice ({params[name]} and {value})")
+        params[name] = value
+    try:
+        p = plan(args.guest, args.hosts, profile=args.profile, budget=args.budget, **params)
+    except (ValueError, TypeError) as e:     # every input is checked before anything runs
+        raise _BadInput(str(e)) from None
+    c = p.run()
+    print(c.to_json() if args.json else c.table(), file=out)
+    return EXIT_AGREE if c.agree else EXIT_DIFFER
+
+
 _ASM_SUFFIXES = (".s", ".S", ".asm")
 
 
@@ -434,7 +524,7 @@ def _cmd_version(args, out) -> int:
     return 0
 
 
-_COMMANDS = {"run": _cmd_run, "disasm": _cmd_disasm, "warmup": _cmd_warmup, "version": _cmd_version}
+_COMMANDS = {"run": _cmd_run, "compare": _cmd_compare, "disasm": _cmd_disasm, "warmup": _cmd_warmup, "version": _cmd_version}
 
 
 def main(argv=None) -> int:

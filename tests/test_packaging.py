@@ -124,13 +124,14 @@ def test_make_test_rebuilds_a_stale_venv_then_warms_up_then_runs_the_whole_suite
 def _readme_python_blocks():
     text = (ROOT / "README.md").read_text()
     blocks = re.findall(r"```python\n(.*?)```", text, re.S)
-    assert len(blocks) == 2, "the README has the five-minute example and the lesson pieces"
+    assert len(blocks) == 3, ("the README has the five-minute example, the lesson pieces "
+                              "and hvsim compare's Python example")
     return blocks
 
 
 def test_readme_example_runs_as_written(capsys):
     ns = {"__name__": "readme_example"}
-    first, second = _readme_python_blocks()
+    first, second, _ = _readme_python_blocks()
     exec(compile(first, "README.md", "exec"), ns)
     m, event = ns["m"], ns["event"]
     assert event.kind == "halt"
@@ -146,6 +147,16 @@ def test_readme_example_runs_as_written(capsys):
     assert ns["Stepper"].__module__ == "hvsim.widgets.stepper"
     assert ns["mon"].log[0].instruction.startswith("lidt")
     assert ns["viz"].page_walk and ns["viz"].ring_diagram
+
+
+def test_readme_compare_example_gives_what_its_comments_say(capsys):
+    ns = {"__name__": "readme_example"}
+    exec(compile(_readme_python_blocks()[2], "README.md", "exec"), ns)
+    rows = ns["c"].rows
+    assert [r["host"] for r in rows if not r["same_as_native"]] == ["shadow"]
+    assert rows[1]["host"] == "shadow"
+    assert rows[1]["differences"][0].startswith("clock froze: 4 ticks on shadow at half time")
+    assert capsys.readouterr().out.startswith("kernel (the teaching kernel, 20,000 steps)")
 
 
 def test_make_lab_warms_the_cache_then_opens_the_notebooks_folder():

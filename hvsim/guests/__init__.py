@@ -30,7 +30,8 @@ from __future__ import annotations
 from importlib import resources
 
 __all__ = ["source", "teaching_kernel", "hypervisor", "mm_kernel", "minios", "GUESTS",
-           "MM_WORKLOADS", "MM_PARAMS", "MINIOS_WORKLOADS", "MINIOS_PARAMS"]
+           "KERNEL_PARAMS", "MM_WORKLOADS", "MM_PARAMS", "MINIOS_WORKLOADS", "MINIOS_PARAMS",
+           "check_params"]
 
 #: the guest sources in this package, by name
 GUESTS = ("kernel", "user", "vmm", "mm", "minios")
@@ -50,6 +51,14 @@ def teaching_kernel(user: str | None = None, origin: int = 0x1000, **constants):
     from hvsim.asm import assemble
     text = source("kernel") + "\n" + (source("user") if user is None else user)
     return assemble(_with_constants(text, constants), origin=origin)
+
+
+#: the teaching kernel's parameters a caller may set, and the largest value of each:
+#: kernel.s's PERIOD (the timer period in instructions, a dword OUT) and user.s's WORK
+#: (the LOOP count between two system calls: 0 would loop 2^32 times).
+#: :func:`teaching_kernel` sets any ``equ`` value; these are the ones that change only
+#: how much the guest does, not where it runs (KCODE, the selectors, the IDT's address)
+KERNEL_PARAMS = {"PERIOD": 0xFFFFFFFF, "WORK": 0xFFFFFFFF}
 
 
 def _with_constants(text: str, constants: dict) -> str:
@@ -125,14 +134,26 @@ def _workload_constants(guest: str, workload: str, workloads: dict, params: dict
     if workload not in workloads:
         raise ValueError(f"no {guest} workload named {workload!r}; the workloads are "
                          f"{', '.join(workloads)}")
+    check_params(f"{guest}.s", params, limits)
+    return dict(params, WORKLOAD=workloads[workload])
+
+
+def check_params(guest: str, params: dict, limits: dict) -> dict:
+    """``params`` when each names one of ``limits`` (a guest's parameters: name -> the
+    largest value) with an int from 1 to its maximum; else a ValueError that names
+    ``guest`` (in words: 'mm.s', 'the teaching kernel') and the bad parameter.
+
+    >>> check_params("the teaching kernel", {"PERIOD": 300}, KERNEL_PARAMS)
+    {'PERIOD': 300}
+    """
     for name, value in params.items():
         if name not in limits:
-            raise ValueError(f"{guest}.s has no parameter {name!r}; its parameters are "
+            raise ValueError(f"{guest} has no parameter {name!r}; its parameters are "
                              f"{', '.join(limits)}")
         if isinstance(value, bool) or not isinstance(value, int) \
                 or not 1 <= value <= limits[name]:
             raise ValueError(f"{name} must be an int from 1 to {limits[name]}, got {value!r}")
-    return dict(params, WORKLOAD=workloads[workload])
+    return params
 
 
 #: minios.s's workloads by name: the bits of its WORKLOAD mask ("all" runs them all, in

@@ -20,8 +20,9 @@ import html
 from typing import Optional
 
 from hvsim import Machine, assemble
+from hvsim import kernelhosts
 from hvsim.arch.flags import IF, IOPL_SHIFT, FIXED1
-from hvsim.guests import teaching_kernel
+from hvsim.kernelhosts import guest_dword
 from hvsim.lessons import Exercise
 from hvsim.monitors import Native, TrapAndEmulate
 from hvsim.rings.setup import install
@@ -102,21 +103,17 @@ def behaviour_html(rows: list) -> str:
 # ---- the guest under the monitor ------------------------------------------------------------
 def run_guest(virtualizable: bool = False, steps: int = 50_000, **constants) -> TrapAndEmulate:
     """Boot the teaching kernel under the monitor and run it ``steps`` steps."""
-    mon = TrapAndEmulate(program=teaching_kernel(**constants), virtualizable=virtualizable)
+    mon = kernelhosts.trap_and_emulate(virtualizable, **constants)
     mon.run(steps)
     return mon
 
 
 def run_native(steps: int = 50_000, **constants) -> Native:
-    """The same teaching kernel with no monitor: in ring 0 of a machine whose exceptions
-    and interrupts go through the kernel's own IDT, on the machine's own console and timer.
-    The kernel's code selector (KCODE) is the ring-0 one of the same GDT layout; nothing
-    else changes, so it does the same work."""
-    m = Machine(memory=1 << 20, exceptions="guest")
-    tables = install(m)
-    nat = Native(m)
-    m.load(teaching_kernel(KCODE=tables.code(0), **constants))
-    tables.enter(m, 0, m.cpu.eip, tables.stack_top(0))
+    """The same teaching kernel with no monitor (:func:`hvsim.kernelhosts.native`): in
+    ring 0 of a machine whose exceptions and interrupts go through the kernel's own IDT,
+    on the machine's own console and timer. The kernel's code selector (KCODE) is the
+    ring-0 one of the same GDT layout; nothing else changes, so it does the same work."""
+    nat = kernelhosts.native(**constants)
     nat.run(steps)
     return nat
 
@@ -142,15 +139,6 @@ def cost_table(runs: dict, profile: str = "prescott") -> str:
     return "\n".join(lines)
 
 
-def guest_dword(mon, label: str, **constants) -> int:
-    """A dword of the teaching kernel's memory, by label ('ticks', 'calls', 'rounds'...)."""
-    labels = teaching_kernel(**constants).labels
-    if label not in labels:
-        raise ValueError(f"the teaching kernel has no label {label!r}")
-    a = labels[label]
-    return int.from_bytes(bytes(mon.machine.memory[a:a + 4]), "little")
-
-
 def tick_curves(steps: int = 60_000, samples: int = 60) -> dict:
     """{'plain x86': [(instructions, ticks)...], 'virtualizable': [...]}: the guest's own
     tick counter sampled every steps/samples monitor steps."""
@@ -158,7 +146,7 @@ def tick_curves(steps: int = 60_000, samples: int = 60) -> dict:
         raise ValueError("need steps >= samples >= 1")
     curves = {}
     for name, vz in (("plain x86", False), ("virtualizable", True)):
-        mon = TrapAndEmulate(program=teaching_kernel(), virtualizable=vz)
+        mon = kernelhosts.trap_and_emulate(vz)
         points = [(0, 0)]
         for _ in range(samples):
             mon.run(steps // samples)

@@ -34,11 +34,10 @@ import html
 import random
 from typing import Iterable, Optional
 
-from hvsim import assemble
+from hvsim import assemble, kernelhosts
 from hvsim.arch import layout as L
 from hvsim.arch import vmcs as V
 from hvsim.arch import vmx as X
-from hvsim.guests import teaching_kernel
 from hvsim.lessons import Exercise
 from hvsim.lessons import l02_hole as l02
 from hvsim.monitors import TrapAndEmulate, Vtx
@@ -81,17 +80,6 @@ def _vcpu_of(x) -> VCPU:
 
 
 # ---- 1. the same kernel, two techniques -----------------------------------------------------
-def _vtx_kernel(vpid: bool = True, **constants) -> Vtx:
-    """The teaching kernel booted (not run) under the VT-x monitor (``vpid``: with VPID 1,
-    as KVM runs its guests). Its gates name ring 0's code selector of the guest's GDT (the
-    VMM's hvsim.rings.setup layout): the kernel runs in ring 0 of VMX non-root operation,
-    unmodified otherwise."""
-    mon = Vtx(vpid=vpid)
-    constants.setdefault("KCODE", mon.kvm.guest_tables.code(0))
-    mon.boot(teaching_kernel(**constants))
-    return mon
-
-
 def run_guest(technique: str = "vt-x", steps: int = 50_000, **constants):
     """The teaching kernel (hvsim/guests) run ``steps`` steps under ``technique``:
     'trap-and-emulate' (lesson 02's monitor, plain x86: the kernel in ring 1) or 'vt-x'
@@ -101,7 +89,7 @@ def run_guest(technique: str = "vt-x", steps: int = 50_000, **constants):
     if technique == "trap-and-emulate":
         return l02.run_guest(False, steps, **constants)
     if technique == "vt-x":
-        mon = _vtx_kernel(**constants)
+        mon = kernelhosts.vtx(**constants)
         mon.run(steps)
         return mon
     raise ValueError(f"technique must be one of {', '.join(map(repr, TECHNIQUES))}, "
@@ -123,9 +111,9 @@ def tick_curves(steps: int = 60_000, samples: int = 60) -> dict:
     curves = {}
     for technique, label in TECHNIQUES.items():
         if technique == "vt-x":
-            mon = _vtx_kernel()
+            mon = kernelhosts.vtx()
         else:
-            mon = TrapAndEmulate(program=teaching_kernel())
+            mon = kernelhosts.trap_and_emulate()
         start = int(mon.machine.counters["instructions"])   # the VMM's bootstrap, if any
         points = [(0, 0)]
         for _ in range(samples):
@@ -313,7 +301,7 @@ def flip_runs(steps: int = 50_000, flips: Optional[dict] = None) -> dict:
     for label, flip in flips.items():
         if flip is not None and not callable(flip):
             raise TypeError(f"flips[{label!r}] must be a function of the vCPU, or None")
-        mon = _vtx_kernel()
+        mon = kernelhosts.vtx()
         if flip is not None:
             flip(mon.kvm)
         mon.run(steps)
@@ -565,10 +553,10 @@ def cost_runs(steps: int = 50_000) -> dict:
     entry, as on VT-x before Nehalem), and under VT-x with I/O bitmaps trapping the timer
     ports only. The labels are split on two lines for the bar chart's axis."""
     steps = _steps(steps)
-    io = _vtx_kernel()
+    io = kernelhosts.vtx()
     use_io_bitmaps(io)
     io.run(steps)
-    flushing = _vtx_kernel(vpid=False)
+    flushing = kernelhosts.vtx(vpid=False)
     flushing.run(steps)
     return {"trap-and-emulate\nvirtualizable": l02.run_guest(True, steps),
             "VT-x": run_guest("vt-x", steps),

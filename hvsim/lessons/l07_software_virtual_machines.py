@@ -38,15 +38,13 @@ from __future__ import annotations
 import random
 from typing import Optional
 
-from hvsim import assemble, cost
+from hvsim import assemble, cost, kernelhosts
 from hvsim import workloads as W
 from hvsim.bt import BinaryTranslator
 from hvsim.bt.rawmode import RawMode
 from hvsim.emulation.monitor import Emulator
 from hvsim.guests import teaching_kernel
 from hvsim.lessons import Exercise
-from hvsim.lessons import l02_hole as l02
-from hvsim.lessons import l04_ring_minus_one as l04
 from hvsim.lessons.l04_ring_minus_one import _HTML, _table, _td
 
 __all__ = ["HOSTS", "HOST_NAMES", "run_host", "seven_hosts", "host_rows", "host_table",
@@ -62,47 +60,16 @@ HOST_NAMES = {"native": "native", "shadow": "trap-and-emulate", "vtx": "VT-x",
               "emulate": "interpreted (Bochs)", "dbt": "translated (QEMU TCG)",
               "bt": "binary translation (VMware)", "rawmode": "raw mode (VirtualBox)"}
 HOSTS = tuple(HOST_NAMES)
-STEPS = 60_000
+STEPS = kernelhosts.STEPS
 PAGE = 4096
-RING0_CODE = 8          # hvsim.rings.setup's ring-0 code selector (SystemTables.code(0))
-
-
-def _steps(steps) -> int:
-    if isinstance(steps, bool) or not isinstance(steps, int) or not 2 <= steps <= 2_000_000:
-        raise ValueError(f"steps must be an int from 2 to 2,000,000, got {steps!r}")
-    return steps
-
-
-def _boot(host: str):
-    """The teaching kernel booted (not run) on ``host``."""
-    if host == "native":
-        return l02.run_native(1)            # booted, one step run: see run_host
-    if host == "shadow":
-        from hvsim.monitors import TrapAndEmulate
-        return TrapAndEmulate(program=teaching_kernel())
-    if host == "vtx":
-        return l04._vtx_kernel()
-    if host in ("emulate", "dbt"):
-        emu = Emulator(mode="interpret" if host == "emulate" else "translate")
-        emu.boot(teaching_kernel(KCODE=RING0_CODE))
-        return emu
-    if host == "bt":
-        return BinaryTranslator(program=teaching_kernel())
-    if host == "rawmode":
-        return RawMode(program=teaching_kernel())
-    raise ValueError(f"no host named {host!r}; the hosts are {', '.join(HOSTS)}")
 
 
 def run_host(host: str, steps: int = STEPS):
     """The teaching kernel run ``steps`` steps on ``host`` (one of :data:`HOSTS`), in two
-    halves: returns (monitor, the guest's tick count after the first half)."""
-    steps = _steps(steps)
-    mon = _boot(host)
-    first = steps // 2 - (1 if host == "native" else 0)
-    mon.run(first)
-    half = l02.guest_dword(mon, "ticks")
-    mon.run(steps - steps // 2)
-    return mon, half
+    halves (:func:`hvsim.kernelhosts.run`): returns (monitor, the guest's tick count after
+    the first half)."""
+    r = kernelhosts.run(host, steps)
+    return r.monitor, r.ticks_at_half
 
 
 def seven_hosts(steps: int = STEPS, hosts=HOSTS) -> dict:
@@ -117,9 +84,9 @@ def host_rows(runs: dict) -> list:
     rows = []
     for h, (mon, half) in runs.items():
         s = mon.stats
-        ticks = l02.guest_dword(mon, "ticks")
+        ticks = kernelhosts.guest_dword(mon, "ticks")
         rows.append(dict(host=h, console=mon.console, ticks=ticks,
-                         calls=l02.guest_dword(mon, "calls"), froze=ticks == half,
+                         calls=kernelhosts.guest_dword(mon, "calls"), froze=ticks == half,
                          traps=s["traps"], callouts=s["callouts"], exits=s["vm_exits"],
                          interpreted=s["insns_interpreted"],
                          translated=s["insns_translated"] + s["translated"]))
@@ -300,8 +267,8 @@ _KIND_COLOUR = {"INLINE": "#1f5fbf", "CALLOUT": "#b3261e", "CHAIN": "#555555", "
 
 def bt_kernel(steps: int = 30_000) -> BinaryTranslator:
     """The teaching kernel run ``steps`` steps under binary translation."""
-    bt = BinaryTranslator(program=teaching_kernel())
-    bt.run(_steps(steps))
+    bt = kernelhosts.binary_translator()
+    bt.run(kernelhosts.check_steps(steps))
     bt.labels = teaching_kernel().labels
     return bt
 
@@ -339,7 +306,7 @@ def step_to_callout(bt: Optional[BinaryTranslator] = None, max_steps: int = 10_0
     """Step ``bt`` (default: the teaching kernel, freshly booted) with ``step()`` until its
     log gets a callout entry whose action contains ``contains``: the step, where the TC
     was (EIP, ring), the log entry, and where the guest is after it (EIP, ring)."""
-    bt = bt or BinaryTranslator(program=teaching_kernel())
+    bt = bt or kernelhosts.binary_translator()
     for i in range(max_steps):
         n = len(bt.log)
         eip, ring = int(bt.machine.cpu.eip), bt.machine.cpu.cpl
@@ -365,15 +332,15 @@ def adaptive_facts(bt: BinaryTranslator) -> dict:
     trapped = sum(1 for e in bt.log if e.what == "smc" and e.ring == 1
                   and str(e.insn) == row[1])
     return dict(site=site, guest=row[1], kind=row[4], tc=row[3], trapped=trapped,
-                runs=l02.guest_dword(bt, "ticks"), adapt_after=bt.adapt_after,
+                runs=kernelhosts.guest_dword(bt, "ticks"), adapt_after=bt.adapt_after,
                 adapted_sites=sorted(bt._adapted), adapted_callouts=bt.callouts["adapted"],
                 code_writes=bt.counters["code_writes"], rows=rows)
 
 
 # ---- 5. raw mode ---------------------------------------------------------------------------
 def raw_kernel(steps: int = 30_000) -> RawMode:
-    rm = RawMode(program=teaching_kernel())
-    rm.run(_steps(steps))
+    rm = kernelhosts.raw_mode()
+    rm.run(kernelhosts.check_steps(steps))
     rm.labels = teaching_kernel().labels
     return rm
 
