@@ -686,3 +686,42 @@ gp:
     got = [dword(bt, 0x40000), dword(bt, 0x40004)]
     assert got == [dword(nat, 0x40000), dword(nat, 0x40004)] == [0, prog.labels["far"]]
     assert bt.callouts["retf"] == 1 and bt.reflected[GP_NAME] == 1
+
+
+PREFIXED_RET = """
+start:
+    mov ebx, 1
+    call sub1
+    add ebx, 2
+    push 0x55
+    call sub2
+    add ebx, 4
+    hlt
+sub1:
+    add ebx, 8
+    db 0x2E, 0xC3               ; cs ret
+sub2:
+    add ebx, 16
+    db 0x3E, 0xC2, 4, 0         ; ds ret 4
+"""
+
+
+def test_a_segment_prefixed_ret_is_a_lookup_not_a_copy():
+    nat, nev, prog = native(PREFIXED_RET)
+    bt = BinaryTranslator(program=build(PREFIXED_RET, KCODE_BT))
+    esp = bt.machine.cpu.esp
+    for _ in range(200):
+        ev = bt.step()
+        cpu = bt.machine.cpu
+        if ev is not None:
+            break
+        # a RET copied into the TC would return into guest code at ring 1
+        assert cpu.cpl != 1 or cpu.eip >= TC_BASE, hex(cpu.eip)
+    assert nev.kind == ev.kind == "halt"
+    assert regs(bt) == regs(nat) and bt.machine.cpu.ebx == 1 + 8 + 2 + 16 + 4
+    # RET 4 released the pushed argument: both stacks are back where they started
+    assert bt.machine.cpu.esp == esp and nat.machine.cpu.esp == (1 << 20) - 0x8000
+    # both RETs left the TC through the lookup callout (sub1's, sub2's)
+    assert bt.counters["indirect_lookups"] == 2
+    kinds = [r[4] for r in bt.listing(prog.labels["sub1"])]
+    assert kinds == [IDENT, CHAIN, CALLOUT]          # add; pop [gs:TARGET]; int 0xf1

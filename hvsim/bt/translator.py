@@ -249,7 +249,10 @@ def _emit(em: _Emitter, insn, raw: bytes, key: str, pc: int, glen: int, adapted)
         em.put(R.push_imm32(nxt), pc, glen, True, CHAIN, None, key)
         em.exit_jump(R.jmp_rel32(0), pc, glen, False, nxt + _rel(body, 4), key)
         return True
-    if key == "ret" and not pre:
+    if key == "ret":
+        # a segment prefix (the only prefix the subset allows on RET) does not change
+        # it -- the pop is through SS (SDM Vol. 2B, RET) --: the same lookup, never a
+        # copy that would return into guest code at ring 1
         imm = int.from_bytes(body[1:3], "little") if op == 0xC2 else None
         em.sequence(R.ret_sequence(imm), pc, glen, CHAIN, key)
         return True
