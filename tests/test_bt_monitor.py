@@ -725,3 +725,81 @@ def test_a_segment_prefixed_ret_is_a_lookup_not_a_copy():
     assert bt.counters["indirect_lookups"] == 2
     kinds = [r[4] for r in bt.listing(prog.labels["sub1"])]
     assert kinds == [IDENT, CHAIN, CALLOUT]          # add; pop [gs:TARGET]; int 0xf1
+
+
+# ---- guest-chosen transfers into the hole ------------------------------------------------
+INTO_THE_HOLE = {
+    # an exception gate (#DE) whose offset is the TC's first TU ('start''s translation)
+    "gate": """
+start:
+    lidt [idtr]
+    mov eax, 0
+    mov ebx, TARGET
+    call set_gate
+    xor edx, edx
+    xor ecx, ecx
+    div ecx
+    hlt
+""",
+    # the timer's gate: the injection of a tick reflects into it
+    "tick": """
+start:
+    lidt [idtr]
+    mov eax, 0x20
+    mov ebx, TARGET
+    call set_gate
+    mov eax, 40
+    out 0x40, eax
+    sti
+spin:
+    inc esi
+    jmp spin
+""",
+    "far jmp": """
+start:
+    jmp KCODE:TARGET
+""",
+    "iret": """
+start:
+    pushfd
+    push KCODE
+    push TARGET
+    iretd
+""",
+}
+
+
+def hole_kernel(kind, target):
+    return INTO_THE_HOLE[kind].replace("TARGET", hex(target)) + IDT_LIB
+
+
+def tc_address_of_spin():
+    """The TC address of the 'tick' kernel's 'spin' TU: the same in every run (the
+    translation is deterministic and TARGET's MOV imm32 has one length)."""
+    bt, ev, prog = bt_run(hole_kernel("tick", TC_BASE), 300)
+    return bt._tus[prog.labels["spin"]].tc
+
+
+@pytest.mark.parametrize("kind", sorted(INTO_THE_HOLE))
+def test_a_guest_transfer_into_the_tc_is_killed(kind):
+    target = tc_address_of_spin() if kind == "tick" else TC_BASE
+    bt, ev, prog = bt_run(hole_kernel(kind, target), 5000)
+    assert ev.kind == "killed" and "monitor's region (the hole" in ev.reason, (ev, bt.log[-3:])
+    assert f"{target:#010x}" in ev.reason
+    # the target was a live translation: without the check the guest would have run it
+    assert any(tu.tc == target for tu in bt._tus.values())
+    if kind in ("gate", "tick"):
+        assert "handler of vector" in ev.reason
+
+
+def test_ring_one_in_the_hole_off_a_tc_instruction_is_killed():
+    from hvsim.monitors.base import Kill
+    bt = BinaryTranslator(program=teaching_kernel())
+    bt.run(1000)
+    cpu = bt.machine.cpu
+    assert TC_BASE + 1 not in bt._at                      # inside 'lidt''s copy
+    for eip in (TC_BASE + 1, VCPU_BASE, HOLE_BASE):       # mid-instruction, data, GDT
+        cpu.cs = KCODE_BT
+        cpu.eip = eip
+        with pytest.raises(Kill, match="not at an instruction of the TC"):
+            bt._after()

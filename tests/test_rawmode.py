@@ -514,3 +514,11 @@ def test_scanning_ahead_sets_no_accessed_flag():
     assert 0x400000 in rm._insn                       # scanned ahead of time
     assert dword(rm, 0x22000) == dword(nat, 0x22000) == 0x30003        # A (20H) clear
     assert dword(rm, 0x21000 + 4 * 1) == dword(nat, 0x21000 + 4 * 1)   # the kernel's page
+
+
+@pytest.mark.parametrize("kind", ["gate", "tick", "far jmp", "iret"])
+def test_a_guest_transfer_into_patch_memory_is_killed(kind):
+    from test_bt_monitor import hole_kernel
+    rm, ev, _ = raw_run(hole_kernel(kind, TC_BASE), 5000)
+    assert ev.kind == "killed" and "monitor's region (the hole" in ev.reason, (ev, rm.log[-3:])
+    assert f"{TC_BASE:#010x}" in ev.reason

@@ -43,7 +43,11 @@ timer and shadow paging it inherits:
   the VCPU page only) is in GS
   whenever ring 1 runs. A guest access to the hole is #GP (reflected); a guest
   instruction that uses GS is refused with a Kill. User pages of the hole are also
-  supervisor-only. The price: the interpreter's flat fast path (``st[FLAT]``) is off;
+  supervisor-only. The ring-1 code segment cannot be truncated, so every guest-chosen
+  ring-1 target is checked instead: a branch target (at its lookup), a gate's handler
+  (reflection, injection), the EIP a simulated far JMP/CALL or IRET leaves -- one in
+  the hole is a Kill --, and after every event a ring-1 EIP in the hole must be a TC
+  instruction. The price: the interpreter's flat fast path (``st[FLAT]``) is off;
 * **faults in translated code** are reported at the guest EIP (an IDENT copy faults as the
   original: same CR2, same error code); hidden #PFs restart in the TC, true ones and
   other exceptions are reflected with the guest EIP, trace faults (a guest page-table
@@ -334,8 +338,7 @@ class BinaryTranslator(TrapAndEmulate):
             c["lookup_hits"] += 1
             return tu.tc
         if eip >= HOLE_BASE:
-            raise Kill(f"the guest kernel jumps to {eip:#010x}, in the monitor's region "
-                       f"({HOLE_BASE:#x} and up): it has no code there")
+            raise Kill(_in_the_hole(f"the guest kernel jumps to {eip:#010x}"))
         return self._place(translate(eip, self._read_code, adapted=self._adapted)).tc
 
     def _place(self, tr) -> TU:
@@ -479,6 +482,16 @@ class BinaryTranslator(TrapAndEmulate):
                 eip, hint = handler, None
         raise Kill(f"the guest's #PF handler at {eip:#x} cannot be fetched either")
 
+    def _reflect(self, vector: int, error: Optional[int], ret_eip: int) -> int:
+        """Trap-and-emulate's reflection (exceptions, INT n, injected ticks), refused
+        when the guest's handler is in the hole: the gate's offset is the guest's
+        choice, and a ring-1 EIP there would enter the TC where the guest chose."""
+        target = super()._reflect(vector, error, ret_eip)
+        if self.machine.cpu.cpl == GUEST_RING and target >= HOLE_BASE:
+            raise Kill(_in_the_hole(f"the guest's handler of vector {vector:#x} is at "
+                                    f"{target:#010x}"))
+        return target
+
     def _mid_sequence(self) -> bool:
         """Ring 1 inside the TC, between the instructions of one guest instruction's
         translation (or in an invalidated TU)."""
@@ -505,11 +518,14 @@ class BinaryTranslator(TrapAndEmulate):
                     self._guest_gs = int(cpu.gs)
                 cpu.gs = VMM_GS
             eip = cpu.eip
-            if eip < TC_BASE:
+            if eip < HOLE_BASE:
                 self._goto(eip)
             else:
                 hit = self._at.get(eip)
-                if hit is not None and not hit[0].valid:
+                if hit is None:
+                    raise Kill(f"ring 1 at {eip:#010x}, in the monitor's region (the hole, "
+                               f"{HOLE_BASE:#x} and up) but not at an instruction of the TC")
+                if not hit[0].valid:
                     if hit[1].boundary:
                         self._goto(hit[1].guest_eip)
                     else:                   # finish the sequence, then leave the dead TU
@@ -769,9 +785,21 @@ class BinaryTranslator(TrapAndEmulate):
         finally:
             m.virtualizable = saved
         self._mappings_changed()
-        cpu = m.cpu
-        if self._state == "running" and cpu.cpl == GUEST_RING and cpu.eip < TC_BASE:
-            self._goto(cpu.eip, hint)
+        self._resume_simulated(eip, hint)
+
+    def _resume_simulated(self, eip: int, hint: Optional[TU]) -> None:
+        """After the simulated guest instruction at guest ``eip``: the guest kernel
+        resumes at the translation of wherever it left EIP. An EIP in the hole is a
+        guest transfer there (a far JMP/CALL, an IRET, a handler): the step never
+        injects an interrupt (a tick that comes in is only made pending), so no EIP
+        in the TC here is the monitor's own."""
+        cpu = self.machine.cpu
+        if self._state != "running" or cpu.cpl != GUEST_RING:
+            return
+        if cpu.eip >= HOLE_BASE:
+            raise Kill(_in_the_hole(f"the guest instruction at {eip:#010x} transfers to "
+                                    f"{cpu.eip:#010x}"))
+        self._goto(cpu.eip, hint)
 
     def _step_lifted(self, gfn: Optional[int], gpa: int, size: int) -> None:
         """One step of the instruction at EIP; code traces it meets are lifted for it (and
@@ -960,6 +988,12 @@ class BinaryTranslator(TrapAndEmulate):
             g_text = texts.get(row.guest_eip, "") if first else ""
             out.append((g_eip, g_text, addr, tc_text, row.kind))
         return out
+
+
+def _in_the_hole(what: str) -> str:
+    """The reason of a Kill for a guest transfer into the monitor's hole."""
+    return (f"{what}, in the monitor's region (the hole, {HOLE_BASE:#x} and up): the "
+            "guest has no code there")
 
 
 def tu_text(tu: TU, eip: int) -> str:

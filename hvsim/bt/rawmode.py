@@ -90,7 +90,7 @@ import numpy as np
 from hvsim.arch.vectors import BP
 from hvsim.asm.disassembler import disassemble_one
 from hvsim.bt import replacements as R
-from hvsim.bt.monitor import TC_BASE, TU, BinaryTranslator, BTSnapshot
+from hvsim.bt.monitor import TC_BASE, TU, BinaryTranslator, BTSnapshot, _in_the_hole
 from hvsim.bt.translator import CALLOUT, CHAIN, IDENT, INLINE, TranslationFault, _Emitter
 from hvsim.machine import Event, Machine
 from hvsim.mmu.shadow import HOLE_BASE, GuestPageFault, ShadowError
@@ -606,8 +606,7 @@ class RawMode(BinaryTranslator):
         if at is not None:
             return at
         if eip >= HOLE_BASE:
-            raise Kill(f"the guest kernel jumps to {eip:#010x}, in the monitor's region "
-                       f"({HOLE_BASE:#x} and up): it has no code there")
+            raise Kill(_in_the_hole(f"the guest kernel jumps to {eip:#010x}"))
         if eip not in self._insn:
             self.scan(eip)
             at = self._displaced.get(eip)
@@ -637,17 +636,6 @@ class RawMode(BinaryTranslator):
                                       f"at {f.address:#x} reflected to {handler:#x}")
         return handler
 
-    def _after(self) -> None:
-        if self._state != "running":
-            return
-        cpu = self.machine.cpu
-        if cpu.cpl == GUEST_RING and HOLE_BASE <= cpu.eip:
-            hit = self._at.get(cpu.eip)
-            if hit is None:
-                raise Kill(f"ring 1 at {cpu.eip:#010x}, in the monitor's region but not at "
-                           "an instruction of patch code")
-        super()._after()
-
     def _simulate(self, eip: int, hint: Optional[TU]) -> None:
         """Run the original guest instruction at ``eip`` for one step (its patched bytes
         put back for that step), then resume in place."""
@@ -668,17 +656,7 @@ class RawMode(BinaryTranslator):
             if p is not None and self._patches.get(eip) is p:
                 m.write_physical(gpa, p.written)
         self._mappings_changed()
-        if self._state == "running" and cpu.cpl == GUEST_RING:
-            self._goto(cpu.eip)             # the hole included: refused there
-
-    def _reflect(self, vector: int, error: Optional[int], ret_eip: int) -> int:
-        """Trap-and-emulate's reflection, refused when the guest's handler is in the
-        monitor's region (a ring-1 handler there would run patch memory)."""
-        target = super()._reflect(vector, error, ret_eip)
-        if self.machine.cpu.cpl == GUEST_RING and target >= HOLE_BASE:
-            raise Kill(f"the guest's handler of vector {vector:#x} is at {target:#010x}, in "
-                       f"the monitor's region ({HOLE_BASE:#x} and up): it has no code there")
-        return target
+        self._resume_simulated(eip, None)
 
     # ---- dispatch: the INT3 replacements -------------------------------------------------------
     def handle(self, ev: Event, outcome=None):
