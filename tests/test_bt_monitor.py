@@ -803,3 +803,68 @@ def test_ring_one_in_the_hole_off_a_tc_instruction_is_killed():
         cpu.eip = eip
         with pytest.raises(Kill, match="not at an instruction of the TC"):
             bt._after()
+
+
+# ---- data accesses through CS ------------------------------------------------------------
+# hvsim's ring-1 CS spans the hole (the TC runs there): each form reads the VCPU page or
+# the TC through CS unless the monitor refuses it. ESI, EBX point into the hole.
+CS_READS = {
+    "moffs": f"db 0x2E, 0xA1\n    dd {VCPU_BASE:#x}",              # mov eax, cs:[VCPU_BASE]
+    "modrm": "db 0x2E, 0x8B, 0x03",                                 # mov eax, cs:[ebx]
+    "movs": "db 0x2E, 0xA5",                                        # movsd es:[edi], cs:[esi]
+    "add": "db 0x2E, 0x03, 0x43, 0x10",                             # add eax, cs:[ebx + 0x10]
+    "jmp": "db 0x2E, 0xFF, 0x24, 0x85\n    dd 0",                   # jmp cs:[eax*4]
+    "call": "db 0x2E, 0xFF, 0x13",                                  # call cs:[ebx]
+}
+
+
+def cs_kernel(form):
+    return f"""
+start:
+    mov eax, 0x1234
+    mov ebx, {TC_BASE:#x}
+    mov esi, {VCPU_BASE:#x}
+    mov edi, 0x40000
+    nop
+    nop
+    nop
+    nop
+    nop
+site:
+    {CS_READS[form]}
+    hlt
+"""
+
+
+@pytest.mark.parametrize("form", sorted(CS_READS))
+def test_a_data_access_through_cs_is_refused(form):
+    bt, ev, prog = bt_run(cs_kernel(form))
+    assert ev.kind == "killed" and "through CS" in ev.reason and "translator refuses" in ev.reason
+    assert f"{prog.labels['site']:#010x}" in ev.reason
+    assert bt.machine.cpu.eax == 0x1234 and dword(bt, 0x40000) == 0     # nothing was read
+    assert bt.callouts["refused"] == 1
+
+
+HINTS = """
+start:
+    mov ecx, 3
+    xor eax, eax
+again:
+    add eax, ecx
+    db 0x2E, 0x89, 0xC2         ; cs mov edx, eax: no memory operand, the prefix ignored
+    dec ecx
+    db 0x2E, 0x75, 0xF7         ; jne again (-9), with the 'not taken' hint
+    db 0x3E, 0x74, 0x01         ; je over the INC, 'taken' hint: ZF = 1 from the last DEC
+    inc eax
+    db 0x2E, 0x8D, 0x1C, 0x40   ; cs lea ebx, [eax + eax*2]: an address, no access
+    hlt
+"""
+
+
+def test_a_branch_hint_or_an_unused_cs_prefix_still_runs_as_natively():
+    nat, nev, _ = native(HINTS)
+    bt, ev, _ = bt_run(HINTS)
+    assert nev.kind == ev.kind == "halt", (ev, bt.log[-3:])
+    assert regs(bt) == regs(nat)
+    assert (bt.machine.cpu.eax, bt.machine.cpu.edx, bt.machine.cpu.ebx) == (6, 6, 18)
+    assert bt.callouts["refused"] == 0

@@ -522,3 +522,21 @@ def test_a_guest_transfer_into_patch_memory_is_killed(kind):
     rm, ev, _ = raw_run(hole_kernel(kind, TC_BASE), 5000)
     assert ev.kind == "killed" and "monitor's region (the hole" in ev.reason, (ev, rm.log[-3:])
     assert f"{TC_BASE:#010x}" in ev.reason
+
+
+@pytest.mark.parametrize("form", ["moffs", "modrm", "movs", "add", "jmp", "call"])
+def test_a_data_access_through_cs_is_refused_before_it_runs(form):
+    from test_bt_monitor import cs_kernel
+    rm, ev, prog = raw_run(cs_kernel(form))
+    site = prog.labels["site"]
+    assert rm._insn[site].need == "refused"          # the scanner caught it at boot
+    assert ev.kind == "killed" and "through CS" in ev.reason and "refuses" in ev.reason
+    assert rm.machine.cpu.eax == 0x1234 and dword(rm, 0x40000) == 0
+
+
+def test_a_branch_hint_runs_in_place_as_natively():
+    from test_bt_monitor import HINTS
+    nat, nev, _ = native(HINTS)
+    rm, ev, _ = raw_run(HINTS)
+    assert nev.kind == ev.kind == "halt" and regs(rm) == regs(nat)
+    assert not rm.patches()                          # nothing to patch: the prefixes are harmless

@@ -40,14 +40,16 @@ timer and shadow paging it inherits:
   %gs reserved): the GDT's ring-1/2/3 data descriptors and the ring-3 code descriptor end
   at HOLE_BASE - 1, the ring-1 code segment stays 4 GiB (translated code runs in the
   hole at ring 1), and a VMM data descriptor (DPL 0, so that the guest cannot load it;
-  the VCPU page only) is in GS
-  whenever ring 1 runs. A guest access to the hole is #GP (reflected); a guest
-  instruction that uses GS is refused with a Kill. User pages of the hole are also
-  supervisor-only. The ring-1 code segment cannot be truncated, so every guest-chosen
-  ring-1 target is checked instead: a branch target (at its lookup), a gate's handler
-  (reflection, injection), the EIP a simulated far JMP/CALL or IRET leaves -- one in
-  the hole is a Kill --, and after every event a ring-1 EIP in the hole must be a TC
-  instruction. The price: the interpreter's flat fast path (``st[FLAT]``) is off;
+  the VCPU page only) is in GS whenever ring 1 runs. A guest data access to the hole
+  through DS, ES, FS or SS is #GP (reflected: beyond the truncated limit); a guest
+  kernel instruction that reads memory through CS (a 2E prefix on a memory operand:
+  the ring-1 code segment reaches the hole) or uses GS is refused with a Kill before it
+  runs. User pages of the hole are also supervisor-only. As the ring-1 code segment
+  cannot be truncated, every guest-chosen ring-1 target is checked instead: a branch
+  target (at its lookup), a gate's handler (reflection, injection), the EIP a simulated
+  far JMP/CALL or IRET leaves -- one in the hole is a Kill --, and after every event a
+  ring-1 EIP in the hole must be a TC instruction. The price: the interpreter's flat
+  fast path (``st[FLAT]``) is off;
 * **faults in translated code** are reported at the guest EIP (an IDENT copy faults as the
   original: same CR2, same error code); hidden #PFs restart in the TC, true ones and
   other exceptions are reflected with the guest EIP, trace faults (a guest page-table
@@ -751,7 +753,7 @@ class BinaryTranslator(TrapAndEmulate):
         elif kind == "refused":
             self.callouts["refused"] += 1
             raise Kill(f"'{tu_text(tu, row.guest_eip)}' at {row.guest_eip:#010x}: "
-                       f"{R.SENSITIVE['gs'][1]}; hvsim's translator refuses it")
+                       f"{R.SENSITIVE[row.key][1]}; hvsim's translator refuses it")
         else:
             name = "adapted" if kind == "adapted" else row.key
             self.callouts[name] += 1

@@ -63,7 +63,8 @@ Simplifications, each deliberate: no "duplicate function" or trampoline patches
 itself runs it unscanned, and a RET to an address in patch memory is not caught: the
 ring-1 code segment spans the hole, as BT's must -- every other way there is: direct
 targets when scanned, indirect ones when looked up, handlers, IRET and far transfers
-when emulated, data accesses by the truncated segments); code reached only through a mapping that changed under a
+when emulated, data accesses by the truncated segments, or refused when they go through
+CS); code reached only through a mapping that changed under a
 linear page the monitor scanned is rescanned from that page's known entries, but a page
 never entered through the monitor and only reached by a direct branch scanned while it
 was not mapped goes through the patched branch (the monitor sees it); guest RAM code
@@ -267,7 +268,7 @@ class RawMode(BinaryTranslator):
     def _classify(self, insn, raw: bytes, pc: int):
         """(key, need, flow, targets, falls) of one decoded instruction."""
         key = insn.mnemonic.replace("rep ", "")
-        skey, how = R.treatment("(bad)" if insn.bad else key, raw)
+        skey, how = R.treatment("(bad)" if insn.bad else key, raw, insn)
         nxt = (pc + insn.size) & MASK32
         pre, body = R.split_prefixes(raw)
         op = body[0] if body else 0
@@ -667,8 +668,9 @@ class RawMode(BinaryTranslator):
                 self.traps[ev.name] += 1            # a #BP from ring 1: a trap
                 self.raw_counts["int3_emulated"] += 1
                 if p.kind == "refused":
-                    raise Kill(f"'{self._insn[p.site].text}' at {p.site:#010x}: "
-                               f"{R.SENSITIVE['gs'][1]}; hvsim's patch manager refuses it")
+                    ins = self._insn[p.site]
+                    raise Kill(f"'{ins.text}' at {p.site:#010x}: "
+                               f"{R.SENSITIVE[ins.key][1]}; hvsim's patch manager refuses it")
                 self._record(ev, "callout", f"INT3 replacement at {p.site:#x}: the monitor "
                                             f"runs '{self._insn[p.site].text}'")
                 self._simulate(p.site, None)

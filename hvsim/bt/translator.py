@@ -216,7 +216,7 @@ def _emit(em: _Emitter, insn, raw: bytes, key: str, pc: int, glen: int, adapted)
     if pc in adapted:
         em.put(R.callout(), pc, glen, True, CALLOUT, "adapted", key)
         return True
-    skey, how = R.treatment("(bad)" if insn.bad else key, raw)
+    skey, how = R.treatment("(bad)" if insn.bad else key, raw, insn)
     if how == R.REFUSED:
         em.put(R.callout(), pc, glen, True, CALLOUT, "refused", skey)
         return True
