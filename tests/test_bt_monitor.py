@@ -868,3 +868,49 @@ def test_a_branch_hint_or_an_unused_cs_prefix_still_runs_as_natively():
     assert regs(bt) == regs(nat)
     assert (bt.machine.cpu.eax, bt.machine.cpu.edx, bt.machine.cpu.ebx) == (6, 6, 18)
     assert bt.callouts["refused"] == 0
+
+
+# a page table whose frame also holds code the kernel runs: frame 3 is the page table
+# (its first 256 entries map the first MiB), 'func' lies in its upper half
+PT_CODE = """
+start:
+    mov edi, 0x3000
+    mov eax, 3
+fill:
+    mov [edi], eax
+    add eax, 0x1000
+    add edi, 4
+    cmp eax, 0x100003
+    jne fill
+    mov dword [0x20000], 0x3003
+    mov eax, 0x20000
+    mov cr3, eax
+    mov eax, cr0
+    or eax, 0x80000000
+    mov cr0, eax
+    mov ecx, 2
+    xor ebx, ebx
+again:
+    call func
+    add ebx, eax
+    mov byte [func + 2], 7      ; mov eax, 1 -> mov eax, 7: a page-table write, and code
+    dec ecx
+    jnz again
+    hlt
+    org 0x3800
+func:
+    cli
+    mov eax, 1
+    ret
+"""
+
+
+def test_a_store_to_a_page_table_frame_that_holds_code_runs_the_new_code():
+    nat, nev, _ = native(PT_CODE)
+    bt, ev, _ = bt_run(PT_CODE)
+    assert nev.kind == ev.kind == "halt", (ev, bt.log[-3:])
+    assert regs(bt) == regs(nat) and bt.machine.cpu.ebx == 1 + 7
+    # the store was a trace fault (the frame is a shadowed page table), emulated; func's
+    # TU read from that frame was invalidated
+    assert bt.shadow.counters["trace_faults"] >= 1
+    assert bt.counters["smc_invalidations"] >= 1

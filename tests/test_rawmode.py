@@ -540,3 +540,12 @@ def test_a_branch_hint_runs_in_place_as_natively():
     rm, ev, _ = raw_run(HINTS)
     assert nev.kind == ev.kind == "halt" and regs(rm) == regs(nat)
     assert not rm.patches()                          # nothing to patch: the prefixes are harmless
+
+
+def test_a_store_to_a_page_table_frame_that_holds_patched_code_unpatches_it():
+    from test_bt_monitor import PT_CODE
+    nat, nev, prog = native(PT_CODE)
+    rm, ev, _ = raw_run(PT_CODE)
+    assert nev.kind == ev.kind == "halt", (ev, rm.log[-3:])
+    assert regs(rm) == regs(nat) and rm.machine.cpu.ebx == 1 + 7
+    assert rm.counters["smc_unpatches"] >= 1      # func's CLI patch (MOV displaced) came out

@@ -689,7 +689,17 @@ class BinaryTranslator(TrapAndEmulate):
             if in_tc and kind == TRACE:
                 self._site_trap(ev.eip)
             if kind == MMIO or kind == TRACE or kind == TRUE:
+                code = kind == TRACE and (info >> 12) in self._by_frame
+                if code:
+                    # a page table that also holds translated (or scanned) code: the
+                    # trace wins in the shadow MMU, so the code's coherence is kept here
+                    m = self.machine
+                    f, eip = info >> 12, m.cpu.eip
+                    before = m._raw_mem[f << 12:(f + 1) << 12].tobytes()
                 self._page_fault(ev, outcome)
+                if code and m.cpu.eip != eip:      # emulated (else retried: a CODE fault)
+                    self._written(f, before, info, ev.insn.size if ev.insn is not None else 4)
+                    self.bt_counts["code_writes"] += 1
                 if kind == TRACE:
                     self._mappings_changed()
                     if in_tc:
