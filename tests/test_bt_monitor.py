@@ -914,3 +914,111 @@ def test_a_store_to_a_page_table_frame_that_holds_code_runs_the_new_code():
     # TU read from that frame was invalidated
     assert bt.shadow.counters["trace_faults"] >= 1
     assert bt.counters["smc_invalidations"] >= 1
+
+
+# ---- EFLAGS.TF ---------------------------------------------------------------------------
+KERNEL_TF = {                   # an in-TC POPFD; an IRET simulated by a callout
+    "popfd": "    pushfd\n    or dword [esp], 0x100\n    popfd\n",
+    "iretd": "    pushfd\n    or dword [esp], 0x100\n    push KCODE\n    push next\n    iretd\nnext:\n",
+}
+
+
+@pytest.mark.parametrize("how", sorted(KERNEL_TF))
+def test_the_guest_kernel_setting_tf_is_killed(how):
+    src = "start:\n" + KERNEL_TF[how] + "    nop\n    nop\n    mov eax, 1\n    hlt\n"
+    nat, nev, _ = native(src)
+    assert nev.kind == "shutdown" and nat.machine.cpu.eax == 0   # natively: a #DB, no IDT
+    bt, ev, _ = bt_run(src)
+    assert ev.kind == "killed" and "single-stepping the guest kernel (EFLAGS.TF)" in ev.reason
+    assert bt.machine.cpu.eax == 0                          # the kernel went no further
+
+
+# the user program runs with TF (set by the kernel's IRET): each of its instructions
+# traps to the kernel's #DB handler, which logs the return EIP; it clears TF before its
+# INT 0x80 (an INT n with TF set is left out: see the report of the BT fixes)
+USER_TF = """
+start:
+    lidt [idtr]
+    mov eax, 1
+    mov ebx, db_handler
+    call set_gate
+    mov eax, 0x80
+    mov ebx, sys_exit
+    call set_gate
+    mov byte [0x30000 + 0x80*8 + 5], 0xEE       ; DPL 3: a system call gate
+    push 0x43                   ; UDATA
+    push 0x70000
+    push 0x102                  ; TF
+    push 0x3B                   ; UCODE
+    push user
+    iretd
+db_handler:
+    mov edx, [esp]
+    mov ebp, [ss:0x40000]
+    mov [ss:0x40004 + ebp*4], edx
+    inc dword [ss:0x40000]
+    iretd
+sys_exit:
+    hlt
+user:
+    mov eax, 0x43
+u1:
+    mov ds, eax
+u2:
+    inc ebx
+u3:
+    pushfd
+u4:
+    and dword [esp], 0xFFFFFEFF
+u5:
+    popfd                       ; TF off: a last trap after it
+u6:
+    int 0x80
+""" + IDT_LIB
+
+
+def test_tf_in_user_code_single_steps_as_natively():
+    nat, nev, prog = native(USER_TF)
+    bt, ev, _ = bt_run(USER_TF)
+    assert nev.kind == ev.kind == "halt", (ev, bt.log[-3:])
+    lab = prog.labels
+    n = dword(nat, 0x40000)
+    got = [dword(bt, 0x40004 + 4 * i) for i in range(dword(bt, 0x40000))]
+    assert got == [dword(nat, 0x40004 + 4 * i) for i in range(n)]
+    # a trap after each user instruction up to the POPF that clears TF, at the next EIP
+    assert got == [lab[f"u{i}"] for i in range(1, 7)]
+    assert bt.reflected["#DB (debug)"] == 6 and bt.machine.cpu.ebx == lab["sys_exit"] + 1
+
+
+def test_a_trap_in_the_tc_is_reflected_at_the_next_guest_instruction():
+    # a trap's EIP is already the next TC instruction: the guest resumes at the guest
+    # instruction that boundary stands for. No guest raises a trap inside the TC (INTO
+    # and INT3 are callouts, TF at ring 1 is a Kill): the monitor is fed a made-up #OF
+    from hvsim.machine import Event
+    src = """
+start:
+    lidt [idtr]
+    mov eax, 4
+    mov ebx, of
+    call set_gate
+    jmp body
+body:
+    mov ecx, 1
+    mov edx, 2
+    mov esi, 3
+    hlt
+of:
+    hlt
+""" + IDT_LIB
+    prog = build(src, KCODE_BT)
+    body = prog.labels["body"]
+    bt = BinaryTranslator(program=prog)
+    while body not in bt._tus:
+        assert bt.step() is None
+    tu = bt._tus[body]
+    second = [a for a, row in tu.rows if row.boundary][1]       # 'mov edx, 2'
+    assert bt._at[second][1].guest_eip == body + 5
+    esp = bt.machine.cpu.esp
+    assert bt.handle(Event("exception", second, 1, 1, vector=4, source="trap")) is None
+    assert bt.machine.cpu.esp == esp - 12 and dword(bt, esp - 12) == body + 5
+    assert bt.reflected["#OF (overflow)"] == 1

@@ -549,3 +549,22 @@ def test_a_store_to_a_page_table_frame_that_holds_patched_code_unpatches_it():
     assert nev.kind == ev.kind == "halt", (ev, rm.log[-3:])
     assert regs(rm) == regs(nat) and rm.machine.cpu.ebx == 1 + 7
     assert rm.counters["smc_unpatches"] >= 1      # func's CLI patch (MOV displaced) came out
+
+
+@pytest.mark.parametrize("how", ["popfd", "iretd"])
+def test_the_guest_kernel_setting_tf_is_killed(how):
+    from test_bt_monitor import KERNEL_TF
+    src = "start:\n" + KERNEL_TF[how] + "    nop\n    nop\n    mov eax, 1\n    hlt\n"
+    rm, ev, _ = raw_run(src)
+    assert ev.kind == "killed" and "single-stepping the guest kernel (EFLAGS.TF)" in ev.reason
+    assert rm.machine.cpu.eax == 0
+
+
+def test_tf_in_user_code_single_steps_as_natively():
+    from test_bt_monitor import USER_TF
+    nat, nev, prog = native(USER_TF)
+    rm, ev, _ = raw_run(USER_TF)
+    assert nev.kind == ev.kind == "halt", (ev, rm.log[-3:])
+    got = [dword(rm, 0x40004 + 4 * i) for i in range(dword(rm, 0x40000))]
+    assert got == [dword(nat, 0x40004 + 4 * i) for i in range(dword(nat, 0x40000))]
+    assert got == [prog.labels[f"u{i}"] for i in range(1, 7)]

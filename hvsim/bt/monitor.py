@@ -85,7 +85,11 @@ IF through PUSHF); the timer counts retired instructions, and the TC retires mor
 the guest code it stands for (an in-TC PUSHF is ten), so the guest's clock runs faster
 per guest instruction than natively; a write to a frame holding translations but no
 translated byte (data beside code) still costs an exit each time at ring 3, and at ring
-1 until adaptive translation makes the store a callout.
+1 until adaptive translation makes the store a callout; single-stepping the guest kernel
+is not supported: a guest kernel POPF or IRET that sets EFLAGS.TF at ring 1 ends in a Kill
+(its #DB in the TC, or the real TF seen after a callout), while TF in guest user code
+single-steps as natively (ring 3 runs directly, each #DB reflected at the next
+instruction's EIP).
 
 >>> from hvsim.guests import teaching_kernel
 >>> bt = BinaryTranslator(program=teaching_kernel())
@@ -108,12 +112,12 @@ import numpy as np
 from hvsim.arch import layout as L
 from hvsim.arch.cr import CR0_PG, CR0_WP
 from hvsim.arch.exits import EXIT_BUDGET, EXIT_EXCEPTION
-from hvsim.arch.flags import IF
+from hvsim.arch.flags import IF, TF
 from hvsim.arch.pte import PTE_P, PTE_RW
-from hvsim.arch.vectors import GP, PF, HAS_ERROR_CODE, vector_name
+from hvsim.arch.vectors import DB, GP, PF, HAS_ERROR_CODE, vector_name
 from hvsim.asm.disassembler import disassemble_one
 from hvsim.bt import replacements as R
-from hvsim.bt.translator import CALLOUT, IDENT, INLINE, TranslationFault, translate
+from hvsim.bt.translator import CALLOUT, CONT, IDENT, INLINE, TranslationFault, translate
 from hvsim.machine import Event, Machine
 from hvsim.mmu.shadow import (CODE, HIDDEN, HIDDEN_DONE, HOLE_BASE, MMIO, TRACE, TRUE,
                               GuestPageFault, ShadowError)
@@ -152,6 +156,8 @@ _I_STEPS, _I_CPL, _I_EIP = L.EXIT_STEPS, L.CPL, L.EIP
 _PF_NAME = vector_name(PF)
 #: the #GP(0)s at ring 1 that are trap-and-emulate's business: the instructions it
 #: emulates, and the privileged ones it does not (killed with a clear message)
+_SINGLE_STEP = ("single-stepping the guest kernel (EFLAGS.TF) is not supported under binary "
+                "translation: its POPF or IRET set TF at ring 1")
 _EMULATE_OR_KILL = frozenset(HANDLERS) | {"lldt", "ltr", "lmsw", "clts", "rdmsr", "wrmsr",
                                           "lar", "lsl", "verr", "verw", "sldt", "str"}
 
@@ -515,6 +521,8 @@ class BinaryTranslator(TrapAndEmulate):
         cpu = m.cpu
         ring = cpu.cpl
         if ring == GUEST_RING:
+            if cpu.eflags & TF:
+                raise Kill(_SINGLE_STEP)
             if int(cpu.gs) != VMM_GS:
                 if self._last_ring == 3:
                     self._guest_gs = int(cpu.gs)
@@ -705,15 +713,20 @@ class BinaryTranslator(TrapAndEmulate):
                     if in_tc:
                         self._maybe_adapt(ev.eip)
                 return
+        if ev.vector == DB and ev.cpl == GUEST_RING and self.machine.cpu.eflags & TF:
+            raise Kill(_SINGLE_STEP)
         if in_tc:
             tu, row = self._row(ev.eip)
             if (ev.vector == GP and ev.error_code == 0 and row.kind == IDENT and ev.insn is not None
                     and handler_key(ev.insn) in HANDLERS):
                 raise Kill(f"translator error: '{ev.insn}' ran as IDENT at {ev.eip:#x}")
-            if ev.source == "trap":
-                ret = row.guest_eip + row.guest_len
-            else:
-                ret = row.guest_eip
+            # a fault restarts the guest instruction its TC instruction stands for; a
+            # trap's EIP is already the next TC instruction, whose guest instruction (a
+            # boundary's, or a continuation's target) is the one the guest resumes at
+            if ev.source == "trap" and not (row.boundary or row.kind == CONT):
+                raise Kill(f"{ev.name} mid-way through the translation of guest "
+                           f"{row.guest_eip:#x}: the guest has no EIP there")
+            ret = row.guest_eip
             if ev.vector == PF:
                 self.vcpu.cr2 = ev.address
             error = ev.error_code if ev.vector in HAS_ERROR_CODE else None
