@@ -1022,3 +1022,66 @@ of:
     assert bt.handle(Event("exception", second, 1, 1, vector=4, source="trap")) is None
     assert bt.machine.cpu.esp == esp - 12 and dword(bt, esp - 12) == body + 5
     assert bt.reflected["#OF (overflow)"] == 1
+
+
+# no tick is pending at the STI; the timer (every 20 instructions) lands somewhere in
+# NOPS, at the STI or after it: natively the handler always sees EAX = 1 (IF = 0 before
+# the STI, and STI's shadow runs INC first)
+STI_SHADOW = """
+start:
+    lidt [idtr]
+    mov eax, 0x20
+    mov ebx, tick
+    call set_gate
+    mov eax, 20
+    out 0x40, eax
+    xor eax, eax
+NOPS
+    sti
+after_sti:
+    inc eax
+    hlt
+tick:
+    mov [0x40000], eax
+    mov ebx, [esp]
+    mov [0x40004], ebx
+    cli
+    hlt
+""" + IDT_LIB
+
+
+def sti_shadow_sweep(run, src, n=24):
+    """Run ``src`` with 0..n-1 NOPs before the STI under ``run`` (bt_run or raw_run) and
+    natively: the handler sees the instruction after STI done, always. The number of
+    runs whose real timer exit came at the TC boundary right after an in-TC STI."""
+    landed = 0
+    for k in range(n):
+        text = src.replace("NOPS", "    nop\n" * k)
+        nat, nev, prog = native(text)
+        mon, ev, _ = run(text)
+        assert nev.kind == ev.kind == "halt", (k, ev, mon.log[-3:])
+        # where the tick lands is the clock's (the TC retires more instructions than the
+        # guest code: documented); that it never lands between STI and the next
+        # instruction is STI's
+        assert dword(nat, 0x40000) == dword(mon, 0x40000) == 1, k
+        ticks = [e for e in mon.log if e.what == "tick"]
+        hit = mon._at.get(ticks[0].eip) if ticks else None
+        if hit is not None and hit[1].boundary and mon._follows_sti(ticks[0].eip, hit[0]):
+            landed += 1
+            assert dword(mon, 0x40004) > prog.labels["after_sti"]     # after it
+    return landed
+
+
+def test_a_tick_landing_right_after_an_in_tc_sti_waits_for_the_next_instruction():
+    assert sti_shadow_sweep(bt_run, STI_SHADOW) >= 1     # the sweep timed one there
+
+
+def test_an_sti_that_would_end_its_tu_is_a_callout():
+    # after 'out' (a callout), the TU is XOR, ten NOPs, STI: its twelfth instruction,
+    # whose shadow would reach past the TU's exit
+    src = STI_SHADOW.replace("NOPS", "    nop\n" * 10)
+    bt, ev, prog = bt_run(src)
+    assert ev.kind == "halt" and dword(bt, 0x40000) == 1
+    tu = bt._tus[prog.labels["after_sti"] - 13]          # XOR (2 bytes), NOPs, STI
+    assert len(tu.guest) == 12 and tu.rows[-1][1].kind == CALLOUT
+    assert bt.callouts["sti"] == 1 and "in-TC STI" not in bt.counters

@@ -568,3 +568,10 @@ def test_tf_in_user_code_single_steps_as_natively():
     got = [dword(rm, 0x40004 + 4 * i) for i in range(dword(rm, 0x40000))]
     assert got == [dword(nat, 0x40004 + 4 * i) for i in range(dword(nat, 0x40000))]
     assert got == [prog.labels[f"u{i}"] for i in range(1, 7)]
+
+
+def test_a_tick_landing_right_after_sti_in_patch_code_waits_for_the_next_instruction():
+    # STI (1 byte) displaces ADD and a NOP into its patch code, where the tick can land
+    from test_bt_monitor import STI_SHADOW, sti_shadow_sweep
+    src = STI_SHADOW.replace("    inc eax\n    hlt\n", "    add eax, 1\n    nop\n    nop\n    hlt\n")
+    assert sti_shadow_sweep(raw_run, src) >= 1

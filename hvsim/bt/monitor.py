@@ -76,7 +76,11 @@ timer and shadow paging it inherits:
 Simplifications, each deliberate: the monitor reads the TC's guest EIPs from its own
 tables (VMware's TC has the same back-map for faults); the VCPU page's state is read back
 (IF, IOPL) and written (IF, IOPL, pending) around every exit; an STI with an interrupt
-pending is simulated rather than shadowed in the TC; translation reads guest code through
+pending is simulated rather than shadowed in the TC, and so is one that would end its TU;
+a tick that comes in right after an in-TC STI waits until the next guest instruction is
+done (the run loop steps it), even when that STI found the virtual IF already set (the
+sequence keeps no trace of the old IF): one instruction later than natively, as if the
+tick had come one instruction later, never inside STI's shadow; translation reads guest code through
 the guest's tables and sets their A flags as the fetch would (a guest that clears the A
 flag of kernel code it already ran will not see it set again); guest user code runs
 directly whatever its virtual IF and IOPL (VMware translated ring-3 code that ran with
@@ -156,6 +160,8 @@ _I_STEPS, _I_CPL, _I_EIP = L.EXIT_STEPS, L.CPL, L.EIP
 _PF_NAME = vector_name(PF)
 #: the #GP(0)s at ring 1 that are trap-and-emulate's business: the instructions it
 #: emulates, and the privileged ones it does not (killed with a clear message)
+#: the length of the last instruction of STI's in-TC sequence (mov dword [gs:VIF], IF)
+_STI_LAST = len(R.inline_sequence("sti")[-1][0])
 _SINGLE_STEP = ("single-stepping the guest kernel (EFLAGS.TF) is not supported under binary "
                 "translation: its POPF or IRET set TF at ring 1")
 _EMULATE_OR_KILL = frozenset(HANDLERS) | {"lldt", "ltr", "lmsw", "clts", "rdmsr", "wrmsr",
@@ -567,9 +573,11 @@ class BinaryTranslator(TrapAndEmulate):
             if v.pending is not None or one:
                 if self._mid_sequence():
                     one = True
-                elif v.IF and not one and self._inject():
-                    used += 1
-                    continue
+                elif v.IF and not one:
+                    if self._inject():
+                        used += 1
+                        continue
+                    one = self._shadow       # deferred past an in-TC STI's shadow
             self._push()
             kind = run(1 if one else max_steps - used)
             steps = item(_I_STEPS)
@@ -644,7 +652,15 @@ class BinaryTranslator(TrapAndEmulate):
             hit = self._at.get(cpu.eip)
             if hit is None or not hit[1].boundary:
                 return False
-            cpu.eip = hit[1].guest_eip
+            tu, row = hit
+            if self._follows_sti(cpu.eip, tu):
+                # STI's shadow (SDM Vol. 2B, STI): the guest instruction after it runs
+                # before the interrupt is recognized (the translator keeps it in STI's
+                # TU, patch code has it displaced after STI's sequence); the run loop
+                # steps it to its end, then injects
+                self._shadow = True
+                return False
+            cpu.eip = row.guest_eip
         done = super()._inject()
         if done and self._state == "running":
             try:
@@ -652,6 +668,13 @@ class BinaryTranslator(TrapAndEmulate):
             except Kill as k:
                 self._kill(str(k), Event("interrupt", cpu.eip, cpu.cpl, 0))
         return done
+
+    def _follows_sti(self, addr: int, tu: TU) -> bool:
+        """The TC instruction before ``addr`` in ``tu`` is the VIF store that ends an
+        in-TC STI (the only instruction of its length in that sequence)."""
+        prev = self._at.get(addr - _STI_LAST)
+        return (prev is not None and prev[0] is tu and prev[1].kind == INLINE
+                and prev[1].key == "sti")
 
     # ---- dispatch -----------------------------------------------------------------------
     def handle(self, ev: Event, outcome=None) -> Optional[MonitorEvent]:

@@ -25,7 +25,9 @@ Rules every sequence keeps (hvsim's model of VMware's in-TC emulation):
   it touches nothing but GS scratch), so a fault is the original's, at its guest EIP;
 * when STI or POPF sets the virtual IF while an interrupt is pending, the sequence leaves
   through a callout so that the monitor injects it at once (STI keeps its one-
-  instruction shadow: the monitor emulates that STI, as trap-and-emulate does).
+  instruction shadow: the monitor emulates that STI, as trap-and-emulate does; a tick
+  that arrives right after the in-TC STI is held until the next instruction is done,
+  by the monitor, which knows STI's sequence by its last instruction).
 
 :data:`SENSITIVE` is the list, as data, of the instructions that never run as they are
 in the guest kernel's translated code, each with why (Intel SDM; Robin & Irvine, "Analysis

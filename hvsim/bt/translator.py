@@ -17,7 +17,9 @@ What each guest instruction becomes (``kind`` of a row):
 * ``IDENT`` -- neither control flow nor sensitive: copied byte for byte (IA-32 has no
   EIP-relative data addressing, so a copy computes the same addresses);
 * ``INLINE`` -- CLI, STI, PUSHFD, POPFD: an in-TC sequence on the virtual IF/IOPL
-  (hvsim/bt/replacements.py);
+  (hvsim/bt/replacements.py); an STI that would be the TU's last instruction is a
+  callout instead (its interrupt shadow covers the next instruction, which the monitor
+  must see run);
 * ``CALLOUT`` -- the other sensitive instructions, far transfers, INT n, RET and
   indirect branches (a lookup), and an instruction adaptive translation found guilty:
   ``int CALLOUT_VECTOR``, the monitor does the rest;
@@ -143,6 +145,11 @@ class _Emitter:
         for i, (raw, co) in enumerate(seq):
             self.put(raw, eip, glen, i == 0, CALLOUT if co else kind, co, key)
 
+    def truncate(self, n_rows: int) -> None:
+        """Drop the rows from ``n_rows`` on, and their code (no exits among them)."""
+        del self.code[self.rows[n_rows].offset:]
+        del self.rows[n_rows:]
+
     def exit_jump(self, raw: bytes, eip: int, glen: int, boundary: bool, target: int,
                   key: str) -> None:
         at = self.put(raw, eip, glen, boundary, CHAIN, None, key)
@@ -202,8 +209,16 @@ def translate(eip: int, read: Callable[[int, int], bytes], *, adapted=frozenset(
         glen = insn.size
         key = insn.mnemonic.replace("rep ", "")
         guest.append((pc, glen, str(insn)))
+        first = len(em.rows)
         done = _emit(em, insn, raw, key, pc, glen, adapted)
         pc = (pc + glen) & MASK32
+    if not done and em.rows[first].kind == INLINE and em.rows[first].key == "sti":
+        # an in-TC STI whose next instruction is not in this TU: its interrupt shadow
+        # would end at the TU's exit, where the monitor cannot see it -- a callout
+        # instead (the monitor emulates STI, shadow included)
+        em.truncate(first)
+        em.put(R.callout(), guest[-1][0], guest[-1][1], True, CALLOUT, "simulate", "sti")
+        done = True
     if not done:
         em.exit_jump(R.jmp_rel32(0), pc, 0, True, pc, "fall-through")
     em.finish()
