@@ -1085,3 +1085,55 @@ def test_an_sti_that_would_end_its_tu_is_a_callout():
     tu = bt._tus[prog.labels["after_sti"] - 13]          # XOR (2 bytes), NOPs, STI
     assert len(tu.guest) == 12 and tu.rows[-1][1].kind == CALLOUT
     assert bt.callouts["sti"] == 1 and "in-TC STI" not in bt.counters
+
+
+# the store at 'again' is adapted (data beside code, ADAPT_AFTER traps); then the kernel
+# rewrites that very instruction (PHASE2) and runs it again
+READAPT = """
+start:
+    mov ecx, 6
+    xor esi, esi
+again:
+    mov [counter], ecx          ; 89 0D disp32
+    dec ecx
+    jnz again
+    test esi, esi
+    jnz done
+    inc esi
+PHASE2
+    mov dword [counter], 1
+    jmp again
+done:
+    hlt
+counter:
+    dd 0
+"""
+
+
+def test_an_adaptation_does_not_outlive_the_code_it_was_proven_on():
+    src = READAPT.replace("PHASE2", "    mov byte [again], 0x8B      ; mov ecx, [counter]: a load")
+    nat, nev, prog = native(src)
+    bt, ev, _ = bt_run(src)
+    assert nev.kind == ev.kind == "halt" and regs(bt) == regs(nat)
+    again = prog.labels["again"]
+    assert bt.counters["adaptations"] == 1 and bt.callouts["adapted"] == 6 - 4
+    # the new instruction at 'again' was translated as what it is: copied, not a callout
+    assert again not in bt._adapted
+    assert bt.listing(again)[0][1] == "mov ecx, dword ptr [0x%x]" % prog.labels["counter"]
+    assert bt.listing(again)[0][4] == IDENT
+
+
+def test_a_refused_instruction_at_an_adapted_eip_is_refused():
+    # the adapted store becomes a read of the VCPU page through CS (2E A1 moffs32, the
+    # same 6 bytes): refused, never simulated as the adapted callout would
+    src = READAPT.replace("PHASE2", f"    mov word [again], 0xA12E\n    mov dword [again + 2], {VCPU_BASE:#x}")
+    bt, ev, prog = bt_run(src)
+    assert ev.kind == "killed" and "through CS" in ev.reason
+    assert bt.machine.cpu.eax == 0 and bt.counters["adaptations"] == 1
+
+
+def test_a_tc_flush_forgets_the_adaptations():
+    bt, ev, prog = bt_run(DATA_BESIDE_CODE)
+    assert bt.counters["adaptations"] == 1 and bt._adapted
+    bt.flush()
+    assert not bt._adapted and not bt._site_traps and bt.counters["tc_flushes"] == 1

@@ -410,6 +410,8 @@ class BinaryTranslator(TrapAndEmulate):
         for f in list(self._by_frame):
             self.shadow.untrace_code(f)
         self._reset_tc()
+        self._adapted.clear()              # guilt is proven again, by the new translations
+        self._site_traps.clear()
         self.bt_counts["tc_flushes"] += 1
 
     def invalidate(self, tu: TU) -> None:
@@ -450,6 +452,7 @@ class BinaryTranslator(TrapAndEmulate):
             stale = [t for t in tus if t.frames.get(p) != f]
             for t in stale:
                 self.invalidate(t)
+                self._innocent(t)
                 self.bt_counts["mapping_invalidations"] += 1
 
     def _written(self, gfn: int, before: bytes, gpa: int, size: int) -> None:
@@ -467,8 +470,16 @@ class BinaryTranslator(TrapAndEmulate):
             for a, b in tu.src:
                 if a < hi and lo < b:
                     self.invalidate(tu)
+                    self._innocent(tu)
                     self.bt_counts["smc_invalidations"] += 1
                     break
+
+    def _innocent(self, tu: TU) -> None:
+        """``tu``'s code changed or was remapped: its guest EIPs lose their adaptations
+        and trap counts (the instruction there now has proven nothing)."""
+        for eip, _, _ in tu.guest:
+            self._adapted.discard(eip)
+            self._site_traps.pop(eip, None)
 
     # ---- guest coordinates <-> the TC ---------------------------------------------------
     def _row(self, eip: int):

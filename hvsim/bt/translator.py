@@ -228,12 +228,12 @@ def translate(eip: int, read: Callable[[int, int], bytes], *, adapted=frozenset(
 def _emit(em: _Emitter, insn, raw: bytes, key: str, pc: int, glen: int, adapted) -> bool:
     """Emit the translation of one guest instruction; True if it ends the TU."""
     nxt = (pc + glen) & MASK32
+    skey, how = R.treatment("(bad)" if insn.bad else key, raw, insn)
+    if how == R.REFUSED:                  # before adaptation: a refusal protects the hole
+        em.put(R.callout(), pc, glen, True, CALLOUT, "refused", skey)
+        return True
     if pc in adapted:
         em.put(R.callout(), pc, glen, True, CALLOUT, "adapted", key)
-        return True
-    skey, how = R.treatment("(bad)" if insn.bad else key, raw, insn)
-    if how == R.REFUSED:
-        em.put(R.callout(), pc, glen, True, CALLOUT, "refused", skey)
         return True
     if how == R.INLINE:
         em.sequence(R.inline_sequence(skey), pc, glen, INLINE, skey)
