@@ -1137,3 +1137,59 @@ def test_a_tc_flush_forgets_the_adaptations():
     assert bt.counters["adaptations"] == 1 and bt._adapted
     bt.flush()
     assert not bt._adapted and not bt._site_traps and bt.counters["tc_flushes"] == 1
+
+
+# an invalid opcode (D6) on the last byte of a page whose next page is not mapped: the
+# CPU finds it invalid without fetching further, #UD (not #PF)
+LAST_BYTE_UD = """
+start:
+    lidt [idtr]
+    mov eax, 6
+    mov ebx, ud
+    call set_gate
+    mov eax, 14
+    mov ebx, pf
+    call set_gate
+    mov edi, 0x21000
+    mov eax, 3
+fill:
+    mov [edi], eax
+    add eax, 0x1000
+    add edi, 4
+    cmp eax, 0x100003
+    jne fill
+    mov dword [0x21000 + 0x5*4], 0
+    mov dword [0x20000], 0x21003
+    mov eax, 0x20000
+    mov cr3, eax
+    mov eax, cr0
+    or eax, 0x80000000
+    mov cr0, eax
+    jmp 0x4FFE
+ud:
+    mov dword [0x40000], 6
+    mov eax, [esp]
+    mov [0x40004], eax
+    hlt
+pf:
+    mov dword [0x40000], 14
+    mov eax, cr2
+    mov [0x40008], eax
+    mov eax, [esp + 4]
+    mov [0x40004], eax
+    hlt
+""" + IDT_LIB + """
+    org 0x4FFE
+    nop
+    db 0xD6
+"""
+
+
+@pytest.mark.parametrize("mon", ["bt", "rawmode"])
+def test_an_invalid_opcode_on_a_pages_last_byte_is_ud_not_pf(mon):
+    from test_rawmode import raw_run
+    nat, nev, _ = native(LAST_BYTE_UD)
+    m, ev, _ = (bt_run if mon == "bt" else raw_run)(LAST_BYTE_UD)
+    assert nev.kind == ev.kind == "halt", (ev, m.log[-3:])
+    got = [dword(m, 0x40000 + 4 * i) for i in range(3)]
+    assert got == [dword(nat, 0x40000 + 4 * i) for i in range(3)] == [6, 0x4FFF, 0]

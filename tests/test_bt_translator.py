@@ -216,6 +216,16 @@ def test_an_instruction_straddling_into_an_unmapped_page():
     assert tr.n_guest == 1 and tr.exits[0].target == 0x3FFE and tr.pages == [0x3000]
 
 
+def test_no_instruction_on_a_pages_last_byte_needs_no_next_page():
+    def read(lin, n):                                # D6: no instruction, whatever follows
+        if lin >= 0x4000:
+            raise TranslationFault(lin, 0, "not present")
+        return bytes([0xD6] if lin == 0x3FFF else [0x90] * n)[:n]
+    tr = translate(0x3FFF, read)                     # no fetch fault: a (bad) callout
+    assert tr.n_guest == 1 and [(r.kind, r.key) for r in tr.rows] == [("CALLOUT", "(bad)")]
+    assert tr.pages == [0x3000]
+
+
 def test_an_instruction_straddling_two_mapped_pages_reads_both():
     code = assemble("nop\nmov eax, 0x12345678\nhlt", origin=0x3FFD).code
 
