@@ -455,14 +455,15 @@ def test_ring_one_runs_only_from_the_tc_with_the_vmm_gs():
         assert bt.step() is None
         cpu = bt.machine.cpu
         if cpu.cpl == 1:
+            # the VMM's GS, loaded: its hidden base and limit are the VCPU page's
+            gs = cpu.segment("gs")
             assert cpu.eip >= TC_BASE and cpu.gs == VMM_GS
+            assert (gs["base"], gs["limit"]) == (VCPU_BASE, 0xFFF)
             seen.add(1)
         else:
             assert cpu.cpl == 3 and cpu.eip < HOLE_BASE and cpu.gs != VMM_GS
             seen.add(3)
     assert seen == {1, 3}
-    gs = bt.machine.cpu.segment("gs") if bt.machine.cpu.cpl == 1 else None
-    assert gs is None or (gs["base"], gs["limit"]) == (VCPU_BASE, 0xFFF)
 
 
 def test_listing_shows_inline_sequences_and_callouts():
