@@ -80,9 +80,9 @@ pending is simulated rather than shadowed in the TC, and so is one that would en
 a tick that comes in right after an in-TC STI waits until the next guest instruction is
 done (the run loop steps it), even when that STI found the virtual IF already set (the
 sequence keeps no trace of the old IF): one instruction later than natively, as if the
-tick had come one instruction later, never inside STI's shadow; translation reads guest code through
-the guest's tables and sets their A flags as the fetch would (a guest that clears the A
-flag of kernel code it already ran will not see it set again); guest user code runs
+tick had come one instruction later, never inside STI's shadow; translation reads guest
+code through the guest's tables and sets their A flags as the fetch would (a guest that
+clears the A flag of kernel code it already ran will not see it set again); guest user code runs
 directly whatever its virtual IF and IOPL (VMware translated ring-3 code that ran with
 IF=0 or IOPL=3 too: a guest that gives a user program IOPL 3 would let it see the real
 IF through PUSHF); the timer counts retired instructions, and the TC retires more than

@@ -69,7 +69,8 @@ linear page the monitor scanned is rescanned from that page's known entries, but
 never entered through the monitor and only reached by a direct branch scanned while it
 was not mapped goes through the patched branch (the monitor sees it); guest RAM code
 aliased at two linear addresses keeps the patches of the first (the jump's rel32 is
-linear). Adaptive translation is BT's and is off here.
+linear). Adaptive translation is BT's and is off here. As under BT, a guest kernel that
+sets EFLAGS.TF at ring 1 (single-stepping itself) is killed with that reason.
 
 >>> from hvsim.guests import teaching_kernel
 >>> rm = RawMode(program=teaching_kernel())
