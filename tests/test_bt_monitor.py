@@ -455,14 +455,15 @@ def test_ring_one_runs_only_from_the_tc_with_the_vmm_gs():
         assert bt.step() is None
         cpu = bt.machine.cpu
         if cpu.cpl == 1:
+            # the VMM's GS, loaded: its hidden base and limit are the VCPU page's
+            gs = cpu.segment("gs")
             assert cpu.eip >= TC_BASE and cpu.gs == VMM_GS
+            assert (gs["base"], gs["limit"]) == (VCPU_BASE, 0xFFF)
             seen.add(1)
         else:
             assert cpu.cpl == 3 and cpu.eip < HOLE_BASE and cpu.gs != VMM_GS
             seen.add(3)
     assert seen == {1, 3}
-    gs = bt.machine.cpu.segment("gs") if bt.machine.cpu.cpl == 1 else None
-    assert gs is None or (gs["base"], gs["limit"]) == (VCPU_BASE, 0xFFF)
 
 
 def test_listing_shows_inline_sequences_and_callouts():
@@ -686,3 +687,510 @@ gp:
     got = [dword(bt, 0x40000), dword(bt, 0x40004)]
     assert got == [dword(nat, 0x40000), dword(nat, 0x40004)] == [0, prog.labels["far"]]
     assert bt.callouts["retf"] == 1 and bt.reflected[GP_NAME] == 1
+
+
+PREFIXED_RET = """
+start:
+    mov ebx, 1
+    call sub1
+    add ebx, 2
+    push 0x55
+    call sub2
+    add ebx, 4
+    hlt
+sub1:
+    add ebx, 8
+    db 0x2E, 0xC3               ; cs ret
+sub2:
+    add ebx, 16
+    db 0x3E, 0xC2, 4, 0         ; ds ret 4
+"""
+
+
+def test_a_segment_prefixed_ret_is_a_lookup_not_a_copy():
+    nat, nev, prog = native(PREFIXED_RET)
+    bt = BinaryTranslator(program=build(PREFIXED_RET, KCODE_BT))
+    esp = bt.machine.cpu.esp
+    for _ in range(200):
+        ev = bt.step()
+        cpu = bt.machine.cpu
+        if ev is not None:
+            break
+        # a RET copied into the TC would return into guest code at ring 1
+        assert cpu.cpl != 1 or cpu.eip >= TC_BASE, hex(cpu.eip)
+    assert nev.kind == ev.kind == "halt"
+    assert regs(bt) == regs(nat) and bt.machine.cpu.ebx == 1 + 8 + 2 + 16 + 4
+    # RET 4 released the pushed argument: both stacks are back where they started
+    assert bt.machine.cpu.esp == esp and nat.machine.cpu.esp == (1 << 20) - 0x8000
+    # both RETs left the TC through the lookup callout (sub1's, sub2's)
+    assert bt.counters["indirect_lookups"] == 2
+    kinds = [r[4] for r in bt.listing(prog.labels["sub1"])]
+    assert kinds == [IDENT, CHAIN, CALLOUT]          # add; pop [gs:TARGET]; int 0xf1
+
+
+# ---- guest-chosen transfers into the hole ------------------------------------------------
+INTO_THE_HOLE = {
+    # an exception gate (#DE) whose offset is the TC's first TU ('start''s translation)
+    "gate": """
+start:
+    lidt [idtr]
+    mov eax, 0
+    mov ebx, TARGET
+    call set_gate
+    xor edx, edx
+    xor ecx, ecx
+    div ecx
+    hlt
+""",
+    # the timer's gate: the injection of a tick reflects into it
+    "tick": """
+start:
+    lidt [idtr]
+    mov eax, 0x20
+    mov ebx, TARGET
+    call set_gate
+    mov eax, 40
+    out 0x40, eax
+    sti
+spin:
+    inc esi
+    jmp spin
+""",
+    "far jmp": """
+start:
+    jmp KCODE:TARGET
+""",
+    "iret": """
+start:
+    pushfd
+    push KCODE
+    push TARGET
+    iretd
+""",
+}
+
+
+def hole_kernel(kind, target):
+    return INTO_THE_HOLE[kind].replace("TARGET", hex(target)) + IDT_LIB
+
+
+def tc_address_of_spin():
+    """The TC address of the 'tick' kernel's 'spin' TU: the same in every run (the
+    translation is deterministic and TARGET's MOV imm32 has one length)."""
+    bt, ev, prog = bt_run(hole_kernel("tick", TC_BASE), 300)
+    return bt._tus[prog.labels["spin"]].tc
+
+
+@pytest.mark.parametrize("kind", sorted(INTO_THE_HOLE))
+def test_a_guest_transfer_into_the_tc_is_killed(kind):
+    target = tc_address_of_spin() if kind == "tick" else TC_BASE
+    bt, ev, prog = bt_run(hole_kernel(kind, target), 5000)
+    assert ev.kind == "killed" and "monitor's region (the hole" in ev.reason, (ev, bt.log[-3:])
+    assert f"{target:#010x}" in ev.reason
+    # the target was a live translation: without the check the guest would have run it
+    assert any(tu.tc == target for tu in bt._tus.values())
+    if kind in ("gate", "tick"):
+        assert "handler of vector" in ev.reason
+
+
+def test_ring_one_in_the_hole_off_a_tc_instruction_is_killed():
+    from hvsim.monitors.base import Kill
+    bt = BinaryTranslator(program=teaching_kernel())
+    bt.run(1000)
+    cpu = bt.machine.cpu
+    assert TC_BASE + 1 not in bt._at                      # inside 'lidt''s copy
+    for eip in (TC_BASE + 1, VCPU_BASE, HOLE_BASE):       # mid-instruction, data, GDT
+        cpu.cs = KCODE_BT
+        cpu.eip = eip
+        with pytest.raises(Kill, match="not at an instruction of the TC"):
+            bt._after()
+
+
+# ---- data accesses through CS ------------------------------------------------------------
+# hvsim's ring-1 CS spans the hole (the TC runs there): each form reads the VCPU page or
+# the TC through CS unless the monitor refuses it. ESI, EBX point into the hole.
+CS_READS = {
+    "moffs": f"db 0x2E, 0xA1\n    dd {VCPU_BASE:#x}",              # mov eax, cs:[VCPU_BASE]
+    "modrm": "db 0x2E, 0x8B, 0x03",                                 # mov eax, cs:[ebx]
+    "movs": "db 0x2E, 0xA5",                                        # movsd es:[edi], cs:[esi]
+    "add": "db 0x2E, 0x03, 0x43, 0x10",                             # add eax, cs:[ebx + 0x10]
+    "jmp": "db 0x2E, 0xFF, 0x24, 0x85\n    dd 0",                   # jmp cs:[eax*4]
+    "call": "db 0x2E, 0xFF, 0x13",                                  # call cs:[ebx]
+}
+
+
+def cs_kernel(form):
+    return f"""
+start:
+    mov eax, 0x1234
+    mov ebx, {TC_BASE:#x}
+    mov esi, {VCPU_BASE:#x}
+    mov edi, 0x40000
+    nop
+    nop
+    nop
+    nop
+    nop
+site:
+    {CS_READS[form]}
+    hlt
+"""
+
+
+@pytest.mark.parametrize("form", sorted(CS_READS))
+def test_a_data_access_through_cs_is_refused(form):
+    bt, ev, prog = bt_run(cs_kernel(form))
+    assert ev.kind == "killed" and "through CS" in ev.reason and "translator refuses" in ev.reason
+    assert f"{prog.labels['site']:#010x}" in ev.reason
+    assert bt.machine.cpu.eax == 0x1234 and dword(bt, 0x40000) == 0     # nothing was read
+    assert bt.callouts["refused"] == 1
+
+
+HINTS = """
+start:
+    mov ecx, 3
+    xor eax, eax
+again:
+    add eax, ecx
+    db 0x2E, 0x89, 0xC2         ; cs mov edx, eax: no memory operand, the prefix ignored
+    dec ecx
+    db 0x2E, 0x75, 0xF7         ; jne again (-9), with the 'not taken' hint
+    db 0x3E, 0x74, 0x01         ; je over the INC, 'taken' hint: ZF = 1 from the last DEC
+    inc eax
+    db 0x2E, 0x8D, 0x1C, 0x40   ; cs lea ebx, [eax + eax*2]: an address, no access
+    hlt
+"""
+
+
+def test_a_branch_hint_or_an_unused_cs_prefix_still_runs_as_natively():
+    nat, nev, _ = native(HINTS)
+    bt, ev, _ = bt_run(HINTS)
+    assert nev.kind == ev.kind == "halt", (ev, bt.log[-3:])
+    assert regs(bt) == regs(nat)
+    assert (bt.machine.cpu.eax, bt.machine.cpu.edx, bt.machine.cpu.ebx) == (6, 6, 18)
+    assert bt.callouts["refused"] == 0
+
+
+# a page table whose frame also holds code the kernel runs: frame 3 is the page table
+# (its first 256 entries map the first MiB), 'func' lies in its upper half
+PT_CODE = """
+start:
+    mov edi, 0x3000
+    mov eax, 3
+fill:
+    mov [edi], eax
+    add eax, 0x1000
+    add edi, 4
+    cmp eax, 0x100003
+    jne fill
+    mov dword [0x20000], 0x3003
+    mov eax, 0x20000
+    mov cr3, eax
+    mov eax, cr0
+    or eax, 0x80000000
+    mov cr0, eax
+    mov ecx, 2
+    xor ebx, ebx
+again:
+    call func
+    add ebx, eax
+    mov byte [func + 2], 7      ; mov eax, 1 -> mov eax, 7: a page-table write, and code
+    dec ecx
+    jnz again
+    hlt
+    org 0x3800
+func:
+    cli
+    mov eax, 1
+    ret
+"""
+
+
+def test_a_store_to_a_page_table_frame_that_holds_code_runs_the_new_code():
+    nat, nev, _ = native(PT_CODE)
+    bt, ev, _ = bt_run(PT_CODE)
+    assert nev.kind == ev.kind == "halt", (ev, bt.log[-3:])
+    assert regs(bt) == regs(nat) and bt.machine.cpu.ebx == 1 + 7
+    # the store was a trace fault (the frame is a shadowed page table), emulated; func's
+    # TU read from that frame was invalidated
+    assert bt.shadow.counters["trace_faults"] >= 1
+    assert bt.counters["smc_invalidations"] >= 1
+
+
+# ---- EFLAGS.TF ---------------------------------------------------------------------------
+KERNEL_TF = {                   # an in-TC POPFD; an IRET simulated by a callout
+    "popfd": "    pushfd\n    or dword [esp], 0x100\n    popfd\n",
+    "iretd": "    pushfd\n    or dword [esp], 0x100\n    push KCODE\n    push next\n    iretd\nnext:\n",
+}
+
+
+@pytest.mark.parametrize("how", sorted(KERNEL_TF))
+def test_the_guest_kernel_setting_tf_is_killed(how):
+    src = "start:\n" + KERNEL_TF[how] + "    nop\n    nop\n    mov eax, 1\n    hlt\n"
+    nat, nev, _ = native(src)
+    assert nev.kind == "shutdown" and nat.machine.cpu.eax == 0   # natively: a #DB, no IDT
+    bt, ev, _ = bt_run(src)
+    assert ev.kind == "killed" and "single-stepping the guest kernel (EFLAGS.TF)" in ev.reason
+    assert bt.machine.cpu.eax == 0                          # the kernel went no further
+
+
+# the user program runs with TF (set by the kernel's IRET): each of its instructions
+# traps to the kernel's #DB handler, which logs the return EIP; it clears TF before its
+# INT 0x80 (an INT n with TF set is left out: see the report of the BT fixes)
+USER_TF = """
+start:
+    lidt [idtr]
+    mov eax, 1
+    mov ebx, db_handler
+    call set_gate
+    mov eax, 0x80
+    mov ebx, sys_exit
+    call set_gate
+    mov byte [0x30000 + 0x80*8 + 5], 0xEE       ; DPL 3: a system call gate
+    push 0x43                   ; UDATA
+    push 0x70000
+    push 0x102                  ; TF
+    push 0x3B                   ; UCODE
+    push user
+    iretd
+db_handler:
+    mov edx, [esp]
+    mov ebp, [ss:0x40000]
+    mov [ss:0x40004 + ebp*4], edx
+    inc dword [ss:0x40000]
+    iretd
+sys_exit:
+    hlt
+user:
+    mov eax, 0x43
+u1:
+    mov ds, eax
+u2:
+    inc ebx
+u3:
+    pushfd
+u4:
+    and dword [esp], 0xFFFFFEFF
+u5:
+    popfd                       ; TF off: a last trap after it
+u6:
+    int 0x80
+""" + IDT_LIB
+
+
+def test_tf_in_user_code_single_steps_as_natively():
+    nat, nev, prog = native(USER_TF)
+    bt, ev, _ = bt_run(USER_TF)
+    assert nev.kind == ev.kind == "halt", (ev, bt.log[-3:])
+    lab = prog.labels
+    n = dword(nat, 0x40000)
+    got = [dword(bt, 0x40004 + 4 * i) for i in range(dword(bt, 0x40000))]
+    assert got == [dword(nat, 0x40004 + 4 * i) for i in range(n)]
+    # a trap after each user instruction up to the POPF that clears TF, at the next EIP
+    assert got == [lab[f"u{i}"] for i in range(1, 7)]
+    assert bt.reflected["#DB (debug)"] == 6 and bt.machine.cpu.ebx == lab["sys_exit"] + 1
+
+
+def test_a_trap_in_the_tc_is_reflected_at_the_next_guest_instruction():
+    # a trap's EIP is already the next TC instruction: the guest resumes at the guest
+    # instruction that boundary stands for. No guest raises a trap inside the TC (INTO
+    # and INT3 are callouts, TF at ring 1 is a Kill): the monitor is fed a made-up #OF
+    from hvsim.machine import Event
+    src = """
+start:
+    lidt [idtr]
+    mov eax, 4
+    mov ebx, of
+    call set_gate
+    jmp body
+body:
+    mov ecx, 1
+    mov edx, 2
+    mov esi, 3
+    hlt
+of:
+    hlt
+""" + IDT_LIB
+    prog = build(src, KCODE_BT)
+    body = prog.labels["body"]
+    bt = BinaryTranslator(program=prog)
+    while body not in bt._tus:
+        assert bt.step() is None
+    tu = bt._tus[body]
+    second = [a for a, row in tu.rows if row.boundary][1]       # 'mov edx, 2'
+    assert bt._at[second][1].guest_eip == body + 5
+    esp = bt.machine.cpu.esp
+    assert bt.handle(Event("exception", second, 1, 1, vector=4, source="trap")) is None
+    assert bt.machine.cpu.esp == esp - 12 and dword(bt, esp - 12) == body + 5
+    assert bt.reflected["#OF (overflow)"] == 1
+
+
+# no tick is pending at the STI; the timer (every 20 instructions) lands somewhere in
+# NOPS, at the STI or after it: natively the handler always sees EAX = 1 (IF = 0 before
+# the STI, and STI's shadow runs INC first)
+STI_SHADOW = """
+start:
+    lidt [idtr]
+    mov eax, 0x20
+    mov ebx, tick
+    call set_gate
+    mov eax, 20
+    out 0x40, eax
+    xor eax, eax
+NOPS
+    sti
+after_sti:
+    inc eax
+    hlt
+tick:
+    mov [0x40000], eax
+    mov ebx, [esp]
+    mov [0x40004], ebx
+    cli
+    hlt
+""" + IDT_LIB
+
+
+def sti_shadow_sweep(run, src, n=24):
+    """Run ``src`` with 0..n-1 NOPs before the STI under ``run`` (bt_run or raw_run) and
+    natively: the handler sees the instruction after STI done, always. The number of
+    runs whose real timer exit came at the TC boundary right after an in-TC STI."""
+    landed = 0
+    for k in range(n):
+        text = src.replace("NOPS", "    nop\n" * k)
+        nat, nev, prog = native(text)
+        mon, ev, _ = run(text)
+        assert nev.kind == ev.kind == "halt", (k, ev, mon.log[-3:])
+        # where the tick lands is the clock's (the TC retires more instructions than the
+        # guest code: documented); that it never lands between STI and the next
+        # instruction is STI's
+        assert dword(nat, 0x40000) == dword(mon, 0x40000) == 1, k
+        ticks = [e for e in mon.log if e.what == "tick"]
+        hit = mon._at.get(ticks[0].eip) if ticks else None
+        if hit is not None and hit[1].boundary and mon._follows_sti(ticks[0].eip, hit[0]):
+            landed += 1
+            assert dword(mon, 0x40004) > prog.labels["after_sti"]     # after it
+    return landed
+
+
+def test_a_tick_landing_right_after_an_in_tc_sti_waits_for_the_next_instruction():
+    assert sti_shadow_sweep(bt_run, STI_SHADOW) >= 1     # the sweep timed one there
+
+
+def test_an_sti_that_would_end_its_tu_is_a_callout():
+    # after 'out' (a callout), the TU is XOR, ten NOPs, STI: its twelfth instruction,
+    # whose shadow would reach past the TU's exit
+    src = STI_SHADOW.replace("NOPS", "    nop\n" * 10)
+    bt, ev, prog = bt_run(src)
+    assert ev.kind == "halt" and dword(bt, 0x40000) == 1
+    tu = bt._tus[prog.labels["after_sti"] - 13]          # XOR (2 bytes), NOPs, STI
+    assert len(tu.guest) == 12 and tu.rows[-1][1].kind == CALLOUT
+    assert bt.callouts["sti"] == 1 and "in-TC STI" not in bt.counters
+
+
+# the store at 'again' is adapted (data beside code, ADAPT_AFTER traps); then the kernel
+# rewrites that very instruction (PHASE2) and runs it again
+READAPT = """
+start:
+    mov ecx, 6
+    xor esi, esi
+again:
+    mov [counter], ecx          ; 89 0D disp32
+    dec ecx
+    jnz again
+    test esi, esi
+    jnz done
+    inc esi
+PHASE2
+    mov dword [counter], 1
+    jmp again
+done:
+    hlt
+counter:
+    dd 0
+"""
+
+
+def test_an_adaptation_does_not_outlive_the_code_it_was_proven_on():
+    src = READAPT.replace("PHASE2", "    mov byte [again], 0x8B      ; mov ecx, [counter]: a load")
+    nat, nev, prog = native(src)
+    bt, ev, _ = bt_run(src)
+    assert nev.kind == ev.kind == "halt" and regs(bt) == regs(nat)
+    again = prog.labels["again"]
+    assert bt.counters["adaptations"] == 1 and bt.callouts["adapted"] == 6 - 4
+    # the new instruction at 'again' was translated as what it is: copied, not a callout
+    assert again not in bt._adapted
+    assert bt.listing(again)[0][1] == "mov ecx, dword ptr [0x%x]" % prog.labels["counter"]
+    assert bt.listing(again)[0][4] == IDENT
+
+
+def test_a_refused_instruction_at_an_adapted_eip_is_refused():
+    # the adapted store becomes a read of the VCPU page through CS (2E A1 moffs32, the
+    # same 6 bytes): refused, never simulated as the adapted callout would
+    src = READAPT.replace("PHASE2", f"    mov word [again], 0xA12E\n    mov dword [again + 2], {VCPU_BASE:#x}")
+    bt, ev, prog = bt_run(src)
+    assert ev.kind == "killed" and "through CS" in ev.reason
+    assert bt.machine.cpu.eax == 0 and bt.counters["adaptations"] == 1
+
+
+def test_a_tc_flush_forgets_the_adaptations():
+    bt, ev, prog = bt_run(DATA_BESIDE_CODE)
+    assert bt.counters["adaptations"] == 1 and bt._adapted
+    bt.flush()
+    assert not bt._adapted and not bt._site_traps and bt.counters["tc_flushes"] == 1
+
+
+# an invalid opcode (D6) on the last byte of a page whose next page is not mapped: the
+# CPU finds it invalid without fetching further, #UD (not #PF)
+LAST_BYTE_UD = """
+start:
+    lidt [idtr]
+    mov eax, 6
+    mov ebx, ud
+    call set_gate
+    mov eax, 14
+    mov ebx, pf
+    call set_gate
+    mov edi, 0x21000
+    mov eax, 3
+fill:
+    mov [edi], eax
+    add eax, 0x1000
+    add edi, 4
+    cmp eax, 0x100003
+    jne fill
+    mov dword [0x21000 + 0x5*4], 0
+    mov dword [0x20000], 0x21003
+    mov eax, 0x20000
+    mov cr3, eax
+    mov eax, cr0
+    or eax, 0x80000000
+    mov cr0, eax
+    jmp 0x4FFE
+ud:
+    mov dword [0x40000], 6
+    mov eax, [esp]
+    mov [0x40004], eax
+    hlt
+pf:
+    mov dword [0x40000], 14
+    mov eax, cr2
+    mov [0x40008], eax
+    mov eax, [esp + 4]
+    mov [0x40004], eax
+    hlt
+""" + IDT_LIB + """
+    org 0x4FFE
+    nop
+    db 0xD6
+"""
+
+
+@pytest.mark.parametrize("mon", ["bt", "rawmode"])
+def test_an_invalid_opcode_on_a_pages_last_byte_is_ud_not_pf(mon):
+    from test_rawmode import raw_run
+    nat, nev, _ = native(LAST_BYTE_UD)
+    m, ev, _ = (bt_run if mon == "bt" else raw_run)(LAST_BYTE_UD)
+    assert nev.kind == ev.kind == "halt", (ev, m.log[-3:])
+    got = [dword(m, 0x40000 + 4 * i) for i in range(3)]
+    assert got == [dword(nat, 0x40000 + 4 * i) for i in range(3)] == [6, 0x4FFF, 0]

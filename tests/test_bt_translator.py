@@ -187,6 +187,21 @@ def test_sensitive_list_is_data_with_a_reason_each():
     assert R.treatment("mov", b"\x8b\x00") == ("mov", None)
 
 
+def test_a_data_access_through_cs_is_refused_and_only_that():
+    from hvsim.asm.disassembler import disassemble_one
+    def cs(raw):
+        return R.treatment("x", raw, disassemble_one(raw))
+    assert cs(b"\x2e\x8b\x00") == ("cs data", R.REFUSED)            # mov eax, cs:[eax]
+    assert cs(b"\x3e\x2e\xa1\0\0\0\0")[1] == R.REFUSED            # the last prefix: CS
+    assert cs(b"\x2e\xa5")[1] == R.REFUSED                             # movsd from cs:[esi]
+    assert cs(b"\x2e\x3e\x8b\x00") == ("x", None)                     # the last prefix: DS
+    assert cs(b"\x2e\x74\x00") == ("x", None)                          # a branch hint
+    assert cs(b"\x2e\x89\xc0") == ("x", None)                          # no memory operand
+    assert cs(b"\x2e\x8d\x00") == ("x", None)                          # LEA: no access
+    assert cs(b"\x2e\xab") == ("x", None)                              # stosd: ES:EDI only
+    assert cs(b"\x65\x2e\x8b\x00") == ("gs", R.REFUSED)               # GS is refused first
+
+
 def test_an_instruction_straddling_into_an_unmapped_page():
     code = {0x3FFD: 0x90, 0x3FFE: 0xB8, 0x3FFF: 0x78}       # nop; mov eax, 0x12345678 (split)
 
@@ -199,6 +214,16 @@ def test_an_instruction_straddling_into_an_unmapped_page():
     assert e.value.address == 0x4000
     tr = translate(0x3FFD, read)                     # else the TU ends before it
     assert tr.n_guest == 1 and tr.exits[0].target == 0x3FFE and tr.pages == [0x3000]
+
+
+def test_no_instruction_on_a_pages_last_byte_needs_no_next_page():
+    def read(lin, n):                                # D6: no instruction, whatever follows
+        if lin >= 0x4000:
+            raise TranslationFault(lin, 0, "not present")
+        return bytes([0xD6] if lin == 0x3FFF else [0x90] * n)[:n]
+    tr = translate(0x3FFF, read)                     # no fetch fault: a (bad) callout
+    assert tr.n_guest == 1 and [(r.kind, r.key) for r in tr.rows] == [("CALLOUT", "(bad)")]
+    assert tr.pages == [0x3000]
 
 
 def test_an_instruction_straddling_two_mapped_pages_reads_both():

@@ -514,3 +514,64 @@ def test_scanning_ahead_sets_no_accessed_flag():
     assert 0x400000 in rm._insn                       # scanned ahead of time
     assert dword(rm, 0x22000) == dword(nat, 0x22000) == 0x30003        # A (20H) clear
     assert dword(rm, 0x21000 + 4 * 1) == dword(nat, 0x21000 + 4 * 1)   # the kernel's page
+
+
+@pytest.mark.parametrize("kind", ["gate", "tick", "far jmp", "iret"])
+def test_a_guest_transfer_into_patch_memory_is_killed(kind):
+    from test_bt_monitor import hole_kernel
+    rm, ev, _ = raw_run(hole_kernel(kind, TC_BASE), 5000)
+    assert ev.kind == "killed" and "monitor's region (the hole" in ev.reason, (ev, rm.log[-3:])
+    assert f"{TC_BASE:#010x}" in ev.reason
+
+
+@pytest.mark.parametrize("form", ["moffs", "modrm", "movs", "add", "jmp", "call"])
+def test_a_data_access_through_cs_is_refused_before_it_runs(form):
+    from test_bt_monitor import cs_kernel
+    rm, ev, prog = raw_run(cs_kernel(form))
+    site = prog.labels["site"]
+    assert rm._insn[site].need == "refused"          # the scanner caught it at boot
+    assert ev.kind == "killed" and "through CS" in ev.reason and "refuses" in ev.reason
+    assert rm.machine.cpu.eax == 0x1234 and dword(rm, 0x40000) == 0
+
+
+def test_a_branch_hint_runs_in_place_as_natively():
+    from test_bt_monitor import HINTS
+    nat, nev, _ = native(HINTS)
+    rm, ev, _ = raw_run(HINTS)
+    assert nev.kind == ev.kind == "halt" and regs(rm) == regs(nat)
+    assert not rm.patches()                          # nothing to patch: the prefixes are harmless
+
+
+def test_a_store_to_a_page_table_frame_that_holds_patched_code_unpatches_it():
+    from test_bt_monitor import PT_CODE
+    nat, nev, prog = native(PT_CODE)
+    rm, ev, _ = raw_run(PT_CODE)
+    assert nev.kind == ev.kind == "halt", (ev, rm.log[-3:])
+    assert regs(rm) == regs(nat) and rm.machine.cpu.ebx == 1 + 7
+    assert rm.counters["smc_unpatches"] >= 1      # func's CLI patch (MOV displaced) came out
+
+
+@pytest.mark.parametrize("how", ["popfd", "iretd"])
+def test_the_guest_kernel_setting_tf_is_killed(how):
+    from test_bt_monitor import KERNEL_TF
+    src = "start:\n" + KERNEL_TF[how] + "    nop\n    nop\n    mov eax, 1\n    hlt\n"
+    rm, ev, _ = raw_run(src)
+    assert ev.kind == "killed" and "single-stepping the guest kernel (EFLAGS.TF)" in ev.reason
+    assert rm.machine.cpu.eax == 0
+
+
+def test_tf_in_user_code_single_steps_as_natively():
+    from test_bt_monitor import USER_TF
+    nat, nev, prog = native(USER_TF)
+    rm, ev, _ = raw_run(USER_TF)
+    assert nev.kind == ev.kind == "halt", (ev, rm.log[-3:])
+    got = [dword(rm, 0x40004 + 4 * i) for i in range(dword(rm, 0x40000))]
+    assert got == [dword(nat, 0x40004 + 4 * i) for i in range(dword(nat, 0x40000))]
+    assert got == [prog.labels[f"u{i}"] for i in range(1, 7)]
+
+
+def test_a_tick_landing_right_after_sti_in_patch_code_waits_for_the_next_instruction():
+    # STI (1 byte) displaces ADD and a NOP into its patch code, where the tick can land
+    from test_bt_monitor import STI_SHADOW, sti_shadow_sweep
+    src = STI_SHADOW.replace("    inc eax\n    hlt\n", "    add eax, 1\n    nop\n    nop\n    hlt\n")
+    assert sti_shadow_sweep(raw_run, src) >= 1

@@ -71,7 +71,7 @@ def test_random_bytes_as_a_kernel_never_escape_the_monitor(seed):
     ev = rm.run(3000)
     assert ev.kind in ("killed", "halt", "budget"), ev
     if ev.kind == "killed":
-        assert ev.reason and "not at an instruction of patch code" not in ev.reason
+        assert ev.reason and "not at an instruction of the TC" not in ev.reason
     elif ev.kind == "budget":
         cpu = rm.machine.cpu
         # ring 1 runs guest code in place, or patch code at one of its instructions

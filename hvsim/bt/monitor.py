@@ -40,10 +40,16 @@ timer and shadow paging it inherits:
   %gs reserved): the GDT's ring-1/2/3 data descriptors and the ring-3 code descriptor end
   at HOLE_BASE - 1, the ring-1 code segment stays 4 GiB (translated code runs in the
   hole at ring 1), and a VMM data descriptor (DPL 0, so that the guest cannot load it;
-  the VCPU page only) is in GS
-  whenever ring 1 runs. A guest access to the hole is #GP (reflected); a guest
-  instruction that uses GS is refused with a Kill. User pages of the hole are also
-  supervisor-only. The price: the interpreter's flat fast path (``st[FLAT]``) is off;
+  the VCPU page only) is in GS whenever ring 1 runs. A guest data access to the hole
+  through DS, ES, FS or SS is #GP (reflected: beyond the truncated limit); a guest
+  kernel instruction that reads memory through CS (a 2E prefix on a memory operand:
+  the ring-1 code segment reaches the hole) or uses GS is refused with a Kill before it
+  runs. User pages of the hole are also supervisor-only. As the ring-1 code segment
+  cannot be truncated, every guest-chosen ring-1 target is checked instead: a branch
+  target (at its lookup), a gate's handler (reflection, injection), the EIP a simulated
+  far JMP/CALL or IRET leaves -- one in the hole is a Kill --, and after every event a
+  ring-1 EIP in the hole must be a TC instruction. The price: the interpreter's flat
+  fast path (``st[FLAT]``) is off;
 * **faults in translated code** are reported at the guest EIP (an IDENT copy faults as the
   original: same CR2, same error code); hidden #PFs restart in the TC, true ones and
   other exceptions are reflected with the guest EIP, trace faults (a guest page-table
@@ -70,16 +76,24 @@ timer and shadow paging it inherits:
 Simplifications, each deliberate: the monitor reads the TC's guest EIPs from its own
 tables (VMware's TC has the same back-map for faults); the VCPU page's state is read back
 (IF, IOPL) and written (IF, IOPL, pending) around every exit; an STI with an interrupt
-pending is simulated rather than shadowed in the TC; translation reads guest code through
-the guest's tables and sets their A flags as the fetch would (a guest that clears the A
-flag of kernel code it already ran will not see it set again); guest user code runs
+pending is simulated rather than shadowed in the TC, and so is one that would end its TU;
+a tick that comes in right after an in-TC STI waits until the next guest instruction is
+done (the run loop steps it), even when that STI found the virtual IF already set (the
+sequence keeps no trace of the old IF): one instruction later than natively, as if the
+tick had come one instruction later, never inside STI's shadow; translation reads guest
+code through the guest's tables and sets their A flags as the fetch would (a guest that
+clears the A flag of kernel code it already ran will not see it set again); guest user code runs
 directly whatever its virtual IF and IOPL (VMware translated ring-3 code that ran with
 IF=0 or IOPL=3 too: a guest that gives a user program IOPL 3 would let it see the real
 IF through PUSHF); the timer counts retired instructions, and the TC retires more than
 the guest code it stands for (an in-TC PUSHF is ten), so the guest's clock runs faster
 per guest instruction than natively; a write to a frame holding translations but no
 translated byte (data beside code) still costs an exit each time at ring 3, and at ring
-1 until adaptive translation makes the store a callout.
+1 until adaptive translation makes the store a callout; single-stepping the guest kernel
+is not supported: a guest kernel POPF or IRET that sets EFLAGS.TF at ring 1 ends in a Kill
+(its #DB in the TC, or the real TF seen after a callout), while TF in guest user code
+single-steps as natively (ring 3 runs directly, each #DB reflected at the next
+instruction's EIP).
 
 >>> from hvsim.guests import teaching_kernel
 >>> bt = BinaryTranslator(program=teaching_kernel())
@@ -102,12 +116,12 @@ import numpy as np
 from hvsim.arch import layout as L
 from hvsim.arch.cr import CR0_PG, CR0_WP
 from hvsim.arch.exits import EXIT_BUDGET, EXIT_EXCEPTION
-from hvsim.arch.flags import IF
+from hvsim.arch.flags import IF, TF
 from hvsim.arch.pte import PTE_P, PTE_RW
-from hvsim.arch.vectors import GP, PF, HAS_ERROR_CODE, vector_name
+from hvsim.arch.vectors import DB, GP, PF, HAS_ERROR_CODE, vector_name
 from hvsim.asm.disassembler import disassemble_one
 from hvsim.bt import replacements as R
-from hvsim.bt.translator import CALLOUT, IDENT, INLINE, TranslationFault, translate
+from hvsim.bt.translator import CALLOUT, CONT, IDENT, INLINE, TranslationFault, translate
 from hvsim.machine import Event, Machine
 from hvsim.mmu.shadow import (CODE, HIDDEN, HIDDEN_DONE, HOLE_BASE, MMIO, TRACE, TRUE,
                               GuestPageFault, ShadowError)
@@ -146,6 +160,10 @@ _I_STEPS, _I_CPL, _I_EIP = L.EXIT_STEPS, L.CPL, L.EIP
 _PF_NAME = vector_name(PF)
 #: the #GP(0)s at ring 1 that are trap-and-emulate's business: the instructions it
 #: emulates, and the privileged ones it does not (killed with a clear message)
+#: the length of the last instruction of STI's in-TC sequence (mov dword [gs:VIF], IF)
+_STI_LAST = len(R.inline_sequence("sti")[-1][0])
+_SINGLE_STEP = ("single-stepping the guest kernel (EFLAGS.TF) is not supported under binary "
+                "translation: its POPF or IRET set TF at ring 1")
 _EMULATE_OR_KILL = frozenset(HANDLERS) | {"lldt", "ltr", "lmsw", "clts", "rdmsr", "wrmsr",
                                           "lar", "lsl", "verr", "verw", "sldt", "str"}
 
@@ -334,8 +352,7 @@ class BinaryTranslator(TrapAndEmulate):
             c["lookup_hits"] += 1
             return tu.tc
         if eip >= HOLE_BASE:
-            raise Kill(f"the guest kernel jumps to {eip:#010x}, in the monitor's region "
-                       f"({HOLE_BASE:#x} and up): it has no code there")
+            raise Kill(_in_the_hole(f"the guest kernel jumps to {eip:#010x}"))
         return self._place(translate(eip, self._read_code, adapted=self._adapted)).tc
 
     def _place(self, tr) -> TU:
@@ -393,6 +410,8 @@ class BinaryTranslator(TrapAndEmulate):
         for f in list(self._by_frame):
             self.shadow.untrace_code(f)
         self._reset_tc()
+        self._adapted.clear()              # guilt is proven again, by the new translations
+        self._site_traps.clear()
         self.bt_counts["tc_flushes"] += 1
 
     def invalidate(self, tu: TU) -> None:
@@ -433,6 +452,7 @@ class BinaryTranslator(TrapAndEmulate):
             stale = [t for t in tus if t.frames.get(p) != f]
             for t in stale:
                 self.invalidate(t)
+                self._innocent(t)
                 self.bt_counts["mapping_invalidations"] += 1
 
     def _written(self, gfn: int, before: bytes, gpa: int, size: int) -> None:
@@ -450,8 +470,16 @@ class BinaryTranslator(TrapAndEmulate):
             for a, b in tu.src:
                 if a < hi and lo < b:
                     self.invalidate(tu)
+                    self._innocent(tu)
                     self.bt_counts["smc_invalidations"] += 1
                     break
+
+    def _innocent(self, tu: TU) -> None:
+        """``tu``'s code changed or was remapped: its guest EIPs lose their adaptations
+        and trap counts (the instruction there now has proven nothing)."""
+        for eip, _, _ in tu.guest:
+            self._adapted.discard(eip)
+            self._site_traps.pop(eip, None)
 
     # ---- guest coordinates <-> the TC ---------------------------------------------------
     def _row(self, eip: int):
@@ -479,6 +507,16 @@ class BinaryTranslator(TrapAndEmulate):
                 eip, hint = handler, None
         raise Kill(f"the guest's #PF handler at {eip:#x} cannot be fetched either")
 
+    def _reflect(self, vector: int, error: Optional[int], ret_eip: int) -> int:
+        """Trap-and-emulate's reflection (exceptions, INT n, injected ticks), refused
+        when the guest's handler is in the hole: the gate's offset is the guest's
+        choice, and a ring-1 EIP there would enter the TC where the guest chose."""
+        target = super()._reflect(vector, error, ret_eip)
+        if self.machine.cpu.cpl == GUEST_RING and target >= HOLE_BASE:
+            raise Kill(_in_the_hole(f"the guest's handler of vector {vector:#x} is at "
+                                    f"{target:#010x}"))
+        return target
+
     def _mid_sequence(self) -> bool:
         """Ring 1 inside the TC, between the instructions of one guest instruction's
         translation (or in an invalidated TU)."""
@@ -500,16 +538,21 @@ class BinaryTranslator(TrapAndEmulate):
         cpu = m.cpu
         ring = cpu.cpl
         if ring == GUEST_RING:
+            if cpu.eflags & TF:
+                raise Kill(_SINGLE_STEP)
             if int(cpu.gs) != VMM_GS:
                 if self._last_ring == 3:
                     self._guest_gs = int(cpu.gs)
                 cpu.gs = VMM_GS
             eip = cpu.eip
-            if eip < TC_BASE:
+            if eip < HOLE_BASE:
                 self._goto(eip)
             else:
                 hit = self._at.get(eip)
-                if hit is not None and not hit[0].valid:
+                if hit is None:
+                    raise Kill(f"ring 1 at {eip:#010x}, in the monitor's region (the hole, "
+                               f"{HOLE_BASE:#x} and up) but not at an instruction of the TC")
+                if not hit[0].valid:
                     if hit[1].boundary:
                         self._goto(hit[1].guest_eip)
                     else:                   # finish the sequence, then leave the dead TU
@@ -541,9 +584,11 @@ class BinaryTranslator(TrapAndEmulate):
             if v.pending is not None or one:
                 if self._mid_sequence():
                     one = True
-                elif v.IF and not one and self._inject():
-                    used += 1
-                    continue
+                elif v.IF and not one:
+                    if self._inject():
+                        used += 1
+                        continue
+                    one = self._shadow       # deferred past an in-TC STI's shadow
             self._push()
             kind = run(1 if one else max_steps - used)
             steps = item(_I_STEPS)
@@ -618,7 +663,15 @@ class BinaryTranslator(TrapAndEmulate):
             hit = self._at.get(cpu.eip)
             if hit is None or not hit[1].boundary:
                 return False
-            cpu.eip = hit[1].guest_eip
+            tu, row = hit
+            if self._follows_sti(cpu.eip, tu):
+                # STI's shadow (SDM Vol. 2B, STI): the guest instruction after it runs
+                # before the interrupt is recognized (the translator keeps it in STI's
+                # TU, patch code has it displaced after STI's sequence); the run loop
+                # steps it to its end, then injects
+                self._shadow = True
+                return False
+            cpu.eip = row.guest_eip
         done = super()._inject()
         if done and self._state == "running":
             try:
@@ -626,6 +679,13 @@ class BinaryTranslator(TrapAndEmulate):
             except Kill as k:
                 self._kill(str(k), Event("interrupt", cpu.eip, cpu.cpl, 0))
         return done
+
+    def _follows_sti(self, addr: int, tu: TU) -> bool:
+        """The TC instruction before ``addr`` in ``tu`` is the VIF store that ends an
+        in-TC STI (the only instruction of its length in that sequence)."""
+        prev = self._at.get(addr - _STI_LAST)
+        return (prev is not None and prev[0] is tu and prev[1].kind == INLINE
+                and prev[1].key == "sti")
 
     # ---- dispatch -----------------------------------------------------------------------
     def handle(self, ev: Event, outcome=None) -> Optional[MonitorEvent]:
@@ -671,21 +731,36 @@ class BinaryTranslator(TrapAndEmulate):
             if in_tc and kind == TRACE:
                 self._site_trap(ev.eip)
             if kind == MMIO or kind == TRACE or kind == TRUE:
+                code = kind == TRACE and (info >> 12) in self._by_frame
+                if code:
+                    # a page table that also holds translated (or scanned) code: the
+                    # trace wins in the shadow MMU, so the code's coherence is kept here
+                    m = self.machine
+                    f, eip = info >> 12, m.cpu.eip
+                    before = m._raw_mem[f << 12:(f + 1) << 12].tobytes()
                 self._page_fault(ev, outcome)
+                if code and m.cpu.eip != eip:      # emulated (else retried: a CODE fault)
+                    self._written(f, before, info, ev.insn.size if ev.insn is not None else 4)
+                    self.bt_counts["code_writes"] += 1
                 if kind == TRACE:
                     self._mappings_changed()
                     if in_tc:
                         self._maybe_adapt(ev.eip)
                 return
+        if ev.vector == DB and ev.cpl == GUEST_RING and self.machine.cpu.eflags & TF:
+            raise Kill(_SINGLE_STEP)
         if in_tc:
             tu, row = self._row(ev.eip)
             if (ev.vector == GP and ev.error_code == 0 and row.kind == IDENT and ev.insn is not None
                     and handler_key(ev.insn) in HANDLERS):
                 raise Kill(f"translator error: '{ev.insn}' ran as IDENT at {ev.eip:#x}")
-            if ev.source == "trap":
-                ret = row.guest_eip + row.guest_len
-            else:
-                ret = row.guest_eip
+            # a fault restarts the guest instruction its TC instruction stands for; a
+            # trap's EIP is already the next TC instruction, whose guest instruction (a
+            # boundary's, or a continuation's target) is the one the guest resumes at
+            if ev.source == "trap" and not (row.boundary or row.kind == CONT):
+                raise Kill(f"{ev.name} mid-way through the translation of guest "
+                           f"{row.guest_eip:#x}: the guest has no EIP there")
+            ret = row.guest_eip
             if ev.vector == PF:
                 self.vcpu.cr2 = ev.address
             error = ev.error_code if ev.vector in HAS_ERROR_CODE else None
@@ -735,7 +810,7 @@ class BinaryTranslator(TrapAndEmulate):
         elif kind == "refused":
             self.callouts["refused"] += 1
             raise Kill(f"'{tu_text(tu, row.guest_eip)}' at {row.guest_eip:#010x}: "
-                       f"{R.SENSITIVE['gs'][1]}; hvsim's translator refuses it")
+                       f"{R.SENSITIVE[row.key][1]}; hvsim's translator refuses it")
         else:
             name = "adapted" if kind == "adapted" else row.key
             self.callouts[name] += 1
@@ -769,9 +844,21 @@ class BinaryTranslator(TrapAndEmulate):
         finally:
             m.virtualizable = saved
         self._mappings_changed()
-        cpu = m.cpu
-        if self._state == "running" and cpu.cpl == GUEST_RING and cpu.eip < TC_BASE:
-            self._goto(cpu.eip, hint)
+        self._resume_simulated(eip, hint)
+
+    def _resume_simulated(self, eip: int, hint: Optional[TU]) -> None:
+        """After the simulated guest instruction at guest ``eip``: the guest kernel
+        resumes at the translation of wherever it left EIP. An EIP in the hole is a
+        guest transfer there (a far JMP/CALL, an IRET, a handler): the step never
+        injects an interrupt (a tick that comes in is only made pending), so no EIP
+        in the TC here is the monitor's own."""
+        cpu = self.machine.cpu
+        if self._state != "running" or cpu.cpl != GUEST_RING:
+            return
+        if cpu.eip >= HOLE_BASE:
+            raise Kill(_in_the_hole(f"the guest instruction at {eip:#010x} transfers to "
+                                    f"{cpu.eip:#010x}"))
+        self._goto(cpu.eip, hint)
 
     def _step_lifted(self, gfn: Optional[int], gpa: int, size: int) -> None:
         """One step of the instruction at EIP; code traces it meets are lifted for it (and
@@ -960,6 +1047,12 @@ class BinaryTranslator(TrapAndEmulate):
             g_text = texts.get(row.guest_eip, "") if first else ""
             out.append((g_eip, g_text, addr, tc_text, row.kind))
         return out
+
+
+def _in_the_hole(what: str) -> str:
+    """The reason of a Kill for a guest transfer into the monitor's hole."""
+    return (f"{what}, in the monitor's region (the hole, {HOLE_BASE:#x} and up): the "
+            "guest has no code there")
 
 
 def tu_text(tu: TU, eip: int) -> str:

@@ -63,12 +63,14 @@ Simplifications, each deliberate: no "duplicate function" or trampoline patches
 itself runs it unscanned, and a RET to an address in patch memory is not caught: the
 ring-1 code segment spans the hole, as BT's must -- every other way there is: direct
 targets when scanned, indirect ones when looked up, handlers, IRET and far transfers
-when emulated, data accesses by the truncated segments); code reached only through a mapping that changed under a
+when emulated, data accesses by the truncated segments, or refused when they go through
+CS); code reached only through a mapping that changed under a
 linear page the monitor scanned is rescanned from that page's known entries, but a page
 never entered through the monitor and only reached by a direct branch scanned while it
 was not mapped goes through the patched branch (the monitor sees it); guest RAM code
 aliased at two linear addresses keeps the patches of the first (the jump's rel32 is
-linear). Adaptive translation is BT's and is off here.
+linear). Adaptive translation is BT's and is off here. As under BT, a guest kernel that
+sets EFLAGS.TF at ring 1 (single-stepping itself) is killed with that reason.
 
 >>> from hvsim.guests import teaching_kernel
 >>> rm = RawMode(program=teaching_kernel())
@@ -90,7 +92,7 @@ import numpy as np
 from hvsim.arch.vectors import BP
 from hvsim.asm.disassembler import disassemble_one
 from hvsim.bt import replacements as R
-from hvsim.bt.monitor import TC_BASE, TU, BinaryTranslator, BTSnapshot
+from hvsim.bt.monitor import TC_BASE, TU, BinaryTranslator, BTSnapshot, _in_the_hole
 from hvsim.bt.translator import CALLOUT, CHAIN, IDENT, INLINE, TranslationFault, _Emitter
 from hvsim.machine import Event, Machine
 from hvsim.mmu.shadow import HOLE_BASE, GuestPageFault, ShadowError
@@ -267,7 +269,7 @@ class RawMode(BinaryTranslator):
     def _classify(self, insn, raw: bytes, pc: int):
         """(key, need, flow, targets, falls) of one decoded instruction."""
         key = insn.mnemonic.replace("rep ", "")
-        skey, how = R.treatment("(bad)" if insn.bad else key, raw)
+        skey, how = R.treatment("(bad)" if insn.bad else key, raw, insn)
         nxt = (pc + insn.size) & MASK32
         pre, body = R.split_prefixes(raw)
         op = body[0] if body else 0
@@ -606,8 +608,7 @@ class RawMode(BinaryTranslator):
         if at is not None:
             return at
         if eip >= HOLE_BASE:
-            raise Kill(f"the guest kernel jumps to {eip:#010x}, in the monitor's region "
-                       f"({HOLE_BASE:#x} and up): it has no code there")
+            raise Kill(_in_the_hole(f"the guest kernel jumps to {eip:#010x}"))
         if eip not in self._insn:
             self.scan(eip)
             at = self._displaced.get(eip)
@@ -637,17 +638,6 @@ class RawMode(BinaryTranslator):
                                       f"at {f.address:#x} reflected to {handler:#x}")
         return handler
 
-    def _after(self) -> None:
-        if self._state != "running":
-            return
-        cpu = self.machine.cpu
-        if cpu.cpl == GUEST_RING and HOLE_BASE <= cpu.eip:
-            hit = self._at.get(cpu.eip)
-            if hit is None:
-                raise Kill(f"ring 1 at {cpu.eip:#010x}, in the monitor's region but not at "
-                           "an instruction of patch code")
-        super()._after()
-
     def _simulate(self, eip: int, hint: Optional[TU]) -> None:
         """Run the original guest instruction at ``eip`` for one step (its patched bytes
         put back for that step), then resume in place."""
@@ -668,17 +658,7 @@ class RawMode(BinaryTranslator):
             if p is not None and self._patches.get(eip) is p:
                 m.write_physical(gpa, p.written)
         self._mappings_changed()
-        if self._state == "running" and cpu.cpl == GUEST_RING:
-            self._goto(cpu.eip)             # the hole included: refused there
-
-    def _reflect(self, vector: int, error: Optional[int], ret_eip: int) -> int:
-        """Trap-and-emulate's reflection, refused when the guest's handler is in the
-        monitor's region (a ring-1 handler there would run patch memory)."""
-        target = super()._reflect(vector, error, ret_eip)
-        if self.machine.cpu.cpl == GUEST_RING and target >= HOLE_BASE:
-            raise Kill(f"the guest's handler of vector {vector:#x} is at {target:#010x}, in "
-                       f"the monitor's region ({HOLE_BASE:#x} and up): it has no code there")
-        return target
+        self._resume_simulated(eip, None)
 
     # ---- dispatch: the INT3 replacements -------------------------------------------------------
     def handle(self, ev: Event, outcome=None):
@@ -689,8 +669,9 @@ class RawMode(BinaryTranslator):
                 self.traps[ev.name] += 1            # a #BP from ring 1: a trap
                 self.raw_counts["int3_emulated"] += 1
                 if p.kind == "refused":
-                    raise Kill(f"'{self._insn[p.site].text}' at {p.site:#010x}: "
-                               f"{R.SENSITIVE['gs'][1]}; hvsim's patch manager refuses it")
+                    ins = self._insn[p.site]
+                    raise Kill(f"'{ins.text}' at {p.site:#010x}: "
+                               f"{R.SENSITIVE[ins.key][1]}; hvsim's patch manager refuses it")
                 self._record(ev, "callout", f"INT3 replacement at {p.site:#x}: the monitor "
                                             f"runs '{self._insn[p.site].text}'")
                 self._simulate(p.site, None)

@@ -25,7 +25,9 @@ Rules every sequence keeps (hvsim's model of VMware's in-TC emulation):
   it touches nothing but GS scratch), so a fault is the original's, at its guest EIP;
 * when STI or POPF sets the virtual IF while an interrupt is pending, the sequence leaves
   through a callout so that the monitor injects it at once (STI keeps its one-
-  instruction shadow: the monitor emulates that STI, as trap-and-emulate does).
+  instruction shadow: the monitor emulates that STI, as trap-and-emulate does; a tick
+  that arrives right after the in-TC STI is held until the next instruction is done,
+  by the monitor, which knows STI's sequence by its last instruction).
 
 :data:`SENSITIVE` is the list, as data, of the instructions that never run as they are
 in the guest kernel's translated code, each with why (Intel SDM; Robin & Irvine, "Analysis
@@ -41,7 +43,7 @@ from hvsim.arch.flags import IF, IOPL_MASK
 __all__ = ["SENSITIVE", "VCPU_SLOTS", "VIF", "VIOPL", "PENDING", "TARGET", "S0", "S1",
            "CALLOUT_VECTOR", "INLINE", "CALLOUT", "REFUSED", "treatment", "inline_sequence",
            "callout", "jmp_rel32", "jcc_rel32", "push_imm32", "ret_sequence",
-           "indirect_sequence", "GS_PREFIX"]
+           "indirect_sequence", "GS_PREFIX", "CS_PREFIX", "reads_through_cs"]
 
 MASK32 = 0xFFFFFFFF
 GS_PREFIX = 0x65                  # segment override GS (SDM Vol. 2A, 2.1.1, Group 2)
@@ -118,9 +120,24 @@ SENSITIVE: dict = {
     "(bad)": (CALLOUT, "not an instruction of the subset: run as it is, it raises #UD"),
     "gs": (REFUSED, "uses %gs, which the monitor reserves for itself (Adams & Agesen 2006, "
                     "sec. 3.2)"),
+    "cs data": (REFUSED, "reads memory through CS: hvsim's ring-1 code segment spans the "
+                         "monitor's hole so that the TC can run there (only the data "
+                         "segments are truncated), so a data access through CS could reach "
+                         "the monitor"),
 }
 
 _PREFIXES = frozenset({0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65, 0x66, 0xF0, 0xF2, 0xF3})
+# segment override prefixes (SDM Vol. 2A, 2.1.1, Group 2); hvsim's decoder, as the
+# processor, uses the last one
+_SEGMENT_PREFIXES = frozenset({0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65})
+CS_PREFIX = 0x2E
+# operand kinds of hvsim/asm/table.py that access memory whatever ModRM says: moffs
+# (A0-A3) and the DS:ESI source of MOVS, the one a segment prefix overrides (ES:EDI
+# cannot be overridden, SDM Vol. 2B, MOVS)
+_MEMORY_KINDS = frozenset({"Ob", "Ow", "Od", "Xb", "Xw", "Xd"})
+_MODRM_MEMORY_KINDS = frozenset({"Eb", "Ed", "Ew", "Ewx", "Ewd", "M", "Mb", "Mq", "Mdq", "Mp"})
+# a memory operand that is only an address, never accessed
+_ADDRESS_ONLY = frozenset({"lea", "invlpg"})
 
 
 def split_prefixes(raw: bytes) -> tuple:
@@ -164,11 +181,35 @@ def key_of(mnemonic: str, raw: bytes) -> str:
     return mnemonic
 
 
-def treatment(mnemonic: str, raw: bytes) -> tuple:
+def reads_through_cs(insn) -> bool:
+    """True if decoded ``insn`` (hvsim.asm.disassembler.Instruction) accesses memory
+    through CS: its last segment prefix is 2E and it has a memory operand that the
+    prefix applies to (a ModRM memory operand, a moffs, MOVS's source). A 2E prefix on a
+    Jcc (a branch hint) or on an instruction without one is ignored by the processor."""
+    form = insn.form
+    if form is None or form.mnemonic in _ADDRESS_ONLY:
+        return False
+    pre, body = split_prefixes(bytes(insn.bytes))
+    segs = [b for b in pre if b in _SEGMENT_PREFIXES]
+    if not segs or segs[-1] != CS_PREFIX:
+        return False
+    at = len(form.opcode)
+    for kind in form.ops:
+        if kind in _MEMORY_KINDS:
+            return True
+        if kind in _MODRM_MEMORY_KINDS and at < len(body) and body[at] >> 6 != 3:
+            return True
+    return False
+
+
+def treatment(mnemonic: str, raw: bytes, insn=None) -> tuple:
     """(key, treatment) of a guest kernel instruction: the treatment is INLINE, CALLOUT or
     REFUSED for the sensitive ones (:data:`SENSITIVE`), None for the rest (copied or
-    rewritten as control flow by the translator). A 16-bit PUSHF/POPF is a callout."""
+    rewritten as control flow by the translator). A 16-bit PUSHF/POPF is a callout.
+    With the decoded ``insn``, a data access through CS is refused ('cs data')."""
     key = key_of(mnemonic, raw)
+    if key != "gs" and insn is not None and reads_through_cs(insn):
+        key = "cs data"
     entry = SENSITIVE.get(key)
     if entry is None:
         return key, None

@@ -17,7 +17,9 @@ What each guest instruction becomes (``kind`` of a row):
 * ``IDENT`` -- neither control flow nor sensitive: copied byte for byte (IA-32 has no
   EIP-relative data addressing, so a copy computes the same addresses);
 * ``INLINE`` -- CLI, STI, PUSHFD, POPFD: an in-TC sequence on the virtual IF/IOPL
-  (hvsim/bt/replacements.py);
+  (hvsim/bt/replacements.py); an STI that would be the TU's last instruction is a
+  callout instead (its interrupt shadow covers the next instruction, which the monitor
+  must see run);
 * ``CALLOUT`` -- the other sensitive instructions, far transfers, INT n, RET and
   indirect branches (a lookup), and an instruction adaptive translation found guilty:
   ``int CALLOUT_VECTOR``, the monitor does the rest;
@@ -47,7 +49,7 @@ import dataclasses
 import struct
 from typing import Callable, Optional
 
-from hvsim.asm.disassembler import disassemble_one
+from hvsim.asm.disassembler import _Truncated, _decode, disassemble_one
 from hvsim.bt import replacements as R
 
 __all__ = ["translate", "Translation", "Row", "ExitSite", "MAX_TU_INSNS", "IDENT", "INLINE",
@@ -143,6 +145,11 @@ class _Emitter:
         for i, (raw, co) in enumerate(seq):
             self.put(raw, eip, glen, i == 0, CALLOUT if co else kind, co, key)
 
+    def truncate(self, n_rows: int) -> None:
+        """Drop the rows from ``n_rows`` on, and their code (no exits among them)."""
+        del self.code[self.rows[n_rows].offset:]
+        del self.rows[n_rows:]
+
     def exit_jump(self, raw: bytes, eip: int, glen: int, boundary: bool, target: int,
                   key: str) -> None:
         at = self.put(raw, eip, glen, boundary, CHAIN, None, key)
@@ -182,8 +189,10 @@ def translate(eip: int, read: Callable[[int, int], bytes], *, adapted=frozenset(
         off = pc - eip
         insn = disassemble_one(buf, off, pc)
         if (insn.bad and whole_page and off + MAX_INSN_LEN > len(buf) and not extended
-                and page_end <= MASK32):
-            # the instruction may run into the next page: its bytes come from there
+                and page_end <= MASK32 and _runs_out(buf, off, pc)):
+            # the instruction runs into the next page: its bytes come from there (bytes
+            # that are no instruction whatever follows are #UD, as the CPU finds them
+            # without fetching further)
             try:
                 more = read(page_end, MAX_INSN_LEN)
             except TranslationFault:
@@ -202,23 +211,42 @@ def translate(eip: int, read: Callable[[int, int], bytes], *, adapted=frozenset(
         glen = insn.size
         key = insn.mnemonic.replace("rep ", "")
         guest.append((pc, glen, str(insn)))
+        first = len(em.rows)
         done = _emit(em, insn, raw, key, pc, glen, adapted)
         pc = (pc + glen) & MASK32
+    if not done and em.rows[first].kind == INLINE and em.rows[first].key == "sti":
+        # an in-TC STI whose next instruction is not in this TU: its interrupt shadow
+        # would end at the TU's exit, where the monitor cannot see it -- a callout
+        # instead (the monitor emulates STI, shadow included)
+        em.truncate(first)
+        em.put(R.callout(), guest[-1][0], guest[-1][1], True, CALLOUT, "simulate", "sti")
+        done = True
     if not done:
         em.exit_jump(R.jmp_rel32(0), pc, 0, True, pc, "fall-through")
     em.finish()
     return Translation(eip, bytes(em.code), em.rows, em.exits, guest, sorted(set(pages)), pc)
 
 
+def _runs_out(buf, off: int, pc: int) -> bool:
+    """Decoding at ``buf[off]`` stopped because the bytes ended (the instruction goes on
+    past them), not because they are no instruction. (The disassembler's own decoder
+    and its end-of-bytes signal, which :func:`disassemble_one` folds into '(bad)'.)"""
+    try:
+        _decode(buf, off, pc)
+    except _Truncated:
+        return True
+    return False
+
+
 def _emit(em: _Emitter, insn, raw: bytes, key: str, pc: int, glen: int, adapted) -> bool:
     """Emit the translation of one guest instruction; True if it ends the TU."""
     nxt = (pc + glen) & MASK32
+    skey, how = R.treatment("(bad)" if insn.bad else key, raw, insn)
+    if how == R.REFUSED:                  # before adaptation: a refusal protects the hole
+        em.put(R.callout(), pc, glen, True, CALLOUT, "refused", skey)
+        return True
     if pc in adapted:
         em.put(R.callout(), pc, glen, True, CALLOUT, "adapted", key)
-        return True
-    skey, how = R.treatment("(bad)" if insn.bad else key, raw)
-    if how == R.REFUSED:
-        em.put(R.callout(), pc, glen, True, CALLOUT, "refused", skey)
         return True
     if how == R.INLINE:
         em.sequence(R.inline_sequence(skey), pc, glen, INLINE, skey)
@@ -249,7 +277,10 @@ def _emit(em: _Emitter, insn, raw: bytes, key: str, pc: int, glen: int, adapted)
         em.put(R.push_imm32(nxt), pc, glen, True, CHAIN, None, key)
         em.exit_jump(R.jmp_rel32(0), pc, glen, False, nxt + _rel(body, 4), key)
         return True
-    if key == "ret" and not pre:
+    if key == "ret":
+        # a segment prefix (the only prefix the subset allows on RET) does not change
+        # it -- the pop is through SS (SDM Vol. 2B, RET) --: the same lookup, never a
+        # copy that would return into guest code at ring 1
         imm = int.from_bytes(body[1:3], "little") if op == 0xC2 else None
         em.sequence(R.ret_sequence(imm), pc, glen, CHAIN, key)
         return True
