@@ -556,3 +556,15 @@ def test_garbage_never_escapes_as_a_raw_exception():
             assemble(src)
         except AsmError:
             pass
+
+
+def test_runs_out_tells_bytes_that_end_early_from_bytes_that_are_no_instruction():
+    """disassemble_one gives '(bad)' for both; runs_out says which: B8 01 is a MOV EAX,
+    imm32 missing three bytes, 0F the first byte of a two-byte opcode, D6 no instruction
+    of the subset whatever follows, 90 a whole NOP."""
+    from hvsim.asm.disassembler import runs_out
+    for code in (b"\xb8\x01", b"\x0f", b"\x8b", b"\x2e"):
+        assert disassemble_one(code).bad and runs_out(code), code
+    assert disassemble_one(b"\xd6").bad and not runs_out(b"\xd6")
+    assert not runs_out(b"\x90") and not runs_out(b"\xb8\x01\x00\x00\x00")
+    assert runs_out(b"\x90\xb8", 1) and not runs_out(b"\xb8\x90", 1)

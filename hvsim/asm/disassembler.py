@@ -158,6 +158,18 @@ def disassemble_one(code, offset: int = 0, address: int = 0) -> Instruction:
         return _bad(code, offset, address)
 
 
+def runs_out(code, offset: int = 0) -> bool:
+    """True when the bytes of ``code`` end inside the instruction at ``code[offset]``
+    (more bytes could make it one), False when they hold a whole instruction or bytes
+    that are no instruction whatever follows. :func:`disassemble_one` gives '(bad)' for
+    both; a reader of guest code fetches the next page only in the first case."""
+    try:
+        _decode(code, offset, 0)
+    except _Truncated:
+        return True
+    return False
+
+
 def _decode(code, offset: int, address: int):
     cur = _Bytes(code, offset)
     seg = None

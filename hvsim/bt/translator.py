@@ -49,7 +49,7 @@ import dataclasses
 import struct
 from typing import Callable, Optional
 
-from hvsim.asm.disassembler import _Truncated, _decode, disassemble_one
+from hvsim.asm.disassembler import disassemble_one, runs_out
 from hvsim.bt import replacements as R
 
 __all__ = ["translate", "Translation", "Row", "ExitSite", "MAX_TU_INSNS", "IDENT", "INLINE",
@@ -189,7 +189,7 @@ def translate(eip: int, read: Callable[[int, int], bytes], *, adapted=frozenset(
         off = pc - eip
         insn = disassemble_one(buf, off, pc)
         if (insn.bad and whole_page and off + MAX_INSN_LEN > len(buf) and not extended
-                and page_end <= MASK32 and _runs_out(buf, off, pc)):
+                and page_end <= MASK32 and runs_out(buf, off)):
             # the instruction runs into the next page: its bytes come from there (bytes
             # that are no instruction whatever follows are #UD, as the CPU finds them
             # without fetching further)
@@ -225,17 +225,6 @@ def translate(eip: int, read: Callable[[int, int], bytes], *, adapted=frozenset(
         em.exit_jump(R.jmp_rel32(0), pc, 0, True, pc, "fall-through")
     em.finish()
     return Translation(eip, bytes(em.code), em.rows, em.exits, guest, sorted(set(pages)), pc)
-
-
-def _runs_out(buf, off: int, pc: int) -> bool:
-    """Decoding at ``buf[off]`` stopped because the bytes ended (the instruction goes on
-    past them), not because they are no instruction. (The disassembler's own decoder
-    and its end-of-bytes signal, which :func:`disassemble_one` folds into '(bad)'.)"""
-    try:
-        _decode(buf, off, pc)
-    except _Truncated:
-        return True
-    return False
 
 
 def _emit(em: _Emitter, insn, raw: bytes, key: str, pc: int, glen: int, adapted) -> bool:
