@@ -81,8 +81,9 @@ f:
 
 # The loop calls fn (on the next page), then rewrites fn's immediate: each store
 # invalidates the one TB on fn's page (K invalidations) and fn is translated again at the
-# next call: K translations of fn, plus A, R, T, C. A store into another 128-byte region of
-# fn's page (STORE = 0x2400) still invalidates fn for QEMU (per page) but not for Bochs.
+# next call: K translations of fn, plus A, R, T, C. A store into bytes of fn's page that
+# hold no code (STORE = 0x2400, also another 128-byte region) invalidates nothing: QEMU
+# compares byte ranges, Bochs regions; fn is translated once (A, fn, R, T, C: 5 TBs).
 SMC_LOOP = """
     mov ecx, {k}
 top:
@@ -159,16 +160,91 @@ def test_interpret_mode_traces_miss_once_then_hit():
     assert _pick(c, "bx_lookups", "bx_misses", "bx_hits") == (2 * N + 2, 4, 2 * N - 2)
 
 
-def test_self_modifying_code_invalidates_per_page_and_per_region():
+def test_self_modifying_code_invalidates_per_byte_range_and_per_region():
     src = SMC_LOOP.format(k=K, store="fn + 1")
     c = _emu(src).counters
     assert c["tb_invalidated"] == K and c["tb_translated"] == K + 4
     assert c["bx_smc"] == K and c["bx_traces_invalidated"] == K
     assert c["bx_misses"] == 4 + K          # fn decoded again after each invalidation
-    # another 128-byte region of fn's page: QEMU invalidates the page, Bochs does nothing
+    # bytes of fn's page with no code, in another 128-byte region: neither model reacts
     c = _emu(SMC_LOOP.format(k=K, store="0x2400")).counters
-    assert c["tb_invalidated"] == K and c["tb_translated"] == K + 4
+    assert c["code_writes"] == K
+    assert c["tb_invalidated"] == 0 and c["tb_translated"] == 5
     assert c["bx_smc"] == 0 and c["bx_traces_invalidated"] == 0 and c["bx_misses"] == 5
+
+
+# Code in two 128-byte regions of one page: f1 at 2000H (region 0), f2 at 2100H (region
+# 2). Each pass calls both, then rewrites f2's immediate (2101H, region 2). Bochs
+# (traceMask & mask) and QEMU (byte ranges) drop only f2's trace or TB; f1's stays and
+# hits on every pass after the first. Traces and TBs: A = [mov ecx; call f1], F1, R1 =
+# [call f2], F2, R2 = [store; dec; jnz], T = [call f1] (from the second pass), C = [hlt]:
+# F2 is made on each of the K passes, the other six once: K + 6, and K invalidations.
+# Bochs looks a trace up at each of its five entries per pass (A or T, F1, R1, F2, R2)
+# and at C: 5K + 1 lookups. Dropping every trace of the page would lose F1 too (2K + 5).
+TWO_REGIONS = """
+    mov ecx, {k}
+top:
+    call f1
+    call f2
+    mov byte [f2 + 1], cl
+    dec ecx
+    jnz top
+    hlt
+    org 0x2000
+f1:
+    add ebx, 1
+    ret
+    org 0x2100
+f2:
+    mov al, 0
+    add ebx, eax
+    ret
+"""
+
+
+@pytest.mark.parametrize("mode", ["interpret", "translate"])
+def test_a_store_drops_only_the_code_it_meets(mode):
+    c = _emu(TWO_REGIONS.format(k=K), mode=mode).counters
+    assert c["code_writes"] == K
+    if mode == "interpret":
+        assert (c["bx_smc"], c["bx_traces_invalidated"]) == (K, K)
+        assert (c["bx_lookups"], c["bx_misses"]) == (5 * K + 1, K + 6)
+    else:
+        assert (c["tb_invalidated"], c["tb_translated"], c["tb_misses"]) == (K, K + 6, K + 6)
+
+
+# A TB across two pages: g at 2FFAH is [mov eax (2FFAH-2FFEH), mov ebx (2FFFH-3003H)]
+# (the next instruction, RET at 3004H, starts on another page: TB H). STORE into the
+# immediate of mov ebx (3002H, the TB's part on page 3000H) invalidates G on each of the
+# K passes; into 3005H (page 3000H, after H's one byte) or 2FF0H (before G) nothing.
+# TBs: A = [mov ecx; call g], G, H, R = [store; dec; jnz], T = [call g], C = [hlt].
+ACROSS_SMC = """
+    mov ecx, {k}
+top:
+    call g
+    mov byte [{store}], cl
+    dec ecx
+    jnz top
+    hlt
+    org 0x2FFA
+g:
+    mov eax, 0x11223344
+    mov ebx, 0x55667788
+    ret
+"""
+
+
+@pytest.mark.parametrize("store, invalidated, translated", [
+    (0x3002, K, K + 5),         # G made on each of the K passes, the other five TBs once
+    (0x3005, 0, 6), (0x2FF0, 0, 6)])
+def test_both_parts_of_a_tb_across_two_pages_are_checked(store, invalidated, translated):
+    emu = _emu(ACROSS_SMC.format(k=K, store=hex(store)))
+    c = emu.counters
+    assert c["code_writes"] == K
+    assert (c["tb_invalidated"], c["tb_translated"]) == (invalidated, translated)
+    # G: 5 + 5 bytes on pages 2 and 3; invalidated by the last store when it is hit
+    g = [(t["icount"], t["size"], t["pages"]) for t in emu.tb_table() if t["pc"] == 0x2FFA]
+    assert g == ([] if invalidated else [(2, 10, [2, 3])])
 
 
 def test_a_full_code_buffer_is_flushed():

@@ -25,8 +25,8 @@ Sections (each a function here, the notebook only calls them):
 2. :func:`model_rows` (the two emulator models' counters) and :func:`tb_rows` (QEMU's
    translation blocks); :func:`cpl_demo`: the same code at CPL 0 and CPL 3 is two TBs;
 3. :func:`smc_runs` / :func:`smc_table`: a loop that rewrites an immediate of its own
-   code, and one that writes data beside its code: QEMU invalidates per page, Bochs per
-   128-byte region;
+   code, and one that writes data beside its code: QEMU invalidates the TBs whose bytes
+   a store meets, Bochs the traces in the 128-byte regions it meets;
 4. :func:`bt_listing_table` (sys_ticks' translation beside the original),
    :func:`step_to_callout`, :func:`adaptive_facts` (the timer's ``inc dword [ticks]``);
 5. :func:`patch_table`: raw mode's patched sites;
