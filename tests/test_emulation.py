@@ -34,8 +34,8 @@ top:
 
 # The same loop with its body across a page end: B = [add, xor, add, dec] ends before the
 # JNZ, which starts on the next page; B2 = [jnz]. Neither may chain to the other (the
-# destination is not on a page of the jumping TB): every B->B2 and B2->B goes through the
-# jump cache. Lookups: A, A->B, N x B->B2, N-1 x B2->B, B2->C = 2N + 2; misses A, B, B2,
+# destination is not on the page where the jumping TB starts): every B->B2 and B2->B
+# goes through the jump cache. Lookups: A, A->B, N x B->B2, N-1 x B2->B, B2->C = 2N + 2; misses A, B, B2,
 # C; chained only A->B and B2->C (same page): 2 patches, no chain hit.
 LOOP_ACROSS = f"""
     mov ecx, {N}
@@ -118,6 +118,36 @@ def test_loop_chains_to_itself():
     assert c["tb_insns_translated"] == 2 + 4 + 1
     assert c["tb_insns_run"] == 2 + 4 * N + 1 == c["instructions"]
     assert c["tb_invalidated"] == c["tb_flushes"] == 0
+
+
+# B = [add; xor; add; jmp target] at 1FF8H: its JMP starts at 1FFFH and ends on page
+# 2000H, so B spans two pages; its target T = [dec; jnz top] at 2010H is on B's second
+# page, not on the page where B starts: not chained (QEMU's translator_use_goto_tb). The
+# counts are LOOP_ACROSS's: lookups A, A->B, N x B->T, N-1 x T->B, T->C = 2N + 2; misses
+# A, B, T, C; patched only A->B (page 1000H) and T->C (page 2000H).
+JUMP_TO_SECOND_PAGE = f"""
+    mov ecx, {N}
+    jmp top
+    org 0x1FF8
+top:
+    add eax, ecx
+    xor ebx, eax
+    add edx, 1
+    jmp target
+    org 0x2010
+target:
+    dec ecx
+    jnz top
+    hlt
+"""
+
+
+def test_a_jump_to_the_second_page_of_a_tb_is_not_chained():
+    emu = _emu(JUMP_TO_SECOND_PAGE)
+    b = {t["pc"]: t for t in emu.tb_table()}[0x1FF8]
+    assert b["pages"] == [1, 2] and b["end"] == "jump" and b["chained"] == [None, None]
+    assert _pick(emu.counters, "tb_translated", "tb_lookups", "tb_misses", "tb_jc_hits",
+                 "tb_chain_hits", "tb_chains_patched") == (4, 2 * N + 2, 4, 2 * N - 2, 0, 2)
 
 
 def test_loop_across_a_page_is_not_chained():

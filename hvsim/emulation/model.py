@@ -64,8 +64,10 @@ gives them; Bellard 2005]:
   translation;
 * chaining (``goto_tb``): a TB ending in a direct jump, a conditional branch or a
   fall-through has up to two outgoing slots; a slot is patched to its successor the first
-  time it is taken, only when the successor's pc is on a page of the jumping TB
-  (softmmu, ``docs/devel/tcg.rst``); an indirect transfer (RET, JMP/CALL r/m, far
+  time it is taken, only when the successor's pc is on the page of the jumping TB's first
+  instruction (``translator_use_goto_tb``: ``((pc_first ^ dest) & TARGET_PAGE_MASK) ==
+  0``; softmmu, ``docs/devel/tcg.rst``) -- not on the second page of a TB whose last
+  instruction crosses; an indirect transfer (RET, JMP/CALL r/m, far
   transfers, IRET, INT n) and the end of a TB after a static-state change go through the
   jump-cache lookup (``lookup_and_goto_ptr`` / the main loop);
 * an event between two instructions (an interrupt or exception delivered: the next
@@ -352,9 +354,9 @@ def _tb_finish(tbs, t, end, last_pc, last_len, last_imm, nxt):
 
 @njit(inline="always")
 def _chainable(tbs, t, dest):
-    """goto_tb is used only for a destination on a page of the jumping TB (softmmu)."""
-    p = dest >> PAGE_SHIFT
-    return p == (tbs[t, T_PC] >> PAGE_SHIFT) or p == tbs[t, T_VPAGE1]
+    """goto_tb only to a destination on the page of the jumping TB's first instruction
+    (translator_use_goto_tb: ((pc_first ^ dest) & TARGET_PAGE_MASK) == 0)."""
+    return (dest >> PAGE_SHIFT) == (tbs[t, T_PC] >> PAGE_SHIFT)
 
 
 @njit(inline="always")

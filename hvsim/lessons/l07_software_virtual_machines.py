@@ -435,8 +435,9 @@ def plot_cycles(runs: dict, profile: str = "nehalem", fig=None):
 # ---- 7. exercise ---------------------------------------------------------------------------
 def split_loop(n: int, gap: int) -> str:
     """A loop of ``n`` passes in two halves: ``top`` at 1000H jumps to ``second``, ``gap``
-    bytes further on, which loops back to ``top``. QEMU chains a jump only to a TB on a
-    page of the jumping TB: with ``second`` on the next page, no jump of the loop chains."""
+    bytes further on, which loops back to ``top``. QEMU chains a jump only to a TB on the
+    page where the jumping TB starts: with ``second`` on the next page, no jump of the
+    loop chains."""
     for name, v, lo, hi in (("n", n, 1, 10_000), ("gap", gap, 16, 8000)):
         if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
             raise ValueError(f"{name} must be an int from {lo} to {hi}, got {v!r}")
@@ -495,7 +496,7 @@ def _exercise_solution(p: dict, answer) -> str:
                 f"**{answer}**.")
     else:
         body = ("They are on different pages, so QEMU never chains the loop's jumps (a "
-                "TB's jump is patched only to a TB on one of its own pages: the target's "
+                "TB's jump is patched only to a TB on the page where it starts: the target's "
                 "page might be remapped or rewritten without the jumping TB's knowing). "
                 "Every jump is looked up: the two first ones miss (B and A translated), "
                 f"the other {n - 1} `jmp second` and {n - 2} `jnz top` hit the jump cache: "
