@@ -209,6 +209,9 @@ def test_exercise_answers_follow_the_page_rule_and_the_snippet_gives_them(seed):
     p = ex.params
     n, same = p["n"], p["second"] >> 12 == 1
     assert ex.expected == ([2 * (n - 2), 1] if same else [0, 2 * n - 3])
+    assert f"**{ex.expected}**" in ex.solution_text()
+    assert (f"{2 * (n - 2)} chain hits, 1 jump-cache hit" if same
+            else f"{2 * n - 3} hits, no chain") in ex.solution_text()
     for spelling in (list(ex.expected), str(ex.expected), tuple(ex.expected)):
         assert ex.check(spelling).ok
     (snippet,) = re.findall(r"`(from hvsim[^`]*)`", ex.solution_text())
@@ -216,6 +219,50 @@ def test_exercise_answers_follow_the_page_rule_and_the_snippet_gives_them(seed):
     ns = {}
     exec(head, ns)
     assert eval(expr.strip(), ns) == ex.expected
+
+
+def _jc_slot(pc):
+    """QEMU's tb_jmp_cache_hash_func (softmmu, TB_JMP_CACHE_BITS 12, TB_JMP_PAGE_BITS 6),
+    written out again here: 6 bits of the page, 6 of the offset."""
+    tmp = pc ^ (pc >> 6)
+    return ((tmp >> 6) & 0xFC0) | (tmp & 0x3F)
+
+
+def _gaps_checked():
+    """Every 40th gap of each range, its ends, and the gaps beside every one left out."""
+    out = set()
+    for lo, hi in ((64, 3800), (4200, 7800)):
+        out |= set(range(lo, hi, 40)) | {lo, hi - 1}
+        out |= {g + d for g in range(lo, hi) if _jc_slot(0x1005 + g) == _jc_slot(0x1005)
+                for d in (-1, 1) if lo <= g + d < hi}
+    return sorted(out)
+
+
+def test_the_exercise_leaves_out_exactly_the_gaps_whose_halves_share_a_jump_cache_slot():
+    top = l07.EXERCISE_TOP
+    for (lo, hi), key in (((64, 3800), "one page"), ((4200, 7800), "two pages")):
+        kept = [g for g in range(lo, hi) if _jc_slot(top + g) != _jc_slot(top)]
+        assert list(l07.EXERCISE_GAPS[key]) == kept
+    assert 130 not in l07.EXERCISE_GAPS["one page"]               # 1005H and 1087H share
+    # where they share it, the model's counts are not the rule's: so they are left out
+    assert _jc_slot(top + 130) == _jc_slot(top)
+    assert l07.count_lookups(8, 130) != l07.exercise_rule(8, 130)
+    # every seed draws its gap from the kept ones
+    for seed in range(300):
+        p = l07.chain_exercise(seed).params
+        assert p["gap"] in l07.EXERCISE_GAPS["one page"] + l07.EXERCISE_GAPS["two pages"]
+
+
+def test_the_solution_rule_is_the_models_count_for_the_exercises_gaps():
+    gaps = [g for g in _gaps_checked() if _jc_slot(0x1005 + g) != _jc_slot(0x1005)]
+    wrong = [g for g in gaps if l07.count_lookups(8, g) != l07.exercise_rule(8, g)]
+    assert len(gaps) > 200 and wrong == []
+
+
+@pytest.mark.slow
+def test_the_solution_rule_is_the_models_count_for_every_gap_of_the_exercise():
+    for gap in l07.EXERCISE_GAPS["one page"] + l07.EXERCISE_GAPS["two pages"]:
+        assert l07.count_lookups(8, gap) == l07.exercise_rule(8, gap), gap
 
 
 def test_exercise_bad_answers_get_a_verdict():
