@@ -318,6 +318,13 @@ def test_stats_and_names():
     assert d.mode == "translate" and d.stats["insns_run_translated"] == 2 + 4 * N + 1
     assert d.stats["insns_translated"] == 7 and d.stats["tb_slow_lookups"] == 3
     assert d.describe()["counters"]["tb_translated"] == 3
+    # counters = the machine's (its decode cache too) + "monitor <stat>" + device_io + the
+    # model's, as the monitor's docstring lists them
+    mc, c = d.model_counters, d.counters
+    assert set(mc) == set(M.COUNTERS) | {"soft_tlb_hits", "soft_tlb_misses"}
+    assert c["decode_hits"] + c["decode_misses"] > 0 and "decode_hits" not in mc
+    assert set(c) == (set(d.machine.counters.to_dict()) | {f"monitor {k}" for k in d.stats}
+                      | {"device_io"} | set(mc))
     # the soft TLB is the machine's, in QEMU's (256 x 1) or Bochs's (1024 x 1) geometry
     assert d.machine._tlb_geometry == (256, 1, 1)
     assert Emulator(mode="interpret").machine._tlb_geometry == (1024, 1, 1)
