@@ -173,10 +173,10 @@ def test_iopl_selects_another_tb_but_not_another_trace():
     at_f = [(t["cpl"], t["iopl"], t["icount"]) for t in emu.tb_table() if t["pc"] == f]
     assert at_f == [(0, 0, 2), (0, 3, 2)]
     c = emu.counters
-    # Bochs: traces [call f], F, [push; popf], [call f] again (a new pc), F again (a hit),
-    # [hlt]: lookups 2 (the first call and F) + 1 + 1 + 1 + 1 + 1 (ret -> push, popf ->
-    # call: traces end at RET and POPF)
-    assert c["bx_misses"] == 5 and c["bx_hits"] == 1
+    # Bochs: one lookup per trace entered (traces end at CALL, RET and POPF): [call f]
+    # (miss), F (miss), [push; popf] after the RET (miss), [call f] after the POPF (a new
+    # pc: miss), F again (the same trace at IOPL 3: hit), [hlt] after the RET (miss)
+    assert (c["bx_lookups"], c["bx_misses"], c["bx_hits"]) == (6, 5, 1)
 
 
 def test_interpret_mode_traces_miss_once_then_hit():
@@ -368,6 +368,82 @@ def test_model_constants():
     # QEMU's jump-cache hash keeps 6 bits of the page, 6 of the offset
     assert M._jc_hash.py_func(0x1234) == (((0x1234 ^ (0x1234 >> 6)) >> 6) & 0xFC0) | ((0x1234 ^ (0x1234 >> 6)) & 0x3F)
     assert np.all(M.END_OF_OP[:, 0][[0]] == 0)
+    # the direct jumps end a TB with one slot, the conditional branches with two
+    from hvsim.cpu import decode as D
+    assert M.END_OF_OP[D.OP_JMP_REL, 0] == M.END_OF_OP[D.OP_CALL_REL, 0] == M.END_DIRECT
+    assert {M.END_OF_OP[op, 0] for op in (D.OP_JCC, D.OP_LOOP, D.OP_JECXZ)} == {M.END_COND}
+
+
+def _state_writes(fn, seen=None):
+    """The names among _WATCHED that ``fn`` (a kernel of hvsim) or any hvsim function it
+    calls, transitively, uses to index an assignment to ``st[...]``: read from the
+    source with ast, so the handlers themselves say what they can change."""
+    import ast
+    import inspect
+    import textwrap
+    fn = getattr(fn, "py_func", fn)
+    seen = {} if seen is None else seen
+    if fn in seen:
+        return seen[fn]
+    seen[fn] = set()
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(fn)))
+    except (OSError, TypeError):
+        return set()
+    g, out = getattr(fn, "__globals__", {}), set()
+    for node in ast.walk(tree):
+        targets = (node.targets if isinstance(node, ast.Assign)
+                   else [node.target] if isinstance(node, ast.AugAssign) else [])
+        for t in targets:
+            if isinstance(t, ast.Subscript) and getattr(t.value, "id", None) == "st":
+                out |= {getattr(n, "id", getattr(n, "attr", None))
+                        for n in ast.walk(t.slice)} & _WATCHED
+        if isinstance(node, ast.Call):
+            f = node.func
+            callee = (g.get(f.id) if isinstance(f, ast.Name) else
+                      getattr(g.get(f.value.id), f.attr, None)
+                      if isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name)
+                      else None)
+            inner = getattr(callee, "py_func", callee)
+            if callable(inner) and getattr(inner, "__module__", "").startswith("hvsim"):
+                out |= _state_writes(callee, seen)
+    seen[fn] = out
+    return out
+
+
+#: where a handler changes where or how code runs: EIP, CS (its selector, base...) and
+#: CPL, and the static state QEMU's TB flags or the fetch depend on: CR0 (PE, MP/EM/TS),
+#: CR3, CR4, and the descriptor tables' bases (LGDT, LIDT)
+_WATCHED = {"EIP", "CPL", "SREG_CS", "CR0", "CR3", "CR4", "GDTR_BASE", "IDTR_BASE"}
+
+
+def test_every_op_that_changes_where_or_how_code_runs_ends_a_tb():
+    """END_OF_OP against the handlers' own code (hvsim/cpu/table.py HANDLERS): each op
+    whose handler can write EIP, CS, CPL, a control register or a descriptor-table base
+    ends a TB; each op the model takes for a branch (direct, conditional, indirect)
+    writes EIP. The one exception: a REP string step that has not finished sets EIP back
+    to its own address, and writes no trace record (hvsim/cpu/itrace.py)."""
+    from hvsim.cpu import decode as D
+    from hvsim.cpu.table import HANDLERS
+    names = {v: k for k, v in vars(D).items() if k.startswith("OP_")}
+    writers = {op: _state_writes(h) for op, h in HANDLERS.items()}
+    assert writers[D.OP_JMP_REL] == {"EIP"} and "CPL" in writers[D.OP_IRET]   # the oracle sees
+    assert "CR0" in writers[D.OP_MOV_CR] and "IDTR_BASE" in writers[D.OP_GRP7]
+    missing = [names[op] for op, w in writers.items()
+               if w and op != D.OP_STRING and not M.END_OF_OP[op].any()]
+    assert missing == []
+    branches = (M.END_DIRECT, M.END_COND, M.END_INDIRECT)
+    assert all("EIP" in writers[op] for op in range(D.N_OPS) if op in writers
+               and any(e in branches for e in M.END_OF_OP[op]))
+    # FF /r: the CALL and JMP forms (near and far) are the ones that end a TB, in the
+    # order the handler's own comment lists the forms
+    import inspect
+    grp5 = HANDLERS[D.OP_GRP5]
+    (line,) = [x for x in inspect.getsource(getattr(grp5, "py_func", grp5)).splitlines()
+               if x.startswith("def op_grp5")]
+    forms = line.split("# FF:")[1].split()
+    assert len(forms) == 7 and list(M.END_OF_OP[D.OP_GRP5, :7] != M.END_NONE) == [
+        f.startswith(("CALL", "JMP")) for f in forms]
 
 
 def test_cost_events_come_from_the_model():
