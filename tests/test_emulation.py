@@ -621,3 +621,28 @@ def test_the_cost_model_charges_the_emulators_work():
     assert bd.categories["monitor work"] == (7 * p["translated"].cycles + n * p["run_translated"].cycles
                                              + 3 * p["tb_lookup"].cycles)
     assert bd.categories["guest instructions"] == n * p["instruction"].cycles
+
+
+def test_a_tbs_second_page_is_the_frame_its_next_linear_page_maps_to():
+    """ACROSS_SMC under paging, linear page 3000H mapped to frame 9000H: G's second page
+    is frame 9 (not 3, the frame after 2FFAH's), and the store into the immediate of its
+    MOV EBX (linear 3002H, physical 9002H) invalidates it on each of the K passes, as
+    without paging: G made K times, A, H, R, T, C once."""
+    from hvsim.warmup import enable_paging, identity_map_4k
+    far, pd = 0x9000, 0x60000
+    emu = Emulator(program=assemble(ACROSS_SMC.format(k=K, store="0x3002"), origin=0x1000),
+                   mode="translate")
+    raw = emu.machine._raw_mem
+    cr3 = identity_map_4k(raw, pd, GUEST_RAM)
+    raw[far:far + 0x1000] = raw[0x3000:0x4000]
+    raw[0x3000:0x4000] = 0
+    pte3 = pd + 0x1000 + 4 * 3
+    raw[pte3:pte3 + 4] = np.frombuffer((far | 0x7).to_bytes(4, "little"), np.uint8)
+    emu.machine._flush_decoded()
+    enable_paging(emu.machine, cr3)
+    assert emu.run().kind == "halt"
+    c = emu.counters
+    assert (c["code_writes"], c["tb_invalidated"], c["tb_translated"]) == (K, K, K + 5)
+    # after the last store: H (RET at 3004H) is on frame 9 alone, G is gone
+    pages = {t["pc"]: t["pages"] for t in emu.tb_table()}
+    assert pages[0x3004] == [far >> 12] and 0x2FFA not in pages

@@ -97,13 +97,11 @@ gives them; Bellard 2005]:
   until an end condition. A first run that an interrupt or exception cuts short ends the
   TB there (its later runs fall through to the next TB).
 
-Not traced: an instruction's second page. The machine marks only the frame of an
-instruction's first byte as holding code (hvsim/cpu/decode.py, PG_TRACED), so a store
-into the bytes of an instruction that cross into the next frame writes no code-written
-record unless that frame holds code of its own; and a TB's second frame is taken to be
-the frame of its last byte's physical address, (phys + length - 1) >> 12, which under
-paging need not be the frame the next linear page maps to (QEMU translates that page's
-address: ``get_page_addr_code``).
+An instruction whose bytes cross into the next linear page: the machine traces the
+frame that page maps to as well (hvsim/cpu/decode.py), and the record names it (w7), so
+a TB's second page is that frame -- under paging not the physically next one -- as
+QEMU's ``get_page_addr_code`` of the next page gives it. The Bochs model does not use
+it (its traces stop at the page end; page-split entries are not modelled).
 
 The soft TLB is not modelled here: the monitor gives its machine a TLB of QEMU's default
 geometry and reports its hits and misses (hvsim/emulation/monitor.py).
@@ -511,8 +509,8 @@ def _bx_insn(q, s, icache, stamps, seq, pc, phys, mode, length, end):
 
 # ---------------------------------------------------------------------------------- QEMU
 @njit(inline="always")
-def _tb_insn(q, s, tbs, pages, htab, jcache, seq, pc, phys, flags, csbase, length, imm,
-             nxt, end):
+def _tb_insn(q, s, tbs, pages, htab, jcache, seq, pc, phys, phys2, flags, csbase, length,
+             imm, nxt, end):
     q[TB_INSNS_RUN] += 1
     cur = s[S_CUR]
     if cur >= 0:
@@ -527,7 +525,7 @@ def _tb_insn(q, s, tbs, pages, htab, jcache, seq, pc, phys, flags, csbase, lengt
             if (tbs[cur, T_ICOUNT] < TCG_MAX_INSNS
                     and (pc >> PAGE_SHIFT) == (tbs[cur, T_PC] >> PAGE_SHIFT)):
                 if phys + length <= s[S_PEND_LO] or phys >= s[S_PEND_HI]:
-                    _tb_append(q, s, tbs, pages, cur, pc, phys, length, imm, nxt, end)
+                    _tb_append(q, s, tbs, pages, cur, pc, phys, phys2, length, imm, nxt, end)
                     return
                 # its first run reaches bytes a store wrote ahead of it: QEMU's TB held
                 # them (it was translated whole) and was invalidated by that store; the
@@ -579,7 +577,7 @@ def _tb_insn(q, s, tbs, pages, htab, jcache, seq, pc, phys, flags, csbase, lengt
             q[TB_CHAINS_PATCHED] += 1
     s[S_CUR] = t
     if s[S_BUILD] != 0:
-        _tb_append(q, s, tbs, pages, t, pc, phys, length, imm, nxt, end)
+        _tb_append(q, s, tbs, pages, t, pc, phys, phys2, length, imm, nxt, end)
     else:
         s[S_POS] = 1
         if tbs[t, T_ICOUNT] == 1:
@@ -588,13 +586,13 @@ def _tb_insn(q, s, tbs, pages, htab, jcache, seq, pc, phys, flags, csbase, lengt
 
 
 @njit(inline="always")
-def _tb_append(q, s, tbs, pages, t, pc, phys, length, imm, nxt, end):
+def _tb_append(q, s, tbs, pages, t, pc, phys, phys2, length, imm, nxt, end):
     n = tbs[t, T_ICOUNT] + 1
     tbs[t, T_ICOUNT] = n
     tbs[t, T_SIZE] += length
     q[TB_INSNS_TRANSLATED] += 1
-    last = (phys + length - 1) >> PAGE_SHIFT
-    if last != tbs[t, T_PAGE0] and tbs[t, T_PAGE1] < 0:
+    if (phys & 0xFFF) + length > 4096 and tbs[t, T_PAGE1] < 0:
+        last = phys2 >> PAGE_SHIFT          # the frame the next linear page maps to
         tbs[t, T_PAGE1] = last
         tbs[t, T_VPAGE1] = (pc + length - 1) >> PAGE_SHIFT
         _page_link(tbs, pages, t, 1, last)
@@ -696,6 +694,6 @@ def _insn(recs, i, q, s, tbs, pages, htab, jcache, icache, stamps):
     end = END_OF_OP[op, reg] if op < END_OF_OP.shape[0] else END_STATE
     seq = s[S_PREV_NEXT] == pc
     _bx_insn(q, s, icache, stamps, seq, pc, phys, mode, length, end)
-    _tb_insn(q, s, tbs, pages, htab, jcache, seq, pc, phys, mode & TB_FLAGS_MASK, csbase,
-             length, imm, nxt, end)
+    _tb_insn(q, s, tbs, pages, htab, jcache, seq, pc, phys, np.int64(recs[i, 7]),
+             mode & TB_FLAGS_MASK, csbase, length, imm, nxt, end)
     s[S_PREV_NEXT] = nxt
