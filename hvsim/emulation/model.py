@@ -212,8 +212,8 @@ S_SIZE = 16
 
 # ---- a TB (tbs[i]) ------------------------------------------------------------------------
 T_PC, T_CSBASE, T_FLAGS, T_PHYS, T_ICOUNT, T_SIZE, T_PAGE0, T_PAGE1, T_VALID, T_END, \
-    T_DEST0, T_DEST1, T_JMP0, T_JMP1, T_PNEXT0, T_PNEXT1, T_VPAGE1, T_HSLOT = range(18)
-T_FIELDS = 18
+    T_DEST0, T_DEST1, T_JMP0, T_JMP1, T_PNEXT0, T_PNEXT1, T_HSLOT = range(17)
+T_FIELDS = 17
 H_EMPTY = -1       # a hash-table slot never used since the last flush
 H_DELETED = -2     # the slot of an invalidated TB: lookups go on past it, inserts reuse it
 
@@ -321,7 +321,6 @@ def _tb_lookup(q, s, tbs, pages, htab, jcache, pc, csbase, flags, phys):
     tbs[t, T_PHYS] = phys
     tbs[t, T_PAGE0] = phys >> PAGE_SHIFT
     tbs[t, T_PAGE1] = -1
-    tbs[t, T_VPAGE1] = -1
     tbs[t, T_VALID] = 1
     tbs[t, T_DEST0] = -1
     tbs[t, T_DEST1] = -1
@@ -594,7 +593,6 @@ def _tb_append(q, s, tbs, pages, t, pc, phys, phys2, length, imm, nxt, end):
     if (phys & 0xFFF) + length > 4096 and tbs[t, T_PAGE1] < 0:
         last = phys2 >> PAGE_SHIFT          # the frame the next linear page maps to
         tbs[t, T_PAGE1] = last
-        tbs[t, T_VPAGE1] = (pc + length - 1) >> PAGE_SHIFT
         _page_link(tbs, pages, t, 1, last)
     s[S_POS] = n
     if end != END_NONE:
