@@ -34,8 +34,8 @@ top:
 
 # The same loop with its body across a page end: B = [add, xor, add, dec] ends before the
 # JNZ, which starts on the next page; B2 = [jnz]. Neither may chain to the other (the
-# destination is not on a page of the jumping TB): every B->B2 and B2->B goes through the
-# jump cache. Lookups: A, A->B, N x B->B2, N-1 x B2->B, B2->C = 2N + 2; misses A, B, B2,
+# destination is not on the page where the jumping TB starts): every B->B2 and B2->B
+# goes through the jump cache. Lookups: A, A->B, N x B->B2, N-1 x B2->B, B2->C = 2N + 2; misses A, B, B2,
 # C; chained only A->B and B2->C (same page): 2 patches, no chain hit.
 LOOP_ACROSS = f"""
     mov ecx, {N}
@@ -81,8 +81,9 @@ f:
 
 # The loop calls fn (on the next page), then rewrites fn's immediate: each store
 # invalidates the one TB on fn's page (K invalidations) and fn is translated again at the
-# next call: K translations of fn, plus A, R, T, C. A store into another 128-byte region of
-# fn's page (STORE = 0x2400) still invalidates fn for QEMU (per page) but not for Bochs.
+# next call: K translations of fn, plus A, R, T, C. A store into bytes of fn's page that
+# hold no code (STORE = 0x2400, also another 128-byte region) invalidates nothing: QEMU
+# compares byte ranges, Bochs regions; fn is translated once (A, fn, R, T, C: 5 TBs).
 SMC_LOOP = """
     mov ecx, {k}
 top:
@@ -119,6 +120,36 @@ def test_loop_chains_to_itself():
     assert c["tb_invalidated"] == c["tb_flushes"] == 0
 
 
+# B = [add; xor; add; jmp target] at 1FF8H: its JMP starts at 1FFFH and ends on page
+# 2000H, so B spans two pages; its target T = [dec; jnz top] at 2010H is on B's second
+# page, not on the page where B starts: not chained (QEMU's translator_use_goto_tb). The
+# counts are LOOP_ACROSS's: lookups A, A->B, N x B->T, N-1 x T->B, T->C = 2N + 2; misses
+# A, B, T, C; patched only A->B (page 1000H) and T->C (page 2000H).
+JUMP_TO_SECOND_PAGE = f"""
+    mov ecx, {N}
+    jmp top
+    org 0x1FF8
+top:
+    add eax, ecx
+    xor ebx, eax
+    add edx, 1
+    jmp target
+    org 0x2010
+target:
+    dec ecx
+    jnz top
+    hlt
+"""
+
+
+def test_a_jump_to_the_second_page_of_a_tb_is_not_chained():
+    emu = _emu(JUMP_TO_SECOND_PAGE)
+    b = {t["pc"]: t for t in emu.tb_table()}[0x1FF8]
+    assert b["pages"] == [1, 2] and b["end"] == "jump" and b["chained"] == [None, None]
+    assert _pick(emu.counters, "tb_translated", "tb_lookups", "tb_misses", "tb_jc_hits",
+                 "tb_chain_hits", "tb_chains_patched") == (4, 2 * N + 2, 4, 2 * N - 2, 0, 2)
+
+
 def test_loop_across_a_page_is_not_chained():
     c = _emu(LOOP_ACROSS).counters
     assert _pick(c, "tb_translated", "tb_lookups", "tb_misses", "tb_jc_hits",
@@ -142,10 +173,10 @@ def test_iopl_selects_another_tb_but_not_another_trace():
     at_f = [(t["cpl"], t["iopl"], t["icount"]) for t in emu.tb_table() if t["pc"] == f]
     assert at_f == [(0, 0, 2), (0, 3, 2)]
     c = emu.counters
-    # Bochs: traces [call f], F, [push; popf], [call f] again (a new pc), F again (a hit),
-    # [hlt]: lookups 2 (the first call and F) + 1 + 1 + 1 + 1 + 1 (ret -> push, popf ->
-    # call: traces end at RET and POPF)
-    assert c["bx_misses"] == 5 and c["bx_hits"] == 1
+    # Bochs: one lookup per trace entered (traces end at CALL, RET and POPF): [call f]
+    # (miss), F (miss), [push; popf] after the RET (miss), [call f] after the POPF (a new
+    # pc: miss), F again (the same trace at IOPL 3: hit), [hlt] after the RET (miss)
+    assert (c["bx_lookups"], c["bx_misses"], c["bx_hits"]) == (6, 5, 1)
 
 
 def test_interpret_mode_traces_miss_once_then_hit():
@@ -159,16 +190,91 @@ def test_interpret_mode_traces_miss_once_then_hit():
     assert _pick(c, "bx_lookups", "bx_misses", "bx_hits") == (2 * N + 2, 4, 2 * N - 2)
 
 
-def test_self_modifying_code_invalidates_per_page_and_per_region():
+def test_self_modifying_code_invalidates_per_byte_range_and_per_region():
     src = SMC_LOOP.format(k=K, store="fn + 1")
     c = _emu(src).counters
     assert c["tb_invalidated"] == K and c["tb_translated"] == K + 4
     assert c["bx_smc"] == K and c["bx_traces_invalidated"] == K
     assert c["bx_misses"] == 4 + K          # fn decoded again after each invalidation
-    # another 128-byte region of fn's page: QEMU invalidates the page, Bochs does nothing
+    # bytes of fn's page with no code, in another 128-byte region: neither model reacts
     c = _emu(SMC_LOOP.format(k=K, store="0x2400")).counters
-    assert c["tb_invalidated"] == K and c["tb_translated"] == K + 4
+    assert c["code_writes"] == K
+    assert c["tb_invalidated"] == 0 and c["tb_translated"] == 5
     assert c["bx_smc"] == 0 and c["bx_traces_invalidated"] == 0 and c["bx_misses"] == 5
+
+
+# Code in two 128-byte regions of one page: f1 at 2000H (region 0), f2 at 2100H (region
+# 2). Each pass calls both, then rewrites f2's immediate (2101H, region 2). Bochs
+# (traceMask & mask) and QEMU (byte ranges) drop only f2's trace or TB; f1's stays and
+# hits on every pass after the first. Traces and TBs: A = [mov ecx; call f1], F1, R1 =
+# [call f2], F2, R2 = [store; dec; jnz], T = [call f1] (from the second pass), C = [hlt]:
+# F2 is made on each of the K passes, the other six once: K + 6, and K invalidations.
+# Bochs looks a trace up at each of its five entries per pass (A or T, F1, R1, F2, R2)
+# and at C: 5K + 1 lookups. Dropping every trace of the page would lose F1 too (2K + 5).
+TWO_REGIONS = """
+    mov ecx, {k}
+top:
+    call f1
+    call f2
+    mov byte [f2 + 1], cl
+    dec ecx
+    jnz top
+    hlt
+    org 0x2000
+f1:
+    add ebx, 1
+    ret
+    org 0x2100
+f2:
+    mov al, 0
+    add ebx, eax
+    ret
+"""
+
+
+@pytest.mark.parametrize("mode", ["interpret", "translate"])
+def test_a_store_drops_only_the_code_it_meets(mode):
+    c = _emu(TWO_REGIONS.format(k=K), mode=mode).counters
+    assert c["code_writes"] == K
+    if mode == "interpret":
+        assert (c["bx_smc"], c["bx_traces_invalidated"]) == (K, K)
+        assert (c["bx_lookups"], c["bx_misses"]) == (5 * K + 1, K + 6)
+    else:
+        assert (c["tb_invalidated"], c["tb_translated"], c["tb_misses"]) == (K, K + 6, K + 6)
+
+
+# A TB across two pages: g at 2FFAH is [mov eax (2FFAH-2FFEH), mov ebx (2FFFH-3003H)]
+# (the next instruction, RET at 3004H, starts on another page: TB H). STORE into the
+# immediate of mov ebx (3002H, the TB's part on page 3000H) invalidates G on each of the
+# K passes; into 3005H (page 3000H, after H's one byte) or 2FF0H (before G) nothing.
+# TBs: A = [mov ecx; call g], G, H, R = [store; dec; jnz], T = [call g], C = [hlt].
+ACROSS_SMC = """
+    mov ecx, {k}
+top:
+    call g
+    mov byte [{store}], cl
+    dec ecx
+    jnz top
+    hlt
+    org 0x2FFA
+g:
+    mov eax, 0x11223344
+    mov ebx, 0x55667788
+    ret
+"""
+
+
+@pytest.mark.parametrize("store, invalidated, translated", [
+    (0x3002, K, K + 5),         # G made on each of the K passes, the other five TBs once
+    (0x3005, 0, 6), (0x2FF0, 0, 6)])
+def test_both_parts_of_a_tb_across_two_pages_are_checked(store, invalidated, translated):
+    emu = _emu(ACROSS_SMC.format(k=K, store=hex(store)))
+    c = emu.counters
+    assert c["code_writes"] == K
+    assert (c["tb_invalidated"], c["tb_translated"]) == (invalidated, translated)
+    # G: 5 + 5 bytes on pages 2 and 3; invalidated by the last store when it is hit
+    g = [(t["icount"], t["size"], t["pages"]) for t in emu.tb_table() if t["pc"] == 0x2FFA]
+    assert g == ([] if invalidated else [(2, 10, [2, 3])])
 
 
 def test_a_full_code_buffer_is_flushed():
@@ -212,6 +318,13 @@ def test_stats_and_names():
     assert d.mode == "translate" and d.stats["insns_run_translated"] == 2 + 4 * N + 1
     assert d.stats["insns_translated"] == 7 and d.stats["tb_slow_lookups"] == 3
     assert d.describe()["counters"]["tb_translated"] == 3
+    # counters = the machine's (its decode cache too) + "monitor <stat>" + device_io + the
+    # model's, as the monitor's docstring lists them
+    mc, c = d.model_counters, d.counters
+    assert set(mc) == set(M.COUNTERS) | {"soft_tlb_hits", "soft_tlb_misses"}
+    assert c["decode_hits"] + c["decode_misses"] > 0 and "decode_hits" not in mc
+    assert set(c) == (set(d.machine.counters.to_dict()) | {f"monitor {k}" for k in d.stats}
+                      | {"device_io"} | set(mc))
     # the soft TLB is the machine's, in QEMU's (256 x 1) or Bochs's (1024 x 1) geometry
     assert d.machine._tlb_geometry == (256, 1, 1)
     assert Emulator(mode="interpret").machine._tlb_geometry == (1024, 1, 1)
@@ -255,6 +368,82 @@ def test_model_constants():
     # QEMU's jump-cache hash keeps 6 bits of the page, 6 of the offset
     assert M._jc_hash.py_func(0x1234) == (((0x1234 ^ (0x1234 >> 6)) >> 6) & 0xFC0) | ((0x1234 ^ (0x1234 >> 6)) & 0x3F)
     assert np.all(M.END_OF_OP[:, 0][[0]] == 0)
+    # the direct jumps end a TB with one slot, the conditional branches with two
+    from hvsim.cpu import decode as D
+    assert M.END_OF_OP[D.OP_JMP_REL, 0] == M.END_OF_OP[D.OP_CALL_REL, 0] == M.END_DIRECT
+    assert {M.END_OF_OP[op, 0] for op in (D.OP_JCC, D.OP_LOOP, D.OP_JECXZ)} == {M.END_COND}
+
+
+def _state_writes(fn, seen=None):
+    """The names among _WATCHED that ``fn`` (a kernel of hvsim) or any hvsim function it
+    calls, transitively, uses to index an assignment to ``st[...]``: read from the
+    source with ast, so the handlers themselves say what they can change."""
+    import ast
+    import inspect
+    import textwrap
+    fn = getattr(fn, "py_func", fn)
+    seen = {} if seen is None else seen
+    if fn in seen:
+        return seen[fn]
+    seen[fn] = set()
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(fn)))
+    except (OSError, TypeError):
+        return set()
+    g, out = getattr(fn, "__globals__", {}), set()
+    for node in ast.walk(tree):
+        targets = (node.targets if isinstance(node, ast.Assign)
+                   else [node.target] if isinstance(node, ast.AugAssign) else [])
+        for t in targets:
+            if isinstance(t, ast.Subscript) and getattr(t.value, "id", None) == "st":
+                out |= {getattr(n, "id", getattr(n, "attr", None))
+                        for n in ast.walk(t.slice)} & _WATCHED
+        if isinstance(node, ast.Call):
+            f = node.func
+            callee = (g.get(f.id) if isinstance(f, ast.Name) else
+                      getattr(g.get(f.value.id), f.attr, None)
+                      if isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name)
+                      else None)
+            inner = getattr(callee, "py_func", callee)
+            if callable(inner) and getattr(inner, "__module__", "").startswith("hvsim"):
+                out |= _state_writes(callee, seen)
+    seen[fn] = out
+    return out
+
+
+#: where a handler changes where or how code runs: EIP, CS (its selector, base...) and
+#: CPL, and the static state QEMU's TB flags or the fetch depend on: CR0 (PE, MP/EM/TS),
+#: CR3, CR4, and the descriptor tables' bases (LGDT, LIDT)
+_WATCHED = {"EIP", "CPL", "SREG_CS", "CR0", "CR3", "CR4", "GDTR_BASE", "IDTR_BASE"}
+
+
+def test_every_op_that_changes_where_or_how_code_runs_ends_a_tb():
+    """END_OF_OP against the handlers' own code (hvsim/cpu/table.py HANDLERS): each op
+    whose handler can write EIP, CS, CPL, a control register or a descriptor-table base
+    ends a TB; each op the model takes for a branch (direct, conditional, indirect)
+    writes EIP. The one exception: a REP string step that has not finished sets EIP back
+    to its own address, and writes no trace record (hvsim/cpu/itrace.py)."""
+    from hvsim.cpu import decode as D
+    from hvsim.cpu.table import HANDLERS
+    names = {v: k for k, v in vars(D).items() if k.startswith("OP_")}
+    writers = {op: _state_writes(h) for op, h in HANDLERS.items()}
+    assert writers[D.OP_JMP_REL] == {"EIP"} and "CPL" in writers[D.OP_IRET]   # the oracle sees
+    assert "CR0" in writers[D.OP_MOV_CR] and "IDTR_BASE" in writers[D.OP_GRP7]
+    missing = [names[op] for op, w in writers.items()
+               if w and op != D.OP_STRING and not M.END_OF_OP[op].any()]
+    assert missing == []
+    branches = (M.END_DIRECT, M.END_COND, M.END_INDIRECT)
+    assert all("EIP" in writers[op] for op in range(D.N_OPS) if op in writers
+               and any(e in branches for e in M.END_OF_OP[op]))
+    # FF /r: the CALL and JMP forms (near and far) are the ones that end a TB, in the
+    # order the handler's own comment lists the forms
+    import inspect
+    grp5 = HANDLERS[D.OP_GRP5]
+    (line,) = [x for x in inspect.getsource(getattr(grp5, "py_func", grp5)).splitlines()
+               if x.startswith("def op_grp5")]
+    forms = line.split("# FF:")[1].split()
+    assert len(forms) == 7 and list(M.END_OF_OP[D.OP_GRP5, :7] != M.END_NONE) == [
+        f.startswith(("CALL", "JMP")) for f in forms]
 
 
 def test_cost_events_come_from_the_model():
@@ -432,3 +621,28 @@ def test_the_cost_model_charges_the_emulators_work():
     assert bd.categories["monitor work"] == (7 * p["translated"].cycles + n * p["run_translated"].cycles
                                              + 3 * p["tb_lookup"].cycles)
     assert bd.categories["guest instructions"] == n * p["instruction"].cycles
+
+
+def test_a_tbs_second_page_is_the_frame_its_next_linear_page_maps_to():
+    """ACROSS_SMC under paging, linear page 3000H mapped to frame 9000H: G's second page
+    is frame 9 (not 3, the frame after 2FFAH's), and the store into the immediate of its
+    MOV EBX (linear 3002H, physical 9002H) invalidates it on each of the K passes, as
+    without paging: G made K times, A, H, R, T, C once."""
+    from hvsim.warmup import enable_paging, identity_map_4k
+    far, pd = 0x9000, 0x60000
+    emu = Emulator(program=assemble(ACROSS_SMC.format(k=K, store="0x3002"), origin=0x1000),
+                   mode="translate")
+    raw = emu.machine._raw_mem
+    cr3 = identity_map_4k(raw, pd, GUEST_RAM)
+    raw[far:far + 0x1000] = raw[0x3000:0x4000]
+    raw[0x3000:0x4000] = 0
+    pte3 = pd + 0x1000 + 4 * 3
+    raw[pte3:pte3 + 4] = np.frombuffer((far | 0x7).to_bytes(4, "little"), np.uint8)
+    emu.machine._flush_decoded()
+    enable_paging(emu.machine, cr3)
+    assert emu.run().kind == "halt"
+    c = emu.counters
+    assert (c["code_writes"], c["tb_invalidated"], c["tb_translated"]) == (K, K, K + 5)
+    # after the last store: H (RET at 3004H) is on frame 9 alone, G is gone
+    pages = {t["pc"]: t["pages"] for t in emu.tb_table()}
+    assert pages[0x3004] == [far >> 12] and 0x2FFA not in pages

@@ -275,3 +275,44 @@ def test_tracing_is_invisible_on_random_programs(config):
         assert np.array_equal(a._dc[:F_BLK], b._dc[:F_BLK])
         recs = np.concatenate(got)
         assert int(((recs[:, 2] >> 28) == L.ITRACE_KIND_INSN).sum()) == b.counters["instructions"]
+
+
+# An instruction across two linear pages whose second page maps to a frame that holds no
+# other code: JMP rel32 at 1FFCH ends on linear page 2000H, mapped here to FAR_FRAME (not
+# 2000H, the frame after the first page's). Its record names FAR_FRAME (w7), and the
+# store into its last byte (linear 2000H) is a code-written record of FAR_FRAME.
+FAR_FRAME = 0x9000
+ACROSS = """
+start:
+    jmp cross
+back:
+    mov byte [0x2000], 0xFF     ; the rel32's top byte: the same value, still a code write
+    hlt
+    org 0x1FFC
+cross:
+    jmp back                    ; E9 rel32 (back is far below): 1FFCH-2000H
+"""
+
+
+def test_an_instruction_across_two_pages_traces_its_second_frame():
+    prog = assemble(ACROSS, origin=0x1000)
+    m = Machine(exceptions="guest", memory=1 << 20)
+    install(m)
+    m.load(prog)
+    raw = m._raw_mem
+    cr3 = identity_map_4k(raw, PD, 1 << 20)
+    raw[FAR_FRAME:FAR_FRAME + 0x1000] = raw[0x2000:0x3000]
+    raw[0x2000:0x3000] = 0
+    pte2 = PD + 0x1000 + 4 * 2                      # the first page table, entry 2
+    raw[pte2:pte2 + 4] = np.frombuffer((FAR_FRAME | 0x7).to_bytes(4, "little"), np.uint8)
+    m._flush_decoded()
+    enable_paging(m, cr3)
+    ev, recs = _traced(m)
+    assert ev.kind == "halt" and raw[FAR_FRAME] == 0xFF
+    insn = recs[(recs[:, 2] >> 28) == L.ITRACE_KIND_INSN]
+    cross = prog.labels["cross"]
+    (jmp,) = [r for r in insn if r[0] == cross]
+    assert (jmp[1], jmp[3] >> 8 & 0xF, jmp[7]) == (cross, 5, FAR_FRAME)
+    assert all(r[7] == 0 for r in insn if r[0] != cross)     # the others stay in a page
+    cw = recs[(recs[:, 2] >> 28) == L.ITRACE_KIND_CODE_WRITTEN]
+    assert [(int(r[1]), int(r[3])) for r in cw] == [(FAR_FRAME, 1)]

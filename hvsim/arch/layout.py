@@ -272,6 +272,8 @@ ITRACE_MODE = ITRACE + 7     # address (also the fetched address of an instructi
 ITRACE_OPW = ITRACE + 8      # request stopped, for its resumption), mode word, op word,
 ITRACE_IMM = ITRACE + 9      # immediate, and CS.base
 ITRACE_CSBASE = ITRACE + 10
+ITRACE_PHYS2 = ITRACE + 11   # an instruction across two linear pages: the physical address
+                             # the fetch found for the second page (hvsim/cpu/decode.py _fill)
 ITRACE_SIZE = 16
 # Record: ITRACE_RECORD_WORDS little-endian u32 words.
 #   w0 pc     linear address of the instruction (CS.base + EIP); code-written: 0
@@ -284,7 +286,9 @@ ITRACE_SIZE = 16
 #   w5 next   linear address of the next instruction (CS.base + EIP after it retired):
 #             the branch target taken, or the handler of an event it raised
 #   w6 csbase CS.base the instruction ran with (with w2: QEMU's TB key); code-written: 0
-#   w7        0 (reserved)
+#   w7 phys2  an instruction whose bytes cross into the next linear page: the physical
+#             address of that page's first byte, the frame it maps to; else 0. A store
+#             there is traced too. Code-written: 0
 ITRACE_RECORD_WORDS = 8
 ITRACE_RECORD_BYTES = 4 * ITRACE_RECORD_WORDS
 ITRACE_KIND_SHIFT = 28

@@ -29,7 +29,7 @@ import numpy as np
 from hvsim._jit import njit
 from hvsim.arch.layout import (
     MASK32, EBP, ESP, ZERO, SREG_ES, SREG_CS, SREG_SS, SREG_DS, SREG_FS, SREG_GS,
-    DC_ENTRIES, DC_FIELDS, PG_CODE, PG_TRACED, PG_GEN_SHIFT, ITRACE_CAP, CFG_MEM_SIZE, FAULT_PENDING, FAULT_VECTOR, FAULT_ERROR, FAULT_ADDR,
+    DC_ENTRIES, DC_FIELDS, PG_CODE, PG_TRACED, PG_GEN_SHIFT, ITRACE_CAP, ITRACE_PHYS2, CFG_MEM_SIZE, FAULT_PENDING, FAULT_VECTOR, FAULT_ERROR, FAULT_ADDR,
     FAULT_BUS, CPL, CFG_DC_ENABLED, COUNTERS, FETCH_FAULT_KIND, FETCH_FAULT_VECTOR,
     FETCH_FAULT_ERROR, FETCH_FAULT_ADDR, ATTN,
 )
@@ -395,6 +395,8 @@ def _fill(mem, st, tlb, lin, pa, dc):
         st[FETCH_FAULT_ADDR] = st[FAULT_ADDR]
         st[FAULT_PENDING] = 0
         return n
+    if st[ITRACE_CAP] != 0:
+        st[ITRACE_PHYS2] = pa2    # for the trace record of an instruction across the pages
     j = 0
     while n < 16 and pa2 + j < memsize:
         dc[n, BYTES_ROW] = mem[pa2 + j]
@@ -643,6 +645,10 @@ def lookup(mem, st, tlb, dc, pg, lin, pa):
     if n == 0:
         dc[F_TAG, row] = -1
         return -1
+    if (lin & 0xFFF) + n > 4096 and st[ITRACE_CAP] != 0:
+        f2 = st[ITRACE_PHYS2] >> 12           # the next linear page's frame (_fill)
+        if f2 < pg.shape[0]:
+            pg[f2] = pg[f2] | PG_TRACED
     if (lin & 0xFFF) + n > 4096 or row == DC_ENTRIES:
         # crosses a page: the second frame's generation is not tracked, so never cache it
         if row != DC_ENTRIES:

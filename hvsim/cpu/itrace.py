@@ -4,11 +4,12 @@ An optional trace in the spirit of Intel's Branch Trace Store (SDM Vol. 3B, "Deb
 (DS) Mechanism"): software names a buffer in memory, the processor writes records into
 it, and software is told when it fills. The records are hvsim's own format
 (hvsim/arch/layout.py, ITRACE_*): every *retired* instruction -- not only branches --
-with its linear and physical address, the CPL and IOPL it ran with, the decoder's op,
-length, opcode and immediate, and where execution went next; and a *code-written*
-record whenever a store hits a frame code was fetched from while tracing
-(hvsim/mmu/frames.py). A model of an emulator's caches (hvsim/emulation/model.py) is
-computed from them.
+with its linear and physical address (and, for one whose bytes cross into the next
+linear page, the physical address of that page), the CPL and IOPL it ran with, the
+decoder's op, length, opcode and immediate, and where execution went next; and a
+*code-written* record whenever a store hits a frame code was fetched from while tracing
+(hvsim/mmu/frames.py) -- both frames of an instruction across two pages. A model of an
+emulator's caches (hvsim/emulation/model.py) is computed from them.
 
 The run loop (hvsim/cpu/run.py) stages an instruction's record before its handler runs
 (:func:`stage`: the CPL and IOPL it starts with) and writes it when the instruction
@@ -23,6 +24,7 @@ path; with tracing off the cost is one test of a local flag per instruction.
 from hvsim._jit import njit
 from hvsim.arch.layout import (MASK32, EIP, EFLAGS, CPL, SEG_BASE, SEG_AR, SREG_CS, AR_DB,
                                ITRACE_PC, ITRACE_PHYS, ITRACE_MODE, ITRACE_OPW, ITRACE_IMM, ITRACE_CSBASE,
+                               ITRACE_PHYS2,
                                ITRACE_KIND_SHIFT, ITRACE_KIND_INSN, ITRACE_MODE_CS32,
                                ITRACE_RECORD_BYTES)
 from hvsim.arch.flags import IOPL_MASK
@@ -47,6 +49,8 @@ def stage(st, dc, row, eip, pa):
     st[ITRACE_OPW] = (dc[D.F_OP, row] | (dc[D.F_LEN, row] << 8) | ((dc[D.F_REG, row] & 7) << 12)
                       | (dc[D.F_OPC, row] << 16))
     st[ITRACE_IMM] = dc[D.F_IMM, row] & MASK32
+    if (st[ITRACE_PC] & 0xFFF) + dc[D.F_LEN, row] <= 4096:
+        st[ITRACE_PHYS2] = 0        # else: the second page's, left by the fetch (decode.py)
 
 
 @njit(_nrt=False)
@@ -63,5 +67,6 @@ def commit(mem, st):
     put32(mem, a + 16, st[ITRACE_IMM])
     put32(mem, a + 20, (st[SEG_BASE + SREG_CS] + st[EIP]) & MASK32)
     put32(mem, a + 24, st[ITRACE_CSBASE])
-    for k in range(28, ITRACE_RECORD_BYTES):
+    put32(mem, a + 28, st[ITRACE_PHYS2])
+    for k in range(32, ITRACE_RECORD_BYTES):
         mem[a + k] = 0

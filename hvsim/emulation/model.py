@@ -27,13 +27,22 @@ TECHNIQUES.md 1b gives them]:
 * the traces' instructions live in a pool of BX_ICACHE_MEM_POOL = 576 Ki instructions; a
   miss reserves room for a whole trace (32) and keeps what it used; when the reservation
   does not fit, the whole cache is flushed (``flushICacheEntries``);
-* self-modifying code: per 4 KiB physical page a 32-bit write-stamp mask, one bit per
-  128-byte region holding decoded code (the regions of each instruction's first and last
-  byte are marked); a store whose regions meet the mask invalidates every trace that
-  starts in the page and clears the mask (``handleSMC``); one in an unmarked region of
-  the same page invalidates nothing;
+* self-modifying code: per 4 KiB physical page a 32-bit mask
+  (``fineGranularityMapping``), one bit per 128-byte region holding decoded code; each
+  trace keeps the same kind of mask of its own regions (``traceMask``); an instruction
+  marks the regions of its first and last byte in both (``markICache``). A store whose
+  regions meet the page's mask (``decWriteStamp``) calls ``handleSMC``, which invalidates
+  only the page's traces whose traceMask meets the store's regions; then only those
+  regions are cleared from the page's mask (``fineGranularityMapping[index] &= ~mask``).
+  A store in an unmarked region invalidates nothing. Bochs's mask of a store holds the
+  regions of its first and last byte, the model's every region from the first to the
+  last (the same for a store of up to 128 bytes; the record of one step of a REP string
+  instruction can cover a page);
 * not modelled: the page-split entries of traces across a page (traces stop at the page
-  end here), trace merging and linking ("handlers chaining").
+  end here), trace merging and linking ("handlers chaining"). Bochs decodes a whole trace
+  before running it and marks all its regions; the model learns a trace from its first
+  run, so a store by that run into its own later instructions, in a region no other
+  trace marked, is not seen as a store into code.
 
 QEMU TCG, *translate* mode [QEMU ``accel/tcg`` and ``target/i386``, as TECHNIQUES.md 1a
 gives them; Bellard 2005]:
@@ -41,7 +50,10 @@ gives them; Bellard 2005]:
 * a TB is keyed by (pc, cs_base, flags, phys pc): ``flags`` holds hflags' CPL (bits 1:0),
   CS32 (bit 4) and IOPL (bits 13:12, "same as eflags") -- the record's mode word, whose
   bits are laid out the same way (hvsim/arch/layout.py ITRACE_*): the same bytes run at
-  CPL 0 and CPL 3, or under another IOPL, are two TBs;
+  CPL 0 and CPL 3, or under another IOPL, are two TBs. QEMU's flags hold more, which the
+  model leaves out of the key: EFLAGS.TF, RF, VM and AC, and the other hflags (INHIBIT_IRQ,
+  SS32, ADDSEG, PE, MP/EM/TS, LMA, CS64); code run under two values of one of them is one
+  TB here (TECHNIQUES.md 1a);
 * a TB ends after a control transfer or an instruction that changes static CPU state
   (:data:`END_OF_OP`), after TCG_MAX_INSNS = 512 instructions, and before an instruction
   that starts on another virtual page than the TB's first (so a TB spans at most two
@@ -52,8 +64,10 @@ gives them; Bellard 2005]:
   translation;
 * chaining (``goto_tb``): a TB ending in a direct jump, a conditional branch or a
   fall-through has up to two outgoing slots; a slot is patched to its successor the first
-  time it is taken, only when the successor's pc is on a page of the jumping TB
-  (softmmu, ``docs/devel/tcg.rst``); an indirect transfer (RET, JMP/CALL r/m, far
+  time it is taken, only when the successor's pc is on the page of the jumping TB's first
+  instruction (``translator_use_goto_tb``: ``((pc_first ^ dest) & TARGET_PAGE_MASK) ==
+  0``; softmmu, ``docs/devel/tcg.rst``) -- not on the second page of a TB whose last
+  instruction crosses; an indirect transfer (RET, JMP/CALL r/m, far
   transfers, IRET, INT n) and the end of a TB after a static-state change go through the
   jump-cache lookup (``lookup_and_goto_ptr`` / the main loop);
 * an event between two instructions (an interrupt or exception delivered: the next
@@ -61,10 +75,19 @@ gives them; Bellard 2005]:
   next TB is looked up. QEMU checks interrupts only between TBs; hvsim delivers them
   between any two instructions, so the model leaves a TB early where QEMU would have
   finished it;
-* self-modifying code: a code-written record invalidates every TB on that physical page
-  (removed from the hash and the jump cache, incoming chains undone), per page as in
-  Bellard 2005 3.6 (newer QEMU compares byte ranges); a TB that invalidates itself ends
-  after the store (QEMU's ``cpu_loop_exit_noexc``);
+* self-modifying code: a code-written record of the bytes [start, end) invalidates the
+  TBs on that physical page whose bytes there meet them (removed from the hash and the
+  jump cache, incoming chains undone), as system-mode QEMU's
+  ``tb_invalidate_phys_page_range``: "if (!(tb_end <= start || tb_start >= end))", for
+  each of the two parts of a TB across two pages (the whole-page invalidation of Bellard
+  2005 3.6 is user-mode QEMU's). After SMC_BITMAP_USE_THRESHOLD = 10 writes to a page
+  QEMU builds a bitmap of its code bytes so that a store to other bytes costs nothing:
+  that changes the cost of a store, not which TBs are invalidated, and is not modelled.
+  A TB that invalidates itself ends after the store (QEMU's ``cpu_loop_exit_noexc``).
+  The model learns the TB being built from its first run: a store ahead of it on its
+  page is remembered, and if the run goes on to reach those bytes (QEMU's TB, translated
+  whole, held them), the TB is invalidated and ends before them, where QEMU ends it
+  right after the store;
 * the code buffer: as QEMU before 2023 (``code_gen_max_blocks = code_gen_buffer_size /
   CODE_GEN_AVG_BLOCK_SIZE``, CODE_GEN_AVG_BLOCK_SIZE = 150 bytes, include/exec/exec-all.h),
   the buffer is counted in TBs: the default 32 MiB buffer (DEFAULT_CODE_GEN_BUFFER_SIZE,
@@ -73,6 +96,12 @@ gives them; Bellard 2005]:
 * how a TB's extent is learnt: from the instructions executed the first time from its pc
   until an end condition. A first run that an interrupt or exception cuts short ends the
   TB there (its later runs fall through to the next TB).
+
+An instruction whose bytes cross into the next linear page: the machine traces the
+frame that page maps to as well (hvsim/cpu/decode.py), and the record names it (w7), so
+a TB's second page is that frame -- under paging not the physically next one -- as
+QEMU's ``get_page_addr_code`` of the next page gives it. The Bochs model does not use
+it (its traces stop at the page end; page-split entries are not modelled).
 
 The soft TLB is not modelled here: the monitor gives its machine a TLB of QEMU's default
 geometry and reports its hits and misses (hvsim/emulation/monitor.py).
@@ -94,7 +123,8 @@ PAGE_MASK = ~0xFFF
 BX_ICACHE_ENTRIES = 64 * 1024      # BxICacheEntries
 BX_MAX_TRACE_LENGTH = 32
 BX_ICACHE_MEM_POOL = 576 * 1024    # BxICacheMemPool (instructions)
-BX_REGION_SHIFT = 7                # 128-byte regions: PAGE_OFFSET(pAddr) >> 7, 32 per page
+BX_REGION_SHIFT = 7                # 128-byte regions: PAGE_OFFSET(pAddr) >> 7
+BX_REGIONS = 4096 >> BX_REGION_SHIFT   # 32 per page: one bit each of a 32-bit stamp
 BX_FETCH_MODE_IS32 = 1             # CS.D in the fetch mode mask (its bit position: assumed)
 
 # ---- QEMU (accel/tcg, include/exec, target/i386/cpu.h) --------------------------------
@@ -176,12 +206,14 @@ S_BX_BUILD = 10
 S_BX_KILL = 11
 S_BX_MPINDEX = 12  # instructions used in the pool
 S_BX_LAST_END = 13  # the last instruction appended to the trace being built ended it
+S_PEND_LO = 14     # [lo, hi): bytes stored to ahead of the TB being built, on its page
+S_PEND_HI = 15
 S_SIZE = 16
 
 # ---- a TB (tbs[i]) ------------------------------------------------------------------------
 T_PC, T_CSBASE, T_FLAGS, T_PHYS, T_ICOUNT, T_SIZE, T_PAGE0, T_PAGE1, T_VALID, T_END, \
-    T_DEST0, T_DEST1, T_JMP0, T_JMP1, T_PNEXT0, T_PNEXT1, T_VPAGE1, T_HSLOT = range(18)
-T_FIELDS = 18
+    T_DEST0, T_DEST1, T_JMP0, T_JMP1, T_PNEXT0, T_PNEXT1, T_HSLOT = range(17)
+T_FIELDS = 17
 H_EMPTY = -1       # a hash-table slot never used since the last flush
 H_DELETED = -2     # the slot of an invalidated TB: lookups go on past it, inserts reuse it
 
@@ -289,7 +321,6 @@ def _tb_lookup(q, s, tbs, pages, htab, jcache, pc, csbase, flags, phys):
     tbs[t, T_PHYS] = phys
     tbs[t, T_PAGE0] = phys >> PAGE_SHIFT
     tbs[t, T_PAGE1] = -1
-    tbs[t, T_VPAGE1] = -1
     tbs[t, T_VALID] = 1
     tbs[t, T_DEST0] = -1
     tbs[t, T_DEST1] = -1
@@ -320,26 +351,57 @@ def _tb_finish(tbs, t, end, last_pc, last_len, last_imm, nxt):
 
 @njit(inline="always")
 def _chainable(tbs, t, dest):
-    """goto_tb is used only for a destination on a page of the jumping TB (softmmu)."""
-    p = dest >> PAGE_SHIFT
-    return p == (tbs[t, T_PC] >> PAGE_SHIFT) or p == tbs[t, T_VPAGE1]
+    """goto_tb only to a destination on the page of the jumping TB's first instruction
+    (translator_use_goto_tb: ((pc_first ^ dest) & TARGET_PAGE_MASK) == 0)."""
+    return (dest >> PAGE_SHIFT) == (tbs[t, T_PC] >> PAGE_SHIFT)
 
 
 @njit(inline="always")
-def _tb_invalidate_page(q, s, tbs, pages, htab, page):
+def _tb_drop(q, s, tbs, htab, t):
+    """tb_phys_invalidate: the TB leaves the hash table (and so the jump cache and every
+    chain into it: both check T_VALID)."""
+    tbs[t, T_VALID] = 0
+    htab[tbs[t, T_HSLOT]] = H_DELETED
+    q[TB_INVALIDATED] += 1
+    if t == s[S_CUR]:
+        s[S_KILL] = 1
+    if t == s[S_PREV_TB]:
+        s[S_PREV_TB] = -1
+
+
+@njit(inline="always")
+def _tb_overlaps(tbs, t, slot, start, end):
+    """Whether the TB's bytes on its page ``slot`` meet [start, end) (physical): the range
+    test of tb_invalidate_phys_page_range, "if (!(tb_end <= start || tb_start >= end))"."""
+    if slot == 0:
+        lo = tbs[t, T_PHYS]
+        hi = lo + tbs[t, T_SIZE]
+    else:
+        lo = tbs[t, T_PAGE1] << PAGE_SHIFT
+        hi = lo + ((tbs[t, T_PHYS] + tbs[t, T_SIZE]) & 0xFFF)
+    return not (hi <= start or lo >= end)
+
+
+@njit(inline="always")
+def _tb_invalidate_range(q, s, tbs, pages, htab, page, start, end):
+    """Invalidate the TBs of ``page`` whose bytes there meet [start, end); unlink the
+    page's entries of invalid TBs on the way (a TB's entry on its other page goes when
+    that page's list is next walked)."""
+    prev = -1
     e = pages[page]
     while e >= 0:
         t = e >> 1
-        if tbs[t, T_VALID] != 0:
-            tbs[t, T_VALID] = 0
-            htab[tbs[t, T_HSLOT]] = H_DELETED
-            q[TB_INVALIDATED] += 1
-            if t == s[S_CUR]:
-                s[S_KILL] = 1
-            if t == s[S_PREV_TB]:
-                s[S_PREV_TB] = -1
-        e = tbs[t, T_PNEXT0 + (e & 1)]
-    pages[page] = -1
+        nxt = tbs[t, T_PNEXT0 + (e & 1)]
+        if tbs[t, T_VALID] != 0 and _tb_overlaps(tbs, t, e & 1, start, end):
+            _tb_drop(q, s, tbs, htab, t)
+        if tbs[t, T_VALID] == 0:
+            if prev < 0:
+                pages[page] = nxt
+            else:
+                tbs[prev >> 1, T_PNEXT0 + (prev & 1)] = nxt
+        else:
+            prev = e
+        e = nxt
 
 
 # ---------------------------------------------------------------------------------- Bochs
@@ -367,13 +429,16 @@ def _bx_flush(q, s, icache, stamps):
 
 @njit(inline="always")
 def _bx_smc(q, s, icache, stamps, phys, size):
+    """decWriteStamp: a store whose 128-byte regions meet the page's mask calls handleSMC,
+    which drops the page's traces whose own mask meets the store's; then only the store's
+    regions are cleared from the page's mask."""
     p = phys >> PAGE_SHIFT
     if p >= stamps.shape[0]:
         return
     a = (phys & 0xFFF) >> BX_REGION_SHIFT
     b = ((phys + size - 1) & 0xFFF) >> BX_REGION_SHIFT
     if ((phys + size - 1) >> PAGE_SHIFT) != p:
-        b = 31
+        b = BX_REGIONS - 1
     mask = 0
     for r in range(a, b + 1):
         mask |= 1 << r
@@ -384,12 +449,13 @@ def _bx_smc(q, s, icache, stamps, phys, size):
     # with a mode mask below 4096)
     first = (p << PAGE_SHIFT) & (BX_ICACHE_ENTRIES - 1)
     for e in range(first, first + 4096):
-        if icache[e, I_VALID] != 0 and (icache[e, I_PADDR] >> PAGE_SHIFT) == p:
+        if icache[e, I_VALID] != 0 and (icache[e, I_PADDR] >> PAGE_SHIFT) == p \
+                and (icache[e, I_MASK] & mask) != 0:
             icache[e, I_VALID] = 0
             q[BX_INVALIDATED] += 1
             if e == s[S_BX_CUR]:
                 s[S_BX_KILL] = 1
-    stamps[p] = 0
+    stamps[p] &= ~mask
 
 
 @njit(inline="always")
@@ -442,8 +508,8 @@ def _bx_insn(q, s, icache, stamps, seq, pc, phys, mode, length, end):
 
 # ---------------------------------------------------------------------------------- QEMU
 @njit(inline="always")
-def _tb_insn(q, s, tbs, pages, htab, jcache, seq, pc, phys, flags, csbase, length, imm,
-             nxt, end):
+def _tb_insn(q, s, tbs, pages, htab, jcache, seq, pc, phys, phys2, flags, csbase, length,
+             imm, nxt, end):
     q[TB_INSNS_RUN] += 1
     cur = s[S_CUR]
     if cur >= 0:
@@ -457,12 +523,23 @@ def _tb_insn(q, s, tbs, pages, htab, jcache, seq, pc, phys, flags, csbase, lengt
         elif s[S_BUILD] != 0:
             if (tbs[cur, T_ICOUNT] < TCG_MAX_INSNS
                     and (pc >> PAGE_SHIFT) == (tbs[cur, T_PC] >> PAGE_SHIFT)):
-                _tb_append(q, s, tbs, pages, cur, pc, phys, length, imm, nxt, end)
-                return
-            _tb_finish(tbs, cur, END_FALL, 0, 0, 0, 0)
-            tbs[cur, T_DEST0] = pc
-            s[S_PREV_TB] = cur
-            cur = -1
+                if phys + length <= s[S_PEND_LO] or phys >= s[S_PEND_HI]:
+                    _tb_append(q, s, tbs, pages, cur, pc, phys, phys2, length, imm, nxt, end)
+                    return
+                # its first run reaches bytes a store wrote ahead of it: QEMU's TB held
+                # them (it was translated whole) and was invalidated by that store; the
+                # model ends it here, before the rewritten bytes
+                _tb_finish(tbs, cur, END_FALL, 0, 0, 0, 0)
+                tbs[cur, T_DEST0] = pc
+                _tb_drop(q, s, tbs, htab, cur)
+                s[S_KILL] = 0
+                s[S_PREV_TB] = -1
+                cur = -1
+            else:
+                _tb_finish(tbs, cur, END_FALL, 0, 0, 0, 0)
+                tbs[cur, T_DEST0] = pc
+                s[S_PREV_TB] = cur
+                cur = -1
         elif s[S_POS] < tbs[cur, T_ICOUNT]:
             s[S_POS] += 1
             if s[S_POS] == tbs[cur, T_ICOUNT]:
@@ -472,6 +549,7 @@ def _tb_insn(q, s, tbs, pages, htab, jcache, seq, pc, phys, flags, csbase, lengt
         else:
             cur = -1
     # a TB starts here: through a patched slot of the TB that just ended, or a lookup
+    s[S_PEND_LO] = s[S_PEND_HI] = 0
     prev = s[S_PREV_TB]
     s[S_PREV_TB] = -1
     t = -1
@@ -498,7 +576,7 @@ def _tb_insn(q, s, tbs, pages, htab, jcache, seq, pc, phys, flags, csbase, lengt
             q[TB_CHAINS_PATCHED] += 1
     s[S_CUR] = t
     if s[S_BUILD] != 0:
-        _tb_append(q, s, tbs, pages, t, pc, phys, length, imm, nxt, end)
+        _tb_append(q, s, tbs, pages, t, pc, phys, phys2, length, imm, nxt, end)
     else:
         s[S_POS] = 1
         if tbs[t, T_ICOUNT] == 1:
@@ -507,15 +585,14 @@ def _tb_insn(q, s, tbs, pages, htab, jcache, seq, pc, phys, flags, csbase, lengt
 
 
 @njit(inline="always")
-def _tb_append(q, s, tbs, pages, t, pc, phys, length, imm, nxt, end):
+def _tb_append(q, s, tbs, pages, t, pc, phys, phys2, length, imm, nxt, end):
     n = tbs[t, T_ICOUNT] + 1
     tbs[t, T_ICOUNT] = n
     tbs[t, T_SIZE] += length
     q[TB_INSNS_TRANSLATED] += 1
-    last = (phys + length - 1) >> PAGE_SHIFT
-    if last != tbs[t, T_PAGE0] and tbs[t, T_PAGE1] < 0:
+    if (phys & 0xFFF) + length > 4096 and tbs[t, T_PAGE1] < 0:
+        last = phys2 >> PAGE_SHIFT          # the frame the next linear page maps to
         tbs[t, T_PAGE1] = last
-        tbs[t, T_VPAGE1] = (pc + length - 1) >> PAGE_SHIFT
         _page_link(tbs, pages, t, 1, last)
     s[S_POS] = n
     if end != END_NONE:
@@ -538,7 +615,17 @@ def _code_written(q, s, tbs, pages, htab, icache, stamps, phys, size, nxt):
     q[CODE_WRITES] += 1
     p = phys >> PAGE_SHIFT
     if p < pages.shape[0]:
-        _tb_invalidate_page(q, s, tbs, pages, htab, p)
+        _tb_invalidate_range(q, s, tbs, pages, htab, p, phys, phys + size)
+        cur = s[S_CUR]
+        if s[S_BUILD] != 0 and s[S_KILL] == 0 and cur >= 0 and tbs[cur, T_PAGE0] == p \
+                and phys >= tbs[cur, T_PHYS] + tbs[cur, T_SIZE]:
+            # ahead of the TB being built, whose extent the model learns as it runs
+            if s[S_PEND_HI] <= s[S_PEND_LO]:
+                s[S_PEND_LO] = phys
+                s[S_PEND_HI] = phys + size
+            else:
+                s[S_PEND_LO] = min(s[S_PEND_LO], phys)
+                s[S_PEND_HI] = max(s[S_PEND_HI], phys + size)
     _bx_smc(q, s, icache, stamps, phys, size)
     if s[S_KILL] != 0:
         cur = s[S_CUR]
@@ -605,6 +692,6 @@ def _insn(recs, i, q, s, tbs, pages, htab, jcache, icache, stamps):
     end = END_OF_OP[op, reg] if op < END_OF_OP.shape[0] else END_STATE
     seq = s[S_PREV_NEXT] == pc
     _bx_insn(q, s, icache, stamps, seq, pc, phys, mode, length, end)
-    _tb_insn(q, s, tbs, pages, htab, jcache, seq, pc, phys, mode & TB_FLAGS_MASK, csbase,
-             length, imm, nxt, end)
+    _tb_insn(q, s, tbs, pages, htab, jcache, seq, pc, phys, np.int64(recs[i, 7]),
+             mode & TB_FLAGS_MASK, csbase, length, imm, nxt, end)
     s[S_PREV_NEXT] = nxt

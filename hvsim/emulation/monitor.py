@@ -24,13 +24,22 @@ mode              the model                               hvsim's own structure 
 (``dbt``)         flags with CPL and IOPL, phys pc), a     blocks.py: blocks keyed by their
                   4096-entry virtual-pc jump cache, a      decode-cache row, made only for hot
                   physical hash, two goto_tb slots per     rows and a subset of instructions,
-                  TB chained within a page, per-page SMC   never chained)
-                  invalidation, a flush when full
+                  TB chained within its first page, SMC    never chained)
+                  invalidation by byte range, a flush
+                  when full
 ================  ======================================  ===============================
 
-Every count in :attr:`counters` comes from the model, none from hvsim's decode cache or
-blocks (which stay off while tracing: blocks write no records). Both models see every
-run; ``mode`` chooses which one is the monitor's work in :attr:`stats` and the cost.
+Where each count comes from. :attr:`model_counters` holds every counter of
+model.COUNTERS, counted by the model from the trace (none from hvsim's decode cache or
+blocks, which stay off while tracing: blocks write no records), and ``soft_tlb_hits`` /
+``soft_tlb_misses``, the machine's TLB hits and misses since the monitor took it.
+:attr:`counters` is every monitor's merge: the machine's own non-zero counters
+(``instructions``, ``ring0``..``ring3``, ``exception_<n>``, hvsim's decode cache's
+``decode_hits``/``decode_misses``, the machine TLB's ``tlb_hits``/``tlb_misses``, ...),
+``monitor <name>`` for each of :attr:`stats`, ``device_io``, and then model_counters.
+:attr:`stats` holds the chosen mode's model counts and ``soft_tlb_fills`` (the soft TLB's
+misses). Both models see every run; ``mode`` chooses which one is the monitor's work in
+:attr:`stats` and the cost.
 
 The soft TLB. QEMU's softmmu TLB is direct-mapped, CPU_TLB_DYN_DEFAULT_BITS = 8 (256
 entries) per MMU mode (accel/tcg/tlb-bounds.h); Bochs's is BX_TLB_SIZE = 1024 entries,

@@ -25,8 +25,8 @@ Sections (each a function here, the notebook only calls them):
 2. :func:`model_rows` (the two emulator models' counters) and :func:`tb_rows` (QEMU's
    translation blocks); :func:`cpl_demo`: the same code at CPL 0 and CPL 3 is two TBs;
 3. :func:`smc_runs` / :func:`smc_table`: a loop that rewrites an immediate of its own
-   code, and one that writes data beside its code: QEMU invalidates per page, Bochs per
-   128-byte region;
+   code, and one that writes data beside its code: QEMU invalidates the TBs whose bytes
+   a store meets, Bochs the traces in the 128-byte regions it meets;
 4. :func:`bt_listing_table` (sys_ticks' translation beside the original),
    :func:`step_to_callout`, :func:`adaptive_facts` (the timer's ``inc dword [ticks]``);
 5. :func:`patch_table`: raw mode's patched sites;
@@ -402,8 +402,9 @@ def plot_cycles(runs: dict, profile: str = "nehalem", fig=None):
 # ---- 7. exercise ---------------------------------------------------------------------------
 def split_loop(n: int, gap: int) -> str:
     """A loop of ``n`` passes in two halves: ``top`` at 1000H jumps to ``second``, ``gap``
-    bytes further on, which loops back to ``top``. QEMU chains a jump only to a TB on a
-    page of the jumping TB: with ``second`` on the next page, no jump of the loop chains."""
+    bytes further on, which loops back to ``top``. QEMU chains a jump only to a TB on the
+    page where the jumping TB starts: with ``second`` on the next page, no jump of the
+    loop chains."""
     for name, v, lo, hi in (("n", n, 1, 10_000), ("gap", gap, 16, 8000)):
         if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
             raise ValueError(f"{name} must be an int from {lo} to {hi}, got {v!r}")
@@ -429,11 +430,39 @@ def count_lookups(n: int, gap: int) -> list:
     return [c["tb_chain_hits"], c["tb_jc_hits"]]
 
 
+#: where split_loop's ``top`` is, assembled at 1000H (after the 5-byte ``mov ecx``)
+EXERCISE_TOP = 0x1005
+
+
+def _jc_slot(pc: int) -> int:
+    """The QEMU model's jump-cache slot of ``pc`` (model._jc_hash, run as Python)."""
+    from hvsim.emulation.model import _jc_hash as h
+    return getattr(h, "py_func", h)(pc)
+
+
+def _exercise_gaps(lo: int, hi: int) -> tuple:
+    """The gaps in [lo, hi) whose ``second`` does not share ``top``'s jump-cache slot: where
+    they share it, translating or looking up one TB evicts the other and the jump-cache
+    hits are not the ones the solution counts."""
+    return tuple(g for g in range(lo, hi) if _jc_slot(EXERCISE_TOP + g) != _jc_slot(EXERCISE_TOP))
+
+
+#: the exercise's gaps: ``second`` on top's page (below FFBH) or on the next one
+EXERCISE_GAPS = {"one page": _exercise_gaps(64, 3800), "two pages": _exercise_gaps(4200, 7800)}
+
+
 def _exercise_params(rng: random.Random) -> dict:
     n = rng.randrange(8, 120)
-    # top is at 1005H: second = top + gap is on top's page below gap = FFBH, on the next above
-    gap = rng.randrange(64, 3800) if rng.random() < 0.5 else rng.randrange(4200, 7800)
-    return {"n": n, "gap": gap, "second": 0x1005 + gap}
+    gap = rng.choice(EXERCISE_GAPS["one page" if rng.random() < 0.5 else "two pages"])
+    return {"n": n, "gap": gap, "second": EXERCISE_TOP + gap}
+
+
+def exercise_rule(n: int, gap: int) -> list:
+    """[chain hits, jump-cache hits] of :func:`split_loop` as the solution counts them:
+    [2(n - 2), 1] with both halves on one page, [0, 2n - 3] on two."""
+    if (EXERCISE_TOP + gap) >> 12 == EXERCISE_TOP >> 12:
+        return [2 * (n - 2), 1]
+    return [0, 2 * n - 3]
 
 
 def _exercise_question(p: dict) -> str:
@@ -448,7 +477,8 @@ def _exercise_question(p: dict) -> str:
 
 def _exercise_solution(p: dict, answer) -> str:
     n, gap, second = p["n"], p["gap"], p["second"]
-    same = second >> 12 == 0x1005 >> 12
+    same = second >> 12 == EXERCISE_TOP >> 12
+    chained, hits = exercise_rule(n, gap)
     head = (f"Four TBs: the first (`mov ecx` through `jmp second`, at 1000H), B at "
             f"`second`, A at `top` (first entered from B's `jnz`), C at the `hlt`. "
             f"`top` is on page 1000H, `second` on page {second & ~0xFFF:X}H. ")
@@ -457,16 +487,15 @@ def _exercise_solution(p: dict, answer) -> str:
                 "TB's jump to B is a miss (B is translated and the jump patched), B's first "
                 "`jnz top` a miss (A translated, patched), A's first `jmp second` finds B in "
                 "the jump cache (1 hit) and is patched. The other "
-                f"{n - 2} passes take both jumps chained: 2 x {n - 2} = {2 * (n - 2)} chain hits, "
-                "1 jump-cache hit: "
-                f"**{answer}**.")
+                f"{n - 2} passes take both jumps chained: 2 x {n - 2} = {chained} chain hits, "
+                f"{hits} jump-cache hit: **{answer}**.")
     else:
         body = ("They are on different pages, so QEMU never chains the loop's jumps (a "
-                "TB's jump is patched only to a TB on one of its own pages: the target's "
+                "TB's jump is patched only to a TB on the page where it starts: the target's "
                 "page might be remapped or rewritten without the jumping TB's knowing). "
                 "Every jump is looked up: the two first ones miss (B and A translated), "
                 f"the other {n - 1} `jmp second` and {n - 2} `jnz top` hit the jump cache: "
-                f"{2 * n - 3} hits, no chain: **{answer}**.")
+                f"{hits} hits, no chain: **{answer}**.")
     return (head + body + " `from hvsim.lessons.l07_software_virtual_machines import "
             f"count_lookups; count_lookups({n}, {gap})` runs it and counts {answer}.")
 
