@@ -131,7 +131,9 @@ class Event:
     ``source`` ('fault', 'trap', 'software'), ``address`` (#PF: the linear address, also
     in CR2). For 'io': ``port``, ``size`` (bytes), ``direction`` ('in'/'out'), ``value``
     (what OUT wrote); answer an IN with :meth:`reply`. ``eip`` is the instruction that
-    caused the event (for 'budget', the next one to run); ``length`` its size, so a
+    caused the event (for 'budget', the next one to run; for an exception of source
+    'trap' -- a #DB after an instruction -- the one after it, where the handler would
+    return, as the SDM's trap class has it, Vol. 3A 6.5); ``length`` its size, so a
     monitor can skip it. ``insn``: the instruction that caused the exit, as the core
     decoded it (:class:`hvsim.instruction.Instruction`: mnemonic, operand size, registers,
     memory operand with its effective and linear address, immediate, length), for
