@@ -158,12 +158,12 @@ _DATA_RW = 0x3                        # read/write data, accessed (SDM Vol. 3A, 
 _HOLE_TABLE_PAGE = 1                  # trap-and-emulate's page table of the hole
 _I_STEPS, _I_CPL, _I_EIP = L.EXIT_STEPS, L.CPL, L.EIP
 _PF_NAME = vector_name(PF)
-#: the #GP(0)s at ring 1 that are trap-and-emulate's business: the instructions it
-#: emulates, and the privileged ones it does not (killed with a clear message)
 #: the length of the last instruction of STI's in-TC sequence (mov dword [gs:VIF], IF)
 _STI_LAST = len(R.inline_sequence("sti")[-1][0])
 _SINGLE_STEP = ("single-stepping the guest kernel (EFLAGS.TF) is not supported under binary "
                 "translation: its POPF or IRET set TF at ring 1")
+#: the #GP(0)s at ring 1 that are trap-and-emulate's business: the instructions it
+#: emulates, and the privileged ones it does not (killed with a clear message)
 _EMULATE_OR_KILL = frozenset(HANDLERS) | {"lldt", "ltr", "lmsw", "clts", "rdmsr", "wrmsr",
                                           "lar", "lsl", "verr", "verw", "sldt", "str"}
 
