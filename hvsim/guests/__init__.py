@@ -71,7 +71,7 @@ def _with_constants(text: str, constants: dict) -> str:
                 if line.split()[:2] == [name, "equ"]]
         if not hits:
             raise ValueError(f"the guest has no equ constant {name!r}")
-        lines[hits[0]] = f"{name:<12}equ {value}"
+        lines[hits[0]] = f"{name:<12} equ {value}"
     return "\n".join(lines) + "\n"
 
 
