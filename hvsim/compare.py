@@ -35,6 +35,10 @@ Native always runs, first, as the reference -- listed in ``hosts`` or not -- and
 comes first. A run that does not finish (an mm or minios guest that did not halt within
 its budget, a kernel that halted or was killed before its steps were run) is a row that
 says so, never an exception: it is not the same as native, and nothing else is compared.
+Nor is anything compared when native's run, finished, is no reference: a workload that
+halted with a status other than done, or a kernel run too short for native's clock and
+program to move in its second half (a few hundred steps; then a frozen clock elsewhere
+would pass for the same). Every row then says why, native's included.
 Only bad input raises, before anything runs: :func:`plan` checks it all (ValueError or
 TypeError, naming the bad part).
 
@@ -237,6 +241,25 @@ def _finished(p: Plan, r) -> bool:
     return r.finished if p.kind == "kernel" else r.event.kind == "halt"
 
 
+def _unusable(p: Plan, ref) -> str:
+    """Why native's finished run cannot be the reference ('' when it can): a workload
+    that halted with a status other than done (the guest's own failure, on every host
+    alike), or a kernel run too short for its clock or its program to move in the
+    second half (nothing the other hosts could be seen to keep or lose)."""
+    if p.kind == "kernel":
+        still = [w for w, going in (("its clock", ref.ticking), ("its program", ref.calling))
+                 if not going]
+        if still:
+            return (f"on native {' and '.join(still)} did not move in the second half of "
+                    f"{p.budget:,} steps (too few for PERIOD and WORK): nothing to compare with")
+        return ""
+    harness = W if p.kind == "mm" else PV
+    if ref.status != harness.STATUS_OK:
+        return (f"native halted with status {ref.status:#x} "
+                f"({harness.STATUS.get(ref.status, '?')}), not done: nothing to compare with")
+    return ""
+
+
 def _differences(p: Plan, r, ref) -> list:
     return kernelhosts.differences(r, ref) if p.kind == "kernel" else W.differences(r, ref)
 
@@ -266,6 +289,7 @@ def _plain(x):
 def _rows(p: Plan, runs: dict) -> list:
     ref = runs["native"]
     ref_done = _finished(p, ref)
+    unusable = _unusable(p, ref) if ref_done else ""
     bds = {h: cost.breakdown(r.monitor, p.profile) for h, r in runs.items()}
     native_total = bds["native"].total
     rows = []
@@ -277,6 +301,8 @@ def _rows(p: Plan, runs: dict) -> list:
             diffs = ["did not finish: " + (f"its budget of {p.budget:,} steps ran out"
                                            if ended == "budget" else ended
                                            + (f" ({reason})" if reason else ""))]
+        elif unusable:
+            diffs = [unusable]
         elif h == "native":
             diffs = []
         elif not ref_done:
@@ -287,8 +313,9 @@ def _rows(p: Plan, runs: dict) -> list:
         total = bd.total
         estimated = sum(bd.estimated.values())
         rows.append(dict(
-            guest=p.guest, host=h, technique=TECHNIQUES[h], profile=p.profile.name,
-            budget=p.budget, ended=ended, end_reason=reason, finished=done,
+            guest=p.guest, host=h, technique=_technique(p, h), profile=p.profile.name,
+            budget=p.budget, params=dict(p.params), ended=ended, end_reason=reason,
+            finished=done,
             same_as_native=done and not diffs, differences=diffs, seen=_seen(p, r),
             instructions=_plain(mon.machine.counters["instructions"]),
             **{k: _plain(sum(stats.get(s, 0) for s in keys)) for k, keys in _COUNTS.items()},
@@ -305,8 +332,16 @@ _COLUMNS = (("instructions", "instructions"), ("traps", "traps"), ("vm_exits", "
             ("interpreted", "interpreted"), ("translated", "translated"))
 
 
+def _technique(p: Plan, host: str) -> str:
+    """The host's technique in words; the teaching kernel runs with paging off, so its
+    trap-and-emulate host shadows no page table."""
+    if p.kind == "kernel" and host == "shadow":
+        return "trap-and-emulate (paging off)"
+    return TECHNIQUES[host]
+
+
 def _same_text(row) -> str:
-    if row["host"] == "native" and row["finished"]:
+    if row["host"] == "native" and row["same_as_native"]:
         return "reference"
     return "yes" if row["same_as_native"] else "NO"
 
@@ -318,7 +353,8 @@ class Comparison:
     a :class:`~hvsim.kernelhosts.KernelRun`, a :class:`~hvsim.workloads.WorkloadResult`
     or a :class:`~hvsim.pvworkloads.MiniosResult`).
 
-    Each row: ``guest``, ``host``, ``technique`` (in words), ``profile``, ``budget``;
+    Each row: ``guest``, ``host``, ``technique`` (in words), ``profile``, ``budget``,
+    ``params`` (the guest's parameters as given);
     ``ended`` ('halted', 'budget', 'killed' or another event kind), ``end_reason`` (the
     monitor's, when it stopped the guest), ``finished``; ``same_as_native`` and
     ``differences`` (in words; empty when the same); ``seen`` (the guest's console and
@@ -366,10 +402,12 @@ class Comparison:
         if p.kind == "kernel":
             out.append("same as native (the kernel): the same console, and a program that "
                        "kept making SYS_TICKS calls and a clock that kept ticking (a call, a "
-                       "tick in the second half of the run) if and only if native's did.")
+                       "tick in the second half of the run), as native's did; a native run "
+                       "whose clock or program did not move is no reference.")
         else:
             out.append("same as native: the guest's whole state at its halt is equal "
-                       "(registers, RESULTS, page tables or disk, the console).")
+                       "(registers, RESULTS, page tables or disk, the console); a native "
+                       "run that did not end with status done is no reference.")
         left = [h for k, h in _COLUMNS if (k, h) not in self._columns()]
         if left:
             out.append(f"columns at 0 on every row left out: {', '.join(left)}.")

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 import hvsim.compare
+import hvsim.guests
 import hvsim.kernelhosts
 from hvsim import cost, kernelhosts
 from hvsim import pvworkloads as PV
@@ -96,8 +97,13 @@ def test_only_trap_and_emulate_differs_on_the_kernel_and_its_clock_froze(kernel)
     assert [h for h, r in rows.items() if not r["same_as_native"]] == ["shadow"]
     te = rows["shadow"]
     assert te["differences"][0].startswith("clock froze")
-    # lesson 02: frozen at the 4 ticks counted before the first POPF
-    assert te["seen"]["ticks"] == te["seen"]["ticks_at_half"] == 4
+    # lesson 02: frozen at the ticks the monitor injected before it emulated the first CLI
+    # (the POPF after it keeps the virtual IF at 0), read from the monitor's own log
+    log = list(kernel.runs["shadow"].monitor.log)
+    assert log[0].instruction.startswith("lidt")          # the log is whole
+    first_cli = next(e for e in log if e.insn is not None and e.insn.mnemonic == "cli")
+    injected = sum(1 for e in log if e.what == "injected" and e.tsc <= first_cli.tsc)
+    assert te["seen"]["ticks"] == te["seen"]["ticks_at_half"] == injected > 0
     assert te["seen"]["clock"] == "frozen" and rows["native"]["seen"]["clock"] == "ticking"
     for h, r in rows.items():
         assert (r["differences"] == []) == (h != "shadow")
@@ -172,6 +178,52 @@ def test_a_run_cut_short_is_a_row_that_says_so():
         assert r["differences"] == ["did not finish: its budget of 50 steps ran out"]
         assert r["seen"]["status"] == "0x0 (not finished)"
     assert not c.agree
+
+
+def test_a_native_kernel_run_too_short_to_tick_or_call_is_no_reference():
+    """A frozen clock elsewhere must not pass for the same when native's clock does not
+    move either: too few steps for the program to call in its second half, or a PERIOD
+    longer than the run (no tick at all)."""
+    for kwargs, still in (({"steps": 300}, "its program"),
+                          ({"steps": STEPS, "PERIOD": 10 * STEPS}, "its clock")):
+        c = compare("kernel", ["shadow", "bt"], **kwargs)
+        assert not c.agree
+        for r in c.rows:
+            assert r["finished"] and not r["same_as_native"]
+            assert r["differences"] == [f"on native {still} did not move in the second half "
+                                        f"of {c.plan.budget:,} steps (too few for PERIOD and "
+                                        "WORK): nothing to compare with"]
+        seen = c.rows[0]["seen"]
+        if still == "its clock":
+            assert seen["clock"] == "frozen" and seen["ticks"] == seen["ticks_at_half"]
+        else:
+            assert seen["calls"] == seen["calls_at_half"]
+
+
+def test_a_workload_that_fails_on_native_is_no_reference():
+    """16 spaces of 1024 pages need more frames than mm.s's pool holds (176): the guest
+    itself stops with BAD3H on every host, which compare must not call a pass."""
+    c = compare("ctxsw", ["ept"], K_SPACES=16, PAGES_PER=1024)
+    assert not c.agree
+    for r in c.rows:
+        assert r["ended"] == "halted" and r["seen"]["status"] == "0xbad3 (the frame pool ran dry)"
+        assert r["differences"] == ["native halted with status 0xbad3 (the frame pool ran "
+                                    "dry), not done: nothing to compare with"]
+
+
+@pytest.mark.parametrize("guest, names", [
+    ("mm:compute", sorted(hvsim.guests.MM_PARAMS)),
+    ("minios:all", sorted(hvsim.guests.MINIOS_PARAMS)),
+])
+def test_every_advertised_parameter_can_be_set(guest, names):
+    """Each parameter --help and the README offer assembles with its value (FLUSH_CEILING,
+    13 characters, once ran into its 'equ')."""
+    build = hvsim.guests.mm_kernel if guest.startswith("mm") else (
+        lambda w, **k: hvsim.guests.minios(False, w, **k))
+    for name in names:
+        prog = build(guest.split(":")[1], **{name: 4})       # 4: a STRIDE too
+        assert prog.labels[name] == 4, name
+        assert plan(guest, ["native"], **{name: 4}).params == {name: 4}
 
 
 # ---- bad input -----------------------------------------------------------------------------
