@@ -53,6 +53,17 @@ def regs(mon):
     return {r: int(getattr(mon.machine.cpu, r)) for r in REGS}
 
 
+def paging_on(pt: int = 0x21000, unmapped=(), extra: str = "") -> str:
+    """Guest assembly that turns paging on: the page table at ``pt`` identity-maps the
+    first MiB but the pages whose numbers are in ``unmapped``, the directory at 20000H
+    points at it, ``extra`` lines run before CR3 is loaded (it uses the label ``fill``)."""
+    holes = "".join(f"    mov dword [{pt:#x} + {p:#x}*4], 0\n" for p in unmapped)
+    return (f"    mov edi, {pt:#x}\n    mov eax, 3\nfill:\n    mov [edi], eax\n"
+            f"    add eax, 0x1000\n    add edi, 4\n    cmp eax, 0x100003\n    jne fill\n"
+            f"{holes}    mov dword [0x20000], {pt | 3:#x}\n{extra}    mov eax, 0x20000\n"
+            f"    mov cr3, eax\n    mov eax, cr0\n    or eax, 0x80000000\n    mov cr0, eax\n")
+
+
 # an IDT builder both runs share: gate(vector=eax, handler=ebx), interrupt gate, DPL 0
 IDT_LIB = """
 set_gate:
@@ -210,22 +221,7 @@ start:
     mov ebx, pf
     call set_gate
     ; paging: PD at 0x20000, PT at 0x21000 mapping the first 1 MiB but page 0x50000
-    mov edi, 0x21000
-    mov eax, 3
-fill:
-    mov [edi], eax
-    add eax, 0x1000
-    add edi, 4
-    cmp eax, 0x100003
-    jne fill
-    mov dword [0x21000 + 0x50*4], 0
-    mov dword [0x20000], 0x21003
-    mov eax, 0x20000
-    mov cr3, eax
-    mov eax, cr0
-    or eax, 0x80000000
-    mov cr0, eax
-    xor edx, edx
+""" + paging_on(unmapped=(0x50,)) + """    xor edx, edx
     mov eax, 7
     xor ecx, ecx
 divide:
@@ -376,27 +372,14 @@ def test_a_user_program_cannot_reach_the_hole_either():
 
 REMAP = """
 start:
-    mov edi, 0x21000
-    mov eax, 3
-fill:
-    mov [edi], eax
-    add eax, 0x1000
-    add edi, 4
-    cmp eax, 0x100003
-    jne fill
-    mov dword [0x20000], 0x21003
+""" + paging_on(extra="""\
     mov dword [0x20004], 0x22003          ; 4 MiB..: PT at 0x22000
     mov dword [0x22000], 0x30003          ; 0x400000 -> frame 0x30000
     mov dword [0x30000], 0x000001b8       ; mov eax, 1 ; ret
     mov word [0x30004], 0xc300
     mov dword [0x31000], 0x000002b8       ; mov eax, 2 ; ret
     mov word [0x31004], 0xc300
-    mov eax, 0x20000
-    mov cr3, eax
-    mov eax, cr0
-    or eax, 0x80000000
-    mov cr0, eax
-    mov esi, 0x400000
+""") + """    mov esi, 0x400000
     call esi
     mov ebx, eax
     mov dword [0x22000], 0x31003          ; remap the code page
@@ -608,21 +591,7 @@ patch:
 
 PTE_LOOP = """
 start:
-    mov edi, 0x21000
-    mov eax, 3
-fill:
-    mov [edi], eax
-    add eax, 0x1000
-    add edi, 4
-    cmp eax, 0x100003
-    jne fill
-    mov dword [0x20000], 0x21003
-    mov eax, 0x20000
-    mov cr3, eax
-    mov eax, cr0
-    or eax, 0x80000000
-    mov cr0, eax
-    mov ecx, 10
+""" + paging_on() + """    mov ecx, 10
     xor ebx, ebx
     mov eax, 0x60003
 again:
@@ -875,21 +844,7 @@ def test_a_branch_hint_or_an_unused_cs_prefix_still_runs_as_natively():
 # (its first 256 entries map the first MiB), 'func' lies in its upper half
 PT_CODE = """
 start:
-    mov edi, 0x3000
-    mov eax, 3
-fill:
-    mov [edi], eax
-    add eax, 0x1000
-    add edi, 4
-    cmp eax, 0x100003
-    jne fill
-    mov dword [0x20000], 0x3003
-    mov eax, 0x20000
-    mov cr3, eax
-    mov eax, cr0
-    or eax, 0x80000000
-    mov cr0, eax
-    mov ecx, 2
+""" + paging_on(pt=0x3000) + """    mov ecx, 2
     xor ebx, ebx
 again:
     call func
@@ -1151,22 +1106,7 @@ start:
     mov eax, 14
     mov ebx, pf
     call set_gate
-    mov edi, 0x21000
-    mov eax, 3
-fill:
-    mov [edi], eax
-    add eax, 0x1000
-    add edi, 4
-    cmp eax, 0x100003
-    jne fill
-    mov dword [0x21000 + 0x5*4], 0
-    mov dword [0x20000], 0x21003
-    mov eax, 0x20000
-    mov cr3, eax
-    mov eax, cr0
-    or eax, 0x80000000
-    mov cr0, eax
-    jmp 0x4FFE
+""" + paging_on(unmapped=(0x5,)) + """    jmp 0x4FFE
 ud:
     mov dword [0x40000], 6
     mov eax, [esp]

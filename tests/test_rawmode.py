@@ -18,7 +18,7 @@ from hvsim.bt.rawmode import INT3, SIZEOF_NEARJUMP32, RawMode, RawSnapshot
 from hvsim.guests import teaching_kernel
 from hvsim.monitors import TrapAndEmulate
 
-from test_bt_monitor import GP_NAME, IDT_LIB, KCODE_BT, build, dword, native, regs
+from test_bt_monitor import GP_NAME, IDT_LIB, KCODE_BT, build, dword, native, paging_on, regs
 from test_bt_translator import (ARITH, DATA, IF, IOPL, REGS, STACK, SUBSET, _load, _native,
                                 _small_counts, _state)
 
@@ -228,22 +228,7 @@ start:
     mov eax, 14
     mov ebx, pf
     call set_gate
-    mov edi, 0x21000
-    mov eax, 3
-fill:
-    mov [edi], eax
-    add eax, 0x1000
-    add edi, 4
-    cmp eax, 0x100003
-    jne fill
-    mov dword [0x21000 + 0x50*4], 0
-    mov dword [0x20000], 0x21003
-    mov eax, 0x20000
-    mov cr3, eax
-    mov eax, cr0
-    or eax, 0x80000000
-    mov cr0, eax
-    mov esi, 0x50010
+""" + paging_on(unmapped=(0x50,)) + """    mov esi, 0x50010
     cli
 touch:
     mov dword [esi], 5          ; displaced by the CLI's jump patch: faults in patch code
